@@ -1,0 +1,268 @@
+//! Configuration: the command line (every option also an environment
+//! variable named like the flag: `--rlp-addr` ⇔ `RLP_ADDR`), validated in one
+//! pass that reports every problem at once, each naming its option.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig};
+use crate::record::{EncodeContext, Kind};
+use crate::sink::BatchConfig;
+use crate::sink::file::FileSinkConfig;
+use crate::source::Backoff;
+use crate::source::rlp::RlpConfig;
+use crate::tls::ClientTls;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cf-audit-nozzle",
+    version,
+    about = "Cloud Foundry firehose nozzle: API invocations, app logs and metrics as an audit trail",
+    long_about = "Cloud Foundry firehose nozzle: reads Loggregator's V2 firehose from the Reverse Log Proxy \
+                  over mutual TLS, separates API invocations, app logs, metrics and events, and delivers \
+                  them to sinks. Without a command, `run` is assumed."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read the firehose and deliver records (the default command).
+    Run(RunArgs),
+    /// Run a built-in Loggregator emulator and the real pipeline over loopback mTLS; write files to ./nozzle-demo.
+    Demo(DemoArgs),
+    /// Run the Loggregator emulator alone (for benchmarks and trying a nozzle out).
+    Emulator(EmulatorArgs),
+}
+
+/// The command names, for making `run` the default.
+pub const COMMANDS: [&str; 4] = ["run", "demo", "emulator", "help"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SinkKind {
+    /// JSON lines on standard output.
+    Stdout,
+    /// CloudTrail-style gzip files in --out-dir.
+    File,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Reverse Log Proxy address, host:port (e.g. reverse-log-proxy.service.cf.internal:8082).
+    #[arg(long, env = "RLP_ADDR")]
+    pub rlp_addr: Option<String>,
+    /// CA certificate (PEM) that signed the RLP's certificate (Loggregator's CA).
+    #[arg(long, env = "RLP_CA")]
+    pub rlp_ca: Option<PathBuf>,
+    /// Client certificate (PEM) signed by Loggregator's CA.
+    #[arg(long, env = "RLP_CERT")]
+    pub rlp_cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, env = "RLP_KEY")]
+    pub rlp_key: Option<PathBuf>,
+    /// Name the RLP's certificate must carry.
+    #[arg(long, env = "RLP_SERVER_NAME", default_value = "reverselogproxy")]
+    pub rlp_server_name: String,
+    /// Subscription id shared by every instance of this nozzle: Loggregator splits the firehose between them.
+    #[arg(long, env = "SHARD_ID", default_value = "cf-audit-nozzle")]
+    pub shard_id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Seconds to drain queues and complete files after SIGTERM/Ctrl-C before exiting anyway.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 8)]
+    pub shutdown_timeout: u64,
+    /// Write the final account (records per kind, delivered, dropped, files) as JSON to this file at exit.
+    #[arg(long, env = "SUMMARY_FILE")]
+    pub summary_file: Option<PathBuf>,
+    /// Benchmark only: receive and decode, deliver nothing.
+    #[arg(long, env = "DECODE_ONLY", hide = true)]
+    pub decode_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Where records go; with one sink, every kind goes to it.
+    #[arg(long, env = "SINK", value_enum, default_value_t = SinkKind::Stdout)]
+    pub sink: SinkKind,
+    /// Folder of the file sink.
+    #[arg(long, env = "OUT_DIR", default_value = "nozzle-out")]
+    pub out_dir: PathBuf,
+    /// Seconds after which the file sink completes its files and starts new ones.
+    #[arg(long, env = "ROLL_INTERVAL", default_value_t = 300)]
+    pub roll_interval: u64,
+    /// Name of this Cloud Foundry foundation, in every record and file name.
+    #[arg(long, env = "FOUNDATION", default_value = "cf")]
+    pub foundation: String,
+    /// This instance's index, in file names so instances never overwrite each other.
+    #[arg(long, env = "INSTANCE_INDEX", default_value_t = 0)]
+    pub instance_index: u32,
+    /// Records each sink's queue holds; beyond it the newest are dropped and counted.
+    #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 100_000)]
+    pub queue_capacity: usize,
+    /// Records per batch a sink writes at once.
+    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1000)]
+    pub batch_max_records: usize,
+    /// Milliseconds a record waits at most for its batch to fill.
+    #[arg(long, env = "BATCH_MAX_AGE_MS", default_value_t = 500)]
+    pub batch_max_age_ms: u64,
+    /// gzip level of the file sink, 0 (none) to 9 (smallest).
+    #[arg(long, env = "GZIP_LEVEL", default_value_t = DEFAULT_GZIP_LEVEL)]
+    pub gzip_level: u32,
+}
+
+/// zlib-rs level 1 compresses JSON records about 6:1 at several times the
+/// speed of level 6 (see the closing notes of issue 2 for the measurement).
+pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seconds to run before printing the summary.
+    #[arg(long, env = "DEMO_DURATION", default_value_t = 10)]
+    pub duration: u64,
+    /// Envelopes per second the emulator sends.
+    #[arg(long, env = "DEMO_RATE", default_value_t = 2000)]
+    pub rate: u64,
+    /// Folder the demo writes its files to.
+    #[arg(long, env = "DEMO_OUT_DIR", default_value = "nozzle-demo")]
+    pub out_dir: PathBuf,
+    /// Seconds after which files are completed and new ones started.
+    #[arg(long, env = "DEMO_ROLL_INTERVAL", default_value_t = 60)]
+    pub roll_interval: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Address to listen on.
+    #[arg(long, env = "EMULATOR_LISTEN", default_value = "127.0.0.1:8082")]
+    pub listen: std::net::SocketAddr,
+    /// Folder to write ca.pem, client.pem and client-key.pem into, for the nozzle.
+    #[arg(long, env = "EMULATOR_TLS_DIR", default_value = "emulator-tls")]
+    pub tls_dir: PathBuf,
+    /// Envelopes per second per shard; 0 is as fast as the client reads.
+    #[arg(long, env = "EMULATOR_RATE", default_value_t = 0)]
+    pub rate: u64,
+    /// Envelopes per shard before the streams end; 0 is endless.
+    #[arg(long, env = "EMULATOR_COUNT", default_value_t = 0)]
+    pub count: u64,
+    /// Seed of the generated traffic.
+    #[arg(long, env = "EMULATOR_SEED", default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl OutputArgs {
+    /// The pipeline these options describe, plus any problems in them.
+    pub fn pipeline(&self, errors: &mut Vec<String>, decode_only: bool) -> PipelineConfig {
+        if self.roll_interval == 0 {
+            errors.push("--roll-interval (ROLL_INTERVAL) must be at least 1 second".into());
+        }
+        if self.gzip_level > 9 {
+            errors.push(format!("--gzip-level (GZIP_LEVEL) must be 0 to 9, not {}", self.gzip_level));
+        }
+        if self.queue_capacity == 0 {
+            errors.push("--queue-capacity (QUEUE_CAPACITY) must be at least 1".into());
+        }
+        if self.batch_max_records == 0 {
+            errors.push("--batch-max-records (BATCH_MAX_RECORDS) must be at least 1".into());
+        }
+        if self.foundation.is_empty() || self.foundation.contains(['/', '\\']) {
+            errors.push(format!(
+                "--foundation (FOUNDATION) must be a non-empty name without slashes, not {:?}",
+                self.foundation
+            ));
+        }
+        let sink = match self.sink {
+            SinkKind::Stdout => SinkConfig::Stdout,
+            SinkKind::File => SinkConfig::File(FileSinkConfig {
+                dir: self.out_dir.clone(),
+                instance_index: self.instance_index,
+                roll_interval: Duration::from_secs(self.roll_interval),
+                gzip_level: self.gzip_level,
+            }),
+        };
+        PipelineConfig {
+            sinks: vec![(sink, Kind::ALL.to_vec())],
+            queue_capacity: self.queue_capacity,
+            batch: BatchConfig {
+                max_records: self.batch_max_records,
+                max_age: Duration::from_millis(self.batch_max_age_ms),
+            },
+            encode: EncodeContext {
+                foundation: self.foundation.clone(),
+            },
+            decode_only,
+        }
+    }
+}
+
+impl RunArgs {
+    /// Validates every option (reading the TLS files) and reports all problems together.
+    pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut required = |value: Option<&PathBuf>, flag: &str, env: &str, what: &str| {
+            if value.is_none() {
+                errors.push(format!("--{flag} ({env}) is required: {what}"));
+            }
+        };
+        required(self.rlp_ca.as_ref(), "rlp-ca", "RLP_CA", "the CA certificate file that signed the RLP's certificate");
+        required(self.rlp_cert.as_ref(), "rlp-cert", "RLP_CERT", "the client certificate file");
+        required(self.rlp_key.as_ref(), "rlp-key", "RLP_KEY", "the client key file");
+        match &self.rlp_addr {
+            None => errors.push("--rlp-addr (RLP_ADDR) is required: the Reverse Log Proxy's host:port".into()),
+            Some(a) if !valid_host_port(a) => errors.push(format!(
+                "--rlp-addr (RLP_ADDR) must be host:port, not {a:?}"
+            )),
+            Some(_) => {}
+        }
+        if self.rlp_server_name.is_empty() {
+            errors.push("--rlp-server-name (RLP_SERVER_NAME) must not be empty".into());
+        }
+        let tls = match (&self.rlp_ca, &self.rlp_cert, &self.rlp_key) {
+            (Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key)
+                .map_err(|e| errors.push(format!("--rlp-ca/--rlp-cert/--rlp-key: {e}")))
+                .ok(),
+            _ => None,
+        };
+        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        match (errors.is_empty(), tls) {
+            (true, Some(tls)) => Ok(RunConfig {
+                rlp: RlpConfig {
+                    addr: self.rlp_addr.clone().unwrap_or_default(),
+                    server_name: self.rlp_server_name.clone(),
+                    tls,
+                    shard_id: self.shard_id.clone(),
+                    backoff: Backoff::default(),
+                },
+                pipeline,
+                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+}
+
+fn valid_host_port(addr: &str) -> bool {
+    match addr.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0),
+        None => false,
+    }
+}
+
+/// Inserts `run` when the first argument is not a command, so `run` is the default.
+pub fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let is_command = COMMANDS.contains(&first);
+    let is_top_level_flag = matches!(first, "-h" | "--help" | "-V" | "--version");
+    if !is_command && !is_top_level_flag {
+        args.insert(1.min(args.len()), "run".into());
+    }
+    args
+}

@@ -1,0 +1,38 @@
+//! cf-audit-nozzle: a Cloud Foundry Loggregator firehose nozzle that turns the
+//! firehose into an audit trail.
+//!
+//! The modules in the order data flows through them:
+//!
+//! 1. **Sources** ([`source`]): [`source::rlp`] subscribes to the Reverse Log
+//!    Proxy's `loggregator.v2.Egress/BatchedReceiver` over mutual TLS and
+//!    reconnects with jittered backoff; [`source::emulator`] is an in-process
+//!    Loggregator for the demo, tests and benchmark. Wire types are in [`proto`].
+//! 2. **Classify** ([`classify`]): each envelope becomes exactly one [`record::Record`]
+//!    of kind `api` (Cloud Controller's `API` log lines, read into
+//!    CloudTrail-style fields), `app_log`, `metric` or `event`. [`record`] holds
+//!    the record and its JSON shape.
+//! 3. **Route** ([`route`]): each kind goes to its sinks; the router offers
+//!    each sink its share without waiting, so ingress never waits on a sink.
+//! 4. **Sinks** ([`sink`]): a bounded queue, batching and exact accounting
+//!    shared by all; [`sink::stdout`] and [`sink::file`] (CloudTrail-style gzip files).
+//!
+//! [`pipeline`] assembles these and shuts them down in order; [`config`] is the
+//! command line; [`demo`] runs the emulator into the real pipeline.
+
+#![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod config;
+pub mod demo;
+pub mod pipeline;
+pub mod record;
+pub mod route;
+pub mod sink;
+pub mod source;
+pub mod tls;
+
+/// Loggregator V2 wire types, client and server, generated from `proto/`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("loggregator.v2");
+}

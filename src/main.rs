@@ -1,0 +1,109 @@
+//! The `cf-audit-nozzle` command: parses the command line and dispatches.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cf_audit_nozzle::config::{Cli, Command, DEFAULT_GZIP_LEVEL, with_default_command};
+use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
+use cf_audit_nozzle::tls::Pki;
+use cf_audit_nozzle::{demo, pipeline};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match command {
+        Command::Run(args) => {
+            let cfg = args.validate()?;
+            let summary = pipeline::run(cfg, shutdown).await?;
+            let json = serde_json::to_string(&summary)?;
+            tracing::info!(summary = %json, "stopped");
+            if let Some(path) = &args.summary_file {
+                std::fs::write(path, &json)
+                    .with_context(|| format!("writing --summary-file {}", path.display()))?;
+            }
+            anyhow::ensure!(summary.complete, "sinks did not drain before the shutdown deadline");
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let report = demo::run(
+                demo::DemoConfig {
+                    duration: Duration::from_secs(args.duration),
+                    rate: args.rate,
+                    out_dir: args.out_dir,
+                    roll_interval: Duration::from_secs(args.roll_interval.max(1)),
+                    gzip_level: DEFAULT_GZIP_LEVEL,
+                },
+                shutdown,
+            )
+            .await?;
+            println!("{}", demo::render(&report));
+            Ok(())
+        }
+        Command::Emulator(args) => {
+            let pki = Pki::generate("loggregatorCA", &["reverselogproxy"])?;
+            pki.write_client_files(&args.tls_dir)
+                .with_context(|| format!("writing TLS files to {}", args.tls_dir.display()))?;
+            let emulator = Emulator::start(
+                args.listen,
+                &pki,
+                EmulatorConfig {
+                    feed: Feed::Generated { seed: args.seed },
+                    rate: (args.rate > 0).then_some(args.rate),
+                    count: (args.count > 0).then_some(args.count),
+                    ..EmulatorConfig::default()
+                },
+            )
+            .await?;
+            println!("emulator listening on {} (server name reverselogproxy); client files in {}", emulator.addr, args.tls_dir.display());
+            shutdown.cancelled().await;
+            let sent = emulator.envelopes_sent();
+            emulator.stop().await;
+            println!("emulator sent {sent} envelopes");
+            Ok(())
+        }
+    }
+}
+
+/// Cancels `shutdown` on SIGTERM (how Cloud Foundry stops an app) or Ctrl-C.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: shutting down"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the nozzle cleanly");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    shutdown.cancel();
+}

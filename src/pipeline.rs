@@ -1,0 +1,143 @@
+//! Assembly: sinks behind their queues, the router in front of them, and the
+//! sources feeding the router; plus the orderly end of it all.
+//!
+//! Shutdown order (DESIGN.md §2, invariant 4): cancel the sources, wait for
+//! them to stop, drop the router (which closes every sink queue), and let each
+//! sink drain its queue, write its last batch and complete its open files.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::record::{EncodeContext, Kind};
+use crate::route::{IngressSnapshot, IngressStats, Router};
+use crate::sink::file::{FileSink, FileSinkConfig};
+use crate::sink::stdout::StdoutSink;
+use crate::sink::{BatchConfig, SinkError, SinkQueue, SinkReport, SinkStats, run_sink};
+use crate::source::rlp::{self, RlpConfig, RlpStatus};
+
+#[derive(Clone, Debug)]
+pub enum SinkConfig {
+    Stdout,
+    File(FileSinkConfig),
+}
+
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Each sink with the kinds routed to it.
+    pub sinks: Vec<(SinkConfig, Vec<Kind>)>,
+    /// Records each sink's queue holds before it drops the newest.
+    pub queue_capacity: usize,
+    pub batch: BatchConfig,
+    pub encode: EncodeContext,
+    /// Benchmark mode: receive and decode only.
+    pub decode_only: bool,
+}
+
+/// A running set of sinks and the router that feeds them.
+pub struct Pipeline {
+    router: Arc<Router>,
+    sinks: Vec<(&'static str, Arc<SinkStats>, JoinHandle<SinkReport>)>,
+}
+
+/// The account of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub ingress: IngressSnapshot,
+    pub sinks: Vec<SinkReport>,
+    /// False when a sink had not finished draining by the shutdown deadline.
+    pub complete: bool,
+}
+
+impl Summary {
+    pub fn dropped(&self) -> u64 {
+        self.sinks.iter().map(|s| s.stats.dropped()).sum()
+    }
+}
+
+impl Pipeline {
+    /// Starts one task per sink. Fails only on what the sinks need at start
+    /// (a folder that cannot be created).
+    pub fn start(cfg: &PipelineConfig) -> Result<Self, SinkError> {
+        let mut queues = Vec::new();
+        let mut sinks = Vec::new();
+        for (sink_cfg, kinds) in &cfg.sinks {
+            let (task, queue) = match sink_cfg {
+                SinkConfig::Stdout => spawn(StdoutSink::new(cfg.encode.clone()), cfg),
+                SinkConfig::File(f) => spawn(FileSink::new(f.clone(), cfg.encode.clone())?, cfg),
+            };
+            sinks.push((queue.name(), Arc::clone(queue.stats()), task));
+            queues.push((queue, kinds.clone()));
+        }
+        Ok(Self {
+            router: Arc::new(Router::new(queues, cfg.decode_only)),
+            sinks,
+        })
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        Arc::clone(&self.router)
+    }
+
+    pub fn ingress_stats(&self) -> Arc<IngressStats> {
+        Arc::clone(self.router.stats())
+    }
+
+    /// Closes the sink queues and waits up to `deadline` for the sinks to
+    /// drain. Every other clone of the router must be dropped first (stop the
+    /// sources), or the queues stay open until the deadline.
+    pub async fn finish(self, deadline: Duration) -> Summary {
+        let ingress = self.router.stats().snapshot();
+        drop(self.router);
+        let until = tokio::time::Instant::now() + deadline;
+        let mut complete = true;
+        let mut reports = Vec::new();
+        for (name, stats, mut task) in self.sinks {
+            match tokio::time::timeout_at(until, &mut task).await {
+                Ok(Ok(report)) => reports.push(report),
+                Ok(Err(join)) => {
+                    tracing::error!(sink = name, error = %join, "sink task failed");
+                    complete = false;
+                    reports.push(SinkReport { stats: stats.snapshot(name), outputs: Vec::new() });
+                }
+                Err(_) => {
+                    let snapshot = stats.snapshot(name);
+                    tracing::error!(sink = name, queued = snapshot.queued, "sink did not drain before the shutdown deadline");
+                    task.abort();
+                    complete = false;
+                    reports.push(SinkReport { stats: snapshot, outputs: Vec::new() });
+                }
+            }
+        }
+        Summary { ingress, sinks: reports, complete }
+    }
+}
+
+fn spawn<S: crate::sink::Sink>(sink: S, cfg: &PipelineConfig) -> (JoinHandle<SinkReport>, SinkQueue) {
+    let (queue, rx) = SinkQueue::new(sink.name(), cfg.queue_capacity);
+    let task = tokio::spawn(run_sink(sink, rx, Arc::clone(queue.stats()), cfg.batch));
+    (task, queue)
+}
+
+/// Everything `run` needs, validated.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub rlp: RlpConfig,
+    pub pipeline: PipelineConfig,
+    pub shutdown_timeout: Duration,
+}
+
+/// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
+pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, SinkError> {
+    let pipeline = Pipeline::start(&cfg.pipeline)?;
+    let status = Arc::new(RlpStatus::default());
+    let source = tokio::spawn(rlp::run(cfg.rlp.clone(), pipeline.router(), status, shutdown.clone()));
+    shutdown.cancelled().await;
+    if let Err(e) = source.await {
+        tracing::error!(error = %e, "RLP source task failed");
+    }
+    Ok(pipeline.finish(cfg.shutdown_timeout).await)
+}

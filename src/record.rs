@@ -1,0 +1,487 @@
+//! What the nozzle delivers: one [`Record`] per envelope, and its JSON shape.
+//!
+//! A record keeps the envelope it came from and renders, on encoding, the
+//! readable fields (`kind`, `time`, `source_id`, `app`, `message`, ...) next to
+//! the envelope in protojson form (`envelope`: snake_case keys, 64-bit
+//! integers as strings, payload base64), as DESIGN.md §4 describes. API
+//! invocations also carry the CloudTrail-style fields of [`ApiCall`].
+
+use base64::Engine as _;
+use base64::display::Base64Display;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+
+use crate::proto::{Envelope, envelope::Message, log, value};
+
+/// Version of the ApiInvocation record layout: the major changes on
+/// incompatible changes, the minor when fields are added (as CloudTrail does).
+pub const API_EVENT_VERSION: &str = "1.0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// Cloud Controller log lines (`source_type=API`): API invocations.
+    Api,
+    /// Every other log envelope: app output, router, staging, cell lifecycle.
+    AppLog,
+    /// Counters, gauges and timers.
+    Metric,
+    /// Event envelopes (title and body), and envelopes that carry no message.
+    Event,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Api, Kind::AppLog, Kind::Metric, Kind::Event];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Api => "api",
+            Kind::AppLog => "app_log",
+            Kind::Metric => "metric",
+            Kind::Event => "event",
+        }
+    }
+
+    /// Position in [`Kind::ALL`], for per-kind tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown record kind {s:?} (expected api, app_log, metric or event)"))
+    }
+}
+
+/// One classified envelope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub kind: Kind,
+    pub envelope: Envelope,
+    /// Set for [`Kind::Api`]: what Cloud Controller's message text says was done.
+    pub api: Option<ApiCall>,
+}
+
+/// A Cloud Controller action read from an `API` log line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCall {
+    /// CC audit event type, e.g. `audit.app.update`; `unknown` when the text is not recognised.
+    pub event_name: String,
+    /// The resource acted on: (`app` | `build`, guid).
+    pub target: Option<(&'static str, String)>,
+    /// The parenthesised request attributes or payload, as CC wrote them.
+    pub request_parameters: Option<String>,
+}
+
+/// Per-deployment values every record carries.
+#[derive(Clone, Debug)]
+pub struct EncodeContext {
+    pub foundation: String,
+}
+
+impl Record {
+    /// Appends the record's JSON (no trailing newline) to `out`.
+    pub fn write_json(&self, ctx: &EncodeContext, out: &mut Vec<u8>) {
+        // Serialising into a Vec cannot fail: every map key is a string and
+        // every float goes through `Float`, which writes non-finite values as strings.
+        serde_json::to_writer(&mut *out, &RecordJson { record: self, ctx })
+            .expect("record JSON serialisation is infallible");
+    }
+
+    /// The record's JSON as a string (tests, stdout).
+    pub fn to_json(&self, ctx: &EncodeContext) -> String {
+        let mut out = Vec::with_capacity(1024);
+        self.write_json(ctx, &mut out);
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+
+    /// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        envelope_tag(&self.envelope, key)
+    }
+}
+
+/// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry
+/// (what an RLP sends a subscriber that did not ask for preferred tags).
+pub fn envelope_tag<'a>(envelope: &'a Envelope, key: &str) -> Option<&'a str> {
+    if let Some(v) = envelope.tags.get(key) {
+        return Some(v);
+    }
+    match envelope.deprecated_tags.get(key)?.data.as_ref()? {
+        value::Data::Text(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// RFC 3339 UTC with nanoseconds, from UNIX nanoseconds.
+pub fn rfc3339_nanos(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+struct RecordJson<'a> {
+    record: &'a Record,
+    ctx: &'a EncodeContext,
+}
+
+#[derive(Serialize)]
+struct Named<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+impl<'a> Named<'a> {
+    fn from_tags(env: &'a Envelope, guid: &str, name: &str) -> Option<Self> {
+        let guid = envelope_tag(env, guid).filter(|s| !s.is_empty());
+        let name = envelope_tag(env, name).filter(|s| !s.is_empty());
+        (guid.is_some() || name.is_some()).then_some(Named { guid, name })
+    }
+}
+
+#[derive(Serialize)]
+struct Resource<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    guid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+}
+
+/// A double as protojson writes it: a number, or "NaN" / "Infinity" / "-Infinity".
+struct Float(f64);
+
+impl Serialize for Float {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let v = self.0;
+        if v.is_finite() {
+            s.serialize_f64(v)
+        } else if v.is_nan() {
+            s.serialize_str("NaN")
+        } else if v > 0.0 {
+            s.serialize_str("Infinity")
+        } else {
+            s.serialize_str("-Infinity")
+        }
+    }
+}
+
+impl Serialize for RecordJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let rec = self.record;
+        let env = &rec.envelope;
+        let tag = |k: &str| envelope_tag(env, k);
+        let time = rfc3339_nanos(env.timestamp);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("kind", rec.kind.as_str())?;
+        m.serialize_entry("time", &time)?;
+        m.serialize_entry("foundation", &self.ctx.foundation)?;
+        m.serialize_entry("source_id", &env.source_id)?;
+        m.serialize_entry("instance_id", &env.instance_id)?;
+        for key in ["origin", "source_type", "deployment", "job"] {
+            if let Some(v) = tag(key) {
+                m.serialize_entry(key, v)?;
+            }
+        }
+        // Log envelopes from apps name the app in source_id when no app_id tag does.
+        let app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
+            let is_app_log = matches!(env.message, Some(Message::Log(_)))
+                && !env.source_id.is_empty()
+                && tag("app_id").is_none();
+            is_app_log.then_some(Named {
+                guid: Some(&env.source_id),
+                name: None,
+            })
+        });
+        let space = Named::from_tags(env, "space_id", "space_name");
+        let org = Named::from_tags(env, "organization_id", "organization_name");
+        if let Some(app) = &app {
+            m.serialize_entry("app", app)?;
+        }
+        if let Some(space) = &space {
+            m.serialize_entry("space", space)?;
+        }
+        if let Some(org) = &org {
+            m.serialize_entry("org", org)?;
+        }
+        match &env.message {
+            Some(Message::Log(l)) => {
+                m.serialize_entry("log_type", log_type(l))?;
+                match std::str::from_utf8(&l.payload) {
+                    Ok(text) => m.serialize_entry("message", text)?,
+                    Err(_) => {
+                        // Kept losslessly: the bytes as base64, and a flag saying so.
+                        m.serialize_entry("message_base64", &BASE64.encode(&l.payload))?;
+                        m.serialize_entry("message_invalid_utf8", &true)?;
+                    }
+                }
+            }
+            Some(Message::Counter(c)) => {
+                m.serialize_entry("metric_type", "counter")?;
+                m.serialize_entry("name", &c.name)?;
+                m.serialize_entry("delta", &c.delta)?;
+                m.serialize_entry("total", &c.total)?;
+            }
+            Some(Message::Gauge(g)) => {
+                m.serialize_entry("metric_type", "gauge")?;
+                m.serialize_entry("metrics", &GaugeJson(g))?;
+            }
+            Some(Message::Timer(t)) => {
+                m.serialize_entry("metric_type", "timer")?;
+                m.serialize_entry("name", &t.name)?;
+                m.serialize_entry("duration_ns", &t.stop.saturating_sub(t.start))?;
+            }
+            Some(Message::Event(e)) => {
+                m.serialize_entry("title", &e.title)?;
+                m.serialize_entry("body", &e.body)?;
+            }
+            None => {}
+        }
+        if let Some(api) = &rec.api {
+            let event_id = firehose_event_id(env);
+            m.serialize_entry("eventVersion", API_EVENT_VERSION)?;
+            m.serialize_entry("eventTime", &time)?;
+            m.serialize_entry("eventID", &event_id)?;
+            m.serialize_entry("eventSource", "cloud_controller")?;
+            m.serialize_entry("eventName", &api.event_name)?;
+            m.serialize_entry("eventType", "CfApiCall")?;
+            // Log lines do not say who acted; /v3/audit_events does (a later source).
+            m.serialize_entry("userIdentity", &OneField("type", "unknown"))?;
+            let mut resources = Vec::with_capacity(3);
+            if let Some((kind, guid)) = &api.target {
+                let name = if *kind == "app" && tag("app_id") == Some(guid.as_str()) {
+                    tag("app_name").filter(|s| !s.is_empty())
+                } else {
+                    None
+                };
+                resources.push(Resource {
+                    kind,
+                    guid: Some(guid),
+                    name,
+                });
+            }
+            for (kind, named) in [("space", &space), ("org", &org)] {
+                if let Some(n) = named {
+                    resources.push(Resource {
+                        kind,
+                        guid: n.guid,
+                        name: n.name,
+                    });
+                }
+            }
+            m.serialize_entry("resources", &resources)?;
+            m.serialize_entry("requestParameters", &api.request_parameters)?;
+            m.serialize_entry("sourceEvent", "firehose")?;
+        }
+        m.serialize_entry("envelope", &EnvelopeJson(env))?;
+        m.end()
+    }
+}
+
+/// A stable id for an event read from a log line: the same line read twice
+/// (for example after a reconnect) gets the same id, so consumers can de-duplicate.
+pub fn firehose_event_id(env: &Envelope) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(env.timestamp.to_be_bytes());
+    for part in [env.source_id.as_bytes(), env.instance_id.as_bytes()] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    if let Some(Message::Log(l)) = &env.message {
+        h.update(&l.payload);
+    }
+    let d = h.finalize();
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+struct GaugeJson<'a>(&'a crate::proto::Gauge);
+
+impl Serialize for GaugeJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.0.metrics.len()))?;
+        for (name, v) in &self.0.metrics {
+            m.serialize_entry(name, &GaugeValueJson(v))?;
+        }
+        m.end()
+    }
+}
+
+struct GaugeValueJson<'a>(&'a crate::proto::GaugeValue);
+
+impl Serialize for GaugeValueJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("unit", &self.0.unit)?;
+        m.serialize_entry("value", &Float(self.0.value))?;
+        m.end()
+    }
+}
+
+/// The envelope as the RLP Gateway's protojson (EmitUnpopulated) writes it.
+pub struct EnvelopeJson<'a>(pub &'a Envelope);
+
+/// A 64-bit integer as protojson writes it: a decimal string.
+struct Int64<T>(T);
+
+impl<T: std::fmt::Display> Serialize for Int64<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl Serialize for EnvelopeJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let env = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("timestamp", &Int64(env.timestamp))?;
+        m.serialize_entry("source_id", &env.source_id)?;
+        m.serialize_entry("instance_id", &env.instance_id)?;
+        m.serialize_entry("deprecated_tags", &DeprecatedTags(env))?;
+        m.serialize_entry("tags", &env.tags)?;
+        match &env.message {
+            Some(Message::Log(l)) => m.serialize_entry(
+                "log",
+                &LogJson {
+                    payload: Base64Display::new(&l.payload, &BASE64),
+                    ty: log_type(l),
+                },
+            )?,
+            Some(Message::Counter(c)) => m.serialize_entry(
+                "counter",
+                &CounterJson {
+                    name: &c.name,
+                    delta: Int64(c.delta),
+                    total: Int64(c.total),
+                },
+            )?,
+            Some(Message::Gauge(g)) => {
+                m.serialize_entry("gauge", &GaugeEnvelopeJson { metrics: GaugeJson(g) })?
+            }
+            Some(Message::Timer(t)) => m.serialize_entry(
+                "timer",
+                &TimerJson {
+                    name: &t.name,
+                    start: Int64(t.start),
+                    stop: Int64(t.stop),
+                },
+            )?,
+            Some(Message::Event(e)) => m.serialize_entry(
+                "event",
+                &EventJson {
+                    title: &e.title,
+                    body: &e.body,
+                },
+            )?,
+            None => {}
+        }
+        m.end()
+    }
+}
+
+#[derive(Serialize)]
+struct LogJson<'a> {
+    #[serde(serialize_with = "display_str")]
+    payload: Base64Display<'a, 'static, base64::engine::GeneralPurpose>,
+    #[serde(rename = "type")]
+    ty: &'static str,
+}
+
+#[derive(Serialize)]
+struct CounterJson<'a> {
+    name: &'a str,
+    delta: Int64<u64>,
+    total: Int64<u64>,
+}
+
+#[derive(Serialize)]
+struct GaugeEnvelopeJson<'a> {
+    metrics: GaugeJson<'a>,
+}
+
+#[derive(Serialize)]
+struct TimerJson<'a> {
+    name: &'a str,
+    start: Int64<i64>,
+    stop: Int64<i64>,
+}
+
+#[derive(Serialize)]
+struct EventJson<'a> {
+    title: &'a str,
+    body: &'a str,
+}
+
+fn display_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn log_type(l: &crate::proto::Log) -> &'static str {
+    if l.r#type == log::Type::Err as i32 {
+        "ERR"
+    } else {
+        "OUT"
+    }
+}
+
+struct DeprecatedTags<'a>(&'a Envelope);
+
+impl Serialize for DeprecatedTags<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tags = &self.0.deprecated_tags;
+        let mut m = s.serialize_map(Some(tags.len()))?;
+        for (k, v) in tags {
+            match &v.data {
+                Some(value::Data::Text(t)) => m.serialize_entry(k, &OneField("text", t))?,
+                Some(value::Data::Integer(i)) => {
+                    m.serialize_entry(k, &OneField("integer", Int64(*i)))?
+                }
+                Some(value::Data::Decimal(d)) => {
+                    m.serialize_entry(k, &OneField("decimal", Float(*d)))?
+                }
+                None => m.serialize_entry(k, &NoFields)?,
+            }
+        }
+        m.end()
+    }
+}
+
+/// `{"<name>": value}`
+struct OneField<T>(&'static str, T);
+
+impl<T: Serialize> Serialize for OneField<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(self.0, &self.1)?;
+        m.end()
+    }
+}
+
+/// `{}`
+struct NoFields;
+
+impl Serialize for NoFields {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_map(Some(0))?.end()
+    }
+}

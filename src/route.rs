@@ -1,0 +1,127 @@
+//! Routing: each record kind goes to its set of sinks.
+//!
+//! [`Router::dispatch`] is what the ingress calls for every received batch. It
+//! classifies the envelopes and offers each sink its share without waiting:
+//! ingress never waits on a sink (DESIGN.md §2, invariant 1).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::classify::classify;
+use crate::proto::Envelope;
+use crate::record::Kind;
+use crate::sink::{Chunk, SinkQueue};
+
+/// Counters of what entered the pipeline.
+#[derive(Debug, Default)]
+pub struct IngressStats {
+    pub batches: AtomicU64,
+    pub envelopes: AtomicU64,
+    /// Records per kind, indexed by [`Kind::index`].
+    pub by_kind: [AtomicU64; 4],
+    /// Records of a kind no sink is configured for (an operator's choice, not a loss).
+    pub unrouted: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct IngressSnapshot {
+    pub batches: u64,
+    pub envelopes: u64,
+    pub api: u64,
+    pub app_log: u64,
+    pub metric: u64,
+    pub event: u64,
+    pub unrouted: u64,
+}
+
+impl IngressStats {
+    pub fn snapshot(&self) -> IngressSnapshot {
+        let k = |kind: Kind| self.by_kind[kind.index()].load(Ordering::Relaxed);
+        IngressSnapshot {
+            batches: self.batches.load(Ordering::Relaxed),
+            envelopes: self.envelopes.load(Ordering::Relaxed),
+            api: k(Kind::Api),
+            app_log: k(Kind::AppLog),
+            metric: k(Kind::Metric),
+            event: k(Kind::Event),
+            unrouted: self.unrouted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Where the ingress hands batches. Dropping every clone closes the sinks' queues.
+pub struct Router {
+    queues: Vec<SinkQueue>,
+    /// For each kind, the indexes into `queues` of the sinks it goes to.
+    routes: [Vec<usize>; 4],
+    stats: Arc<IngressStats>,
+    /// Benchmark mode: count envelopes and stop there (no classification, no sinks).
+    decode_only: bool,
+}
+
+impl Router {
+    /// `sinks` pairs each sink's queue with the kinds routed to it.
+    pub fn new(sinks: Vec<(SinkQueue, Vec<Kind>)>, decode_only: bool) -> Self {
+        let mut routes: [Vec<usize>; 4] = Default::default();
+        let mut queues = Vec::with_capacity(sinks.len());
+        for (i, (queue, kinds)) in sinks.into_iter().enumerate() {
+            for kind in kinds {
+                routes[kind.index()].push(i);
+            }
+            queues.push(queue);
+        }
+        Self {
+            queues,
+            routes,
+            stats: Arc::new(IngressStats::default()),
+            decode_only,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<IngressStats> {
+        &self.stats
+    }
+
+    /// Classifies a received batch and offers each sink its records. Never waits.
+    pub fn dispatch(&self, envelopes: Vec<Envelope>) {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .envelopes
+            .fetch_add(envelopes.len() as u64, Ordering::Relaxed);
+        if self.decode_only {
+            return;
+        }
+        let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        let mut by_kind = [0u64; 4];
+        let mut unrouted = 0;
+        for envelope in envelopes {
+            let record = classify(envelope);
+            let k = record.kind.index();
+            by_kind[k] += 1;
+            let targets = &self.routes[k];
+            if targets.is_empty() {
+                unrouted += 1;
+                continue;
+            }
+            let record = Arc::new(record);
+            for &t in targets {
+                chunks[t].push(Arc::clone(&record));
+            }
+        }
+        for (k, n) in by_kind.into_iter().enumerate() {
+            if n > 0 {
+                self.stats.by_kind[k].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        if unrouted > 0 {
+            self.stats.unrouted.fetch_add(unrouted, Ordering::Relaxed);
+        }
+        for (queue, chunk) in self.queues.iter().zip(chunks) {
+            if !chunk.is_empty() {
+                queue.offer(chunk);
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The `stdout` sink: one JSON record per line.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+
+use super::{Sink, SinkError};
+use crate::record::{EncodeContext, Record};
+
+pub struct StdoutSink {
+    ctx: EncodeContext,
+    out: tokio::io::Stdout,
+    buf: Vec<u8>,
+}
+
+impl StdoutSink {
+    pub fn new(ctx: EncodeContext) -> Self {
+        Self {
+            ctx,
+            out: tokio::io::stdout(),
+            buf: Vec::with_capacity(1 << 16),
+        }
+    }
+}
+
+/// Encodes a batch as JSON lines into `buf` (cleared first).
+pub fn encode_lines(ctx: &EncodeContext, batch: &[Arc<Record>], buf: &mut Vec<u8>) {
+    buf.clear();
+    for record in batch {
+        record.write_json(ctx, buf);
+        buf.push(b'\n');
+    }
+}
+
+impl Sink for StdoutSink {
+    fn name(&self) -> &'static str {
+        "stdout"
+    }
+
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
+        encode_lines(&self.ctx, batch, &mut self.buf);
+        let io = |source| SinkError::Io {
+            sink: "stdout",
+            path: "<stdout>".to_string(),
+            source,
+        };
+        self.out.write_all(&self.buf).await.map_err(io)?;
+        self.out.flush().await.map_err(io)
+    }
+
+    async fn roll(&mut self) -> Result<(), SinkError> {
+        Ok(())
+    }
+}

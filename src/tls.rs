@@ -1,0 +1,153 @@
+//! TLS material: PEM files an operator points us at, and the throw-away
+//! certificate authority the demo and the tests generate at start.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {what} file {path}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} file {path} holds no PEM block \"{expected}\"")]
+    NotPem {
+        what: &'static str,
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("cannot generate certificates: {0}")]
+    Generate(#[from] rcgen::Error),
+}
+
+/// The client side of mutual TLS: whom we trust and who we are, as PEM.
+#[derive(Clone)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Where the CA came from, so errors can name it.
+    pub ca_origin: String,
+}
+
+impl std::fmt::Debug for ClientTls {
+    // The private key never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_origin", &self.ca_origin)
+            .field("key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Reads the CA, certificate and key files, checking each holds PEM of the right kind.
+    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            ca_pem: read_pem("CA certificate", ca, "CERTIFICATE")?,
+            cert_pem: read_pem("client certificate", cert, "CERTIFICATE")?,
+            key_pem: read_pem("client key", key, "PRIVATE KEY")?,
+            ca_origin: ca.display().to_string(),
+        })
+    }
+}
+
+fn read_pem(what: &'static str, path: &Path, expected: &'static str) -> Result<Vec<u8>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })?;
+    // "PRIVATE KEY" also matches "RSA PRIVATE KEY" and "EC PRIVATE KEY" headers.
+    let text = String::from_utf8_lossy(&bytes);
+    let has_block = text
+        .lines()
+        .any(|l| l.starts_with("-----BEGIN ") && l.contains(expected));
+    if !has_block {
+        return Err(TlsError::NotPem {
+            what,
+            path: path.to_owned(),
+            expected,
+        });
+    }
+    Ok(bytes)
+}
+
+/// A certificate authority with one server and one client certificate, all
+/// generated in memory: the demo's and the tests' stand-in for Loggregator's CA.
+pub struct Pki {
+    pub ca_pem: String,
+    pub server_cert_pem: String,
+    pub server_key_pem: String,
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
+}
+
+impl Pki {
+    /// Generates a CA named `ca_name` and a server certificate valid for `server_names`.
+    pub fn generate(ca_name: &str, server_names: &[&str]) -> Result<Self, TlsError> {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let leaf = |cn: &str,
+                    names: Vec<String>,
+                    usage: ExtendedKeyUsagePurpose|
+         -> Result<(String, String), TlsError> {
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &issuer)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+        let names: Vec<String> = server_names.iter().map(|s| s.to_string()).collect();
+        let (server_cert_pem, server_key_pem) = leaf(
+            server_names.first().copied().unwrap_or("localhost"),
+            names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_cert_pem, client_key_pem) = leaf(
+            "cf-audit-nozzle",
+            Vec::new(),
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            server_cert_pem,
+            server_key_pem,
+            client_cert_pem,
+            client_key_pem,
+        })
+    }
+
+    /// The client half, as the nozzle's RLP source takes it.
+    pub fn client_tls(&self) -> ClientTls {
+        ClientTls {
+            ca_pem: self.ca_pem.clone().into_bytes(),
+            cert_pem: self.client_cert_pem.clone().into_bytes(),
+            key_pem: self.client_key_pem.clone().into_bytes(),
+            ca_origin: "the generated demo CA".to_string(),
+        }
+    }
+
+    /// Writes `ca.pem`, `client.pem` and `client-key.pem` into `dir` for a
+    /// nozzle in another process.
+    pub fn write_client_files(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("ca.pem"), &self.ca_pem)?;
+        std::fs::write(dir.join("client.pem"), &self.client_cert_pem)?;
+        std::fs::write(dir.join("client-key.pem"), &self.client_key_pem)?;
+        Ok(())
+    }
+}
