@@ -11,7 +11,9 @@ use crate::record::{ApiCall, Kind, Record, envelope_tag};
 pub fn classify(envelope: Envelope) -> Record {
     let kind = kind_of(&envelope);
     let api = match (&kind, &envelope.message) {
-        (Kind::Api, Some(Message::Log(l))) => Some(parse_api_message(&String::from_utf8_lossy(&l.payload))),
+        (Kind::Api, Some(Message::Log(l))) => {
+            Some(parse_api_message(&String::from_utf8_lossy(&l.payload)))
+        }
         _ => None,
     };
     Record {
@@ -37,28 +39,96 @@ pub fn kind_of(envelope: &Envelope) -> Kind {
 const API_MESSAGES: &[(&str, &str, &str)] = &[
     ("Created app with guid ", "audit.app.create", "app"),
     ("Updated app with guid ", "audit.app.update", "app"),
-    ("Applied manifest to app with guid ", "audit.app.apply_manifest", "app"),
+    (
+        "Applied manifest to app with guid ",
+        "audit.app.apply_manifest",
+        "app",
+    ),
     ("Starting app with guid ", "audit.app.start", "app"),
     ("Stopping app with guid ", "audit.app.stop", "app"),
     ("Restarted app with guid ", "audit.app.restart", "app"),
     ("Deleted app with guid ", "audit.app.delete-request", "app"),
-    ("Enqueued job to delete app with guid ", "audit.app.delete-request", "app"),
+    (
+        "Enqueued job to delete app with guid ",
+        "audit.app.delete-request",
+        "app",
+    ),
     ("App instance exited with guid ", "app.crash", "app"),
-    ("Creating build for app with guid ", "audit.app.build.create", "app"),
-    ("Staging complete for build ", "audit.app.build.staged", "build"),
-    ("Staging failed for build ", "audit.app.build.failed", "build"),
-    ("Creating deployment for app with guid ", "audit.app.deployment.create", "app"),
-    ("Cancelling deployment for app with guid ", "audit.app.deployment.cancel", "app"),
-    ("Continuing deployment for app with guid ", "audit.app.deployment.continue", "app"),
-    ("Creating droplet for app with guid ", "audit.app.droplet.create", "app"),
-    ("Deleting droplet for app with guid ", "audit.app.droplet.delete", "app"),
-    ("Downloading droplet for app with guid ", "audit.app.droplet.download", "app"),
-    ("Uploading droplet for app with guid ", "audit.app.droplet.upload", "app"),
-    ("Adding app package for app with guid ", "audit.app.package.create", "app"),
-    ("Uploading app package for app with guid ", "audit.app.package.upload", "app"),
-    ("Uploading bits for app with guid ", "audit.app.upload-bits", "app"),
-    ("Deleting app package for app with guid ", "audit.app.package.delete", "app"),
-    ("Downloading app package for app with guid ", "audit.app.package.download", "app"),
+    (
+        "Creating build for app with guid ",
+        "audit.app.build.create",
+        "app",
+    ),
+    (
+        "Staging complete for build ",
+        "audit.app.build.staged",
+        "build",
+    ),
+    (
+        "Staging failed for build ",
+        "audit.app.build.failed",
+        "build",
+    ),
+    (
+        "Creating deployment for app with guid ",
+        "audit.app.deployment.create",
+        "app",
+    ),
+    (
+        "Cancelling deployment for app with guid ",
+        "audit.app.deployment.cancel",
+        "app",
+    ),
+    (
+        "Continuing deployment for app with guid ",
+        "audit.app.deployment.continue",
+        "app",
+    ),
+    (
+        "Creating droplet for app with guid ",
+        "audit.app.droplet.create",
+        "app",
+    ),
+    (
+        "Deleting droplet for app with guid ",
+        "audit.app.droplet.delete",
+        "app",
+    ),
+    (
+        "Downloading droplet for app with guid ",
+        "audit.app.droplet.download",
+        "app",
+    ),
+    (
+        "Uploading droplet for app with guid ",
+        "audit.app.droplet.upload",
+        "app",
+    ),
+    (
+        "Adding app package for app with guid ",
+        "audit.app.package.create",
+        "app",
+    ),
+    (
+        "Uploading app package for app with guid ",
+        "audit.app.package.upload",
+        "app",
+    ),
+    (
+        "Uploading bits for app with guid ",
+        "audit.app.upload-bits",
+        "app",
+    ),
+    (
+        "Deleting app package for app with guid ",
+        "audit.app.package.delete",
+        "app",
+    ),
+    (
+        "Downloading app package for app with guid ",
+        "audit.app.package.download",
+        "app",
+    ),
 ];
 
 /// Reads a Cloud Controller `API` log line. Unrecognised texts give the event
@@ -119,17 +189,36 @@ mod tests {
             ),
             "audit.app.update",
             Some(("app", g)),
-            Some(r#"{"name"=>"spring-music", "instances"=>1, "memory"=>512, "environment_json"=>"PRIVATE DATA HIDDEN"}"#),
+            Some(
+                r#"{"name"=>"spring-music", "instances"=>1, "memory"=>512, "environment_json"=>"PRIVATE DATA HIDDEN"}"#,
+            ),
         );
-        check(&format!("Created app with guid {g}"), "audit.app.create", Some(("app", g)), None);
-        check(&format!("Starting app with guid {g}\n"), "audit.app.start", Some(("app", g)), None);
         check(
-            &format!("App instance exited with guid {g} payload: {{\"instance\"=>\"a\", \"index\"=>0}}"),
+            &format!("Created app with guid {g}"),
+            "audit.app.create",
+            Some(("app", g)),
+            None,
+        );
+        check(
+            &format!("Starting app with guid {g}\n"),
+            "audit.app.start",
+            Some(("app", g)),
+            None,
+        );
+        check(
+            &format!(
+                "App instance exited with guid {g} payload: {{\"instance\"=>\"a\", \"index\"=>0}}"
+            ),
             "app.crash",
             Some(("app", g)),
             Some(r#"{"instance"=>"a", "index"=>0}"#),
         );
-        check(&format!("Staging complete for build {g}"), "audit.app.build.staged", Some(("build", g)), None);
+        check(
+            &format!("Staging complete for build {g}"),
+            "audit.app.build.staged",
+            Some(("build", g)),
+            None,
+        );
         check("Could not find package for x", "unknown", None, None);
         check("", "unknown", None, None);
     }

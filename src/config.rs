@@ -165,7 +165,10 @@ impl OutputArgs {
             errors.push("--roll-interval (ROLL_INTERVAL) must be at least 1 second".into());
         }
         if self.gzip_level > 9 {
-            errors.push(format!("--gzip-level (GZIP_LEVEL) must be 0 to 9, not {}", self.gzip_level));
+            errors.push(format!(
+                "--gzip-level (GZIP_LEVEL) must be 0 to 9, not {}",
+                self.gzip_level
+            ));
         }
         if self.queue_capacity == 0 {
             errors.push("--queue-capacity (QUEUE_CAPACITY) must be at least 1".into());
@@ -212,11 +215,28 @@ impl RunArgs {
                 errors.push(format!("--{flag} ({env}) is required: {what}"));
             }
         };
-        required(self.rlp_ca.as_ref(), "rlp-ca", "RLP_CA", "the CA certificate file that signed the RLP's certificate");
-        required(self.rlp_cert.as_ref(), "rlp-cert", "RLP_CERT", "the client certificate file");
-        required(self.rlp_key.as_ref(), "rlp-key", "RLP_KEY", "the client key file");
+        required(
+            self.rlp_ca.as_ref(),
+            "rlp-ca",
+            "RLP_CA",
+            "the CA certificate file that signed the RLP's certificate",
+        );
+        required(
+            self.rlp_cert.as_ref(),
+            "rlp-cert",
+            "RLP_CERT",
+            "the client certificate file",
+        );
+        required(
+            self.rlp_key.as_ref(),
+            "rlp-key",
+            "RLP_KEY",
+            "the client key file",
+        );
         match &self.rlp_addr {
-            None => errors.push("--rlp-addr (RLP_ADDR) is required: the Reverse Log Proxy's host:port".into()),
+            None => errors.push(
+                "--rlp-addr (RLP_ADDR) is required: the Reverse Log Proxy's host:port".into(),
+            ),
             Some(a) if !valid_host_port(a) => errors.push(format!(
                 "--rlp-addr (RLP_ADDR) must be host:port, not {a:?}"
             )),

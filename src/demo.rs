@@ -153,7 +153,10 @@ pub fn render(report: &DemoReport) -> String {
     let mut out = String::new();
     let s = &report.summary;
     let i = &s.ingress;
-    let _ = writeln!(out, "\n== one record of each kind, read back from the files ==");
+    let _ = writeln!(
+        out,
+        "\n== one record of each kind, read back from the files =="
+    );
     for (kind, record) in &report.samples {
         let _ = writeln!(
             out,
@@ -193,9 +196,6 @@ pub fn render(report: &DemoReport) -> String {
         "records read back from the files: {}",
         report.records_in_files
     );
-    let _ = writeln!(
-        out,
-        "check one: zcat <file> | python3 -m json.tool | head"
-    );
+    let _ = writeln!(out, "check one: zcat <file> | python3 -m json.tool | head");
     out
 }

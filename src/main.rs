@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use cf_audit_nozzle::config::{Cli, Command, DEFAULT_GZIP_LEVEL, with_default_command};
@@ -13,8 +12,19 @@ use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::Pki;
 use cf_audit_nozzle::{demo, pipeline};
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain in one message, without a backtrace: these are operator errors.
+            eprintln!("cf-audit-nozzle: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
+    let (cli, out_dir_from_cargo) = parse_cli();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -22,11 +32,56 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if out_dir_from_cargo {
+        tracing::warn!(
+            "OUT_DIR was set by `cargo run`, not by you: ignoring it; the file sink writes to ./nozzle-out (use --out-dir)"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(dispatch(cli.command))
+}
+
+/// Parses the command line. `cargo run` exports its own `OUT_DIR` (the build
+/// script's folder) to the program, which would silently redirect the file
+/// sink's `OUT_DIR`; when `OUT_DIR` came from the environment under cargo, the
+/// default is used instead (and the bool says so, for a warning).
+fn parse_cli() -> (Cli, bool) {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = with_every_option_in_help(Cli::command())
+        .get_matches_from(with_default_command(std::env::args_os().collect()));
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut out_dir_from_cargo = false;
+    if let (Command::Run(args), Some(("run", sub))) = (&mut cli.command, matches.subcommand())
+        && sub.value_source("out_dir") == Some(ValueSource::EnvVariable)
+        && std::env::var_os("CARGO_MANIFEST_DIR").is_some()
+    {
+        args.output.out_dir = "nozzle-out".into();
+        out_dir_from_cargo = true;
+    }
+    (cli, out_dir_from_cargo)
+}
+
+/// The top-level `--help` lists every command's options (with their
+/// environment variables), not only the command names.
+fn with_every_option_in_help(mut cmd: clap::Command) -> clap::Command {
+    let mut text = String::new();
+    for sub in ["run", "demo", "emulator"] {
+        if let Some(sub) = cmd.find_subcommand_mut(sub) {
+            let name = sub.get_name().to_string();
+            text.push_str(&format!("\n`{name}` options:\n"));
+            let help = sub.render_help().to_string();
+            let options = help
+                .split_once("Options:")
+                .map_or(help.as_str(), |(_, o)| o);
+            text.push_str(options.trim_end());
+            text.push('\n');
+        }
+    }
+    cmd.after_help(text)
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -42,7 +97,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 std::fs::write(path, &json)
                     .with_context(|| format!("writing --summary-file {}", path.display()))?;
             }
-            anyhow::ensure!(summary.complete, "sinks did not drain before the shutdown deadline");
+            anyhow::ensure!(
+                summary.complete,
+                "sinks did not drain before the shutdown deadline"
+            );
             Ok(())
         }
         Command::Demo(args) => {
@@ -75,7 +133,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            println!("emulator listening on {} (server name reverselogproxy); client files in {}", emulator.addr, args.tls_dir.display());
+            println!(
+                "emulator listening on {} (server name reverselogproxy); client files in {}",
+                emulator.addr,
+                args.tls_dir.display()
+            );
             shutdown.cancelled().await;
             let sent = emulator.envelopes_sent();
             emulator.stop().await;

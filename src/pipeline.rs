@@ -101,22 +101,39 @@ impl Pipeline {
                 Ok(Err(join)) => {
                     tracing::error!(sink = name, error = %join, "sink task failed");
                     complete = false;
-                    reports.push(SinkReport { stats: stats.snapshot(name), outputs: Vec::new() });
+                    reports.push(SinkReport {
+                        stats: stats.snapshot(name),
+                        outputs: Vec::new(),
+                    });
                 }
                 Err(_) => {
                     let snapshot = stats.snapshot(name);
-                    tracing::error!(sink = name, queued = snapshot.queued, "sink did not drain before the shutdown deadline");
+                    tracing::error!(
+                        sink = name,
+                        queued = snapshot.queued,
+                        "sink did not drain before the shutdown deadline"
+                    );
                     task.abort();
                     complete = false;
-                    reports.push(SinkReport { stats: snapshot, outputs: Vec::new() });
+                    reports.push(SinkReport {
+                        stats: snapshot,
+                        outputs: Vec::new(),
+                    });
                 }
             }
         }
-        Summary { ingress, sinks: reports, complete }
+        Summary {
+            ingress,
+            sinks: reports,
+            complete,
+        }
     }
 }
 
-fn spawn<S: crate::sink::Sink>(sink: S, cfg: &PipelineConfig) -> (JoinHandle<SinkReport>, SinkQueue) {
+fn spawn<S: crate::sink::Sink>(
+    sink: S,
+    cfg: &PipelineConfig,
+) -> (JoinHandle<SinkReport>, SinkQueue) {
     let (queue, rx) = SinkQueue::new(sink.name(), cfg.queue_capacity);
     let task = tokio::spawn(run_sink(sink, rx, Arc::clone(queue.stats()), cfg.batch));
     (task, queue)
@@ -134,7 +151,12 @@ pub struct RunConfig {
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, SinkError> {
     let pipeline = Pipeline::start(&cfg.pipeline)?;
     let status = Arc::new(RlpStatus::default());
-    let source = tokio::spawn(rlp::run(cfg.rlp.clone(), pipeline.router(), status, shutdown.clone()));
+    let source = tokio::spawn(rlp::run(
+        cfg.rlp.clone(),
+        pipeline.router(),
+        status,
+        shutdown.clone(),
+    ));
     shutdown.cancelled().await;
     if let Err(e) = source.await {
         tracing::error!(error = %e, "RLP source task failed");

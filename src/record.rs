@@ -60,7 +60,9 @@ impl std::str::FromStr for Kind {
         Kind::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown record kind {s:?} (expected api, app_log, metric or event)"))
+            .ok_or_else(|| {
+                format!("unknown record kind {s:?} (expected api, app_log, metric or event)")
+            })
     }
 }
 
@@ -199,7 +201,7 @@ impl Serialize for RecordJson<'_> {
         let app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
             let is_app_log = matches!(env.message, Some(Message::Log(_)))
                 && !env.source_id.is_empty()
-                && tag("app_id").is_none();
+                && tag("app_id").is_none_or(str::is_empty);
             is_app_log.then_some(Named {
                 guid: Some(&env.source_id),
                 name: None,
@@ -375,9 +377,12 @@ impl Serialize for EnvelopeJson<'_> {
                     total: Int64(c.total),
                 },
             )?,
-            Some(Message::Gauge(g)) => {
-                m.serialize_entry("gauge", &GaugeEnvelopeJson { metrics: GaugeJson(g) })?
-            }
+            Some(Message::Gauge(g)) => m.serialize_entry(
+                "gauge",
+                &GaugeEnvelopeJson {
+                    metrics: GaugeJson(g),
+                },
+            )?,
             Some(Message::Timer(t)) => m.serialize_entry(
                 "timer",
                 &TimerJson {

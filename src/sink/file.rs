@@ -71,17 +71,18 @@ impl FileSink {
     }
 
     fn open_file(&self, kind: Kind) -> Result<OpenFile, SinkError> {
-        let partial = self
-            .cfg
-            .dir
-            .join(".partial")
-            .join(format!("{}_{}.json.gz", kind, unique_suffix()));
+        let partial =
+            self.cfg
+                .dir
+                .join(".partial")
+                .join(format!("{}_{}.json.gz", kind, unique_suffix()));
         let file = File::create(&partial).map_err(|e| io(&partial, e))?;
         let mut gz = GzEncoder::new(
             BufWriter::with_capacity(1 << 16, file),
             Compression::new(self.cfg.gzip_level),
         );
-        gz.write_all(b"{\"Records\":[").map_err(|e| io(&partial, e))?;
+        gz.write_all(b"{\"Records\":[")
+            .map_err(|e| io(&partial, e))?;
         Ok(OpenFile {
             partial,
             gz,

@@ -96,8 +96,10 @@ pub struct EmulatorConfig {
     /// For [`Feed::Fixed`] the list's length is the count.
     pub count: Option<u64>,
     pub batch_size: usize,
-    /// End each stream cleanly after this many batches (to test reconnects).
+    /// End each stream after this many batches (to test reconnects).
     pub end_stream_after: Option<u64>,
+    /// End those streams with gRPC `Unavailable` instead of cleanly.
+    pub end_stream_with_error: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -108,6 +110,7 @@ impl Default for EmulatorConfig {
             count: None,
             batch_size: 100,
             end_stream_after: None,
+            end_stream_with_error: false,
         }
     }
 }
@@ -144,12 +147,17 @@ impl Emulator {
                 addr: listen,
                 source,
             })?;
-        let addr = listener.local_addr().map_err(|source| EmulatorError::Listen {
-            addr: listen,
-            source,
-        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EmulatorError::Listen {
+                addr: listen,
+                source,
+            })?;
         let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(&pki.server_cert_pem, &pki.server_key_pem))
+            .identity(Identity::from_pem(
+                &pki.server_cert_pem,
+                &pki.server_key_pem,
+            ))
             .client_ca_root(Certificate::from_pem(&pki.ca_pem));
         let state = Arc::new(State {
             cfg,
@@ -226,7 +234,10 @@ struct ShardFeed {
 
 enum BatchSource {
     /// Endless pre-encoded batches, cycled (full speed).
-    Pool { batches: Vec<(Vec<Envelope>, EncodedBatch)>, next: usize },
+    Pool {
+        batches: Vec<(Vec<Envelope>, EncodedBatch)>,
+        next: usize,
+    },
     /// Fresh envelopes per batch, with current timestamps (rate-limited runs).
     Fresh { traffic: Box<Traffic> },
     /// A fixed list, already cut into batches.
@@ -278,7 +289,9 @@ impl ShardFeed {
         };
         let (n, batch) = match &mut self.source {
             BatchSource::Fixed(queue) => queue.pop_front()?,
-            BatchSource::Fresh { traffic } => (want as u64, EncodedBatch::encode(&traffic.batch(want))),
+            BatchSource::Fresh { traffic } => {
+                (want as u64, EncodedBatch::encode(&traffic.batch(want)))
+            }
             BatchSource::Pool { batches, next } => {
                 let (envs, enc) = &batches[*next % batches.len()];
                 *next += 1;
@@ -327,7 +340,11 @@ impl Egress for Service {
             return Err(Status::invalid_argument("Selectors must have a Message"));
         }
         let state = Arc::clone(&self.0);
-        state.requests.lock().expect("requests lock").push(req.clone());
+        state
+            .requests
+            .lock()
+            .expect("requests lock")
+            .push(req.clone());
         state.streams_opened.fetch_add(1, Ordering::Relaxed);
         let feed = Arc::clone(
             state
@@ -339,12 +356,17 @@ impl Egress for Service {
         );
         // Polled by tonic only when the client has window for more: a batch is
         // taken from the shared feed only when this connection can carry it.
-        let stream = futures_util::stream::unfold(0u64, move |sent| {
+        // The state is the number of batches sent, or None once the stream ended.
+        let stream = futures_util::stream::unfold(Some(0u64), move |sent| {
             let state = Arc::clone(&state);
             let feed = Arc::clone(&feed);
             async move {
+                let sent = sent?;
                 if state.cfg.end_stream_after.is_some_and(|max| sent >= max) {
-                    return None;
+                    return state
+                        .cfg
+                        .end_stream_with_error
+                        .then(|| (Err(Status::unavailable("emulated RLP restart")), None));
                 }
                 let (n, batch, at) = {
                     let mut f = feed.lock().expect("feed lock");
@@ -365,7 +387,7 @@ impl Egress for Service {
                     tokio::time::sleep_until(at).await;
                 }
                 state.envelopes_sent.fetch_add(n, Ordering::Relaxed);
-                Some((Ok(batch), sent + 1))
+                Some((Ok(batch), Some(sent + 1)))
             }
         });
         Ok(Response::new(Box::pin(stream)))
@@ -408,7 +430,14 @@ impl Traffic {
         let guid = |rng: &mut StdRng| {
             let v: u128 = rng.random();
             let h = format!("{v:032x}");
-            format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            )
         };
         let orgs: Vec<(String, &str)> = ORGS.iter().map(|o| (guid(&mut rng), *o)).collect();
         let mut apps = Vec::new();
@@ -457,7 +486,15 @@ impl Traffic {
                         self.seq
                     )
                 };
-                self.app_log(app_index, instance, "APP/PROC/WEB", "rep", line, err, timestamp)
+                self.app_log(
+                    app_index,
+                    instance,
+                    "APP/PROC/WEB",
+                    "rep",
+                    line,
+                    err,
+                    timestamp,
+                )
             }
             40..58 => {
                 let app = &self.apps[app_index];
@@ -474,7 +511,9 @@ impl Traffic {
                     trace = self.rng.random::<u64>(),
                     span = self.rng.random::<u64>(),
                 );
-                let mut env = self.app_log(app_index, instance, "RTR", "gorouter", line, false, timestamp);
+                let mut env = self.app_log(
+                    app_index, instance, "RTR", "gorouter", line, false, timestamp,
+                );
                 env.tags.insert("__v1_type".into(), "LogMessage".into());
                 env
             }
@@ -483,8 +522,11 @@ impl Traffic {
                 self.app_log(app_index, 0, "STG", "rep", line, false, timestamp)
             }
             60..63 => {
-                let line = ["Creating container for app instance", "Successfully created container for instance", "Exit status 0"]
-                    [self.rng.random_range(0..3)]
+                let line = [
+                    "Creating container for app instance",
+                    "Successfully created container for instance",
+                    "Exit status 0",
+                ][self.rng.random_range(0..3)]
                 .to_string();
                 self.app_log(app_index, instance, "CELL", "rep", line, false, timestamp)
             }
@@ -492,7 +534,8 @@ impl Traffic {
             68..80 => self.container_metrics(app_index, instance, timestamp),
             80..88 => {
                 let (src, origin, job) = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())];
-                let name = ["ingress", "egress", "dropped", "sinks.errors.dropped"][self.rng.random_range(0..4)];
+                let name = ["ingress", "egress", "dropped", "sinks.errors.dropped"]
+                    [self.rng.random_range(0..4)];
                 let delta = self.rng.random_range(0..5000u64);
                 let mut env = self.component(src, origin, job, timestamp);
                 if name == "dropped" {
@@ -509,12 +552,21 @@ impl Traffic {
                 let (src, origin, job) = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())];
                 let mut env = self.component(src, origin, job, timestamp);
                 let mut metrics = std::collections::BTreeMap::new();
-                metrics.insert("subscriptions".into(), GaugeValue { unit: "total".into(), value: self.rng.random_range(1..900u32) as f64 });
+                metrics.insert(
+                    "subscriptions".into(),
+                    GaugeValue {
+                        unit: "total".into(),
+                        value: self.rng.random_range(1..900u32) as f64,
+                    },
+                );
                 env.message = Some(envelope::Message::Gauge(Gauge { metrics }));
                 env
             }
             93..98 => {
-                let (guid, name) = (self.apps[app_index].guid.clone(), self.apps[app_index].name.clone());
+                let (guid, name) = (
+                    self.apps[app_index].guid.clone(),
+                    self.apps[app_index].name.clone(),
+                );
                 let start = timestamp - self.rng.random_range(1_000_000..900_000_000i64);
                 let mut env = self.component("gorouter", "gorouter", "router", timestamp);
                 env.source_id = guid.clone();
@@ -522,31 +574,53 @@ impl Traffic {
                 for (k, v) in [
                     ("peer_type", "Client".to_string()),
                     ("method", "GET".to_string()),
-                    ("uri", format!("https://{name}.apps.example.com/api/v1/items")),
+                    (
+                        "uri",
+                        format!("https://{name}.apps.example.com/api/v1/items"),
+                    ),
                     ("remote_address", "203.0.113.7:53312".to_string()),
                     ("user_agent", "curl/8.4.0".to_string()),
                     ("status_code", "200".to_string()),
-                    ("content_length", self.rng.random_range(100..20_000u32).to_string()),
+                    (
+                        "content_length",
+                        self.rng.random_range(100..20_000u32).to_string(),
+                    ),
                     ("request_id", format!("0000{:028x}", self.seq)),
                     ("app_id", guid),
                 ] {
                     env.tags.insert(k.into(), v);
                 }
-                env.message = Some(envelope::Message::Timer(Timer { name: "http".into(), start, stop: timestamp }));
+                env.message = Some(envelope::Message::Timer(Timer {
+                    name: "http".into(),
+                    start,
+                    stop: timestamp,
+                }));
                 env
             }
             _ => {
-                let mut env = self.component("trafficcontroller", "loggregator.trafficcontroller", "log-api", timestamp);
+                let mut env = self.component(
+                    "trafficcontroller",
+                    "loggregator.trafficcontroller",
+                    "log-api",
+                    timestamp,
+                );
                 env.message = Some(envelope::Message::Event(Event {
                     title: "Traffic Controller has disconnected slow consumer".into(),
-                    body: format!("Remote Address: 10.0.4.{}:44412, X-Forwarded-For: -, Path: /firehose/audit-nozzle", self.rng.random_range(2..250u32)),
+                    body: format!(
+                        "Remote Address: 10.0.4.{}:44412, X-Forwarded-For: -, Path: /firehose/audit-nozzle",
+                        self.rng.random_range(2..250u32)
+                    ),
                 }));
                 env
             }
         }
     }
 
-    fn app_tags(&self, app_index: usize, instance: u32) -> std::collections::BTreeMap<String, String> {
+    fn app_tags(
+        &self,
+        app_index: usize,
+        instance: u32,
+    ) -> std::collections::BTreeMap<String, String> {
         let app = &self.apps[app_index];
         [
             ("source_id", app.guid.clone()),
@@ -558,7 +632,10 @@ impl Traffic {
             ("organization_name", app.org.clone()),
             ("process_id", app.process_guid.clone()),
             ("process_type", "web".to_string()),
-            ("process_instance_id", format!("{:08x}-7c5e-4a41-6c2b-{:012x}", instance + 1, app_index)),
+            (
+                "process_instance_id",
+                format!("{:08x}-7c5e-4a41-6c2b-{:012x}", instance + 1, app_index),
+            ),
             ("instance_id", instance.to_string()),
             ("deployment", "cf".to_string()),
             ("job", "diego-cell".to_string()),
@@ -571,7 +648,16 @@ impl Traffic {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn app_log(&self, app_index: usize, instance: u32, source_type: &str, origin: &str, line: String, err: bool, timestamp: i64) -> Envelope {
+    fn app_log(
+        &self,
+        app_index: usize,
+        instance: u32,
+        source_type: &str,
+        origin: &str,
+        line: String,
+        err: bool,
+        timestamp: i64,
+    ) -> Envelope {
         let mut tags = self.app_tags(app_index, instance);
         tags.insert("source_type".into(), source_type.into());
         tags.insert("origin".into(), origin.into());
@@ -638,11 +724,25 @@ impl Traffic {
         tags.insert("origin".into(), "rep".into());
         let mut metrics = std::collections::BTreeMap::new();
         let mut put = |k: &str, unit: &str, v: f64| {
-            metrics.insert(k.to_string(), GaugeValue { unit: unit.into(), value: v });
+            metrics.insert(
+                k.to_string(),
+                GaugeValue {
+                    unit: unit.into(),
+                    value: v,
+                },
+            );
         };
         put("cpu", "percentage", self.rng.random_range(0.0..100.0));
-        put("memory", "bytes", self.rng.random_range(50_000_000..900_000_000u64) as f64);
-        put("disk", "bytes", self.rng.random_range(50_000_000..500_000_000u64) as f64);
+        put(
+            "memory",
+            "bytes",
+            self.rng.random_range(50_000_000..900_000_000u64) as f64,
+        );
+        put(
+            "disk",
+            "bytes",
+            self.rng.random_range(50_000_000..500_000_000u64) as f64,
+        );
         put("memory_quota", "bytes", 1_073_741_824.0);
         put("disk_quota", "bytes", 1_073_741_824.0);
         Envelope {

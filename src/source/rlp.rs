@@ -152,7 +152,12 @@ pub async fn stream_once(cfg: &RlpConfig, router: &Router) -> StreamEnd {
                 batches += 1;
                 router.dispatch(batch.batch);
             }
-            Ok(None) => return StreamEnd { batches, error: None },
+            Ok(None) => {
+                return StreamEnd {
+                    batches,
+                    error: None,
+                };
+            }
             Err(status) => {
                 return StreamEnd {
                     batches,
@@ -185,7 +190,9 @@ pub async fn run(
             backoff.reset();
         }
         match end.error {
-            None => tracing::info!(addr = %cfg.addr, batches = end.batches, "RLP stream ended; reconnecting"),
+            None => {
+                tracing::info!(addr = %cfg.addr, batches = end.batches, "RLP stream ended; reconnecting")
+            }
             Some(e) => {
                 status.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, batches = end.batches, "RLP stream failed; reconnecting");
@@ -217,12 +224,14 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// Puts the certificate problems an operator meets into words that name the fix.
 fn explain_connect_error(detail: &str, cfg: &RlpConfig) -> String {
-    let hint = if detail.contains("UnknownIssuer") {
+    // A CA with the same name but another key (every cf-deployment names its
+    // CA "loggregatorCA") gives BadSignature; a differently named one UnknownIssuer.
+    let hint = if detail.contains("UnknownIssuer") || detail.contains("BadSignature") {
         format!(
             "the server certificate is not signed by the CA in {}",
             cfg.tls.ca_origin
         )
-    } else if detail.contains("NotValidForName") {
+    } else if detail.contains("NotValidForName") || detail.contains("not valid for name") {
         format!(
             "the server certificate is not valid for the TLS server name {:?} (set --rlp-server-name to a name the certificate carries)",
             cfg.server_name
@@ -230,9 +239,14 @@ fn explain_connect_error(detail: &str, cfg: &RlpConfig) -> String {
     } else if detail.contains("Expired") {
         "the server certificate has expired".to_string()
     } else if detail.contains("CertificateRequired") || detail.contains("certificate required") {
-        "the server requires a client certificate it accepts (check --rlp-cert and --rlp-key)".to_string()
-    } else if detail.contains("BadCertificate") || detail.contains("UnknownCA") || detail.contains("unknown ca") {
-        "the server rejected our client certificate (it must be signed by Loggregator's CA)".to_string()
+        "the server requires a client certificate it accepts (check --rlp-cert and --rlp-key)"
+            .to_string()
+    } else if detail.contains("BadCertificate")
+        || detail.contains("UnknownCA")
+        || detail.contains("unknown ca")
+    {
+        "the server rejected our client certificate (it must be signed by Loggregator's CA)"
+            .to_string()
     } else {
         return detail.to_string();
     };
@@ -241,8 +255,12 @@ fn explain_connect_error(detail: &str, cfg: &RlpConfig) -> String {
 
 fn describe_status(status: &tonic::Status) -> String {
     let hint = match status.code() {
-        tonic::Code::ResourceExhausted => " (the RLP has reached its stream limit; add log-api instances or retry later)",
-        tonic::Code::InvalidArgument => " (the subscription request is invalid: a configuration bug)",
+        tonic::Code::ResourceExhausted => {
+            " (the RLP has reached its stream limit; add log-api instances or retry later)"
+        }
+        tonic::Code::InvalidArgument => {
+            " (the subscription request is invalid: a configuration bug)"
+        }
         tonic::Code::Unavailable => " (the RLP is unavailable or restarting)",
         _ => "",
     };

@@ -1,0 +1,143 @@
+//! Shared helpers of the black-box tests: a test RLP (the emulator) on port 0
+//! with its own CA, the nozzle pipeline writing files to a temporary folder,
+//! and readers for what landed there.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cf_audit_nozzle::demo::read_records_file;
+use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
+use cf_audit_nozzle::proto::{Envelope, Log, envelope, log};
+use cf_audit_nozzle::record::{EncodeContext, Kind};
+use cf_audit_nozzle::route::IngressSnapshot;
+use cf_audit_nozzle::sink::BatchConfig;
+use cf_audit_nozzle::sink::file::FileSinkConfig;
+use cf_audit_nozzle::source::Backoff;
+use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig};
+use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
+use cf_audit_nozzle::tls::Pki;
+use tokio_util::sync::CancellationToken;
+
+pub const FOUNDATION: &str = "test";
+
+pub fn pki() -> Pki {
+    Pki::generate("loggregatorCA", &["reverselogproxy"]).expect("generate PKI")
+}
+
+pub async fn emulator(pki: &Pki, cfg: EmulatorConfig) -> Emulator {
+    Emulator::start("127.0.0.1:0".parse().unwrap(), pki, cfg)
+        .await
+        .expect("start emulator")
+}
+
+/// The nozzle's RLP settings for a test RLP, with short backoff so reconnect tests are quick.
+pub fn rlp_config(emulator: &Emulator, pki: &Pki, shard_id: &str) -> RlpConfig {
+    let mut tls = pki.client_tls();
+    tls.ca_origin = "/etc/nozzle/loggregator-ca.pem".to_string();
+    RlpConfig {
+        addr: emulator.addr.to_string(),
+        server_name: "reverselogproxy".to_string(),
+        tls,
+        shard_id: shard_id.to_string(),
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(200)),
+    }
+}
+
+pub fn file_pipeline(dir: &Path) -> PipelineConfig {
+    PipelineConfig {
+        sinks: vec![(
+            SinkConfig::File(FileSinkConfig {
+                dir: dir.to_path_buf(),
+                instance_index: 3,
+                roll_interval: Duration::from_secs(3600),
+                gzip_level: 1,
+            }),
+            Kind::ALL.to_vec(),
+        )],
+        queue_capacity: 1_000_000,
+        batch: BatchConfig::default(),
+        encode: EncodeContext {
+            foundation: FOUNDATION.to_string(),
+        },
+        decode_only: false,
+    }
+}
+
+/// Runs a pipeline fed by one RLP source per config until `done` holds for
+/// what has been received (or panics after 30 s), then shuts down in order.
+pub async fn run_until(
+    pipeline: &PipelineConfig,
+    sources: Vec<RlpConfig>,
+    done: impl Fn(&IngressSnapshot) -> bool,
+) -> Summary {
+    let pipeline = Pipeline::start(pipeline).expect("start pipeline");
+    let stats = pipeline.ingress_stats();
+    let stop = CancellationToken::new();
+    let tasks: Vec<_> = sources
+        .into_iter()
+        .map(|cfg| {
+            tokio::spawn(rlp::run(
+                cfg,
+                pipeline.router(),
+                Arc::new(RlpStatus::default()),
+                stop.clone(),
+            ))
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&stats.snapshot()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; received so far: {:?}",
+            stats.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for t in tasks {
+        t.await.expect("source task");
+    }
+    let summary = pipeline.finish(Duration::from_secs(10)).await;
+    assert!(summary.complete, "sinks drained: {summary:?}");
+    summary
+}
+
+/// Every record in the files a run wrote, per kind, in file order.
+pub fn records_by_kind(summary: &Summary) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for sink in &summary.sinks {
+        for o in &sink.outputs {
+            let records = read_records_file(&o.path).expect("valid records file");
+            assert_eq!(records.len() as u64, o.records, "{}", o.path);
+            out.entry(o.kind.clone()).or_default().extend(records);
+        }
+    }
+    out
+}
+
+/// A log envelope with the given payload and tags.
+pub fn log_envelope(
+    ts: i64,
+    source_id: &str,
+    payload: impl Into<Bytes>,
+    tags: &[(&str, &str)],
+) -> Envelope {
+    Envelope {
+        timestamp: ts,
+        source_id: source_id.to_string(),
+        instance_id: "0".to_string(),
+        deprecated_tags: Default::default(),
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        message: Some(envelope::Message::Log(Log {
+            payload: payload.into(),
+            r#type: log::Type::Out as i32,
+        })),
+    }
+}

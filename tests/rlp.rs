@@ -1,0 +1,388 @@
+//! The RLP source against a test RLP speaking `loggregator.v2.Egress` over
+//! mutual TLS: subscription, exact counts, reconnects, sharding, TLS refusals.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::proto::selector::Message as Sel;
+use cf_audit_nozzle::proto::{EgressBatchRequest, egress_client::EgressClient};
+use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed, Traffic};
+use cf_audit_nozzle::source::rlp::{self, RlpError};
+use common::*;
+
+#[tokio::test]
+async fn subscribes_with_preferred_tags_shard_id_and_every_envelope_type() {
+    let pki = pki();
+    let envelopes: Vec<_> = (0..5)
+        .map(|i| {
+            log_envelope(
+                i,
+                "app",
+                format!("line {i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(envelopes),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    run_until(
+        &file_pipeline(dir.path()),
+        vec![rlp_config(&emu, &pki, "audit-shard")],
+        |s| s.envelopes == 5,
+    )
+    .await;
+
+    let req: EgressBatchRequest = emu.requests().remove(0);
+    assert_eq!(req.shard_id, "audit-shard");
+    assert!(req.use_preferred_tags);
+    assert_eq!(req.deterministic_name, "");
+    assert!(req.legacy_selector.is_none());
+    let kinds: Vec<&str> = req
+        .selectors
+        .iter()
+        .map(|s| {
+            assert_eq!(s.source_id, "", "all sources");
+            match s.message.as_ref().expect("selector has a message") {
+                Sel::Log(_) => "log",
+                Sel::Counter(c) => {
+                    assert_eq!(c.name, "", "every counter");
+                    "counter"
+                }
+                Sel::Gauge(g) => {
+                    assert!(g.names.is_empty(), "every gauge");
+                    "gauge"
+                }
+                Sel::Timer(_) => "timer",
+                Sel::Event(_) => "event",
+            }
+        })
+        .collect();
+    assert_eq!(kinds, ["log", "counter", "gauge", "timer", "event"]);
+}
+
+#[tokio::test]
+async fn exact_record_counts_per_kind_for_the_generated_mix() {
+    const N: usize = 10_000;
+    let mut traffic = Traffic::new(42);
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for env in traffic.batch(N) {
+        *expected.entry(classify(env).kind.to_string()).or_default() += 1;
+    }
+    assert_eq!(expected.len(), 4, "the mix has every kind: {expected:?}");
+
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed: 42 },
+            // Rate-limited generation produces the same sequence as `Traffic::batch`.
+            rate: Some(1_000_000),
+            count: Some(N as u64),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_until(
+        &file_pipeline(dir.path()),
+        vec![rlp_config(&emu, &pki, "s")],
+        |s| s.envelopes == N as u64,
+    )
+    .await;
+
+    let i = &summary.ingress;
+    let got: BTreeMap<String, u64> = [
+        ("api", i.api),
+        ("app_log", i.app_log),
+        ("event", i.event),
+        ("metric", i.metric),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(got, expected);
+    let sink = &summary.sinks[0].stats;
+    assert_eq!(
+        (sink.received, sink.delivered, sink.queued, sink.dropped()),
+        (N as u64, N as u64, 0, 0)
+    );
+    let files: BTreeMap<String, u64> = records_by_kind(&summary)
+        .into_iter()
+        .map(|(k, v)| (k, v.len() as u64))
+        .collect();
+    assert_eq!(files, expected);
+}
+
+/// Payloads `line-0 ..` of every app_log record in the files, in order.
+fn payload_lines(summary: &cf_audit_nozzle::pipeline::Summary) -> Vec<String> {
+    records_by_kind(summary)["app_log"]
+        .iter()
+        .map(|r| r["message"].as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn reconnect_case(with_error: bool) {
+    const N: usize = 1050;
+    let envelopes: Vec<_> = (0..N)
+        .map(|i| {
+            log_envelope(
+                i as i64,
+                "app",
+                format!("line-{i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect();
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(envelopes),
+            batch_size: 100,
+            end_stream_after: Some(3),
+            end_stream_with_error: with_error,
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_until(
+        &file_pipeline(dir.path()),
+        vec![rlp_config(&emu, &pki, "s")],
+        |s| s.envelopes == N as u64,
+    )
+    .await;
+    // 11 batches, 3 per stream: four streams carried data.
+    assert!(
+        emu.streams_opened() >= 4,
+        "streams: {}",
+        emu.streams_opened()
+    );
+    let expected: Vec<String> = (0..N).map(|i| format!("line-{i}")).collect();
+    assert_eq!(payload_lines(&summary), expected);
+    assert_eq!(summary.ingress.envelopes, N as u64);
+}
+
+#[tokio::test]
+async fn reconnects_after_clean_stream_end_without_loss_or_duplicates() {
+    reconnect_case(false).await;
+}
+
+#[tokio::test]
+async fn reconnects_after_stream_error_without_loss_or_duplicates() {
+    reconnect_case(true).await;
+}
+
+#[tokio::test]
+async fn connections_sharing_a_shard_id_split_the_stream() {
+    use cf_audit_nozzle::pipeline::Pipeline;
+    use std::sync::Arc;
+    const N: u64 = 4000;
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed: 7 },
+            // Slow enough that both shard-mates are connected while it flows.
+            rate: Some(5000),
+            count: Some(N),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Two instances of one nozzle (shard "nozzle") and another consumer ("other").
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut pipelines = Vec::new();
+    let mut tasks = Vec::new();
+    for (dir, shard) in dirs.iter().zip(["nozzle", "nozzle", "other"]) {
+        let p = Pipeline::start(&file_pipeline(dir.path())).unwrap();
+        tasks.push(tokio::spawn(rlp::run(
+            rlp_config(&emu, &pki, shard),
+            p.router(),
+            Arc::new(rlp::RlpStatus::default()),
+            stop.clone(),
+        )));
+        pipelines.push(p);
+    }
+    let received = |i: usize| pipelines[i].ingress_stats().snapshot().envelopes;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while received(0) + received(1) < N || received(2) < N {
+        assert!(tokio::time::Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut summaries = Vec::new();
+    for p in pipelines {
+        summaries.push(p.finish(Duration::from_secs(10)).await);
+    }
+    let (a, b, other) = (
+        &summaries[0].ingress,
+        &summaries[1].ingress,
+        &summaries[2].ingress,
+    );
+    assert_eq!(
+        a.envelopes + b.envelopes,
+        N,
+        "shard-mates split the stream exactly"
+    );
+    assert!(
+        a.envelopes > 0 && b.envelopes > 0,
+        "both got a share: {} + {}",
+        a.envelopes,
+        b.envelopes
+    );
+    assert_eq!(other.envelopes, N, "another shard id gets the whole stream");
+    // No envelope went to both shard-mates: the app output lines (each with a
+    // unique seq, no timestamp) of the two together are those of the whole stream.
+    let lines = |s: &cf_audit_nozzle::pipeline::Summary| -> Vec<String> {
+        records_by_kind(s)
+            .get("app_log")
+            .map(|r| {
+                r.iter()
+                    .map(|r| r["message"].as_str().unwrap().to_string())
+                    .filter(|m| m.starts_with("{\"level\"") || m.starts_with("ERROR"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut split: Vec<String> = lines(&summaries[0]);
+    split.extend(lines(&summaries[1]));
+    let mut whole = lines(&summaries[2]);
+    split.sort();
+    whole.sort();
+    assert!(whole.len() > 1000, "{} lines", whole.len());
+    assert!(
+        split == whole,
+        "{} lines split vs {} in the whole stream",
+        split.len(),
+        whole.len()
+    );
+}
+
+async fn refuses_server_certificate_of_other_ca(other_ca_name: &str) {
+    let server_pki = pki();
+    let emu = emulator(&server_pki, EmulatorConfig::default()).await;
+    let other_pki =
+        cf_audit_nozzle::tls::Pki::generate(other_ca_name, &["reverselogproxy"]).unwrap();
+    let mut cfg = rlp_config(&emu, &other_pki, "s");
+    cfg.tls.ca_origin = "/etc/nozzle/other-ca.pem".to_string();
+    let err = rlp::subscribe(&cfg).await.err().expect("must refuse");
+    let text = err.to_string();
+    assert!(matches!(err, RlpError::Connect { .. }), "{text}");
+    assert!(
+        text.contains(&format!("cannot connect to the RLP at {}", emu.addr))
+            && text.contains(
+                "the server certificate is not signed by the CA in /etc/nozzle/other-ca.pem"
+            ),
+        "{text}"
+    );
+    assert_eq!(emu.streams_opened(), 0);
+}
+
+#[tokio::test]
+async fn refuses_a_server_certificate_from_a_ca_of_another_name() {
+    refuses_server_certificate_of_other_ca("someoneElsesCA").await;
+}
+
+#[tokio::test]
+async fn refuses_a_server_certificate_from_another_ca_of_the_same_name() {
+    // Every cf-deployment calls its CA "loggregatorCA": same name, other key.
+    refuses_server_certificate_of_other_ca("loggregatorCA").await;
+}
+
+#[tokio::test]
+async fn refuses_a_server_certificate_for_another_name() {
+    let pki = pki();
+    let emu = emulator(&pki, EmulatorConfig::default()).await;
+    let mut cfg = rlp_config(&emu, &pki, "s");
+    cfg.server_name = "doppler".to_string();
+    let text = rlp::subscribe(&cfg)
+        .await
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(
+        text.contains("the server certificate is not valid for the TLS server name \"doppler\""),
+        "{text}"
+    );
+    assert_eq!(emu.streams_opened(), 0);
+}
+
+#[tokio::test]
+async fn a_refused_source_keeps_retrying_with_backoff_and_stops_on_shutdown() {
+    let server_pki = pki();
+    let emu = emulator(&server_pki, EmulatorConfig::default()).await;
+    let cfg = rlp_config(&emu, &pki(), "s");
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = cf_audit_nozzle::pipeline::Pipeline::start(&file_pipeline(dir.path())).unwrap();
+    let status = std::sync::Arc::new(rlp::RlpStatus::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(rlp::run(
+        cfg,
+        pipeline.router(),
+        status.clone(),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status.failures.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "source gave up or hung"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let last = status.last_error.lock().unwrap().clone().unwrap();
+    assert!(last.contains("not signed by the CA"), "{last}");
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("stops promptly")
+        .unwrap();
+    let summary = pipeline.finish(Duration::from_secs(5)).await;
+    assert_eq!(summary.ingress.envelopes, 0);
+    assert!(
+        summary.sinks[0].outputs.is_empty(),
+        "no empty files are written"
+    );
+}
+
+#[tokio::test]
+async fn the_test_rlp_rejects_subscriptions_without_selectors_as_the_rlp_does() {
+    let pki = pki();
+    let emu = emulator(&pki, EmulatorConfig::default()).await;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&pki.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &pki.client_cert_pem,
+            &pki.client_key_pem,
+        ))
+        .domain_name("reverselogproxy");
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", emu.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let status = EgressClient::new(channel)
+        .batched_receiver(EgressBatchRequest::default())
+        .await
+        .err()
+        .expect("rejected");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(status.message(), "Selectors cannot be empty");
+}
