@@ -280,7 +280,7 @@ async fn refuses_server_certificate_of_other_ca(other_ca_name: &str) {
         cf_audit_nozzle::tls::Pki::generate(other_ca_name, &["reverselogproxy"]).unwrap();
     let mut cfg = rlp_config(&emu, &other_pki, "s");
     cfg.tls.ca_origin = "/etc/nozzle/other-ca.pem".to_string();
-    let err = rlp::subscribe(&cfg).await.err().expect("must refuse");
+    let err = rlp::subscribe(&cfg).await.expect_err("must refuse");
     let text = err.to_string();
     assert!(matches!(err, RlpError::Connect { .. }), "{text}");
     assert!(
@@ -312,8 +312,7 @@ async fn refuses_a_server_certificate_for_another_name() {
     cfg.server_name = "doppler".to_string();
     let text = rlp::subscribe(&cfg)
         .await
-        .err()
-        .expect("must refuse")
+        .expect_err("must refuse")
         .to_string();
     assert!(
         text.contains("the server certificate is not valid for the TLS server name \"doppler\""),
@@ -381,8 +380,7 @@ async fn the_test_rlp_rejects_subscriptions_without_selectors_as_the_rlp_does() 
     let status = EgressClient::new(channel)
         .batched_receiver(EgressBatchRequest::default())
         .await
-        .err()
-        .expect("rejected");
+        .expect_err("rejected");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert_eq!(status.message(), "Selectors cannot be empty");
 }
