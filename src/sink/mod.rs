@@ -277,3 +277,129 @@ async fn roll<S: Sink>(sink: &mut S) {
         tracing::error!(sink = sink.name(), error = %e, "completing open output failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::proto::Envelope;
+
+    /// A sink that remembers what it was asked to do.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Arc<std::sync::Mutex<Vec<usize>>>,
+        rolls: Arc<AtomicU64>,
+        fail: bool,
+    }
+
+    impl Sink for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
+            self.writes.lock().unwrap().push(batch.len());
+            if self.fail {
+                return Err(SinkError::Io {
+                    sink: "recorder",
+                    path: "x".into(),
+                    source: std::io::Error::other("disk full"),
+                });
+            }
+            Ok(())
+        }
+        async fn roll(&mut self) -> Result<(), SinkError> {
+            self.rolls.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn roll_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+    }
+
+    fn chunk(n: usize) -> Chunk {
+        (0..n)
+            .map(|_| Arc::new(classify(Envelope::default())))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_newest_chunk_and_counts_every_record() {
+        let (queue, rx) = SinkQueue::new("recorder", 250);
+        for _ in 0..3 {
+            queue.offer(chunk(100));
+        }
+        let s = queue.stats().snapshot("recorder");
+        assert_eq!(
+            (s.received, s.queued, s.dropped_queue_full),
+            (300, 200, 100)
+        );
+
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let report = run_sink(Recorder::default(), rx, stats, BatchConfig::default()).await;
+        let s = report.stats;
+        assert_eq!(
+            (s.received, s.delivered, s.queued, s.dropped()),
+            (300, 200, 0, 100)
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_counted_as_dropped_not_delivered() {
+        let (queue, rx) = SinkQueue::new("recorder", 1000);
+        queue.offer(chunk(7));
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let sink = Recorder {
+            fail: true,
+            ..Default::default()
+        };
+        let s = run_sink(sink, rx, stats, BatchConfig::default())
+            .await
+            .stats;
+        assert_eq!(
+            (s.received, s.delivered, s.queued, s.dropped_write_error),
+            (7, 0, 0, 7)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_written_when_full_or_when_old_and_rolled_on_the_interval() {
+        let (queue, rx) = SinkQueue::new("recorder", 10_000);
+        let sink = Recorder::default();
+        let (writes, rolls) = (Arc::clone(&sink.writes), Arc::clone(&sink.rolls));
+        let batch = BatchConfig {
+            max_records: 10,
+            max_age: Duration::from_millis(500),
+        };
+        let task = tokio::spawn(run_sink(sink, rx, Arc::clone(queue.stats()), batch));
+
+        queue.offer(chunk(4));
+        tokio::time::sleep(Duration::from_millis(499)).await;
+        assert!(writes.lock().unwrap().is_empty(), "not yet old enough");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(*writes.lock().unwrap(), [4], "written at max_age");
+
+        queue.offer(chunk(6));
+        queue.offer(chunk(6));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            *writes.lock().unwrap(),
+            [4, 12],
+            "written once max_records is reached"
+        );
+
+        assert_eq!(rolls.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(rolls.load(Ordering::SeqCst), 1, "rolled after the interval");
+
+        drop(queue);
+        let report = task.await.unwrap();
+        assert_eq!(
+            rolls.load(Ordering::SeqCst),
+            2,
+            "rolled once more at shutdown"
+        );
+        assert_eq!(report.stats.delivered, 16);
+    }
+}

@@ -1,0 +1,345 @@
+//! The `cf-audit-nozzle` binary as an operator runs it: flags, environment,
+//! signals, exit codes, and what it leaves on disk and on stdout.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::demo::read_records_file;
+use cf_audit_nozzle::record::EncodeContext;
+use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
+use common::*;
+
+fn nozzle() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    // cargo exports its own OUT_DIR to test processes; the nozzle's OUT_DIR is the file sink's folder.
+    cmd.env_remove("OUT_DIR").env("RUST_LOG", "info");
+    cmd
+}
+
+fn run_args(cmd: &mut Command, addr: &str, tls: &Path) {
+    cmd.arg("run")
+        .args(["--rlp-addr", addr])
+        .arg("--rlp-ca")
+        .arg(tls.join("ca.pem"))
+        .arg("--rlp-cert")
+        .arg(tls.join("client.pem"))
+        .arg("--rlp-key")
+        .arg(tls.join("client-key.pem"));
+}
+
+fn terminate(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("send SIGTERM");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("the nozzle did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_completes_the_open_files_and_exits_zero() {
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed: 3 },
+            rate: Some(5000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let out = tmp.path().join("out");
+    let summary_file = tmp.path().join("summary.json");
+    let mut cmd = nozzle();
+    run_args(&mut cmd, &emu.addr.to_string(), &tls);
+    cmd.args([
+        "--sink",
+        "file",
+        "--roll-interval",
+        "3600",
+        "--foundation",
+        "test",
+    ])
+    .arg("--out-dir")
+    .arg(&out)
+    .arg("--summary-file")
+    .arg(&summary_file)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+
+    let partial = out.join(".partial");
+    wait_for("records written to open files", || {
+        std::fs::read_dir(&partial)
+            .map(|d| d.count() >= 4)
+            .unwrap_or(false)
+    });
+    terminate(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
+    let sink = &summary["sinks"][0];
+    let received = summary["ingress"]["envelopes"].as_u64().unwrap();
+    assert!(received > 0);
+    assert_eq!(sink["received"].as_u64(), Some(received));
+    assert_eq!(sink["delivered"].as_u64(), Some(received));
+    assert_eq!(sink["queued"].as_u64(), Some(0));
+    assert_eq!(sink["dropped_queue_full"].as_u64(), Some(0));
+    let mut in_files = 0;
+    let outputs = sink["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 4, "one file per kind");
+    for o in outputs {
+        let path = o["path"].as_str().unwrap();
+        assert!(path.contains("/CFLogs/test/"), "{path}");
+        let records = read_records_file(path).expect("a complete gzip Records file");
+        assert_eq!(records.len() as u64, o["records"].as_u64().unwrap());
+        in_files += records.len() as u64;
+    }
+    assert_eq!(in_files, received);
+    assert_eq!(
+        std::fs::read_dir(&partial).unwrap().count(),
+        0,
+        "no partial files left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_sink_writes_exactly_one_json_line_per_record() {
+    let envelopes: Vec<_> = (0..3)
+        .map(|i| {
+            log_envelope(
+                1_700_000_000_000_000_000 + i,
+                "app-guid",
+                format!("hello {i}"),
+                &[("source_type", "APP/PROC/WEB"), ("origin", "rep")],
+            )
+        })
+        .collect();
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(envelopes.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    pki.write_client_files(tmp.path()).unwrap();
+    let mut cmd = nozzle();
+    run_args(&mut cmd, &emu.addr.to_string(), tmp.path());
+    cmd.env("SINK", "stdout")
+        .env("BATCH_MAX_AGE_MS", "10")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(3)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("three lines within 30 s")
+        .unwrap();
+    terminate(&child);
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+            .await
+            .unwrap();
+    assert!(status.success());
+
+    let ctx = EncodeContext {
+        foundation: "cf".into(),
+    };
+    let expected: Vec<String> = envelopes
+        .into_iter()
+        .map(|e| classify(e).to_json(&ctx))
+        .collect();
+    assert_eq!(lines, expected);
+    assert!(lines[0].starts_with(r#"{"kind":"app_log","time":"2023-11-14T22:13:20.000000000Z","foundation":"cf","source_id":"app-guid""#));
+}
+
+#[test]
+fn configuration_errors_are_all_listed_at_once_with_their_options() {
+    let out = nozzle()
+        .env_remove("RLP_ADDR")
+        .args([
+            "run",
+            "--rlp-addr",
+            "no-port",
+            "--gzip-level",
+            "12",
+            "--roll-interval",
+            "0",
+        ])
+        .args(["--rlp-ca", "/nonexistent/ca.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "--rlp-addr (RLP_ADDR) must be host:port, not \"no-port\"",
+        "--rlp-cert (RLP_CERT) is required",
+        "--rlp-key (RLP_KEY) is required",
+        "--gzip-level (GZIP_LEVEL) must be 0 to 9, not 12",
+        "--roll-interval (ROLL_INTERVAL) must be at least 1 second",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("backtrace"), "{err}");
+}
+
+#[test]
+fn an_unreadable_certificate_file_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let out = nozzle()
+        .args([
+            "run",
+            "--rlp-addr",
+            "rlp:8082",
+            "--rlp-cert",
+            "/nonexistent/client.pem",
+            "--rlp-key",
+            "/nonexistent/key.pem",
+        ])
+        .arg("--rlp-ca")
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "CA certificate file {} holds no PEM block \"CERTIFICATE\"",
+            ca.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn run_is_the_default_command_and_flags_come_from_the_environment() {
+    // No command given: `run` is assumed, and its options are read from the environment.
+    let out = nozzle().env("RLP_ADDR", "bad").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--rlp-addr (RLP_ADDR) must be host:port, not \"bad\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_lists_every_option_with_its_environment_variable() {
+    let out = nozzle().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--rlp-addr", "RLP_ADDR"),
+        ("--rlp-ca", "RLP_CA"),
+        ("--rlp-cert", "RLP_CERT"),
+        ("--rlp-key", "RLP_KEY"),
+        ("--rlp-server-name", "RLP_SERVER_NAME"),
+        ("--shard-id", "SHARD_ID"),
+        ("--sink", "SINK"),
+        ("--out-dir", "OUT_DIR"),
+        ("--roll-interval", "ROLL_INTERVAL"),
+        ("--foundation", "FOUNDATION"),
+        ("--queue-capacity", "QUEUE_CAPACITY"),
+        ("--duration", "DEMO_DURATION"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(
+            help.contains(&format!("[env: {env}")),
+            "{env} missing from --help"
+        );
+    }
+}
+
+#[test]
+fn demo_prints_every_kind_and_leaves_valid_gzip_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = nozzle()
+        .current_dir(tmp.path())
+        .args(["demo", "--duration", "2", "--rate", "3000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for kind in ["api", "app_log", "metric", "event"] {
+        assert!(
+            stdout.contains(&format!("\n-- {kind} --\n{{")),
+            "no {kind} record printed"
+        );
+    }
+    let mut files = Vec::new();
+    let mut stack = vec![tmp.path().join("nozzle-demo/CFLogs/demo")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    assert_eq!(files.len(), 4, "{files:?}");
+    let total: usize = files
+        .iter()
+        .map(|f| read_records_file(f.to_str().unwrap()).unwrap().len())
+        .sum();
+    let received_line = stdout
+        .lines()
+        .find(|l| l.starts_with("envelopes received: "))
+        .expect("summary line");
+    assert!(
+        received_line.starts_with(&format!("envelopes received: {total} ")),
+        "{received_line} vs {total} in files"
+    );
+    assert!(stdout.contains("dropped 0"), "{stdout}");
+}
