@@ -40,7 +40,7 @@ pub struct PipelineConfig {
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
     router: Arc<Router>,
-    sinks: Vec<(&'static str, Arc<SinkStats>, JoinHandle<SinkReport>)>,
+    sinks: Vec<(String, Arc<SinkStats>, JoinHandle<SinkReport>)>,
 }
 
 /// The account of a run.
@@ -56,6 +56,23 @@ impl Summary {
     pub fn dropped(&self) -> u64 {
         self.sinks.iter().map(|s| s.stats.dropped()).sum()
     }
+
+    /// Every sink's counters added up (named `all`).
+    pub fn total(&self) -> crate::sink::SinkSnapshot {
+        let mut t = crate::sink::SinkSnapshot {
+            name: "all".to_string(),
+            ..Default::default()
+        };
+        for s in &self.sinks {
+            let s = &s.stats;
+            t.received += s.received;
+            t.delivered += s.delivered;
+            t.queued += s.queued;
+            t.dropped_queue_full += s.dropped_queue_full;
+            t.dropped_write_error += s.dropped_write_error;
+        }
+        t
+    }
 }
 
 impl Pipeline {
@@ -64,13 +81,24 @@ impl Pipeline {
     pub fn start(cfg: &PipelineConfig) -> Result<Self, SinkError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
+        let mut add = |(task, queue): (JoinHandle<SinkReport>, SinkQueue), kinds: Vec<Kind>| {
+            sinks.push((queue.name().to_string(), Arc::clone(queue.stats()), task));
+            queues.push((queue, kinds));
+        };
         for (sink_cfg, kinds) in &cfg.sinks {
-            let (task, queue) = match sink_cfg {
-                SinkConfig::Stdout => spawn(StdoutSink::new(cfg.encode.clone()), cfg),
-                SinkConfig::File(f) => spawn(FileSink::new(f.clone(), cfg.encode.clone())?, cfg),
-            };
-            sinks.push((queue.name(), Arc::clone(queue.stats()), task));
-            queues.push((queue, kinds.clone()));
+            match sink_cfg {
+                SinkConfig::Stdout => add(
+                    spawn(StdoutSink::new(cfg.encode.clone()), cfg),
+                    kinds.clone(),
+                ),
+                // One writer per kind: kinds are compressed in parallel and isolated.
+                SinkConfig::File(f) => {
+                    for &kind in kinds {
+                        let sink = FileSink::new(f.clone(), cfg.encode.clone(), kind)?;
+                        add(spawn(sink, cfg), vec![kind]);
+                    }
+                }
+            }
         }
         Ok(Self {
             router: Arc::new(Router::new(queues, cfg.decode_only)),
@@ -99,15 +127,15 @@ impl Pipeline {
             match tokio::time::timeout_at(until, &mut task).await {
                 Ok(Ok(report)) => reports.push(report),
                 Ok(Err(join)) => {
-                    tracing::error!(sink = name, error = %join, "sink task failed");
+                    tracing::error!(sink = %name, error = %join, "sink task failed");
                     complete = false;
                     reports.push(SinkReport {
-                        stats: stats.snapshot(name),
+                        stats: stats.snapshot(&name),
                         outputs: Vec::new(),
                     });
                 }
                 Err(_) => {
-                    let snapshot = stats.snapshot(name);
+                    let snapshot = stats.snapshot(&name);
                     tracing::error!(
                         sink = name,
                         queued = snapshot.queued,

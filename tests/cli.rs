@@ -112,15 +112,29 @@ async fn sigterm_completes_the_open_files_and_exits_zero() {
 
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
-    let sink = &summary["sinks"][0];
     let received = summary["ingress"]["envelopes"].as_u64().unwrap();
     assert!(received > 0);
-    assert_eq!(sink["received"].as_u64(), Some(received));
-    assert_eq!(sink["delivered"].as_u64(), Some(received));
-    assert_eq!(sink["queued"].as_u64(), Some(0));
-    assert_eq!(sink["dropped_queue_full"].as_u64(), Some(0));
+    let sinks = summary["sinks"].as_array().unwrap();
+    let names: Vec<&str> = sinks.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["file:api", "file:app_log", "file:metric", "file:event"]
+    );
+    let sum = |field: &str| {
+        sinks
+            .iter()
+            .map(|s| s[field].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(sum("received"), received);
+    assert_eq!(sum("delivered"), received);
+    assert_eq!(sum("queued"), 0);
+    assert_eq!(sum("dropped_queue_full") + sum("dropped_write_error"), 0);
     let mut in_files = 0;
-    let outputs = sink["outputs"].as_array().unwrap();
+    let outputs: Vec<&serde_json::Value> = sinks
+        .iter()
+        .flat_map(|s| s["outputs"].as_array().unwrap())
+        .collect();
     assert_eq!(outputs.len(), 4, "one file per kind");
     for o in outputs {
         let path = o["path"].as_str().unwrap();

@@ -1,5 +1,9 @@
 //! The `file` sink: CloudTrail-style gzip files in a local folder.
 //!
+//! One `FileSink` writes one kind (the pipeline starts one per kind routed to
+//! the file sink), so the kinds are encoded and compressed in parallel and a
+//! busy kind (app logs) never holds up another (API invocations).
+//!
 //! Layout (DESIGN.md §5), one file per kind per roll interval:
 //! `<dir>/CFLogs/<foundation>/<kind>/<YYYY>/<MM>/<DD>/<foundation>_<kind>_<YYYYMMDDTHHmmZ>_<instance>_<unique>.json.gz`
 //! holding gzip of `{"Records":[...]}`. As in CloudTrail, the time in the name
@@ -41,22 +45,31 @@ struct OpenFile {
 pub struct FileSink {
     cfg: FileSinkConfig,
     ctx: EncodeContext,
-    open: [Option<OpenFile>; 4],
+    kind: Kind,
+    name: String,
+    open: Option<OpenFile>,
     written: Vec<Output>,
     buf: Vec<u8>,
 }
 
 impl FileSink {
-    /// Creates the folder; warns about incomplete files an earlier run left.
-    pub fn new(cfg: FileSinkConfig, ctx: EncodeContext) -> Result<Self, SinkError> {
+    /// A writer of `kind` records. Creates the folder; warns about incomplete
+    /// files of this kind that an earlier run left.
+    pub fn new(cfg: FileSinkConfig, ctx: EncodeContext, kind: Kind) -> Result<Self, SinkError> {
         let partial_dir = cfg.dir.join(".partial");
         std::fs::create_dir_all(&partial_dir).map_err(|e| io(&partial_dir, e))?;
+        let prefix = format!("{kind}_");
         let leftovers = std::fs::read_dir(&partial_dir)
             .map_err(|e| io(&partial_dir, e))?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            })
             .count();
         if leftovers > 0 {
             tracing::warn!(
                 dir = %partial_dir.display(),
+                kind = %kind,
                 files = leftovers,
                 "incomplete files from an earlier run were left; they are not valid gzip and are kept for inspection"
             );
@@ -64,13 +77,16 @@ impl FileSink {
         Ok(Self {
             cfg,
             ctx,
-            open: [None, None, None, None],
+            kind,
+            name: format!("file:{kind}"),
+            open: None,
             written: Vec::new(),
             buf: Vec::with_capacity(1 << 16),
         })
     }
 
-    fn open_file(&self, kind: Kind) -> Result<OpenFile, SinkError> {
+    fn open_file(&self) -> Result<OpenFile, SinkError> {
+        let kind = self.kind;
         let partial =
             self.cfg
                 .dir
@@ -91,7 +107,8 @@ impl FileSink {
     }
 
     /// Completes one open file and moves it to its final name.
-    fn close(&mut self, kind: Kind, file: OpenFile) -> Result<(), SinkError> {
+    fn close(&mut self, file: OpenFile) -> Result<(), SinkError> {
+        let kind = self.kind;
         let OpenFile {
             partial,
             mut gz,
@@ -152,17 +169,20 @@ fn io(path: &Path, source: std::io::Error) -> SinkError {
 // to the page cache, and the sink task is never the ingress task, so a slow
 // disk delays only this sink. (The gzip work is CPU this sink owns anyway.)
 impl Sink for FileSink {
-    fn name(&self) -> &'static str {
-        "file"
+    fn name(&self) -> &str {
+        &self.name
     }
 
     async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
         for record in batch {
-            let k = record.kind.index();
-            if self.open[k].is_none() {
-                self.open[k] = Some(self.open_file(record.kind)?);
+            debug_assert_eq!(
+                record.kind, self.kind,
+                "routing sends a file sink only its kind"
+            );
+            if self.open.is_none() {
+                self.open = Some(self.open_file()?);
             }
-            let file = self.open[k].as_mut().expect("opened above");
+            let file = self.open.as_mut().expect("opened above");
             self.buf.clear();
             if file.records > 0 {
                 self.buf.push(b',');
@@ -177,15 +197,10 @@ impl Sink for FileSink {
     }
 
     async fn roll(&mut self) -> Result<(), SinkError> {
-        let mut first_error = None;
-        for kind in Kind::ALL {
-            if let Some(file) = self.open[kind.index()].take()
-                && let Err(e) = self.close(kind, file)
-            {
-                first_error.get_or_insert(e);
-            }
+        match self.open.take() {
+            Some(file) => self.close(file),
+            None => Ok(()),
         }
-        first_error.map_or(Ok(()), Err)
     }
 
     fn roll_interval(&self) -> Option<Duration> {

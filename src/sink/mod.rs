@@ -38,8 +38,8 @@ pub enum SinkError {
 
 /// What every sink implements; everything else is shared.
 pub trait Sink: Send + 'static {
-    /// Short name used in metrics and messages (`file`, `stdout`).
-    fn name(&self) -> &'static str;
+    /// Short name used in metrics and messages (`stdout`, `file:app_log`).
+    fn name(&self) -> &str;
 
     /// Writes one batch of records.
     fn write(
@@ -134,7 +134,7 @@ impl SinkStats {
 /// The sending side of a sink's bounded queue.
 #[derive(Clone)]
 pub struct SinkQueue {
-    name: &'static str,
+    name: Arc<str>,
     tx: mpsc::UnboundedSender<Chunk>,
     capacity: u64,
     stats: Arc<SinkStats>,
@@ -146,10 +146,10 @@ impl SinkQueue {
     /// The channel itself is unbounded; the bound is the `queued` record count,
     /// checked on admission. That bounds memory in records (what an operator
     /// sizes), not in chunks of varying length, and keeps drop counts exact.
-    pub fn new(name: &'static str, capacity: usize) -> (Self, mpsc::UnboundedReceiver<Chunk>) {
+    pub fn new(name: &str, capacity: usize) -> (Self, mpsc::UnboundedReceiver<Chunk>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Self {
-            name,
+            name: name.into(),
             tx,
             capacity: capacity as u64,
             stats: Arc::new(SinkStats::default()),
@@ -157,8 +157,8 @@ impl SinkQueue {
         (queue, rx)
     }
 
-    pub fn name(&self) -> &'static str {
-        self.name
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn stats(&self) -> &Arc<SinkStats> {
@@ -188,7 +188,7 @@ impl SinkQueue {
         // Warn on the first drop and then once per ~100k, not per chunk.
         if before / 100_000 != (before + n) / 100_000 || before == 0 {
             tracing::warn!(
-                sink = self.name,
+                sink = &*self.name,
                 dropped_total = before + n,
                 capacity = self.capacity,
                 "sink queue full: dropping newest records"
@@ -293,7 +293,7 @@ mod tests {
     }
 
     impl Sink for Recorder {
-        fn name(&self) -> &'static str {
+        fn name(&self) -> &str {
             "recorder"
         }
         async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {

@@ -33,7 +33,7 @@ pub fn encode_lines(ctx: &EncodeContext, batch: &[Arc<Record>], buf: &mut Vec<u8
 }
 
 impl Sink for StdoutSink {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         "stdout"
     }
 
