@@ -151,6 +151,10 @@ pub struct EmulatorArgs {
     /// Seed of the generated traffic.
     #[arg(long, env = "EMULATOR_SEED", default_value_t = 1)]
     pub seed: u64,
+    /// Generate every batch fresh, with current timestamps, instead of cycling
+    /// through batches encoded at start (which costs next to no CPU).
+    #[arg(long, env = "EMULATOR_FRESH")]
+    pub fresh: bool,
 }
 
 /// Every problem found in a configuration, one per line.

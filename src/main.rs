@@ -129,6 +129,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     feed: Feed::Generated { seed: args.seed },
                     rate: (args.rate > 0).then_some(args.rate),
                     count: (args.count > 0).then_some(args.count),
+                    pre_encoded: !args.fresh,
                     ..EmulatorConfig::default()
                 },
             )

@@ -85,7 +85,7 @@ async fn exact_record_counts_per_kind_for_the_generated_mix() {
         &pki,
         EmulatorConfig {
             feed: Feed::Generated { seed: 42 },
-            // Rate-limited generation produces the same sequence as `Traffic::batch`.
+            // Fresh generation (not pre-encoded) yields the sequence of `Traffic::batch`.
             rate: Some(1_000_000),
             count: Some(N as u64),
             ..Default::default()

@@ -100,6 +100,10 @@ pub struct EmulatorConfig {
     pub end_stream_after: Option<u64>,
     /// End those streams with gRPC `Unavailable` instead of cleanly.
     pub end_stream_with_error: bool,
+    /// For [`Feed::Generated`]: cycle through 64 batches encoded at start
+    /// instead of generating fresh ones (whose timestamps are current). The
+    /// benchmark uses this so the emulator costs next to no CPU.
+    pub pre_encoded: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -111,6 +115,7 @@ impl Default for EmulatorConfig {
             batch_size: 100,
             end_stream_after: None,
             end_stream_with_error: false,
+            pre_encoded: false,
         }
     }
 }
@@ -256,7 +261,7 @@ impl ShardFeed {
             }
             Feed::Generated { seed } => {
                 let mut traffic = Traffic::new(*seed);
-                let source = if cfg.rate.is_none() {
+                let source = if cfg.pre_encoded {
                     let batches = (0..64)
                         .map(|_| {
                             let envs = traffic.batch(cfg.batch_size);
