@@ -12,6 +12,9 @@ use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::Pki;
 use cf_audit_nozzle::{demo, pipeline};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
