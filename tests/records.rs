@@ -413,14 +413,7 @@ async fn golden_envelopes_become_exact_records_in_the_files() {
         },
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let n = goldens.len() as u64;
-    let summary = run_until(
-        &file_pipeline(dir.path()),
-        vec![rlp_config(&emu, &pki, "s")],
-        |s| s.envelopes == n,
-    )
-    .await;
+    let (summary, _dir) = receive(&emu, &pki, goldens.len() as u64).await;
 
     let mut expected: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for (_, want) in &goldens {

@@ -92,13 +92,7 @@ async fn exact_record_counts_per_kind_for_the_generated_mix() {
         },
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let summary = run_until(
-        &file_pipeline(dir.path()),
-        vec![rlp_config(&emu, &pki, "s")],
-        |s| s.envelopes == N as u64,
-    )
-    .await;
+    let (summary, _dir) = receive(&emu, &pki, N as u64).await;
 
     let i = &summary.ingress;
     let got: BTreeMap<String, u64> = [
@@ -155,13 +149,7 @@ async fn reconnect_case(with_error: bool) {
         },
     )
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let summary = run_until(
-        &file_pipeline(dir.path()),
-        vec![rlp_config(&emu, &pki, "s")],
-        |s| s.envelopes == N as u64,
-    )
-    .await;
+    let (summary, _dir) = receive(&emu, &pki, N as u64).await;
     // 11 batches, 3 per stream: four streams carried data.
     assert!(
         emu.streams_opened() >= 4,

@@ -106,6 +106,20 @@ pub async fn run_until(
     summary
 }
 
+/// Runs the pipeline, with file sinks in a fresh temporary folder, against
+/// one test RLP until `n` envelopes arrived. Keep the folder while reading
+/// the files.
+pub async fn receive(emulator: &Emulator, pki: &Pki, n: u64) -> (Summary, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let summary = run_until(
+        &file_pipeline(dir.path()),
+        vec![rlp_config(emulator, pki, "s")],
+        |s| s.envelopes == n,
+    )
+    .await;
+    (summary, dir)
+}
+
 /// Every record in the files a run wrote, per kind, in file order.
 pub fn records_by_kind(summary: &Summary) -> BTreeMap<String, Vec<serde_json::Value>> {
     let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
