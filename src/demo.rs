@@ -179,11 +179,11 @@ pub fn render(report: &DemoReport) -> String {
         let st = &sink.stats;
         let _ = writeln!(
             out,
-            "sink {}: received {}  delivered {}  queued {}  dropped {}",
+            "sink {}: received {}  delivered {}  pending {}  dropped {}",
             st.name,
             st.received,
             st.delivered,
-            st.queued,
+            st.pending(),
             st.dropped()
         );
         let _ = writeln!(out, "files written ({}):", sink.outputs.len());

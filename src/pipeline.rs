@@ -68,6 +68,7 @@ impl Summary {
             t.received += s.received;
             t.delivered += s.delivered;
             t.queued += s.queued;
+            t.in_flight += s.in_flight;
             t.dropped_queue_full += s.dropped_queue_full;
             t.dropped_write_error += s.dropped_write_error;
         }

@@ -107,7 +107,12 @@ async fn exact_record_counts_per_kind_for_the_generated_mix() {
     assert_eq!(got, expected);
     let sink = summary.total();
     assert_eq!(
-        (sink.received, sink.delivered, sink.queued, sink.dropped()),
+        (
+            sink.received,
+            sink.delivered,
+            sink.pending(),
+            sink.dropped()
+        ),
         (N as u64, N as u64, 0, 0)
     );
     let files: BTreeMap<String, u64> = records_by_kind(&summary)

@@ -24,7 +24,7 @@ use flate2::write::GzEncoder;
 use rand::Rng;
 use rand::distr::Alphanumeric;
 
-use super::{Output, Sink, SinkError};
+use super::{Output, Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Kind, Record};
 
 #[derive(Clone, Debug)]
@@ -106,6 +106,30 @@ impl FileSink {
         })
     }
 
+    /// Appends a batch to the open file, opening one if needed.
+    fn append(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
+        for record in batch {
+            debug_assert_eq!(
+                record.kind, self.kind,
+                "routing sends a file sink only its kind"
+            );
+            if self.open.is_none() {
+                self.open = Some(self.open_file()?);
+            }
+            let file = self.open.as_mut().expect("opened above");
+            self.buf.clear();
+            if file.records > 0 {
+                self.buf.push(b',');
+            }
+            record.write_json(&self.ctx, &mut self.buf);
+            file.gz
+                .write_all(&self.buf)
+                .map_err(|e| io(&file.partial, e))?;
+            file.records += 1;
+        }
+        Ok(())
+    }
+
     /// Completes one open file and moves it to its final name.
     fn close(&mut self, file: OpenFile) -> Result<(), SinkError> {
         let kind = self.kind;
@@ -173,34 +197,34 @@ impl Sink for FileSink {
         &self.name
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
-        for record in batch {
-            debug_assert_eq!(
-                record.kind, self.kind,
-                "routing sends a file sink only its kind"
-            );
-            if self.open.is_none() {
-                self.open = Some(self.open_file()?);
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        let in_flight_before = self.open.as_ref().map_or(0, |f| f.records);
+        if let Err(error) = self.append(batch) {
+            // A file that failed a write cannot be trusted to complete: abandon
+            // it (it stays under .partial/ for inspection); the next batch
+            // starts a new one.
+            if let Some(f) = self.open.take() {
+                tracing::warn!(path = %f.partial.display(), "abandoning a file after a failed write");
             }
-            let file = self.open.as_mut().expect("opened above");
-            self.buf.clear();
-            if file.records > 0 {
-                self.buf.push(b',');
-            }
-            record.write_json(&self.ctx, &mut self.buf);
-            file.gz
-                .write_all(&self.buf)
-                .map_err(|e| io(&file.partial, e))?;
-            file.records += 1;
+            return Err(SinkFailure {
+                error,
+                lost_in_flight: in_flight_before,
+            });
         }
-        Ok(())
+        // Nothing is delivered until the file is completed by a roll.
+        Ok(0)
     }
 
-    async fn roll(&mut self) -> Result<(), SinkError> {
-        match self.open.take() {
-            Some(file) => self.close(file),
-            None => Ok(()),
-        }
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        let Some(file) = self.open.take() else {
+            return Ok(0);
+        };
+        let records = file.records;
+        self.close(file).map_err(|error| SinkFailure {
+            error,
+            lost_in_flight: records,
+        })?;
+        Ok(records)
     }
 
     fn roll_interval(&self) -> Option<Duration> {
@@ -209,5 +233,85 @@ impl Sink for FileSink {
 
     fn outputs(&self) -> Vec<Output> {
         self.written.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::proto::{Envelope, Log, envelope};
+    use crate::sink::{BatchConfig, SinkQueue, run_sink};
+
+    fn app_logs(n: usize) -> Vec<Arc<Record>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(classify(Envelope {
+                    message: Some(envelope::Message::Log(Log {
+                        payload: format!("line {i}").into(),
+                        r#type: 0,
+                    })),
+                    ..Default::default()
+                }))
+            })
+            .collect()
+    }
+
+    fn sink(dir: &Path) -> FileSink {
+        let cfg = FileSinkConfig {
+            dir: dir.to_path_buf(),
+            instance_index: 0,
+            roll_interval: Duration::from_secs(60),
+            gzip_level: 1,
+        };
+        let ctx = EncodeContext {
+            foundation: "t".into(),
+        };
+        FileSink::new(cfg, ctx, Kind::AppLog).unwrap()
+    }
+
+    #[tokio::test]
+    async fn records_are_delivered_when_their_file_is_completed_and_lost_if_it_cannot_be() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A file where the CFLogs folder must go: completing a file fails.
+        std::fs::write(tmp.path().join("CFLogs"), "").unwrap();
+        let mut sink = sink(tmp.path());
+        assert_eq!(sink.write(&app_logs(3)).await.unwrap(), 0, "in flight");
+        let failure = sink.roll().await.unwrap_err();
+        assert_eq!(failure.lost_in_flight, 3);
+        assert!(
+            failure.error.to_string().contains("CFLogs"),
+            "{}",
+            failure.error
+        );
+
+        std::fs::remove_file(tmp.path().join("CFLogs")).unwrap();
+        assert_eq!(sink.write(&app_logs(2)).await.unwrap(), 0);
+        assert_eq!(sink.roll().await.unwrap(), 2, "delivered at completion");
+        let outputs = sink.outputs();
+        assert_eq!(outputs.len(), 1);
+        assert_eq!(outputs[0].records, 2);
+        assert_eq!(
+            sink.roll().await.unwrap(),
+            0,
+            "nothing open, nothing written"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_runner_counts_a_file_lost_at_completion_as_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("CFLogs"), "").unwrap();
+        let (queue, rx) = SinkQueue::new("file:app_log", 100);
+        queue.offer(app_logs(3));
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let s = run_sink(sink(tmp.path()), rx, stats, BatchConfig::default())
+            .await
+            .stats;
+        assert_eq!(
+            (s.received, s.delivered, s.pending(), s.dropped_write_error),
+            (3, 0, 0, 3)
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! - [`SinkQueue::offer`]: admission into the bounded queue; never waits, and
 //!   counts every record it turns away.
 //! - [`run_sink`]: batching by count and age, the roll timer, draining at shutdown,
-//!   and the accounting `received = delivered + queued + dropped`.
+//!   and the accounting `received = delivered + queued + in_flight + dropped`.
 //!
 //! A sink itself only implements [`Sink`]: write a batch, complete what is open.
 
@@ -36,20 +36,45 @@ pub enum SinkError {
     },
 }
 
+/// A write or roll that failed, and how many records it cost.
+#[derive(Debug)]
+pub struct SinkFailure {
+    pub error: SinkError,
+    /// Records written earlier (in flight) that this failure lost too, such as
+    /// those in a file that can no longer be completed. The failed batch itself
+    /// always counts as lost.
+    pub lost_in_flight: u64,
+}
+
+impl From<SinkError> for SinkFailure {
+    fn from(error: SinkError) -> Self {
+        Self {
+            error,
+            lost_in_flight: 0,
+        }
+    }
+}
+
 /// What every sink implements; everything else is shared.
+///
+/// Delivery is confirmed by count: `write` and `roll` say how many records
+/// reached their destination for good. Records written but not yet confirmed
+/// (in a file still open, later: awaiting an acknowledgement) are in flight.
 pub trait Sink: Send + 'static {
     /// Short name used in metrics and messages (`stdout`, `file:app_log`).
     fn name(&self) -> &str;
 
-    /// Writes one batch of records.
+    /// Writes one batch of records; returns how many of them are delivered
+    /// now (the rest are in flight until a roll confirms them).
     fn write(
         &mut self,
         batch: &[Arc<Record>],
-    ) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    ) -> impl std::future::Future<Output = Result<u64, SinkFailure>> + Send;
 
-    /// Completes whatever the sink has open (closes files); called every
-    /// [`Sink::roll_interval`] and once more at shutdown.
-    fn roll(&mut self) -> impl std::future::Future<Output = Result<(), SinkError>> + Send;
+    /// Completes whatever the sink has open (closes files); returns how many
+    /// in-flight records that delivered. Called every [`Sink::roll_interval`]
+    /// and once more at shutdown.
+    fn roll(&mut self) -> impl std::future::Future<Output = Result<u64, SinkFailure>> + Send;
 
     /// How often to call [`Sink::roll`]; `None` for sinks with nothing to roll.
     fn roll_interval(&self) -> Option<Duration> {
@@ -88,13 +113,16 @@ impl Default for BatchConfig {
     }
 }
 
-/// Counters of one sink. At rest, `received = delivered + queued + dropped_*`.
+/// Counters of one sink. Always (between updates),
+/// `received = delivered + queued + in_flight + dropped_*`.
 #[derive(Debug, Default)]
 pub struct SinkStats {
     pub received: AtomicU64,
     pub delivered: AtomicU64,
-    /// In the queue or in the batch being written.
+    /// In the queue or in the batch being written (what the queue bound limits).
     pub queued: AtomicU64,
+    /// Written, awaiting confirmation (e.g. in a file not yet completed).
+    pub in_flight: AtomicU64,
     /// Turned away because the queue was full.
     pub dropped_queue_full: AtomicU64,
     /// Lost because the sink failed to write them.
@@ -108,11 +136,17 @@ pub struct SinkSnapshot {
     pub received: u64,
     pub delivered: u64,
     pub queued: u64,
+    pub in_flight: u64,
     pub dropped_queue_full: u64,
     pub dropped_write_error: u64,
 }
 
 impl SinkSnapshot {
+    /// Records not yet delivered nor dropped: queued or in flight.
+    pub fn pending(&self) -> u64 {
+        self.queued + self.in_flight
+    }
+
     pub fn dropped(&self) -> u64 {
         self.dropped_queue_full + self.dropped_write_error
     }
@@ -125,6 +159,7 @@ impl SinkStats {
             received: self.received.load(Ordering::Relaxed),
             delivered: self.delivered.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
             dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
         }
@@ -241,13 +276,13 @@ pub async fn run_sink<S: Sink>(
             _ = sleep_until(next_roll.unwrap_or_else(Instant::now)), if next_roll.is_some() => {
                 write_pending(&mut sink, &mut pending, &stats).await;
                 batch_deadline = None;
-                roll(&mut sink).await;
+                roll(&mut sink, &stats).await;
                 next_roll = roll_every.map(|d| Instant::now() + d);
             }
         }
     }
     write_pending(&mut sink, &mut pending, &stats).await;
-    roll(&mut sink).await;
+    roll(&mut sink, &stats).await;
     SinkReport {
         stats: stats.snapshot(sink.name()),
         outputs: sink.outputs(),
@@ -259,23 +294,42 @@ async fn write_pending<S: Sink>(sink: &mut S, pending: &mut Vec<Arc<Record>>, st
         return;
     }
     let n = pending.len() as u64;
-    match sink.write(pending).await {
-        Ok(()) => {
-            stats.delivered.fetch_add(n, Ordering::Relaxed);
+    let result = sink.write(pending).await;
+    pending.clear();
+    // Account before releasing the queue slots, so the sum never comes up short.
+    match result {
+        Ok(delivered) => {
+            stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+            stats
+                .in_flight
+                .fetch_add(n.saturating_sub(delivered), Ordering::Relaxed);
         }
-        Err(e) => {
-            stats.dropped_write_error.fetch_add(n, Ordering::Relaxed);
-            tracing::error!(sink = sink.name(), records = n, error = %e, "write failed; records dropped");
+        Err(failure) => {
+            account_loss(sink.name(), stats, n, &failure);
         }
     }
     stats.queued.fetch_sub(n, Ordering::AcqRel);
-    pending.clear();
 }
 
-async fn roll<S: Sink>(sink: &mut S) {
-    if let Err(e) = sink.roll().await {
-        tracing::error!(sink = sink.name(), error = %e, "completing open output failed");
+async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats) {
+    match sink.roll().await {
+        Ok(delivered) => {
+            stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+            stats.in_flight.fetch_sub(delivered, Ordering::Relaxed);
+        }
+        Err(failure) => account_loss(sink.name(), stats, 0, &failure),
     }
+}
+
+/// Counts what a failure cost: the failed batch (`batch` records, still
+/// counted as queued by the caller) and the in-flight records it took along.
+fn account_loss(sink: &str, stats: &SinkStats, batch: u64, failure: &SinkFailure) {
+    let lost = batch + failure.lost_in_flight;
+    stats.dropped_write_error.fetch_add(lost, Ordering::Relaxed);
+    stats
+        .in_flight
+        .fetch_sub(failure.lost_in_flight, Ordering::Relaxed);
+    tracing::error!(sink, records = lost, error = %failure.error, "sink failed; records lost");
 }
 
 #[cfg(test)]
@@ -296,20 +350,21 @@ mod tests {
         fn name(&self) -> &str {
             "recorder"
         }
-        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
             self.writes.lock().unwrap().push(batch.len());
             if self.fail {
                 return Err(SinkError::Io {
                     sink: "recorder",
                     path: "x".into(),
                     source: std::io::Error::other("disk full"),
-                });
+                }
+                .into());
             }
-            Ok(())
+            Ok(batch.len() as u64)
         }
-        async fn roll(&mut self) -> Result<(), SinkError> {
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
             self.rolls.fetch_add(1, Ordering::SeqCst);
-            Ok(())
+            Ok(0)
         }
         fn roll_interval(&self) -> Option<Duration> {
             Some(Duration::from_secs(60))

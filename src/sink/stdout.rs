@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Sink, SinkError};
+use super::{Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Record};
 
 pub struct StdoutSink {
@@ -37,7 +37,7 @@ impl Sink for StdoutSink {
         "stdout"
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
         encode_lines(&self.ctx, batch, &mut self.buf);
         let io = |source| SinkError::Io {
             sink: "stdout",
@@ -45,10 +45,11 @@ impl Sink for StdoutSink {
             source,
         };
         self.out.write_all(&self.buf).await.map_err(io)?;
-        self.out.flush().await.map_err(io)
+        self.out.flush().await.map_err(io)?;
+        Ok(batch.len() as u64)
     }
 
-    async fn roll(&mut self) -> Result<(), SinkError> {
-        Ok(())
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        Ok(0)
     }
 }
