@@ -253,8 +253,9 @@ pub async fn run_sink<S: Sink>(
     let roll_every = sink.roll_interval();
     let mut next_roll = roll_every.map(|d| Instant::now() + d);
     loop {
+        let due = [batch_deadline, next_roll].into_iter().flatten().min();
         tokio::select! {
-            // Drain the queue first: timers matter only when it is idle.
+            // Take what is queued first; the timers are checked below either way.
             biased;
             chunk = rx.recv() => match chunk {
                 Some(chunk) => {
@@ -269,16 +270,23 @@ pub async fn run_sink<S: Sink>(
                 }
                 None => break,
             },
-            _ = sleep_until(batch_deadline.unwrap_or_else(Instant::now)), if batch_deadline.is_some() => {
-                write_pending(&mut sink, &mut pending, &stats).await;
-                batch_deadline = None;
-            }
-            _ = sleep_until(next_roll.unwrap_or_else(Instant::now)), if next_roll.is_some() => {
-                write_pending(&mut sink, &mut pending, &stats).await;
-                batch_deadline = None;
-                roll(&mut sink, &stats).await;
-                next_roll = roll_every.map(|d| Instant::now() + d);
-            }
+            _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+        }
+        // Checked after every event, not only when a timer branch wins, so a
+        // queue that is never empty (a sink behind its input) still ages its
+        // batches out and rolls its files on time.
+        let now = Instant::now();
+        if batch_deadline.is_some_and(|d| now >= d) {
+            write_pending(&mut sink, &mut pending, &stats).await;
+            batch_deadline = None;
+        }
+        if let (Some(d), Some(every)) = (next_roll, roll_every)
+            && now >= d
+        {
+            write_pending(&mut sink, &mut pending, &stats).await;
+            batch_deadline = None;
+            roll(&mut sink, &stats).await;
+            next_roll = Some(Instant::now() + every);
         }
     }
     write_pending(&mut sink, &mut pending, &stats).await;
@@ -397,6 +405,54 @@ mod tests {
             (s.received, s.delivered, s.queued, s.dropped()),
             (300, 200, 0, 100)
         );
+    }
+
+    /// A sink whose writes take a second each, logging what happens when.
+    struct Slow(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Sink for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.0.lock().unwrap().push("write");
+            Ok(batch.len() as u64)
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            self.0.lock().unwrap().push("roll");
+            Ok(0)
+        }
+        fn roll_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(10))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_behind_its_input_still_rolls_on_time() {
+        let (queue, rx) = SinkQueue::new("slow", 10_000);
+        for _ in 0..30 {
+            queue.offer(chunk(10));
+        }
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batch = BatchConfig {
+            max_records: 10,
+            max_age: Duration::from_secs(1),
+        };
+        let report = run_sink(Slow(Arc::clone(&log)), rx, stats, batch).await;
+        assert_eq!(report.stats.delivered, 300);
+        // 30 one-second writes with the queue never empty: rolls every 10 s
+        // between them, and one at the end.
+        let log = log.lock().unwrap();
+        let rolls: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| **e == "roll")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(rolls, [10, 21, 32, 33], "{log:?}");
     }
 
     #[tokio::test]
