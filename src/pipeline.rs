@@ -50,6 +50,9 @@ pub struct Summary {
     pub sinks: Vec<SinkReport>,
     /// False when a sink had not finished draining by the shutdown deadline.
     pub complete: bool,
+    /// The RLP source's connection history, when the run had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rlp: Option<crate::source::rlp::RlpSnapshot>,
 }
 
 impl Summary {
@@ -155,6 +158,7 @@ impl Pipeline {
             ingress,
             sinks: reports,
             complete,
+            rlp: None,
         }
     }
 }
@@ -183,12 +187,14 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     let source = tokio::spawn(rlp::run(
         cfg.rlp.clone(),
         pipeline.router(),
-        status,
+        Arc::clone(&status),
         shutdown.clone(),
     ));
     shutdown.cancelled().await;
     if let Err(e) = source.await {
         tracing::error!(error = %e, "RLP source task failed");
     }
-    Ok(pipeline.finish(cfg.shutdown_timeout).await)
+    let mut summary = pipeline.finish(cfg.shutdown_timeout).await;
+    summary.rlp = Some(status.snapshot());
+    Ok(summary)
 }

@@ -114,6 +114,13 @@ async fn sigterm_completes_the_open_files_and_exits_zero() {
         serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
     let received = summary["ingress"]["envelopes"].as_u64().unwrap();
     assert!(received > 0);
+    assert_eq!(
+        summary["rlp"]["attempts"].as_u64(),
+        Some(1),
+        "one stream, never dropped"
+    );
+    assert_eq!(summary["rlp"]["failures"].as_u64(), Some(0));
+    assert!(summary["rlp"]["last_error"].is_null());
     let sinks = summary["sinks"].as_array().unwrap();
     let names: Vec<&str> = sinks.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(

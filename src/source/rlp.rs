@@ -57,9 +57,30 @@ pub enum RlpError {
 /// Health of the source, for the summary (and later `/health`).
 #[derive(Debug, Default)]
 pub struct RlpStatus {
-    pub connects: std::sync::atomic::AtomicU64,
+    /// Subscription attempts, successful or not.
+    pub attempts: std::sync::atomic::AtomicU64,
+    /// Attempts and streams that ended in an error.
     pub failures: std::sync::atomic::AtomicU64,
     pub last_error: Mutex<Option<String>>,
+}
+
+/// A copy of [`RlpStatus`] for the summary.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RlpSnapshot {
+    pub attempts: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
+}
+
+impl RlpStatus {
+    pub fn snapshot(&self) -> RlpSnapshot {
+        use std::sync::atomic::Ordering;
+        RlpSnapshot {
+            attempts: self.attempts.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().expect("status lock").clone(),
+        }
+    }
 }
 
 /// The subscription the nozzle asks for: every envelope type from every
@@ -181,7 +202,7 @@ pub async fn run(
     use std::sync::atomic::Ordering;
     let mut backoff = cfg.backoff.clone();
     loop {
-        status.connects.fetch_add(1, Ordering::Relaxed);
+        status.attempts.fetch_add(1, Ordering::Relaxed);
         let end = tokio::select! {
             _ = shutdown.cancelled() => return,
             end = stream_once(&cfg, &router) => end,
