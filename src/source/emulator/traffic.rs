@@ -27,6 +27,43 @@ struct App {
     org: String,
 }
 
+impl App {
+    /// The app, space and org tags Cloud Controller sets on an app's envelopes.
+    fn identity_tags(&self) -> [(&'static str, String); 6] {
+        [
+            ("app_id", self.guid.clone()),
+            ("app_name", self.name.clone()),
+            ("space_id", self.space_guid.clone()),
+            ("space_name", self.space.clone()),
+            ("organization_id", self.org_guid.clone()),
+            ("organization_name", self.org.clone()),
+        ]
+    }
+}
+
+type Tags = std::collections::BTreeMap<String, String>;
+
+fn new_envelope(
+    timestamp: i64,
+    source_id: impl Into<String>,
+    instance_id: impl Into<String>,
+    tags: Tags,
+    message: Option<envelope::Message>,
+) -> Envelope {
+    Envelope {
+        timestamp,
+        source_id: source_id.into(),
+        instance_id: instance_id.into(),
+        deprecated_tags: Default::default(),
+        tags,
+        message,
+    }
+}
+
+fn tag_map(pairs: impl IntoIterator<Item = (&'static str, String)>) -> Tags {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 const ORGS: [&str; 3] = ["payments", "platform", "retail"];
 const SPACES: [&str; 3] = ["prod", "staging", "dev"];
 const APP_NAMES: [&str; 8] = [
@@ -232,20 +269,11 @@ impl Traffic {
         }
     }
 
-    fn app_tags(
-        &self,
-        app_index: usize,
-        instance: u32,
-    ) -> std::collections::BTreeMap<String, String> {
+    /// The tags Diego puts on an app instance's envelopes (reference §3.2).
+    fn app_tags(&self, app_index: usize, instance: u32) -> Tags {
         let app = &self.apps[app_index];
-        [
+        tag_map(app.identity_tags().into_iter().chain([
             ("source_id", app.guid.clone()),
-            ("app_id", app.guid.clone()),
-            ("app_name", app.name.clone()),
-            ("space_id", app.space_guid.clone()),
-            ("space_name", app.space.clone()),
-            ("organization_id", app.org_guid.clone()),
-            ("organization_name", app.org.clone()),
             ("process_id", app.process_guid.clone()),
             ("process_type", "web".to_string()),
             (
@@ -257,10 +285,7 @@ impl Traffic {
             ("job", "diego-cell".to_string()),
             ("index", "8e5f2c4e-4b5d-4a1a-9f3b-0d0c1e2f3a4b".to_string()),
             ("ip", format!("10.0.16.{}", 10 + app_index)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        ]))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -277,17 +302,18 @@ impl Traffic {
         let mut tags = self.app_tags(app_index, instance);
         tags.insert("source_type".into(), source_type.into());
         tags.insert("origin".into(), origin.into());
-        Envelope {
+        let ty = if err { log::Type::Err } else { log::Type::Out };
+        let message = envelope::Message::Log(Log {
+            payload: Bytes::from(line),
+            r#type: ty as i32,
+        });
+        new_envelope(
             timestamp,
-            source_id: self.apps[app_index].guid.clone(),
-            instance_id: instance.to_string(),
-            deprecated_tags: Default::default(),
+            self.apps[app_index].guid.clone(),
+            instance.to_string(),
             tags,
-            message: Some(envelope::Message::Log(Log {
-                payload: Bytes::from(line),
-                r#type: if err { log::Type::Err } else { log::Type::Out } as i32,
-            })),
-        }
+            Some(message),
+        )
     }
 
     fn api_log(&mut self, app_index: usize, timestamp: i64) -> Envelope {
@@ -305,34 +331,20 @@ impl Traffic {
             4 => format!("Uploading bits for app with guid {g}"),
             _ => format!("Created app with guid {g}"),
         };
-        let mut tags: std::collections::BTreeMap<String, String> = [
-            ("app_id", g.clone()),
-            ("app_name", app.name.clone()),
-            ("space_id", app.space_guid.clone()),
-            ("space_name", app.space.clone()),
-            ("organization_id", app.org_guid.clone()),
-            ("organization_name", app.org.clone()),
+        // Cloud Controller's tags on its API lines (reference §3.4).
+        let tags = tag_map(app.identity_tags().into_iter().chain([
             ("deployment", "cf".to_string()),
             ("job", "api".to_string()),
             ("index", "1c7a2d7e-3f7e-4c8a-9f1e-5b6a7c8d9e0f".to_string()),
             ("ip", "10.0.1.20".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        tags.insert("source_type".into(), "API".into());
-        tags.insert("origin".into(), "cloud_controller".into());
-        Envelope {
-            timestamp,
-            source_id: g.clone(),
-            instance_id: "0".into(),
-            deprecated_tags: Default::default(),
-            tags,
-            message: Some(envelope::Message::Log(Log {
-                payload: Bytes::from(line),
-                r#type: log::Type::Out as i32,
-            })),
-        }
+            ("source_type", "API".to_string()),
+            ("origin", "cloud_controller".to_string()),
+        ]));
+        let message = envelope::Message::Log(Log {
+            payload: Bytes::from(line),
+            r#type: log::Type::Out as i32,
+        });
+        new_envelope(timestamp, g.clone(), "0", tags, Some(message))
     }
 
     fn container_metrics(&mut self, app_index: usize, instance: u32, timestamp: i64) -> Envelope {
@@ -361,36 +373,31 @@ impl Traffic {
         );
         put("memory_quota", "bytes", 1_073_741_824.0);
         put("disk_quota", "bytes", 1_073_741_824.0);
-        Envelope {
+        new_envelope(
             timestamp,
-            source_id: self.apps[app_index].guid.clone(),
-            instance_id: instance.to_string(),
-            deprecated_tags: Default::default(),
+            self.apps[app_index].guid.clone(),
+            instance.to_string(),
             tags,
-            message: Some(envelope::Message::Gauge(Gauge { metrics })),
-        }
+            Some(envelope::Message::Gauge(Gauge { metrics })),
+        )
     }
 
     fn component(&mut self, source_id: &str, origin: &str, job: &str, timestamp: i64) -> Envelope {
         let index = self.rng.random_range(0..4u32);
-        let tags = [
+        let tags = tag_map([
             ("deployment", "cf".to_string()),
             ("job", job.to_string()),
             ("index", format!("{index:08x}-5a3e-4c2b-8d1f-0e9a8b7c6d5e")),
             ("ip", format!("10.0.2.{}", 10 + index)),
             ("origin", origin.to_string()),
             ("metric_version", "2.0".to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        Envelope {
+        ]);
+        new_envelope(
             timestamp,
-            source_id: source_id.to_string(),
-            instance_id: format!("{index:08x}-5a3e-4c2b-8d1f-0e9a8b7c6d5e"),
-            deprecated_tags: Default::default(),
+            source_id.to_string(),
+            format!("{index:08x}-5a3e-4c2b-8d1f-0e9a8b7c6d5e"),
             tags,
-            message: None,
-        }
+            None,
+        )
     }
 }
