@@ -201,6 +201,7 @@ impl OutputArgs {
             batch: BatchConfig {
                 max_records: self.batch_max_records,
                 max_age: Duration::from_millis(self.batch_max_age_ms),
+                ..BatchConfig::default()
             },
             encode: EncodeContext {
                 foundation: self.foundation.clone(),

@@ -207,8 +207,8 @@ impl Sink for FileSink {
                 tracing::warn!(path = %f.partial.display(), "abandoning a file after a failed write");
             }
             return Err(SinkFailure {
-                error,
                 lost_in_flight: in_flight_before,
+                ..error.into()
             });
         }
         // Nothing is delivered until the file is completed by a roll.
@@ -221,8 +221,8 @@ impl Sink for FileSink {
         };
         let records = file.records;
         self.close(file).map_err(|error| SinkFailure {
-            error,
             lost_in_flight: records,
+            ..error.into()
         })?;
         Ok(records)
     }

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
 use crate::record::Record;
+use crate::source::Backoff;
 
 /// Records travel in chunks: all the records of one received batch that are
 /// routed to one sink. Records are shared between the sinks they go to.
@@ -34,16 +35,39 @@ pub enum SinkError {
         path: String,
         source: std::io::Error,
     },
+    #[error("{sink} sink: cannot connect to {addr}: {reason}")]
+    Connect {
+        sink: &'static str,
+        addr: String,
+        reason: String,
+    },
+    #[error("{sink} sink: {what}")]
+    Config { sink: &'static str, what: String },
 }
 
-/// A write or roll that failed, and how many records it cost.
+/// A write or roll that failed: whether to try the batch again, or what it cost.
 #[derive(Debug)]
 pub struct SinkFailure {
     pub error: SinkError,
     /// Records written earlier (in flight) that this failure lost too, such as
     /// those in a file that can no longer be completed. The failed batch itself
-    /// always counts as lost.
+    /// counts as lost unless the failure is retryable.
     pub lost_in_flight: u64,
+    /// `Some` when the same batch should be written again (a receiver that is
+    /// down or busy), after the given delay or the runner's backoff.
+    pub retry: Option<Option<Duration>>,
+}
+
+impl SinkFailure {
+    /// A failure worth retrying: the runner writes the same batch again after
+    /// `after` (a receiver's Retry-After) or its own backoff.
+    pub fn retryable(error: SinkError, after: Option<Duration>) -> Self {
+        Self {
+            error,
+            lost_in_flight: 0,
+            retry: Some(after),
+        }
+    }
 }
 
 impl From<SinkError> for SinkFailure {
@@ -51,6 +75,7 @@ impl From<SinkError> for SinkFailure {
         Self {
             error,
             lost_in_flight: 0,
+            retry: None,
         }
     }
 }
@@ -95,13 +120,17 @@ pub struct Output {
     pub records: u64,
 }
 
-/// How a sink's runner groups records before writing them.
+/// How a sink's runner groups records before writing them, and retries.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchConfig {
     /// Write as soon as this many records are waiting.
     pub max_records: usize,
     /// Write at the latest this long after the first record of a batch arrived.
     pub max_age: Duration,
+    /// First retry delay of a batch whose write failed retryably (full jitter).
+    pub retry_initial: Duration,
+    /// Longest retry delay; also caps a receiver's Retry-After.
+    pub retry_max: Duration,
 }
 
 impl Default for BatchConfig {
@@ -109,6 +138,8 @@ impl Default for BatchConfig {
         Self {
             max_records: 1000,
             max_age: Duration::from_millis(500),
+            retry_initial: Duration::from_secs(1),
+            retry_max: Duration::from_secs(30),
         }
     }
 }
@@ -127,6 +158,9 @@ pub struct SinkStats {
     pub dropped_queue_full: AtomicU64,
     /// Lost because the sink failed to write them.
     pub dropped_write_error: AtomicU64,
+    /// Retried writes (not part of the accounting identity: a retried batch
+    /// is still queued).
+    pub retries: AtomicU64,
 }
 
 /// A copy of [`SinkStats`] at one moment, for summaries and metrics.
@@ -139,6 +173,7 @@ pub struct SinkSnapshot {
     pub in_flight: u64,
     pub dropped_queue_full: u64,
     pub dropped_write_error: u64,
+    pub retries: u64,
 }
 
 impl SinkSnapshot {
@@ -162,6 +197,7 @@ impl SinkStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
             dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
         }
     }
 }
@@ -264,7 +300,7 @@ pub async fn run_sink<S: Sink>(
                     }
                     pending.extend(chunk);
                     if pending.len() >= batch.max_records {
-                        write_pending(&mut sink, &mut pending, &stats).await;
+                        write_pending(&mut sink, &mut pending, &stats, &batch).await;
                         batch_deadline = None;
                     }
                 }
@@ -277,19 +313,19 @@ pub async fn run_sink<S: Sink>(
         // batches out and rolls its files on time.
         let now = Instant::now();
         if batch_deadline.is_some_and(|d| now >= d) {
-            write_pending(&mut sink, &mut pending, &stats).await;
+            write_pending(&mut sink, &mut pending, &stats, &batch).await;
             batch_deadline = None;
         }
         if let (Some(d), Some(every)) = (next_roll, roll_every)
             && now >= d
         {
-            write_pending(&mut sink, &mut pending, &stats).await;
+            write_pending(&mut sink, &mut pending, &stats, &batch).await;
             batch_deadline = None;
             roll(&mut sink, &stats).await;
             next_roll = Some(Instant::now() + every);
         }
     }
-    write_pending(&mut sink, &mut pending, &stats).await;
+    write_pending(&mut sink, &mut pending, &stats, &batch).await;
     roll(&mut sink, &stats).await;
     SinkReport {
         stats: stats.snapshot(sink.name()),
@@ -297,12 +333,37 @@ pub async fn run_sink<S: Sink>(
     }
 }
 
-async fn write_pending<S: Sink>(sink: &mut S, pending: &mut Vec<Arc<Record>>, stats: &SinkStats) {
+async fn write_pending<S: Sink>(
+    sink: &mut S,
+    pending: &mut Vec<Arc<Record>>,
+    stats: &SinkStats,
+    batch: &BatchConfig,
+) {
     if pending.is_empty() {
         return;
     }
     let n = pending.len() as u64;
-    let result = sink.write(pending).await;
+    let mut backoff = Backoff::full_jitter(batch.retry_initial, batch.retry_max);
+    let mut attempt: u64 = 0;
+    let result = loop {
+        match sink.write(pending).await {
+            Err(SinkFailure {
+                error,
+                retry: Some(after),
+                ..
+            }) => {
+                attempt += 1;
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                let delay = after.map_or_else(|| backoff.next_delay(), |a| a.min(batch.retry_max));
+                // Logged on attempts 1, 2, 4, 8, ...: visible, not a flood.
+                if attempt.is_power_of_two() {
+                    tracing::warn!(sink = sink.name(), records = n, attempt, ?delay, %error, "write failed; retrying the batch");
+                }
+                tokio::time::sleep(delay).await;
+            }
+            other => break other,
+        }
+    };
     pending.clear();
     // Account before releasing the queue slots, so the sum never comes up short.
     match result {
@@ -440,6 +501,7 @@ mod tests {
         let batch = BatchConfig {
             max_records: 10,
             max_age: Duration::from_secs(1),
+            ..BatchConfig::default()
         };
         let report = run_sink(Slow(Arc::clone(&log)), rx, stats, batch).await;
         assert_eq!(report.stats.delivered, 300);
@@ -453,6 +515,56 @@ mod tests {
             .map(|(i, _)| i)
             .collect();
         assert_eq!(rolls, [10, 21, 32, 33], "{log:?}");
+    }
+
+    /// Fails retryably: first with a Retry-After of 7 s, then without one, then succeeds.
+    struct Flaky(u32);
+
+    impl Sink for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            self.0 += 1;
+            let unavailable = || SinkError::Connect {
+                sink: "flaky",
+                addr: "x".into(),
+                reason: "refused".into(),
+            };
+            match self.0 {
+                1 => Err(SinkFailure::retryable(
+                    unavailable(),
+                    Some(Duration::from_secs(7)),
+                )),
+                2 => Err(SinkFailure::retryable(unavailable(), None)),
+                _ => Ok(batch.len() as u64),
+            }
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_failures_retry_the_same_batch_honouring_retry_after() {
+        let (queue, rx) = SinkQueue::new("flaky", 100);
+        queue.offer(chunk(5));
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let start = Instant::now();
+        let s = run_sink(Flaky(0), rx, stats, BatchConfig::default())
+            .await
+            .stats;
+        let waited = start.elapsed();
+        assert_eq!(
+            (s.received, s.delivered, s.pending(), s.dropped(), s.retries),
+            (5, 5, 0, 0, 2)
+        );
+        // The closed queue flushes at once: 7 s Retry-After, then a full-jitter delay of 1 ms..=1 s.
+        assert!(
+            waited > Duration::from_secs(7) && waited <= Duration::from_secs(8),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test]
@@ -482,6 +594,7 @@ mod tests {
         let batch = BatchConfig {
             max_records: 10,
             max_age: Duration::from_millis(500),
+            ..BatchConfig::default()
         };
         let task = tokio::spawn(run_sink(sink, rx, Arc::clone(queue.stats()), batch));
 

@@ -14,17 +14,21 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Exponential backoff with jitter, for reconnect loops.
+/// Exponential backoff with jitter, for reconnect and retry loops.
 ///
-/// Each delay is drawn uniformly from the upper half of the current step
-/// (`step/2 ..= step`), and the step doubles up to `max`. The lower bound
-/// keeps a loop that fails at once from spinning; the jitter keeps many
-/// instances from reconnecting in lockstep after an RLP restart.
+/// The step doubles from `initial` up to `max`. With [`Backoff::new`] each
+/// delay is drawn from the upper half of the step (`step/2 ..= step`): the
+/// lower bound keeps a reconnect loop that fails at once from spinning, the
+/// jitter keeps many instances from reconnecting in lockstep after an RLP
+/// restart. With [`Backoff::full_jitter`] it is drawn from `1 ms ..= step`,
+/// which spreads retries of many senders against one receiver best (AWS's
+/// "full jitter", as Vector's sinks use).
 #[derive(Clone, Debug)]
 pub struct Backoff {
     initial: Duration,
     max: Duration,
     step: Duration,
+    full_jitter: bool,
 }
 
 impl Backoff {
@@ -33,6 +37,14 @@ impl Backoff {
             initial,
             max,
             step: initial,
+            full_jitter: false,
+        }
+    }
+
+    pub fn full_jitter(initial: Duration, max: Duration) -> Self {
+        Self {
+            full_jitter: true,
+            ..Self::new(initial, max)
         }
     }
 
@@ -40,8 +52,12 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let step = self.step;
         self.step = (self.step * 2).min(self.max);
-        let half = step / 2;
-        half + rand::rng().random_range(Duration::ZERO..=step - half)
+        let low = if self.full_jitter {
+            Duration::from_millis(1).min(step)
+        } else {
+            step / 2
+        };
+        rand::rng().random_range(low..=step)
     }
 
     /// Back to the initial delay, after an attempt that worked.
@@ -75,5 +91,19 @@ mod tests {
         }
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn full_jitter_draws_from_one_millisecond_up_to_the_step() {
+        let step = Duration::from_millis(400);
+        let mut b = Backoff::full_jitter(step, step);
+        let draws: Vec<Duration> = (0..1000).map(|_| b.next_delay()).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d >= Duration::from_millis(1) && *d <= step)
+        );
+        // Equal jitter never goes below step/2; full jitter does (P(miss) ≈ 0.75^1000).
+        assert!(draws.iter().any(|d| *d < Duration::from_millis(100)));
     }
 }
