@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read the firehose and deliver records (the default command).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run a built-in Loggregator emulator and the real pipeline over loopback mTLS; write files to ./nozzle-demo.
     Demo(DemoArgs),
     /// Run the Loggregator emulator alone (for benchmarks and trying a nozzle out).
@@ -48,6 +48,31 @@ pub enum SinkKind {
     Stdout,
     /// CloudTrail-style gzip files in --out-dir.
     File,
+    /// RFC 5424 syslog over TLS, TCP or UDP to --syslog-addr.
+    Syslog,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyslogTransportArg {
+    Tcp,
+    Tls,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyslogFramingArg {
+    /// Octet counting (RFC 6587; required by RFC 5425 for TLS).
+    Octet,
+    /// One message per line (line breaks inside a message become spaces).
+    Newline,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyslogMsgArg {
+    /// The record's JSON.
+    Json,
+    /// Log lines as they are (other kinds as JSON).
+    Message,
 }
 
 #[derive(Debug, Args)]
@@ -85,9 +110,15 @@ pub struct RunArgs {
 
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Where records go; with one sink, every kind goes to it.
-    #[arg(long, env = "SINK", value_enum, default_value_t = SinkKind::Stdout)]
-    pub sink: SinkKind,
+    /// Where records go, a comma list; every kind goes to every sink listed.
+    #[arg(
+        long,
+        env = "SINK",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "stdout"
+    )]
+    pub sink: Vec<SinkKind>,
     /// Folder of the file sink.
     #[arg(long, env = "OUT_DIR", default_value = "nozzle-out")]
     pub out_dir: PathBuf,
@@ -112,6 +143,169 @@ pub struct OutputArgs {
     /// gzip level of the file sink, 0 (none) to 9 (smallest).
     #[arg(long, env = "GZIP_LEVEL", default_value_t = DEFAULT_GZIP_LEVEL)]
     pub gzip_level: u32,
+    #[command(flatten)]
+    pub syslog: SyslogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SyslogArgs {
+    /// Syslog receiver, host:port (6514 is RFC 5425's TLS port; AlienVault USM takes RFC 5424 over TLS on 6515).
+    #[arg(long, env = "SYSLOG_ADDR")]
+    pub syslog_addr: Option<String>,
+    /// Syslog transport.
+    #[arg(long, env = "SYSLOG_TRANSPORT", value_enum, default_value_t = SyslogTransportArg::Tls)]
+    pub syslog_transport: SyslogTransportArg,
+    /// CA bundle (PEM) the syslog receiver's certificate must chain to; without it, the Mozilla roots.
+    #[arg(long, env = "SYSLOG_CA")]
+    pub syslog_ca: Option<PathBuf>,
+    /// Name the syslog receiver's certificate must carry; the host of --syslog-addr by default.
+    #[arg(long, env = "SYSLOG_SERVER_NAME")]
+    pub syslog_server_name: Option<String>,
+    /// Client certificate (PEM) for receivers that require one.
+    #[arg(long, env = "SYSLOG_CERT")]
+    pub syslog_cert: Option<PathBuf>,
+    /// Client key (PEM) for --syslog-cert.
+    #[arg(long, env = "SYSLOG_KEY")]
+    pub syslog_key: Option<PathBuf>,
+    /// Syslog framing.
+    #[arg(long, env = "SYSLOG_FRAMING", value_enum, default_value_t = SyslogFramingArg::Octet)]
+    pub syslog_framing: SyslogFramingArg,
+    /// Syslog facility: a name (kern, user, daemon, auth, local0 ... local7) or a number 0-23.
+    #[arg(long, env = "SYSLOG_FACILITY", default_value = "local0")]
+    pub syslog_facility: String,
+    /// What a syslog message carries after the structured data.
+    #[arg(long, env = "SYSLOG_MSG", value_enum, default_value_t = SyslogMsgArg::Json)]
+    pub syslog_msg: SyslogMsgArg,
+    /// Longest syslog message in bytes; longer ones are cut with a "[truncated]" marker.
+    #[arg(long, env = "SYSLOG_MAX_MESSAGE_BYTES", default_value_t = crate::sink::syslog::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub syslog_max_message_bytes: usize,
+    /// Private enterprise number of the structured-data ID (tags@<number>); 32473 is the documentation number.
+    #[arg(long, env = "SYSLOG_ENTERPRISE_NUMBER", default_value_t = crate::sink::syslog::DEFAULT_ENTERPRISE_NUMBER)]
+    pub syslog_enterprise_number: u32,
+}
+
+/// Syslog facility names (RFC 5424 §6.2.1).
+const FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+impl SyslogArgs {
+    /// The TLS client settings of the syslog sink, plus any problems in them.
+    fn tls_config(&self, errors: &mut Vec<String>) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let read = |what, path: &std::path::Path, expected| {
+            crate::tls::read_pem_file(what, path, expected).map_err(|e| e.to_string())
+        };
+        let ca = self
+            .syslog_ca
+            .as_deref()
+            .map(|p| read("--syslog-ca (SYSLOG_CA)", p, "CERTIFICATE"))
+            .transpose();
+        let identity = match (&self.syslog_cert, &self.syslog_key) {
+            (Some(c), Some(k)) => {
+                read("--syslog-cert (SYSLOG_CERT)", c, "CERTIFICATE").and_then(|c| {
+                    read("--syslog-key (SYSLOG_KEY)", k, "PRIVATE KEY").map(|k| Some((c, k)))
+                })
+            }
+            (None, None) => Ok(None),
+            _ => Err(
+                "--syslog-cert (SYSLOG_CERT) and --syslog-key (SYSLOG_KEY) go together".to_string(),
+            ),
+        };
+        let (ca, identity) = match (ca, identity) {
+            (Ok(ca), Ok(identity)) => (ca, identity),
+            (ca, identity) => {
+                errors.extend(ca.err());
+                errors.extend(identity.err());
+                return None;
+            }
+        };
+        crate::tls::rustls_client_config(
+            "--syslog-ca/--syslog-cert/--syslog-key",
+            ca.as_deref(),
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map(std::sync::Arc::new)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok()
+    }
+
+    /// The syslog sink these options describe, plus any problems in them.
+    fn config(&self, errors: &mut Vec<String>) -> Option<crate::sink::syslog::SyslogConfig> {
+        use crate::sink::syslog::{Framing, MsgFormat, SyslogConfig, SyslogFormat, Transport};
+        let before = errors.len();
+        let addr = match &self.syslog_addr {
+            None => {
+                errors.push("--syslog-addr (SYSLOG_ADDR) is required with --sink syslog".into());
+                String::new()
+            }
+            Some(a) if !valid_host_port(a) => {
+                errors.push(format!(
+                    "--syslog-addr (SYSLOG_ADDR) must be host:port, not {a:?}"
+                ));
+                String::new()
+            }
+            Some(a) => a.clone(),
+        };
+        let facility = match self.syslog_facility.parse::<u8>() {
+            Ok(n) if n <= 23 => Some(n),
+            _ => FACILITIES
+                .iter()
+                .position(|f| *f == self.syslog_facility)
+                .map(|i| i as u8),
+        };
+        if facility.is_none() {
+            errors.push(format!(
+                "--syslog-facility (SYSLOG_FACILITY) must be a facility name (local0 ... local7, user, ...) or 0-23, not {:?}",
+                self.syslog_facility
+            ));
+        }
+        if self.syslog_max_message_bytes < 480 {
+            errors.push(format!(
+                "--syslog-max-message-bytes (SYSLOG_MAX_MESSAGE_BYTES) must be at least 480 (RFC 5424's minimum), not {}",
+                self.syslog_max_message_bytes
+            ));
+        }
+        let transport = match self.syslog_transport {
+            SyslogTransportArg::Tcp => Transport::Tcp,
+            SyslogTransportArg::Tls => Transport::Tls,
+            SyslogTransportArg::Udp => Transport::Udp,
+        };
+        let tls = if transport == Transport::Tls {
+            self.tls_config(errors)
+        } else {
+            None
+        };
+        if errors.len() > before {
+            return None;
+        }
+        let server_name = self.syslog_server_name.clone().unwrap_or_else(|| {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        Some(SyslogConfig {
+            addr,
+            transport,
+            framing: match self.syslog_framing {
+                SyslogFramingArg::Octet => Framing::OctetCounting,
+                SyslogFramingArg::Newline => Framing::Newline,
+            },
+            server_name,
+            tls,
+            format: SyslogFormat {
+                facility: facility.unwrap_or(16),
+                enterprise_number: self.syslog_enterprise_number,
+                msg: match self.syslog_msg {
+                    SyslogMsgArg::Json => MsgFormat::Json,
+                    SyslogMsgArg::Message => MsgFormat::Message,
+                },
+                max_message_bytes: self.syslog_max_message_bytes,
+            },
+        })
+    }
 }
 
 /// zlib-rs level 1 compresses JSON records about 6:1 at several times the
@@ -186,17 +380,30 @@ impl OutputArgs {
                 self.foundation
             ));
         }
-        let sink = match self.sink {
-            SinkKind::Stdout => SinkConfig::Stdout,
-            SinkKind::File => SinkConfig::File(FileSinkConfig {
-                dir: self.out_dir.clone(),
-                instance_index: self.instance_index,
-                roll_interval: Duration::from_secs(self.roll_interval),
-                gzip_level: self.gzip_level,
-            }),
-        };
+        let mut kinds = self.sink.clone();
+        kinds.dedup();
+        if kinds.is_empty() {
+            errors.push("--sink (SINK) must name at least one sink: stdout, file or syslog".into());
+        }
+        let mut sinks = Vec::new();
+        for kind in kinds {
+            let sink = match kind {
+                SinkKind::Stdout => SinkConfig::Stdout,
+                SinkKind::File => SinkConfig::File(FileSinkConfig {
+                    dir: self.out_dir.clone(),
+                    instance_index: self.instance_index,
+                    roll_interval: Duration::from_secs(self.roll_interval),
+                    gzip_level: self.gzip_level,
+                }),
+                SinkKind::Syslog => match self.syslog.config(errors) {
+                    Some(cfg) => SinkConfig::Syslog(cfg),
+                    None => continue,
+                },
+            };
+            sinks.push((sink, Kind::ALL.to_vec()));
+        }
         PipelineConfig {
-            sinks: vec![(sink, Kind::ALL.to_vec())],
+            sinks,
             queue_capacity: self.queue_capacity,
             batch: BatchConfig {
                 max_records: self.batch_max_records,

@@ -16,6 +16,7 @@ use crate::record::{EncodeContext, Kind};
 use crate::route::{IngressSnapshot, IngressStats, Router};
 use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::stdout::StdoutSink;
+use crate::sink::syslog::SyslogSink;
 use crate::sink::{BatchConfig, SinkError, SinkQueue, SinkReport, SinkStats, run_sink};
 use crate::source::rlp::{self, RlpConfig, RlpStatus};
 
@@ -23,6 +24,7 @@ use crate::source::rlp::{self, RlpConfig, RlpStatus};
 pub enum SinkConfig {
     Stdout,
     File(FileSinkConfig),
+    Syslog(crate::sink::syslog::SyslogConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -93,6 +95,10 @@ impl Pipeline {
             match sink_cfg {
                 SinkConfig::Stdout => add(
                     spawn(StdoutSink::new(cfg.encode.clone()), cfg),
+                    kinds.clone(),
+                ),
+                SinkConfig::Syslog(s) => add(
+                    spawn(SyslogSink::new(s.clone(), cfg.encode.clone()), cfg),
                     kinds.clone(),
                 ),
                 // One writer per kind: kinds are compressed in parallel and isolated.

@@ -24,6 +24,8 @@ pub enum TlsError {
     },
     #[error("cannot generate certificates: {0}")]
     Generate(#[from] rcgen::Error),
+    #[error("{what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
 }
 
 /// The client side of mutual TLS: whom we trust and who we are, as PEM.
@@ -152,4 +154,59 @@ impl Pki {
         std::fs::write(dir.join("client-key.pem"), &self.client_key_pem)?;
         Ok(())
     }
+}
+
+/// A rustls client configuration for a sink: trust `ca_pem` (or, without
+/// it, the Mozilla roots of `webpki-roots`) and present `identity`
+/// (certificate and key PEM) when given.
+pub fn rustls_client_config(
+    what: &'static str,
+    ca_pem: Option<&[u8]>,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |reason: String| TlsError::Invalid { what, reason };
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| invalid(format!("CA bundle: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(format!("CA bundle: {e}")))?;
+            }
+            if roots.is_empty() {
+                return Err(invalid("CA bundle holds no certificate".into()));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_pem, key_pem)) => {
+            let certs = CertificateDer::pem_slice_iter(cert_pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid(format!("client certificate: {e}")))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem)
+                .map_err(|e| invalid(format!("client key: {e}")))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| invalid(format!("client certificate and key: {e}")))
+        }
+    }
+}
+
+/// Reads a PEM file for a sink option, naming the option in errors.
+pub fn read_pem_file(
+    what: &'static str,
+    path: &Path,
+    expected: &'static str,
+) -> Result<Vec<u8>, TlsError> {
+    read_pem(what, path, expected)
 }

@@ -231,6 +231,7 @@ fn configuration_errors_are_all_listed_at_once_with_their_options() {
             "--roll-interval",
             "0",
         ])
+        .args(["--sink", "file,syslog", "--syslog-facility", "local9"])
         .args(["--rlp-ca", "/nonexistent/ca.pem"])
         .output()
         .unwrap();
@@ -242,6 +243,8 @@ fn configuration_errors_are_all_listed_at_once_with_their_options() {
         "--rlp-key (RLP_KEY) is required",
         "--gzip-level (GZIP_LEVEL) must be 0 to 9, not 12",
         "--roll-interval (ROLL_INTERVAL) must be at least 1 second",
+        "--syslog-addr (SYSLOG_ADDR) is required with --sink syslog",
+        "--syslog-facility (SYSLOG_FACILITY) must be a facility name (local0 ... local7, user, ...) or 0-23, not \"local9\"",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
     }
@@ -308,6 +311,13 @@ fn help_lists_every_option_with_its_environment_variable() {
         ("--foundation", "FOUNDATION"),
         ("--queue-capacity", "QUEUE_CAPACITY"),
         ("--duration", "DEMO_DURATION"),
+        ("--syslog-addr", "SYSLOG_ADDR"),
+        ("--syslog-transport", "SYSLOG_TRANSPORT"),
+        ("--syslog-ca", "SYSLOG_CA"),
+        ("--syslog-server-name", "SYSLOG_SERVER_NAME"),
+        ("--syslog-cert", "SYSLOG_CERT"),
+        ("--syslog-key", "SYSLOG_KEY"),
+        ("--syslog-framing", "SYSLOG_FRAMING"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(

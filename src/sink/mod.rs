@@ -11,6 +11,7 @@
 
 pub mod file;
 pub mod stdout;
+pub mod syslog;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

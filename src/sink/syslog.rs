@@ -1,0 +1,613 @@
+//! The `syslog` sink: RFC 5424 messages over TCP, TLS (RFC 5425) or UDP, as
+//! AlienVault USM's syslog-ng listener and rsyslog receive them.
+//!
+//! One message per record:
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [tags@PEN k="v" ...] MSG`
+//! - PRI: the configured facility and a severity per kind (API invocations
+//!   notice, stderr app logs warning, other logs and metrics info, events notice);
+//! - TIMESTAMP: the envelope's time, UTC, microseconds;
+//! - HOSTNAME `org.space.app` for app traffic, else `deployment.job`, else the origin;
+//!   APP-NAME the source id; PROCID `[SOURCE_TYPE/INSTANCE]`; MSGID the record kind;
+//! - structured data: every envelope tag, escaped as the RFC requires;
+//! - MSG: the record's JSON (default) or, for logs, the log line itself.
+//!
+//! Header fields are cut to the RFC's lengths and printable ASCII. A message
+//! longer than `max_message_bytes` has its MSG cut with a `[truncated]`
+//! marker (never split into two messages). Framing is octet counting
+//! (RFC 6587, required with TLS) or newline; with newline framing a line
+//! break inside a message is replaced by a space.
+//!
+//! Delivery is at least once: a batch whose write fails is retried whole on a
+//! new connection (the runner's retry), so a receiver can see part of it twice.
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+use super::{Sink, SinkError, SinkFailure};
+use crate::proto::envelope::Message;
+use crate::proto::{log, value};
+use crate::record::{EncodeContext, Kind, Record};
+
+/// RFC 5612's enterprise number for documentation; operators set their own.
+pub const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
+
+/// rsyslog's default `maxMessageSize`, and RFC 5425's "SHOULD accept 8192".
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8192;
+
+/// The largest UDP payload over IPv4.
+const MAX_DATAGRAM: usize = 65_507;
+
+const TRUNCATED: &[u8] = b"[truncated]";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// `MSG-LEN SP SYSLOG-MSG` (RFC 6587 §3.4.1, RFC 5425).
+    OctetCounting,
+    /// The message and a line feed.
+    Newline,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsgFormat {
+    /// The record's JSON.
+    Json,
+    /// Log lines as they are; other kinds as JSON.
+    Message,
+}
+
+/// What a message looks like.
+#[derive(Clone, Debug)]
+pub struct SyslogFormat {
+    /// 0–23 (16 is local0).
+    pub facility: u8,
+    pub enterprise_number: u32,
+    pub msg: MsgFormat,
+    pub max_message_bytes: usize,
+}
+
+impl Default for SyslogFormat {
+    fn default() -> Self {
+        Self {
+            facility: 16,
+            enterprise_number: DEFAULT_ENTERPRISE_NUMBER,
+            msg: MsgFormat::Json,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SyslogConfig {
+    /// `host:port`.
+    pub addr: String,
+    pub transport: Transport,
+    pub framing: Framing,
+    /// Name the receiver's certificate must carry (TLS); the host of `addr` by default.
+    pub server_name: String,
+    /// TLS client settings (trust, client certificate).
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub format: SyslogFormat,
+}
+
+impl std::fmt::Debug for SyslogConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyslogConfig")
+            .field("addr", &self.addr)
+            .field("transport", &self.transport)
+            .field("framing", &self.framing)
+            .field("server_name", &self.server_name)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The syslog severity of a record.
+pub fn severity(record: &Record) -> u8 {
+    match (&record.kind, &record.envelope.message) {
+        (Kind::Api, _) => 5,
+        (Kind::AppLog, Some(Message::Log(l))) if l.r#type == log::Type::Err as i32 => 4,
+        (Kind::Event, _) => 5,
+        _ => 6,
+    }
+}
+
+/// Appends one RFC 5424 message (without framing) for `record` to `out`.
+/// Returns whether the MSG had to be truncated to fit `max_message_bytes`.
+pub fn encode(
+    record: &Record,
+    ctx: &EncodeContext,
+    format: &SyslogFormat,
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = out.len();
+    let env = &record.envelope;
+    let tag = |k: &str| record.tag(k).filter(|v| !v.is_empty());
+    let pri = u16::from(format.facility.min(23)) * 8 + u16::from(severity(record));
+    let time = chrono::DateTime::from_timestamp_nanos(env.timestamp)
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let _ = write!(out, "<{pri}>1 {time} ");
+
+    let hostname = match (tag("organization_name"), tag("space_name"), tag("app_name")) {
+        (None, None, None) => match (tag("deployment"), tag("job")) {
+            (Some(d), Some(j)) => format!("{d}.{j}"),
+            _ => tag("origin").unwrap_or("").to_string(),
+        },
+        (o, s, a) => [o, s, a]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join("."),
+    };
+    header_field(out, &hostname, 255);
+    out.push(b' ');
+    header_field(out, &env.source_id, 48);
+    out.push(b' ');
+    let procid = match tag("source_type") {
+        Some(st) if env.instance_id.is_empty() => format!("[{st}]"),
+        Some(st) => format!("[{st}/{}]", env.instance_id),
+        None => env.instance_id.clone(),
+    };
+    header_field(out, &procid, 128);
+    out.push(b' ');
+    header_field(out, record.kind.as_str(), 32);
+    out.push(b' ');
+    structured_data(out, record, format.enterprise_number);
+
+    let msg_start = out.len() + 1;
+    out.push(b' ');
+    match (&format.msg, &env.message) {
+        (MsgFormat::Message, Some(Message::Log(l))) => out.extend_from_slice(&l.payload),
+        _ => record.write_json(ctx, out),
+    }
+    let limit = format
+        .max_message_bytes
+        .max(msg_start - start + TRUNCATED.len());
+    if out.len() - start <= limit {
+        return false;
+    }
+    // Cut the MSG at a character boundary (the JSON and most log lines are UTF-8).
+    let mut cut = start + limit - TRUNCATED.len();
+    while cut > msg_start && (out[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+    }
+    out.truncate(cut);
+    out.extend_from_slice(TRUNCATED);
+    true
+}
+
+/// A header field: printable US-ASCII only (others become `_`), at most
+/// `max` bytes, `-` when empty.
+fn header_field(out: &mut Vec<u8>, value: &str, max: usize) {
+    if value.is_empty() {
+        out.push(b'-');
+        return;
+    }
+    out.extend(
+        value
+            .bytes()
+            .take(max)
+            .map(|b| if (33..=126).contains(&b) { b } else { b'_' }),
+    );
+}
+
+/// `[tags@PEN name="value" ...]` with every tag, or `-` without tags.
+fn structured_data(out: &mut Vec<u8>, record: &Record, pen: u32) {
+    let env = &record.envelope;
+    let deprecated = env
+        .deprecated_tags
+        .iter()
+        .filter_map(|(k, v)| match &v.data {
+            Some(value::Data::Text(t)) if !env.tags.contains_key(k) => Some((k, t.as_str())),
+            _ => None,
+        });
+    let mut params = env
+        .tags
+        .iter()
+        .map(|(k, v)| (k, v.as_str()))
+        .chain(deprecated)
+        .peekable();
+    if params.peek().is_none() {
+        out.push(b'-');
+        return;
+    }
+    let _ = write!(out, "[tags@{pen}");
+    for (name, value) in params {
+        out.push(b' ');
+        // SD-NAME: 1–32 printable characters other than '=', ' ', ']' and '"'.
+        let name: Vec<u8> = name
+            .bytes()
+            .take(32)
+            .map(|b| match b {
+                b'=' | b' ' | b']' | b'"' => b'_',
+                33..=126 => b,
+                _ => b'_',
+            })
+            .collect();
+        out.extend_from_slice(if name.is_empty() { b"_" } else { &name });
+        out.extend_from_slice(b"=\"");
+        for b in value.bytes() {
+            if matches!(b, b'"' | b'\\' | b']') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
+    out.push(b']');
+}
+
+/// Appends `record` framed for the transport.
+fn encode_framed(
+    record: &Record,
+    ctx: &EncodeContext,
+    format: &SyslogFormat,
+    framing: Framing,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> bool {
+    scratch.clear();
+    let truncated = encode(record, ctx, format, scratch);
+    match framing {
+        Framing::OctetCounting => {
+            let _ = write!(out, "{} ", scratch.len());
+            out.extend_from_slice(scratch);
+        }
+        Framing::Newline => {
+            out.extend(
+                scratch
+                    .iter()
+                    .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+            );
+            out.push(b'\n');
+        }
+    }
+    truncated
+}
+
+enum Connection {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Udp(UdpSocket),
+}
+
+impl Connection {
+    /// Whether the receiver has closed or reset the stream: a write would go
+    /// to a socket buffer nobody reads (and be lost), so reconnect first.
+    fn peer_closed(&mut self) -> bool {
+        use futures_util::FutureExt;
+        let mut byte = [0u8; 64];
+        let polled = match self {
+            Connection::Tcp(s) => s.read(&mut byte).now_or_never(),
+            Connection::Tls(s) => s.read(&mut byte).now_or_never(),
+            Connection::Udp(_) => None,
+        };
+        matches!(polled, Some(Ok(0) | Err(_)))
+    }
+}
+
+pub struct SyslogSink {
+    cfg: SyslogConfig,
+    ctx: EncodeContext,
+    conn: Option<Connection>,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    truncated: u64,
+}
+
+impl SyslogSink {
+    pub fn new(cfg: SyslogConfig, ctx: EncodeContext) -> Self {
+        Self {
+            cfg,
+            ctx,
+            conn: None,
+            buf: Vec::with_capacity(1 << 20),
+            scratch: Vec::with_capacity(DEFAULT_MAX_MESSAGE_BYTES),
+            truncated: 0,
+        }
+    }
+
+    async fn connect(&self) -> Result<Connection, SinkError> {
+        let addr = &self.cfg.addr;
+        let failed = |reason: String| SinkError::Connect {
+            sink: "syslog",
+            addr: addr.clone(),
+            reason,
+        };
+        if self.cfg.transport == Transport::Udp {
+            let socket = UdpSocket::bind(if addr.starts_with('[') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            })
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+            socket
+                .connect(addr)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            return Ok(Connection::Udp(socket));
+        }
+        let tcp =
+            tokio::time::timeout(std::time::Duration::from_secs(10), TcpStream::connect(addr))
+                .await
+                .map_err(|_| failed("timed out after 10 s".into()))?
+                .map_err(|e| failed(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        if self.cfg.transport == Transport::Tcp {
+            return Ok(Connection::Tcp(tcp));
+        }
+        let tls = self
+            .cfg
+            .tls
+            .clone()
+            .ok_or_else(|| failed("TLS transport without TLS settings".into()))?;
+        let name =
+            rustls_pki_types::ServerName::try_from(self.cfg.server_name.clone()).map_err(|e| {
+                failed(format!(
+                    "invalid TLS server name {:?}: {e}",
+                    self.cfg.server_name
+                ))
+            })?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| failed(format!("TLS handshake: {e}")))?;
+        Ok(Connection::Tls(Box::new(stream)))
+    }
+
+    async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
+        if self.conn.as_mut().is_some_and(Connection::peer_closed) {
+            tracing::info!(addr = %self.cfg.addr, "syslog receiver closed the connection; reconnecting");
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            self.conn = Some(self.connect().await?);
+        }
+        let io = |source| SinkError::Io {
+            sink: "syslog",
+            path: self.cfg.addr.clone(),
+            source,
+        };
+        let (cfg, ctx) = (&self.cfg, &self.ctx);
+        match self.conn.as_mut().expect("connected above") {
+            Connection::Udp(socket) => {
+                let format = SyslogFormat {
+                    max_message_bytes: cfg.format.max_message_bytes.min(MAX_DATAGRAM),
+                    ..cfg.format.clone()
+                };
+                for record in batch {
+                    self.buf.clear();
+                    if encode(record, ctx, &format, &mut self.buf) {
+                        self.truncated += 1;
+                    }
+                    socket.send(&self.buf).await.map_err(io)?;
+                }
+                Ok(())
+            }
+            conn => {
+                self.buf.clear();
+                for record in batch {
+                    if encode_framed(
+                        record,
+                        ctx,
+                        &cfg.format,
+                        cfg.framing,
+                        &mut self.scratch,
+                        &mut self.buf,
+                    ) {
+                        self.truncated += 1;
+                    }
+                }
+                let written = match conn {
+                    Connection::Tcp(s) => s.write_all(&self.buf).await.and(s.flush().await),
+                    Connection::Tls(s) => s.write_all(&self.buf).await.and(s.flush().await),
+                    Connection::Udp(_) => unreachable!("handled above"),
+                };
+                written.map_err(io)
+            }
+        }
+    }
+}
+
+impl Sink for SyslogSink {
+    fn name(&self) -> &str {
+        "syslog"
+    }
+
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        let truncated_before = self.truncated;
+        match self.send(batch).await {
+            Ok(()) => {
+                let truncated = self.truncated - truncated_before;
+                if truncated > 0 {
+                    tracing::warn!(
+                        truncated,
+                        max_message_bytes = self.cfg.format.max_message_bytes,
+                        "syslog messages longer than the limit were truncated"
+                    );
+                }
+                Ok(batch.len() as u64)
+            }
+            Err(error) => {
+                // The stream's state is unknown: start a new connection and
+                // send the whole batch again (at least once).
+                self.conn = None;
+                Err(SinkFailure::retryable(error, None))
+            }
+        }
+    }
+
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        // Close politely at shutdown (TLS close_notify), so the receiver sees a clean end.
+        if let Some(Connection::Tls(mut s)) = self.conn.take() {
+            let _ = s.shutdown().await;
+        }
+        Ok(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::proto::{Envelope, Log, envelope};
+
+    fn record(tags: &[(&str, &str)], payload: &str, ty: log::Type) -> Record {
+        classify(Envelope {
+            timestamp: 1_700_000_000_123_456_789,
+            source_id: "cdabc600-0b73-48e1-b7d2-26af2c63f933".into(),
+            instance_id: "0".into(),
+            deprecated_tags: Default::default(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message: Some(envelope::Message::Log(Log {
+                payload: payload.to_string().into(),
+                r#type: ty as i32,
+            })),
+        })
+    }
+
+    fn ctx() -> EncodeContext {
+        EncodeContext {
+            foundation: "prod".into(),
+        }
+    }
+
+    fn message(format: &SyslogFormat, r: &Record) -> (String, bool) {
+        let mut out = Vec::new();
+        let truncated = encode(r, &ctx(), format, &mut out);
+        (String::from_utf8(out).unwrap(), truncated)
+    }
+
+    #[test]
+    fn an_app_log_line_as_an_exact_rfc5424_message() {
+        let r = record(
+            &[
+                ("app_name", "spring-music"),
+                ("organization_name", "acme"),
+                ("space_name", "dev"),
+                ("source_type", "APP/PROC/WEB"),
+                ("weird", "a]b\"c\\d"),
+            ],
+            "line one\nline two",
+            log::Type::Err,
+        );
+        let format = SyslogFormat {
+            msg: MsgFormat::Message,
+            ..SyslogFormat::default()
+        };
+        // local0 (16) * 8 + warning (4) = 132
+        assert_eq!(
+            message(&format, &r),
+            (
+                concat!(
+                    "<132>1 2023-11-14T22:13:20.123456Z acme.dev.spring-music cdabc600-0b73-48e1-b7d2-26af2c63f933 ",
+                    "[APP/PROC/WEB/0] app_log [tags@32473 app_name=\"spring-music\" organization_name=\"acme\" ",
+                    "source_type=\"APP/PROC/WEB\" space_name=\"dev\" weird=\"a\\]b\\\"c\\\\d\"] line one\nline two"
+                )
+                .to_string(),
+                false
+            )
+        );
+    }
+
+    #[test]
+    fn an_api_invocation_is_a_notice_with_the_record_json() {
+        let r = record(
+            &[("source_type", "API")],
+            "Created app with guid x",
+            log::Type::Out,
+        );
+        let (msg, _) = message(&SyslogFormat::default(), &r);
+        let expected_head = "<133>1 2023-11-14T22:13:20.123456Z - cdabc600-0b73-48e1-b7d2-26af2c63f933 [API/0] api [tags@32473 source_type=\"API\"] ";
+        assert!(msg.starts_with(expected_head), "{msg}");
+        let json: serde_json::Value = serde_json::from_str(&msg[expected_head.len()..]).unwrap();
+        assert_eq!(json["eventName"], "audit.app.create");
+    }
+
+    #[test]
+    fn long_messages_are_cut_with_a_marker_at_a_character_boundary() {
+        let long = "é".repeat(5000); // 10,000 bytes
+        let r = record(&[], &long, log::Type::Out);
+        let format = SyslogFormat {
+            msg: MsgFormat::Message,
+            max_message_bytes: 200,
+            ..SyslogFormat::default()
+        };
+        let (msg, truncated) = message(&format, &r);
+        assert!(truncated);
+        assert!(msg.len() <= 200, "{}", msg.len());
+        assert!(
+            msg.len() >= 199,
+            "cut at most one byte short: {}",
+            msg.len()
+        );
+        assert!(msg.ends_with("é[truncated]"), "{msg}");
+        assert!(msg.starts_with("<134>1 2023-11-14T22:13:20.123456Z - cdabc600-0b73-48e1-b7d2-26af2c63f933 0 app_log - é"));
+    }
+
+    #[test]
+    fn header_fields_are_printable_ascii_within_their_limits() {
+        let r = record(
+            &[
+                ("deployment", "cf"),
+                ("job", "diego cell"),
+                ("source_type", "X".repeat(200).as_str()),
+            ],
+            "x",
+            log::Type::Out,
+        );
+        let (msg, _) = message(&SyslogFormat::default(), &r);
+        let fields: Vec<&str> = msg.splitn(8, ' ').collect();
+        assert_eq!(fields[2], "cf.diego_cell");
+        assert_eq!(fields[4].len(), 128, "PROCID cut to 128");
+        assert_eq!(fields[5], "app_log");
+    }
+
+    #[test]
+    fn newline_framing_keeps_one_message_per_line() {
+        let r = record(&[], "a\nb\r\nc", log::Type::Out);
+        let format = SyslogFormat {
+            msg: MsgFormat::Message,
+            ..SyslogFormat::default()
+        };
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        encode_framed(
+            &r,
+            &ctx(),
+            &format,
+            Framing::Newline,
+            &mut scratch,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with(" a b  c\n"), "{text:?}");
+        assert_eq!(text.matches('\n').count(), 1);
+
+        let (mut scratch, mut out) = (Vec::new(), Vec::new());
+        encode_framed(
+            &r,
+            &ctx(),
+            &format,
+            Framing::OctetCounting,
+            &mut scratch,
+            &mut out,
+        );
+        let text = String::from_utf8(out).unwrap();
+        let (len, rest) = text.split_once(' ').unwrap();
+        assert_eq!(len.parse::<usize>().unwrap(), rest.len());
+        assert!(rest.ends_with(" a\nb\r\nc"));
+    }
+}

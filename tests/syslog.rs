@@ -1,0 +1,473 @@
+//! The syslog sink against real receivers: Debian's rsyslog with the GnuTLS
+//! driver (RFC 5424 over TLS, octet counting), whose parser is an independent
+//! check of our messages, and a plain TCP listener for reconnect cases.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::pipeline::{PipelineConfig, SinkConfig};
+use cf_audit_nozzle::proto::{Counter, Envelope, Event, envelope};
+use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
+use cf_audit_nozzle::sink::syslog::{
+    Framing, MsgFormat, SyslogConfig, SyslogFormat, SyslogSink, Transport,
+};
+use cf_audit_nozzle::sink::{BatchConfig, Sink};
+use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
+use cf_audit_nozzle::tls::{Pki, rustls_client_config};
+use common::*;
+
+/// A non-system rsyslogd in the foreground: TLS (anonymous clients) on a free
+/// port, every message parsed into one JSON line of RFC 5424 fields.
+struct Rsyslog {
+    child: Child,
+    port: u16,
+    out: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Rsyslog {
+    fn start(pki: &Pki) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, pem) in [
+            ("ca.pem", &pki.ca_pem),
+            ("server.pem", &pki.server_cert_pem),
+            ("server.key", &pki.server_key_pem),
+        ] {
+            std::fs::write(d.join(name), pem).unwrap();
+        }
+        std::fs::create_dir_all(d.join("work")).unwrap();
+        let out = d.join("fields.jsonl");
+        let conf = format!(
+            r#"global(workDirectory="{d}/work" maxMessageSize="64k"
+       parser.escapeControlCharactersOnReceive="off"
+       defaultNetstreamDriver="gtls"
+       defaultNetstreamDriverCAFile="{d}/ca.pem"
+       defaultNetstreamDriverCertFile="{d}/server.pem"
+       defaultNetstreamDriverKeyFile="{d}/server.key")
+module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" StreamDriver.AuthMode="anon")
+input(type="imtcp" address="127.0.0.1" port="0" listenPortFileName="{d}/port" ruleset="sink")
+template(name="fields" type="list" option.jsonf="on") {{
+  property(outname="pri" name="pri" format="jsonf")
+  property(outname="timestamp" name="timereported" dateFormat="rfc3339" format="jsonf")
+  property(outname="hostname" name="hostname" format="jsonf")
+  property(outname="app_name" name="app-name" format="jsonf")
+  property(outname="procid" name="procid" format="jsonf")
+  property(outname="msgid" name="msgid" format="jsonf")
+  property(outname="sd" name="structured-data" format="jsonf")
+  property(outname="msg" name="msg" format="jsonf")
+}}
+ruleset(name="sink") {{
+  action(type="omfile" file="{out}" template="fields")
+}}
+"#,
+            d = d.display(),
+            out = out.display()
+        );
+        std::fs::write(d.join("rsyslog.conf"), conf).unwrap();
+        let child = Command::new("rsyslogd")
+            .args(["-n", "-f"])
+            .arg(d.join("rsyslog.conf"))
+            .arg("-i")
+            .arg(d.join("work/rsyslogd.pid"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rsyslogd (scripts/test installs rsyslog and rsyslog-gnutls)");
+        let port_file = d.join("port");
+        let until = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(text) = std::fs::read_to_string(&port_file)
+                && let Ok(port) = text.trim().parse::<u16>()
+            {
+                break port;
+            }
+            assert!(Instant::now() < until, "rsyslogd did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            child,
+            port,
+            out,
+            _dir: dir,
+        }
+    }
+
+    /// The parsed messages, once at least `n` have been written.
+    fn wait_for(&self, n: usize) -> Vec<serde_json::Value> {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let lines = read_lines(&self.out);
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < until,
+                "rsyslog wrote {} of {n} messages",
+                lines.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<serde_json::Value> {
+    let Ok(file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        // A line still being written is not complete JSON yet.
+        .map_while(|l| serde_json::from_str(&l).ok())
+        .collect()
+}
+
+fn syslog_config(pki: &Pki, port: u16, msg: MsgFormat) -> SyslogConfig {
+    let tls = rustls_client_config("test", Some(pki.ca_pem.as_bytes()), None).unwrap();
+    SyslogConfig {
+        addr: format!("127.0.0.1:{port}"),
+        transport: Transport::Tls,
+        framing: Framing::OctetCounting,
+        server_name: "localhost".to_string(),
+        tls: Some(Arc::new(tls)),
+        format: SyslogFormat {
+            msg,
+            ..SyslogFormat::default()
+        },
+    }
+}
+
+fn syslog_pipeline(cfg: SyslogConfig) -> PipelineConfig {
+    PipelineConfig {
+        sinks: vec![(SinkConfig::Syslog(cfg), Kind::ALL.to_vec())],
+        queue_capacity: 1_000_000,
+        batch: BatchConfig::default(),
+        encode: EncodeContext {
+            foundation: FOUNDATION.to_string(),
+        },
+        decode_only: false,
+    }
+}
+
+const APP: &str = "cdabc600-0b73-48e1-b7d2-26af2c63f933";
+
+/// One envelope of each kind, with characters RFC 5424 makes us escape.
+fn kinds() -> Vec<Envelope> {
+    let tags: &[(&str, &str)] = &[
+        ("app_name", "spring-music"),
+        ("organization_name", "acme"),
+        ("space_name", "dev"),
+        ("source_type", "APP/PROC/WEB"),
+        ("odd", r#"a]b"c\d"#),
+    ];
+    let mut api = log_envelope(
+        1_700_000_000_123_456_789,
+        APP,
+        format!("Updated app with guid {APP} ({{\"name\"=>\"spring-music\"}})"),
+        &[("source_type", "API"), ("origin", "cloud_controller")],
+    );
+    api.instance_id = "1".into();
+    let app = log_envelope(
+        1_700_000_000_223_456_789,
+        APP,
+        "first line\nsecond line with ] and \" and \\",
+        tags,
+    );
+    let counter = Envelope {
+        timestamp: 1_700_000_000_323_456_789,
+        source_id: "doppler".into(),
+        instance_id: "d-1".into(),
+        deprecated_tags: Default::default(),
+        tags: [
+            ("deployment", "cf"),
+            ("job", "doppler"),
+            ("direction", "egress"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        message: Some(envelope::Message::Counter(Counter {
+            name: "dropped".into(),
+            delta: 3,
+            total: 9,
+        })),
+    };
+    let event = Envelope {
+        timestamp: 1_700_000_000_423_456_789,
+        source_id: "trafficcontroller".into(),
+        message: Some(envelope::Message::Event(Event {
+            title: "Traffic Controller has disconnected slow consumer".into(),
+            body: "Remote Address: 10.0.4.2:44412".into(),
+        })),
+        ..Default::default()
+    };
+    vec![api, app, counter, event]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_parses_every_kind_sent_over_tls_with_octet_counting() {
+    let pki = Pki::generate("syslogCA", &["localhost"]).unwrap();
+    let rsyslog = Rsyslog::start(&pki);
+    let envelopes = kinds();
+    let rlp_pki = common::pki();
+    let emu = emulator(
+        &rlp_pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(envelopes.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let summary = run_until(
+        &syslog_pipeline(syslog_config(&pki, rsyslog.port, MsgFormat::Json)),
+        vec![rlp_config(&emu, &rlp_pki, "s")],
+        |s| s.envelopes == 4,
+    )
+    .await;
+    let total = summary.total();
+    assert_eq!((total.delivered, total.dropped()), (4, 0));
+
+    let got = rsyslog.wait_for(4);
+    assert_eq!(got.len(), 4);
+    let ctx = EncodeContext {
+        foundation: FOUNDATION.into(),
+    };
+    let expected = [
+        // (pri, timestamp, hostname, app_name, procid, msgid, sd)
+        (
+            "133",
+            "2023-11-14T22:13:20.123456Z",
+            "cloud_controller",
+            APP,
+            "[API/1]",
+            "api",
+            r#"[tags@32473 origin="cloud_controller" source_type="API"]"#,
+        ),
+        (
+            "134",
+            "2023-11-14T22:13:20.223456Z",
+            "acme.dev.spring-music",
+            APP,
+            "[APP/PROC/WEB/0]",
+            "app_log",
+            r#"[tags@32473 app_name="spring-music" odd="a\]b\"c\\d" organization_name="acme" source_type="APP/PROC/WEB" space_name="dev"]"#,
+        ),
+        (
+            "134",
+            "2023-11-14T22:13:20.323456Z",
+            "cf.doppler",
+            "doppler",
+            "d-1",
+            "metric",
+            r#"[tags@32473 deployment="cf" direction="egress" job="doppler"]"#,
+        ),
+        (
+            "133",
+            "2023-11-14T22:13:20.423456Z",
+            "-",
+            "trafficcontroller",
+            "-",
+            "event",
+            "-",
+        ),
+    ];
+    for ((line, env), want) in got.iter().zip(&envelopes).zip(expected) {
+        let fields = (
+            line["pri"].as_str().unwrap(),
+            line["timestamp"].as_str().unwrap(),
+            line["hostname"].as_str().unwrap(),
+            line["app_name"].as_str().unwrap(),
+            line["procid"].as_str().unwrap(),
+            line["msgid"].as_str().unwrap(),
+            line["sd"].as_str().unwrap(),
+        );
+        assert_eq!(fields, want);
+        let record: Record = classify(env.clone());
+        let msg: serde_json::Value = serde_json::from_str(line["msg"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("msg is not the record JSON ({e}): {line}"));
+        let want: serde_json::Value = serde_json::from_str(&record.to_json(&ctx)).unwrap();
+        assert_eq!(msg, want, "the record survives intact, newlines and all");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_receives_100000_records_over_tls_none_missing_or_altered() {
+    const N: usize = 100_000;
+    let pki = Pki::generate("syslogCA", &["localhost"]).unwrap();
+    let rsyslog = Rsyslog::start(&pki);
+    let line = |i: usize| format!("seq={i} ] \" \\ [x=\"y\"]\nnext line é");
+    let envelopes: Vec<Envelope> = (0..N)
+        .map(|i| log_envelope(i as i64, APP, line(i), &[("source_type", "APP/PROC/WEB")]))
+        .collect();
+    let rlp_pki = common::pki();
+    let emu = emulator(
+        &rlp_pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(envelopes),
+            ..Default::default()
+        },
+    )
+    .await;
+    let summary = run_until(
+        &syslog_pipeline(syslog_config(&pki, rsyslog.port, MsgFormat::Message)),
+        vec![rlp_config(&emu, &rlp_pki, "s")],
+        |s| s.envelopes == N as u64,
+    )
+    .await;
+    assert_eq!(summary.total().delivered, N as u64);
+    let got = rsyslog.wait_for(N);
+    let mut seen = vec![false; N];
+    for l in &got {
+        let msg = l["msg"].as_str().unwrap();
+        let seq: usize = msg
+            .strip_prefix("seq=")
+            .and_then(|m| m.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected message {msg:?}"));
+        assert_eq!(msg, line(seq), "altered");
+        assert!(!seen[seq], "seq {seq} arrived twice");
+        seen[seq] = true;
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!((got.len(), missing), (N, 0));
+}
+
+fn app_records(range: std::ops::Range<usize>) -> Vec<Arc<Record>> {
+    range
+        .map(|i| {
+            Arc::new(classify(log_envelope(
+                i as i64,
+                "app",
+                format!("line {i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )))
+        })
+        .collect()
+}
+
+fn tcp_config(port: u16) -> SyslogConfig {
+    SyslogConfig {
+        addr: format!("127.0.0.1:{port}"),
+        transport: Transport::Tcp,
+        framing: Framing::Newline,
+        server_name: "localhost".into(),
+        tls: None,
+        format: SyslogFormat {
+            msg: MsgFormat::Message,
+            ..SyslogFormat::default()
+        },
+    }
+}
+
+/// Reads newline-framed messages from one connection until `n` arrived; returns their MSG.
+async fn read_messages(stream: tokio::net::TcpStream, n: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stream).lines();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let line = lines.next_line().await.unwrap().expect("connection open");
+        // The MSG follows the structured data: `... [tags@32473 k="v"] MSG`.
+        out.push(
+            line.rsplit_once("\"] ")
+                .map(|(_, m)| m.to_string())
+                .unwrap(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_connection_the_receiver_closed_is_replaced_before_the_next_batch() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut sink = SyslogSink::new(
+        tcp_config(port),
+        EncodeContext {
+            foundation: "t".into(),
+        },
+    );
+
+    assert_eq!(sink.write(&app_records(0..3)).await.unwrap(), 3);
+    let (first, _) = listener.accept().await.unwrap();
+    assert_eq!(
+        read_messages(first, 3).await,
+        ["line 0", "line 1", "line 2"]
+    );
+    // The receiver has closed that connection (read_messages dropped it).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Without the check, this batch would go into a socket nobody reads.
+    assert_eq!(sink.write(&app_records(3..5)).await.unwrap(), 2);
+    let (second, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the sink reconnected for the second batch")
+        .unwrap();
+    assert_eq!(read_messages(second, 2).await, ["line 3", "line 4"]);
+}
+
+#[tokio::test]
+async fn a_receiver_that_is_down_gets_the_batch_when_it_comes_back() {
+    // Find a free port, then leave it closed for a while.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let (queue, rx) = cf_audit_nozzle::sink::SinkQueue::new("syslog", 100);
+    queue.offer(app_records(0..4));
+    let stats = Arc::clone(queue.stats());
+    drop(queue);
+    let batch = BatchConfig {
+        retry_initial: Duration::from_millis(50),
+        retry_max: Duration::from_millis(200),
+        ..BatchConfig::default()
+    };
+    let sink = SyslogSink::new(
+        tcp_config(port),
+        EncodeContext {
+            foundation: "t".into(),
+        },
+    );
+    let runner = tokio::spawn(cf_audit_nozzle::sink::run_sink(
+        sink,
+        rx,
+        Arc::clone(&stats),
+        batch,
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while stats.retries.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "no retries");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (conn, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+        .await
+        .expect("the sink retried")
+        .unwrap();
+    assert_eq!(
+        read_messages(conn, 4).await,
+        ["line 0", "line 1", "line 2", "line 3"]
+    );
+    let report = runner.await.unwrap();
+    let s = report.stats;
+    assert_eq!(
+        (s.received, s.delivered, s.pending(), s.dropped()),
+        (4, 4, 0, 0)
+    );
+    assert!(s.retries >= 3);
+}
