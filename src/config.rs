@@ -50,6 +50,18 @@ pub enum SinkKind {
     File,
     /// RFC 5424 syslog over TLS, TCP or UDP to --syslog-addr.
     Syslog,
+    /// A SIEM over HTTP(S): Splunk HEC or JSON, to --http-url.
+    Http,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpFormatArg {
+    /// Splunk HTTP Event Collector events.
+    Hec,
+    /// One record JSON per line.
+    Json,
+    /// One JSON array of records per request.
+    JsonArray,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -143,8 +155,105 @@ pub struct OutputArgs {
     /// gzip level of the file sink, 0 (none) to 9 (smallest).
     #[arg(long, env = "GZIP_LEVEL", default_value_t = DEFAULT_GZIP_LEVEL)]
     pub gzip_level: u32,
+    /// Folder for batches a receiver rejected (e.g. HEC "invalid data format"), kept with the reason.
+    #[arg(long, env = "DEAD_LETTER_DIR", default_value = "dead-letter")]
+    pub dead_letter_dir: PathBuf,
     #[command(flatten)]
     pub syslog: SyslogArgs,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// SIEM URL; for hec a base URL such as https://splunk:8088 gets /services/collector/event.
+    #[arg(long, env = "HTTP_URL")]
+    pub http_url: Option<String>,
+    /// Body format of the HTTP sink.
+    #[arg(long, env = "HTTP_FORMAT", value_enum, default_value_t = HttpFormatArg::Hec)]
+    pub http_format: HttpFormatArg,
+    /// Splunk HEC token (sent as "Authorization: Splunk <token>").
+    #[arg(long, env = "HEC_TOKEN", hide_env_values = true)]
+    pub hec_token: Option<String>,
+    /// Splunk index for every event (must be allowed for the token).
+    #[arg(long, env = "HEC_INDEX")]
+    pub hec_index: Option<String>,
+    /// CA bundle (PEM) the SIEM's certificate must chain to; without it, the Mozilla roots.
+    #[arg(long, env = "HTTP_CA")]
+    pub http_ca: Option<PathBuf>,
+    /// Extra request header, 'Name: value' (repeatable), e.g. 'Authorization: Bearer ...'.
+    #[arg(long, env = "HTTP_HEADER", hide_env_values = true)]
+    pub http_header: Vec<String>,
+    /// gzip request bodies.
+    #[arg(long, env = "HTTP_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_gzip: bool,
+    /// Seconds to wait for the SIEM's reply before retrying.
+    #[arg(long, env = "HTTP_TIMEOUT", default_value_t = 30)]
+    pub http_timeout: u64,
+}
+
+impl HttpArgs {
+    /// The HTTP sink these options describe, plus any problems in them.
+    fn config(&self, errors: &mut Vec<String>) -> Option<crate::sink::http::HttpSinkConfig> {
+        use crate::sink::http::{HttpFormat, HttpSinkConfig};
+        let before = errors.len();
+        let url = match &self.http_url {
+            None => {
+                errors.push("--http-url (HTTP_URL) is required with --sink http".into());
+                String::new()
+            }
+            Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() < 10 => {
+                errors.push(format!(
+                    "--http-url (HTTP_URL) must be an http:// or https:// URL, not {u:?}"
+                ));
+                String::new()
+            }
+            Some(u) => u.clone(),
+        };
+        let format = match self.http_format {
+            HttpFormatArg::Hec => HttpFormat::Hec,
+            HttpFormatArg::Json => HttpFormat::Json,
+            HttpFormatArg::JsonArray => HttpFormat::JsonArray,
+        };
+        if format == HttpFormat::Hec && self.hec_token.as_deref().is_none_or(str::is_empty) {
+            errors.push("--hec-token (HEC_TOKEN) is required with --http-format hec".into());
+        }
+        let mut headers = Vec::new();
+        for h in &self.http_header {
+            match h.split_once(':') {
+                Some((name, value)) if !name.trim().is_empty() && !name.contains(' ') => {
+                    headers.push((name.trim().to_string(), value.trim().to_string()))
+                }
+                // The value may be a credential: name only the header's name.
+                _ => errors.push(format!(
+                    "--http-header (HTTP_HEADER) must look like 'Name: value', not {:?}",
+                    h.split(':').next().unwrap_or_default()
+                )),
+            }
+        }
+        let ca = match &self.http_ca {
+            Some(p) => crate::tls::read_pem_file("--http-ca (HTTP_CA)", p, "CERTIFICATE")
+                .map_err(|e| errors.push(e.to_string()))
+                .ok(),
+            None => None,
+        };
+        if errors.len() > before {
+            return None;
+        }
+        let tls = crate::tls::rustls_client_config("--http-ca (HTTP_CA)", ca.as_deref(), None)
+            .map_err(|e| errors.push(e.to_string()))
+            .ok()?;
+        Some(HttpSinkConfig {
+            url,
+            format,
+            hec_token: self.hec_token.clone(),
+            hec_index: self.hec_index.clone(),
+            headers,
+            gzip: self.http_gzip,
+            tls: std::sync::Arc::new(tls),
+            timeout: Duration::from_secs(self.http_timeout.max(1)),
+        })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -383,7 +492,9 @@ impl OutputArgs {
         let mut kinds = self.sink.clone();
         kinds.dedup();
         if kinds.is_empty() {
-            errors.push("--sink (SINK) must name at least one sink: stdout, file or syslog".into());
+            errors.push(
+                "--sink (SINK) must name at least one sink: stdout, file, syslog or http".into(),
+            );
         }
         let mut sinks = Vec::new();
         for kind in kinds {
@@ -399,6 +510,10 @@ impl OutputArgs {
                     Some(cfg) => SinkConfig::Syslog(cfg),
                     None => continue,
                 },
+                SinkKind::Http => match self.http.config(errors) {
+                    Some(cfg) => SinkConfig::Http(cfg),
+                    None => continue,
+                },
             };
             sinks.push((sink, Kind::ALL.to_vec()));
         }
@@ -408,6 +523,12 @@ impl OutputArgs {
             batch: BatchConfig {
                 max_records: self.batch_max_records,
                 max_age: Duration::from_millis(self.batch_max_age_ms),
+                dead_letter: Some(crate::sink::DeadLetter {
+                    dir: self.dead_letter_dir.clone(),
+                    encode: EncodeContext {
+                        foundation: self.foundation.clone(),
+                    },
+                }),
                 ..BatchConfig::default()
             },
             encode: EncodeContext {

@@ -25,6 +25,7 @@ pub enum SinkConfig {
     Stdout,
     File(FileSinkConfig),
     Syslog(crate::sink::syslog::SyslogConfig),
+    Http(crate::sink::http::HttpSinkConfig),
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +75,8 @@ impl Summary {
             t.delivered += s.delivered;
             t.queued += s.queued;
             t.in_flight += s.in_flight;
+            t.dead_lettered += s.dead_lettered;
+            t.retries += s.retries;
             t.dropped_queue_full += s.dropped_queue_full;
             t.dropped_write_error += s.dropped_write_error;
         }
@@ -95,6 +98,13 @@ impl Pipeline {
             match sink_cfg {
                 SinkConfig::Stdout => add(
                     spawn(StdoutSink::new(cfg.encode.clone()), cfg),
+                    kinds.clone(),
+                ),
+                SinkConfig::Http(h) => add(
+                    spawn(
+                        crate::sink::http::HttpSink::new(h.clone(), cfg.encode.clone())?,
+                        cfg,
+                    ),
                     kinds.clone(),
                 ),
                 SinkConfig::Syslog(s) => add(
@@ -174,7 +184,12 @@ fn spawn<S: crate::sink::Sink>(
     cfg: &PipelineConfig,
 ) -> (JoinHandle<SinkReport>, SinkQueue) {
     let (queue, rx) = SinkQueue::new(sink.name(), cfg.queue_capacity);
-    let task = tokio::spawn(run_sink(sink, rx, Arc::clone(queue.stats()), cfg.batch));
+    let task = tokio::spawn(run_sink(
+        sink,
+        rx,
+        Arc::clone(queue.stats()),
+        cfg.batch.clone(),
+    ));
     (task, queue)
 }
 

@@ -112,6 +112,24 @@ impl Record {
     pub fn tag(&self, key: &str) -> Option<&str> {
         envelope_tag(&self.envelope, key)
     }
+
+    /// Where the record comes from, as a host name for syslog and HEC:
+    /// `org.space.app` for app traffic, else `deployment.job`, else the origin
+    /// (empty when none is known).
+    pub fn host(&self) -> String {
+        let tag = |k: &str| self.tag(k).filter(|v| !v.is_empty());
+        match (tag("organization_name"), tag("space_name"), tag("app_name")) {
+            (None, None, None) => match (tag("deployment"), tag("job")) {
+                (Some(d), Some(j)) => format!("{d}.{j}"),
+                _ => tag("origin").unwrap_or("").to_string(),
+            },
+            (o, s, a) => [o, s, a]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("."),
+        }
+    }
 }
 
 /// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry

@@ -5,11 +5,14 @@
 //! - [`SinkQueue::offer`]: admission into the bounded queue; never waits, and
 //!   counts every record it turns away.
 //! - [`run_sink`]: batching by count and age, the roll timer, draining at shutdown,
-//!   and the accounting `received = delivered + queued + in_flight + dropped`.
+//!   retries with full-jitter backoff, dead-lettering of rejected batches,
+//!   and the accounting
+//!   `received = delivered + queued + in_flight + dead_lettered + dropped`.
 //!
 //! A sink itself only implements [`Sink`]: write a batch, complete what is open.
 
 pub mod file;
+pub mod http;
 pub mod stdout;
 pub mod syslog;
 
@@ -44,6 +47,13 @@ pub enum SinkError {
     },
     #[error("{sink} sink: {what}")]
     Config { sink: &'static str, what: String },
+    #[error("{sink} sink: {url} answered {status}: {detail}")]
+    Rejected {
+        sink: &'static str,
+        url: String,
+        status: u16,
+        detail: String,
+    },
 }
 
 /// A write or roll that failed: whether to try the batch again, or what it cost.
@@ -57,6 +67,9 @@ pub struct SinkFailure {
     /// `Some` when the same batch should be written again (a receiver that is
     /// down or busy), after the given delay or the runner's backoff.
     pub retry: Option<Option<Duration>>,
+    /// The receiver refused the data itself and would refuse it again (HEC
+    /// "invalid data format"): the batch goes to the dead-letter file.
+    pub rejected: bool,
 }
 
 impl SinkFailure {
@@ -67,6 +80,15 @@ impl SinkFailure {
             error,
             lost_in_flight: 0,
             retry: Some(after),
+            rejected: false,
+        }
+    }
+
+    /// The receiver refused the batch's content: dead-letter it, do not retry.
+    pub fn rejected(error: SinkError) -> Self {
+        Self {
+            rejected: true,
+            ..error.into()
         }
     }
 }
@@ -77,6 +99,7 @@ impl From<SinkError> for SinkFailure {
             error,
             lost_in_flight: 0,
             retry: None,
+            rejected: false,
         }
     }
 }
@@ -121,8 +144,16 @@ pub struct Output {
     pub records: u64,
 }
 
+/// Where batches a receiver rejected are kept, one JSON line per record with
+/// the reason: `<dir>/<sink>.dead-letter.jsonl`.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub dir: std::path::PathBuf,
+    pub encode: crate::record::EncodeContext,
+}
+
 /// How a sink's runner groups records before writing them, and retries.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BatchConfig {
     /// Write as soon as this many records are waiting.
     pub max_records: usize,
@@ -132,6 +163,8 @@ pub struct BatchConfig {
     pub retry_initial: Duration,
     /// Longest retry delay; also caps a receiver's Retry-After.
     pub retry_max: Duration,
+    /// Where rejected batches go; without it they are counted as dropped.
+    pub dead_letter: Option<DeadLetter>,
 }
 
 impl Default for BatchConfig {
@@ -141,12 +174,13 @@ impl Default for BatchConfig {
             max_age: Duration::from_millis(500),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
+            dead_letter: None,
         }
     }
 }
 
 /// Counters of one sink. Always (between updates),
-/// `received = delivered + queued + in_flight + dropped_*`.
+/// `received = delivered + queued + in_flight + dead_lettered + dropped_*`.
 #[derive(Debug, Default)]
 pub struct SinkStats {
     pub received: AtomicU64,
@@ -159,6 +193,8 @@ pub struct SinkStats {
     pub dropped_queue_full: AtomicU64,
     /// Lost because the sink failed to write them.
     pub dropped_write_error: AtomicU64,
+    /// Rejected by the receiver and kept in the dead-letter file.
+    pub dead_lettered: AtomicU64,
     /// Retried writes (not part of the accounting identity: a retried batch
     /// is still queued).
     pub retries: AtomicU64,
@@ -174,6 +210,7 @@ pub struct SinkSnapshot {
     pub in_flight: u64,
     pub dropped_queue_full: u64,
     pub dropped_write_error: u64,
+    pub dead_lettered: u64,
     pub retries: u64,
 }
 
@@ -198,6 +235,7 @@ impl SinkStats {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
             dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
         }
     }
@@ -365,7 +403,6 @@ async fn write_pending<S: Sink>(
             other => break other,
         }
     };
-    pending.clear();
     // Account before releasing the queue slots, so the sum never comes up short.
     match result {
         Ok(delivered) => {
@@ -374,11 +411,67 @@ async fn write_pending<S: Sink>(
                 .in_flight
                 .fetch_add(n.saturating_sub(delivered), Ordering::Relaxed);
         }
+        Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
+            let dl = batch.dead_letter.as_ref().expect("checked above");
+            match dead_letter(dl, sink.name(), &failure.error, pending) {
+                Ok(path) => {
+                    stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(sink = sink.name(), records = n, error = %failure.error, path = %path.display(), "receiver rejected a batch; kept in the dead-letter file");
+                }
+                Err(e) => {
+                    tracing::error!(sink = sink.name(), error = %e, "cannot write the dead-letter file");
+                    account_loss(sink.name(), stats, n, &failure);
+                }
+            }
+        }
         Err(failure) => {
             account_loss(sink.name(), stats, n, &failure);
         }
     }
+    pending.clear();
     stats.queued.fetch_sub(n, Ordering::AcqRel);
+}
+
+/// Appends `records` to the sink's dead-letter file, one line each:
+/// `{"time":…,"sink":…,"reason":…,"record":{…}}`.
+fn dead_letter(
+    dl: &DeadLetter,
+    sink: &str,
+    reason: &SinkError,
+    records: &[Arc<Record>],
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(&dl.dir)?;
+    let name: String = sink
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dl.dir.join(format!("{name}.dead-letter.jsonl"));
+    let head = format!(
+        r#"{{"time":{},"sink":{},"reason":{},"record":"#,
+        serde_json::to_string(&chrono::Utc::now().to_rfc3339()).expect("string"),
+        serde_json::to_string(sink).expect("string"),
+        serde_json::to_string(&reason.to_string()).expect("string"),
+    );
+    let mut buf = Vec::new();
+    for r in records {
+        buf.extend_from_slice(head.as_bytes());
+        r.write_json(&dl.encode, &mut buf);
+        buf.extend_from_slice(b"}\n");
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    file.write_all(&buf)?;
+    file.sync_data()?;
+    Ok(path)
 }
 
 async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats) {

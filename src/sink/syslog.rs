@@ -137,17 +137,7 @@ pub fn encode(
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let _ = write!(out, "<{pri}>1 {time} ");
 
-    let hostname = match (tag("organization_name"), tag("space_name"), tag("app_name")) {
-        (None, None, None) => match (tag("deployment"), tag("job")) {
-            (Some(d), Some(j)) => format!("{d}.{j}"),
-            _ => tag("origin").unwrap_or("").to_string(),
-        },
-        (o, s, a) => [o, s, a]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join("."),
-    };
+    let hostname = record.host();
     header_field(out, &hostname, 255);
     out.push(b' ');
     header_field(out, &env.source_id, 48);

@@ -1,0 +1,412 @@
+//! The `http` sink: records to a SIEM over HTTP(S), as Splunk HTTP Event
+//! Collector events (`hec`), newline-delimited JSON (`json`) or one JSON
+//! array (`json_array`); gzip by default.
+//!
+//! One POST per batch. What the reply means (reference: Splunk's HEC codes,
+//! Vector's HTTP retry logic):
+//! - 2xx: delivered;
+//! - 429, 408 and 5xx except 501: retried by the runner with backoff,
+//!   honouring `Retry-After`;
+//! - 401 and 403 (a token or permission problem, not the data's fault):
+//!   retried too, so the records wait in the queue while an operator fixes
+//!   the token, instead of filling the dead-letter file;
+//! - any other 4xx and 501 (e.g. HEC code 6 "Invalid data format"): the
+//!   receiver rejects the data itself: the batch goes to the dead-letter file;
+//! - no reply (connection refused, timeout): retried.
+
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use rand::Rng;
+
+use super::{Sink, SinkError, SinkFailure};
+use crate::record::{EncodeContext, Kind, Record};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpFormat {
+    /// Splunk HEC event objects, concatenated.
+    Hec,
+    /// One record JSON per line.
+    Json,
+    /// `[record, record, ...]`.
+    JsonArray,
+}
+
+#[derive(Clone)]
+pub struct HttpSinkConfig {
+    /// For `hec`, a base URL gets `/services/collector/event` appended.
+    pub url: String,
+    pub format: HttpFormat,
+    /// HEC token, sent as `Authorization: Splunk <token>`.
+    pub hec_token: Option<String>,
+    /// HEC index for every event (must be allowed for the token).
+    pub hec_index: Option<String>,
+    /// Extra headers (e.g. `Authorization: Bearer ...` for a JSON receiver).
+    pub headers: Vec<(String, String)>,
+    pub gzip: bool,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for HttpSinkConfig {
+    // Tokens and header values (often credentials) never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("HttpSinkConfig")
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("hec_token", &self.hec_token.as_ref().map(|_| "<redacted>"))
+            .field("hec_index", &self.hec_index)
+            .field("headers", &names)
+            .field("gzip", &self.gzip)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The URL requests go to.
+pub fn endpoint(url: &str, format: HttpFormat) -> String {
+    let trimmed = url.trim_end_matches('/');
+    let has_path = trimmed
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.contains('/'));
+    if format == HttpFormat::Hec && !has_path {
+        format!("{trimmed}/services/collector/event")
+    } else {
+        url.to_string()
+    }
+}
+
+/// Splunk's sourcetype for a kind.
+pub fn sourcetype(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Api => "cf:api",
+        Kind::AppLog => "cf:app_log",
+        Kind::Metric => "cf:metric",
+        Kind::Event => "cf:event",
+    }
+}
+
+/// Appends one HEC event object for `record` to `out`: `time` (epoch seconds,
+/// microseconds), `host`, `source`, `sourcetype`, optional `index`, indexed
+/// `fields` and the record as `event`.
+pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out: &mut Vec<u8>) {
+    let env = &record.envelope;
+    let json = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let micros = env.timestamp.div_euclid(1000);
+    let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
+    let host = record.host();
+    let source = record
+        .tag("source_type")
+        .or_else(|| record.tag("origin"))
+        .unwrap_or(env.source_id.as_str());
+    let _ = write!(
+        out,
+        r#"{{"time":{secs}.{frac:06},"host":{},"source":{},"sourcetype":"{}","#,
+        json(if host.is_empty() { "-" } else { &host }),
+        json(source),
+        sourcetype(record.kind)
+    );
+    if let Some(index) = index {
+        let _ = write!(out, r#""index":{},"#, json(index));
+    }
+    let _ = write!(
+        out,
+        r#""fields":{{"foundation":{},"kind":"{}""#,
+        json(&ctx.foundation),
+        record.kind
+    );
+    for (field, tag) in [
+        ("org", "organization_name"),
+        ("space", "space_name"),
+        ("app", "app_name"),
+    ] {
+        if let Some(v) = record.tag(tag).filter(|v| !v.is_empty()) {
+            let _ = write!(out, r#","{field}":{}"#, json(v));
+        }
+    }
+    out.extend_from_slice(br#"},"event":"#);
+    record.write_json(ctx, out);
+    out.push(b'}');
+}
+
+/// The request body for a batch, uncompressed.
+pub fn encode_body(
+    format: HttpFormat,
+    batch: &[Arc<Record>],
+    ctx: &EncodeContext,
+    index: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    match format {
+        HttpFormat::Hec => {
+            for r in batch {
+                encode_hec(r, ctx, index, out);
+            }
+        }
+        HttpFormat::Json => {
+            for r in batch {
+                r.write_json(ctx, out);
+                out.push(b'\n');
+            }
+        }
+        HttpFormat::JsonArray => {
+            out.push(b'[');
+            for (i, r) in batch.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                r.write_json(ctx, out);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+pub struct HttpSink {
+    cfg: HttpSinkConfig,
+    ctx: EncodeContext,
+    client: reqwest::Client,
+    endpoint: String,
+    /// Sent on every HEC request (required when the token uses indexer acks, harmless otherwise).
+    channel: String,
+    body: Vec<u8>,
+}
+
+impl HttpSink {
+    pub fn new(cfg: HttpSinkConfig, ctx: EncodeContext) -> Result<Self, SinkError> {
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured((*cfg.tls).clone())
+            .timeout(cfg.timeout)
+            .build()
+            .map_err(|e| SinkError::Config {
+                sink: "http",
+                what: format!("cannot build the HTTP client: {e}"),
+            })?;
+        let v: u128 = rand::rng().random();
+        let h = format!("{v:032x}");
+        let channel = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+        Ok(Self {
+            endpoint: endpoint(&cfg.url, cfg.format),
+            cfg,
+            ctx,
+            client,
+            channel,
+            body: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    fn request(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
+        let content_type = match self.cfg.format {
+            HttpFormat::Json => "application/x-ndjson",
+            HttpFormat::Hec | HttpFormat::JsonArray => "application/json",
+        };
+        let mut req = self
+            .client
+            .post(&self.endpoint)
+            .header("Content-Type", content_type);
+        if self.cfg.format == HttpFormat::Hec {
+            req = req.header("X-Splunk-Request-Channel", &self.channel);
+            if let Some(token) = &self.cfg.hec_token {
+                req = req.header("Authorization", format!("Splunk {token}"));
+            }
+        }
+        for (name, value) in &self.cfg.headers {
+            req = req.header(name, value);
+        }
+        if self.cfg.gzip {
+            req = req.header("Content-Encoding", "gzip");
+        }
+        req.body(body)
+    }
+}
+
+/// What an HTTP reply means for the batch.
+fn classify_reply(
+    status: u16,
+    retry_after: Option<Duration>,
+    body: &str,
+    url: &str,
+) -> Result<(), SinkFailure> {
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    // HEC answers {"text": "...", "code": N}; other receivers say what they say.
+    let detail = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let text = v.get("text")?.as_str()?.to_string();
+            Some(match v.get("code").and_then(|c| c.as_i64()) {
+                Some(code) => format!("{text} (HEC code {code})"),
+                None => text,
+            })
+        })
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    let hint = match status {
+        401 | 403 => " (check --hec-token or the authorization header)",
+        _ => "",
+    };
+    let error = SinkError::Rejected {
+        sink: "http",
+        url: url.to_string(),
+        status,
+        detail: format!("{detail}{hint}"),
+    };
+    match status {
+        408 | 429 | 401 | 403 => Err(SinkFailure::retryable(error, retry_after)),
+        500..=599 if status != 501 => Err(SinkFailure::retryable(error, retry_after)),
+        _ => Err(SinkFailure::rejected(error)),
+    }
+}
+
+impl Sink for HttpSink {
+    fn name(&self) -> &str {
+        "http"
+    }
+
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        encode_body(
+            self.cfg.format,
+            batch,
+            &self.ctx,
+            self.cfg.hec_index.as_deref(),
+            &mut self.body,
+        );
+        let body = if self.cfg.gzip {
+            let mut gz =
+                GzEncoder::new(Vec::with_capacity(self.body.len() / 4), Compression::fast());
+            gz.write_all(&self.body)
+                .and_then(|_| gz.finish())
+                .map_err(|e| SinkError::Io {
+                    sink: "http",
+                    path: "<gzip>".into(),
+                    source: e,
+                })?
+        } else {
+            self.body.clone()
+        };
+        let reply = self.request(body).send().await.map_err(|e| {
+            let reason = if e.is_timeout() {
+                format!("no reply within {:?}", self.cfg.timeout)
+            } else {
+                error_chain(&e)
+            };
+            SinkFailure::retryable(
+                SinkError::Connect {
+                    sink: "http",
+                    addr: self.endpoint.clone(),
+                    reason,
+                },
+                None,
+            )
+        })?;
+        let status = reply.status().as_u16();
+        let retry_after = reply
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            reply.text().await.unwrap_or_default()
+        };
+        classify_reply(status, retry_after, &text, &self.endpoint)?;
+        Ok(batch.len() as u64)
+    }
+
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        Ok(0)
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hec_base_urls_get_the_event_path() {
+        assert_eq!(
+            endpoint("https://splunk:8088", HttpFormat::Hec),
+            "https://splunk:8088/services/collector/event"
+        );
+        assert_eq!(
+            endpoint("https://splunk:8088/", HttpFormat::Hec),
+            "https://splunk:8088/services/collector/event"
+        );
+        assert_eq!(
+            endpoint("https://splunk:8088/services/collector", HttpFormat::Hec),
+            "https://splunk:8088/services/collector"
+        );
+        assert_eq!(
+            endpoint("https://siem/ingest", HttpFormat::Json),
+            "https://siem/ingest"
+        );
+    }
+
+    #[test]
+    fn replies_are_retried_rejected_or_accepted_as_hec_means_them() {
+        let retry = |status, body: &str| match classify_reply(status, None, body, "u") {
+            Ok(()) => "ok",
+            Err(f) if f.retry.is_some() => "retry",
+            Err(f) if f.rejected => "dead-letter",
+            Err(_) => "drop",
+        };
+        assert_eq!(retry(200, r#"{"text":"Success","code":0}"#), "ok");
+        assert_eq!(retry(503, r#"{"text":"Server is busy","code":9}"#), "retry");
+        assert_eq!(
+            retry(500, r#"{"text":"Internal server error","code":8}"#),
+            "retry"
+        );
+        assert_eq!(retry(429, ""), "retry");
+        assert_eq!(retry(408, ""), "retry");
+        assert_eq!(retry(403, r#"{"text":"Invalid token","code":4}"#), "retry");
+        assert_eq!(
+            retry(400, r#"{"text":"Invalid data format","code":6}"#),
+            "dead-letter"
+        );
+        assert_eq!(
+            retry(400, r#"{"text":"Incorrect index","code":7}"#),
+            "dead-letter"
+        );
+        assert_eq!(retry(501, ""), "dead-letter");
+        let f = classify_reply(
+            400,
+            None,
+            r#"{"text":"Invalid data format","code":6}"#,
+            "https://s/e",
+        )
+        .unwrap_err();
+        assert_eq!(
+            f.error.to_string(),
+            "http sink: https://s/e answered 400: Invalid data format (HEC code 6)"
+        );
+        let f = classify_reply(429, Some(Duration::from_secs(7)), "", "u").unwrap_err();
+        assert_eq!(f.retry, Some(Some(Duration::from_secs(7))));
+    }
+}

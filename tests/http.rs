@@ -1,0 +1,413 @@
+//! The HTTP sink against a test Splunk HEC receiver that parses bodies as
+//! Splunk does (gzip, concatenated JSON event objects), answers with HEC's
+//! JSON codes, and can be told to fail.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
+use cf_audit_nozzle::proto::Envelope;
+use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
+use cf_audit_nozzle::sink::http::{HttpFormat, HttpSink, HttpSinkConfig};
+use cf_audit_nozzle::sink::{BatchConfig, DeadLetter, Sink, SinkQueue, run_sink};
+use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
+use cf_audit_nozzle::source::rlp::{self, RlpStatus};
+use common::*;
+use rand::{Rng, SeedableRng};
+use tokio_util::sync::CancellationToken;
+
+/// How the receiver answers.
+#[derive(Default)]
+struct Behaviour {
+    /// Percent of requests answered 503 "Server is busy" (code 9), at random.
+    busy_percent: u32,
+    /// Answer this many requests 429 with `Retry-After: 1` first.
+    throttle_first: AtomicU32,
+    /// Answer every request 400 "Invalid data format" (code 6).
+    reject: bool,
+}
+
+#[derive(Default)]
+struct Hec {
+    behaviour: Behaviour,
+    rng: Mutex<Option<rand::rngs::StdRng>>,
+    requests: AtomicU64,
+    headers: Mutex<Vec<HashMap<String, String>>>,
+    bodies: Mutex<Vec<Vec<u8>>>,
+    events: Mutex<Vec<serde_json::Value>>,
+}
+
+fn reply(status: StatusCode, text: &str, code: u32) -> (StatusCode, HeaderMap, String) {
+    let body = serde_json::json!({"text": text, "code": code}).to_string();
+    (status, HeaderMap::new(), body)
+}
+
+async fn collector(
+    State(hec): State<Arc<Hec>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap, String) {
+    hec.requests.fetch_add(1, Ordering::SeqCst);
+    let h: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let gzip = h.get("content-encoding").is_some_and(|v| v == "gzip");
+    hec.headers.lock().unwrap().push(h);
+    let b = &hec.behaviour;
+    if b.throttle_first.load(Ordering::SeqCst) > 0 {
+        b.throttle_first.fetch_sub(1, Ordering::SeqCst);
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", "1".parse().unwrap());
+        return (StatusCode::TOO_MANY_REQUESTS, h, String::new());
+    }
+    let busy = {
+        let mut rng = hec.rng.lock().unwrap();
+        let rng = rng.get_or_insert_with(|| rand::rngs::StdRng::seed_from_u64(30));
+        rng.random_range(0..100) < b.busy_percent
+    };
+    if busy {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "Server is busy", 9);
+    }
+    if b.reject {
+        return reply(StatusCode::BAD_REQUEST, "Invalid data format", 6);
+    }
+    let mut raw = body.to_vec();
+    if gzip {
+        let mut out = Vec::new();
+        if flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut out)
+            .is_err()
+        {
+            return reply(StatusCode::BAD_REQUEST, "Invalid data format", 6);
+        }
+        raw = out;
+    }
+    // Splunk reads concatenated JSON objects, not an array.
+    let parsed: Result<Vec<serde_json::Value>, _> = serde_json::Deserializer::from_slice(&raw)
+        .into_iter()
+        .collect();
+    let Ok(events) = parsed else {
+        return reply(StatusCode::BAD_REQUEST, "Invalid data format", 6);
+    };
+    if events.iter().any(|e| e.get("event").is_none()) {
+        return reply(StatusCode::BAD_REQUEST, "Event field is required", 12);
+    }
+    hec.bodies.lock().unwrap().push(raw);
+    hec.events.lock().unwrap().extend(events);
+    reply(StatusCode::OK, "Success", 0)
+}
+
+/// A plain JSON receiver: keeps what it got, answers 200.
+async fn ingest(State(hec): State<Arc<Hec>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    hec.requests.fetch_add(1, Ordering::SeqCst);
+    let h: HashMap<String, String> = headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    hec.headers.lock().unwrap().push(h);
+    hec.bodies.lock().unwrap().push(body.to_vec());
+    StatusCode::OK
+}
+
+async fn start_hec(behaviour: Behaviour) -> (Arc<Hec>, String) {
+    let hec = Arc::new(Hec {
+        behaviour,
+        ..Default::default()
+    });
+    let app = axum::Router::new()
+        .route("/services/collector/event", axum::routing::post(collector))
+        .route("/ingest", axum::routing::post(ingest))
+        .with_state(Arc::clone(&hec));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (hec, url)
+}
+
+fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
+    HttpSinkConfig {
+        url: url.to_string(),
+        format,
+        hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
+        hec_index: None,
+        headers: Vec::new(),
+        gzip: true,
+        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn ctx() -> EncodeContext {
+    EncodeContext {
+        foundation: FOUNDATION.into(),
+    }
+}
+
+fn records(envelopes: Vec<Envelope>) -> Vec<Arc<Record>> {
+    envelopes
+        .into_iter()
+        .map(|e| Arc::new(classify(e)))
+        .collect()
+}
+
+fn app_line(i: usize) -> Envelope {
+    log_envelope(
+        1_700_000_000_123_456_789 + i as i64,
+        "cdabc600-0b73-48e1-b7d2-26af2c63f933",
+        format!("seq={i}"),
+        &[
+            ("source_type", "APP/PROC/WEB"),
+            ("app_name", "spring-music"),
+            ("space_name", "dev"),
+            ("organization_name", "acme"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn hec_requests_carry_what_splunk_expects() {
+    let (hec, url) = start_hec(Behaviour::default()).await;
+    let mut cfg = http_config(&url, HttpFormat::Hec);
+    cfg.hec_index = Some("cf_audit".into());
+    let mut sink = HttpSink::new(cfg, ctx()).unwrap();
+    let api = log_envelope(
+        1_700_000_000_123_456_789,
+        "cdabc600-0b73-48e1-b7d2-26af2c63f933",
+        "Created app with guid cdabc600-0b73-48e1-b7d2-26af2c63f933",
+        &[("source_type", "API"), ("origin", "cloud_controller")],
+    );
+    let batch = records(vec![api, app_line(1)]);
+    assert_eq!(sink.write(&batch).await.unwrap(), 2);
+
+    let headers = hec.headers.lock().unwrap()[0].clone();
+    assert_eq!(
+        headers["authorization"],
+        "Splunk 11111111-2222-3333-4444-555555555555"
+    );
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert_eq!(headers["content-type"], "application/json");
+    let channel = &headers["x-splunk-request-channel"];
+    assert_eq!(
+        channel.split('-').map(str::len).collect::<Vec<_>>(),
+        [8, 4, 4, 4, 12]
+    );
+
+    let body = String::from_utf8(hec.bodies.lock().unwrap()[0].clone()).unwrap();
+    assert!(
+        body.starts_with(r#"{"time":1700000000.123456,"host":"cloud_controller","source":"API","sourcetype":"cf:api","index":"cf_audit","fields":{"foundation":"test","kind":"api"},"event":{"kind":"api","#),
+        "{body}"
+    );
+    let events = hec.events.lock().unwrap().clone();
+    assert_eq!(events.len(), 2);
+    let app = &events[1];
+    assert_eq!(
+        app["time"].as_f64(),
+        Some(1_700_000_000.123_456),
+        "microseconds, truncated"
+    );
+    assert_eq!(app["host"], "acme.dev.spring-music");
+    assert_eq!(app["source"], "APP/PROC/WEB");
+    assert_eq!(app["sourcetype"], "cf:app_log");
+    assert_eq!(
+        app["fields"],
+        serde_json::json!({"foundation": "test", "kind": "app_log", "org": "acme", "space": "dev", "app": "spring-music"})
+    );
+    let want: serde_json::Value = serde_json::from_str(&batch[1].to_json(&ctx())).unwrap();
+    assert_eq!(app["event"], want);
+}
+
+#[tokio::test]
+async fn json_formats_send_the_records_and_custom_headers() {
+    let (hec, url) = start_hec(Behaviour::default()).await;
+    let batch = records(vec![app_line(1), app_line(2)]);
+    let lines: Vec<String> = batch.iter().map(|r| r.to_json(&ctx())).collect();
+
+    let mut cfg = http_config(&format!("{url}/ingest"), HttpFormat::Json);
+    cfg.gzip = false;
+    cfg.headers = vec![("Authorization".into(), "Bearer s3cret".into())];
+    HttpSink::new(cfg, ctx())
+        .unwrap()
+        .write(&batch)
+        .await
+        .unwrap();
+    let mut cfg = http_config(&format!("{url}/ingest"), HttpFormat::JsonArray);
+    cfg.gzip = false;
+    HttpSink::new(cfg, ctx())
+        .unwrap()
+        .write(&batch)
+        .await
+        .unwrap();
+
+    let bodies = hec.bodies.lock().unwrap().clone();
+    assert_eq!(
+        String::from_utf8(bodies[0].clone()).unwrap(),
+        format!("{}\n{}\n", lines[0], lines[1])
+    );
+    assert_eq!(
+        String::from_utf8(bodies[1].clone()).unwrap(),
+        format!("[{},{}]", lines[0], lines[1])
+    );
+    let headers = hec.headers.lock().unwrap().clone();
+    assert_eq!(headers[0]["authorization"], "Bearer s3cret");
+    assert_eq!(headers[0]["content-type"], "application/x-ndjson");
+    assert!(!headers[0].contains_key("x-splunk-request-channel"));
+    assert!(!headers[0].contains_key("content-encoding"));
+}
+
+#[tokio::test]
+async fn a_batch_hec_rejects_goes_to_the_dead_letter_file_with_its_reason() {
+    let (hec, url) = start_hec(Behaviour {
+        reject: true,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, rx) = SinkQueue::new("http", 100);
+    let batch = records((0..5).map(app_line).collect());
+    queue.offer(batch.clone());
+    let stats = Arc::clone(queue.stats());
+    drop(queue);
+    let cfg = BatchConfig {
+        dead_letter: Some(DeadLetter {
+            dir: dir.path().to_path_buf(),
+            encode: ctx(),
+        }),
+        ..BatchConfig::default()
+    };
+    let sink = HttpSink::new(http_config(&url, HttpFormat::Hec), ctx()).unwrap();
+    let s = run_sink(sink, rx, stats, cfg).await.stats;
+    assert_eq!(
+        (
+            s.received,
+            s.delivered,
+            s.dead_lettered,
+            s.dropped(),
+            s.pending(),
+            s.retries
+        ),
+        (5, 0, 5, 0, 0, 0)
+    );
+    assert_eq!(hec.requests.load(Ordering::SeqCst), 1, "never retried");
+    let text = std::fs::read_to_string(dir.path().join("http.dead-letter.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    for (line, record) in lines.iter().zip(&batch) {
+        assert_eq!(line["sink"], "http");
+        assert_eq!(
+            line["reason"],
+            format!(
+                "http sink: {url}/services/collector/event answered 400: Invalid data format (HEC code 6)"
+            )
+        );
+        let want: serde_json::Value = serde_json::from_str(&record.to_json(&ctx())).unwrap();
+        assert_eq!(line["record"], want);
+    }
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_the_time_the_receiver_asked_for() {
+    let (hec, url) = start_hec(Behaviour {
+        throttle_first: AtomicU32::new(1),
+        ..Default::default()
+    })
+    .await;
+    let (queue, rx) = SinkQueue::new("http", 100);
+    queue.offer(records((0..3).map(app_line).collect()));
+    let stats = Arc::clone(queue.stats());
+    drop(queue);
+    let sink = HttpSink::new(http_config(&url, HttpFormat::Hec), ctx()).unwrap();
+    let started = std::time::Instant::now();
+    let s = run_sink(sink, rx, stats, BatchConfig::default())
+        .await
+        .stats;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 honoured"
+    );
+    assert_eq!((s.delivered, s.retries, s.dropped()), (3, 1, 0));
+    assert_eq!(hec.requests.load(Ordering::SeqCst), 2);
+    assert_eq!(hec.events.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once() {
+    const N: usize = 100_000;
+    let (hec, url) = start_hec(Behaviour {
+        busy_percent: 30,
+        ..Default::default()
+    })
+    .await;
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Fixed((0..N).map(app_line).collect()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let pipeline = Pipeline::start(&PipelineConfig {
+        sinks: vec![(
+            SinkConfig::Http(http_config(&url, HttpFormat::Hec)),
+            Kind::ALL.to_vec(),
+        )],
+        queue_capacity: 1_000_000,
+        batch: BatchConfig {
+            retry_initial: Duration::from_millis(10),
+            retry_max: Duration::from_millis(100),
+            ..BatchConfig::default()
+        },
+        encode: ctx(),
+        decode_only: false,
+    })
+    .unwrap();
+    let stop = CancellationToken::new();
+    let source = tokio::spawn(rlp::run(
+        rlp_config(&emu, &pki, "s"),
+        pipeline.router(),
+        Arc::new(RlpStatus::default()),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while hec.events.lock().unwrap().len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {N} arrived",
+            hec.events.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    source.await.unwrap();
+    let summary = pipeline.finish(Duration::from_secs(30)).await;
+    let s = summary.total();
+    assert_eq!(
+        (s.received, s.delivered, s.pending(), s.dropped()),
+        (N as u64, N as u64, 0, 0)
+    );
+    assert!(s.retries > 0, "the receiver failed some requests");
+
+    let events = hec.events.lock().unwrap();
+    let mut seen = vec![0u32; N];
+    for e in events.iter() {
+        let msg = e["event"]["message"].as_str().unwrap();
+        let seq: usize = msg.strip_prefix("seq=").unwrap().parse().unwrap();
+        seen[seq] += 1;
+    }
+    let missing = seen.iter().filter(|c| **c == 0).count();
+    let duplicates: u32 = seen.iter().map(|c| c.saturating_sub(1)).sum();
+    assert_eq!((events.len(), missing, duplicates), (N, 0, 0));
+}
