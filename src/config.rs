@@ -190,6 +190,12 @@ pub struct HttpArgs {
     /// Seconds to wait for the SIEM's reply before retrying.
     #[arg(long, env = "HTTP_TIMEOUT", default_value_t = 30)]
     pub http_timeout: u64,
+    /// Requests to the SIEM in flight at once.
+    #[arg(long, env = "HTTP_CONCURRENCY", default_value_t = 4)]
+    pub http_concurrency: usize,
+    /// Uncompressed size of one request; a batch is split into requests of about this size.
+    #[arg(long, env = "HTTP_MAX_REQUEST_BYTES", default_value_t = 1_000_000)]
+    pub http_max_request_bytes: usize,
 }
 
 impl HttpArgs {
@@ -217,6 +223,9 @@ impl HttpArgs {
         };
         if format == HttpFormat::Hec && self.hec_token.as_deref().is_none_or(str::is_empty) {
             errors.push("--hec-token (HEC_TOKEN) is required with --http-format hec".into());
+        }
+        if self.http_concurrency == 0 {
+            errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
         }
         let mut headers = Vec::new();
         for h in &self.http_header {
@@ -252,6 +261,8 @@ impl HttpArgs {
             gzip: self.http_gzip,
             tls: std::sync::Arc::new(tls),
             timeout: Duration::from_secs(self.http_timeout.max(1)),
+            concurrency: self.http_concurrency,
+            max_request_bytes: self.http_max_request_bytes,
         })
     }
 }

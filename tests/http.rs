@@ -144,6 +144,8 @@ fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
         gzip: true,
         tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
         timeout: Duration::from_secs(10),
+        concurrency: 1,
+        max_request_bytes: 10_000_000,
     }
 }
 
@@ -359,11 +361,12 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once(
         },
     )
     .await;
+    // Four requests of ~250 kB in flight: a failed one is retried alone.
+    let mut http = http_config(&url, HttpFormat::Hec);
+    http.concurrency = 4;
+    http.max_request_bytes = 250_000;
     let pipeline = Pipeline::start(&PipelineConfig {
-        sinks: vec![(
-            SinkConfig::Http(http_config(&url, HttpFormat::Hec)),
-            Kind::ALL.to_vec(),
-        )],
+        sinks: vec![(SinkConfig::Http(http), Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
         batch: BatchConfig {
             retry_initial: Duration::from_millis(10),

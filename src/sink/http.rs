@@ -2,7 +2,10 @@
 //! Collector events (`hec`), newline-delimited JSON (`json`) or one JSON
 //! array (`json_array`); gzip by default.
 //!
-//! One POST per batch. What the reply means (reference: Splunk's HEC codes,
+//! A batch goes out as requests of about `max_request_bytes` each (Splunk's
+//! and Vector's default is 1 MB), up to `concurrency` of them in flight. When
+//! some fail retryably, the runner retries the batch and only the requests
+//! that did not go through are sent again. What a reply means (reference: Splunk's HEC codes,
 //! Vector's HTTP retry logic):
 //! - 2xx: delivered;
 //! - 429, 408 and 5xx except 501: retried by the runner with backoff,
@@ -20,6 +23,7 @@ use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
+use futures_util::StreamExt;
 use rand::Rng;
 
 use super::{Sink, SinkError, SinkFailure};
@@ -49,6 +53,10 @@ pub struct HttpSinkConfig {
     pub gzip: bool,
     pub tls: Arc<rustls::ClientConfig>,
     pub timeout: Duration,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// A batch is sent as requests of about this many bytes (uncompressed).
+    pub max_request_bytes: usize,
 }
 
 impl std::fmt::Debug for HttpSinkConfig {
@@ -63,6 +71,8 @@ impl std::fmt::Debug for HttpSinkConfig {
             .field("headers", &names)
             .field("gzip", &self.gzip)
             .field("timeout", &self.timeout)
+            .field("concurrency", &self.concurrency)
+            .field("max_request_bytes", &self.max_request_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -133,40 +143,6 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     out.push(b'}');
 }
 
-/// The request body for a batch, uncompressed.
-pub fn encode_body(
-    format: HttpFormat,
-    batch: &[Arc<Record>],
-    ctx: &EncodeContext,
-    index: Option<&str>,
-    out: &mut Vec<u8>,
-) {
-    out.clear();
-    match format {
-        HttpFormat::Hec => {
-            for r in batch {
-                encode_hec(r, ctx, index, out);
-            }
-        }
-        HttpFormat::Json => {
-            for r in batch {
-                r.write_json(ctx, out);
-                out.push(b'\n');
-            }
-        }
-        HttpFormat::JsonArray => {
-            out.push(b'[');
-            for (i, r) in batch.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                r.write_json(ctx, out);
-            }
-            out.push(b']');
-        }
-    }
-}
-
 pub struct HttpSink {
     cfg: HttpSinkConfig,
     ctx: EncodeContext,
@@ -174,7 +150,9 @@ pub struct HttpSink {
     endpoint: String,
     /// Sent on every HEC request (required when the token uses indexer acks, harmless otherwise).
     channel: String,
-    body: Vec<u8>,
+    /// The batch being retried (its address and length) and which of its
+    /// requests already went through.
+    progress: Option<((usize, usize), Vec<bool>)>,
 }
 
 impl HttpSink {
@@ -203,8 +181,81 @@ impl HttpSink {
             ctx,
             client,
             channel,
-            body: Vec::with_capacity(1 << 20),
+            progress: None,
         })
+    }
+
+    /// The batch as request bodies of about `max_request_bytes` each
+    /// (uncompressed; a record larger than that goes alone).
+    fn split(&self, batch: &[Arc<Record>]) -> Vec<Vec<u8>> {
+        let (format, index) = (self.cfg.format, self.cfg.hec_index.as_deref());
+        let mut parts = Vec::new();
+        let mut body = Vec::new();
+        for (i, r) in batch.iter().enumerate() {
+            match format {
+                HttpFormat::JsonArray => body.push(if body.is_empty() { b'[' } else { b',' }),
+                HttpFormat::Hec | HttpFormat::Json => {}
+            }
+            match format {
+                HttpFormat::Hec => encode_hec(r, &self.ctx, index, &mut body),
+                HttpFormat::Json => {
+                    r.write_json(&self.ctx, &mut body);
+                    body.push(b'\n');
+                }
+                HttpFormat::JsonArray => r.write_json(&self.ctx, &mut body),
+            }
+            if body.len() >= self.cfg.max_request_bytes || i + 1 == batch.len() {
+                if format == HttpFormat::JsonArray {
+                    body.push(b']');
+                }
+                parts.push(std::mem::take(&mut body));
+            }
+        }
+        parts
+    }
+
+    /// Sends one body and reads what the reply means.
+    async fn post(&self, body: Vec<u8>) -> Result<(), SinkFailure> {
+        let body = if self.cfg.gzip {
+            let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+            gz.write_all(&body)
+                .and_then(|_| gz.finish())
+                .map_err(|e| SinkError::Io {
+                    sink: "http",
+                    path: "<gzip>".into(),
+                    source: e,
+                })?
+        } else {
+            body
+        };
+        let reply = self.request(body).send().await.map_err(|e| {
+            let reason = if e.is_timeout() {
+                format!("no reply within {:?}", self.cfg.timeout)
+            } else {
+                error_chain(&e)
+            };
+            SinkFailure::retryable(
+                SinkError::Connect {
+                    sink: "http",
+                    addr: self.endpoint.clone(),
+                    reason,
+                },
+                None,
+            )
+        })?;
+        let status = reply.status().as_u16();
+        let retry_after = reply
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let text = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            reply.text().await.unwrap_or_default()
+        };
+        classify_reply(status, retry_after, &text, &self.endpoint)
     }
 
     fn request(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
@@ -276,54 +327,58 @@ impl Sink for HttpSink {
     }
 
     async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
-        encode_body(
-            self.cfg.format,
-            batch,
-            &self.ctx,
-            self.cfg.hec_index.as_deref(),
-            &mut self.body,
-        );
-        let body = if self.cfg.gzip {
-            let mut gz =
-                GzEncoder::new(Vec::with_capacity(self.body.len() / 4), Compression::fast());
-            gz.write_all(&self.body)
-                .and_then(|_| gz.finish())
-                .map_err(|e| SinkError::Io {
-                    sink: "http",
-                    path: "<gzip>".into(),
-                    source: e,
-                })?
-        } else {
-            self.body.clone()
+        // A retry of the same batch (the runner retries until success or a
+        // final failure) skips the requests that already went through.
+        let id = (batch.as_ptr() as usize, batch.len());
+        let parts = self.split(batch);
+        let progress = match self.progress.take() {
+            Some((pid, done)) if pid == id && done.len() == parts.len() => done,
+            _ => vec![false; parts.len()],
         };
-        let reply = self.request(body).send().await.map_err(|e| {
-            let reason = if e.is_timeout() {
-                format!("no reply within {:?}", self.cfg.timeout)
-            } else {
-                error_chain(&e)
-            };
-            SinkFailure::retryable(
-                SinkError::Connect {
-                    sink: "http",
-                    addr: self.endpoint.clone(),
-                    reason,
-                },
-                None,
-            )
-        })?;
-        let status = reply.status().as_u16();
-        let retry_after = reply
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let text = if (200..300).contains(&status) {
-            String::new()
-        } else {
-            reply.text().await.unwrap_or_default()
-        };
-        classify_reply(status, retry_after, &text, &self.endpoint)?;
+        let todo: Vec<(usize, Vec<u8>)> = parts
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !progress[*i])
+            .collect();
+        let this = &*self;
+        let results: Vec<(usize, Result<(), SinkFailure>)> = futures_util::stream::iter(todo)
+            .map(|(i, body)| async move { (i, this.post(body).await) })
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
+        let mut done = progress;
+        let mut retry: Option<SinkFailure> = None;
+        let mut rejected: Option<SinkFailure> = None;
+        for (i, result) in results {
+            match result {
+                Ok(()) => done[i] = true,
+                Err(f) if f.retry.is_some() => {
+                    // Keep the longest Retry-After any part was given.
+                    let longer = match (&retry, &f.retry) {
+                        (Some(r), Some(after)) => {
+                            after.unwrap_or_default() > r.retry.flatten().unwrap_or_default()
+                        }
+                        _ => true,
+                    };
+                    if longer {
+                        retry = Some(f);
+                    }
+                }
+                Err(f) => {
+                    rejected.get_or_insert(f);
+                }
+            }
+        }
+        if let Some(f) = rejected {
+            // The receiver refuses part of the batch for good: the runner
+            // dead-letters the batch (parts already accepted are in it too:
+            // a duplicate there, never a loss).
+            return Err(f);
+        }
+        if let Some(f) = retry {
+            self.progress = Some((id, done));
+            return Err(f);
+        }
         Ok(batch.len() as u64)
     }
 
