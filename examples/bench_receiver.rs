@@ -23,7 +23,9 @@ struct Counts {
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let counts = Arc::new(Counts::default());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("address");
     match args.get(1).map(String::as_str) {
         Some("hec") => {
@@ -61,10 +63,14 @@ async fn main() {
             let c = Arc::clone(&counts);
             tokio::spawn(async move {
                 loop {
-                    let Ok((tcp, _)) = listener.accept().await else { continue };
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
                     let (acceptor, c) = (acceptor.clone(), Arc::clone(&c));
                     tokio::spawn(async move {
-                        let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                        let Ok(mut tls) = acceptor.accept(tcp).await else {
+                            return;
+                        };
                         c.requests.fetch_add(1, Ordering::Relaxed);
                         let mut buf = vec![0u8; 1 << 16];
                         while let Ok(n) = tls.read(&mut buf).await {
@@ -83,7 +89,8 @@ async fn main() {
         }
     }
     println!("listening on {addr}");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM");
     term.recv().await;
     println!(
         "received {} bytes in {} requests/connections",
