@@ -175,12 +175,36 @@ pub struct HttpArgs {
     /// Splunk HEC token (sent as "Authorization: Splunk <token>").
     #[arg(long, env = "HEC_TOKEN", hide_env_values = true)]
     pub hec_token: Option<String>,
-    /// Splunk index for every event (must be allowed for the token).
+    /// Splunk index for every event (must be allowed for the token); the token's default without it.
     #[arg(long, env = "HEC_INDEX")]
     pub hec_index: Option<String>,
+    /// Splunk index for API invocations (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_API")]
+    pub hec_index_api: Option<String>,
+    /// Splunk index for app logs (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_APP_LOG")]
+    pub hec_index_app_log: Option<String>,
+    /// Splunk index for metrics (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_METRIC")]
+    pub hec_index_metric: Option<String>,
+    /// Splunk index for events (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_EVENT")]
+    pub hec_index_event: Option<String>,
+    /// Envelope tag whose value, when a record has it, names the record's index (e.g. an app label).
+    #[arg(long, env = "HEC_INDEX_TAG")]
+    pub hec_index_tag: Option<String>,
     /// CA bundle (PEM) the SIEM's certificate must chain to; without it, the Mozilla roots.
     #[arg(long, env = "HTTP_CA")]
     pub http_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for SIEMs that require one.
+    #[arg(long, env = "HTTP_CERT")]
+    pub http_cert: Option<PathBuf>,
+    /// Client key (PEM) for --http-cert.
+    #[arg(long, env = "HTTP_KEY")]
+    pub http_key: Option<PathBuf>,
+    /// Verify the SIEM's certificate; false trusts anyone (a warning says so at start).
+    #[arg(long, env = "HTTP_TLS_VERIFY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_tls_verify: bool,
     /// Extra request header, 'Name: value' (repeatable), e.g. 'Authorization: Bearer ...'.
     #[arg(long, env = "HTTP_HEADER", hide_env_values = true)]
     pub http_header: Vec<String>,
@@ -240,26 +264,51 @@ impl HttpArgs {
                 )),
             }
         }
-        let ca = match &self.http_ca {
-            Some(p) => crate::tls::read_pem_file("--http-ca (HTTP_CA)", p, "CERTIFICATE")
-                .map_err(|e| errors.push(e.to_string()))
-                .ok(),
-            None => None,
+        let mut read = |what, path: &Option<PathBuf>, expected| {
+            path.as_deref().and_then(|p| {
+                crate::tls::read_pem_file(what, p, expected)
+                    .map_err(|e| errors.push(e.to_string()))
+                    .ok()
+            })
         };
+        let ca = read("--http-ca (HTTP_CA)", &self.http_ca, "CERTIFICATE");
+        let cert = read("--http-cert (HTTP_CERT)", &self.http_cert, "CERTIFICATE");
+        let key = read("--http-key (HTTP_KEY)", &self.http_key, "PRIVATE KEY");
+        if self.http_cert.is_some() != self.http_key.is_some() {
+            errors.push("--http-cert (HTTP_CERT) and --http-key (HTTP_KEY) go together".into());
+        }
         if errors.len() > before {
             return None;
         }
-        let tls = crate::tls::rustls_client_config("--http-ca (HTTP_CA)", ca.as_deref(), None)
-            .map_err(|e| errors.push(e.to_string()))
-            .ok()?;
+        let identity = cert.as_deref().zip(key.as_deref());
+        let mut tls = crate::tls::rustls_client_config(
+            "--http-ca/--http-cert/--http-key",
+            ca.as_deref(),
+            identity,
+        )
+        .map_err(|e| errors.push(e.to_string()))
+        .ok()?;
+        if !self.http_tls_verify {
+            crate::tls::disable_verification(&mut tls);
+        }
         Some(HttpSinkConfig {
             url,
             format,
             hec_token: self.hec_token.clone(),
-            hec_index: self.hec_index.clone(),
+            hec_index: crate::sink::http::HecIndex {
+                default: self.hec_index.clone(),
+                per_kind: [
+                    self.hec_index_api.clone(),
+                    self.hec_index_app_log.clone(),
+                    self.hec_index_metric.clone(),
+                    self.hec_index_event.clone(),
+                ],
+                app_tag: self.hec_index_tag.clone(),
+            },
             headers,
             gzip: self.http_gzip,
             tls: std::sync::Arc::new(tls),
+            tls_verify: self.http_tls_verify,
             timeout: Duration::from_secs(self.http_timeout.max(1)),
             concurrency: self.http_concurrency,
             max_request_bytes: self.http_max_request_bytes,

@@ -17,7 +17,7 @@ use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::Envelope;
 use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
-use cf_audit_nozzle::sink::http::{HttpFormat, HttpSink, HttpSinkConfig};
+use cf_audit_nozzle::sink::http::{HecIndex, HttpFormat, HttpSink, HttpSinkConfig};
 use cf_audit_nozzle::sink::{BatchConfig, DeadLetter, Sink, SinkQueue, run_sink};
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use cf_audit_nozzle::source::rlp::{self, RlpStatus};
@@ -139,10 +139,11 @@ fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
         url: url.to_string(),
         format,
         hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
-        hec_index: None,
+        hec_index: Default::default(),
         headers: Vec::new(),
         gzip: true,
         tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
+        tls_verify: true,
         timeout: Duration::from_secs(10),
         concurrency: 1,
         max_request_bytes: 10_000_000,
@@ -180,7 +181,11 @@ fn app_line(i: usize) -> Envelope {
 async fn hec_requests_carry_what_splunk_expects() {
     let (hec, url) = start_hec(Behaviour::default()).await;
     let mut cfg = http_config(&url, HttpFormat::Hec);
-    cfg.hec_index = Some("cf_audit".into());
+    cfg.hec_index = HecIndex {
+        default: Some("cf_audit".into()),
+        per_kind: [None, Some("cf_logs".into()), None, None],
+        app_tag: Some("splunk_index".into()),
+    };
     let mut sink = HttpSink::new(cfg, ctx()).unwrap();
     let api = log_envelope(
         1_700_000_000_123_456_789,
@@ -188,8 +193,10 @@ async fn hec_requests_carry_what_splunk_expects() {
         "Created app with guid cdabc600-0b73-48e1-b7d2-26af2c63f933",
         &[("source_type", "API"), ("origin", "cloud_controller")],
     );
-    let batch = records(vec![api, app_line(1)]);
-    assert_eq!(sink.write(&batch).await.unwrap(), 2);
+    let mut labelled = app_line(2);
+    labelled.tags.insert("splunk_index".into(), "team_a".into());
+    let batch = records(vec![api, app_line(1), labelled]);
+    assert_eq!(sink.write(&batch).await.unwrap(), 3);
 
     let headers = hec.headers.lock().unwrap()[0].clone();
     assert_eq!(
@@ -210,7 +217,16 @@ async fn hec_requests_carry_what_splunk_expects() {
         "{body}"
     );
     let events = hec.events.lock().unwrap().clone();
-    assert_eq!(events.len(), 2);
+    assert_eq!(events.len(), 3);
+    let indexes: Vec<&str> = events
+        .iter()
+        .map(|e| e["index"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        ["cf_audit", "cf_logs", "team_a"],
+        "default, per kind, per app tag"
+    );
     let app = &events[1];
     assert_eq!(
         app["time"].as_f64(),

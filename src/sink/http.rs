@@ -46,12 +46,14 @@ pub struct HttpSinkConfig {
     pub format: HttpFormat,
     /// HEC token, sent as `Authorization: Splunk <token>`.
     pub hec_token: Option<String>,
-    /// HEC index for every event (must be allowed for the token).
-    pub hec_index: Option<String>,
+    /// Which HEC index each event goes to.
+    pub hec_index: HecIndex,
     /// Extra headers (e.g. `Authorization: Bearer ...` for a JSON receiver).
     pub headers: Vec<(String, String)>,
     pub gzip: bool,
     pub tls: Arc<rustls::ClientConfig>,
+    /// False when the operator turned certificate verification off (`tls` then trusts anyone).
+    pub tls_verify: bool,
     pub timeout: Duration,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -74,6 +76,28 @@ impl std::fmt::Debug for HttpSinkConfig {
             .field("concurrency", &self.concurrency)
             .field("max_request_bytes", &self.max_request_bytes)
             .finish_non_exhaustive()
+    }
+}
+
+/// Which Splunk index an event goes to: the value of `app_tag` on the record
+/// (e.g. an app label carried as a tag), else the kind's index, else the
+/// default; no index at all leaves it to the token's default.
+#[derive(Clone, Debug, Default)]
+pub struct HecIndex {
+    pub default: Option<String>,
+    /// Indexed by [`Kind::index`].
+    pub per_kind: [Option<String>; 4],
+    pub app_tag: Option<String>,
+}
+
+impl HecIndex {
+    pub fn for_record<'a>(&'a self, record: &'a Record) -> Option<&'a str> {
+        self.app_tag
+            .as_deref()
+            .and_then(|t| record.tag(t))
+            .filter(|v| !v.is_empty())
+            .or(self.per_kind[record.kind.index()].as_deref())
+            .or(self.default.as_deref())
     }
 }
 
@@ -157,6 +181,13 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn new(cfg: HttpSinkConfig, ctx: EncodeContext) -> Result<Self, SinkError> {
+        if !cfg.tls_verify {
+            tracing::warn!(
+                url = %cfg.url,
+                "TLS certificate verification of the HTTP sink is OFF (--http-tls-verify false): \
+                 anyone on the network path can read and alter the audit trail it sends"
+            );
+        }
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*cfg.tls).clone())
             .timeout(cfg.timeout)
@@ -188,7 +219,7 @@ impl HttpSink {
     /// The batch as request bodies of about `max_request_bytes` each
     /// (uncompressed; a record larger than that goes alone).
     fn split(&self, batch: &[Arc<Record>]) -> Vec<Vec<u8>> {
-        let (format, index) = (self.cfg.format, self.cfg.hec_index.as_deref());
+        let format = self.cfg.format;
         let mut parts = Vec::new();
         let mut body = Vec::new();
         for (i, r) in batch.iter().enumerate() {
@@ -197,7 +228,9 @@ impl HttpSink {
                 HttpFormat::Hec | HttpFormat::Json => {}
             }
             match format {
-                HttpFormat::Hec => encode_hec(r, &self.ctx, index, &mut body),
+                HttpFormat::Hec => {
+                    encode_hec(r, &self.ctx, self.cfg.hec_index.for_record(r), &mut body)
+                }
                 HttpFormat::Json => {
                     r.write_json(&self.ctx, &mut body);
                     body.push(b'\n');
