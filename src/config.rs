@@ -342,6 +342,25 @@ pub struct SyslogArgs {
     /// Syslog facility: a name (kern, user, daemon, auth, local0 ... local7) or a number 0-23.
     #[arg(long, env = "SYSLOG_FACILITY", default_value = "local0")]
     pub syslog_facility: String,
+    /// Severity of API invocations (emerg, alert, crit, err, warning, notice, info, debug).
+    #[arg(long, env = "SYSLOG_SEVERITY_API", default_value = "notice")]
+    pub syslog_severity_api: String,
+    /// Severity of app log lines written to stdout.
+    #[arg(long, env = "SYSLOG_SEVERITY_APP_LOG", default_value = "info")]
+    pub syslog_severity_app_log: String,
+    /// Severity of app log lines written to stderr.
+    #[arg(
+        long,
+        env = "SYSLOG_SEVERITY_APP_LOG_STDERR",
+        default_value = "warning"
+    )]
+    pub syslog_severity_app_log_stderr: String,
+    /// Severity of metrics.
+    #[arg(long, env = "SYSLOG_SEVERITY_METRIC", default_value = "info")]
+    pub syslog_severity_metric: String,
+    /// Severity of events.
+    #[arg(long, env = "SYSLOG_SEVERITY_EVENT", default_value = "notice")]
+    pub syslog_severity_event: String,
     /// What a syslog message carries after the structured data.
     #[arg(long, env = "SYSLOG_MSG", value_enum, default_value_t = SyslogMsgArg::Json)]
     pub syslog_msg: SyslogMsgArg,
@@ -430,6 +449,45 @@ impl SyslogArgs {
                 self.syslog_facility
             ));
         }
+        let mut severity = |flag: &str, env: &str, value: &str| {
+            crate::sink::syslog::SEVERITIES
+                .iter()
+                .position(|s| *s == value)
+                .map(|i| i as u8)
+                .unwrap_or_else(|| {
+                    errors.push(format!(
+                        "--{flag} ({env}) must be one of emerg, alert, crit, err, warning, notice, info, debug, not {value:?}"
+                    ));
+                    6
+                })
+        };
+        let severities = crate::sink::syslog::Severities {
+            api: severity(
+                "syslog-severity-api",
+                "SYSLOG_SEVERITY_API",
+                &self.syslog_severity_api,
+            ),
+            app_log: severity(
+                "syslog-severity-app-log",
+                "SYSLOG_SEVERITY_APP_LOG",
+                &self.syslog_severity_app_log,
+            ),
+            app_log_stderr: severity(
+                "syslog-severity-app-log-stderr",
+                "SYSLOG_SEVERITY_APP_LOG_STDERR",
+                &self.syslog_severity_app_log_stderr,
+            ),
+            metric: severity(
+                "syslog-severity-metric",
+                "SYSLOG_SEVERITY_METRIC",
+                &self.syslog_severity_metric,
+            ),
+            event: severity(
+                "syslog-severity-event",
+                "SYSLOG_SEVERITY_EVENT",
+                &self.syslog_severity_event,
+            ),
+        };
         if self.syslog_max_message_bytes < 480 {
             errors.push(format!(
                 "--syslog-max-message-bytes (SYSLOG_MAX_MESSAGE_BYTES) must be at least 480 (RFC 5424's minimum), not {}",
@@ -466,6 +524,7 @@ impl SyslogArgs {
             tls,
             format: SyslogFormat {
                 facility: facility.unwrap_or(16),
+                severities,
                 enterprise_number: self.syslog_enterprise_number,
                 msg: match self.syslog_msg {
                     SyslogMsgArg::Json => MsgFormat::Json,

@@ -232,6 +232,7 @@ fn configuration_errors_are_all_listed_at_once_with_their_options() {
             "0",
         ])
         .args(["--sink", "file,syslog", "--syslog-facility", "local9"])
+        .args(["--syslog-severity-api", "loud"])
         .args(["--rlp-ca", "/nonexistent/ca.pem"])
         .output()
         .unwrap();
@@ -244,6 +245,7 @@ fn configuration_errors_are_all_listed_at_once_with_their_options() {
         "--gzip-level (GZIP_LEVEL) must be 0 to 9, not 12",
         "--roll-interval (ROLL_INTERVAL) must be at least 1 second",
         "--syslog-addr (SYSLOG_ADDR) is required with --sink syslog",
+        "--syslog-severity-api (SYSLOG_SEVERITY_API) must be one of emerg, alert, crit, err, warning, notice, info, debug, not \"loud\"",
         "--syslog-facility (SYSLOG_FACILITY) must be a facility name (local0 ... local7, user, ...) or 0-23, not \"local9\"",
     ] {
         assert!(err.contains(expected), "missing {expected:?} in:\n{err}");

@@ -70,6 +70,7 @@ pub enum MsgFormat {
 pub struct SyslogFormat {
     /// 0–23 (16 is local0).
     pub facility: u8,
+    pub severities: Severities,
     pub enterprise_number: u32,
     pub msg: MsgFormat,
     pub max_message_bytes: usize,
@@ -79,6 +80,7 @@ impl Default for SyslogFormat {
     fn default() -> Self {
         Self {
             facility: 16,
+            severities: Severities::default(),
             enterprise_number: DEFAULT_ENTERPRISE_NUMBER,
             msg: MsgFormat::Json,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -111,13 +113,47 @@ impl std::fmt::Debug for SyslogConfig {
     }
 }
 
-/// The syslog severity of a record.
-pub fn severity(record: &Record) -> u8 {
-    match (&record.kind, &record.envelope.message) {
-        (Kind::Api, _) => 5,
-        (Kind::AppLog, Some(Message::Log(l))) if l.r#type == log::Type::Err as i32 => 4,
-        (Kind::Event, _) => 5,
-        _ => 6,
+/// Syslog severity names, by value (RFC 5424 §6.2.1).
+pub const SEVERITIES: [&str; 8] = [
+    "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
+];
+
+/// The severity (0–7) each kind of record is sent with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Severities {
+    pub api: u8,
+    pub app_log: u8,
+    /// App log lines written to stderr.
+    pub app_log_stderr: u8,
+    pub metric: u8,
+    pub event: u8,
+}
+
+impl Default for Severities {
+    fn default() -> Self {
+        Self {
+            api: 5,            // notice
+            app_log: 6,        // info
+            app_log_stderr: 4, // warning
+            metric: 6,         // info
+            event: 5,          // notice
+        }
+    }
+}
+
+impl Severities {
+    /// The severity of a record.
+    pub fn of(&self, record: &Record) -> u8 {
+        let s = match (&record.kind, &record.envelope.message) {
+            (Kind::Api, _) => self.api,
+            (Kind::AppLog, Some(Message::Log(l))) if l.r#type == log::Type::Err as i32 => {
+                self.app_log_stderr
+            }
+            (Kind::AppLog, _) => self.app_log,
+            (Kind::Metric, _) => self.metric,
+            (Kind::Event, _) => self.event,
+        };
+        s.min(7)
     }
 }
 
@@ -132,7 +168,7 @@ pub fn encode(
     let start = out.len();
     let env = &record.envelope;
     let tag = |k: &str| record.tag(k).filter(|v| !v.is_empty());
-    let pri = u16::from(format.facility.min(23)) * 8 + u16::from(severity(record));
+    let pri = u16::from(format.facility.min(23)) * 8 + u16::from(format.severities.of(record));
     let time = chrono::DateTime::from_timestamp_nanos(env.timestamp)
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let _ = write!(out, "<{pri}>1 {time} ");
@@ -546,6 +582,24 @@ mod tests {
         );
         assert!(msg.ends_with("é[truncated]"), "{msg}");
         assert!(msg.starts_with("<134>1 2023-11-14T22:13:20.123456Z - cdabc600-0b73-48e1-b7d2-26af2c63f933 0 app_log - é"));
+    }
+
+    #[test]
+    fn severities_are_configurable_per_kind() {
+        let err = record(&[], "boom", log::Type::Err);
+        let out = record(&[], "fine", log::Type::Out);
+        let format = SyslogFormat {
+            facility: 1,
+            severities: Severities {
+                app_log_stderr: 3,
+                app_log: 7,
+                ..Severities::default()
+            },
+            ..SyslogFormat::default()
+        };
+        // user (1) * 8 + err (3) = 11; user * 8 + debug (7) = 15
+        assert!(message(&format, &err).0.starts_with("<11>1 "));
+        assert!(message(&format, &out).0.starts_with("<15>1 "));
     }
 
     #[test]
