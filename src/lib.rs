@@ -36,3 +36,19 @@ pub mod tls;
 pub mod proto {
     tonic::include_proto!("loggregator.v2");
 }
+
+/// An error and its sources, joined with `: `. Library errors often say only
+/// "transport error" at the top; the cause (a rustls verdict, a refused
+/// connection) is further down, and operators need it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}

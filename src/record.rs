@@ -324,14 +324,21 @@ pub fn firehose_event_id(env: &Envelope) -> String {
         h.update(&l.payload);
     }
     let d = h.finalize();
-    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    guid(u128::from_be_bytes(first))
+}
+
+/// 128 bits written as a GUID: `8-4-4-4-12` lower-case hex digits.
+pub fn guid(v: u128) -> String {
+    let h = format!("{v:032x}");
     format!(
         "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
     )
 }
 

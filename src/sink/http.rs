@@ -196,16 +196,7 @@ impl HttpSink {
                 sink: "http",
                 what: format!("cannot build the HTTP client: {e}"),
             })?;
-        let v: u128 = rand::rng().random();
-        let h = format!("{v:032x}");
-        let channel = format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        );
+        let channel = crate::record::guid(rand::rng().random());
         Ok(Self {
             endpoint: endpoint(&cfg.url, cfg.format),
             cfg,
@@ -265,7 +256,7 @@ impl HttpSink {
             let reason = if e.is_timeout() {
                 format!("no reply within {:?}", self.cfg.timeout)
             } else {
-                error_chain(&e)
+                crate::error_chain(&e)
             };
             SinkFailure::retryable(
                 SinkError::Connect {
@@ -418,19 +409,6 @@ impl Sink for HttpSink {
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
         Ok(0)
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
 }
 
 #[cfg(test)]

@@ -117,7 +117,7 @@ pub async fn subscribe(
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| RlpError::Address {
             addr: addr.clone(),
-            reason: chain(&e),
+            reason: crate::error_chain(&e),
         })?
         .tls_config(
             ClientTlsConfig::new()
@@ -127,7 +127,7 @@ pub async fn subscribe(
         )
         .map_err(|e| RlpError::TlsConfig {
             addr: addr.clone(),
-            reason: chain(&e),
+            reason: crate::error_chain(&e),
         })?
         .connect_timeout(Duration::from_secs(10))
         .tcp_nodelay(true)
@@ -136,7 +136,7 @@ pub async fn subscribe(
         .keep_alive_while_idle(true);
     let channel: Channel = endpoint.connect().await.map_err(|e| RlpError::Connect {
         addr: addr.clone(),
-        reason: explain_connect_error(&chain(&e), cfg),
+        reason: explain_connect_error(&crate::error_chain(&e), cfg),
     })?;
     let mut client = EgressClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let response = client
@@ -228,21 +228,6 @@ pub async fn run(
     }
 }
 
-/// An error and its sources, joined: tonic's top-level message alone is
-/// "transport error"; the cause (a rustls verdict, a refused connection) is below.
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    parts.join(": ")
-}
-
 /// Puts the certificate problems an operator meets into words that name the fix.
 fn explain_connect_error(detail: &str, cfg: &RlpConfig) -> String {
     // A CA with the same name but another key (every cf-deployment names its
@@ -287,7 +272,7 @@ fn describe_status(status: &tonic::Status) -> String {
     };
     let mut text = format!("{:?}: {}{hint}", status.code(), status.message());
     if let Some(source) = std::error::Error::source(status) {
-        text.push_str(&format!(" ({})", chain(source)));
+        text.push_str(&format!(" ({})", crate::error_chain(source)));
     }
     text
 }

@@ -80,18 +80,7 @@ const COMPONENTS: [(&str, &str, &str); 5] = [
 impl Traffic {
     pub fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
-        let guid = |rng: &mut StdRng| {
-            let v: u128 = rng.random();
-            let h = format!("{v:032x}");
-            format!(
-                "{}-{}-{}-{}-{}",
-                &h[0..8],
-                &h[8..12],
-                &h[12..16],
-                &h[16..20],
-                &h[20..32]
-            )
-        };
+        let guid = |rng: &mut StdRng| crate::record::guid(rng.random());
         let orgs: Vec<(String, &str)> = ORGS.iter().map(|o| (guid(&mut rng), *o)).collect();
         let mut apps = Vec::new();
         for (i, name) in APP_NAMES.iter().enumerate() {
