@@ -1,0 +1,420 @@
+//! The network sinks' options (syslog, HTTP) and how they become sink
+//! configurations; part of [`crate::config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use super::valid_host_port;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HttpFormatArg {
+    /// Splunk HTTP Event Collector events.
+    Hec,
+    /// One record JSON per line.
+    Json,
+    /// One JSON array of records per request.
+    JsonArray,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyslogTransportArg {
+    Tcp,
+    Tls,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyslogFramingArg {
+    /// Octet counting (RFC 6587; required by RFC 5425 for TLS).
+    Octet,
+    /// One message per line (line breaks inside a message become spaces).
+    Newline,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SyslogMsgArg {
+    /// The record's JSON.
+    Json,
+    /// Log lines as they are (other kinds as JSON).
+    Message,
+}
+
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// SIEM URL; for hec a base URL such as https://splunk:8088 gets /services/collector/event.
+    #[arg(long, env = "HTTP_URL")]
+    pub http_url: Option<String>,
+    /// Body format of the HTTP sink.
+    #[arg(long, env = "HTTP_FORMAT", value_enum, default_value_t = HttpFormatArg::Hec)]
+    pub http_format: HttpFormatArg,
+    /// Splunk HEC token (sent as "Authorization: Splunk <token>").
+    #[arg(long, env = "HEC_TOKEN", hide_env_values = true)]
+    pub hec_token: Option<String>,
+    /// Splunk index for every event (must be allowed for the token); the token's default without it.
+    #[arg(long, env = "HEC_INDEX")]
+    pub hec_index: Option<String>,
+    /// Splunk index for API invocations (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_API")]
+    pub hec_index_api: Option<String>,
+    /// Splunk index for app logs (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_APP_LOG")]
+    pub hec_index_app_log: Option<String>,
+    /// Splunk index for metrics (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_METRIC")]
+    pub hec_index_metric: Option<String>,
+    /// Splunk index for events (overrides --hec-index).
+    #[arg(long, env = "HEC_INDEX_EVENT")]
+    pub hec_index_event: Option<String>,
+    /// Envelope tag whose value, when a record has it, names the record's index (e.g. an app label).
+    #[arg(long, env = "HEC_INDEX_TAG")]
+    pub hec_index_tag: Option<String>,
+    /// CA bundle (PEM) the SIEM's certificate must chain to; without it, the Mozilla roots.
+    #[arg(long, env = "HTTP_CA")]
+    pub http_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for SIEMs that require one.
+    #[arg(long, env = "HTTP_CERT")]
+    pub http_cert: Option<PathBuf>,
+    /// Client key (PEM) for --http-cert.
+    #[arg(long, env = "HTTP_KEY")]
+    pub http_key: Option<PathBuf>,
+    /// Verify the SIEM's certificate; false trusts anyone (a warning says so at start).
+    #[arg(long, env = "HTTP_TLS_VERIFY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_tls_verify: bool,
+    /// Extra request header, 'Name: value' (repeatable), e.g. 'Authorization: Bearer ...'.
+    #[arg(long, env = "HTTP_HEADER", hide_env_values = true)]
+    pub http_header: Vec<String>,
+    /// gzip request bodies.
+    #[arg(long, env = "HTTP_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_gzip: bool,
+    /// Seconds to wait for the SIEM's reply before retrying.
+    #[arg(long, env = "HTTP_TIMEOUT", default_value_t = 30)]
+    pub http_timeout: u64,
+    /// Requests to the SIEM in flight at once.
+    #[arg(long, env = "HTTP_CONCURRENCY", default_value_t = 4)]
+    pub http_concurrency: usize,
+    /// Uncompressed size of one request; a batch is split into requests of about this size.
+    #[arg(long, env = "HTTP_MAX_REQUEST_BYTES", default_value_t = 1_000_000)]
+    pub http_max_request_bytes: usize,
+}
+
+impl HttpArgs {
+    /// The HTTP sink these options describe, plus any problems in them.
+    pub(super) fn config(
+        &self,
+        errors: &mut Vec<String>,
+    ) -> Option<crate::sink::http::HttpSinkConfig> {
+        use crate::sink::http::{HttpFormat, HttpSinkConfig};
+        let before = errors.len();
+        let url = match &self.http_url {
+            None => {
+                errors.push("--http-url (HTTP_URL) is required with --sink http".into());
+                String::new()
+            }
+            Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() < 10 => {
+                errors.push(format!(
+                    "--http-url (HTTP_URL) must be an http:// or https:// URL, not {u:?}"
+                ));
+                String::new()
+            }
+            Some(u) => u.clone(),
+        };
+        let format = match self.http_format {
+            HttpFormatArg::Hec => HttpFormat::Hec,
+            HttpFormatArg::Json => HttpFormat::Json,
+            HttpFormatArg::JsonArray => HttpFormat::JsonArray,
+        };
+        if format == HttpFormat::Hec && self.hec_token.as_deref().is_none_or(str::is_empty) {
+            errors.push("--hec-token (HEC_TOKEN) is required with --http-format hec".into());
+        }
+        if self.http_concurrency == 0 {
+            errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
+        }
+        let mut headers = Vec::new();
+        for h in &self.http_header {
+            match h.split_once(':') {
+                Some((name, value)) if !name.trim().is_empty() && !name.contains(' ') => {
+                    headers.push((name.trim().to_string(), value.trim().to_string()))
+                }
+                // The value may be a credential: name only the header's name.
+                _ => errors.push(format!(
+                    "--http-header (HTTP_HEADER) must look like 'Name: value', not {:?}",
+                    h.split(':').next().unwrap_or_default()
+                )),
+            }
+        }
+        let mut read = |what, path: &Option<PathBuf>, expected| {
+            path.as_deref().and_then(|p| {
+                crate::tls::read_pem_file(what, p, expected)
+                    .map_err(|e| errors.push(e.to_string()))
+                    .ok()
+            })
+        };
+        let ca = read("--http-ca (HTTP_CA)", &self.http_ca, "CERTIFICATE");
+        let cert = read("--http-cert (HTTP_CERT)", &self.http_cert, "CERTIFICATE");
+        let key = read("--http-key (HTTP_KEY)", &self.http_key, "PRIVATE KEY");
+        if self.http_cert.is_some() != self.http_key.is_some() {
+            errors.push("--http-cert (HTTP_CERT) and --http-key (HTTP_KEY) go together".into());
+        }
+        if errors.len() > before {
+            return None;
+        }
+        let identity = cert.as_deref().zip(key.as_deref());
+        let mut tls = crate::tls::rustls_client_config(
+            "--http-ca/--http-cert/--http-key",
+            ca.as_deref(),
+            identity,
+        )
+        .map_err(|e| errors.push(e.to_string()))
+        .ok()?;
+        if !self.http_tls_verify {
+            crate::tls::disable_verification(&mut tls);
+        }
+        Some(HttpSinkConfig {
+            url,
+            format,
+            hec_token: self.hec_token.clone(),
+            hec_index: crate::sink::http::HecIndex {
+                default: self.hec_index.clone(),
+                per_kind: [
+                    self.hec_index_api.clone(),
+                    self.hec_index_app_log.clone(),
+                    self.hec_index_metric.clone(),
+                    self.hec_index_event.clone(),
+                ],
+                app_tag: self.hec_index_tag.clone(),
+            },
+            headers,
+            gzip: self.http_gzip,
+            tls: std::sync::Arc::new(tls),
+            tls_verify: self.http_tls_verify,
+            timeout: Duration::from_secs(self.http_timeout.max(1)),
+            concurrency: self.http_concurrency,
+            max_request_bytes: self.http_max_request_bytes,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SyslogArgs {
+    /// Syslog receiver, host:port (6514 is RFC 5425's TLS port; AlienVault USM takes RFC 5424 over TLS on 6515).
+    #[arg(long, env = "SYSLOG_ADDR")]
+    pub syslog_addr: Option<String>,
+    /// Syslog transport.
+    #[arg(long, env = "SYSLOG_TRANSPORT", value_enum, default_value_t = SyslogTransportArg::Tls)]
+    pub syslog_transport: SyslogTransportArg,
+    /// CA bundle (PEM) the syslog receiver's certificate must chain to; without it, the Mozilla roots.
+    #[arg(long, env = "SYSLOG_CA")]
+    pub syslog_ca: Option<PathBuf>,
+    /// Name the syslog receiver's certificate must carry; the host of --syslog-addr by default.
+    #[arg(long, env = "SYSLOG_SERVER_NAME")]
+    pub syslog_server_name: Option<String>,
+    /// Client certificate (PEM) for receivers that require one.
+    #[arg(long, env = "SYSLOG_CERT")]
+    pub syslog_cert: Option<PathBuf>,
+    /// Client key (PEM) for --syslog-cert.
+    #[arg(long, env = "SYSLOG_KEY")]
+    pub syslog_key: Option<PathBuf>,
+    /// Syslog framing.
+    #[arg(long, env = "SYSLOG_FRAMING", value_enum, default_value_t = SyslogFramingArg::Octet)]
+    pub syslog_framing: SyslogFramingArg,
+    /// Syslog facility: a name (kern, user, daemon, auth, local0 ... local7) or a number 0-23.
+    #[arg(long, env = "SYSLOG_FACILITY", default_value = "local0")]
+    pub syslog_facility: String,
+    /// Severity of API invocations (emerg, alert, crit, err, warning, notice, info, debug).
+    #[arg(long, env = "SYSLOG_SEVERITY_API", default_value = "notice")]
+    pub syslog_severity_api: String,
+    /// Severity of app log lines written to stdout.
+    #[arg(long, env = "SYSLOG_SEVERITY_APP_LOG", default_value = "info")]
+    pub syslog_severity_app_log: String,
+    /// Severity of app log lines written to stderr.
+    #[arg(
+        long,
+        env = "SYSLOG_SEVERITY_APP_LOG_STDERR",
+        default_value = "warning"
+    )]
+    pub syslog_severity_app_log_stderr: String,
+    /// Severity of metrics.
+    #[arg(long, env = "SYSLOG_SEVERITY_METRIC", default_value = "info")]
+    pub syslog_severity_metric: String,
+    /// Severity of events.
+    #[arg(long, env = "SYSLOG_SEVERITY_EVENT", default_value = "notice")]
+    pub syslog_severity_event: String,
+    /// What a syslog message carries after the structured data.
+    #[arg(long, env = "SYSLOG_MSG", value_enum, default_value_t = SyslogMsgArg::Json)]
+    pub syslog_msg: SyslogMsgArg,
+    /// Longest syslog message in bytes; longer ones are cut with a "[truncated]" marker.
+    #[arg(long, env = "SYSLOG_MAX_MESSAGE_BYTES", default_value_t = crate::sink::syslog::DEFAULT_MAX_MESSAGE_BYTES)]
+    pub syslog_max_message_bytes: usize,
+    /// Private enterprise number of the structured-data ID (tags@<number>); 32473 is the documentation number.
+    #[arg(long, env = "SYSLOG_ENTERPRISE_NUMBER", default_value_t = crate::sink::syslog::DEFAULT_ENTERPRISE_NUMBER)]
+    pub syslog_enterprise_number: u32,
+}
+
+/// Syslog facility names (RFC 5424 §6.2.1).
+const FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+impl SyslogArgs {
+    /// The TLS client settings of the syslog sink, plus any problems in them.
+    fn tls_config(&self, errors: &mut Vec<String>) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        let read = |what, path: &std::path::Path, expected| {
+            crate::tls::read_pem_file(what, path, expected).map_err(|e| e.to_string())
+        };
+        let ca = self
+            .syslog_ca
+            .as_deref()
+            .map(|p| read("--syslog-ca (SYSLOG_CA)", p, "CERTIFICATE"))
+            .transpose();
+        let identity = match (&self.syslog_cert, &self.syslog_key) {
+            (Some(c), Some(k)) => {
+                read("--syslog-cert (SYSLOG_CERT)", c, "CERTIFICATE").and_then(|c| {
+                    read("--syslog-key (SYSLOG_KEY)", k, "PRIVATE KEY").map(|k| Some((c, k)))
+                })
+            }
+            (None, None) => Ok(None),
+            _ => Err(
+                "--syslog-cert (SYSLOG_CERT) and --syslog-key (SYSLOG_KEY) go together".to_string(),
+            ),
+        };
+        let (ca, identity) = match (ca, identity) {
+            (Ok(ca), Ok(identity)) => (ca, identity),
+            (ca, identity) => {
+                errors.extend(ca.err());
+                errors.extend(identity.err());
+                return None;
+            }
+        };
+        crate::tls::rustls_client_config(
+            "--syslog-ca/--syslog-cert/--syslog-key",
+            ca.as_deref(),
+            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        )
+        .map(std::sync::Arc::new)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok()
+    }
+
+    /// The syslog sink these options describe, plus any problems in them.
+    pub(super) fn config(
+        &self,
+        errors: &mut Vec<String>,
+    ) -> Option<crate::sink::syslog::SyslogConfig> {
+        use crate::sink::syslog::{Framing, MsgFormat, SyslogConfig, SyslogFormat, Transport};
+        let before = errors.len();
+        let addr = match &self.syslog_addr {
+            None => {
+                errors.push("--syslog-addr (SYSLOG_ADDR) is required with --sink syslog".into());
+                String::new()
+            }
+            Some(a) if !valid_host_port(a) => {
+                errors.push(format!(
+                    "--syslog-addr (SYSLOG_ADDR) must be host:port, not {a:?}"
+                ));
+                String::new()
+            }
+            Some(a) => a.clone(),
+        };
+        let facility = match self.syslog_facility.parse::<u8>() {
+            Ok(n) if n <= 23 => Some(n),
+            _ => FACILITIES
+                .iter()
+                .position(|f| *f == self.syslog_facility)
+                .map(|i| i as u8),
+        };
+        if facility.is_none() {
+            errors.push(format!(
+                "--syslog-facility (SYSLOG_FACILITY) must be a facility name (local0 ... local7, user, ...) or 0-23, not {:?}",
+                self.syslog_facility
+            ));
+        }
+        let mut severity = |flag: &str, env: &str, value: &str| {
+            crate::sink::syslog::SEVERITIES
+                .iter()
+                .position(|s| *s == value)
+                .map(|i| i as u8)
+                .unwrap_or_else(|| {
+                    errors.push(format!(
+                        "--{flag} ({env}) must be one of emerg, alert, crit, err, warning, notice, info, debug, not {value:?}"
+                    ));
+                    6
+                })
+        };
+        let severities = crate::sink::syslog::Severities {
+            api: severity(
+                "syslog-severity-api",
+                "SYSLOG_SEVERITY_API",
+                &self.syslog_severity_api,
+            ),
+            app_log: severity(
+                "syslog-severity-app-log",
+                "SYSLOG_SEVERITY_APP_LOG",
+                &self.syslog_severity_app_log,
+            ),
+            app_log_stderr: severity(
+                "syslog-severity-app-log-stderr",
+                "SYSLOG_SEVERITY_APP_LOG_STDERR",
+                &self.syslog_severity_app_log_stderr,
+            ),
+            metric: severity(
+                "syslog-severity-metric",
+                "SYSLOG_SEVERITY_METRIC",
+                &self.syslog_severity_metric,
+            ),
+            event: severity(
+                "syslog-severity-event",
+                "SYSLOG_SEVERITY_EVENT",
+                &self.syslog_severity_event,
+            ),
+        };
+        if self.syslog_max_message_bytes < 480 {
+            errors.push(format!(
+                "--syslog-max-message-bytes (SYSLOG_MAX_MESSAGE_BYTES) must be at least 480 (RFC 5424's minimum), not {}",
+                self.syslog_max_message_bytes
+            ));
+        }
+        let transport = match self.syslog_transport {
+            SyslogTransportArg::Tcp => Transport::Tcp,
+            SyslogTransportArg::Tls => Transport::Tls,
+            SyslogTransportArg::Udp => Transport::Udp,
+        };
+        let tls = if transport == Transport::Tls {
+            self.tls_config(errors)
+        } else {
+            None
+        };
+        if errors.len() > before {
+            return None;
+        }
+        let server_name = self.syslog_server_name.clone().unwrap_or_else(|| {
+            let host = addr.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        });
+        Some(SyslogConfig {
+            addr,
+            transport,
+            framing: match self.syslog_framing {
+                SyslogFramingArg::Octet => Framing::OctetCounting,
+                SyslogFramingArg::Newline => Framing::Newline,
+            },
+            server_name,
+            tls,
+            format: SyslogFormat {
+                facility: facility.unwrap_or(16),
+                severities,
+                enterprise_number: self.syslog_enterprise_number,
+                msg: match self.syslog_msg {
+                    SyslogMsgArg::Json => MsgFormat::Json,
+                    SyslogMsgArg::Message => MsgFormat::Message,
+                },
+                max_message_bytes: self.syslog_max_message_bytes,
+            },
+        })
+    }
+}

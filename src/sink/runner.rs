@@ -1,0 +1,426 @@
+//! The shared sink runner: takes records from a sink's queue, batches them by
+//! count and age, writes them through the [`Sink`], retries retryable
+//! failures with full-jitter backoff (honouring `Retry-After`), dead-letters
+//! batches a receiver rejects, rolls the sink on its interval (also when the
+//! queue never empties), and drains at shutdown. All accounting of
+//! [`SinkStats`] past admission happens here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+
+use super::{BatchConfig, Chunk, DeadLetter, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
+use crate::record::Record;
+use crate::source::Backoff;
+
+/// Runs a sink until its queue is closed (every [`SinkQueue`] dropped) and
+/// drained, then rolls it one last time and reports.
+pub async fn run_sink<S: Sink>(
+    mut sink: S,
+    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    stats: Arc<SinkStats>,
+    batch: BatchConfig,
+) -> SinkReport {
+    let mut pending: Vec<Arc<Record>> = Vec::with_capacity(batch.max_records);
+    let mut batch_deadline: Option<Instant> = None;
+    let roll_every = sink.roll_interval();
+    let mut next_roll = roll_every.map(|d| Instant::now() + d);
+    loop {
+        let due = [batch_deadline, next_roll].into_iter().flatten().min();
+        tokio::select! {
+            // Take what is queued first; the timers are checked below either way.
+            biased;
+            chunk = rx.recv() => match chunk {
+                Some(chunk) => {
+                    if pending.is_empty() {
+                        batch_deadline = Some(Instant::now() + batch.max_age);
+                    }
+                    pending.extend(chunk);
+                    if pending.len() >= batch.max_records {
+                        write_pending(&mut sink, &mut pending, &stats, &batch).await;
+                        batch_deadline = None;
+                    }
+                }
+                None => break,
+            },
+            _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {}
+        }
+        // Checked after every event, not only when a timer branch wins, so a
+        // queue that is never empty (a sink behind its input) still ages its
+        // batches out and rolls its files on time.
+        let now = Instant::now();
+        if batch_deadline.is_some_and(|d| now >= d) {
+            write_pending(&mut sink, &mut pending, &stats, &batch).await;
+            batch_deadline = None;
+        }
+        if let (Some(d), Some(every)) = (next_roll, roll_every)
+            && now >= d
+        {
+            write_pending(&mut sink, &mut pending, &stats, &batch).await;
+            batch_deadline = None;
+            roll(&mut sink, &stats).await;
+            next_roll = Some(Instant::now() + every);
+        }
+    }
+    write_pending(&mut sink, &mut pending, &stats, &batch).await;
+    roll(&mut sink, &stats).await;
+    SinkReport {
+        stats: stats.snapshot(sink.name()),
+        outputs: sink.outputs(),
+    }
+}
+
+async fn write_pending<S: Sink>(
+    sink: &mut S,
+    pending: &mut Vec<Arc<Record>>,
+    stats: &SinkStats,
+    batch: &BatchConfig,
+) {
+    if pending.is_empty() {
+        return;
+    }
+    let n = pending.len() as u64;
+    let mut backoff = Backoff::full_jitter(batch.retry_initial, batch.retry_max);
+    let mut attempt: u64 = 0;
+    let result = loop {
+        match sink.write(pending).await {
+            Err(SinkFailure {
+                error,
+                retry: Some(after),
+                ..
+            }) => {
+                attempt += 1;
+                stats.retries.fetch_add(1, Ordering::Relaxed);
+                let delay = after.map_or_else(|| backoff.next_delay(), |a| a.min(batch.retry_max));
+                // Logged on attempts 1, 2, 4, 8, ...: visible, not a flood.
+                if attempt.is_power_of_two() {
+                    tracing::warn!(sink = sink.name(), records = n, attempt, ?delay, %error, "write failed; retrying the batch");
+                }
+                tokio::time::sleep(delay).await;
+            }
+            other => break other,
+        }
+    };
+    // Account before releasing the queue slots, so the sum never comes up short.
+    match result {
+        Ok(delivered) => {
+            stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+            stats
+                .in_flight
+                .fetch_add(n.saturating_sub(delivered), Ordering::Relaxed);
+        }
+        Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
+            let dl = batch.dead_letter.as_ref().expect("checked above");
+            match dead_letter(dl, sink.name(), &failure.error, pending) {
+                Ok(path) => {
+                    stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
+                    tracing::error!(sink = sink.name(), records = n, error = %failure.error, path = %path.display(), "receiver rejected a batch; kept in the dead-letter file");
+                }
+                Err(e) => {
+                    tracing::error!(sink = sink.name(), error = %e, "cannot write the dead-letter file");
+                    account_loss(sink.name(), stats, n, &failure);
+                }
+            }
+        }
+        Err(failure) => {
+            account_loss(sink.name(), stats, n, &failure);
+        }
+    }
+    pending.clear();
+    stats.queued.fetch_sub(n, Ordering::AcqRel);
+}
+
+/// Appends `records` to the sink's dead-letter file, one line each:
+/// `{"time":…,"sink":…,"reason":…,"record":{…}}`.
+fn dead_letter(
+    dl: &DeadLetter,
+    sink: &str,
+    reason: &SinkError,
+    records: &[Arc<Record>],
+) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    std::fs::create_dir_all(&dl.dir)?;
+    let name: String = sink
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let path = dl.dir.join(format!("{name}.dead-letter.jsonl"));
+    let head = format!(
+        r#"{{"time":{},"sink":{},"reason":{},"record":"#,
+        serde_json::to_string(&chrono::Utc::now().to_rfc3339()).expect("string"),
+        serde_json::to_string(sink).expect("string"),
+        serde_json::to_string(&reason.to_string()).expect("string"),
+    );
+    let mut buf = Vec::new();
+    for r in records {
+        buf.extend_from_slice(head.as_bytes());
+        r.write_json(&dl.encode, &mut buf);
+        buf.extend_from_slice(b"}\n");
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    file.write_all(&buf)?;
+    file.sync_data()?;
+    Ok(path)
+}
+
+async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats) {
+    match sink.roll().await {
+        Ok(delivered) => {
+            stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+            stats.in_flight.fetch_sub(delivered, Ordering::Relaxed);
+        }
+        Err(failure) => account_loss(sink.name(), stats, 0, &failure),
+    }
+}
+
+/// Counts what a failure cost: the failed batch (`batch` records, still
+/// counted as queued by the caller) and the in-flight records it took along.
+fn account_loss(sink: &str, stats: &SinkStats, batch: u64, failure: &SinkFailure) {
+    let lost = batch + failure.lost_in_flight;
+    stats.dropped_write_error.fetch_add(lost, Ordering::Relaxed);
+    stats
+        .in_flight
+        .fetch_sub(failure.lost_in_flight, Ordering::Relaxed);
+    tracing::error!(sink, records = lost, error = %failure.error, "sink failed; records lost");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::proto::Envelope;
+    use crate::sink::SinkQueue;
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    /// A sink that remembers what it was asked to do.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Arc<std::sync::Mutex<Vec<usize>>>,
+        rolls: Arc<AtomicU64>,
+        fail: bool,
+    }
+
+    impl Sink for Recorder {
+        fn name(&self) -> &str {
+            "recorder"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            self.writes.lock().unwrap().push(batch.len());
+            if self.fail {
+                return Err(SinkError::Io {
+                    sink: "recorder",
+                    path: "x".into(),
+                    source: std::io::Error::other("disk full"),
+                }
+                .into());
+            }
+            Ok(batch.len() as u64)
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            self.rolls.fetch_add(1, Ordering::SeqCst);
+            Ok(0)
+        }
+        fn roll_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(60))
+        }
+    }
+
+    fn chunk(n: usize) -> Chunk {
+        (0..n)
+            .map(|_| Arc::new(classify(Envelope::default())))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_the_newest_chunk_and_counts_every_record() {
+        let (queue, rx) = SinkQueue::new("recorder", 250);
+        for _ in 0..3 {
+            queue.offer(chunk(100));
+        }
+        let s = queue.stats().snapshot("recorder");
+        assert_eq!(
+            (s.received, s.queued, s.dropped_queue_full),
+            (300, 200, 100)
+        );
+
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let report = run_sink(Recorder::default(), rx, stats, BatchConfig::default()).await;
+        let s = report.stats;
+        assert_eq!(
+            (s.received, s.delivered, s.queued, s.dropped()),
+            (300, 200, 0, 100)
+        );
+    }
+
+    /// A sink whose writes take a second each, logging what happens when.
+    struct Slow(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+    impl Sink for Slow {
+        fn name(&self) -> &str {
+            "slow"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.0.lock().unwrap().push("write");
+            Ok(batch.len() as u64)
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            self.0.lock().unwrap().push("roll");
+            Ok(0)
+        }
+        fn roll_interval(&self) -> Option<Duration> {
+            Some(Duration::from_secs(10))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_behind_its_input_still_rolls_on_time() {
+        let (queue, rx) = SinkQueue::new("slow", 10_000);
+        for _ in 0..30 {
+            queue.offer(chunk(10));
+        }
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let batch = BatchConfig {
+            max_records: 10,
+            max_age: Duration::from_secs(1),
+            ..BatchConfig::default()
+        };
+        let report = run_sink(Slow(Arc::clone(&log)), rx, stats, batch).await;
+        assert_eq!(report.stats.delivered, 300);
+        // 30 one-second writes with the queue never empty: rolls every 10 s
+        // between them, and one at the end.
+        let log = log.lock().unwrap();
+        let rolls: Vec<usize> = log
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| **e == "roll")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(rolls, [10, 21, 32, 33], "{log:?}");
+    }
+
+    /// Fails retryably: first with a Retry-After of 7 s, then without one, then succeeds.
+    struct Flaky(u32);
+
+    impl Sink for Flaky {
+        fn name(&self) -> &str {
+            "flaky"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            self.0 += 1;
+            let unavailable = || SinkError::Connect {
+                sink: "flaky",
+                addr: "x".into(),
+                reason: "refused".into(),
+            };
+            match self.0 {
+                1 => Err(SinkFailure::retryable(
+                    unavailable(),
+                    Some(Duration::from_secs(7)),
+                )),
+                2 => Err(SinkFailure::retryable(unavailable(), None)),
+                _ => Ok(batch.len() as u64),
+            }
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retryable_failures_retry_the_same_batch_honouring_retry_after() {
+        let (queue, rx) = SinkQueue::new("flaky", 100);
+        queue.offer(chunk(5));
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let start = Instant::now();
+        let s = run_sink(Flaky(0), rx, stats, BatchConfig::default())
+            .await
+            .stats;
+        let waited = start.elapsed();
+        assert_eq!(
+            (s.received, s.delivered, s.pending(), s.dropped(), s.retries),
+            (5, 5, 0, 0, 2)
+        );
+        // The closed queue flushes at once: 7 s Retry-After, then a full-jitter delay of 1 ms..=1 s.
+        assert!(
+            waited > Duration::from_secs(7) && waited <= Duration::from_secs(8),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_counted_as_dropped_not_delivered() {
+        let (queue, rx) = SinkQueue::new("recorder", 1000);
+        queue.offer(chunk(7));
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let sink = Recorder {
+            fail: true,
+            ..Default::default()
+        };
+        let s = run_sink(sink, rx, stats, BatchConfig::default())
+            .await
+            .stats;
+        assert_eq!(
+            (s.received, s.delivered, s.queued, s.dropped_write_error),
+            (7, 0, 0, 7)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_written_when_full_or_when_old_and_rolled_on_the_interval() {
+        let (queue, rx) = SinkQueue::new("recorder", 10_000);
+        let sink = Recorder::default();
+        let (writes, rolls) = (Arc::clone(&sink.writes), Arc::clone(&sink.rolls));
+        let batch = BatchConfig {
+            max_records: 10,
+            max_age: Duration::from_millis(500),
+            ..BatchConfig::default()
+        };
+        let task = tokio::spawn(run_sink(sink, rx, Arc::clone(queue.stats()), batch));
+
+        queue.offer(chunk(4));
+        tokio::time::sleep(Duration::from_millis(499)).await;
+        assert!(writes.lock().unwrap().is_empty(), "not yet old enough");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert_eq!(*writes.lock().unwrap(), [4], "written at max_age");
+
+        queue.offer(chunk(6));
+        queue.offer(chunk(6));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            *writes.lock().unwrap(),
+            [4, 12],
+            "written once max_records is reached"
+        );
+
+        assert_eq!(rolls.load(Ordering::SeqCst), 0);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(rolls.load(Ordering::SeqCst), 1, "rolled after the interval");
+
+        drop(queue);
+        let report = task.await.unwrap();
+        assert_eq!(
+            rolls.load(Ordering::SeqCst),
+            2,
+            "rolled once more at shutdown"
+        );
+        assert_eq!(report.stats.delivered, 16);
+    }
+}
