@@ -230,7 +230,7 @@ impl OutputArgs {
                     None => continue,
                 },
                 SinkKind::Http => match self.http.config(errors) {
-                    Some(cfg) => SinkConfig::Http(cfg),
+                    Some(cfg) => SinkConfig::Http(Box::new(cfg)),
                     None => continue,
                 },
             };

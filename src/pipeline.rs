@@ -25,7 +25,7 @@ pub enum SinkConfig {
     Stdout,
     File(FileSinkConfig),
     Syslog(crate::sink::syslog::SyslogConfig),
-    Http(crate::sink::http::HttpSinkConfig),
+    Http(Box<crate::sink::http::HttpSinkConfig>),
 }
 
 #[derive(Clone, Debug)]
@@ -102,7 +102,7 @@ impl Pipeline {
                 ),
                 SinkConfig::Http(h) => add(
                     spawn(
-                        crate::sink::http::HttpSink::new(h.clone(), cfg.encode.clone())?,
+                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())?,
                         cfg,
                     ),
                     kinds.clone(),

@@ -17,7 +17,7 @@ use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::Envelope;
 use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
-use cf_audit_nozzle::sink::http::{HecIndex, HttpFormat, HttpSink, HttpSinkConfig};
+use cf_audit_nozzle::sink::http::{AckConfig, HecIndex, HttpFormat, HttpSink, HttpSinkConfig};
 use cf_audit_nozzle::sink::{BatchConfig, DeadLetter, Sink, SinkQueue, run_sink};
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use cf_audit_nozzle::source::rlp::{self, RlpStatus};
@@ -34,6 +34,10 @@ struct Behaviour {
     throttle_first: AtomicU32,
     /// Answer every request 400 "Invalid data format" (code 6).
     reject: bool,
+    /// Indexer acknowledgement: give every accepted request an `ackId`.
+    acks: bool,
+    /// Never acknowledge the first this many `ackId`s (lost in the indexer).
+    lose_acks: AtomicU32,
 }
 
 #[derive(Default)]
@@ -44,6 +48,9 @@ struct Hec {
     headers: Mutex<Vec<HashMap<String, String>>>,
     bodies: Mutex<Vec<Vec<u8>>>,
     events: Mutex<Vec<serde_json::Value>>,
+    next_ack: AtomicU64,
+    indexed: Mutex<std::collections::HashSet<u64>>,
+    ack_queries: AtomicU64,
 }
 
 fn reply(status: StatusCode, text: &str, code: u32) -> (StatusCode, HeaderMap, String) {
@@ -104,7 +111,37 @@ async fn collector(
     }
     hec.bodies.lock().unwrap().push(raw);
     hec.events.lock().unwrap().extend(events);
+    if b.acks {
+        let id = hec.next_ack.fetch_add(1, Ordering::SeqCst);
+        if b.lose_acks.load(Ordering::SeqCst) > 0 {
+            b.lose_acks.fetch_sub(1, Ordering::SeqCst);
+        } else {
+            hec.indexed.lock().unwrap().insert(id);
+        }
+        let body = serde_json::json!({"text": "Success", "code": 0, "ackId": id}).to_string();
+        return (StatusCode::OK, HeaderMap::new(), body);
+    }
     reply(StatusCode::OK, "Success", 0)
+}
+
+/// `POST /services/collector/ack`: `{"acks":[ids]}` → `{"acks":{"id":bool}}`.
+async fn ack(State(hec): State<Arc<Hec>>, body: Bytes) -> String {
+    hec.ack_queries.fetch_add(1, Ordering::SeqCst);
+    let asked: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let indexed = hec.indexed.lock().unwrap();
+    let answer: serde_json::Map<String, serde_json::Value> = asked["acks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| {
+            let id = id.as_u64().unwrap();
+            (
+                id.to_string(),
+                serde_json::Value::Bool(indexed.contains(&id)),
+            )
+        })
+        .collect();
+    serde_json::json!({ "acks": answer }).to_string()
 }
 
 /// A plain JSON receiver: keeps what it got, answers 200.
@@ -127,6 +164,7 @@ async fn start_hec(behaviour: Behaviour) -> (Arc<Hec>, String) {
     let app = axum::Router::new()
         .route("/services/collector/event", axum::routing::post(collector))
         .route("/ingest", axum::routing::post(ingest))
+        .route("/services/collector/ack", axum::routing::post(ack))
         .with_state(Arc::clone(&hec));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -147,6 +185,7 @@ fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
         timeout: Duration::from_secs(10),
         concurrency: 1,
         max_request_bytes: 10_000_000,
+        acks: None,
     }
 }
 
@@ -361,10 +400,11 @@ async fn a_429_is_retried_after_the_time_the_receiver_asked_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once() {
+async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once_and_acknowledged() {
     const N: usize = 100_000;
     let (hec, url) = start_hec(Behaviour {
         busy_percent: 30,
+        acks: true,
         ..Default::default()
     })
     .await;
@@ -377,12 +417,13 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once(
         },
     )
     .await;
-    // Four requests of ~250 kB in flight: a failed one is retried alone.
-    let mut http = http_config(&url, HttpFormat::Hec);
+    // Four requests of ~250 kB in flight: a failed one is retried alone; a
+    // record counts as delivered when the receiver acknowledged indexing it.
+    let mut http = with_acks(&url, Duration::from_secs(300));
     http.concurrency = 4;
     http.max_request_bytes = 250_000;
     let pipeline = Pipeline::start(&PipelineConfig {
-        sinks: vec![(SinkConfig::Http(http), Kind::ALL.to_vec())],
+        sinks: vec![(SinkConfig::Http(Box::new(http)), Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
         batch: BatchConfig {
             retry_initial: Duration::from_millis(10),
@@ -429,4 +470,87 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once(
     let missing = seen.iter().filter(|c| **c == 0).count();
     let duplicates: u32 = seen.iter().map(|c| c.saturating_sub(1)).sum();
     assert_eq!((events.len(), missing, duplicates), (N, 0, 0));
+}
+
+fn with_acks(url: &str, timeout: Duration) -> HttpSinkConfig {
+    let mut cfg = http_config(url, HttpFormat::Hec);
+    cfg.acks = Some(AckConfig {
+        interval: Duration::from_millis(50),
+        timeout,
+        max_pending: 100,
+    });
+    cfg
+}
+
+#[tokio::test]
+async fn with_indexer_acks_records_are_delivered_only_once_splunk_indexed_them() {
+    let (hec, url) = start_hec(Behaviour {
+        acks: true,
+        ..Default::default()
+    })
+    .await;
+    let mut sink = HttpSink::new(with_acks(&url, Duration::from_secs(300)), ctx()).unwrap();
+    assert_eq!(sink.roll_interval(), Some(Duration::from_millis(50)));
+    assert_eq!(
+        sink.write(&records((0..5).map(app_line).collect()))
+            .await
+            .unwrap(),
+        0,
+        "in flight"
+    );
+    assert_eq!(hec.ack_queries.load(Ordering::SeqCst), 0);
+    assert_eq!(sink.roll().await.unwrap(), 5, "acknowledged");
+    assert_eq!(hec.ack_queries.load(Ordering::SeqCst), 1);
+    assert_eq!(sink.roll().await.unwrap(), 0, "nothing left to ask about");
+    assert_eq!(hec.ack_queries.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_request_splunk_never_acknowledges_is_sent_again_after_the_timeout() {
+    let (hec, url) = start_hec(Behaviour {
+        acks: true,
+        lose_acks: AtomicU32::new(1),
+        ..Default::default()
+    })
+    .await;
+    let mut sink = HttpSink::new(with_acks(&url, Duration::from_millis(200)), ctx()).unwrap();
+    assert_eq!(
+        sink.write(&records((0..5).map(app_line).collect()))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(sink.roll().await.unwrap(), 0, "not indexed yet");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(
+        sink.roll().await.unwrap(),
+        0,
+        "sent again, not yet confirmed"
+    );
+    assert_eq!(sink.roll().await.unwrap(), 5, "the second copy was indexed");
+    // At least once: Splunk holds the batch twice (the first copy was received, only its ack was lost).
+    assert_eq!(hec.events.lock().unwrap().len(), 10);
+    assert_eq!(hec.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn the_runner_keeps_acked_records_in_flight_until_confirmed() {
+    let (_hec, url) = start_hec(Behaviour {
+        acks: true,
+        ..Default::default()
+    })
+    .await;
+    let (queue, rx) = SinkQueue::new("http", 100);
+    queue.offer(records((0..7).map(app_line).collect()));
+    let stats = Arc::clone(queue.stats());
+    drop(queue);
+    let sink = HttpSink::new(with_acks(&url, Duration::from_secs(300)), ctx()).unwrap();
+    let s = run_sink(sink, rx, stats, BatchConfig::default())
+        .await
+        .stats;
+    // The final roll at shutdown asks once more and confirms them.
+    assert_eq!(
+        (s.received, s.delivered, s.in_flight, s.dropped()),
+        (7, 7, 0, 0)
+    );
 }

@@ -91,6 +91,15 @@ pub struct HttpArgs {
     /// Seconds to wait for the SIEM's reply before retrying.
     #[arg(long, env = "HTTP_TIMEOUT", default_value_t = 30)]
     pub http_timeout: u64,
+    /// Follow Splunk HEC indexer acknowledgement: a record counts as delivered once Splunk says it is indexed.
+    #[arg(long, env = "HEC_ACKS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub hec_acks: bool,
+    /// Seconds between HEC acknowledgement queries.
+    #[arg(long, env = "HEC_ACK_INTERVAL", default_value_t = 10)]
+    pub hec_ack_interval: u64,
+    /// Seconds after which a request Splunk has not acknowledged is sent again.
+    #[arg(long, env = "HEC_ACK_TIMEOUT", default_value_t = 300)]
+    pub hec_ack_timeout: u64,
     /// Requests to the SIEM in flight at once.
     #[arg(long, env = "HTTP_CONCURRENCY", default_value_t = 4)]
     pub http_concurrency: usize,
@@ -192,6 +201,13 @@ impl HttpArgs {
             timeout: Duration::from_secs(self.http_timeout.max(1)),
             concurrency: self.http_concurrency,
             max_request_bytes: self.http_max_request_bytes,
+            acks: (self.hec_acks && format == HttpFormat::Hec).then(|| {
+                crate::sink::http::AckConfig {
+                    interval: Duration::from_secs(self.hec_ack_interval.max(1)),
+                    timeout: Duration::from_secs(self.hec_ack_timeout.max(1)),
+                    max_pending: 10_000,
+                }
+            }),
         })
     }
 }

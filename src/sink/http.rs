@@ -59,6 +59,31 @@ pub struct HttpSinkConfig {
     pub concurrency: usize,
     /// A batch is sent as requests of about this many bytes (uncompressed).
     pub max_request_bytes: usize,
+    /// HEC indexer acknowledgement: records count as delivered only when
+    /// Splunk says they were indexed.
+    pub acks: Option<AckConfig>,
+}
+
+/// How HEC indexer acknowledgements are followed.
+#[derive(Clone, Debug)]
+pub struct AckConfig {
+    /// How often `/services/collector/ack` is asked (the sink's roll interval).
+    pub interval: Duration,
+    /// A request not acknowledged after this long is sent again (at least once).
+    pub timeout: Duration,
+    /// Requests awaiting acknowledgement at most; beyond, writes wait.
+    pub max_pending: usize,
+}
+
+/// One request of a batch after sending: its position, body, record count and outcome.
+type Sent = (usize, bytes::Bytes, u64, Result<Option<u64>, SinkFailure>);
+
+/// A request Splunk accepted and has not yet said it indexed.
+struct Unacked {
+    ack_id: u64,
+    body: bytes::Bytes,
+    records: u64,
+    sent: tokio::time::Instant,
 }
 
 impl std::fmt::Debug for HttpSinkConfig {
@@ -111,6 +136,14 @@ pub fn endpoint(url: &str, format: HttpFormat) -> String {
         format!("{trimmed}/services/collector/event")
     } else {
         url.to_string()
+    }
+}
+
+/// Where HEC acknowledgements are asked for, next to the event endpoint.
+pub fn ack_endpoint(endpoint: &str) -> String {
+    match endpoint.find("/services/collector") {
+        Some(i) => format!("{}/services/collector/ack", &endpoint[..i]),
+        None => format!("{}/ack", endpoint.trim_end_matches('/')),
     }
 }
 
@@ -174,9 +207,13 @@ pub struct HttpSink {
     endpoint: String,
     /// Sent on every HEC request (required when the token uses indexer acks, harmless otherwise).
     channel: String,
-    /// The batch being retried (its address and length) and which of its
-    /// requests already went through.
-    progress: Option<((usize, usize), Vec<bool>)>,
+    /// The batch being retried (its address and length), which of its
+    /// requests already went through, and how many of its records await acks.
+    progress: Option<((usize, usize), Vec<bool>, u64)>,
+    unacked: Vec<Unacked>,
+    /// Records acknowledged while writing (backpressure), reported by the next roll.
+    acked_unreported: u64,
+    warned_no_ack_id: bool,
 }
 
 impl HttpSink {
@@ -204,16 +241,21 @@ impl HttpSink {
             client,
             channel,
             progress: None,
+            unacked: Vec::new(),
+            acked_unreported: 0,
+            warned_no_ack_id: false,
         })
     }
 
     /// The batch as request bodies of about `max_request_bytes` each
     /// (uncompressed; a record larger than that goes alone).
-    fn split(&self, batch: &[Arc<Record>]) -> Vec<Vec<u8>> {
+    fn split(&self, batch: &[Arc<Record>]) -> Vec<(Vec<u8>, u64)> {
         let format = self.cfg.format;
         let mut parts = Vec::new();
         let mut body = Vec::new();
+        let mut records = 0;
         for (i, r) in batch.iter().enumerate() {
+            records += 1;
             match format {
                 HttpFormat::JsonArray => body.push(if body.is_empty() { b'[' } else { b',' }),
                 HttpFormat::Hec | HttpFormat::Json => {}
@@ -232,26 +274,35 @@ impl HttpSink {
                 if format == HttpFormat::JsonArray {
                     body.push(b']');
                 }
-                parts.push(std::mem::take(&mut body));
+                parts.push((std::mem::take(&mut body), records));
+                records = 0;
             }
         }
         parts
     }
 
-    /// Sends one body and reads what the reply means.
-    async fn post(&self, body: Vec<u8>) -> Result<(), SinkFailure> {
-        let body = if self.cfg.gzip {
-            let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-            gz.write_all(&body)
-                .and_then(|_| gz.finish())
-                .map_err(|e| SinkError::Io {
+    /// The body as it goes on the wire (gzip when configured).
+    fn compress(&self, body: Vec<u8>) -> Result<bytes::Bytes, SinkFailure> {
+        if !self.cfg.gzip {
+            return Ok(body.into());
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+        gz.write_all(&body)
+            .and_then(|_| gz.finish())
+            .map(bytes::Bytes::from)
+            .map_err(|e| {
+                SinkError::Io {
                     sink: "http",
                     path: "<gzip>".into(),
                     source: e,
-                })?
-        } else {
-            body
-        };
+                }
+                .into()
+            })
+    }
+
+    /// Sends one body and reads what the reply means; with acks on, the
+    /// `ackId` Splunk gave the request.
+    async fn post(&self, body: bytes::Bytes) -> Result<Option<u64>, SinkFailure> {
         let reply = self.request(body).send().await.map_err(|e| {
             let reason = if e.is_timeout() {
                 format!("no reply within {:?}", self.cfg.timeout)
@@ -274,15 +325,94 @@ impl HttpSink {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        let text = if (200..300).contains(&status) {
+        let text = if (200..300).contains(&status) && self.cfg.acks.is_none() {
             String::new()
         } else {
             reply.text().await.unwrap_or_default()
         };
-        classify_reply(status, retry_after, &text, &self.endpoint)
+        classify_reply(status, retry_after, &text, &self.endpoint)?;
+        Ok(serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("ackId")?.as_u64()))
     }
 
-    fn request(&self, body: Vec<u8>) -> reqwest::RequestBuilder {
+    /// Asks Splunk which requests it indexed; counts their records as
+    /// acknowledged and sends again those waiting longer than the timeout.
+    async fn poll_acks(&mut self) {
+        let Some(acks) = self.cfg.acks.clone() else {
+            return;
+        };
+        if self.unacked.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self.unacked.iter().map(|u| u.ack_id).collect();
+        let mut req = self
+            .client
+            .post(ack_endpoint(&self.endpoint))
+            .header("X-Splunk-Request-Channel", &self.channel)
+            .header("Content-Type", "application/json")
+            .body(serde_json::json!({ "acks": ids }).to_string());
+        if let Some(token) = &self.cfg.hec_token {
+            req = req.header("Authorization", format!("Splunk {token}"));
+        }
+        let answer = match req.send().await {
+            Ok(r) if r.status().is_success() => r
+                .text()
+                .await
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok()),
+            Ok(r) => {
+                tracing::warn!(
+                    status = r.status().as_u16(),
+                    "HEC acknowledgement query refused"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "HEC acknowledgement query failed");
+                None
+            }
+        };
+        if let Some(acked) = answer.as_ref().and_then(|a| a.get("acks")) {
+            let mut delivered = 0;
+            self.unacked.retain(|u| {
+                let yes = acked.get(u.ack_id.to_string()).and_then(|v| v.as_bool()) == Some(true);
+                if yes {
+                    delivered += u.records;
+                }
+                !yes
+            });
+            self.acked_unreported += delivered;
+        }
+        let now = tokio::time::Instant::now();
+        for i in 0..self.unacked.len() {
+            if now.duration_since(self.unacked[i].sent) < acks.timeout {
+                continue;
+            }
+            // Not indexed in time: send it again (Splunk may then hold it twice).
+            let body = self.unacked[i].body.clone();
+            match self.post(body).await {
+                Ok(Some(id)) => {
+                    tracing::warn!(
+                        records = self.unacked[i].records,
+                        "HEC request not acknowledged in time; sent again"
+                    );
+                    self.unacked[i].ack_id = id;
+                    self.unacked[i].sent = now;
+                }
+                Ok(None) => {
+                    self.acked_unreported += self.unacked[i].records;
+                    self.unacked[i].records = 0;
+                }
+                Err(f) => {
+                    tracing::warn!(error = %f.error, "resending an unacknowledged HEC request failed")
+                }
+            }
+        }
+        self.unacked.retain(|u| u.records > 0);
+    }
+
+    fn request(&self, body: bytes::Bytes) -> reqwest::RequestBuilder {
         let content_type = match self.cfg.format {
             HttpFormat::Json => "application/x-ndjson",
             HttpFormat::Hec | HttpFormat::JsonArray => "application/json",
@@ -354,28 +484,67 @@ impl Sink for HttpSink {
         // A retry of the same batch (the runner retries until success or a
         // final failure) skips the requests that already went through.
         let id = (batch.as_ptr() as usize, batch.len());
+        if let Some(acks) = &self.cfg.acks
+            && self.unacked.len() >= acks.max_pending
+        {
+            self.poll_acks().await;
+            if self.unacked.len() >= self.cfg.acks.as_ref().map_or(usize::MAX, |a| a.max_pending) {
+                let error = SinkError::Config {
+                    sink: "http",
+                    what: format!(
+                        "{} requests await HEC acknowledgement; waiting",
+                        self.unacked.len()
+                    ),
+                };
+                return Err(SinkFailure::retryable(error, None));
+            }
+        }
         let parts = self.split(batch);
-        let progress = match self.progress.take() {
-            Some((pid, done)) if pid == id && done.len() == parts.len() => done,
-            _ => vec![false; parts.len()],
+        let (progress, mut awaiting) = match self.progress.take() {
+            Some((pid, done, awaiting)) if pid == id && done.len() == parts.len() => {
+                (done, awaiting)
+            }
+            _ => (vec![false; parts.len()], 0),
         };
-        let todo: Vec<(usize, Vec<u8>)> = parts
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !progress[*i])
-            .collect();
+        let mut todo = Vec::new();
+        for (i, (body, records)) in parts.into_iter().enumerate() {
+            if !progress[i] {
+                todo.push((i, self.compress(body)?, records));
+            }
+        }
         let this = &*self;
-        let results: Vec<(usize, Result<(), SinkFailure>)> = futures_util::stream::iter(todo)
-            .map(|(i, body)| async move { (i, this.post(body).await) })
+        let results: Vec<Sent> = futures_util::stream::iter(todo)
+            .map(|(i, body, records)| async move {
+                let result = this.post(body.clone()).await;
+                (i, body, records, result)
+            })
             .buffer_unordered(self.cfg.concurrency.max(1))
             .collect()
             .await;
         let mut done = progress;
         let mut retry: Option<SinkFailure> = None;
         let mut rejected: Option<SinkFailure> = None;
-        for (i, result) in results {
+        for (i, body, records, result) in results {
             match result {
-                Ok(()) => done[i] = true,
+                Ok(Some(ack_id)) if self.cfg.acks.is_some() => {
+                    done[i] = true;
+                    awaiting += records;
+                    self.unacked.push(Unacked {
+                        ack_id,
+                        body,
+                        records,
+                        sent: tokio::time::Instant::now(),
+                    });
+                }
+                Ok(_) => {
+                    if self.cfg.acks.is_some() && !self.warned_no_ack_id {
+                        self.warned_no_ack_id = true;
+                        tracing::warn!(
+                            "HEC answered without an ackId: the token does not use indexer acknowledgement; a 200 counts as delivered"
+                        );
+                    }
+                    done[i] = true;
+                }
                 Err(f) if f.retry.is_some() => {
                     // Keep the longest Retry-After any part was given.
                     let longer = match (&retry, &f.retry) {
@@ -400,14 +569,20 @@ impl Sink for HttpSink {
             return Err(f);
         }
         if let Some(f) = retry {
-            self.progress = Some((id, done));
+            self.progress = Some((id, done, awaiting));
             return Err(f);
         }
-        Ok(batch.len() as u64)
+        // Records whose requests await an acknowledgement stay in flight.
+        Ok(batch.len() as u64 - awaiting)
     }
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
-        Ok(0)
+        self.poll_acks().await;
+        Ok(std::mem::take(&mut self.acked_unreported))
+    }
+
+    fn roll_interval(&self) -> Option<Duration> {
+        self.cfg.acks.as_ref().map(|a| a.interval)
     }
 }
 
