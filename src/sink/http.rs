@@ -211,6 +211,8 @@ pub struct HttpSink {
     /// requests already went through, and how many of its records await acks.
     progress: Option<((usize, usize), Vec<bool>, u64)>,
     unacked: Vec<Unacked>,
+    /// Uncompressed body buffers kept for the next batch.
+    buffers: Vec<Vec<u8>>,
     /// Records acknowledged while writing (backpressure), reported by the next roll.
     acked_unreported: u64,
     warned_no_ack_id: bool,
@@ -242,6 +244,7 @@ impl HttpSink {
             channel,
             progress: None,
             unacked: Vec::new(),
+            buffers: Vec::new(),
             acked_unreported: 0,
             warned_no_ack_id: false,
         })
@@ -249,10 +252,10 @@ impl HttpSink {
 
     /// The batch as request bodies of about `max_request_bytes` each
     /// (uncompressed; a record larger than that goes alone).
-    fn split(&self, batch: &[Arc<Record>]) -> Vec<(Vec<u8>, u64)> {
+    fn split(&mut self, batch: &[Arc<Record>]) -> Vec<(Vec<u8>, u64)> {
         let format = self.cfg.format;
         let mut parts = Vec::new();
-        let mut body = Vec::new();
+        let mut body = self.buffer();
         let mut records = 0;
         for (i, r) in batch.iter().enumerate() {
             records += 1;
@@ -274,20 +277,33 @@ impl HttpSink {
                 if format == HttpFormat::JsonArray {
                     body.push(b']');
                 }
-                parts.push((std::mem::take(&mut body), records));
+                parts.push((std::mem::replace(&mut body, self.buffer()), records));
                 records = 0;
             }
         }
         parts
     }
 
+    /// An empty body buffer, reused: allocating a fresh megabyte per request
+    /// cost page faults and copies as it grew (perf: 9% zeroing pages, 7% memmove).
+    fn buffer(&mut self) -> Vec<u8> {
+        self.buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.cfg.max_request_bytes + (64 << 10)))
+    }
+
     /// The body as it goes on the wire (gzip when configured).
-    fn compress(&self, body: Vec<u8>) -> Result<bytes::Bytes, SinkFailure> {
+    fn compress(&mut self, mut body: Vec<u8>) -> Result<bytes::Bytes, SinkFailure> {
         if !self.cfg.gzip {
             return Ok(body.into());
         }
         let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-        gz.write_all(&body)
+        let result = gz.write_all(&body);
+        body.clear();
+        if self.buffers.len() < self.cfg.concurrency.max(1) * 2 {
+            self.buffers.push(body);
+        }
+        result
             .and_then(|_| gz.finish())
             .map(bytes::Bytes::from)
             .map_err(|e| {
