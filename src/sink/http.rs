@@ -362,16 +362,12 @@ impl HttpSink {
             return;
         }
         let ids: Vec<u64> = self.unacked.iter().map(|u| u.ack_id).collect();
-        let mut req = self
+        let req = self
             .client
             .post(ack_endpoint(&self.endpoint))
-            .header("X-Splunk-Request-Channel", &self.channel)
             .header("Content-Type", "application/json")
             .body(serde_json::json!({ "acks": ids }).to_string());
-        if let Some(token) = &self.cfg.hec_token {
-            req = req.header("Authorization", format!("Splunk {token}"));
-        }
-        let answer = match req.send().await {
+        let answer = match self.hec_identity(req).send().await {
             Ok(r) if r.status().is_success() => r
                 .text()
                 .await
@@ -428,6 +424,15 @@ impl HttpSink {
         self.unacked.retain(|u| u.records > 0);
     }
 
+    /// The channel and token every HEC request (events and ack queries) carries.
+    fn hec_identity(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        req = req.header("X-Splunk-Request-Channel", &self.channel);
+        if let Some(token) = &self.cfg.hec_token {
+            req = req.header("Authorization", format!("Splunk {token}"));
+        }
+        req
+    }
+
     fn request(&self, body: bytes::Bytes) -> reqwest::RequestBuilder {
         let content_type = match self.cfg.format {
             HttpFormat::Json => "application/x-ndjson",
@@ -438,10 +443,7 @@ impl HttpSink {
             .post(&self.endpoint)
             .header("Content-Type", content_type);
         if self.cfg.format == HttpFormat::Hec {
-            req = req.header("X-Splunk-Request-Channel", &self.channel);
-            if let Some(token) = &self.cfg.hec_token {
-                req = req.header("Authorization", format!("Splunk {token}"));
-            }
+            req = self.hec_identity(req);
         }
         for (name, value) in &self.cfg.headers {
             req = req.header(name, value);
@@ -500,11 +502,10 @@ impl Sink for HttpSink {
         // A retry of the same batch (the runner retries until success or a
         // final failure) skips the requests that already went through.
         let id = (batch.as_ptr() as usize, batch.len());
-        if let Some(acks) = &self.cfg.acks
-            && self.unacked.len() >= acks.max_pending
-        {
+        let max_pending = self.cfg.acks.as_ref().map_or(usize::MAX, |a| a.max_pending);
+        if self.unacked.len() >= max_pending {
             self.poll_acks().await;
-            if self.unacked.len() >= self.cfg.acks.as_ref().map_or(usize::MAX, |a| a.max_pending) {
+            if self.unacked.len() >= max_pending {
                 let error = SinkError::Config {
                     sink: "http",
                     what: format!(
