@@ -331,7 +331,11 @@ pub struct SyslogSink {
 }
 
 impl SyslogSink {
-    pub fn new(cfg: SyslogConfig, ctx: EncodeContext) -> Self {
+    pub fn new(mut cfg: SyslogConfig, ctx: EncodeContext) -> Self {
+        if cfg.transport == Transport::Udp {
+            // A message must fit one datagram.
+            cfg.format.max_message_bytes = cfg.format.max_message_bytes.min(MAX_DATAGRAM);
+        }
         Self {
             cfg,
             ctx,
@@ -407,13 +411,9 @@ impl SyslogSink {
         let (cfg, ctx) = (&self.cfg, &self.ctx);
         match self.conn.as_mut().expect("connected above") {
             Connection::Udp(socket) => {
-                let format = SyslogFormat {
-                    max_message_bytes: cfg.format.max_message_bytes.min(MAX_DATAGRAM),
-                    ..cfg.format.clone()
-                };
                 for record in batch {
                     self.buf.clear();
-                    if encode(record, ctx, &format, &mut self.buf) {
+                    if encode(record, ctx, &cfg.format, &mut self.buf) {
                         self.truncated += 1;
                     }
                     socket.send(&self.buf).await.map_err(io)?;
