@@ -153,30 +153,17 @@ impl HttpArgs {
                 )),
             }
         }
-        let mut read = |what, path: &Option<PathBuf>, expected| {
-            path.as_deref().and_then(|p| {
-                crate::tls::read_pem_file(what, p, expected)
-                    .map_err(|e| errors.push(e.to_string()))
-                    .ok()
-            })
-        };
-        let ca = read("--http-ca (HTTP_CA)", &self.http_ca, "CERTIFICATE");
-        let cert = read("--http-cert (HTTP_CERT)", &self.http_cert, "CERTIFICATE");
-        let key = read("--http-key (HTTP_KEY)", &self.http_key, "PRIVATE KEY");
-        if self.http_cert.is_some() != self.http_key.is_some() {
-            errors.push("--http-cert (HTTP_CERT) and --http-key (HTTP_KEY) go together".into());
-        }
+        let tls = tls_client(
+            errors,
+            "--http-ca/--http-cert/--http-key",
+            ("--http-ca (HTTP_CA)", &self.http_ca),
+            ("--http-cert (HTTP_CERT)", &self.http_cert),
+            ("--http-key (HTTP_KEY)", &self.http_key),
+        );
         if errors.len() > before {
             return None;
         }
-        let identity = cert.as_deref().zip(key.as_deref());
-        let mut tls = crate::tls::rustls_client_config(
-            "--http-ca/--http-cert/--http-key",
-            ca.as_deref(),
-            identity,
-        )
-        .map_err(|e| errors.push(e.to_string()))
-        .ok()?;
+        let mut tls = tls?;
         if !self.http_tls_verify {
             crate::tls::disable_verification(&mut tls);
         }
@@ -278,41 +265,14 @@ const FACILITIES: [&str; 24] = [
 impl SyslogArgs {
     /// The TLS client settings of the syslog sink, plus any problems in them.
     fn tls_config(&self, errors: &mut Vec<String>) -> Option<std::sync::Arc<rustls::ClientConfig>> {
-        let read = |what, path: &std::path::Path, expected| {
-            crate::tls::read_pem_file(what, path, expected).map_err(|e| e.to_string())
-        };
-        let ca = self
-            .syslog_ca
-            .as_deref()
-            .map(|p| read("--syslog-ca (SYSLOG_CA)", p, "CERTIFICATE"))
-            .transpose();
-        let identity = match (&self.syslog_cert, &self.syslog_key) {
-            (Some(c), Some(k)) => {
-                read("--syslog-cert (SYSLOG_CERT)", c, "CERTIFICATE").and_then(|c| {
-                    read("--syslog-key (SYSLOG_KEY)", k, "PRIVATE KEY").map(|k| Some((c, k)))
-                })
-            }
-            (None, None) => Ok(None),
-            _ => Err(
-                "--syslog-cert (SYSLOG_CERT) and --syslog-key (SYSLOG_KEY) go together".to_string(),
-            ),
-        };
-        let (ca, identity) = match (ca, identity) {
-            (Ok(ca), Ok(identity)) => (ca, identity),
-            (ca, identity) => {
-                errors.extend(ca.err());
-                errors.extend(identity.err());
-                return None;
-            }
-        };
-        crate::tls::rustls_client_config(
+        tls_client(
+            errors,
             "--syslog-ca/--syslog-cert/--syslog-key",
-            ca.as_deref(),
-            identity.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+            ("--syslog-ca (SYSLOG_CA)", &self.syslog_ca),
+            ("--syslog-cert (SYSLOG_CERT)", &self.syslog_cert),
+            ("--syslog-key (SYSLOG_KEY)", &self.syslog_key),
         )
         .map(std::sync::Arc::new)
-        .map_err(|e| errors.push(e.to_string()))
-        .ok()
     }
 
     /// The syslog sink these options describe, plus any problems in them.
@@ -433,4 +393,39 @@ impl SyslogArgs {
             },
         })
     }
+}
+
+/// A sink's TLS client: its CA bundle, client certificate and key options
+/// (each `(flag, path)`), read and checked with every problem listed.
+fn tls_client(
+    errors: &mut Vec<String>,
+    what: &'static str,
+    ca: (&'static str, &Option<PathBuf>),
+    cert: (&'static str, &Option<PathBuf>),
+    key: (&'static str, &Option<PathBuf>),
+) -> Option<rustls::ClientConfig> {
+    let before = errors.len();
+    let mut read = |(flag, path): (&'static str, &Option<PathBuf>), expected| {
+        path.as_deref().and_then(|p| {
+            crate::tls::read_pem_file(flag, p, expected)
+                .map_err(|e| errors.push(e.to_string()))
+                .ok()
+        })
+    };
+    let ca_pem = read(ca, "CERTIFICATE");
+    let cert_pem = read(cert, "CERTIFICATE");
+    let key_pem = read(key, "PRIVATE KEY");
+    if cert.1.is_some() != key.1.is_some() {
+        errors.push(format!("{} and {} go together", cert.0, key.0));
+    }
+    if errors.len() > before {
+        return None;
+    }
+    crate::tls::rustls_client_config(
+        what,
+        ca_pem.as_deref(),
+        cert_pem.as_deref().zip(key_pem.as_deref()),
+    )
+    .map_err(|e| errors.push(e.to_string()))
+    .ok()
 }
