@@ -121,6 +121,10 @@ pub struct OutputArgs {
     /// Records per batch a sink writes at once.
     #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1000)]
     pub batch_max_records: usize,
+    /// Estimated bytes of records a sink writes at once (the batch closes at
+    /// whichever of count, bytes and age comes first).
+    #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = crate::sink::DEFAULT_BATCH_MAX_BYTES)]
+    pub batch_max_bytes: usize,
     /// Milliseconds a record waits at most for its batch to fill.
     #[arg(long, env = "BATCH_MAX_AGE_MS", default_value_t = 500)]
     pub batch_max_age_ms: u64,
@@ -202,6 +206,12 @@ impl OutputArgs {
         if self.batch_max_records == 0 {
             errors.push("--batch-max-records (BATCH_MAX_RECORDS) must be at least 1".into());
         }
+        if self.batch_max_bytes < 1024 {
+            errors.push(format!(
+                "--batch-max-bytes (BATCH_MAX_BYTES) must be at least 1024, not {}",
+                self.batch_max_bytes
+            ));
+        }
         if self.foundation.is_empty() || self.foundation.contains(['/', '\\']) {
             errors.push(format!(
                 "--foundation (FOUNDATION) must be a non-empty name without slashes, not {:?}",
@@ -241,6 +251,7 @@ impl OutputArgs {
             queue_capacity: self.queue_capacity,
             batch: BatchConfig {
                 max_records: self.batch_max_records,
+                max_bytes: self.batch_max_bytes,
                 max_age: Duration::from_millis(self.batch_max_age_ms),
                 dead_letter: Some(crate::sink::DeadLetter {
                     dir: self.dead_letter_dir.clone(),

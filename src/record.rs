@@ -109,6 +109,22 @@ impl Record {
     }
 
     /// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry.
+    /// A cheap estimate of the record's encoded size in bytes, for batching
+    /// by bytes: the variable-length parts plus a fixed allowance for the
+    /// JSON structure. Not exact (escaping, the protojson copy), never zero.
+    pub fn approx_size(&self) -> usize {
+        use crate::proto::envelope::Message;
+        let env = &self.envelope;
+        let tags: usize = env.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let message = match &env.message {
+            Some(Message::Log(l)) => l.payload.len(),
+            Some(Message::Event(e)) => e.title.len() + e.body.len(),
+            Some(Message::Gauge(g)) => g.metrics.keys().map(|k| k.len() + 24).sum(),
+            _ => 32,
+        };
+        256 + 2 * (tags + message) + env.source_id.len() + env.instance_id.len()
+    }
+
     pub fn tag(&self, key: &str) -> Option<&str> {
         envelope_tag(&self.envelope, key)
     }

@@ -153,11 +153,18 @@ pub struct DeadLetter {
     pub encode: crate::record::EncodeContext,
 }
 
+/// 10 MiB, Vector's usual batch size: large enough that count and age
+/// decide for typical records, small enough to bound a batch of huge ones.
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 10 * 1024 * 1024;
+
 /// How a sink's runner groups records before writing them, and retries.
 #[derive(Clone, Debug)]
 pub struct BatchConfig {
     /// Write as soon as this many records are waiting.
     pub max_records: usize,
+    /// Write as soon as the waiting records' estimated size
+    /// ([`Record::approx_size`](crate::record::Record::approx_size)) reaches this.
+    pub max_bytes: usize,
     /// Write at the latest this long after the first record of a batch arrived.
     pub max_age: Duration,
     /// First retry delay of a batch whose write failed retryably (full jitter).
@@ -172,6 +179,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_records: 1000,
+            max_bytes: DEFAULT_BATCH_MAX_BYTES,
             max_age: Duration::from_millis(500),
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(30),
@@ -182,7 +190,7 @@ impl Default for BatchConfig {
 
 /// Counters of one sink. Always (between updates),
 /// `received = delivered + queued + in_flight + dead_lettered + dropped_*`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SinkStats {
     pub received: AtomicU64,
     pub delivered: AtomicU64,
@@ -199,6 +207,28 @@ pub struct SinkStats {
     /// Retried writes (not part of the accounting identity: a retried batch
     /// is still queued).
     pub retries: AtomicU64,
+    /// Seconds from the first write attempt of a batch to its outcome
+    /// (retries included), for `/metrics`.
+    pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl Default for SinkStats {
+    fn default() -> Self {
+        Self {
+            received: AtomicU64::default(),
+            delivered: AtomicU64::default(),
+            queued: AtomicU64::default(),
+            in_flight: AtomicU64::default(),
+            dropped_queue_full: AtomicU64::default(),
+            dropped_write_error: AtomicU64::default(),
+            dead_lettered: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            // 1 ms … ~65 s.
+            batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
+            ),
+        }
+    }
 }
 
 /// A copy of [`SinkStats`] at one moment, for summaries and metrics.

@@ -24,6 +24,7 @@ pub async fn run_sink<S: Sink>(
     batch: BatchConfig,
 ) -> SinkReport {
     let mut pending: Vec<Arc<Record>> = Vec::with_capacity(batch.max_records);
+    let mut pending_bytes = 0usize;
     let mut batch_deadline: Option<Instant> = None;
     let roll_every = sink.roll_interval();
     let mut next_roll = roll_every.map(|d| Instant::now() + d);
@@ -37,10 +38,12 @@ pub async fn run_sink<S: Sink>(
                     if pending.is_empty() {
                         batch_deadline = Some(Instant::now() + batch.max_age);
                     }
+                    pending_bytes += chunk.iter().map(|r| r.approx_size()).sum::<usize>();
                     pending.extend(chunk);
-                    if pending.len() >= batch.max_records {
+                    if pending.len() >= batch.max_records || pending_bytes >= batch.max_bytes {
                         write_pending(&mut sink, &mut pending, &stats, &batch).await;
                         batch_deadline = None;
+                        pending_bytes = 0;
                     }
                 }
                 None => break,
@@ -54,12 +57,14 @@ pub async fn run_sink<S: Sink>(
         if batch_deadline.is_some_and(|d| now >= d) {
             write_pending(&mut sink, &mut pending, &stats, &batch).await;
             batch_deadline = None;
+            pending_bytes = 0;
         }
         if let (Some(d), Some(every)) = (next_roll, roll_every)
             && now >= d
         {
             write_pending(&mut sink, &mut pending, &stats, &batch).await;
             batch_deadline = None;
+            pending_bytes = 0;
             roll(&mut sink, &stats).await;
             next_roll = Some(Instant::now() + every);
         }
@@ -82,6 +87,7 @@ async fn write_pending<S: Sink>(
         return;
     }
     let n = pending.len() as u64;
+    let started = Instant::now();
     let mut backoff = Backoff::full_jitter(batch.retry_initial, batch.retry_max);
     let mut attempt: u64 = 0;
     let result = loop {
@@ -103,6 +109,7 @@ async fn write_pending<S: Sink>(
             other => break other,
         }
     };
+    stats.batch_seconds.observe(started.elapsed().as_secs_f64());
     // Account before releasing the queue slots, so the sum never comes up short.
     match result {
         Ok(delivered) => {
@@ -263,6 +270,28 @@ mod tests {
             (s.received, s.delivered, s.queued, s.dropped()),
             (300, 200, 0, 100)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_close_at_the_byte_limit_before_the_count_limit() {
+        let (queue, rx) = SinkQueue::new("recorder", 10_000);
+        let one = chunk(1)[0].approx_size();
+        for _ in 0..10 {
+            queue.offer(chunk(10));
+        }
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let sink = Recorder::default();
+        let writes = Arc::clone(&sink.writes);
+        let batch = BatchConfig {
+            max_records: 1000,
+            // Room for 25 records: the batch closes after the third chunk of 10.
+            max_bytes: 25 * one,
+            ..BatchConfig::default()
+        };
+        let report = run_sink(sink, rx, stats, batch).await;
+        assert_eq!(report.stats.delivered, 100);
+        assert_eq!(*writes.lock().unwrap(), [30, 30, 30, 10]);
     }
 
     /// A sink whose writes take a second each, logging what happens when.

@@ -54,7 +54,7 @@ pub enum RlpError {
     Stream { addr: String, status: String },
 }
 
-/// Health of the source, for the summary (and later `/health`).
+/// Health of the source, for the summary, `/health` and `/metrics`.
 #[derive(Debug, Default)]
 pub struct RlpStatus {
     /// Subscription attempts, successful or not.
@@ -62,6 +62,11 @@ pub struct RlpStatus {
     /// Attempts and streams that ended in an error.
     pub failures: std::sync::atomic::AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    /// Whether a stream is open now, and since when it is (or is not): `None`
+    /// before the first attempt ended. Tokio's clock, so tests can pause it.
+    pub connection: Mutex<(bool, Option<tokio::time::Instant>)>,
+    /// Wall-clock time (ms since the epoch) the last batch arrived; 0 before the first.
+    pub last_batch_unix_ms: std::sync::atomic::AtomicU64,
 }
 
 /// A copy of [`RlpStatus`] for the summary.
@@ -73,6 +78,21 @@ pub struct RlpSnapshot {
 }
 
 impl RlpStatus {
+    /// Records that a stream opened (`true`) or ended (`false`).
+    pub fn set_connected(&self, connected: bool) {
+        let mut c = self.connection.lock().expect("status lock");
+        if c.0 != connected || c.1.is_none() {
+            *c = (connected, Some(tokio::time::Instant::now()));
+        }
+    }
+
+    /// Whether a stream is open, and for how long it has been (or not been).
+    /// Before the first attempt ended: not connected, for `None`.
+    pub fn connection(&self) -> (bool, Option<std::time::Duration>) {
+        let c = self.connection.lock().expect("status lock");
+        (c.0, c.1.map(|t| t.elapsed()))
+    }
+
     pub fn snapshot(&self) -> RlpSnapshot {
         use std::sync::atomic::Ordering;
         RlpSnapshot {
@@ -156,9 +176,12 @@ pub struct StreamEnd {
 }
 
 /// Subscribes once and forwards batches until the stream ends.
-pub async fn stream_once(cfg: &RlpConfig, router: &Router) -> StreamEnd {
+pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -> StreamEnd {
     let mut stream = match subscribe(cfg).await {
-        Ok(s) => s,
+        Ok(s) => {
+            status.set_connected(true);
+            s
+        }
         Err(e) => {
             return StreamEnd {
                 batches: 0,
@@ -171,6 +194,10 @@ pub async fn stream_once(cfg: &RlpConfig, router: &Router) -> StreamEnd {
         match stream.message().await {
             Ok(Some(batch)) => {
                 batches += 1;
+                status.last_batch_unix_ms.store(
+                    chrono::Utc::now().timestamp_millis().max(0) as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 router.dispatch(batch.batch);
             }
             Ok(None) => {
@@ -205,8 +232,9 @@ pub async fn run(
         status.attempts.fetch_add(1, Ordering::Relaxed);
         let end = tokio::select! {
             _ = shutdown.cancelled() => return,
-            end = stream_once(&cfg, &router) => end,
+            end = stream_once(&cfg, &router, &status) => end,
         };
+        status.set_connected(false);
         if end.batches > 0 {
             backoff.reset();
         }
