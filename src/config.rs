@@ -16,9 +16,11 @@ use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
 mod sinks;
+mod telemetry;
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
+pub use telemetry::TelemetryArgs;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -81,6 +83,8 @@ pub struct RunArgs {
     pub shard_id: String,
     #[command(flatten)]
     pub output: OutputArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
     /// Seconds to drain queues and complete files after SIGTERM/Ctrl-C before exiting anyway.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 8)]
     pub shutdown_timeout: u64,
@@ -315,6 +319,9 @@ impl RunArgs {
             _ => None,
         };
         let pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        let (telemetry, alerts) = self
+            .telemetry
+            .config(std::env::var("PORT").ok(), &mut errors);
         match (errors.is_empty(), tls) {
             (true, Some(tls)) => Ok(RunConfig {
                 rlp: RlpConfig {
@@ -326,9 +333,23 @@ impl RunArgs {
                 },
                 pipeline,
                 shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+                telemetry,
+                alerts,
+                warnings: self.warnings(),
             }),
             _ => Err(ConfigErrors(errors)),
         }
+    }
+}
+
+impl RunArgs {
+    /// Settings an operator must not forget, for the start-up log and /health.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.output.sink.contains(&SinkKind::Http) && !self.output.http.http_tls_verify {
+            w.push("TLS certificate verification of the HTTP sink is off (--http-tls-verify false): anyone on the path can read and alter the audit trail".to_string());
+        }
+        w
     }
 }
 

@@ -18,9 +18,13 @@
 //!
 //! [`pipeline`] assembles these and shuts them down in order; [`config`] is the
 //! command line; [`demo`] runs the emulator into the real pipeline.
+//! Beside the flow: [`telemetry`] serves `/health` and `/metrics` from the
+//! counters the stages keep; [`alert`] watches them for stalled sinks, drops
+//! and upstream loss.
 
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod classify;
 pub mod config;
 pub mod demo;
@@ -29,6 +33,7 @@ pub mod record;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod tls;
 
 /// Loggregator V2 wire types, client and server, generated from `proto/`.

@@ -130,6 +130,18 @@ impl Pipeline {
         Arc::clone(&self.router)
     }
 
+    /// Each sink's name and counters, in the router's order, for telemetry.
+    pub fn sink_views(&self, capacity: usize) -> Vec<crate::telemetry::SinkView> {
+        self.sinks
+            .iter()
+            .map(|(name, stats, _)| crate::telemetry::SinkView {
+                name: name.clone(),
+                stats: Arc::clone(stats),
+                capacity: capacity as u64,
+            })
+            .collect()
+    }
+
     pub fn ingress_stats(&self) -> Arc<IngressStats> {
         Arc::clone(self.router.stats())
     }
@@ -199,12 +211,61 @@ pub struct RunConfig {
     pub rlp: RlpConfig,
     pub pipeline: PipelineConfig,
     pub shutdown_timeout: Duration,
+    /// `/health` and `/metrics`; `None` when turned off.
+    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
+    pub alerts: crate::alert::AlertConfig,
+    /// Shown in `/health` (they were logged at start).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Telemetry(#[from] crate::telemetry::TelemetryError),
 }
 
 /// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, SinkError> {
+pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, RunError> {
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    let listener = match &cfg.telemetry {
+        Some(t) => crate::telemetry::bind(t).await?,
+        None => None,
+    };
     let pipeline = Pipeline::start(&cfg.pipeline)?;
     let status = Arc::new(RlpStatus::default());
+    let view = Arc::new(crate::telemetry::View {
+        ingress: pipeline.ingress_stats(),
+        sinks: pipeline.sink_views(cfg.pipeline.queue_capacity),
+        sources: vec![("rlp".to_string(), Arc::clone(&status))],
+        alerts: Arc::default(),
+        warnings: cfg.warnings.clone(),
+        disconnect_threshold: cfg
+            .telemetry
+            .as_ref()
+            .map_or(Duration::from_secs(60), |t| t.disconnect_threshold),
+        started: tokio::time::Instant::now(),
+    });
+    // The server outlives the sources so /health answers during the drain.
+    let server_stop = CancellationToken::new();
+    let server = listener.map(|l| {
+        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /health and /metrics");
+        tokio::spawn(crate::telemetry::serve(
+            l,
+            Arc::clone(&view),
+            cfg.telemetry.as_ref().and_then(|t| t.metrics_auth.clone()),
+            server_stop.clone(),
+        ))
+    });
+    let alerts = tokio::spawn(crate::alert::watch(
+        Arc::clone(&view),
+        pipeline.router(),
+        cfg.alerts.clone(),
+        shutdown.clone(),
+    ));
     let source = tokio::spawn(rlp::run(
         cfg.rlp.clone(),
         pipeline.router(),
@@ -215,7 +276,14 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     if let Err(e) = source.await {
         tracing::error!(error = %e, "RLP source task failed");
     }
+    if let Err(e) = alerts.await {
+        tracing::error!(error = %e, "alert watcher failed");
+    }
     let mut summary = pipeline.finish(cfg.shutdown_timeout).await;
     summary.rlp = Some(status.snapshot());
+    server_stop.cancel();
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     Ok(summary)
 }

@@ -23,6 +23,11 @@ pub struct IngressStats {
     pub by_kind: [AtomicU64; 4],
     /// Records of a kind no sink is configured for (an operator's choice, not a loss).
     pub unrouted: AtomicU64,
+    /// Envelopes Loggregator says it dropped on the way to slow consumers:
+    /// the deltas of `dropped{direction=egress}` counters from Doppler and the
+    /// RLP (reference: loggregator-protocol.md, slow consumers). Upstream loss
+    /// the nozzle cannot see otherwise.
+    pub upstream_dropped: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -34,6 +39,7 @@ pub struct IngressSnapshot {
     pub metric: u64,
     pub event: u64,
     pub unrouted: u64,
+    pub upstream_dropped: u64,
 }
 
 impl IngressStats {
@@ -47,6 +53,7 @@ impl IngressStats {
             metric: k(Kind::Metric),
             event: k(Kind::Event),
             unrouted: self.unrouted.load(Ordering::Relaxed),
+            upstream_dropped: self.upstream_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -84,6 +91,18 @@ impl Router {
         &self.stats
     }
 
+    /// Offers one record the nozzle made itself (an alert) to the sinks its
+    /// kind is routed to, except `except` (the sink the alert is about).
+    pub fn offer_except(&self, except: Option<usize>, record: crate::record::Record) {
+        let targets = &self.routes[record.kind.index()];
+        let record = Arc::new(record);
+        for &i in targets {
+            if Some(i) != except {
+                self.queues[i].offer(vec![Arc::clone(&record)]);
+            }
+        }
+    }
+
     /// Classifies a received batch and offers each sink its records. Never waits.
     pub fn dispatch(&self, envelopes: Vec<Envelope>) {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -96,9 +115,13 @@ impl Router {
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
         let mut by_kind = [0u64; 4];
         let mut unrouted = 0;
+        let mut upstream_dropped = 0;
         for envelope in envelopes {
             let record = classify(envelope);
             let k = record.kind.index();
+            if record.kind == Kind::Metric {
+                upstream_dropped += loggregator_egress_drops(&record.envelope);
+            }
             by_kind[k] += 1;
             let targets = &self.routes[k];
             if targets.is_empty() {
@@ -118,10 +141,90 @@ impl Router {
         if unrouted > 0 {
             self.stats.unrouted.fetch_add(unrouted, Ordering::Relaxed);
         }
+        if upstream_dropped > 0 {
+            self.stats
+                .upstream_dropped
+                .fetch_add(upstream_dropped, Ordering::Relaxed);
+        }
         for (queue, chunk) in self.queues.iter().zip(chunks) {
             if !chunk.is_empty() {
                 queue.offer(chunk);
             }
         }
+    }
+}
+
+/// The envelopes a Doppler or RLP `dropped{direction=egress}` counter says
+/// were lost on the way to consumers (its delta), else 0.
+pub fn loggregator_egress_drops(envelope: &Envelope) -> u64 {
+    use crate::proto::envelope::Message;
+    let Some(Message::Counter(c)) = &envelope.message else {
+        return 0;
+    };
+    if c.name != "dropped" {
+        return 0;
+    }
+    let tag = |k| crate::record::envelope_tag(envelope, k);
+    let from_loggregator = matches!(envelope.source_id.as_str(), "doppler" | "reverse_log_proxy")
+        || matches!(
+            tag("origin"),
+            Some("loggregator.doppler" | "loggregator.rlp")
+        );
+    if from_loggregator && tag("direction") == Some("egress") {
+        c.delta
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Counter;
+    use crate::proto::envelope::Message;
+
+    fn counter(source_id: &str, name: &str, direction: &str, delta: u64) -> Envelope {
+        Envelope {
+            source_id: source_id.into(),
+            tags: [("direction".to_string(), direction.to_string())].into(),
+            message: Some(Message::Counter(Counter {
+                name: name.into(),
+                delta,
+                total: 1_000_000,
+            })),
+            ..Envelope::default()
+        }
+    }
+
+    #[test]
+    fn only_loggregator_egress_drop_counters_count_as_upstream_loss() {
+        assert_eq!(
+            loggregator_egress_drops(&counter("doppler", "dropped", "egress", 7)),
+            7
+        );
+        assert_eq!(
+            loggregator_egress_drops(&counter("reverse_log_proxy", "dropped", "egress", 3)),
+            3
+        );
+        assert_eq!(
+            loggregator_egress_drops(&counter("doppler", "dropped", "ingress", 5)),
+            0
+        );
+        assert_eq!(
+            loggregator_egress_drops(&counter("doppler", "egress", "egress", 5)),
+            0
+        );
+        assert_eq!(
+            loggregator_egress_drops(&counter("my-app", "dropped", "egress", 5)),
+            0
+        );
+
+        let router = Router::new(Vec::new(), false);
+        router.dispatch(vec![
+            counter("doppler", "dropped", "egress", 7),
+            counter("reverse_log_proxy", "dropped", "egress", 3),
+            counter("doppler", "dropped", "ingress", 100),
+        ]);
+        assert_eq!(router.stats().snapshot().upstream_dropped, 10);
     }
 }

@@ -18,6 +18,8 @@ fn nozzle() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
     // cargo exports its own OUT_DIR to test processes; the nozzle's OUT_DIR is the file sink's folder.
     cmd.env_remove("OUT_DIR").env("RUST_LOG", "info");
+    // Tests run in parallel: each nozzle's /health on a port of its own.
+    cmd.env_remove("PORT").env("HEALTH_ADDR", "127.0.0.1:0");
     cmd
 }
 
@@ -234,11 +236,23 @@ fn configuration_errors_are_all_listed_at_once_with_their_options() {
         .args(["--sink", "file,syslog", "--syslog-facility", "local9"])
         .args(["--syslog-severity-api", "loud"])
         .args(["--rlp-ca", "/nonexistent/ca.pem"])
+        .args([
+            "--health-addr",
+            "localhost",
+            "--metrics-auth",
+            "only-a-secret",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("only-a-secret"),
+        "a secret was echoed:\n{err}"
+    );
     for expected in [
+        "--health-addr (HEALTH_ADDR) must be ip:port or off, not \"localhost\"",
+        "--metrics-auth (METRICS_AUTH) must be user:password, both non-empty",
         "--rlp-addr (RLP_ADDR) must be host:port, not \"no-port\"",
         "--rlp-cert (RLP_CERT) is required",
         "--rlp-key (RLP_KEY) is required",

@@ -145,6 +145,7 @@ impl Severities {
     /// The severity of a record.
     pub fn of(&self, record: &Record) -> u8 {
         let s = match (&record.kind, &record.envelope.message) {
+            (Kind::Event, _) if crate::alert::is_alert(record) => 1, // alert
             (Kind::Api, _) => self.api,
             (Kind::AppLog, Some(Message::Log(l))) if l.r#type == log::Type::Err as i32 => {
                 self.app_log_stderr

@@ -181,7 +181,9 @@ impl Traffic {
                 let delta = self.rng.random_range(0..5000u64);
                 let mut env = self.component(src, origin, job, timestamp);
                 if name == "dropped" {
-                    env.tags.insert("direction".into(), "egress".into());
+                    // Buffer overwrites on the way in; egress drops (a slow
+                    // consumer) would be an alert, not normal traffic.
+                    env.tags.insert("direction".into(), "ingress".into());
                 }
                 env.message = Some(envelope::Message::Counter(Counter {
                     name: name.into(),

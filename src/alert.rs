@@ -1,0 +1,365 @@
+//! Alerts on audit processing failures (NIST 800-53 AU-5): a sink that
+//! delivers nothing while records wait, records dropped, and loss Loggregator
+//! reports upstream.
+//!
+//! [`watch`] looks at the counters once per `check_every` and raises each
+//! alert as an error log line, a count in `cf_nozzle_alerts_total{reason}`,
+//! and (unless turned off) an alert record offered to the *other* sinks that
+//! events are routed to, so a SIEM learns that one of its feeds is broken. Alert records are events
+//! with `source_id` [`ALERT_SOURCE_ID`] and a `nozzle_alert` tag; the syslog
+//! sink sends them with severity `alert`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::classify::classify;
+use crate::proto::envelope::Message;
+use crate::proto::{Envelope, Event};
+use crate::record::Record;
+use crate::route::Router;
+use crate::telemetry::View;
+
+/// `source_id` of the nozzle's own alert records.
+pub const ALERT_SOURCE_ID: &str = "cf-audit-nozzle";
+
+#[derive(Clone, Debug)]
+pub struct AlertConfig {
+    /// A sink that delivered nothing this long while records waited is stalled.
+    pub after: Duration,
+    /// Offer alert records to the other sinks.
+    pub records: bool,
+    /// How often the counters are compared.
+    pub check_every: Duration,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        Self {
+            after: Duration::from_secs(60),
+            records: true,
+            check_every: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertReason {
+    /// A sink delivered nothing for `--alert-after` while records waited.
+    SinkStalled,
+    /// A sink dropped records (queue full or write error).
+    SinkDropped,
+    /// Doppler or the RLP dropped envelopes on the way to this nozzle.
+    LoggregatorDropped,
+}
+
+impl AlertReason {
+    pub const ALL: [AlertReason; 3] = [
+        AlertReason::SinkStalled,
+        AlertReason::SinkDropped,
+        AlertReason::LoggregatorDropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertReason::SinkStalled => "sink_stalled",
+            AlertReason::SinkDropped => "sink_dropped",
+            AlertReason::LoggregatorDropped => "loggregator_dropped",
+        }
+    }
+}
+
+/// Alerts raised so far, and which sinks are stalled now.
+#[derive(Debug, Default)]
+pub struct AlertStats {
+    raised: [AtomicU64; 3],
+    stalled: Mutex<Vec<bool>>,
+}
+
+impl AlertStats {
+    pub fn raised(&self, reason: AlertReason) -> u64 {
+        self.raised[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn is_stalled(&self, sink: usize) -> bool {
+        self.stalled
+            .lock()
+            .expect("alert lock")
+            .get(sink)
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
+/// Whether a record is one of the nozzle's own alerts.
+pub fn is_alert(record: &Record) -> bool {
+    record.envelope.source_id == ALERT_SOURCE_ID && record.tag("nozzle_alert").is_some()
+}
+
+/// What the watcher remembers of a sink between checks.
+struct SinkWatch {
+    delivered: u64,
+    /// When `delivered` last moved, or records started waiting.
+    progress_at: Instant,
+    dropped: u64,
+    stalled: bool,
+}
+
+/// Compares the counters every `cfg.check_every` until `shutdown`.
+/// Holds a router clone: stop it before the pipeline finishes.
+pub async fn watch(
+    view: Arc<View>,
+    router: Arc<Router>,
+    cfg: AlertConfig,
+    shutdown: CancellationToken,
+) {
+    let now = Instant::now();
+    let mut sinks: Vec<SinkWatch> = view
+        .sinks
+        .iter()
+        .map(|s| {
+            let snap = s.stats.snapshot(&s.name);
+            SinkWatch {
+                delivered: snap.delivered,
+                progress_at: now,
+                dropped: snap.dropped(),
+                stalled: false,
+            }
+        })
+        .collect();
+    *view.alerts.stalled.lock().expect("alert lock") = vec![false; sinks.len()];
+    let mut upstream = view.ingress.snapshot().upstream_dropped;
+    let mut tick = tokio::time::interval(cfg.check_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = Instant::now();
+        for (i, (s, w)) in view.sinks.iter().zip(&mut sinks).enumerate() {
+            let snap = s.stats.snapshot(&s.name);
+            if snap.delivered != w.delivered || snap.pending() == 0 {
+                w.delivered = snap.delivered;
+                w.progress_at = now;
+                if w.stalled {
+                    w.stalled = false;
+                    view.alerts.stalled.lock().expect("alert lock")[i] = false;
+                    tracing::info!(sink = %s.name, "sink delivers again");
+                }
+            } else if !w.stalled && now.duration_since(w.progress_at) >= cfg.after {
+                w.stalled = true;
+                view.alerts.stalled.lock().expect("alert lock")[i] = true;
+                let text = format!(
+                    "sink {} has delivered nothing for {} s while {} records wait",
+                    s.name,
+                    now.duration_since(w.progress_at).as_secs(),
+                    snap.pending()
+                );
+                raise(
+                    &view,
+                    &router,
+                    &cfg,
+                    AlertReason::SinkStalled,
+                    Some(i),
+                    text,
+                );
+            }
+            let dropped = snap.dropped();
+            if dropped > w.dropped {
+                let text = format!(
+                    "sink {} dropped {} records (queue full: {}, write errors: {} in all)",
+                    s.name,
+                    dropped - w.dropped,
+                    snap.dropped_queue_full,
+                    snap.dropped_write_error
+                );
+                w.dropped = dropped;
+                raise(
+                    &view,
+                    &router,
+                    &cfg,
+                    AlertReason::SinkDropped,
+                    Some(i),
+                    text,
+                );
+            }
+        }
+        let now_upstream = view.ingress.snapshot().upstream_dropped;
+        if now_upstream > upstream {
+            let text = format!(
+                "Loggregator dropped {} envelopes on egress to slow consumers (Doppler/RLP dropped{{direction=egress}}); add nozzle instances with the same shard id or reduce the load",
+                now_upstream - upstream
+            );
+            upstream = now_upstream;
+            raise(
+                &view,
+                &router,
+                &cfg,
+                AlertReason::LoggregatorDropped,
+                None,
+                text,
+            );
+        }
+    }
+}
+
+fn raise(
+    view: &View,
+    router: &Router,
+    cfg: &AlertConfig,
+    reason: AlertReason,
+    sink: Option<usize>,
+    text: String,
+) {
+    view.alerts.raised[reason as usize].fetch_add(1, Ordering::Relaxed);
+    tracing::error!(alert = reason.as_str(), "{text}");
+    if cfg.records {
+        let sink_name = sink.map(|i| view.sinks[i].name.clone());
+        router.offer_except(sink, alert_record(reason, sink_name.as_deref(), text));
+    }
+}
+
+/// The alert as a record: an event envelope from the nozzle itself.
+pub fn alert_record(reason: AlertReason, sink: Option<&str>, text: String) -> Record {
+    let mut tags = BTreeMap::from([
+        ("nozzle_alert".to_string(), reason.as_str().to_string()),
+        ("origin".to_string(), ALERT_SOURCE_ID.to_string()),
+    ]);
+    if let Some(sink) = sink {
+        tags.insert("sink".to_string(), sink.to_string());
+    }
+    classify(Envelope {
+        timestamp: chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0),
+        source_id: ALERT_SOURCE_ID.to_string(),
+        tags,
+        message: Some(Message::Event(Event {
+            title: format!("cf-audit-nozzle alert: {}", reason.as_str()),
+            body: text,
+        })),
+        ..Envelope::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Kind;
+    use crate::sink::SinkQueue;
+    use crate::telemetry::SinkView;
+
+    fn records(n: usize) -> crate::sink::Chunk {
+        (0..n)
+            .map(|_| Arc::new(classify(Envelope::default())))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_sink_and_drops_raise_alerts_that_reach_the_other_sinks() {
+        let (dead, _dead_rx) = SinkQueue::new("dead", 100);
+        let (other, mut other_rx) = SinkQueue::new("other", 100);
+        // The other sink delivers everything it gets at once.
+        let other_stats = Arc::clone(other.stats());
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collector = tokio::spawn({
+            let got = Arc::clone(&got);
+            async move {
+                while let Some(chunk) = other_rx.recv().await {
+                    let n = chunk.len() as u64;
+                    got.lock().unwrap().extend(chunk);
+                    other_stats.delivered.fetch_add(n, Ordering::Relaxed);
+                    other_stats.queued.fetch_sub(n, Ordering::Relaxed);
+                }
+            }
+        });
+        let view = Arc::new(View {
+            ingress: Arc::default(),
+            sinks: [&dead, &other]
+                .map(|q| SinkView {
+                    name: q.name().to_string(),
+                    stats: Arc::clone(q.stats()),
+                    capacity: 100,
+                })
+                .to_vec(),
+            sources: Vec::new(),
+            alerts: Arc::default(),
+            warnings: Vec::new(),
+            disconnect_threshold: Duration::from_secs(60),
+            started: Instant::now(),
+        });
+        let router = Arc::new(Router::new(
+            vec![
+                (dead.clone(), Kind::ALL.to_vec()),
+                (other, vec![Kind::Event]),
+            ],
+            false,
+        ));
+        let stop = CancellationToken::new();
+        let cfg = AlertConfig {
+            after: Duration::from_secs(60),
+            ..AlertConfig::default()
+        };
+        let task = tokio::spawn(watch(
+            Arc::clone(&view),
+            Arc::clone(&router),
+            cfg,
+            stop.clone(),
+        ));
+        // 80 records wait at a sink whose runner never takes them.
+        dead.offer(records(80));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(view.alerts.raised(AlertReason::SinkStalled), 0);
+        assert!(!view.alerts.is_stalled(0));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(view.alerts.raised(AlertReason::SinkStalled), 1);
+        assert!(view.alerts.is_stalled(0));
+        assert!(!view.alerts.is_stalled(1));
+
+        // 30 more do not fit: dropped, counted, alerted once.
+        dead.offer(records(30));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(view.alerts.raised(AlertReason::SinkDropped), 1);
+        // Stalled is raised once per episode, not every check.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert_eq!(view.alerts.raised(AlertReason::SinkStalled), 1);
+
+        // Loggregator reports egress drops.
+        view.ingress
+            .upstream_dropped
+            .fetch_add(12, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(view.alerts.raised(AlertReason::LoggregatorDropped), 1);
+
+        stop.cancel();
+        task.await.unwrap();
+        drop(router);
+        drop(view);
+        collector.await.unwrap();
+        // Each alert went to the other sink only, as an alert event record.
+        let got = got.lock().unwrap();
+        let reasons: Vec<_> = got
+            .iter()
+            .map(|r| {
+                assert!(is_alert(r));
+                assert_eq!(r.kind, Kind::Event);
+                (r.tag("nozzle_alert").unwrap(), r.tag("sink"))
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("sink_stalled", Some("dead")),
+                ("sink_dropped", Some("dead")),
+                ("loggregator_dropped", None)
+            ]
+        );
+        // The upstream-loss alert concerns no sink, so the dead sink got it too.
+        let s = dead.stats().snapshot("dead");
+        assert_eq!((s.received, s.queued, s.dropped_queue_full), (111, 81, 30));
+    }
+}
