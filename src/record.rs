@@ -97,7 +97,7 @@ impl Record {
     pub fn write_json(&self, ctx: &EncodeContext, out: &mut Vec<u8>) {
         // Serialising into a Vec cannot fail: every map key is a string and
         // every float goes through `Float`, which writes non-finite values as strings.
-        serde_json::to_writer(&mut *out, &RecordJson { record: self, ctx })
+        sonic_rs::to_writer(&mut *out, &RecordJson { record: self, ctx })
             .expect("record JSON serialisation is infallible");
     }
 

@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::proto::{EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch};
 use crate::tls::Pki;
 
-mod traffic;
+pub mod traffic;
 pub use traffic::Traffic;
 
 /// The server side generated for the emulator: identical service and method

@@ -1,0 +1,100 @@
+//! Where a record's CPU goes, one stage at a time, on one core: protobuf
+//! decode, classification, the record's JSON, HEC and syslog encoding, gzip.
+//! For profiling (`valgrind --tool=callgrind` counts are stable on a busy
+//! machine); the benchmark proper is `scripts/bench`.
+//!
+//!   cargo run --release --example encode_cost [ENVELOPES]
+
+use std::io::Write;
+use std::time::Instant;
+
+use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::proto::EnvelopeBatch;
+use cf_audit_nozzle::record::EncodeContext;
+use cf_audit_nozzle::sink::http::encode_hec;
+use cf_audit_nozzle::sink::syslog::{SyslogFormat, encode as encode_syslog};
+use cf_audit_nozzle::source::emulator::traffic::Traffic;
+use prost::Message;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let mut traffic = Traffic::new(1);
+    let batches: Vec<Vec<u8>> = (0..n / 100)
+        .map(|_| {
+            EnvelopeBatch {
+                batch: traffic.batch(100),
+            }
+            .encode_to_vec()
+        })
+        .collect();
+    let n = batches.len() * 100;
+    let ctx = EncodeContext {
+        foundation: "cf".into(),
+    };
+    let per = |label: &str, t: Instant, bytes: usize| {
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        println!(
+            "{label:<22} {ns:>8.0} ns/record  {:>9.0} records/s  {:>6} bytes/record",
+            1e9 / ns,
+            bytes / n
+        );
+    };
+
+    let t = Instant::now();
+    let decoded: Vec<EnvelopeBatch> = batches
+        .iter()
+        .map(|b| EnvelopeBatch::decode(b.as_slice()).unwrap())
+        .collect();
+    per("protobuf decode", t, batches.iter().map(Vec::len).sum());
+
+    let t = Instant::now();
+    let records: Vec<_> = decoded
+        .into_iter()
+        .flat_map(|b| b.batch)
+        .map(|e| std::sync::Arc::new(classify(e)))
+        .collect();
+    per("classify", t, 0);
+
+    if std::env::var_os("SHOW").is_some() {
+        for r in records.iter().take(3) {
+            println!("{}", r.to_json(&ctx));
+        }
+    }
+    let mut out = Vec::with_capacity(1 << 20);
+    let t = Instant::now();
+    let mut total = 0;
+    for r in &records {
+        r.write_json(&ctx, &mut out);
+        total += out.len();
+        out.clear();
+    }
+    per("record JSON", t, total);
+
+    let t = Instant::now();
+    let mut hec = Vec::new();
+    for r in &records {
+        encode_hec(r, &ctx, None, &mut hec);
+    }
+    per("HEC event", t, hec.len());
+
+    let format = SyslogFormat::default();
+    let t = Instant::now();
+    total = 0;
+    for r in &records {
+        encode_syslog(r, &ctx, &format, &mut out);
+        total += out.len();
+        out.clear();
+    }
+    per("syslog message", t, total);
+
+    let t = Instant::now();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    for chunk in hec.chunks(1 << 20) {
+        gz.write_all(chunk).unwrap();
+    }
+    let z = gz.finish().unwrap();
+    per("gzip -1 of HEC", t, z.len());
+}
