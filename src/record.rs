@@ -133,17 +133,28 @@ impl Record {
     /// `org.space.app` for app traffic, else `deployment.job`, else the origin
     /// (empty when none is known).
     pub fn host(&self) -> String {
+        let (parts, n) = self.host_parts();
+        parts[..n].join(".")
+    }
+
+    /// The parts of [`Record::host`], to be joined by `.`, without
+    /// allocating (the sinks write them straight into their buffers).
+    pub fn host_parts(&self) -> ([&str; 3], usize) {
         let tag = |k: &str| self.tag(k).filter(|v| !v.is_empty());
         match (tag("organization_name"), tag("space_name"), tag("app_name")) {
             (None, None, None) => match (tag("deployment"), tag("job")) {
-                (Some(d), Some(j)) => format!("{d}.{j}"),
-                _ => tag("origin").unwrap_or("").to_string(),
+                (Some(d), Some(j)) => ([d, j, ""], 2),
+                _ => ([tag("origin").unwrap_or(""), "", ""], 1),
             },
-            (o, s, a) => [o, s, a]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>()
-                .join("."),
+            (o, s, a) => {
+                let mut parts = ["", "", ""];
+                let mut n = 0;
+                for p in [o, s, a].into_iter().flatten() {
+                    parts[n] = p;
+                    n += 1;
+                }
+                (parts, n)
+            }
         }
     }
 }

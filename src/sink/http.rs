@@ -162,37 +162,36 @@ pub fn sourcetype(kind: Kind) -> &'static str {
 /// `fields` and the record as `event`.
 pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out: &mut Vec<u8>) {
     let env = &record.envelope;
-    let json = |s: &str| serde_json::to_string(s).expect("strings serialise");
     let micros = env.timestamp.div_euclid(1000);
     let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
-    let host = record.host();
+    let _ = write!(out, r#"{{"time":{secs}.{frac:06},"host":"#);
+    match record.host_parts() {
+        (["", ..], 1) => out.extend_from_slice(br#""-""#),
+        (parts, n) => super::write_json_joined(out, &parts[..n], "."),
+    }
     let source = record
         .tag("source_type")
         .or_else(|| record.tag("origin"))
         .unwrap_or(env.source_id.as_str());
-    let _ = write!(
-        out,
-        r#"{{"time":{secs}.{frac:06},"host":{},"source":{},"sourcetype":"{}","#,
-        json(if host.is_empty() { "-" } else { &host }),
-        json(source),
-        sourcetype(record.kind)
-    );
+    out.extend_from_slice(br#","source":"#);
+    super::write_json_joined(out, &[source], "");
+    let _ = write!(out, r#","sourcetype":"{}","#, sourcetype(record.kind));
     if let Some(index) = index {
-        let _ = write!(out, r#""index":{},"#, json(index));
+        out.extend_from_slice(br#""index":"#);
+        super::write_json_joined(out, &[index], "");
+        out.push(b',');
     }
-    let _ = write!(
-        out,
-        r#""fields":{{"foundation":{},"kind":"{}""#,
-        json(&ctx.foundation),
-        record.kind
-    );
+    out.extend_from_slice(br#""fields":{"foundation":"#);
+    super::write_json_joined(out, &[&ctx.foundation], "");
+    let _ = write!(out, r#","kind":"{}""#, record.kind);
     for (field, tag) in [
         ("org", "organization_name"),
         ("space", "space_name"),
         ("app", "app_name"),
     ] {
         if let Some(v) = record.tag(tag).filter(|v| !v.is_empty()) {
-            let _ = write!(out, r#","{field}":{}"#, json(v));
+            let _ = write!(out, r#","{field}":"#);
+            super::write_json_joined(out, &[v], "");
         }
     }
     out.extend_from_slice(br#"},"event":"#);
@@ -606,6 +605,62 @@ impl Sink for HttpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hec_events_are_exact_and_escape_what_json_requires() {
+        use crate::proto::envelope::Message;
+        use crate::proto::{Envelope, Log};
+        let ctx = EncodeContext {
+            foundation: "prod".into(),
+        };
+        let tags = |t: &[(&str, &str)]| {
+            t.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let log = |tags| {
+            crate::classify::classify(Envelope {
+                timestamp: 1_700_000_000_123_456_789,
+                source_id: "app-guid".into(),
+                tags,
+                message: Some(Message::Log(Log {
+                    payload: "hi".into(),
+                    r#type: 0,
+                })),
+                ..Envelope::default()
+            })
+        };
+        let event = |r: &Record, index| {
+            let mut out = Vec::new();
+            encode_hec(r, &ctx, index, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            // The wrapper, without the record JSON (tested elsewhere).
+            let (head, _) = text.split_once(r#","event":"#).unwrap();
+            head.to_string()
+        };
+        let plain = log(tags(&[
+            ("organization_name", "org"),
+            ("space_name", "dev"),
+            ("app_name", "web"),
+            ("source_type", "APP/PROC/WEB"),
+        ]));
+        assert_eq!(
+            event(&plain, Some("cf_apps")),
+            r#"{"time":1700000000.123456,"host":"org.dev.web","source":"APP/PROC/WEB","sourcetype":"cf:app_log","index":"cf_apps","fields":{"foundation":"prod","kind":"app_log","org":"org","space":"dev","app":"web"}"#
+        );
+        let odd = log(tags(&[
+            ("organization_name", "o\"rg"),
+            ("app_name", "a\\b\n"),
+        ]));
+        assert_eq!(
+            event(&odd, None),
+            r#"{"time":1700000000.123456,"host":"o\"rg.a\\b\n","source":"app-guid","sourcetype":"cf:app_log","fields":{"foundation":"prod","kind":"app_log","org":"o\"rg","app":"a\\b\n"}"#
+        );
+        assert_eq!(
+            event(&log(tags(&[])), None),
+            r#"{"time":1700000000.123456,"host":"-","source":"app-guid","sourcetype":"cf:app_log","fields":{"foundation":"prod","kind":"app_log"}"#
+        );
+    }
 
     #[test]
     fn hec_base_urls_get_the_event_path() {

@@ -170,23 +170,22 @@ pub fn encode(
     let env = &record.envelope;
     let tag = |k: &str| record.tag(k).filter(|v| !v.is_empty());
     let pri = u16::from(format.facility.min(23)) * 8 + u16::from(format.severities.of(record));
-    let time = chrono::DateTime::from_timestamp_nanos(env.timestamp)
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let _ = write!(out, "<{pri}>1 {time} ");
+    let _ = write!(out, "<{pri}>1 ");
+    write_timestamp(out, env.timestamp);
+    out.push(b' ');
 
-    let hostname = record.host();
-    header_field(out, &hostname, 255);
+    let (host, n) = record.host_parts();
+    header_field(out, &host[..n], ".", 255);
     out.push(b' ');
-    header_field(out, &env.source_id, 48);
+    header_field(out, &[&env.source_id], "", 48);
     out.push(b' ');
-    let procid = match tag("source_type") {
-        Some(st) if env.instance_id.is_empty() => format!("[{st}]"),
-        Some(st) => format!("[{st}/{}]", env.instance_id),
-        None => env.instance_id.clone(),
-    };
-    header_field(out, &procid, 128);
+    match tag("source_type") {
+        Some(st) if env.instance_id.is_empty() => header_field(out, &["[", st, "]"], "", 128),
+        Some(st) => header_field(out, &["[", st, "/", &env.instance_id, "]"], "", 128),
+        None => header_field(out, &[&env.instance_id], "", 128),
+    }
     out.push(b' ');
-    header_field(out, record.kind.as_str(), 32);
+    header_field(out, &[record.kind.as_str()], "", 32);
     out.push(b' ');
     structured_data(out, record, format.enterprise_number);
 
@@ -212,19 +211,58 @@ pub fn encode(
     true
 }
 
-/// A header field: printable US-ASCII only (others become `_`), at most
-/// `max` bytes, `-` when empty.
-fn header_field(out: &mut Vec<u8>, value: &str, max: usize) {
-    if value.is_empty() {
+/// A header field: `parts` joined by `sep`, printable US-ASCII only (others
+/// become `_`), at most `max` bytes, `-` when empty. Written in place: the
+/// header costs no allocation per message.
+fn header_field(out: &mut Vec<u8>, parts: &[&str], sep: &str, max: usize) {
+    let start = out.len();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(sep.as_bytes());
+        }
+        out.extend_from_slice(p.as_bytes());
+    }
+    out.truncate(start + max.min(out.len() - start));
+    if out.len() == start {
         out.push(b'-');
         return;
     }
-    out.extend(
-        value
-            .bytes()
-            .take(max)
-            .map(|b| if (33..=126).contains(&b) { b } else { b'_' }),
-    );
+    for b in &mut out[start..] {
+        if !(33..=126).contains(b) {
+            *b = b'_';
+        }
+    }
+}
+
+/// RFC 3339 UTC with microseconds (`2023-11-14T22:13:20.123456Z`), from
+/// UNIX nanoseconds, digit by digit (chrono's formatter allocated a String
+/// per message).
+fn write_timestamp(out: &mut Vec<u8>, nanos: i64) {
+    use chrono::{Datelike, Timelike};
+    let t = chrono::DateTime::from_timestamp_nanos(nanos);
+    if !(0..=9999).contains(&t.year()) {
+        let text = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        out.extend_from_slice(text.as_bytes());
+        return;
+    }
+    let fields = [
+        (t.year() as u32, 4, b'-'),
+        (t.month(), 2, b'-'),
+        (t.day(), 2, b'T'),
+        (t.hour(), 2, b':'),
+        (t.minute(), 2, b':'),
+        (t.second(), 2, b'.'),
+        (t.nanosecond() % 1_000_000_000 / 1000, 6, b'Z'),
+    ];
+    for (mut v, width, sep) in fields {
+        let mut buf = [b'0'; 6];
+        for d in buf[..width].iter_mut().rev() {
+            *d = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+        out.extend_from_slice(&buf[..width]);
+        out.push(sep);
+    }
 }
 
 /// `[tags@PEN name="value" ...]` with every tag, or `-` without tags.
@@ -251,22 +289,25 @@ fn structured_data(out: &mut Vec<u8>, record: &Record, pen: u32) {
     for (name, value) in params {
         out.push(b' ');
         // SD-NAME: 1–32 printable characters other than '=', ' ', ']' and '"'.
-        let name: Vec<u8> = name
-            .bytes()
-            .take(32)
-            .map(|b| match b {
-                b'=' | b' ' | b']' | b'"' => b'_',
-                33..=126 => b,
-                _ => b'_',
-            })
-            .collect();
-        out.extend_from_slice(if name.is_empty() { b"_" } else { &name });
+        if name.is_empty() {
+            out.push(b'_');
+        }
+        out.extend(name.bytes().take(32).map(|b| match b {
+            b'=' | b' ' | b']' | b'"' => b'_',
+            33..=126 => b,
+            _ => b'_',
+        }));
         out.extend_from_slice(b"=\"");
-        for b in value.bytes() {
-            if matches!(b, b'"' | b'\\' | b']') {
-                out.push(b'\\');
+        let special = |b: &u8| matches!(b, b'"' | b'\\' | b']');
+        if value.as_bytes().iter().any(special) {
+            for b in value.bytes() {
+                if special(&b) {
+                    out.push(b'\\');
+                }
+                out.push(b);
             }
-            out.push(b);
+        } else {
+            out.extend_from_slice(value.as_bytes());
         }
         out.push(b'"');
     }
@@ -486,6 +527,26 @@ impl Sink for SyslogSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_match_chronos_rfc3339_with_microseconds() {
+        for ns in [
+            0,
+            1,
+            999,
+            1_700_000_000_123_456_789,
+            -1,
+            -86_400_000_000_001,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut out = Vec::new();
+            write_timestamp(&mut out, ns);
+            let expected = chrono::DateTime::from_timestamp_nanos(ns)
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            assert_eq!(String::from_utf8(out).unwrap(), expected, "{ns}");
+        }
+    }
     use crate::classify::classify;
     use crate::proto::{Envelope, Log, envelope};
 
