@@ -60,12 +60,27 @@ impl ClientTls {
     }
 }
 
+/// PEM files are kilobytes; a CA bundle a few hundred. Reading stops past
+/// this, so a wrong path (`/dev/zero`, a log file) fails instead of hanging.
+const MAX_PEM_BYTES: u64 = 16 << 20;
+
 fn read_pem(what: &'static str, path: &Path, expected: &'static str) -> Result<Vec<u8>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+    use std::io::Read;
+    let read_error = |source| TlsError::Read {
         what,
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_PEM_BYTES {
+        return Err(read_error(std::io::Error::other(format!(
+            "larger than {} MiB: not a PEM file",
+            MAX_PEM_BYTES >> 20
+        ))));
+    }
     // "PRIVATE KEY" also matches "RSA PRIVATE KEY" and "EC PRIVATE KEY" headers.
     let text = String::from_utf8_lossy(&bytes);
     let has_block = text
@@ -317,5 +332,14 @@ mod tests {
         handshake(unverified)
             .await
             .expect("accepted without verification");
+    }
+
+    #[test]
+    fn an_endless_file_is_refused_not_read_forever() {
+        let err = read_pem_file("CA", Path::new("/dev/zero"), "CERTIFICATE").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot read CA file /dev/zero: larger than 16 MiB: not a PEM file"
+        );
     }
 }

@@ -137,13 +137,26 @@ impl HttpArgs {
         if format == HttpFormat::Hec && self.hec_token.as_deref().is_none_or(str::is_empty) {
             errors.push("--hec-token (HEC_TOKEN) is required with --http-format hec".into());
         }
+        let valid_value = |v: &str| reqwest::header::HeaderValue::from_str(v).is_ok();
+        if let Some(token) = &self.hec_token
+            && !valid_value(token)
+        {
+            // Never echo the token.
+            errors.push(
+                "--hec-token (HEC_TOKEN) holds characters an HTTP header cannot carry (a newline?)"
+                    .into(),
+            );
+        }
         if self.http_concurrency == 0 {
             errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
         }
         let mut headers = Vec::new();
         for h in &self.http_header {
             match h.split_once(':') {
-                Some((name, value)) if !name.trim().is_empty() && !name.contains(' ') => {
+                Some((name, value))
+                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
+                        && valid_value(value.trim()) =>
+                {
                     headers.push((name.trim().to_string(), value.trim().to_string()))
                 }
                 // The value may be a credential: name only the header's name.

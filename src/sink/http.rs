@@ -427,7 +427,7 @@ impl HttpSink {
     fn hec_identity(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         req = req.header("X-Splunk-Request-Channel", &self.channel);
         if let Some(token) = &self.cfg.hec_token {
-            req = req.header("Authorization", format!("Splunk {token}"));
+            req = req.header("Authorization", secret_header(&format!("Splunk {token}")));
         }
         req
     }
@@ -444,8 +444,9 @@ impl HttpSink {
         if self.cfg.format == HttpFormat::Hec {
             req = self.hec_identity(req);
         }
+        // Custom headers often carry credentials: all are kept out of debug output.
         for (name, value) in &self.cfg.headers {
-            req = req.header(name, value);
+            req = req.header(name, secret_header(value));
         }
         if self.cfg.gzip {
             req = req.header("Content-Encoding", "gzip");
@@ -455,6 +456,16 @@ impl HttpSink {
 }
 
 /// What an HTTP reply means for the batch.
+/// A header value marked sensitive, so the HTTP stack never prints it in
+/// debug output. (Values were validated at configuration time; one that is
+/// not a valid header value is sent empty, which the receiver rejects.)
+fn secret_header(value: &str) -> reqwest::header::HeaderValue {
+    let mut v = reqwest::header::HeaderValue::from_str(value)
+        .unwrap_or_else(|_| reqwest::header::HeaderValue::from_static(""));
+    v.set_sensitive(true);
+    v
+}
+
 fn classify_reply(
     status: u16,
     retry_after: Option<Duration>,
