@@ -20,7 +20,11 @@ fn main() -> std::io::Result<()> {
         let batch = EnvelopeBatch {
             batch: traffic.batch(n),
         };
-        write("envelope_batch", format!("traffic-{i}"), &batch.encode_to_vec())?;
+        write(
+            "envelope_batch",
+            format!("traffic-{i}"),
+            &batch.encode_to_vec(),
+        )?;
     }
     let guid = "cdabc600-0b73-48e1-b7d2-26af2c63f933";
     let texts = [
