@@ -43,7 +43,7 @@ fn main() -> std::io::Result<()> {
     let lines = [
         "--rlp-addr\0rlp:8082\0--sink\0file,syslog\0--syslog-addr\0siem:6514",
         "--sink\0http\0--http-url\0https://splunk:8088\0--hec-token\0t",
-        "--health-addr\0off\0--batch-max-bytes\01024\0--gzip-level\09",
+        "--health-addr\0off\0--batch-max-bytes\x001024\0--gzip-level\x009",
     ];
     for (i, l) in lines.iter().enumerate() {
         write("config", format!("args-{i}"), l.as_bytes())?;
