@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig};
+use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig, SourceConfig};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
@@ -17,10 +17,12 @@ use crate::tls::ClientTls;
 
 mod cf;
 mod sinks;
+mod source;
 pub use cf::{CfArgs, HttpClientError, http_client};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
+pub use source::{SourceArgs, SourceKind};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -78,9 +80,11 @@ pub struct RunArgs {
     /// Name the RLP's certificate must carry.
     #[arg(long, env = "RLP_SERVER_NAME", default_value = "reverselogproxy")]
     pub rlp_server_name: String,
-    /// Subscription id shared by every instance of this nozzle: Loggregator splits the firehose between them.
+    /// Subscription id shared by every instance of this nozzle: Loggregator splits the stream between them (another id gets its own full copy).
     #[arg(long, env = "SHARD_ID", default_value = "cf-audit-nozzle")]
     pub shard_id: String,
+    #[command(flatten)]
+    pub input: SourceArgs,
     #[command(flatten)]
     pub cf: CfArgs,
     #[command(flatten)]
@@ -266,6 +270,29 @@ impl RunArgs {
     /// Validates every option (reading the TLS files) and reports all problems together.
     pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
         let mut errors = Vec::new();
+        let streams = self.input.streams(&mut errors, &self.shard_id);
+        let source = match self.input.source {
+            SourceKind::Rlp => self
+                .rlp(&mut errors, streams)
+                .map(|r| SourceConfig::Rlp(Box::new(r))),
+            SourceKind::Gateway => self
+                .input
+                .gateway(&mut errors, &self.cf, streams)
+                .map(|g| SourceConfig::Gateway(Box::new(g))),
+        };
+        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        match (errors.is_empty(), source) {
+            (true, Some(source)) => Ok(RunConfig {
+                source,
+                pipeline,
+                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The RLP source's options (reading the TLS files), with problems added to `errors`.
+    fn rlp(&self, errors: &mut Vec<String>, streams: crate::source::Streams) -> Option<RlpConfig> {
         let mut required = |value: Option<&PathBuf>, flag: &str, env: &str, what: &str| {
             if value.is_none() {
                 errors.push(format!("--{flag} ({env}) is required: {what}"));
@@ -307,21 +334,13 @@ impl RunArgs {
                 .ok(),
             _ => None,
         };
-        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
-        match (errors.is_empty(), tls) {
-            (true, Some(tls)) => Ok(RunConfig {
-                rlp: RlpConfig {
-                    addr: self.rlp_addr.clone().unwrap_or_default(),
-                    server_name: self.rlp_server_name.clone(),
-                    tls,
-                    shard_id: self.shard_id.clone(),
-                    backoff: Backoff::default(),
-                },
-                pipeline,
-                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
-            }),
-            _ => Err(ConfigErrors(errors)),
-        }
+        Some(RlpConfig {
+            addr: self.rlp_addr.clone()?,
+            server_name: self.rlp_server_name.clone(),
+            tls: tls?,
+            streams,
+            backoff: Backoff::default(),
+        })
     }
 }
 

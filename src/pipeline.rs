@@ -53,7 +53,7 @@ pub struct Summary {
     pub sinks: Vec<SinkReport>,
     /// False when a sink had not finished draining by the shutdown deadline.
     pub complete: bool,
-    /// The RLP source's connection history, when the run had one.
+    /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rlp: Option<crate::source::rlp::RlpSnapshot>,
 }
@@ -193,10 +193,17 @@ fn spawn<S: crate::sink::Sink>(
     (task, queue)
 }
 
+/// Where `run` reads envelopes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    Rlp(Box<RlpConfig>),
+    Gateway(Box<crate::source::gateway::GatewayConfig>),
+}
+
 /// Everything `run` needs, validated.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub rlp: RlpConfig,
+    pub source: SourceConfig,
     pub pipeline: PipelineConfig,
     pub shutdown_timeout: Duration,
 }
@@ -205,15 +212,23 @@ pub struct RunConfig {
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, SinkError> {
     let pipeline = Pipeline::start(&cfg.pipeline)?;
     let status = Arc::new(RlpStatus::default());
-    let source = tokio::spawn(rlp::run(
-        cfg.rlp.clone(),
-        pipeline.router(),
-        Arc::clone(&status),
-        shutdown.clone(),
-    ));
+    let source = match &cfg.source {
+        SourceConfig::Rlp(rlp) => tokio::spawn(rlp::run(
+            (**rlp).clone(),
+            pipeline.router(),
+            Arc::clone(&status),
+            shutdown.clone(),
+        )),
+        SourceConfig::Gateway(gateway) => tokio::spawn(crate::source::gateway::run(
+            (**gateway).clone(),
+            pipeline.router(),
+            Arc::clone(&status),
+            shutdown.clone(),
+        )),
+    };
     shutdown.cancelled().await;
     if let Err(e) = source.await {
-        tracing::error!(error = %e, "RLP source task failed");
+        tracing::error!(error = %e, "source task failed");
     }
     let mut summary = pipeline.finish(cfg.shutdown_timeout).await;
     summary.rlp = Some(status.snapshot());

@@ -126,7 +126,11 @@ impl CfArgs {
     }
 }
 
-fn parse_url(errors: &mut Vec<String>, flag: &str, value: Option<&str>) -> Option<reqwest::Url> {
+pub(super) fn parse_url(
+    errors: &mut Vec<String>,
+    flag: &str,
+    value: Option<&str>,
+) -> Option<reqwest::Url> {
     let value = value.filter(|v| !v.is_empty())?;
     match reqwest::Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => Some(url),

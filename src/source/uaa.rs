@@ -192,6 +192,11 @@ impl TokenProvider {
         }
     }
 
+    /// A token given at start, never renewed.
+    pub fn is_fixed(&self) -> bool {
+        matches!(self.inner.source, Source::Fixed)
+    }
+
     /// Tokens fetched so far.
     pub fn renewals(&self) -> u64 {
         self.inner.renewals.load(Ordering::Relaxed)
