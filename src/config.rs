@@ -185,6 +185,12 @@ pub struct EmulatorArgs {
     /// through batches encoded at start (which costs next to no CPU).
     #[arg(long, env = "EMULATOR_FRESH")]
     pub fresh: bool,
+    /// Also serve an RLP Gateway (SSE over plain HTTP, with a UAA token endpoint and a CF API root) on this address.
+    #[arg(long, env = "EMULATOR_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<std::net::SocketAddr>,
+    /// Seconds after which the emulated gateway ends each stream with `event: closing` (14 minutes on a real one).
+    #[arg(long, env = "EMULATOR_GATEWAY_STREAM_TIMEOUT", default_value_t = 840)]
+    pub gateway_stream_timeout: u64,
 }
 
 /// Every problem found in a configuration, one per line.

@@ -489,3 +489,154 @@ async fn uaa_gets_a_secret_with_special_characters_form_encoded_and_one_token_fo
         )
     );
 }
+
+/// `cf-audit-nozzle run --source gateway` as an operator runs it: only the
+/// CF API URL and UAA credentials given, everything else discovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
+    use cf_audit_nozzle::classify::classify;
+    use cf_audit_nozzle::record::EncodeContext;
+    use cf_audit_nozzle::source::emulator::Feed;
+    use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let envelopes = numbered(1_700_000_000_000_000_000, 250);
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(envelopes.clone()),
+            // Streams end every second: the run spans routine reconnects.
+            stream_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let summary_file = tmp.path().join("summary.json");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .env_remove("OUT_DIR")
+        .env("RUST_LOG", "warn")
+        .args(["run", "--source", "gateway", "--cf-api", &gw.url()])
+        .args([
+            "--uaa-client-id",
+            "nozzle",
+            "--uaa-client-secret",
+            "s3cret&=%",
+        ])
+        .args([
+            "--source-ids",
+            "app-guid,other-guid",
+            "--envelope-types",
+            "log,event",
+        ])
+        .args(["--shard-id", "audit", "--deterministic-name", "det"])
+        .args(["--sink", "stdout", "--batch-max-age-ms", "10"])
+        .arg("--summary-file")
+        .arg(&summary_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(250)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("250 lines within 30 s")
+        .unwrap();
+    // Let at least one routine reconnect happen before stopping.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while gw.streams_opened() < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no reconnect after closing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+
+    let ctx = EncodeContext {
+        foundation: "cf".into(),
+    };
+    let expected: Vec<String> = envelopes
+        .into_iter()
+        .map(|e| classify(e).to_json(&ctx))
+        .collect();
+    assert_eq!(lines, expected, "exact records, in order");
+    assert_eq!(
+        gw.reads()[0],
+        "/v2/read?log&event&source_id=app-guid&source_id=other-guid&shard_id=audit&deterministic_name=det"
+    );
+    assert_eq!(gw.refused(), 0);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["ingress"]["envelopes"], 250);
+    let source = &summary["rlp"];
+    assert_eq!(source["failures"], 0, "{source}");
+    assert_eq!(source["token_renewals"], 1, "{source}");
+    assert!(
+        source["disconnects"]["closing"].as_u64().unwrap() >= 1,
+        "{source}"
+    );
+}
+
+#[test]
+fn gateway_options_are_checked_together_and_rlp_options_are_not_required() {
+    use cf_audit_nozzle::config::{Cli, Command};
+    use clap::Parser;
+    let validate = |args: &[&str]| {
+        let cli = Cli::try_parse_from(["cf-audit-nozzle", "run"].iter().chain(args)).unwrap();
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        run.validate().map(|_| ()).map_err(|e| e.0)
+    };
+    assert_eq!(
+        validate(&["--source", "gateway"]).unwrap_err(),
+        [
+            "--source gateway needs --gateway-url (GATEWAY_URL) or --cf-api (CF_API) to discover it",
+            "--source gateway needs --uaa-url (UAA_URL) or --cf-api (CF_API) to discover it",
+            "--uaa-client-id (UAA_CLIENT_ID) is required to get a UAA token (a client with the authority doppler.firehose or logs.admin)",
+            "--uaa-client-secret (UAA_CLIENT_SECRET) is required to get a UAA token (a client with the authority doppler.firehose or logs.admin)",
+        ]
+    );
+    let creds = ["--uaa-client-id", "n", "--uaa-client-secret", "s"];
+    let with = |more: &[&str]| {
+        let mut args: Vec<&str> = vec!["--source", "gateway"];
+        args.extend(creds);
+        args.extend(more);
+        validate(&args)
+    };
+    assert!(with(&["--cf-api", "https://api.sys.example.com"]).is_ok());
+    assert!(
+        with(&[
+            "--gateway-url",
+            "https://log-stream.x",
+            "--uaa-url",
+            "https://uaa.x"
+        ])
+        .is_ok()
+    );
+    assert_eq!(
+        with(&["--cf-api", "api.sys.example.com", "--shard-id", ""]).unwrap_err(),
+        [
+            "--shard-id (SHARD_ID) must not be empty",
+            "--cf-api (CF_API) is not a URL (relative URL without a base): \"api.sys.example.com\"",
+        ]
+    );
+}

@@ -76,6 +76,8 @@ struct State {
     streams_opened: AtomicU64,
     envelopes_sent: AtomicU64,
     refused: AtomicU64,
+    /// Path and query of every `/v2/read` request.
+    reads: Mutex<Vec<String>>,
 }
 
 struct ShardFrames {
@@ -112,6 +114,7 @@ impl GatewayEmulator {
             streams_opened: AtomicU64::new(0),
             envelopes_sent: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            reads: Mutex::new(Vec::new()),
         });
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -152,6 +155,11 @@ impl GatewayEmulator {
 
     pub fn envelopes_sent(&self) -> u64 {
         self.state.envelopes_sent.load(Ordering::Relaxed)
+    }
+
+    /// Path and query of every `/v2/read` request so far.
+    pub fn reads(&self) -> Vec<String> {
+        self.state.reads.lock().expect("reads lock").clone()
     }
 
     /// Requests refused for their token (404).
@@ -403,6 +411,11 @@ async fn serve(tcp: TcpStream, state: &State) {
             http_response(200, "application/json", body.as_bytes())
         }
         ("GET", "/v2/read") => {
+            state
+                .reads
+                .lock()
+                .expect("reads lock")
+                .push(req.target.clone());
             if !state.token_valid(req.header("authorization")) {
                 state.refused.fetch_add(1, Ordering::Relaxed);
                 json_error(404, "not_found", "resource not found")
