@@ -13,7 +13,7 @@
 //!   stream and reconnects. `event: closing` (the gateway ends every stream
 //!   after 14 minutes) reconnects at once and is not an error.
 //! - A frame that does not decode is counted, logged at most once per
-//!   [`MALFORMED_LOG_INTERVAL`] with its size and the reason (never its
+//!   [`MALFORMED_LOG_INTERVAL`] per stream with its size and the reason (never its
 //!   content), and skipped; the stream goes on.
 //! - 401 or 404 (the gateway's answer to any auth problem) renews the token
 //!   once and retries at once; a fresh token that is refused too is an
@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::Url;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -166,6 +167,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let resolved: std::sync::Mutex<Option<Arc<Target>>> = Default::default();
+    let decoder: std::sync::Mutex<Option<JoinHandle<u64>>> = Default::default();
     reconnect_loop(
         "gateway",
         cfg.backoff.clone(),
@@ -185,7 +187,7 @@ pub async fn run(
                     Err(e) => return Attempt::failed(Disconnect::Connect, e.to_string()),
                 },
             };
-            let attempt = stream_once(&cfg, &target, &router, &status).await;
+            let attempt = stream_once(&cfg, &target, &router, &status, &decoder).await;
             status
                 .token_renewals
                 .store(target.tokens.renewals(), Ordering::Relaxed);
@@ -357,12 +359,22 @@ async fn error_detail(response: reqwest::Response, within: Duration) -> String {
     }
 }
 
+/// Frames read but not yet decoded, per stream: bounds memory while the
+/// decoder runs on another core than the reader.
+pub const DECODE_QUEUE_FRAMES: usize = 16;
+
 /// Connects once and forwards batches until the stream ends.
+///
+/// Reading (HTTP, SSE) and decoding (JSON) run as two tasks joined by a
+/// bounded channel, so on a multi-core runtime they use two cores; one
+/// decoder keeps the batches in order. The decoder's handle is left in
+/// `decoder` so that whoever stops the source can wait for it.
 pub async fn stream_once(
     cfg: &GatewayConfig,
     target: &Target,
-    router: &Router,
-    status: &SourceStatus,
+    router: &Arc<Router>,
+    status: &Arc<SourceStatus>,
+    decoder: &std::sync::Mutex<Option<JoinHandle<u64>>>,
 ) -> Attempt {
     let url = target.url.as_str();
     let response = match connect(cfg, target).await {
@@ -379,17 +391,42 @@ pub async fn stream_once(
         }
     };
     let started = Instant::now();
-    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
-    let mut envelopes = 0u64;
-    let mut malformed = MalformedLog::default();
-    let ended = |end: Disconnect, error: Option<GatewayError>, envelopes: u64| Attempt {
+    let (frames, rx) = tokio::sync::mpsc::channel(DECODE_QUEUE_FRAMES);
+    let decoding = tokio::spawn(decode_frames(
+        rx,
+        Arc::clone(router),
+        Arc::clone(status),
+        url.to_string(),
+    ));
+    if let Some(previous) = decoder.lock().expect("decoder lock").replace(decoding) {
+        // Finished already: its stream ended before this one started.
+        drop(previous);
+    }
+    let (end, error) = read_frames(cfg, url, response, frames).await;
+    let decoding = decoder.lock().expect("decoder lock").take();
+    let envelopes = match decoding {
+        Some(d) => d.await.unwrap_or(0),
+        None => 0,
+    };
+    Attempt {
         connected: true,
         envelopes,
         end,
         error: error.map(|e| e.to_string()),
         min_delay: None,
-        immediate: false,
-    };
+        immediate: end == Disconnect::Closing
+            && (envelopes > 0 || started.elapsed() >= MIN_PRODUCTIVE_STREAM),
+    }
+}
+
+/// Reads SSE events until the stream ends, handing data frames to `frames`.
+async fn read_frames(
+    cfg: &GatewayConfig,
+    url: &str,
+    response: reqwest::Response,
+    frames: tokio::sync::mpsc::Sender<String>,
+) -> (Disconnect, Option<GatewayError>) {
+    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
     loop {
         let next = match tokio::time::timeout(cfg.idle_timeout, events.next()).await {
             Ok(next) => next,
@@ -398,46 +435,64 @@ pub async fn stream_once(
                     url: url.to_string(),
                     secs: cfg.idle_timeout.as_secs(),
                 };
-                return ended(Disconnect::Idle, Some(e), envelopes);
+                return (Disconnect::Idle, Some(e));
             }
         };
         let event = match next {
-            None => return ended(Disconnect::Ended, None, envelopes),
+            None => return (Disconnect::Ended, None),
             Some(Err(e)) => {
                 let e = GatewayError::Stream {
                     url: url.to_string(),
                     reason: crate::error_chain(&e),
                 };
-                return ended(Disconnect::Error, Some(e), envelopes);
+                return (Disconnect::Error, Some(e));
             }
             Some(Ok(event)) => event,
         };
         match event.event.as_deref() {
             None | Some("") | Some("message") => {
-                let data = event.data.as_deref().unwrap_or("");
-                match decode_batch(data) {
-                    Ok(batch) => {
-                        if !batch.is_empty() {
-                            envelopes += batch.len() as u64;
-                            status.received(batch.len());
-                            router.dispatch(batch);
-                        }
-                    }
-                    Err(e) => {
-                        status.malformed_frames.fetch_add(1, Ordering::Relaxed);
-                        malformed.note(url, data.len(), &e);
-                    }
+                if frames.send(event.data.unwrap_or_default()).await.is_err() {
+                    // The decoder is gone only if it panicked.
+                    let e = GatewayError::Stream {
+                        url: url.to_string(),
+                        reason: "the frame decoder stopped".into(),
+                    };
+                    return (Disconnect::Error, Some(e));
                 }
             }
             Some("heartbeat") => {}
-            Some("closing") => {
-                let mut a = ended(Disconnect::Closing, None, envelopes);
-                a.immediate = envelopes > 0 || started.elapsed() >= MIN_PRODUCTIVE_STREAM;
-                return a;
-            }
+            Some("closing") => return (Disconnect::Closing, None),
             Some(other) => tracing::debug!(event = other, "ignoring an unknown SSE event"),
         }
     }
+}
+
+/// Decodes data frames in order and dispatches their envelopes; returns how
+/// many envelopes it dispatched.
+async fn decode_frames(
+    mut frames: tokio::sync::mpsc::Receiver<String>,
+    router: Arc<Router>,
+    status: Arc<SourceStatus>,
+    url: String,
+) -> u64 {
+    let mut envelopes = 0u64;
+    let mut malformed = MalformedLog::default();
+    while let Some(data) = frames.recv().await {
+        match decode_batch(&data) {
+            Ok(batch) => {
+                if !batch.is_empty() {
+                    envelopes += batch.len() as u64;
+                    status.received(batch.len());
+                    router.dispatch(batch);
+                }
+            }
+            Err(e) => {
+                status.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                malformed.note(&url, data.len(), &e);
+            }
+        }
+    }
+    envelopes
 }
 
 /// Rate-limits the malformed-frame warning.
