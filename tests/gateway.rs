@@ -499,7 +499,7 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     use cf_audit_nozzle::source::emulator::Feed;
     use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
 
     let envelopes = numbered(1_700_000_000_000_000_000, 250);
     let gw = GatewayEmulator::start(
@@ -515,9 +515,7 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let summary_file = tmp.path().join("summary.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
-        .env_remove("OUT_DIR")
-        .env("RUST_LOG", "warn")
+    let mut child = nozzle()
         .args(["run", "--source", "gateway", "--cf-api", &gw.url()])
         .args([
             "--uaa-client-id",
@@ -560,14 +558,7 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    let status = terminate(child).await;
     assert!(status.success(), "exit status {status}");
 
     let ctx = EncodeContext {
@@ -638,5 +629,81 @@ fn gateway_options_are_checked_together_and_rlp_options_are_not_required() {
             "--shard-id (SHARD_ID) must not be empty",
             "--cf-api (CF_API) is not a URL (relative URL without a base): \"api.sys.example.com\"",
         ]
+    );
+}
+
+/// The binary, with no proxy settings from the test's environment.
+fn nozzle() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR").env("RUST_LOG", "warn");
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        cmd.env_remove(var).env_remove(var.to_lowercase());
+    }
+    cmd
+}
+
+/// SIGTERM, then the exit status.
+async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Behind a corporate proxy: every request (CF API, UAA, gateway) goes
+/// through `HTTP_PROXY`. The emulator plays the proxy (and the origin
+/// behind it); `cf-api.invalid` resolves nowhere, so nothing arrives unless
+/// the proxy is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_goes_through_the_proxy_from_the_environment() {
+    use cf_audit_nozzle::source::emulator::Feed;
+    use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(numbered(0, 10)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut child = nozzle()
+        .env("HTTP_PROXY", gw.url())
+        .args([
+            "run",
+            "--source",
+            "gateway",
+            "--cf-api",
+            "http://cf-api.invalid",
+        ])
+        .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
+        .args(["--sink", "stdout", "--batch-max-age-ms", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines =
+        tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().take(10).count());
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("10 records within 30 s")
+        .unwrap();
+    assert_eq!(lines, 10);
+    assert!(terminate(child).await.success());
+    let targets = gw.targets();
+    let origin = gw.url();
+    assert_eq!(targets[0], "http://cf-api.invalid/");
+    assert_eq!(targets[1], format!("{origin}/oauth/token"));
+    assert!(
+        targets[2].starts_with(&format!("{origin}/v2/read?log&counter")),
+        "{targets:?}"
     );
 }

@@ -76,8 +76,8 @@ struct State {
     streams_opened: AtomicU64,
     envelopes_sent: AtomicU64,
     refused: AtomicU64,
-    /// Path and query of every `/v2/read` request.
-    reads: Mutex<Vec<String>>,
+    /// The target (path and query) of every request.
+    targets: Mutex<Vec<String>>,
 }
 
 struct ShardFrames {
@@ -114,7 +114,7 @@ impl GatewayEmulator {
             streams_opened: AtomicU64::new(0),
             envelopes_sent: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            reads: Mutex::new(Vec::new()),
+            targets: Mutex::new(Vec::new()),
         });
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
@@ -157,9 +157,17 @@ impl GatewayEmulator {
         self.state.envelopes_sent.load(Ordering::Relaxed)
     }
 
-    /// Path and query of every `/v2/read` request so far.
+    /// The target of every request so far, as sent (absolute through a proxy).
+    pub fn targets(&self) -> Vec<String> {
+        self.state.targets.lock().expect("targets lock").clone()
+    }
+
+    /// The targets of the `/v2/read` requests so far.
     pub fn reads(&self) -> Vec<String> {
-        self.state.reads.lock().expect("reads lock").clone()
+        self.targets()
+            .into_iter()
+            .filter(|t| t.split('?').next().is_some_and(|p| p.ends_with("/v2/read")))
+            .collect()
     }
 
     /// Requests refused for their token (404).
@@ -198,9 +206,17 @@ impl HttpRequest {
             .map(|(_, v)| v.as_str())
     }
 
-    /// The path without the query.
+    /// The path without the query (also of an absolute-form target, as a
+    /// client sends through a proxy: the emulator then answers as the origin).
     pub fn path(&self) -> &str {
-        self.target.split('?').next().unwrap_or("")
+        let target = self.target.split('?').next().unwrap_or("");
+        match target
+            .strip_prefix("http://")
+            .or_else(|| target.strip_prefix("https://"))
+        {
+            Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+            None => target,
+        }
     }
 
     /// The query parameters, decoded, in order (a bare `log` is `("log", "")`).
@@ -387,6 +403,11 @@ async fn serve(tcp: TcpStream, state: &State) {
     let Some(req) = read_request(&mut reader).await else {
         return;
     };
+    state
+        .targets
+        .lock()
+        .expect("targets lock")
+        .push(req.target.clone());
     let reply = match (req.method.as_str(), req.path()) {
         ("POST", "/oauth/token") => {
             let token = state.issue();
@@ -411,11 +432,6 @@ async fn serve(tcp: TcpStream, state: &State) {
             http_response(200, "application/json", body.as_bytes())
         }
         ("GET", "/v2/read") => {
-            state
-                .reads
-                .lock()
-                .expect("reads lock")
-                .push(req.target.clone());
             if !state.token_valid(req.header("authorization")) {
                 state.refused.fetch_add(1, Ordering::Relaxed);
                 json_error(404, "not_found", "resource not found")
