@@ -14,7 +14,9 @@
 //!   after 14 minutes) reconnects at once and is not an error.
 //! - A frame that does not decode is counted, logged at most once per
 //!   [`MALFORMED_LOG_INTERVAL`] per stream with its size and the reason (never its
-//!   content), and skipped; the stream goes on.
+//!   content), and skipped; the stream goes on. (Invalid UTF-8 in a frame
+//!   is the one thing `sse-stream` does not skip: it ends the stream, which
+//!   is then reconnected like any broken stream.)
 //! - 401 or 404 (the gateway's answer to any auth problem) renews the token
 //!   once and retries at once; a fresh token that is refused too is an
 //!   error naming the missing scope, and every later attempt (one per
@@ -377,7 +379,11 @@ pub async fn stream_once(
     decoder: &std::sync::Mutex<Option<JoinHandle<u64>>>,
 ) -> Attempt {
     let url = target.url.as_str();
-    let response = match connect(cfg, target).await {
+    let connected = connect(cfg, target).await;
+    status
+        .token_renewals
+        .store(target.tokens.renewals(), Ordering::Relaxed);
+    let response = match connected {
         Ok(r) => r,
         Err(e) => {
             let end = match e {
