@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig};
+use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig, SourceConfig};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
@@ -15,11 +15,15 @@ use crate::source::Backoff;
 use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
+mod cf;
 mod sinks;
+mod source;
 mod telemetry;
+pub use cf::{CfArgs, HttpClientError, http_client};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
+pub use source::{SourceArgs, SourceKind};
 pub use telemetry::TelemetryArgs;
 
 #[derive(Debug, Parser)]
@@ -78,9 +82,13 @@ pub struct RunArgs {
     /// Name the RLP's certificate must carry.
     #[arg(long, env = "RLP_SERVER_NAME", default_value = "reverselogproxy")]
     pub rlp_server_name: String,
-    /// Subscription id shared by every instance of this nozzle: Loggregator splits the firehose between them.
+    /// Subscription id shared by every instance of this nozzle: Loggregator splits the stream between them (another id gets its own full copy).
     #[arg(long, env = "SHARD_ID", default_value = "cf-audit-nozzle")]
     pub shard_id: String,
+    #[command(flatten)]
+    pub input: SourceArgs,
+    #[command(flatten)]
+    pub cf: CfArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -185,6 +193,12 @@ pub struct EmulatorArgs {
     /// through batches encoded at start (which costs next to no CPU).
     #[arg(long, env = "EMULATOR_FRESH")]
     pub fresh: bool,
+    /// Also serve an RLP Gateway (SSE over plain HTTP, with a UAA token endpoint and a CF API root) on this address.
+    #[arg(long, env = "EMULATOR_GATEWAY_LISTEN")]
+    pub gateway_listen: Option<std::net::SocketAddr>,
+    /// Seconds after which the emulated gateway ends each stream with `event: closing` (14 minutes on a real one).
+    #[arg(long, env = "EMULATOR_GATEWAY_STREAM_TIMEOUT", default_value_t = 840)]
+    pub gateway_stream_timeout: u64,
 }
 
 /// Every problem found in a configuration, one per line.
@@ -277,6 +291,35 @@ impl RunArgs {
     /// Validates every option (reading the TLS files) and reports all problems together.
     pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
         let mut errors = Vec::new();
+        let streams = self.input.streams(&mut errors, &self.shard_id);
+        let source = match self.input.source {
+            SourceKind::Rlp => self
+                .rlp(&mut errors, streams)
+                .map(|r| SourceConfig::Rlp(Box::new(r))),
+            SourceKind::Gateway => self
+                .input
+                .gateway(&mut errors, &self.cf, streams)
+                .map(|g| SourceConfig::Gateway(Box::new(g))),
+        };
+        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        let (telemetry, alerts) = self
+            .telemetry
+            .config(std::env::var("PORT").ok(), &mut errors);
+        match (errors.is_empty(), source) {
+            (true, Some(source)) => Ok(RunConfig {
+                source,
+                pipeline,
+                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+                telemetry,
+                alerts,
+                warnings: self.warnings(),
+            }),
+            _ => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// The RLP source's options (reading the TLS files), with problems added to `errors`.
+    fn rlp(&self, errors: &mut Vec<String>, streams: crate::source::Streams) -> Option<RlpConfig> {
         let mut required = |value: Option<&PathBuf>, flag: &str, env: &str, what: &str| {
             if value.is_none() {
                 errors.push(format!("--{flag} ({env}) is required: {what}"));
@@ -318,27 +361,13 @@ impl RunArgs {
                 .ok(),
             _ => None,
         };
-        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
-        let (telemetry, alerts) = self
-            .telemetry
-            .config(std::env::var("PORT").ok(), &mut errors);
-        match (errors.is_empty(), tls) {
-            (true, Some(tls)) => Ok(RunConfig {
-                rlp: RlpConfig {
-                    addr: self.rlp_addr.clone().unwrap_or_default(),
-                    server_name: self.rlp_server_name.clone(),
-                    tls,
-                    shard_id: self.shard_id.clone(),
-                    backoff: Backoff::default(),
-                },
-                pipeline,
-                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
-                telemetry,
-                alerts,
-                warnings: self.warnings(),
-            }),
-            _ => Err(ConfigErrors(errors)),
-        }
+        Some(RlpConfig {
+            addr: self.rlp_addr.clone()?,
+            server_name: self.rlp_server_name.clone(),
+            tls: tls?,
+            streams,
+            backoff: Backoff::default(),
+        })
     }
 }
 
@@ -348,6 +377,9 @@ impl RunArgs {
         let mut w = Vec::new();
         if self.output.sink.contains(&SinkKind::Http) && !self.output.http.http_tls_verify {
             w.push("TLS certificate verification of the HTTP sink is off (--http-tls-verify false): anyone on the path can read and alter the audit trail".to_string());
+        }
+        if self.cf.skip_tls_verify {
+            w.push("TLS certificate verification of the CF API, UAA and RLP Gateway is off (--skip-tls-verify): anyone on the path can read the token and alter the firehose".to_string());
         }
         w
     }

@@ -84,7 +84,10 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
         addr: emulator.addr.to_string(),
         server_name: "reverselogproxy".to_string(),
         tls: pki.client_tls(),
-        shard_id: "cf-audit-nozzle-demo".to_string(),
+        streams: crate::source::Streams {
+            shard_id: "cf-audit-nozzle-demo".to_string(),
+            ..Default::default()
+        },
         backoff: Backoff::default(),
     };
     let stop_source = CancellationToken::new();

@@ -8,6 +8,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use cf_audit_nozzle::config::{Cli, Command, DEFAULT_GZIP_LEVEL, with_default_command};
+use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::Pki;
 use cf_audit_nozzle::{demo, pipeline};
@@ -122,6 +123,28 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Emulator(args) => {
+            // Printed first: the benchmark reads the first address a line names.
+            let gateway = match args.gateway_listen {
+                None => None,
+                Some(listen) => {
+                    let gateway = GatewayEmulator::start(
+                        listen,
+                        GatewayEmulatorConfig {
+                            feed: Feed::Generated { seed: args.seed },
+                            rate: (args.rate > 0).then_some(args.rate),
+                            count: (args.count > 0).then_some(args.count),
+                            stream_timeout: Duration::from_secs(args.gateway_stream_timeout.max(1)),
+                            ..GatewayEmulatorConfig::default()
+                        },
+                    )
+                    .await?;
+                    println!(
+                        "gateway listening on {} (RLP Gateway /v2/read, UAA /oauth/token and CF API root; any client id and secret)",
+                        gateway.url()
+                    );
+                    Some(gateway)
+                }
+            };
             let pki = Pki::generate("loggregatorCA", &["reverselogproxy"])?;
             pki.write_client_files(&args.tls_dir)
                 .with_context(|| format!("writing TLS files to {}", args.tls_dir.display()))?;
@@ -146,6 +169,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let sent = emulator.envelopes_sent();
             emulator.stop().await;
             println!("emulator sent {sent} envelopes");
+            if let Some(gateway) = gateway {
+                println!("gateway sent {} envelopes", gateway.envelopes_sent());
+            }
             Ok(())
         }
     }

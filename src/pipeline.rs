@@ -53,7 +53,7 @@ pub struct Summary {
     pub sinks: Vec<SinkReport>,
     /// False when a sink had not finished draining by the shutdown deadline.
     pub complete: bool,
-    /// The RLP source's connection history, when the run had one.
+    /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rlp: Option<crate::source::rlp::RlpSnapshot>,
 }
@@ -205,10 +205,27 @@ fn spawn<S: crate::sink::Sink>(
     (task, queue)
 }
 
+/// Where `run` reads envelopes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    Rlp(Box<RlpConfig>),
+    Gateway(Box<crate::source::gateway::GatewayConfig>),
+}
+
+impl SourceConfig {
+    /// The source's name in /health and /metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceConfig::Rlp(_) => "rlp",
+            SourceConfig::Gateway(_) => "gateway",
+        }
+    }
+}
+
 /// Everything `run` needs, validated.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub rlp: RlpConfig,
+    pub source: SourceConfig,
     pub pipeline: PipelineConfig,
     pub shutdown_timeout: Duration,
     /// `/health` and `/metrics`; `None` when turned off.
@@ -240,7 +257,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     let view = Arc::new(crate::telemetry::View {
         ingress: pipeline.ingress_stats(),
         sinks: pipeline.sink_views(cfg.pipeline.queue_capacity),
-        sources: vec![("rlp".to_string(), Arc::clone(&status))],
+        sources: vec![(cfg.source.name().to_string(), Arc::clone(&status))],
         alerts: Arc::default(),
         warnings: cfg.warnings.clone(),
         disconnect_threshold: cfg
@@ -266,15 +283,23 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
         cfg.alerts.clone(),
         shutdown.clone(),
     ));
-    let source = tokio::spawn(rlp::run(
-        cfg.rlp.clone(),
-        pipeline.router(),
-        Arc::clone(&status),
-        shutdown.clone(),
-    ));
+    let source = match &cfg.source {
+        SourceConfig::Rlp(rlp) => tokio::spawn(rlp::run(
+            (**rlp).clone(),
+            pipeline.router(),
+            Arc::clone(&status),
+            shutdown.clone(),
+        )),
+        SourceConfig::Gateway(gateway) => tokio::spawn(crate::source::gateway::run(
+            (**gateway).clone(),
+            pipeline.router(),
+            Arc::clone(&status),
+            shutdown.clone(),
+        )),
+    };
     shutdown.cancelled().await;
     if let Err(e) = source.await {
-        tracing::error!(error = %e, "RLP source task failed");
+        tracing::error!(error = %e, "source task failed");
     }
     if let Err(e) = alerts.await {
         tracing::error!(error = %e, "alert watcher failed");

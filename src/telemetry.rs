@@ -348,25 +348,74 @@ impl prometheus_client::collector::Collector for ViewCollector {
                     n,
                     s.snapshot(),
                     s.connection().0,
-                    s.last_batch_unix_ms.load(Ordering::Relaxed),
+                    s.last_envelope_unix_ms.load(Ordering::Relaxed).max(0) as u64,
                 )
             })
             .collect();
+        let per_source = |f: fn(&crate::source::SourceSnapshot) -> u64| {
+            sources
+                .iter()
+                .map(move |(n, s, ..)| (vec![("source", n.to_string())], counter(f(s))))
+        };
+        family(
+            &mut e,
+            "source_attempts",
+            "Connection attempts.",
+            per_source(|s| s.attempts),
+        )?;
         family(
             &mut e,
             "source_connects",
-            "Subscription attempts.",
-            sources
-                .iter()
-                .map(|(n, s, ..)| (vec![("source", n.to_string())], counter(s.attempts))),
+            "Streams opened.",
+            per_source(|s| s.connects),
         )?;
         family(
             &mut e,
             "source_failures",
-            "Subscription attempts and streams that ended in an error.",
-            sources
-                .iter()
-                .map(|(n, s, ..)| (vec![("source", n.to_string())], counter(s.failures))),
+            "Attempts and streams that ended in an error.",
+            per_source(|s| s.failures),
+        )?;
+        family(
+            &mut e,
+            "source_envelopes",
+            "Envelopes the source received.",
+            per_source(|s| s.envelopes),
+        )?;
+        family(
+            &mut e,
+            "source_malformed_frames",
+            "Gateway frames that could not be decoded (skipped).",
+            per_source(|s| s.malformed_frames),
+        )?;
+        family(
+            &mut e,
+            "source_token_renewals",
+            "UAA tokens fetched.",
+            per_source(|s| s.token_renewals),
+        )?;
+        family(
+            &mut e,
+            "source_disconnects",
+            "Streams and attempts that ended, by reason.",
+            sources.iter().flat_map(|(n, s, ..)| {
+                s.disconnects.iter().map(|(reason, count)| {
+                    (
+                        vec![("source", n.to_string()), ("reason", reason.to_string())],
+                        counter(*count),
+                    )
+                })
+            }),
+        )?;
+        family(
+            &mut e,
+            "source_backoff_seconds",
+            "The wait before the next attempt; 0 while connected or trying.",
+            sources.iter().map(|(n, s, ..)| {
+                (
+                    vec![("source", n.to_string())],
+                    ConstGauge::new(s.backoff_ms as f64 / 1000.0),
+                )
+            }),
         )?;
         family(
             &mut e,
@@ -381,8 +430,8 @@ impl prometheus_client::collector::Collector for ViewCollector {
         )?;
         family(
             &mut e,
-            "source_last_batch_timestamp_seconds",
-            "When the last batch arrived (Unix time); 0 before the first.",
+            "source_last_envelope_timestamp_seconds",
+            "When the last envelope arrived (Unix time); 0 before the first.",
             sources.iter().map(|(n, _, _, ms)| {
                 (
                     vec![("source", n.to_string())],

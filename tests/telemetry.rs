@@ -79,7 +79,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let cfg = RunConfig {
-        rlp: rlp_config(&first, &pki, "telemetry"),
+        source: pipeline::SourceConfig::Rlp(Box::new(rlp_config(&first, &pki, "telemetry"))),
         pipeline: file_pipeline(dir.path()),
         shutdown_timeout: Duration::from_secs(10),
         telemetry: Some(TelemetryConfig {
@@ -192,8 +192,14 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
     assert_eq!(m["cf_nozzle_loggregator_dropped_total{}"], 0.0);
     assert_eq!(m["cf_nozzle_alerts_total{reason=\"sink_stalled\"}"], 0.0);
     assert!(m["cf_nozzle_source_connects_total{source=\"rlp\"}"] >= 2.0);
+    assert!(m["cf_nozzle_source_attempts_total{source=\"rlp\"}"] >= 3.0);
     assert!(m["cf_nozzle_source_failures_total{source=\"rlp\"}"] >= 1.0);
-    assert!(m["cf_nozzle_source_last_batch_timestamp_seconds{source=\"rlp\"}"] > 1.7e9);
+    assert!(m["cf_nozzle_source_disconnects_total{reason=\"connect\",source=\"rlp\"}"] >= 1.0);
+    assert_eq!(
+        m["cf_nozzle_source_envelopes_total{source=\"rlp\"}"],
+        6000.0
+    );
+    assert!(m["cf_nozzle_source_last_envelope_timestamp_seconds{source=\"rlp\"}"] > 1.7e9);
     assert!(m["cf_nozzle_process_resident_memory_bytes{}"] > 1e6);
     assert!(m.contains_key("cf_nozzle_process_cpu_seconds_total{}"));
 

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::proto::{EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch};
 use crate::tls::Pki;
 
+pub mod gateway;
 pub mod traffic;
 pub use traffic::Traffic;
 

@@ -1,14 +1,25 @@
 //! Sources: where envelopes come from.
 //!
 //! - [`rlp`]: the Reverse Log Proxy's gRPC `BatchedReceiver`, over mutual TLS.
+//! - [`uaa`]: UAA client-credentials tokens, renewed before expiry;
+//!   [`cf_api`]: endpoint discovery from the Cloud Foundry API root.
 //! - [`emulator`]: an in-process Loggregator egress server for the demo, the
 //!   tests and the benchmark.
 //!
-//! Every source reconnects forever with [`Backoff`] and stops when its
-//! shutdown token is cancelled.
+//! Every source reconnects forever through [`status::reconnect_loop`] with
+//! [`Backoff`], reports in a [`SourceStatus`], asks for the envelopes its
+//! [`Streams`] name, and stops when its shutdown token is cancelled.
 
+pub mod cf_api;
 pub mod emulator;
+pub mod gateway;
 pub mod rlp;
+pub mod status;
+pub mod streams;
+pub mod uaa;
+
+pub use status::{SourceSnapshot, SourceStatus};
+pub use streams::{EnvelopeType, Streams};
 
 use std::time::Duration;
 
@@ -68,7 +79,7 @@ impl Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self::new(Duration::from_millis(250), Duration::from_secs(30))
+        Self::new(Duration::from_millis(100), Duration::from_secs(30))
     }
 }
 

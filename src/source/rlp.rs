@@ -6,18 +6,16 @@
 //! delivered data. Connection problems are reported with what was wrong (the
 //! certificate, the server name, the address), not just "transport error".
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::Backoff;
+use super::status::{Attempt, Disconnect, reconnect_loop};
+use super::{Backoff, Streams};
+use crate::proto::EgressBatchRequest;
 use crate::proto::egress_client::EgressClient;
-use crate::proto::{
-    CounterSelector, EgressBatchRequest, EventSelector, GaugeSelector, LogSelector, Selector,
-    TimerSelector, selector,
-};
 use crate::route::Router;
 use crate::tls::ClientTls;
 
@@ -35,8 +33,8 @@ pub struct RlpConfig {
     /// The name the RLP's certificate must carry (`reverselogproxy` in cf-deployment).
     pub server_name: String,
     pub tls: ClientTls,
-    /// Subscriptions sharing a shard id split the firehose between them.
-    pub shard_id: String,
+    /// What to subscribe to, and the shard id instances share.
+    pub streams: Streams,
     pub backoff: Backoff,
 }
 
@@ -49,82 +47,34 @@ pub enum RlpError {
     #[error("cannot connect to the RLP at {addr}: {reason}")]
     Connect { addr: String, reason: String },
     #[error("the RLP at {addr} refused the subscription: {status}")]
-    Subscribe { addr: String, status: String },
+    Subscribe {
+        addr: String,
+        status: String,
+        code: tonic::Code,
+    },
     #[error("the RLP stream from {addr} failed: {status}")]
     Stream { addr: String, status: String },
 }
 
-/// Health of the source, for the summary, `/health` and `/metrics`.
-#[derive(Debug, Default)]
-pub struct RlpStatus {
-    /// Subscription attempts, successful or not.
-    pub attempts: std::sync::atomic::AtomicU64,
-    /// Attempts and streams that ended in an error.
-    pub failures: std::sync::atomic::AtomicU64,
-    pub last_error: Mutex<Option<String>>,
-    /// Whether a stream is open now, and since when it is (or is not): `None`
-    /// before the first attempt ended. Tokio's clock, so tests can pause it.
-    pub connection: Mutex<(bool, Option<tokio::time::Instant>)>,
-    /// Wall-clock time (ms since the epoch) the last batch arrived; 0 before the first.
-    pub last_batch_unix_ms: std::sync::atomic::AtomicU64,
-}
+/// The RLP source's health: the status every source reports (kept under
+/// this name for its existing users).
+pub type RlpStatus = super::SourceStatus;
 
 /// A copy of [`RlpStatus`] for the summary.
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub struct RlpSnapshot {
-    pub attempts: u64,
-    pub failures: u64,
-    pub last_error: Option<String>,
-}
+pub type RlpSnapshot = super::SourceSnapshot;
 
-impl RlpStatus {
-    /// Records that a stream opened (`true`) or ended (`false`).
-    pub fn set_connected(&self, connected: bool) {
-        let mut c = self.connection.lock().expect("status lock");
-        if c.0 != connected || c.1.is_none() {
-            *c = (connected, Some(tokio::time::Instant::now()));
-        }
-    }
+/// How long to wait at least after the RLP refused a stream for its stream
+/// limit (`ResourceExhausted`): hammering a full RLP keeps it full.
+pub const STREAM_LIMIT_BACKOFF: Duration = Duration::from_secs(10);
 
-    /// Whether a stream is open, and for how long it has been (or not been).
-    /// Before the first attempt ended: not connected, for `None`.
-    pub fn connection(&self) -> (bool, Option<std::time::Duration>) {
-        let c = self.connection.lock().expect("status lock");
-        (c.0, c.1.map(|t| t.elapsed()))
-    }
-
-    pub fn snapshot(&self) -> RlpSnapshot {
-        use std::sync::atomic::Ordering;
-        RlpSnapshot {
-            attempts: self.attempts.load(Ordering::Relaxed),
-            failures: self.failures.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().expect("status lock").clone(),
-        }
-    }
-}
-
-/// The subscription the nozzle asks for: every envelope type from every
-/// source, tags in `tags`, sharing `shard_id` with the other instances.
-pub fn batch_request(shard_id: &str) -> EgressBatchRequest {
-    use selector::Message as M;
-    let selectors = [
-        M::Log(LogSelector {}),
-        M::Counter(CounterSelector::default()),
-        M::Gauge(GaugeSelector::default()),
-        M::Timer(TimerSelector {}),
-        M::Event(EventSelector {}),
-    ]
-    .into_iter()
-    .map(|m| Selector {
-        source_id: String::new(),
-        message: Some(m),
-    })
-    .collect();
+/// The subscription the nozzle asks for: the selectors of `streams`, tags
+/// in `tags`, sharing the shard id with the other instances.
+pub fn batch_request(streams: &Streams) -> EgressBatchRequest {
     EgressBatchRequest {
-        shard_id: shard_id.to_string(),
-        deterministic_name: String::new(),
+        shard_id: streams.shard_id.clone(),
+        deterministic_name: streams.deterministic_name.clone(),
         legacy_selector: None,
-        selectors,
+        selectors: streams.selectors(),
         use_preferred_tags: true,
     }
 }
@@ -160,59 +110,74 @@ pub async fn subscribe(
     })?;
     let mut client = EgressClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let response = client
-        .batched_receiver(batch_request(&cfg.shard_id))
+        .batched_receiver(batch_request(&cfg.streams))
         .await
         .map_err(|status| RlpError::Subscribe {
             addr: addr.clone(),
             status: describe_status(&status),
+            code: status.code(),
         })?;
     Ok(response.into_inner())
 }
 
-/// How one stream ended.
-pub struct StreamEnd {
-    pub batches: u64,
-    pub error: Option<RlpError>,
-}
-
 /// Subscribes once and forwards batches until the stream ends.
-pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -> StreamEnd {
+pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -> Attempt {
     let mut stream = match subscribe(cfg).await {
         Ok(s) => {
             status.set_connected(true);
             s
         }
         Err(e) => {
-            return StreamEnd {
-                batches: 0,
-                error: Some(e),
-            };
+            let mut a = Attempt::failed(
+                match &e {
+                    RlpError::Subscribe { .. } => Disconnect::Refused,
+                    _ => Disconnect::Connect,
+                },
+                e.to_string(),
+            );
+            if let RlpError::Subscribe { code, .. } = &e {
+                if *code == tonic::Code::ResourceExhausted {
+                    a.min_delay = Some(STREAM_LIMIT_BACKOFF);
+                }
+                if *code == tonic::Code::InvalidArgument {
+                    tracing::error!(error = %e, "configuration error: the RLP refuses this subscription; fix the options and restart");
+                }
+            }
+            return a;
         }
     };
-    let mut batches = 0;
+    let mut envelopes = 0;
     loop {
         match stream.message().await {
             Ok(Some(batch)) => {
-                batches += 1;
-                status.last_batch_unix_ms.store(
-                    chrono::Utc::now().timestamp_millis().max(0) as u64,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                envelopes += batch.batch.len() as u64;
+                status.received(batch.batch.len());
                 router.dispatch(batch.batch);
             }
             Ok(None) => {
-                return StreamEnd {
-                    batches,
+                return Attempt {
+                    connected: true,
+                    envelopes,
+                    end: Disconnect::Ended,
                     error: None,
+                    min_delay: None,
+                    immediate: false,
                 };
             }
             Err(status) => {
-                return StreamEnd {
-                    batches,
-                    error: Some(RlpError::Stream {
-                        addr: cfg.addr.clone(),
-                        status: describe_status(&status),
-                    }),
+                return Attempt {
+                    connected: true,
+                    envelopes,
+                    end: Disconnect::Error,
+                    error: Some(
+                        RlpError::Stream {
+                            addr: cfg.addr.clone(),
+                            status: describe_status(&status),
+                        }
+                        .to_string(),
+                    ),
+                    min_delay: None,
+                    immediate: false,
                 };
             }
         }
@@ -226,34 +191,10 @@ pub async fn run(
     status: Arc<RlpStatus>,
     shutdown: CancellationToken,
 ) {
-    use std::sync::atomic::Ordering;
-    let mut backoff = cfg.backoff.clone();
-    loop {
-        status.attempts.fetch_add(1, Ordering::Relaxed);
-        let end = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            end = stream_once(&cfg, &router, &status) => end,
-        };
-        status.set_connected(false);
-        if end.batches > 0 {
-            backoff.reset();
-        }
-        match end.error {
-            None => {
-                tracing::info!(addr = %cfg.addr, batches = end.batches, "RLP stream ended; reconnecting")
-            }
-            Some(e) => {
-                status.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, batches = end.batches, "RLP stream failed; reconnecting");
-                *status.last_error.lock().expect("status lock") = Some(e.to_string());
-            }
-        }
-        let delay = backoff.next_delay();
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-    }
+    reconnect_loop("rlp", cfg.backoff.clone(), &status, &shutdown, || {
+        stream_once(&cfg, &router, &status)
+    })
+    .await;
 }
 
 /// Puts the certificate problems an operator meets into words that name the fix.
@@ -290,10 +231,10 @@ fn explain_connect_error(detail: &str, cfg: &RlpConfig) -> String {
 fn describe_status(status: &tonic::Status) -> String {
     let hint = match status.code() {
         tonic::Code::ResourceExhausted => {
-            " (the RLP has reached its stream limit; add log-api instances or retry later)"
+            " (the RLP has reached its stream limit; add log-api instances; backing off at least 10 s)"
         }
         tonic::Code::InvalidArgument => {
-            " (the subscription request is invalid: a configuration bug)"
+            " (the subscription request is invalid: a configuration error, check --source-ids and --envelope-types)"
         }
         tonic::Code::Unavailable => " (the RLP is unavailable or restarting)",
         _ => "",

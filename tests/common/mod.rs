@@ -42,7 +42,10 @@ pub fn rlp_config(emulator: &Emulator, pki: &Pki, shard_id: &str) -> RlpConfig {
         addr: emulator.addr.to_string(),
         server_name: "reverselogproxy".to_string(),
         tls,
-        shard_id: shard_id.to_string(),
+        streams: cf_audit_nozzle::source::Streams {
+            shard_id: shard_id.to_string(),
+            ..Default::default()
+        },
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(200)),
     }
 }

@@ -1,0 +1,133 @@
+//! Which source to read (the RLP over gRPC, or the RLP Gateway over HTTPS)
+//! and which envelope streams to ask it for; part of [`crate::config`].
+
+use clap::{Args, ValueEnum};
+
+use super::cf::CfArgs;
+use crate::source::gateway::{GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
+use crate::source::uaa::TokenProvider;
+use crate::source::{Backoff, EnvelopeType, Streams};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// The Reverse Log Proxy over gRPC with mutual TLS (--rlp-*), inside the CF network.
+    Rlp,
+    /// The RLP Gateway (https://log-stream.<system domain>) with a UAA token; for `cf push`.
+    Gateway,
+}
+
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// Where envelopes come from.
+    #[arg(long, env = "SOURCE", value_enum, default_value_t = SourceKind::Rlp)]
+    pub source: SourceKind,
+    /// RLP Gateway base URL (https://log-stream.<system domain>), when not discovered from --cf-api.
+    #[arg(long, env = "GATEWAY_URL")]
+    pub gateway_url: Option<String>,
+    /// Source ids to read (app GUIDs or component ids such as doppler), comma separated; empty reads the whole firehose.
+    #[arg(long, env = "SOURCE_IDS", value_delimiter = ',')]
+    pub source_ids: Vec<String>,
+    /// Envelope types to ask Loggregator for, comma separated.
+    #[arg(
+        long,
+        env = "ENVELOPE_TYPES",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "log,counter,gauge,timer,event"
+    )]
+    pub envelope_types: Vec<EnvelopeType>,
+    /// Loggregator's deterministic routing name: counters and gauges of one name always reach the same instance of a shard.
+    #[arg(long, env = "DETERMINISTIC_NAME", default_value = "")]
+    pub deterministic_name: String,
+}
+
+impl SourceArgs {
+    /// The streams to subscribe to, with problems added to `errors`.
+    pub fn streams(&self, errors: &mut Vec<String>, shard_id: &str) -> Streams {
+        let mut source_ids: Vec<String> = Vec::new();
+        for id in &self.source_ids {
+            let id = id.trim();
+            if !id.is_empty() && !source_ids.iter().any(|s| s == id) {
+                source_ids.push(id.to_string());
+            }
+        }
+        let mut types = self.envelope_types.clone();
+        types.sort();
+        types.dedup();
+        if types.is_empty() {
+            errors.push(
+                "--envelope-types (ENVELOPE_TYPES) must name at least one of log, counter, gauge, timer, event"
+                    .into(),
+            );
+        }
+        if shard_id.is_empty() {
+            errors.push("--shard-id (SHARD_ID) must not be empty".into());
+        }
+        Streams {
+            source_ids,
+            types,
+            shard_id: shard_id.to_string(),
+            deterministic_name: self.deterministic_name.clone(),
+        }
+    }
+
+    /// The gateway source these options describe (no I/O: discovery happens
+    /// when the source starts), with problems added to `errors`.
+    pub fn gateway(
+        &self,
+        errors: &mut Vec<String>,
+        cf: &CfArgs,
+        streams: Streams,
+    ) -> Option<GatewayConfig> {
+        let before = errors.len();
+        let gateway_url = super::cf::parse_url(
+            errors,
+            "--gateway-url (GATEWAY_URL)",
+            self.gateway_url.as_deref(),
+        );
+        let cf_api = cf.cf_api_url(errors);
+        let uaa_url = cf.uaa_url(errors);
+        if cf_api.is_none() && cf.cf_api.is_none() {
+            if self.gateway_url.is_none() {
+                errors.push(
+                    "--source gateway needs --gateway-url (GATEWAY_URL) or --cf-api (CF_API) to discover it"
+                        .into(),
+                );
+            }
+            if cf.uaa_url.is_none() {
+                errors.push(
+                    "--source gateway needs --uaa-url (UAA_URL) or --cf-api (CF_API) to discover it"
+                        .into(),
+                );
+            }
+        }
+        let placeholder = reqwest::Url::parse("https://uaa.invalid").expect("static URL");
+        let uaa = cf.uaa_config(errors, uaa_url.as_ref().unwrap_or(&placeholder));
+        let http = cf.http_client(errors);
+        if errors.len() > before {
+            return None;
+        }
+        let (uaa, http) = (uaa?, http?);
+        let endpoints = match (gateway_url, uaa_url, cf_api) {
+            (Some(url), Some(_), _) => GatewayEndpoints::Given {
+                url,
+                tokens: TokenProvider::new(uaa, http.clone()),
+            },
+            (gateway_url, uaa_url, Some(cf_api)) => GatewayEndpoints::Discover {
+                cf_api,
+                gateway_url,
+                uaa_url,
+                client_id: uaa.client_id,
+                client_secret: uaa.client_secret,
+            },
+            _ => return None,
+        };
+        Some(GatewayConfig {
+            endpoints,
+            http,
+            streams,
+            backoff: Backoff::default(),
+            idle_timeout: IDLE_TIMEOUT,
+        })
+    }
+}

@@ -1,0 +1,437 @@
+//! The RLP Gateway's JSON envelopes, decoded leniently into the same prost
+//! types the gRPC source produces (so classification and records do not
+//! care where an envelope came from).
+//!
+//! Lenient as the gateway's history requires: 64-bit integers as strings or
+//! numbers, snake_case or lowerCamel keys (`source_id`/`sourceId`), missing
+//! and `null` fields as their defaults, unknown fields ignored, payloads in
+//! standard base64 with or without padding, log types by name or number,
+//! gauge values as numbers or `"NaN"`/`"Infinity"`/`"-Infinity"`.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+use crate::proto::{self, envelope};
+
+/// Why a frame could not be decoded: its kind and place, never its content
+/// (serde_json's messages can quote the input).
+#[derive(Debug, thiserror::Error)]
+#[error("{category} error at line {line} column {column}")]
+pub struct DecodeError {
+    category: &'static str,
+    line: usize,
+    column: usize,
+}
+
+impl From<serde_json::Error> for DecodeError {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        Self {
+            category: match e.classify() {
+                Category::Io => "I/O",
+                Category::Syntax => "JSON syntax",
+                Category::Data => "envelope field",
+                Category::Eof => "truncated JSON",
+            },
+            line: e.line(),
+            column: e.column(),
+        }
+    }
+}
+
+/// Decodes one `data:` frame, `{"batch":[...]}`.
+pub fn decode_batch(data: &str) -> Result<Vec<proto::Envelope>, DecodeError> {
+    let batch: Batch = serde_json::from_str(data)?;
+    Ok(batch.batch.into_iter().map(Into::into).collect())
+}
+
+#[derive(Deserialize)]
+struct Batch {
+    #[serde(default, deserialize_with = "or_default")]
+    batch: Vec<Envelope>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Envelope {
+    #[serde(deserialize_with = "int64")]
+    timestamp: i64,
+    #[serde(alias = "sourceId", deserialize_with = "or_default")]
+    source_id: String,
+    #[serde(alias = "instanceId", deserialize_with = "or_default")]
+    instance_id: String,
+    #[serde(alias = "deprecatedTags", deserialize_with = "or_default")]
+    deprecated_tags: BTreeMap<String, Value>,
+    #[serde(deserialize_with = "or_default")]
+    tags: BTreeMap<String, String>,
+    log: Option<Log>,
+    counter: Option<Counter>,
+    gauge: Option<Gauge>,
+    timer: Option<Timer>,
+    event: Option<Event>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Value {
+    #[serde(deserialize_with = "or_default")]
+    text: Option<String>,
+    #[serde(deserialize_with = "int64_opt")]
+    integer: Option<i64>,
+    #[serde(deserialize_with = "double_opt")]
+    decimal: Option<f64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Log {
+    #[serde(deserialize_with = "base64_bytes")]
+    payload: bytes::Bytes,
+    #[serde(rename = "type", deserialize_with = "log_type")]
+    kind: i32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Counter {
+    #[serde(deserialize_with = "or_default")]
+    name: String,
+    #[serde(deserialize_with = "uint64")]
+    delta: u64,
+    #[serde(deserialize_with = "uint64")]
+    total: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Gauge {
+    #[serde(deserialize_with = "or_default")]
+    metrics: BTreeMap<String, GaugeValue>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct GaugeValue {
+    #[serde(deserialize_with = "or_default")]
+    unit: String,
+    #[serde(deserialize_with = "double")]
+    value: f64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Timer {
+    #[serde(deserialize_with = "or_default")]
+    name: String,
+    #[serde(deserialize_with = "int64")]
+    start: i64,
+    #[serde(deserialize_with = "int64")]
+    stop: i64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Event {
+    #[serde(deserialize_with = "or_default")]
+    title: String,
+    #[serde(deserialize_with = "or_default")]
+    body: String,
+}
+
+impl From<Envelope> for proto::Envelope {
+    fn from(e: Envelope) -> Self {
+        use envelope::Message as M;
+        // protojson sets at most one oneof member; take the first present.
+        let message = if let Some(l) = e.log {
+            Some(M::Log(proto::Log {
+                payload: l.payload,
+                r#type: l.kind,
+            }))
+        } else if let Some(c) = e.counter {
+            Some(M::Counter(proto::Counter {
+                name: c.name,
+                delta: c.delta,
+                total: c.total,
+            }))
+        } else if let Some(g) = e.gauge {
+            Some(M::Gauge(proto::Gauge {
+                metrics: g
+                    .metrics
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            k,
+                            proto::GaugeValue {
+                                unit: v.unit,
+                                value: v.value,
+                            },
+                        )
+                    })
+                    .collect(),
+            }))
+        } else if let Some(t) = e.timer {
+            Some(M::Timer(proto::Timer {
+                name: t.name,
+                start: t.start,
+                stop: t.stop,
+            }))
+        } else {
+            e.event.map(|v| {
+                M::Event(proto::Event {
+                    title: v.title,
+                    body: v.body,
+                })
+            })
+        };
+        proto::Envelope {
+            timestamp: e.timestamp,
+            source_id: e.source_id,
+            instance_id: e.instance_id,
+            deprecated_tags: e
+                .deprecated_tags
+                .into_iter()
+                .map(|(k, v)| {
+                    use proto::value::Data;
+                    let data = match (v.text, v.integer, v.decimal) {
+                        (Some(t), _, _) => Some(Data::Text(t)),
+                        (None, Some(i), _) => Some(Data::Integer(i)),
+                        (None, None, Some(d)) => Some(Data::Decimal(d)),
+                        (None, None, None) => None,
+                    };
+                    (k, proto::Value { data })
+                })
+                .collect(),
+            tags: e.tags,
+            message,
+        }
+    }
+}
+
+/// `null` as the type's default.
+fn or_default<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
+    d: D,
+) -> Result<T, D::Error> {
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A JSON number or a string holding one (protojson writes 64-bit integers as strings).
+enum Num<'a> {
+    I(i64),
+    U(u64),
+    F(f64),
+    S(std::borrow::Cow<'a, str>),
+}
+
+/// Reads a [`Num`] or `null` straight from the parser (an untagged enum
+/// would buffer every value first; these are on every envelope).
+struct NumVisitor;
+
+impl<'de> de::Visitor<'de> for NumVisitor {
+    type Value = Option<Num<'de>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a number, a string holding one, or null")
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Some(Num::I(v)))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(Some(Num::U(v)))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Some(Num::F(v)))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Some(Num::S(v.into())))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Some(Num::S(v.to_owned().into())))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+fn num_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Num<'de>>, D::Error> {
+    d.deserialize_any(NumVisitor)
+}
+
+fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    Ok(int64_opt(d)?.unwrap_or(0))
+}
+
+fn int64_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match num_opt(d)? {
+        None => Ok(None),
+        Some(Num::I(i)) => Ok(Some(i)),
+        Some(Num::U(u)) => i64::try_from(u)
+            .map(Some)
+            .map_err(|_| de::Error::custom("int64 out of range")),
+        Some(Num::F(f)) if f.fract() == 0.0 && f.abs() < 9.2e18 => Ok(Some(f as i64)),
+        Some(Num::F(_)) => Err(de::Error::custom("int64 is not an integer")),
+        Some(Num::S(s)) if s.is_empty() => Ok(Some(0)),
+        Some(Num::S(s)) => s
+            .parse()
+            .map(Some)
+            .map_err(|_| de::Error::custom("int64 string is not an integer")),
+    }
+}
+
+fn uint64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match num_opt(d)? {
+        None => Ok(0),
+        Some(Num::U(u)) => Ok(u),
+        Some(Num::I(i)) => u64::try_from(i).map_err(|_| de::Error::custom("uint64 is negative")),
+        Some(Num::F(f)) if f.fract() == 0.0 && (0.0..1.8e19).contains(&f) => Ok(f as u64),
+        Some(Num::F(_)) => Err(de::Error::custom("uint64 is not an integer")),
+        Some(Num::S(s)) if s.is_empty() => Ok(0),
+        Some(Num::S(s)) => s
+            .parse()
+            .map_err(|_| de::Error::custom("uint64 string is not an integer")),
+    }
+}
+
+fn double<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(double_opt(d)?.unwrap_or(0.0))
+}
+
+fn double_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    match num_opt(d)? {
+        None => Ok(None),
+        Some(Num::I(i)) => Ok(Some(i as f64)),
+        Some(Num::U(u)) => Ok(Some(u as f64)),
+        Some(Num::F(f)) => Ok(Some(f)),
+        Some(Num::S(s)) => match s.as_ref() {
+            "NaN" => Ok(Some(f64::NAN)),
+            "Infinity" => Ok(Some(f64::INFINITY)),
+            "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+            other => other
+                .parse()
+                .map(Some)
+                .map_err(|_| de::Error::custom("double string is not a number")),
+        },
+    }
+}
+
+fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let Some(text) = Option::<std::borrow::Cow<'de, str>>::deserialize(d)? else {
+        return Ok(bytes::Bytes::new());
+    };
+    LENIENT
+        .decode(text.as_bytes())
+        .map(Into::into)
+        .map_err(|_| de::Error::custom("payload is not base64"))
+}
+
+fn log_type<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
+    match num_opt(d)? {
+        None => Ok(0),
+        Some(Num::I(i)) if (0..=1).contains(&i) => Ok(i as i32),
+        Some(Num::U(u)) if u <= 1 => Ok(u as i32),
+        Some(Num::S(s)) if s == "OUT" => Ok(proto::log::Type::Out as i32),
+        Some(Num::S(s)) if s == "ERR" => Ok(proto::log::Type::Err as i32),
+        Some(_) => Err(de::Error::custom("log type is not OUT or ERR")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protojson_as_the_gateway_writes_it() {
+        let data = r#"{"batch":[{"timestamp":"1532030745755909241","source_id":"app-guid","instance_id":"0",
+            "deprecated_tags":{},"tags":{"source_type":"APP/PROC/WEB","app_name":"web"},
+            "log":{"payload":"bG9nIGJvZHk=","type":"ERR"}},
+            {"timestamp":"0","source_id":"doppler","instance_id":"","deprecated_tags":{},"tags":{},
+            "counter":{"name":"egress","delta":"9","total":"1462"}},
+            {"timestamp":"5","source_id":"rep","instance_id":"","deprecated_tags":{},"tags":{},
+            "gauge":{"metrics":{"cpu":{"unit":"percentage","value":0.5},"bad":{"unit":"","value":"NaN"}}}},
+            {"timestamp":"6","source_id":"gorouter","instance_id":"","deprecated_tags":{},"tags":{},
+            "timer":{"name":"http","start":"10","stop":"20"}},
+            {"timestamp":"7","source_id":"cc","instance_id":"","deprecated_tags":{},"tags":{},
+            "event":{"title":"t","body":"b"}},
+            {"timestamp":"0","source_id":"","instance_id":"","deprecated_tags":{},"tags":{}}]}"#;
+        let envs = decode_batch(data).unwrap();
+        assert_eq!(envs.len(), 6);
+        assert_eq!(envs[0].timestamp, 1_532_030_745_755_909_241);
+        assert_eq!(envs[0].tags["app_name"], "web");
+        match &envs[0].message {
+            Some(envelope::Message::Log(l)) => {
+                assert_eq!(&l.payload[..], b"log body");
+                assert_eq!(l.r#type, proto::log::Type::Err as i32);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&envs[1].message, Some(envelope::Message::Counter(c)) if c.delta == 9 && c.total == 1462 && c.name == "egress")
+        );
+        match &envs[2].message {
+            Some(envelope::Message::Gauge(g)) => {
+                assert_eq!(g.metrics["cpu"].value, 0.5);
+                assert!(g.metrics["bad"].value.is_nan());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(&envs[3].message, Some(envelope::Message::Timer(t)) if t.start == 10 && t.stop == 20)
+        );
+        assert!(
+            matches!(&envs[4].message, Some(envelope::Message::Event(e)) if e.title == "t" && e.body == "b")
+        );
+        assert_eq!(envs[5].message, None);
+    }
+
+    #[test]
+    fn camel_case_numbers_nulls_missing_fields_and_unpadded_base64() {
+        let data = r#"{"batch":[{"timestamp":1541438163000000000,"sourceId":"s","instanceId":"3",
+            "deprecatedTags":{"job":{"text":"diego-cell"},"n":{"integer":"4"}},"tags":null,
+            "log":{"payload":"eA","type":1},"unknown":[1,2]},
+            {"counter":{"name":"dropped","total":99}}]}"#;
+        let envs = decode_batch(data).unwrap();
+        assert_eq!(envs[0].timestamp, 1_541_438_163_000_000_000);
+        assert_eq!(envs[0].source_id, "s");
+        assert_eq!(envs[0].instance_id, "3");
+        assert_eq!(
+            envs[0].deprecated_tags["job"].data,
+            Some(proto::value::Data::Text("diego-cell".into()))
+        );
+        assert_eq!(
+            envs[0].deprecated_tags["n"].data,
+            Some(proto::value::Data::Integer(4))
+        );
+        assert!(
+            matches!(&envs[0].message, Some(envelope::Message::Log(l)) if &l.payload[..] == b"x" && l.r#type == 1)
+        );
+        assert!(
+            matches!(&envs[1].message, Some(envelope::Message::Counter(c)) if c.delta == 0 && c.total == 99)
+        );
+        assert_eq!(decode_batch("{}").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn errors_name_the_place_not_the_content() {
+        let err = decode_batch(r#"{"batch":[{"timestamp":"secret-value"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("envelope field error at line 1"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = decode_batch(r#"{"batch":[{"log":{"payload":"!!"}}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("envelope field error"), "{err}");
+        let err = decode_batch(r#"{"batch":[{"#).unwrap_err().to_string();
+        assert!(err.starts_with("truncated JSON"), "{err}");
+    }
+}

@@ -1,0 +1,709 @@
+//! The RLP Gateway source against a test gateway and a test UAA
+//! (`common/gateway.rs`): token renewal, routine `closing` reconnects,
+//! stalls, malformed frames, refused tokens, multi-megabyte frames, and the
+//! UAA client itself. Time-based cases run on tokio's paused clock.
+
+mod common;
+#[path = "common/gateway.rs"]
+mod peers;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cf_audit_nozzle::config::http_client;
+use cf_audit_nozzle::proto::Envelope;
+use cf_audit_nozzle::record::{Kind, Record};
+use cf_audit_nozzle::route::Router;
+use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
+use cf_audit_nozzle::source::emulator::gateway::{SSE_CLOSING, SSE_HEAD, sse_batch_frame};
+use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
+use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
+use cf_audit_nozzle::source::{Backoff, SourceStatus, Streams};
+use common::log_envelope;
+use peers::{Peers, Step, stream_of};
+use tokio_util::sync::CancellationToken;
+
+/// A sink that keeps every envelope it is given, in order.
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<Envelope>>>);
+
+impl Sink for Collect {
+    fn name(&self) -> &str {
+        "collect"
+    }
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        let mut got = self.0.lock().unwrap();
+        got.extend(batch.iter().map(|r| r.envelope.clone()));
+        Ok(batch.len() as u64)
+    }
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        Ok(0)
+    }
+}
+
+impl Collect {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+    fn envelopes(&self) -> Vec<Envelope> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// The gateway source running against `peers` into a [`Collect`] sink.
+struct Running {
+    collect: Collect,
+    status: Arc<SourceStatus>,
+    tokens: TokenProvider,
+    stop: CancellationToken,
+    source: tokio::task::JoinHandle<()>,
+    sink: tokio::task::JoinHandle<cf_audit_nozzle::sink::SinkReport>,
+}
+
+fn uaa_tokens(peers: &Peers) -> TokenProvider {
+    TokenProvider::new(
+        UaaConfig {
+            token_url: UaaConfig::token_url_of(&peers.url()),
+            client_id: peers.client_id.clone(),
+            client_secret: peers.client_secret.clone(),
+        },
+        http_client(None, false).unwrap(),
+    )
+}
+
+fn config(peers: &Peers, tokens: TokenProvider) -> GatewayConfig {
+    GatewayConfig {
+        endpoints: GatewayEndpoints::Given {
+            url: peers.url(),
+            tokens,
+        },
+        http: http_client(None, false).unwrap(),
+        streams: Streams {
+            shard_id: "audit".into(),
+            ..Streams::default()
+        },
+        backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
+        idle_timeout: IDLE_TIMEOUT,
+    }
+}
+
+fn start(cfg: GatewayConfig) -> Running {
+    let tokens = match &cfg.endpoints {
+        GatewayEndpoints::Given { tokens, .. } => tokens.clone(),
+        GatewayEndpoints::Discover { .. } => unreachable!(),
+    };
+    let collect = Collect::default();
+    let (queue, rx) = SinkQueue::new("collect", 1_000_000);
+    let batch = BatchConfig {
+        max_age: Duration::from_millis(10),
+        ..BatchConfig::default()
+    };
+    let sink = tokio::spawn(run_sink(
+        collect.clone(),
+        rx,
+        Arc::clone(queue.stats()),
+        batch,
+    ));
+    let router = Arc::new(Router::new(vec![(queue, Kind::ALL.to_vec())], false));
+    let status = Arc::new(SourceStatus::default());
+    let stop = CancellationToken::new();
+    let source = tokio::spawn(gateway::run(cfg, router, Arc::clone(&status), stop.clone()));
+    Running {
+        collect,
+        status,
+        tokens,
+        stop,
+        source,
+        sink,
+    }
+}
+
+impl Running {
+    /// Waits (on whichever clock runs) until the sink holds `n` envelopes.
+    async fn wait_for(&self, n: usize, within: Duration) {
+        let until = tokio::time::Instant::now() + within;
+        while self.collect.len() < n {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "got {} of {n} envelopes; status {:?}",
+                self.collect.len(),
+                self.status.snapshot()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops the source, drains the sink, returns every envelope received.
+    async fn finish(self) -> (Vec<Envelope>, Arc<SourceStatus>, TokenProvider) {
+        self.stop.cancel();
+        self.source.await.unwrap();
+        let report = self.sink.await.unwrap();
+        assert_eq!(report.stats.dropped(), 0);
+        (self.collect.envelopes(), self.status, self.tokens)
+    }
+}
+
+/// `n` log envelopes numbered by timestamp from `first`.
+fn numbered(first: usize, n: usize) -> Vec<Envelope> {
+    (first..first + n)
+        .map(|i| {
+            log_envelope(
+                i as i64,
+                "app-guid",
+                format!("line {i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect()
+}
+
+fn timestamps(envs: &[Envelope]) -> Vec<i64> {
+    envs.iter().map(|e| e.timestamp).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_token_is_renewed_before_it_expires_over_ten_minutes_with_no_request_refused() {
+    // Tokens live 2 s; every stream lasts 0.7 s (two batches, then closing),
+    // so each token serves a few connections and is renewed 0.4 s early.
+    let peers = Peers::start(Duration::from_secs(2), |n, _| {
+        vec![
+            Step::Write(SSE_HEAD.to_vec()),
+            Step::Write(sse_batch_frame(&numbered(10 * n, 5))),
+            Step::Sleep(Duration::from_millis(350)),
+            Step::Write(sse_batch_frame(&numbered(10 * n + 5, 5))),
+            Step::Sleep(Duration::from_millis(350)),
+            Step::Write(SSE_CLOSING.to_vec()),
+        ]
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let (envs, status, tokens) = run.finish().await;
+
+    let requests = peers.gateway_requests();
+    assert_eq!(peers.refused(), 0, "no request carried an expired token");
+    let s = status.snapshot();
+    assert_eq!((s.failures, s.last_error), (0, None));
+    assert!(
+        requests.len() >= 800,
+        "{} streams in 10 minutes",
+        requests.len()
+    );
+    // Tokens are renewed when used and older than 1.6 s (2 s less a fifth):
+    // no stream ever starts with a token older than that.
+    let uaa = peers.uaa_requests();
+    assert!(uaa.len() >= 250, "{} tokens", uaa.len());
+    assert_eq!(tokens.renewals(), uaa.len() as u64);
+    for r in &requests {
+        let auth = r.request.header("authorization").unwrap();
+        let n: usize = auth.strip_prefix("bearer token-").unwrap().parse().unwrap();
+        let age = r.at - uaa[n - 1].at;
+        assert!(
+            age < Duration::from_millis(1600),
+            "token-{n} used at age {age:?}"
+        );
+    }
+    // Every envelope of every stream, once, in order.
+    let n = envs.len();
+    assert!(n >= 10 * (requests.len() - 1), "{n} envelopes");
+    assert_eq!(timestamps(&envs), (0..n as i64).collect::<Vec<_>>());
+    assert_eq!(s.disconnects["closing"] as usize, requests.len() - 1);
+}
+
+#[tokio::test]
+async fn a_hundred_closing_reconnects_lose_and_duplicate_nothing() {
+    let peers = Peers::start(Duration::from_secs(3600), |n, _| {
+        stream_of(&[numbered(10 * n, 4), numbered(10 * n + 4, 6)])
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(1010, Duration::from_secs(60)).await;
+    let (envs, status, tokens) = run.finish().await;
+
+    assert_eq!(
+        &envs[..1010],
+        &numbered(0, 1010)[..],
+        "exact envelopes, in order"
+    );
+    let s = status.snapshot();
+    assert!(s.disconnects["closing"] >= 101, "{s:?}");
+    assert_eq!(s.failures, 0, "a closing is not an error: {s:?}");
+    assert_eq!(s.connects, s.attempts.min(s.connects), "{s:?}");
+    assert_eq!(tokens.renewals(), 1, "one token serves every stream");
+    assert_eq!(peers.refused(), 0);
+    // Each request asked for the same selection.
+    for r in peers.gateway_requests() {
+        assert_eq!(
+            r.request.target,
+            "/v2/read?log&counter&gauge&timer&event&shard_id=audit"
+        );
+        assert_eq!(r.request.header("accept"), Some("text/event-stream"));
+        assert!(
+            r.request
+                .header("authorization")
+                .unwrap()
+                .starts_with("bearer token-")
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_stream_is_detected_and_reconnected_within_twenty_seconds() {
+    let peers = Peers::start(Duration::from_secs(3600), |n, _| match n {
+        // No byte at all, not even the response head.
+        0 => vec![Step::Stall],
+        // The head, then silence: no data, no heartbeat.
+        1 => vec![Step::Write(SSE_HEAD.to_vec()), Step::Stall],
+        2 => vec![
+            Step::Write(SSE_HEAD.to_vec()),
+            Step::Write(sse_batch_frame(&numbered(0, 3))),
+            Step::Stall,
+        ],
+        // On a paused clock a stream must take time, or reconnects never let it advance.
+        _ => {
+            let mut steps = stream_of(&[numbered(3 + 2 * (n - 3), 2)]);
+            steps.insert(2, Step::Sleep(Duration::from_secs(1)));
+            steps
+        }
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(5, Duration::from_secs(120)).await;
+    let (envs, status, _) = run.finish().await;
+
+    assert_eq!(&envs[..5], &numbered(0, 5)[..]);
+    let at: Vec<_> = peers.gateway_requests().iter().map(|s| s.at).collect();
+    for (i, pair) in at.windows(2).take(3).enumerate() {
+        let gap = pair[1] - pair[0];
+        assert!(
+            gap <= Duration::from_secs(20),
+            "stall {i} noticed after {gap:?}"
+        );
+        assert!(gap >= IDLE_TIMEOUT, "not before the idle timeout: {gap:?}");
+    }
+    let s = status.snapshot();
+    assert_eq!(s.disconnects["connect"], 1, "no response head: {s:?}");
+    assert_eq!(s.disconnects["idle"], 2, "{s:?}");
+    assert!(
+        s.last_error
+            .as_deref()
+            .unwrap()
+            .contains("no data or heartbeat"),
+        "{s:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_frame_mid_stream_is_counted_and_skipped_and_the_stream_goes_on() {
+    let peers = Peers::start(Duration::from_secs(3600), |n, _| {
+        if n > 0 {
+            return vec![Step::Write(SSE_HEAD.to_vec()), Step::Stall];
+        }
+        vec![
+            Step::Write(SSE_HEAD.to_vec()),
+            Step::Write(sse_batch_frame(&numbered(0, 3))),
+            Step::Write(b"data: {\"batch\":[{\"timestamp\":\"yesterday\"}]}\n\n".to_vec()),
+            Step::Write(b"data: {\"batch\":[{\"log\":{\"payload\":\"%%%\"}}]}\n\n".to_vec()),
+            Step::Write(b"data: not json at all\n\n".to_vec()),
+            Step::Write(b"event: heartbeat\ndata: 1541438163\n\n".to_vec()),
+            Step::Write(sse_batch_frame(&numbered(3, 3))),
+            Step::Write(SSE_CLOSING.to_vec()),
+        ]
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(6, Duration::from_secs(30)).await;
+    let (envs, status, _) = run.finish().await;
+
+    assert_eq!(envs, numbered(0, 6), "the frames around the bad ones");
+    let s = status.snapshot();
+    assert_eq!(s.malformed_frames, 3);
+    assert_eq!(s.failures, 0, "{s:?}");
+    assert_eq!(
+        s.disconnects["closing"], 1,
+        "the first stream ran to its end"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_token_is_renewed_once_then_an_error_with_one_attempt_per_backoff_step() {
+    let peers = Peers::start(Duration::from_secs(3600), |n, _| {
+        let mut steps = stream_of(&[numbered(n, 1)]);
+        // On a paused clock a stream must take time, or reconnects never let it advance.
+        steps.insert(2, Step::Sleep(Duration::from_secs(1)));
+        steps
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(1, Duration::from_secs(10)).await;
+    // The client's authority is revoked: every token is refused from now on.
+    peers.deny.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let (_, status, tokens) = run.finish().await;
+
+    let requests = peers.gateway_requests();
+    let token = |i: usize| {
+        requests[i]
+            .request
+            .header("authorization")
+            .unwrap()
+            .to_string()
+    };
+    let first_refused = requests.iter().position(|r| !r.accepted).unwrap();
+    let refused = &requests[first_refused..];
+    assert!(refused.iter().all(|r| !r.accepted));
+    // The cached token is refused, then at once one fresh token, refused too.
+    assert_eq!(refused[1].at, refused[0].at, "the renewal retries at once");
+    assert_eq!(
+        token(first_refused),
+        token(first_refused - 1),
+        "cached token first"
+    );
+    assert_ne!(
+        token(first_refused + 1),
+        token(first_refused),
+        "then a fresh one"
+    );
+    // Then one attempt per backoff step (100 ms doubling, jittered to 50-100 %),
+    // each with a fresh token.
+    let mut step = Duration::from_millis(100);
+    for (k, pair) in refused[1..].windows(2).enumerate() {
+        let gap = pair[1].at - pair[0].at;
+        assert!(
+            gap >= step / 2 && gap <= step,
+            "attempt {k}: gap {gap:?}, step {step:?}"
+        );
+        assert_ne!(
+            pair[1].request.header("authorization"),
+            pair[0].request.header("authorization")
+        );
+        step = (step * 2).min(Duration::from_secs(30));
+    }
+    // 60 s of steps of 100 ms .. 25.6 s: 9 to 10 attempts after the first two.
+    assert!(
+        (10..=13).contains(&refused.len()),
+        "{} refused requests",
+        refused.len()
+    );
+    assert_eq!(tokens.renewals() as usize, 1 + refused.len() - 1);
+    let s = status.snapshot();
+    let last = s.last_error.unwrap();
+    assert!(
+        last.contains(
+            "refused a fresh token (HTTP 404): the token lacks doppler.firehose or logs.admin"
+        ),
+        "{last}"
+    );
+    assert!(!last.contains("token-"), "no token in errors: {last}");
+    assert_eq!(s.disconnects["refused"] as usize, refused.len() - 1);
+}
+
+#[tokio::test]
+async fn a_five_megabyte_batch_line_split_across_many_reads_arrives_whole() {
+    // 80 envelopes of 64 KiB payload: a data line of about 7 MB once in base64 JSON.
+    let big: Vec<Envelope> = (0..80)
+        .map(|i| {
+            let payload: Vec<u8> = (0..65_536u32)
+                .map(|b| (b.wrapping_mul(31) + i) as u8)
+                .collect();
+            log_envelope(
+                i as i64,
+                "app-guid",
+                payload,
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect();
+    let frame = sse_batch_frame(&big);
+    assert!(frame.len() > 5_000_000, "{} bytes", frame.len());
+    let script_big = big.clone();
+    let peers = Peers::start(Duration::from_secs(3600), move |n, _| {
+        if n > 0 {
+            return vec![Step::Write(SSE_HEAD.to_vec()), Step::Stall];
+        }
+        vec![
+            Step::Write(SSE_HEAD.to_vec()),
+            // A small frame cut inside "data:" and inside the JSON, byte by byte.
+            Step::Trickle(sse_batch_frame(&numbered(1000, 1)), 1),
+            Step::Trickle(sse_batch_frame(&script_big), 7919),
+            Step::Write(SSE_CLOSING.to_vec()),
+        ]
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(81, Duration::from_secs(60)).await;
+    let (envs, status, _) = run.finish().await;
+
+    assert_eq!(envs[0], numbered(1000, 1)[0]);
+    assert!(envs[1..] == big[..], "every payload byte intact");
+    assert_eq!(status.snapshot().malformed_frames, 0);
+}
+
+#[tokio::test]
+async fn uaa_gets_a_secret_with_special_characters_form_encoded_and_one_token_for_concurrent_callers()
+ {
+    let peers = Peers::start(Duration::from_secs(3600), |_, _| vec![]).await;
+    let tokens = uaa_tokens(&peers);
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let t = tokens.clone();
+            tokio::spawn(async move { t.authorization().await })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap(), "bearer token-1");
+    }
+    assert_eq!(
+        peers.uaa_requests().len(),
+        1,
+        "concurrent callers share one fetch"
+    );
+    assert_eq!(tokens.renewals(), 1);
+    let body = String::from_utf8(peers.uaa_requests()[0].request.body.clone()).unwrap();
+    assert_eq!(
+        body,
+        "grant_type=client_credentials&client_id=audit-nozzle&client_secret=p%40ss+w%26rd%3D%2B%25%2F%C3%A9%3B"
+    );
+
+    // Invalidating an old token does nothing; the current one renews.
+    tokens.invalidate("bearer token-0");
+    assert_eq!(tokens.authorization().await.unwrap(), "bearer token-1");
+    tokens.invalidate("bearer token-1");
+    assert_eq!(tokens.authorization().await.unwrap(), "bearer token-2");
+
+    let wrong = TokenProvider::new(
+        UaaConfig {
+            token_url: UaaConfig::token_url_of(&peers.url()),
+            client_id: peers.client_id.clone(),
+            client_secret: "wrong-secret".into(),
+        },
+        http_client(None, false).unwrap(),
+    );
+    let err = wrong.authorization().await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "UAA at {}oauth/token refused the client credentials of \"audit-nozzle\": HTTP 401 unauthorized: Bad credentials",
+            peers.url()
+        )
+    );
+}
+
+/// `cf-audit-nozzle run --source gateway` as an operator runs it: only the
+/// CF API URL and UAA credentials given, everything else discovered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
+    use cf_audit_nozzle::classify::classify;
+    use cf_audit_nozzle::record::EncodeContext;
+    use cf_audit_nozzle::source::emulator::Feed;
+    use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let envelopes = numbered(1_700_000_000_000_000_000, 250);
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(envelopes.clone()),
+            // Streams end every second: the run spans routine reconnects.
+            stream_timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let summary_file = tmp.path().join("summary.json");
+    let mut child = nozzle()
+        .args(["run", "--source", "gateway", "--cf-api", &gw.url()])
+        .args([
+            "--uaa-client-id",
+            "nozzle",
+            "--uaa-client-secret",
+            "s3cret&=%",
+        ])
+        .args([
+            "--source-ids",
+            "app-guid,other-guid",
+            "--envelope-types",
+            "log,event",
+        ])
+        .args(["--shard-id", "audit", "--deterministic-name", "det"])
+        .args(["--sink", "stdout", "--batch-max-age-ms", "10"])
+        .arg("--summary-file")
+        .arg(&summary_file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .take(250)
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("250 lines within 30 s")
+        .unwrap();
+    // Let at least one routine reconnect happen before stopping.
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while gw.streams_opened() < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "no reconnect after closing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = terminate(child).await;
+    assert!(status.success(), "exit status {status}");
+
+    let ctx = EncodeContext {
+        foundation: "cf".into(),
+    };
+    let expected: Vec<String> = envelopes
+        .into_iter()
+        .map(|e| classify(e).to_json(&ctx))
+        .collect();
+    assert_eq!(lines, expected, "exact records, in order");
+    assert_eq!(
+        gw.reads()[0],
+        "/v2/read?log&event&source_id=app-guid&source_id=other-guid&shard_id=audit&deterministic_name=det"
+    );
+    assert_eq!(gw.refused(), 0);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["ingress"]["envelopes"], 250);
+    let source = &summary["rlp"];
+    assert_eq!(source["failures"], 0, "{source}");
+    assert_eq!(source["token_renewals"], 1, "{source}");
+    assert!(
+        source["disconnects"]["closing"].as_u64().unwrap() >= 1,
+        "{source}"
+    );
+}
+
+#[test]
+fn gateway_options_are_checked_together_and_rlp_options_are_not_required() {
+    use cf_audit_nozzle::config::{Cli, Command};
+    use clap::Parser;
+    let validate = |args: &[&str]| {
+        let cli = Cli::try_parse_from(["cf-audit-nozzle", "run"].iter().chain(args)).unwrap();
+        let Command::Run(run) = cli.command else {
+            unreachable!()
+        };
+        run.validate().map(|_| ()).map_err(|e| e.0)
+    };
+    assert_eq!(
+        validate(&["--source", "gateway"]).unwrap_err(),
+        [
+            "--source gateway needs --gateway-url (GATEWAY_URL) or --cf-api (CF_API) to discover it",
+            "--source gateway needs --uaa-url (UAA_URL) or --cf-api (CF_API) to discover it",
+            "--uaa-client-id (UAA_CLIENT_ID) is required to get a UAA token (a client with the authority doppler.firehose or logs.admin)",
+            "--uaa-client-secret (UAA_CLIENT_SECRET) is required to get a UAA token (a client with the authority doppler.firehose or logs.admin)",
+        ]
+    );
+    let creds = ["--uaa-client-id", "n", "--uaa-client-secret", "s"];
+    let with = |more: &[&str]| {
+        let mut args: Vec<&str> = vec!["--source", "gateway"];
+        args.extend(creds);
+        args.extend(more);
+        validate(&args)
+    };
+    assert!(with(&["--cf-api", "https://api.sys.example.com"]).is_ok());
+    assert!(
+        with(&[
+            "--gateway-url",
+            "https://log-stream.x",
+            "--uaa-url",
+            "https://uaa.x"
+        ])
+        .is_ok()
+    );
+    assert_eq!(
+        with(&["--cf-api", "api.sys.example.com", "--shard-id", ""]).unwrap_err(),
+        [
+            "--shard-id (SHARD_ID) must not be empty",
+            "--cf-api (CF_API) is not a URL (relative URL without a base): \"api.sys.example.com\"",
+        ]
+    );
+}
+
+/// The binary, with no proxy settings from the test's environment.
+fn nozzle() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR").env("RUST_LOG", "warn");
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        cmd.env_remove(var).env_remove(var.to_lowercase());
+    }
+    cmd
+}
+
+/// SIGTERM, then the exit status.
+async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Behind a corporate proxy: every request (CF API, UAA, gateway) goes
+/// through `HTTP_PROXY`. The emulator plays the proxy (and the origin
+/// behind it); `cf-api.invalid` resolves nowhere, so nothing arrives unless
+/// the proxy is used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_goes_through_the_proxy_from_the_environment() {
+    use cf_audit_nozzle::source::emulator::Feed;
+    use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(numbered(0, 10)),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut child = nozzle()
+        .env("HTTP_PROXY", gw.url())
+        .args([
+            "run",
+            "--source",
+            "gateway",
+            "--cf-api",
+            "http://cf-api.invalid",
+        ])
+        .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
+        .args(["--sink", "stdout", "--batch-max-age-ms", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines =
+        tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().take(10).count());
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("10 records within 30 s")
+        .unwrap();
+    assert_eq!(lines, 10);
+    assert!(terminate(child).await.success());
+    let targets = gw.targets();
+    let origin = gw.url();
+    assert_eq!(targets[0], "http://cf-api.invalid/");
+    assert_eq!(targets[1], format!("{origin}/oauth/token"));
+    assert!(
+        targets[2].starts_with(&format!("{origin}/v2/read?log&counter")),
+        "{targets:?}"
+    );
+}
