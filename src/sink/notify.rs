@@ -27,9 +27,10 @@ pub struct Notifier {
 
 impl Notifier {
     /// Starts the notification task posting to `url`. Its report (named
-    /// `notify`) counts notifications: received, delivered (2xx),
+    /// `name`) counts notifications: received, delivered (2xx),
     /// `dropped_queue_full`, `dropped_write_error` (failed every attempt).
     pub fn start(
+        name: String,
         url: String,
         bucket: String,
         client: reqwest::Client,
@@ -38,6 +39,7 @@ impl Notifier {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(SinkStats::default());
         let task = tokio::spawn(run(
+            name,
             url,
             bucket,
             client,
@@ -76,6 +78,7 @@ impl Notifier {
 }
 
 async fn run(
+    name: String,
     url: String,
     bucket: String,
     client: reqwest::Client,
@@ -116,7 +119,7 @@ async fn run(
         stats.queued.fetch_sub(1, Ordering::Relaxed);
     }
     SinkReport {
-        stats: stats.snapshot("notify"),
+        stats: stats.snapshot(&name),
         outputs: Vec::new(),
     }
 }

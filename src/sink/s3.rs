@@ -412,6 +412,7 @@ pub fn start_object_sinks(
     let mut notify_task = None;
     let notifier = cfg.notify_url.as_ref().map(|url| {
         let (n, task) = Notifier::start(
+            format!("{label}:notify"),
             url.clone(),
             archive.bucket.clone(),
             client.clone(),
