@@ -536,3 +536,83 @@ async fn two_instances_never_overwrite_each_other_and_the_cursor_round_trips() {
         ["audit/CFLogs-State/test/audit-events"]
     );
 }
+
+#[test]
+fn s3_options_are_checked_with_the_others_and_secrets_stay_hidden() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .args([
+            "run",
+            "--sink",
+            "s3",
+            "--s3-sse",
+            "aes256",
+            "--s3-kms-key-id",
+            "k1",
+            "--s3-access-key-id",
+            "AKIA",
+            "--signing-key",
+            "/nonexistent/key.pem",
+            "--roll-bytes",
+            "10",
+        ])
+        .env_remove("VCAP_SERVICES")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "--s3-bucket (S3_BUCKET) is required for --sink s3",
+        "--rlp-addr (RLP_ADDR) is required",
+    ] {
+        assert!(err.contains(line), "{line} in {err}");
+    }
+    // With a bucket, the remaining s3 problems are listed together.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .args([
+            "run",
+            "--sink",
+            "s3",
+            "--s3-bucket",
+            "b",
+            "--s3-kms-key-id",
+            "k1",
+            "--s3-access-key-id",
+            "AKIA",
+            "--signing-key",
+            "/nonexistent/key.pem",
+            "--roll-bytes",
+            "10",
+        ])
+        .env_remove("VCAP_SERVICES")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    for line in [
+        "--s3-kms-key-id (S3_KMS_KEY_ID) needs --s3-sse aws:kms",
+        "--s3-access-key-id and --s3-secret-access-key (S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY) go together",
+        "--roll-bytes (ROLL_BYTES) must be at least 1024, not 10",
+        "--signing-key (SIGNING_KEY): cannot read key file /nonexistent/key.pem",
+    ] {
+        assert!(err.contains(line), "{line} in {err}");
+    }
+    let cfg = moto_free_config();
+    let debug = format!("{cfg:?}");
+    assert!(
+        !debug.contains("s3cr3t") && debug.contains("<hidden>"),
+        "{debug}"
+    );
+}
+
+fn moto_free_config() -> S3Config {
+    S3Config {
+        bucket: "b".into(),
+        prefix: String::new(),
+        region: "us-east-1".into(),
+        endpoint: None,
+        path_style: false,
+        access_key_id: Some("AKIA".into()),
+        secret_access_key: Some("s3cr3t".into()),
+        sse: Sse::Aes256,
+        kms_key_id: None,
+    }
+}
