@@ -430,3 +430,24 @@ fn keygen_and_validate_through_the_binary_exit_0_then_1() {
         "{stdout}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_without_log_files_still_gets_a_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = Arc::new(SigningKey::generate(Algorithm::Sha256WithRsa));
+    let p = Pipeline::start(&pipeline(tmp.path(), &key)).expect("start");
+    let summary = p.finish(Duration::from_secs(20)).await;
+    assert!(summary.complete);
+    let digests = files_under(tmp.path(), "CFLogs-Digest", ".json.gz");
+    assert_eq!(digests.len(), 1);
+    let d: DigestFile = serde_json::from_slice(&gunzip(&digests[0])).unwrap();
+    assert_eq!(d.log_files, []);
+    assert_eq!((d.newest_event_time, d.oldest_event_time), (None, None));
+    assert_eq!(d.digest_signature_algorithm, "SHA256withRSA");
+    let report = check(tmp.path(), &key.public_key()).await;
+    assert!(report.ok(), "{}", report.render());
+    assert_eq!(
+        report.summary(),
+        "Results: 1/1 digest files valid, 0/1 digest files INVALID; 0/0 log files valid, 0/0 log files INVALID"
+    );
+}
