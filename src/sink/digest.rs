@@ -234,14 +234,16 @@ async fn write_digest(
     let mut end = Utc::now();
     // One digest per instance per second: wait for the next second rather
     // than let two digests share a key.
-    while previous.is_some_and(|p| {
-        p.key >= digest_key(&archive.prefix, &cfg.foundation, cfg.instance_index, end)
-    }) {
-        tokio::time::sleep(Duration::from_millis(
-            1000 - u64::from(end.timestamp_subsec_millis()).min(999),
-        ))
-        .await;
+    let key_at = |t| digest_key(&archive.prefix, &cfg.foundation, cfg.instance_index, t);
+    while previous.is_some_and(|p| p.key == key_at(end)) {
+        let rest = 1000 - u64::from(end.timestamp_subsec_millis()).min(999);
+        tokio::time::sleep(Duration::from_millis(rest)).await;
         end = Utc::now();
+    }
+    if let Some(p) = previous
+        && p.key > key_at(end)
+    {
+        tracing::warn!(previous = %p.key, "the previous digest is dated after now (clock skew?): the chain is kept, but its keys no longer sort in order");
     }
     let key = digest_key(&archive.prefix, &cfg.foundation, cfg.instance_index, end);
     let public = cfg.key.public_key();
