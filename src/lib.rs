@@ -14,7 +14,10 @@
 //! 3. **Route** ([`route`]): each kind goes to its sinks; the router offers
 //!    each sink its share without waiting, so ingress never waits on a sink.
 //! 4. **Sinks** ([`sink`]): a bounded queue, batching and exact accounting
-//!    shared by all; [`sink::stdout`] and [`sink::file`] (CloudTrail-style gzip files).
+//!    shared by all; [`sink::stdout`] and [`sink::file`] (CloudTrail-style gzip files);
+//!    [`sink::s3`] writes the same files to S3 (or a local folder) through
+//!    [`sink::object`], feeding the signed digest chain ([`sink::digest`],
+//!    formats in [`integrity`]) that [`validate`] checks.
 //!
 //! [`pipeline`] assembles these and shuts them down in order; [`config`] is the
 //! command line; [`demo`] runs the emulator into the real pipeline.
@@ -28,6 +31,7 @@ pub mod alert;
 pub mod classify;
 pub mod config;
 pub mod demo;
+pub mod integrity;
 pub mod pipeline;
 pub mod record;
 pub mod route;
@@ -35,6 +39,7 @@ pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod tls;
+pub mod validate;
 
 /// Loggregator V2 wire types, client and server, generated from `proto/`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -122,6 +122,25 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             println!("{}", demo::render(&report));
             Ok(())
         }
+        Command::Keygen(args) => {
+            let public = cf_audit_nozzle::integrity::keygen(&args.out, args.algorithm())?;
+            println!(
+                "wrote {dir}/signing-key.pem ({alg}, readable by you only) and {dir}/public-key.pem; fingerprint {fp}",
+                dir = args.out.display(),
+                alg = public.algorithm().as_str(),
+                fp = public.fingerprint()
+            );
+            Ok(())
+        }
+        Command::Validate(args) => {
+            let report = validate(&args).await?;
+            print!("{}", report.render());
+            if !report.ok() {
+                // validate-logs' convention: 1 when anything is invalid (2 is an error).
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Emulator(args) => {
             // Printed first: the benchmark reads the first address a line names.
             let gateway = match args.gateway_listen {
@@ -198,4 +217,40 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
+}
+
+/// Runs `validate` on the bucket or folder the options name.
+async fn validate(
+    args: &cf_audit_nozzle::config::ValidateArgs,
+) -> anyhow::Result<cf_audit_nozzle::validate::Report> {
+    use cf_audit_nozzle::validate::parse_time;
+    let public = cf_audit_nozzle::integrity::PublicKey::load(&args.public_key)?;
+    let start = args
+        .start
+        .as_deref()
+        .map(|s| parse_time("start", s))
+        .transpose()?;
+    let end = match args.end.as_deref() {
+        Some(e) => parse_time("end", e)?,
+        None => chrono::Utc::now(),
+    };
+    let archive = match &args.dir {
+        Some(dir) => cf_audit_nozzle::sink::object::Archive::local(dir, &args.s3.s3_prefix)?,
+        None => {
+            let mut errors = Vec::new();
+            let vcap = std::env::var("VCAP_SERVICES").ok();
+            let s3 = args.s3.s3_config(vcap.as_deref(), &mut errors);
+            match s3 {
+                Some(s3) if errors.is_empty() => {
+                    let client = cf_audit_nozzle::sink::s3::http_client()?;
+                    cf_audit_nozzle::sink::s3::s3_archive(&s3, &client)?
+                }
+                _ => {
+                    errors.insert(0, "validate needs --dir or --s3-bucket".into());
+                    return Err(cf_audit_nozzle::config::ConfigErrors(errors).into());
+                }
+            }
+        }
+    };
+    Ok(cf_audit_nozzle::validate::validate(&archive, &public, start, end).await?)
 }

@@ -26,6 +26,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     Syslog(crate::sink::syslog::SyslogConfig),
     Http(Box<crate::sink::http::HttpSinkConfig>),
+    /// S3, or a local folder with a signed digest chain (`sink::s3`).
+    Object(Box<crate::sink::s3::ObjectSinkConfig>),
 }
 
 #[derive(Clone, Debug)]
@@ -94,8 +96,17 @@ impl Pipeline {
             sinks.push((queue.name().to_string(), Arc::clone(queue.stats()), task));
             queues.push((queue, kinds));
         };
+        // Digest chains and notifiers finish after the sinks that feed them.
+        let mut followers = Vec::new();
         for (sink_cfg, kinds) in &cfg.sinks {
             match sink_cfg {
+                SinkConfig::Object(o) => {
+                    for (sink, kinds) in
+                        crate::sink::s3::start_object_sinks(o, &cfg.encode, kinds, &mut followers)?
+                    {
+                        add(spawn(sink, cfg), kinds);
+                    }
+                }
                 SinkConfig::Stdout => add(
                     spawn(StdoutSink::new(cfg.encode.clone()), cfg),
                     kinds.clone(),
@@ -120,6 +131,7 @@ impl Pipeline {
                 }
             }
         }
+        sinks.extend(followers);
         Ok(Self {
             router: Arc::new(Router::new(queues, cfg.decode_only)),
             sinks,

@@ -14,16 +14,12 @@
 //! complete and synced, so anything under `CFLogs/` is always a whole gzip file.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use rand::Rng;
-use rand::distr::Alphanumeric;
-
+use super::object::{RecordsFile, unique_suffix};
 use super::{Output, Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Kind, Record};
 
@@ -38,8 +34,8 @@ pub struct FileSinkConfig {
 
 struct OpenFile {
     partial: PathBuf,
-    gz: GzEncoder<BufWriter<File>>,
-    records: u64,
+    /// The encoder shared with the s3 sink (`sink::object`).
+    file: RecordsFile<BufWriter<File>>,
 }
 
 pub struct FileSink {
@@ -93,17 +89,9 @@ impl FileSink {
                 .join(".partial")
                 .join(format!("{}_{}.json.gz", kind, unique_suffix()));
         let file = File::create(&partial).map_err(|e| io(&partial, e))?;
-        let mut gz = GzEncoder::new(
-            BufWriter::with_capacity(1 << 16, file),
-            Compression::new(self.cfg.gzip_level),
-        );
-        gz.write_all(b"{\"Records\":[")
+        let file = RecordsFile::new(BufWriter::with_capacity(1 << 16, file), self.cfg.gzip_level)
             .map_err(|e| io(&partial, e))?;
-        Ok(OpenFile {
-            partial,
-            gz,
-            records: 0,
-        })
+        Ok(OpenFile { partial, file })
     }
 
     /// Appends a batch to the open file, opening one if needed.
@@ -116,16 +104,10 @@ impl FileSink {
             if self.open.is_none() {
                 self.open = Some(self.open_file()?);
             }
-            let file = self.open.as_mut().expect("opened above");
-            self.buf.clear();
-            if file.records > 0 {
-                self.buf.push(b',');
-            }
-            record.write_json(&self.ctx, &mut self.buf);
-            file.gz
-                .write_all(&self.buf)
-                .map_err(|e| io(&file.partial, e))?;
-            file.records += 1;
+            let open = self.open.as_mut().expect("opened above");
+            open.file
+                .append(record, &self.ctx, &mut self.buf)
+                .map_err(|e| io(&open.partial, e))?;
         }
         Ok(())
     }
@@ -133,15 +115,11 @@ impl FileSink {
     /// Completes one open file and moves it to its final name.
     fn close(&mut self, file: OpenFile) -> Result<(), SinkError> {
         let kind = self.kind;
-        let OpenFile {
-            partial,
-            mut gz,
-            records,
-        } = file;
-        gz.write_all(b"]}").map_err(|e| io(&partial, e))?;
-        let file = gz
+        let OpenFile { partial, file } = file;
+        let records = file.records();
+        let file = file
             .finish()
-            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+            .and_then(|(w, _)| w.into_inner().map_err(|e| e.into_error()))
             .map_err(|e| io(&partial, e))?;
         file.sync_all().map_err(|e| io(&partial, e))?;
         let now = chrono::Utc::now();
@@ -172,15 +150,6 @@ impl FileSink {
     }
 }
 
-/// 16 random characters, as CloudTrail's file names carry.
-fn unique_suffix() -> String {
-    rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(16)
-        .map(char::from)
-        .collect()
-}
-
 fn io(path: &Path, source: std::io::Error) -> SinkError {
     SinkError::Io {
         sink: "file",
@@ -198,7 +167,7 @@ impl Sink for FileSink {
     }
 
     async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
-        let in_flight_before = self.open.as_ref().map_or(0, |f| f.records);
+        let in_flight_before = self.open.as_ref().map_or(0, |f| f.file.records());
         if let Err(error) = self.append(batch) {
             // A file that failed a write cannot be trusted to complete: abandon
             // it (it stays under .partial/ for inspection); the next batch
@@ -219,7 +188,7 @@ impl Sink for FileSink {
         let Some(file) = self.open.take() else {
             return Ok(0);
         };
-        let records = file.records;
+        let records = file.file.records();
         self.close(file).map_err(|error| SinkFailure {
             lost_in_flight: records,
             ..error.into()

@@ -113,10 +113,12 @@ async fn write_pending<S: Sink>(
     // Account before releasing the queue slots, so the sum never comes up short.
     match result {
         Ok(delivered) => {
+            // A write may also confirm records of earlier batches (an
+            // object sink uploading a completed file), so `delivered` can
+            // exceed `n`: the batch joins the in-flight records first.
+            stats.in_flight.fetch_add(n, Ordering::Relaxed);
             stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-            stats
-                .in_flight
-                .fetch_add(n.saturating_sub(delivered), Ordering::Relaxed);
+            stats.in_flight.fetch_sub(delivered, Ordering::Relaxed);
         }
         Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
             let dl = batch.dead_letter.as_ref().expect("checked above");

@@ -1,0 +1,284 @@
+//! The S3 sink's and the digest chain's options, the `keygen` and `validate`
+//! commands' options, and how they become configurations; part of
+//! [`crate::config`]. Credentials and bucket may also come from a service
+//! binding in `VCAP_SERVICES` when the flags are not given.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+use crate::integrity::{Algorithm, SigningKey};
+use crate::sink::digest::DigestSettings;
+use crate::sink::s3::{RollConfig, S3Config, Sse};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SseArg {
+    /// SSE-S3.
+    #[value(name = "aes256")]
+    Aes256,
+    /// SSE-KMS, with --s3-kms-key-id.
+    #[value(name = "aws:kms")]
+    Kms,
+    /// No encryption header (a warning at start).
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// S3 bucket of the s3 sink (or from an S3 binding in VCAP_SERVICES).
+    #[arg(long, env = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix inside the bucket (CFLogs/ and CFLogs-Digest/ go below it).
+    #[arg(long, env = "S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+    /// Region of the bucket.
+    #[arg(long, env = "S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000 (AWS without it).
+    #[arg(long, env = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Path-style requests (endpoint/bucket/key), as most S3-compatible stores want.
+    #[arg(long, env = "S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    /// Access key id (or from VCAP_SERVICES).
+    #[arg(long, env = "S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    /// Secret access key (or from VCAP_SERVICES).
+    #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Server-side encryption of log files (digest files are always aes256).
+    #[arg(long, env = "S3_SSE", value_enum, default_value_t = SseArg::Aes256)]
+    pub s3_sse: SseArg,
+    /// KMS key id for --s3-sse aws:kms (the bucket's default KMS key without it).
+    #[arg(long, env = "S3_KMS_KEY_ID")]
+    pub s3_kms_key_id: Option<String>,
+    /// Uncompressed bytes after which the s3 sink completes an object.
+    #[arg(long, env = "ROLL_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub roll_bytes: u64,
+    /// PKCS#8 PEM private key (file, or the PEM text) that signs digest files; no digests without it.
+    #[arg(long, env = "SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+    /// Seconds between digest files.
+    #[arg(long, env = "DIGEST_INTERVAL", default_value_t = 3600)]
+    pub digest_interval: u64,
+    /// Webhook URL that gets {"s3Bucket":..,"s3ObjectKey":[..]} after each object and digest lands.
+    #[arg(long, env = "NOTIFY_URL")]
+    pub notify_url: Option<String>,
+}
+
+/// The S3 credentials a Cloud Foundry service binding provides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VcapS3 {
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+/// The first service in `VCAP_SERVICES` (any label, user-provided included)
+/// whose credentials name a bucket. Accepts the common spellings
+/// (`bucket`/`bucket_name`, `access_key_id`/`aws_access_key_id`, ...).
+pub fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
+    let v: serde_json::Value = serde_json::from_str(vcap_services).ok()?;
+    let services = v
+        .as_object()?
+        .values()
+        .filter_map(|s| s.as_array())
+        .flatten();
+    for service in services {
+        let Some(c) = service.get("credentials").and_then(|c| c.as_object()) else {
+            continue;
+        };
+        let get = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| c.get(*n).and_then(|v| v.as_str()).map(str::to_string))
+        };
+        let bucket = get(&["bucket", "bucket_name", "s3_bucket"]);
+        if bucket.is_none() {
+            continue;
+        }
+        return Some(VcapS3 {
+            bucket,
+            region: get(&["region", "aws_region", "s3_region"]),
+            endpoint: get(&["endpoint", "s3_endpoint", "host"]),
+            access_key_id: get(&["access_key_id", "aws_access_key_id", "access_key"]),
+            secret_access_key: get(&["secret_access_key", "aws_secret_access_key", "secret_key"]),
+        });
+    }
+    None
+}
+
+impl S3Args {
+    /// The bucket settings, completed from `vcap` where a flag is missing.
+    pub fn s3_config(&self, vcap: Option<&str>, errors: &mut Vec<String>) -> Option<S3Config> {
+        let bound = vcap.and_then(vcap_s3).unwrap_or_default();
+        let pick = |flag: &Option<String>, bound: &Option<String>| flag.clone().or(bound.clone());
+        let Some(bucket) = pick(&self.s3_bucket, &bound.bucket) else {
+            errors.push(
+                "--s3-bucket (S3_BUCKET) is required for --sink s3 (or an S3 service binding in VCAP_SERVICES)".into(),
+            );
+            return None;
+        };
+        let endpoint = pick(&self.s3_endpoint, &bound.endpoint).map(|e| {
+            if e.contains("://") {
+                e
+            } else {
+                format!("https://{e}")
+            }
+        });
+        if let Some(e) = &endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            errors.push(format!(
+                "--s3-endpoint (S3_ENDPOINT) must be an http:// or https:// URL, not {e:?}"
+            ));
+        }
+        let sse = match self.s3_sse {
+            SseArg::Aes256 => Sse::Aes256,
+            SseArg::Kms => Sse::Kms,
+            SseArg::None => Sse::None,
+        };
+        if self.s3_kms_key_id.is_some() && sse != Sse::Kms {
+            errors.push("--s3-kms-key-id (S3_KMS_KEY_ID) needs --s3-sse aws:kms".into());
+        }
+        let access_key_id = pick(&self.s3_access_key_id, &bound.access_key_id);
+        let secret_access_key = pick(&self.s3_secret_access_key, &bound.secret_access_key);
+        if access_key_id.is_some() != secret_access_key.is_some() {
+            errors.push(
+                "--s3-access-key-id and --s3-secret-access-key (S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY) go together".into(),
+            );
+        }
+        Some(S3Config {
+            bucket,
+            prefix: self.s3_prefix.trim_matches('/').to_string(),
+            region: pick(&self.s3_region, &bound.region).unwrap_or_else(|| "us-east-1".into()),
+            endpoint,
+            path_style: self.s3_path_style,
+            access_key_id,
+            secret_access_key,
+            sse,
+            kms_key_id: self.s3_kms_key_id.clone(),
+        })
+    }
+
+    pub fn roll(
+        &self,
+        roll_interval: u64,
+        instance_index: u32,
+        gzip_level: u32,
+        errors: &mut Vec<String>,
+    ) -> RollConfig {
+        if self.roll_bytes < 1024 {
+            errors.push(format!(
+                "--roll-bytes (ROLL_BYTES) must be at least 1024, not {}",
+                self.roll_bytes
+            ));
+        }
+        RollConfig {
+            roll_interval: Duration::from_secs(roll_interval.max(1)),
+            roll_bytes: self.roll_bytes,
+            instance_index,
+            gzip_level,
+        }
+    }
+
+    /// The digest chain, when --signing-key is given.
+    pub fn digest(&self, errors: &mut Vec<String>) -> Option<DigestSettings> {
+        if self.digest_interval == 0 {
+            errors.push("--digest-interval (DIGEST_INTERVAL) must be at least 1 second".into());
+        }
+        let source = self.signing_key.as_ref()?;
+        match SigningKey::load(source) {
+            Ok(key) => Some(DigestSettings {
+                key: Arc::new(key),
+                interval: Duration::from_secs(self.digest_interval.max(1)),
+            }),
+            Err(e) => {
+                errors.push(format!("--signing-key (SIGNING_KEY): {e}"));
+                None
+            }
+        }
+    }
+
+    pub fn notify_url(&self, errors: &mut Vec<String>) -> Option<String> {
+        let url = self.notify_url.clone()?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            errors.push(format!(
+                "--notify-url (NOTIFY_URL) must be an http:// or https:// URL, not {url:?}"
+            ));
+        }
+        Some(url)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KeyAlgorithmArg {
+    Ed25519,
+    /// RSA (PKCS#1 v1.5 signatures with SHA-256), CloudTrail's algorithm.
+    Rsa,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Folder to write signing-key.pem and public-key.pem into.
+    #[arg(long, env = "KEYGEN_OUT")]
+    pub out: PathBuf,
+    /// Key type.
+    #[arg(long, env = "KEYGEN_ALGORITHM", value_enum, default_value_t = KeyAlgorithmArg::Ed25519)]
+    pub algorithm: KeyAlgorithmArg,
+}
+
+impl KeygenArgs {
+    pub fn algorithm(&self) -> Algorithm {
+        match self.algorithm {
+            KeyAlgorithmArg::Ed25519 => Algorithm::Ed25519,
+            KeyAlgorithmArg::Rsa => Algorithm::Sha256WithRsa,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// A local folder archive (the file sink's --out-dir) instead of a bucket.
+    #[arg(long, env = "VALIDATE_DIR", conflicts_with = "s3_bucket")]
+    pub dir: Option<PathBuf>,
+    /// Public key (PEM) whose fingerprint the digests must carry.
+    #[arg(long, env = "PUBLIC_KEY")]
+    pub public_key: PathBuf,
+    /// Check digests that end at or after this time (RFC 3339, e.g. 2026-11-27T00:00:00Z).
+    #[arg(long, env = "VALIDATE_START")]
+    pub start: Option<String>,
+    /// Check digests that end at or before this time (RFC 3339); now without it.
+    #[arg(long, env = "VALIDATE_END")]
+    pub end: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_binding_in_vcap_services_supplies_bucket_and_credentials() {
+        let vcap = r#"{"user-provided":[{"name":"siem","credentials":{"url":"x"}},
+            {"name":"archive","credentials":{"bucket":"b1","region":"eu-west-1",
+             "access_key_id":"AK","secret_access_key":"SK","endpoint":"s3.example"}}]}"#;
+        assert_eq!(
+            vcap_s3(vcap),
+            Some(VcapS3 {
+                bucket: Some("b1".into()),
+                region: Some("eu-west-1".into()),
+                endpoint: Some("s3.example".into()),
+                access_key_id: Some("AK".into()),
+                secret_access_key: Some("SK".into()),
+            })
+        );
+        assert_eq!(vcap_s3(r#"{"p-mysql":[{"credentials":{}}]}"#), None);
+        assert_eq!(vcap_s3("not json"), None);
+    }
+}

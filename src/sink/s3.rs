@@ -1,0 +1,458 @@
+//! The `s3` sink: CloudTrail-style log files in an S3 bucket (or any
+//! S3-compatible store), through `object_store`'s S3 client (SigV4, its own
+//! short retries) over our rustls configuration.
+//!
+//! The same [`ObjectSink`] writes to a local folder ([`Target::Dir`]) when
+//! the file sink must sign digests: one writer, two backends of [`Archive`].
+//!
+//! One `ObjectSink` writes one kind, like the file sink. Records are encoded into
+//! an in-memory gzip [`RecordsFile`]; the file is completed when it reaches
+//! `--roll-bytes` (uncompressed) or at `--roll-interval`, whichever comes first,
+//! and uploaded as one PUT with `Content-Type: application/json`,
+//! `Content-Encoding: gzip` and the configured server-side encryption.
+//!
+//! A completed file whose upload fails stays in memory (at most two per
+//! kind) and is uploaded again before anything new is accepted: the sink
+//! answers the next batch with a retryable failure, so the runner backs off
+//! and the bounded queue in front of it absorbs (and past its bound, counts)
+//! what arrives meanwhile. Its records stay `in_flight` until the upload
+//! succeeds; nothing is dropped for an upload failure.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use tokio::sync::mpsc;
+
+use super::notify::Notifier;
+use super::object::{Archive, ArchiveError, RecordsFile, log_file_key};
+use super::{Output, Sink, SinkError, SinkFailure};
+use crate::integrity::LogFileEntry;
+use crate::record::{EncodeContext, Kind, Record};
+
+/// Server-side encryption of log files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (`AES256`), the default.
+    Aes256,
+    /// SSE-KMS (`aws:kms`) with `--s3-kms-key-id` (or the bucket's default key).
+    Kms,
+    /// None: the bucket's default encryption, if any, applies.
+    None,
+}
+
+/// Where and how to reach the bucket. `Debug` never shows the secret.
+#[derive(Clone)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS without it.
+    pub endpoint: Option<String>,
+    /// `endpoint/bucket/key` instead of `bucket.endpoint/key`.
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub sse: Sse,
+    pub kms_key_id: Option<String>,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Config")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("path_style", &self.path_style)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<hidden>"),
+            )
+            .field("sse", &self.sse)
+            .field("kms_key_id", &self.kms_key_id)
+            .finish()
+    }
+}
+
+/// Where an [`ObjectSink`] stores its files.
+#[derive(Clone, Debug)]
+pub enum Target {
+    S3(S3Config),
+    /// A local folder (the file sink with a digest chain).
+    Dir(std::path::PathBuf),
+}
+
+/// Everything an object sink (S3 or a signed local folder) needs.
+#[derive(Clone, Debug)]
+pub struct ObjectSinkConfig {
+    pub target: Target,
+    pub roll: RollConfig,
+    pub digest: Option<super::digest::DigestSettings>,
+    pub notify_url: Option<String>,
+}
+
+/// How the object sinks cut and name their files.
+#[derive(Clone, Debug)]
+pub struct RollConfig {
+    pub roll_interval: Duration,
+    /// Uncompressed bytes after which a file is completed.
+    pub roll_bytes: u64,
+    pub instance_index: u32,
+    pub gzip_level: u32,
+}
+
+/// Supplies our own reqwest client (rustls with the ring provider, as the
+/// rest of the crate) to `object_store`, instead of its default TLS stack.
+#[derive(Debug)]
+struct Connector(reqwest::Client);
+
+impl object_store::client::HttpConnector for Connector {
+    fn connect(
+        &self,
+        _options: &ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        Ok(object_store::client::HttpClient::new(self.0.clone()))
+    }
+}
+
+/// An HTTP client for S3 and webhooks: rustls, Mozilla roots, timeouts.
+pub fn http_client() -> Result<reqwest::Client, SinkError> {
+    let tls =
+        crate::tls::rustls_client_config("S3", None, None).map_err(|e| SinkError::Config {
+            sink: "s3",
+            what: e.to_string(),
+        })?;
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .map_err(|e| SinkError::Config {
+            sink: "s3",
+            what: crate::error_chain(&e),
+        })
+}
+
+fn store(
+    cfg: &S3Config,
+    client: &reqwest::Client,
+    sse: Sse,
+) -> Result<Arc<dyn ObjectStore>, SinkError> {
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_virtual_hosted_style_request(!cfg.path_style)
+        .with_http_connector(Connector(client.clone()))
+        // The sink's runner retries with its own backoff; object_store
+        // retries a failed request only briefly, so an outage surfaces.
+        .with_retry(RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        });
+    if let Some(endpoint) = &cfg.endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(id) = &cfg.access_key_id {
+        b = b.with_access_key_id(id);
+    }
+    if let Some(secret) = &cfg.secret_access_key {
+        b = b.with_secret_access_key(secret);
+    }
+    b = match sse {
+        Sse::Aes256 => b.with_config(sse_key(), "AES256"),
+        Sse::Kms => match &cfg.kms_key_id {
+            Some(id) => b.with_sse_kms_encryption(id),
+            None => b.with_config(sse_key(), "aws:kms"),
+        },
+        Sse::None => b,
+    };
+    let s = b.build().map_err(|e| SinkError::Config {
+        sink: "s3",
+        what: crate::error_chain(&e),
+    })?;
+    Ok(Arc::new(s))
+}
+
+fn sse_key() -> AmazonS3ConfigKey {
+    "aws_server_side_encryption"
+        .parse()
+        .expect("object_store knows this key")
+}
+
+/// The bucket as an [`Archive`]: log files with the configured encryption,
+/// digest files always SSE-S3 (as CloudTrail keeps them).
+pub fn s3_archive(cfg: &S3Config, client: &reqwest::Client) -> Result<Archive, SinkError> {
+    let logs = store(cfg, client, cfg.sse)?;
+    let digests = if cfg.sse == Sse::Aes256 {
+        Arc::clone(&logs)
+    } else {
+        store(cfg, client, Sse::Aes256)?
+    };
+    Ok(Archive {
+        logs,
+        digests,
+        bucket: cfg.bucket.clone(),
+        prefix: cfg.prefix.trim_matches('/').to_string(),
+        display_root: format!("s3://{}/", cfg.bucket),
+        local: false,
+    })
+}
+
+/// A completed file waiting for (another) upload attempt.
+struct Ready {
+    key: String,
+    body: Bytes,
+    entry: LogFileEntry,
+    records: u64,
+}
+
+pub struct ObjectSink {
+    archive: Archive,
+    roll: RollConfig,
+    ctx: EncodeContext,
+    kind: Kind,
+    name: String,
+    open: Option<RecordsFile<Vec<u8>>>,
+    ready: VecDeque<Ready>,
+    /// Records of uploads that succeeded but were not yet reported delivered.
+    delivered_unreported: u64,
+    digests: Option<mpsc::UnboundedSender<LogFileEntry>>,
+    notifier: Option<Notifier>,
+    written: Vec<Output>,
+    buf: Vec<u8>,
+}
+
+impl ObjectSink {
+    pub fn new(
+        archive: Archive,
+        roll: RollConfig,
+        ctx: EncodeContext,
+        kind: Kind,
+        digests: Option<mpsc::UnboundedSender<LogFileEntry>>,
+        notifier: Option<Notifier>,
+        label: &str,
+    ) -> Self {
+        Self {
+            archive,
+            roll,
+            ctx,
+            kind,
+            name: format!("{label}:{kind}"),
+            open: None,
+            ready: VecDeque::new(),
+            delivered_unreported: 0,
+            digests,
+            notifier,
+            written: Vec::new(),
+            buf: Vec::with_capacity(1 << 16),
+        }
+    }
+
+    /// Completes the open file (if any) and queues it for upload.
+    fn complete(&mut self) {
+        let Some(file) = self.open.take() else {
+            return;
+        };
+        let (body, done) = file.finish().expect("writing to memory cannot fail");
+        let key = log_file_key(
+            &self.archive.prefix,
+            &self.ctx.foundation,
+            self.kind,
+            chrono::Utc::now(),
+            self.roll.instance_index,
+        );
+        self.ready.push_back(Ready {
+            entry: LogFileEntry {
+                s3_bucket: self.archive.bucket.clone(),
+                s3_object: key.clone(),
+                hash_value: done.sha256,
+                hash_algorithm: "SHA-256".into(),
+                newest_event_time: done.newest_event_time,
+                oldest_event_time: done.oldest_event_time,
+            },
+            key,
+            body: body.into(),
+            records: done.records,
+        });
+    }
+
+    /// Uploads the completed files in order; stops at the first failure.
+    async fn upload(&mut self) -> Result<(), ArchiveError> {
+        while let Some(next) = self.ready.front() {
+            self.archive
+                .put_json_gz(&self.archive.logs, &next.key, next.body.clone(), &[])
+                .await?;
+            let done = self.ready.pop_front().expect("front exists");
+            tracing::info!(kind = %self.kind, records = done.records, object = %self.archive.location(&done.key), "object delivered");
+            self.delivered_unreported += done.records;
+            self.written.push(Output {
+                kind: self.kind.to_string(),
+                path: self.archive.location(&done.key),
+                records: done.records,
+            });
+            if let Some(tx) = &self.digests
+                && tx.send(done.entry).is_err()
+            {
+                tracing::error!(object = %done.key, "the digest chain has stopped: this object is in no digest");
+            }
+            if let Some(n) = &self.notifier {
+                n.notify(vec![done.key]);
+            }
+        }
+        Ok(())
+    }
+
+    fn failure(&self, e: ArchiveError) -> SinkFailure {
+        SinkFailure::retryable(
+            SinkError::Config {
+                sink: "s3",
+                what: format!(
+                    "{e} ({} completed file(s) kept in memory and retried)",
+                    self.ready.len()
+                ),
+            },
+            None,
+        )
+    }
+}
+
+impl Sink for ObjectSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        // Earlier files first: until they are up, take nothing new.
+        if let Err(e) = self.upload().await {
+            return Err(self.failure(e));
+        }
+        for record in batch {
+            debug_assert_eq!(record.kind, self.kind, "routing sends a sink only its kind");
+            let file = match &mut self.open {
+                Some(f) => f,
+                None => self.open.insert(
+                    RecordsFile::new(Vec::with_capacity(1 << 20), self.roll.gzip_level)
+                        .expect("writing to memory cannot fail"),
+                ),
+            };
+            file.append(record, &self.ctx, &mut self.buf)
+                .expect("writing to memory cannot fail");
+            if file.uncompressed_bytes() >= self.roll.roll_bytes {
+                self.complete();
+            }
+        }
+        if let Err(e) = self.upload().await {
+            // The batch is in a completed file kept for the next attempt.
+            tracing::warn!(sink = %self.name, error = %e, "upload failed; the file is kept and retried");
+        }
+        Ok(std::mem::take(&mut self.delivered_unreported))
+    }
+
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        self.complete();
+        if let Err(e) = self.upload().await {
+            let records: u64 = self.ready.iter().map(|r| r.records).sum();
+            tracing::error!(sink = %self.name, error = %e, records, "upload failed; the file is kept in memory and retried before the next batch");
+        }
+        Ok(std::mem::take(&mut self.delivered_unreported))
+    }
+
+    fn roll_interval(&self) -> Option<Duration> {
+        Some(self.roll.roll_interval)
+    }
+
+    fn outputs(&self) -> Vec<Output> {
+        self.written.clone()
+    }
+}
+
+/// A task that runs beside the sinks (digest chain, notifier): its name,
+/// counters and report, awaited after the sinks.
+pub type Follower = (
+    String,
+    Arc<super::SinkStats>,
+    tokio::task::JoinHandle<super::SinkReport>,
+);
+
+/// Builds one [`ObjectSink`] per kind for `cfg`, and starts the digest chain
+/// and the notifier they feed (pushed to `followers`).
+pub fn start_object_sinks(
+    cfg: &ObjectSinkConfig,
+    encode: &EncodeContext,
+    kinds: &[Kind],
+    followers: &mut Vec<Follower>,
+) -> Result<Vec<(ObjectSink, Vec<Kind>)>, SinkError> {
+    let client = http_client()?;
+    let (archive, label) = match &cfg.target {
+        Target::S3(s3) => {
+            if s3.sse == Sse::None {
+                tracing::warn!(
+                    bucket = %s3.bucket,
+                    "--s3-sse none: log files are written WITHOUT server-side encryption headers"
+                );
+            }
+            (s3_archive(s3, &client)?, "s3")
+        }
+        Target::Dir(dir) => (
+            Archive::local(dir, "").map_err(|e| SinkError::Config {
+                sink: "file",
+                what: e.to_string(),
+            })?,
+            "file",
+        ),
+    };
+    let mut notify_task = None;
+    let notifier = cfg.notify_url.as_ref().map(|url| {
+        let (n, task) = Notifier::start(
+            format!("{label}:notify"),
+            url.clone(),
+            archive.bucket.clone(),
+            client.clone(),
+            Duration::from_secs(1),
+        );
+        notify_task = Some((format!("{label}:notify"), Arc::clone(n.stats()), task));
+        n
+    });
+    let digests = cfg.digest.as_ref().map(|d| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let name = format!("{label}:digest");
+        let task = tokio::spawn(super::digest::run_digest_chain(
+            archive.clone(),
+            super::digest::DigestConfig {
+                key: Arc::clone(&d.key),
+                interval: d.interval,
+                foundation: encode.foundation.clone(),
+                instance_index: cfg.roll.instance_index,
+            },
+            rx,
+            notifier.clone(),
+            name.clone(),
+        ));
+        followers.push((name, Arc::new(super::SinkStats::default()), task));
+        tx
+    });
+    followers.extend(notify_task);
+    Ok(kinds
+        .iter()
+        .map(|&kind| {
+            let sink = ObjectSink::new(
+                archive.clone(),
+                cfg.roll.clone(),
+                encode.clone(),
+                kind,
+                digests.clone(),
+                notifier.clone(),
+                label,
+            );
+            (sink, vec![kind])
+        })
+        .collect())
+}

@@ -1,0 +1,86 @@
+"""The S3 peer of tests/s3.rs: moto's S3 server with IAM access control, so
+SigV4 signatures are checked, plus a line-oriented command channel the tests
+use to look at the server side (boto3): one JSON command per stdin line, one
+JSON answer per stdout line. Exits when stdin closes (the test process ended).
+
+First line out: {"endpoint": ..., "key": ..., "secret": ...}.
+Commands: {"op": "create_bucket", "bucket"}, {"op": "head", "bucket", "key"},
+{"op": "list", "bucket", "prefix"}.
+"""
+import json
+import logging
+import os
+import socket
+import sys
+
+# The first three requests (IAM setup below) pass without a signature;
+# every later request is checked against the access key created here.
+os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = "3"
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# One line per request would drown the test output.
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+import boto3  # noqa: E402
+from botocore.config import Config  # noqa: E402
+from moto.server import ThreadedMotoServer  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+server = None
+for attempt in range(10):
+    # moto cannot listen on port 0: pick a free port, retry if taken meanwhile.
+    port = free_port()
+    try:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        break
+    except OSError:
+        server = None
+if server is None:
+    sys.exit("moto_peer: could not start moto on a free port")
+
+endpoint = f"http://127.0.0.1:{port}"
+anon = dict(endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="setup", aws_secret_access_key="setup")
+iam = boto3.client("iam", **anon)
+iam.create_user(UserName="nozzle")
+iam.put_user_policy(
+    UserName="nozzle", PolicyName="all",
+    PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}')
+key = iam.create_access_key(UserName="nozzle")["AccessKey"]
+s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                  aws_access_key_id=key["AccessKeyId"],
+                  aws_secret_access_key=key["SecretAccessKey"],
+                  config=Config(s3={"addressing_style": "path"}))
+print(json.dumps({"endpoint": endpoint, "key": key["AccessKeyId"],
+                  "secret": key["SecretAccessKey"]}), flush=True)
+
+for line in sys.stdin:
+    cmd = json.loads(line)
+    try:
+        if cmd["op"] == "create_bucket":
+            s3.create_bucket(Bucket=cmd["bucket"])
+            out = {"ok": True}
+        elif cmd["op"] == "head":
+            h = s3.head_object(Bucket=cmd["bucket"], Key=cmd["key"])
+            out = {k: h.get(k) for k in ("ServerSideEncryption", "SSEKMSKeyId",
+                                         "ContentType", "ContentEncoding", "Metadata")}
+        elif cmd["op"] == "list":
+            keys = []
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=cmd["bucket"], Prefix=cmd.get("prefix", "")):
+                keys += [o["Key"] for o in page.get("Contents", [])]
+            out = {"keys": keys}
+        else:
+            out = {"error": f"unknown op {cmd['op']}"}
+    except Exception as e:  # the test reports it
+        out = {"error": repr(e)}
+    print(json.dumps(out), flush=True)
+server.stop()
