@@ -14,6 +14,11 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::proto::{Envelope, envelope::Message, log, value};
 
+pub mod api;
+pub mod ruby_hash;
+
+pub use api::{ApiCall, ApiResource, ApiSource, audit_event_record};
+
 /// Version of the ApiInvocation record layout: the major changes on
 /// incompatible changes, the minor when fields are added (as CloudTrail does).
 pub const API_EVENT_VERSION: &str = "1.0";
@@ -71,19 +76,9 @@ impl std::str::FromStr for Kind {
 pub struct Record {
     pub kind: Kind,
     pub envelope: Envelope,
-    /// Set for [`Kind::Api`]: what Cloud Controller's message text says was done.
-    pub api: Option<ApiCall>,
-}
-
-/// A Cloud Controller action read from an `API` log line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiCall {
-    /// CC audit event type, e.g. `audit.app.update`; `unknown` when the text is not recognised.
-    pub event_name: String,
-    /// The resource acted on: (`app` | `build`, guid).
-    pub target: Option<(&'static str, String)>,
-    /// The parenthesised request attributes or payload, as CC wrote them.
-    pub request_parameters: Option<String>,
+    /// Set for [`Kind::Api`]: what Cloud Controller did (boxed: most records
+    /// are app logs and metrics, which should not carry its size).
+    pub api: Option<Box<ApiCall>>,
 }
 
 /// Per-deployment values every record carries.
@@ -170,16 +165,6 @@ impl<'a> Named<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct Resource<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    guid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
 /// A double as protojson writes it: a number, or "NaN" / "Infinity" / "-Infinity".
 struct Float(f64);
 
@@ -201,6 +186,11 @@ impl Serialize for Float {
 impl Serialize for RecordJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let rec = self.record;
+        if let Some(api) = rec.api.as_deref()
+            && matches!(api.source, ApiSource::AuditEvents(_))
+        {
+            return api::serialize_audit_event(s, rec, api, &self.ctx.foundation);
+        }
         let env = &rec.envelope;
         let tag = |k: &str| envelope_tag(env, k);
         let time = rfc3339_nanos(env.timestamp);
@@ -270,40 +260,21 @@ impl Serialize for RecordJson<'_> {
             None => {}
         }
         if let Some(api) = &rec.api {
-            let event_id = firehose_event_id(env);
-            m.serialize_entry("eventVersion", API_EVENT_VERSION)?;
-            m.serialize_entry("eventTime", &time)?;
-            m.serialize_entry("eventID", &event_id)?;
-            m.serialize_entry("eventSource", "cloud_controller")?;
-            m.serialize_entry("eventName", &api.event_name)?;
-            m.serialize_entry("eventType", "CfApiCall")?;
-            // Log lines do not say who acted; /v3/audit_events does (a later source).
-            m.serialize_entry("userIdentity", &OneField("type", "unknown"))?;
-            let mut resources = Vec::with_capacity(3);
-            if let Some((kind, guid)) = &api.target {
-                let name = if *kind == "app" && tag("app_id") == Some(guid.as_str()) {
-                    tag("app_name").filter(|s| !s.is_empty())
-                } else {
-                    None
-                };
-                resources.push(Resource {
-                    kind,
-                    guid: Some(guid),
-                    name,
-                });
-            }
-            for (kind, named) in [("space", &space), ("org", &org)] {
-                if let Some(n) = named {
-                    resources.push(Resource {
-                        kind,
-                        guid: n.guid,
-                        name: n.name,
-                    });
-                }
-            }
-            m.serialize_entry("resources", &resources)?;
-            m.serialize_entry("requestParameters", &api.request_parameters)?;
-            m.serialize_entry("sourceEvent", "firehose")?;
+            let resource = |kind: &str, n: &Option<Named>| {
+                n.as_ref().map(|n| ApiResource {
+                    kind: kind.to_string(),
+                    guid: n.guid.map(str::to_string),
+                    name: n.name.map(str::to_string),
+                })
+            };
+            api::write_fields(
+                &mut m,
+                rec,
+                api,
+                &time,
+                resource("space", &space),
+                resource("org", &org),
+            )?;
         }
         m.serialize_entry("envelope", &EnvelopeJson(env))?;
         m.end()
