@@ -15,7 +15,9 @@ use crate::source::Backoff;
 use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
+mod cf;
 mod sinks;
+pub use cf::{CfArgs, HttpClientError, http_client};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
@@ -79,6 +81,8 @@ pub struct RunArgs {
     /// Subscription id shared by every instance of this nozzle: Loggregator splits the firehose between them.
     #[arg(long, env = "SHARD_ID", default_value = "cf-audit-nozzle")]
     pub shard_id: String,
+    #[command(flatten)]
+    pub cf: CfArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Seconds to drain queues and complete files after SIGTERM/Ctrl-C before exiting anyway.

@@ -1,14 +1,18 @@
 //! Sources: where envelopes come from.
 //!
 //! - [`rlp`]: the Reverse Log Proxy's gRPC `BatchedReceiver`, over mutual TLS.
+//! - [`uaa`]: UAA client-credentials tokens, renewed before expiry;
+//!   [`cf_api`]: endpoint discovery from the Cloud Foundry API root.
 //! - [`emulator`]: an in-process Loggregator egress server for the demo, the
 //!   tests and the benchmark.
 //!
 //! Every source reconnects forever with [`Backoff`] and stops when its
 //! shutdown token is cancelled.
 
+pub mod cf_api;
 pub mod emulator;
 pub mod rlp;
+pub mod uaa;
 
 use std::time::Duration;
 

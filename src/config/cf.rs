@@ -1,0 +1,249 @@
+//! The Cloud Foundry platform options (API, UAA, their TLS) and the HTTP
+//! client the nozzle talks to UAA, Cloud Controller and the RLP Gateway
+//! with; part of [`crate::config`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::source::uaa::UaaConfig;
+
+/// Time to set up a TCP (and TLS) connection to UAA, CC or the gateway.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest wait for any read on a connection. The gateway sends a heartbeat
+/// every 15 s, so this never ends a healthy stream; it ends a dead CC or UAA
+/// call that a per-request timeout did not.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Args)]
+pub struct CfArgs {
+    /// Cloud Foundry API URL (https://api.<system domain>); UAA and the RLP Gateway are discovered from it.
+    #[arg(long, env = "CF_API")]
+    pub cf_api: Option<String>,
+    /// UAA base URL (https://uaa.<system domain>), when not discovered from --cf-api.
+    #[arg(long, env = "UAA_URL")]
+    pub uaa_url: Option<String>,
+    /// UAA client (client_credentials grant) with the authority doppler.firehose or logs.admin.
+    #[arg(long, env = "UAA_CLIENT_ID")]
+    pub uaa_client_id: Option<String>,
+    /// Secret of --uaa-client-id.
+    #[arg(long, env = "UAA_CLIENT_SECRET", hide_env_values = true)]
+    pub uaa_client_secret: Option<String>,
+    /// Extra CA certificate(s) (PEM) trusted for the CF API, UAA and the gateway, besides the Mozilla roots.
+    #[arg(long, env = "CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Do not verify the TLS certificates of the CF API, UAA and the gateway (unsafe; testing only).
+    #[arg(long, env = "SKIP_TLS_VERIFY")]
+    pub skip_tls_verify: bool,
+}
+
+impl std::fmt::Debug for CfArgs {
+    // The client secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CfArgs")
+            .field("cf_api", &self.cf_api)
+            .field("uaa_url", &self.uaa_url)
+            .field("uaa_client_id", &self.uaa_client_id)
+            .field(
+                "uaa_client_secret",
+                &self.uaa_client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("skip_tls_verify", &self.skip_tls_verify)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpClientError {
+    #[error("{0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(String),
+}
+
+impl CfArgs {
+    /// `--cf-api` as a URL, with problems added to `errors`.
+    pub fn cf_api_url(&self, errors: &mut Vec<String>) -> Option<reqwest::Url> {
+        parse_url(errors, "--cf-api (CF_API)", self.cf_api.as_deref())
+    }
+
+    /// `--uaa-url` as a URL, with problems added to `errors`.
+    pub fn uaa_url(&self, errors: &mut Vec<String>) -> Option<reqwest::Url> {
+        parse_url(errors, "--uaa-url (UAA_URL)", self.uaa_url.as_deref())
+    }
+
+    /// The UAA client for a UAA base URL, or a problem for each missing credential.
+    pub fn uaa_config(&self, errors: &mut Vec<String>, uaa: &reqwest::Url) -> Option<UaaConfig> {
+        let mut need = |v: &Option<String>, flag: &str| match v.as_deref() {
+            Some(s) if !s.is_empty() => Some(s.to_string()),
+            _ => {
+                errors.push(format!(
+                    "{flag} is required to get a UAA token (a client with the authority doppler.firehose or logs.admin)"
+                ));
+                None
+            }
+        };
+        let client_id = need(&self.uaa_client_id, "--uaa-client-id (UAA_CLIENT_ID)");
+        let client_secret = need(
+            &self.uaa_client_secret,
+            "--uaa-client-secret (UAA_CLIENT_SECRET)",
+        );
+        Some(UaaConfig {
+            token_url: UaaConfig::token_url_of(uaa),
+            client_id: client_id?,
+            client_secret: client_secret?,
+        })
+    }
+
+    /// The HTTP client for UAA, CC and the gateway, or a problem in `errors`.
+    /// Warns loudly when verification is off.
+    pub fn http_client(&self, errors: &mut Vec<String>) -> Option<reqwest::Client> {
+        let ca_pem = match &self.ca_file {
+            None => None,
+            Some(path) => {
+                match crate::tls::read_pem_file("--ca-file (CA_FILE)", path, "CERTIFICATE") {
+                    Ok(pem) => Some(pem),
+                    Err(e) => {
+                        errors.push(e.to_string());
+                        return None;
+                    }
+                }
+            }
+        };
+        if self.skip_tls_verify {
+            tracing::warn!(
+                "TLS certificate verification of the CF API, UAA and the RLP Gateway is OFF (--skip-tls-verify): \
+                 anyone on the network path can read the UAA credentials and forge the firehose"
+            );
+        }
+        http_client(ca_pem.as_deref(), self.skip_tls_verify)
+            .map_err(|e| errors.push(format!("--ca-file (CA_FILE): {e}")))
+            .ok()
+    }
+}
+
+pub(super) fn parse_url(
+    errors: &mut Vec<String>,
+    flag: &str,
+    value: Option<&str>,
+) -> Option<reqwest::Url> {
+    let value = value.filter(|v| !v.is_empty())?;
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => Some(url),
+        Ok(_) => {
+            errors.push(format!("{flag} must be an http(s) URL, not {value:?}"));
+            None
+        }
+        Err(e) => {
+            errors.push(format!("{flag} is not a URL ({e}): {value:?}"));
+            None
+        }
+    }
+}
+
+/// An HTTP client (rustls; HTTP/1.1) that trusts the Mozilla roots plus the
+/// certificates in `extra_ca_pem`, verifies certificates unless
+/// `skip_verify`, honours `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` and
+/// `NO_PROXY` from the environment, and times out connects and stalled
+/// reads ([`CONNECT_TIMEOUT`], [`READ_TIMEOUT`]). Callers add a whole-request
+/// timeout to requests that are not streams.
+pub fn http_client(
+    extra_ca_pem: Option<&[u8]>,
+    skip_verify: bool,
+) -> Result<reqwest::Client, HttpClientError> {
+    let mut tls = rustls_config(extra_ca_pem)?;
+    if skip_verify {
+        crate::tls::disable_verification(&mut tls);
+    }
+    // reqwest reads the proxy variables itself (its system proxy matcher).
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .tcp_keepalive(Duration::from_secs(30))
+        .user_agent(concat!("cf-audit-nozzle/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| HttpClientError::Build(crate::error_chain(&e)))
+}
+
+fn rustls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, HttpClientError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let invalid = |reason: String| crate::tls::TlsError::Invalid {
+        what: "CA file",
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca_pem {
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| invalid(e.to_string()))?;
+            roots.add(cert).map_err(|e| invalid(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(invalid("it holds no certificate".into()).into());
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> CfArgs {
+        CfArgs {
+            cf_api: None,
+            uaa_url: None,
+            uaa_client_id: None,
+            uaa_client_secret: None,
+            ca_file: None,
+            skip_tls_verify: false,
+        }
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let a = CfArgs {
+            uaa_client_secret: Some("s3cret".into()),
+            ..args()
+        };
+        assert!(!format!("{a:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn missing_credentials_and_bad_urls_are_listed_together() {
+        let a = CfArgs {
+            cf_api: Some("api.example.com".into()),
+            uaa_url: Some("ftp://uaa".into()),
+            ..args()
+        };
+        let mut errors = Vec::new();
+        assert!(a.cf_api_url(&mut errors).is_none());
+        assert!(a.uaa_url(&mut errors).is_none());
+        let uaa = reqwest::Url::parse("https://uaa").unwrap();
+        assert!(a.uaa_config(&mut errors, &uaa).is_none());
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        assert!(errors[0].starts_with("--cf-api (CF_API) is not a URL"));
+        assert!(errors[1].starts_with("--uaa-url (UAA_URL) must be an http(s) URL"));
+        assert!(errors[2].starts_with("--uaa-client-id (UAA_CLIENT_ID) is required"));
+        assert!(errors[3].starts_with("--uaa-client-secret (UAA_CLIENT_SECRET) is required"));
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused() {
+        let err = http_client(Some(b"not pem"), false).unwrap_err();
+        assert!(err.to_string().contains("holds no certificate"), "{err}");
+    }
+}
