@@ -4,6 +4,8 @@
 //! Classification reads the envelope in place (its message type and the
 //! `source_type` tag) and never fails: every envelope becomes exactly one record.
 
+pub mod rules;
+
 use crate::proto::{Envelope, envelope::Message};
 use crate::record::{ApiCall, ApiResource, ApiSource, Kind, Record, envelope_tag, ruby_hash};
 

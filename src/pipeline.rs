@@ -126,6 +126,14 @@ impl Pipeline {
         })
     }
 
+    /// Applies include/exclude rules; call before handing the router to sources.
+    pub fn with_filters(mut self, filters: crate::classify::rules::Filters) -> Self {
+        Arc::get_mut(&mut self.router)
+            .expect("filters are set before the router is shared")
+            .set_filters(filters);
+        self
+    }
+
     pub fn router(&self) -> Arc<Router> {
         Arc::clone(&self.router)
     }

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::classify::classify;
+use crate::classify::rules::Filters;
 use crate::proto::Envelope;
-use crate::record::Kind;
-use crate::sink::{Chunk, SinkQueue};
+use crate::record::{Kind, Record};
+use crate::sink::{Chunk, SinkQueue, SinkStats};
 
 /// Counters of what entered the pipeline.
 #[derive(Debug, Default)]
@@ -23,6 +24,8 @@ pub struct IngressStats {
     pub by_kind: [AtomicU64; 4],
     /// Records of a kind no sink is configured for (an operator's choice, not a loss).
     pub unrouted: AtomicU64,
+    /// Records the include/exclude rules left out (an operator's choice, not a loss).
+    pub filtered: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -34,6 +37,7 @@ pub struct IngressSnapshot {
     pub metric: u64,
     pub event: u64,
     pub unrouted: u64,
+    pub filtered: u64,
 }
 
 impl IngressStats {
@@ -47,6 +51,7 @@ impl IngressStats {
             metric: k(Kind::Metric),
             event: k(Kind::Event),
             unrouted: self.unrouted.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
         }
     }
 }
@@ -59,6 +64,8 @@ pub struct Router {
     stats: Arc<IngressStats>,
     /// Benchmark mode: count envelopes and stop there (no classification, no sinks).
     decode_only: bool,
+    /// Include/exclude rules, own-app and opt-out exclusion.
+    filters: Filters,
 }
 
 impl Router {
@@ -77,7 +84,55 @@ impl Router {
             routes,
             stats: Arc::new(IngressStats::default()),
             decode_only,
+            filters: Filters::default(),
         }
+    }
+
+    /// Sets the include/exclude rules (before the router is shared).
+    pub fn set_filters(&mut self, filters: Filters) {
+        self.filters = filters;
+    }
+
+    /// The counters of the sinks records of `kind` go to.
+    pub fn sinks_of(&self, kind: Kind) -> Vec<(String, Arc<SinkStats>)> {
+        self.routes[kind.index()]
+            .iter()
+            .map(|&i| {
+                let q = &self.queues[i];
+                (q.name().to_string(), Arc::clone(q.stats()))
+            })
+            .collect()
+    }
+
+    /// Offers records made elsewhere (the audit-events poller's) to their
+    /// sinks, after the same rules as envelopes. Never waits. Returns whether
+    /// every sink took its share (false: some were dropped, counted by the sink).
+    pub fn dispatch_records(&self, records: Vec<Record>) -> bool {
+        let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        for record in records {
+            let k = record.kind.index();
+            self.stats.by_kind[k].fetch_add(1, Ordering::Relaxed);
+            if !self.filters.keeps(&record) {
+                self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let targets = &self.routes[k];
+            if targets.is_empty() {
+                self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let record = Arc::new(record);
+            for &t in targets {
+                chunks[t].push(Arc::clone(&record));
+            }
+        }
+        let mut all = true;
+        for (queue, chunk) in self.queues.iter().zip(chunks) {
+            if !chunk.is_empty() {
+                all &= queue.offer(chunk);
+            }
+        }
+        all
     }
 
     pub fn stats(&self) -> &Arc<IngressStats> {
@@ -96,10 +151,15 @@ impl Router {
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
         let mut by_kind = [0u64; 4];
         let mut unrouted = 0;
+        let mut filtered = 0;
         for envelope in envelopes {
             let record = classify(envelope);
             let k = record.kind.index();
             by_kind[k] += 1;
+            if !self.filters.keeps(&record) {
+                filtered += 1;
+                continue;
+            }
             let targets = &self.routes[k];
             if targets.is_empty() {
                 unrouted += 1;
@@ -117,6 +177,9 @@ impl Router {
         }
         if unrouted > 0 {
             self.stats.unrouted.fetch_add(unrouted, Ordering::Relaxed);
+        }
+        if filtered > 0 {
+            self.stats.filtered.fetch_add(filtered, Ordering::Relaxed);
         }
         for (queue, chunk) in self.queues.iter().zip(chunks) {
             if !chunk.is_empty() {

@@ -3,13 +3,17 @@
 //! - [`rlp`]: the Reverse Log Proxy's gRPC `BatchedReceiver`, over mutual TLS.
 //! - [`uaa`]: UAA client-credentials tokens, renewed before expiry;
 //!   [`cf_api`]: endpoint discovery from the Cloud Foundry API root.
+//! - [`audit_events`]: Cloud Controller's `/v3/audit_events`, polled into
+//!   `api` records ([`cloud_controller`] makes the requests).
 //! - [`emulator`]: an in-process Loggregator egress server for the demo, the
 //!   tests and the benchmark.
 //!
 //! Every source reconnects forever with [`Backoff`] and stops when its
 //! shutdown token is cancelled.
 
+pub mod audit_events;
 pub mod cf_api;
+pub mod cloud_controller;
 pub mod emulator;
 pub mod rlp;
 pub mod uaa;

@@ -1,0 +1,175 @@
+//! The `/v3/audit_events` poller against a test Cloud Controller: 12,000
+//! events on pages that split seconds, events arriving while a poll is under
+//! way, and a restart in the middle of pagination with the cursor in a file.
+//! Every event must arrive exactly once, as a schema-valid record.
+
+#[path = "support/cc.rs"]
+mod cc;
+mod common;
+#[path = "support/schema.rs"]
+mod schema;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cf_audit_nozzle::pipeline::{Pipeline, Summary};
+use cf_audit_nozzle::source::Backoff;
+use cf_audit_nozzle::source::audit_events::{self, AuditEventsConfig, AuditStatus, load_cursor};
+use common::*;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// `n` events from `start` on, 30 per second, guids `<batch>-0000-4000-8000-<i>`.
+fn events(batch: u32, start: chrono::DateTime<chrono::Utc>, n: u64) -> Vec<Value> {
+    (0..n)
+        .map(|i| {
+            let t = start + chrono::Duration::seconds((i / 30) as i64);
+            let created = t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            cc::event(&format!("{batch:08x}-0000-4000-8000-{i:012x}"), &created, i)
+        })
+        .collect()
+}
+
+fn config(cursor: &std::path::Path) -> AuditEventsConfig {
+    AuditEventsConfig {
+        per_page: 1000,
+        lookback: Duration::from_secs(3600),
+        cursor_file: cursor.to_path_buf(),
+        poll_interval: Duration::from_millis(50),
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
+        ..AuditEventsConfig::default()
+    }
+}
+
+/// Runs the poller into a file pipeline until `stop` is cancelled (by the
+/// test CC or by `done`), then shuts down in order, as `pipeline::run` does.
+async fn run_poller(
+    cc: &cc::TestCc,
+    cursor: &std::path::Path,
+    stop: CancellationToken,
+    done: impl Fn(&audit_events::AuditSnapshot) -> bool,
+) -> (Summary, audit_events::AuditSnapshot, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::start(&file_pipeline(dir.path())).unwrap();
+    let status = Arc::new(AuditStatus::default());
+    let task = tokio::spawn(audit_events::run(
+        config(cursor),
+        cc.client(),
+        pipeline.router(),
+        Arc::clone(&status),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !stop.is_cancelled() && !done(&status.snapshot()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out: {:?}",
+            status.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    let (summary, poller) = tokio::join!(pipeline.finish(Duration::from_secs(20)), task);
+    poller.unwrap();
+    assert!(summary.complete);
+    (summary, status.snapshot(), dir)
+}
+
+fn api_records(summary: &Summary) -> Vec<Value> {
+    records_by_kind(summary).remove("api").unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_exactly_once_across_a_restart_in_the_middle_of_pagination() {
+    let cc = cc::start().await;
+    let base = chrono::Utc::now() - chrono::Duration::minutes(40);
+    let first = events(0xa, base, 12_000); // 400 seconds
+    let last_second = base + chrono::Duration::seconds(399);
+    *cc.events.lock().unwrap() = first;
+    // During the first poll: 300 more events, 90 of them in the last second
+    // already partly read (a boundary second that grows).
+    cc.append_after
+        .lock()
+        .unwrap()
+        .insert(3, events(0xb, last_second, 300));
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("cursor.json");
+
+    // Run 1 stops (a restart) when the 6th page is asked for: 5 pages of
+    // 1,000 read, the 6th abandoned mid-request.
+    let stop = CancellationToken::new();
+    *cc.cancel_at.lock().unwrap() = Some((6, stop.clone()));
+    let (summary1, status1, _d1) = run_poller(&cc, &cursor, stop, |_| false).await;
+    let run1 = api_records(&summary1);
+    assert_eq!(status1.events, 5000, "{status1:?}");
+    assert_eq!(run1.len(), 5000);
+    assert_eq!(status1.rewinds, 0);
+    let kept = load_cursor(&cursor)
+        .unwrap()
+        .expect("cursor written at shutdown");
+    // Event 4999 is at second 166 (4999 / 30); 19 of that second's 30 were read.
+    let second_166 =
+        (base + chrono::Duration::seconds(166)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(kept.created_at, second_166);
+    assert_eq!(kept.guids.len(), 20);
+
+    // Run 2 resumes from the file; 700 more events arrive while it reads.
+    // (They are newer than every event so far, as CC's clock makes them.)
+    let later = last_second + chrono::Duration::seconds(10);
+    cc.append_after.lock().unwrap().insert(
+        cc.event_requests.load(std::sync::atomic::Ordering::SeqCst) + 2,
+        events(0xc, later, 700),
+    );
+    let (summary2, status2, _d2) = run_poller(&cc, &cursor, CancellationToken::new(), |s| {
+        s.polls_completed >= 3
+    })
+    .await;
+    let run2 = api_records(&summary2);
+    // The boundary second of the cursor was read again and its 20 known events skipped, and
+    // each later poll re-read its own last second.
+    assert!(status2.duplicates_skipped >= 20, "{status2:?}");
+    assert_eq!(status2.invalid, 0);
+
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for r in run1.iter().chain(&run2) {
+        schema::assert_valid_api_record(r);
+        assert_eq!(r["sourceEvent"], "audit_events");
+        assert_eq!(r["userIdentity"]["name"], "admin@example.com");
+        assert_eq!(
+            r["requestParameters"]["environment_variables"],
+            "PRIVATE DATA HIDDEN"
+        );
+        *seen
+            .entry(r["eventID"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    let expected: Vec<String> = cc
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["guid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(expected.len(), 13_000);
+    assert_eq!(
+        run1.len() + run2.len(),
+        13_000,
+        "delivered more or fewer than the events"
+    );
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "an event was delivered twice"
+    );
+    assert_eq!(seen.keys().cloned().collect::<Vec<_>>(), {
+        let mut e = expected.clone();
+        e.sort();
+        e
+    });
+    // The cursor now stands at the last event's second.
+    let kept = load_cursor(&cursor).unwrap().unwrap();
+    let last = (later + chrono::Duration::seconds(699 / 30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(kept.created_at, last);
+    assert_eq!(kept.guids.len(), 700 - (699 / 30) * 30);
+}
