@@ -22,6 +22,7 @@ pub fn classify(envelope: Envelope) -> Record {
         kind,
         envelope,
         api,
+        names: None,
     }
 }
 

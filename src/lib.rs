@@ -24,6 +24,7 @@
 pub mod classify;
 pub mod config;
 pub mod demo;
+pub mod enrich;
 pub mod pipeline;
 pub mod record;
 pub mod route;

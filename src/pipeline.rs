@@ -134,6 +134,14 @@ impl Pipeline {
         self
     }
 
+    /// Turns enrichment on; call before handing the router to sources.
+    pub fn with_enricher(mut self, enricher: Arc<crate::enrich::Enricher>) -> Self {
+        Arc::get_mut(&mut self.router)
+            .expect("the enricher is set before the router is shared")
+            .set_enricher(enricher);
+        self
+    }
+
     pub fn router(&self) -> Arc<Router> {
         Arc::clone(&self.router)
     }

@@ -79,6 +79,9 @@ pub struct Record {
     /// Set for [`Kind::Api`]: what Cloud Controller did (boxed: most records
     /// are app logs and metrics, which should not carry its size).
     pub api: Option<Box<ApiCall>>,
+    /// App, space and org names from Cloud Controller, for envelopes that do
+    /// not carry them in tags (see [`crate::enrich`]).
+    pub names: Option<std::sync::Arc<crate::enrich::AppNames>>,
 }
 
 /// Per-deployment values every record carries.
@@ -206,7 +209,7 @@ impl Serialize for RecordJson<'_> {
             }
         }
         // Log envelopes from apps name the app in source_id when no app_id tag does.
-        let app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
+        let mut app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
             let is_app_log = matches!(env.message, Some(Message::Log(_)))
                 && !env.source_id.is_empty()
                 && tag("app_id").is_none_or(str::is_empty);
@@ -215,8 +218,19 @@ impl Serialize for RecordJson<'_> {
                 name: None,
             })
         });
-        let space = Named::from_tags(env, "space_id", "space_name");
-        let org = Named::from_tags(env, "organization_id", "organization_name");
+        let mut space = Named::from_tags(env, "space_id", "space_name");
+        let mut org = Named::from_tags(env, "organization_id", "organization_name");
+        // Names from Cloud Controller fill in what the tags do not say.
+        if let Some(n) = rec.names.as_deref() {
+            fn named<'n>(guid: Option<&'n str>, name: Option<&'n str>) -> Option<Named<'n>> {
+                (guid.is_some() || name.is_some()).then_some(Named { guid, name })
+            }
+            if app.as_ref().is_none_or(|a| a.name.is_none()) {
+                app = named(Some(&n.app_guid), n.app_name.as_deref());
+            }
+            space = space.or_else(|| named(n.space_guid.as_deref(), n.space_name.as_deref()));
+            org = org.or_else(|| named(n.org_guid.as_deref(), n.org_name.as_deref()));
+        }
         if let Some(app) = &app {
             m.serialize_entry("app", app)?;
         }

@@ -66,6 +66,8 @@ pub struct Router {
     decode_only: bool,
     /// Include/exclude rules, own-app and opt-out exclusion.
     filters: Filters,
+    /// Names from Cloud Controller for envelopes without name tags.
+    enricher: Option<Arc<crate::enrich::Enricher>>,
 }
 
 impl Router {
@@ -85,7 +87,13 @@ impl Router {
             stats: Arc::new(IngressStats::default()),
             decode_only,
             filters: Filters::default(),
+            enricher: None,
         }
+    }
+
+    /// Turns enrichment on (before the router is shared).
+    pub fn set_enricher(&mut self, enricher: Arc<crate::enrich::Enricher>) {
+        self.enricher = Some(enricher);
     }
 
     /// Sets the include/exclude rules (before the router is shared).
@@ -152,13 +160,21 @@ impl Router {
         let mut by_kind = [0u64; 4];
         let mut unrouted = 0;
         let mut filtered = 0;
+        // One look at the names table per batch, none per envelope.
+        let names = self
+            .enricher
+            .as_deref()
+            .map(crate::enrich::Enricher::snapshot);
         for envelope in envelopes {
-            let record = classify(envelope);
+            let mut record = classify(envelope);
             let k = record.kind.index();
             by_kind[k] += 1;
             if !self.filters.keeps(&record) {
                 filtered += 1;
                 continue;
+            }
+            if let Some(names) = &names {
+                names.enrich(&mut record);
             }
             let targets = &self.routes[k];
             if targets.is_empty() {

@@ -156,6 +156,7 @@ pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
             ..Envelope::default()
         },
         api: Some(Box::new(call)),
+        names: None,
     })
 }
 
@@ -202,6 +203,12 @@ pub(super) fn write_fields<M: SerializeMap>(
             target.name = super::envelope_tag(env, "app_name")
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
+        }
+        if target.name.is_none()
+            && let Some(n) = rec.names.as_deref()
+            && target.guid.as_deref() == Some(n.app_guid.as_str())
+        {
+            target.name = n.app_name.clone();
         }
         resources.push(target);
     }
