@@ -15,8 +15,10 @@ use crate::source::Backoff;
 use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
+mod audit;
 mod cf;
 mod sinks;
+pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::{CfArgs, HttpClientError, http_client};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
@@ -83,6 +85,8 @@ pub struct RunArgs {
     pub shard_id: String,
     #[command(flatten)]
     pub cf: CfArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     /// Seconds to drain queues and complete files after SIGTERM/Ctrl-C before exiting anyway.
@@ -307,7 +311,15 @@ impl RunArgs {
                 .ok(),
             _ => None,
         };
-        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        let mut pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        let audit = self.audit.setup(
+            &mut errors,
+            &self.cf,
+            self.output.instance_index,
+            Duration::from_secs(self.shutdown_timeout),
+            &mut pipeline,
+            &|k| std::env::var(k).ok(),
+        );
         match (errors.is_empty(), tls) {
             (true, Some(tls)) => Ok(RunConfig {
                 rlp: RlpConfig {
@@ -319,6 +331,7 @@ impl RunArgs {
                 },
                 pipeline,
                 shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
+                audit,
             }),
             _ => Err(ConfigErrors(errors)),
         }

@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod classify;
 pub mod config;
 pub mod demo;

@@ -56,6 +56,9 @@ pub struct Summary {
     /// The RLP source's connection history, when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rlp: Option<crate::source::rlp::RlpSnapshot>,
+    /// The audit-events poller's and enrichment's counters, when they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditReport>,
 }
 
 impl Summary {
@@ -191,6 +194,7 @@ impl Pipeline {
             sinks: reports,
             complete,
             rlp: None,
+            audit: None,
         }
     }
 }
@@ -215,11 +219,14 @@ pub struct RunConfig {
     pub rlp: RlpConfig,
     pub pipeline: PipelineConfig,
     pub shutdown_timeout: Duration,
+    /// Rules, the audit-events poller and enrichment.
+    pub audit: crate::config::AuditSetup,
 }
 
 /// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
 pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, SinkError> {
-    let pipeline = Pipeline::start(&cfg.pipeline)?;
+    let pipeline = Pipeline::start(&cfg.pipeline)?.with_filters(cfg.audit.filters.clone());
+    let (pipeline, audit) = crate::audit::start(&cfg.audit, pipeline, shutdown.clone());
     let status = Arc::new(RlpStatus::default());
     let source = tokio::spawn(rlp::run(
         cfg.rlp.clone(),
@@ -231,7 +238,9 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     if let Err(e) = source.await {
         tracing::error!(error = %e, "RLP source task failed");
     }
-    let mut summary = pipeline.finish(cfg.shutdown_timeout).await;
+    // The poller confirms its last pages while the sinks drain.
+    let (mut summary, audit) = tokio::join!(pipeline.finish(cfg.shutdown_timeout), audit.finish());
     summary.rlp = Some(status.snapshot());
+    summary.audit = audit;
     Ok(summary)
 }
