@@ -119,6 +119,14 @@ fn each_field_matches_what_it_names() {
         ("metric=ingress", &[false, false, false, true, false]),
         ("tag.team=blue", &[true, false, false, false, false]),
         (
+            "source_event=audit_events",
+            &[false, false, false, false, true],
+        ),
+        (
+            "source_event=firehose",
+            &[false, false, false, false, false],
+        ),
+        (
             "kind=app_log,source_type=RTR",
             &[false, true, false, false, false],
         ),
@@ -128,6 +136,9 @@ fn each_field_matches_what_it_names() {
         ),
     ];
     let records = [web, rtr, mem, ingress, audit("space-1")];
+    let cc_line = app_log(APP, &[("source_type", "API")]);
+    assert!(rule("source_event=firehose").matches(&cc_line));
+    assert!(!rule("source_event=audit_events").matches(&cc_line));
     for (text, expected) in cases {
         let r = rule(text);
         let got: Vec<bool> = records.iter().map(|rec| r.matches(rec)).collect();
@@ -145,12 +156,12 @@ fn rules_that_cannot_be_read_say_why() {
     );
     assert_eq!(
         err("colour=red"),
-        r#"unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric or tag.NAME)"#
+        r#"unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"#
     );
     assert_eq!(err("origin=rep|"), r#""origin=rep|" has an empty value"#);
     assert_eq!(
         err("tag.=x"),
-        r#"unknown field "tag." (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric or tag.NAME)"#
+        r#"unknown field "tag." (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"#
     );
 }
 
@@ -327,7 +338,7 @@ fn every_audit_option_problem_is_reported_at_once() {
     assert_eq!(
         ours,
         vec![
-            r#"--include (INCLUDE) "colour=red": unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric or tag.NAME)"#,
+            r#"--include (INCLUDE) "colour=red": unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"#,
             r#"--route (ROUTE) "api=syslog": sink "syslog" is not in --sink (SINK); add it there"#,
             r#"--route (ROUTE) "logs=stdout": unknown record kind "logs" (expected api, app_log, metric or event)"#,
             r#"--route (ROUTE) "api=stdout": api is routed twice"#,

@@ -11,6 +11,7 @@
 //! | `source_id` | the envelope's source id |
 //! | `app`, `space`, `org` | the guid or the name (tags, or the audit event's resources) |
 //! | `metric` | a counter's or timer's name, or any of a gauge's metric names |
+//! | `source_event` | `firehose` or `audit_events` (`api` records only) |
 //! | `tag.NAME` | any tag |
 //!
 //! A record is delivered when it matches at least one `--include` rule (or
@@ -52,6 +53,7 @@ enum Field {
     Space,
     Org,
     Metric,
+    SourceEvent,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,11 +89,12 @@ impl std::str::FromStr for Rule {
                 "space" => Field::Space,
                 "org" => Field::Org,
                 "metric" => Field::Metric,
+                "source_event" => Field::SourceEvent,
                 _ => match name.strip_prefix("tag.") {
                     Some(tag) if !tag.is_empty() => Field::Tag(tag.to_string()),
                     _ => {
                         return Err(format!(
-                            "unknown field {name:?} (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric or tag.NAME)"
+                            "unknown field {name:?} (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"
                         ));
                     }
                 },
@@ -151,6 +154,10 @@ impl Condition {
                     || any(rec.tag("organization_name"))
                     || audit_space_org(rec, false).is_some_and(|v| any(Some(v)))
             }
+            Field::SourceEvent => any(rec.api.as_deref().map(|a| match a.source {
+                ApiSource::Firehose => "firehose",
+                ApiSource::AuditEvents(_) => "audit_events",
+            })),
             Field::Metric => match &env.message {
                 Some(Message::Counter(c)) => any(Some(&c.name)),
                 Some(Message::Timer(t)) => any(Some(&t.name)),
