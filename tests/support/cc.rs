@@ -33,6 +33,8 @@ pub struct TestCc {
     pub app_requests: AtomicU64,
     /// How long an app lookup takes (tokio's clock).
     pub app_delay: Mutex<Duration>,
+    /// Bodies of the token requests UAA received.
+    pub token_requests: Mutex<Vec<String>>,
 }
 
 impl TestCc {
@@ -50,6 +52,8 @@ pub async fn start() -> Arc<TestCc> {
     let app = axum::Router::new()
         .route("/v3/audit_events", axum::routing::get(audit_events))
         .route("/v3/apps/{guid}", axum::routing::get(app))
+        .route("/", axum::routing::get(root))
+        .route("/oauth/token", axum::routing::post(token))
         .with_state(Arc::clone(&cc));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     *cc.base.lock().unwrap() = format!("http://{}", listener.local_addr().unwrap());
@@ -164,4 +168,19 @@ async fn app(
 
 fn json_response(v: Value) -> Response {
     ([("content-type", "application/json")], v.to_string()).into_response()
+}
+
+/// The API root: CC and UAA are both this server.
+async fn root(State(cc): State<Arc<TestCc>>) -> Response {
+    let base = cc.base.lock().unwrap().clone();
+    json_response(json!({"links": {
+        "self": {"href": base}, "uaa": {"href": base}, "login": {"href": base},
+        "cloud_controller_v3": {"href": format!("{base}/v3")}
+    }}))
+}
+
+/// UAA's token endpoint (client credentials): always `test-token`.
+async fn token(State(cc): State<Arc<TestCc>>, body: String) -> Response {
+    cc.token_requests.lock().unwrap().push(body);
+    json_response(json!({"access_token": TOKEN, "token_type": "bearer", "expires_in": 43199}))
 }
