@@ -19,6 +19,7 @@
 //!   GUIDs (`doppler`, `gorouter`) are never looked up; at most
 //!   `concurrency` requests to CC at once.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -136,10 +137,29 @@ pub struct Enricher {
     stats: Arc<EnrichStats>,
 }
 
-/// One batch's view of the table.
+/// One batch's view of the table. Counts are kept here and added to the
+/// shared counters once, when the batch is done.
 pub struct Snapshot<'a> {
     table: Arc<Table>,
     enricher: &'a Enricher,
+    enriched: Cell<u64>,
+    pending: Cell<u64>,
+    not_guid: Cell<u64>,
+}
+
+impl Drop for Snapshot<'_> {
+    fn drop(&mut self) {
+        let stats = &self.enricher.stats;
+        for (counter, n) in [
+            (&stats.enriched, self.enriched.get()),
+            (&stats.pending, self.pending.get()),
+            (&stats.not_guid, self.not_guid.get()),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Enricher {
@@ -163,6 +183,9 @@ impl Enricher {
         Snapshot {
             table: Arc::clone(&self.table.read().expect("enrich table lock")),
             enricher: self,
+            enriched: Cell::new(0),
+            pending: Cell::new(0),
+            not_guid: Cell::new(0),
         }
     }
 }
@@ -177,24 +200,25 @@ impl Snapshot<'_> {
             return;
         }
         let Some(guid) = app_guid(rec) else { return };
-        let stats = &self.enricher.stats;
+        let add = |c: &Cell<u64>| c.set(c.get() + 1);
         if !is_guid(guid) {
-            stats.not_guid.fetch_add(1, Ordering::Relaxed);
+            add(&self.not_guid);
             return;
         }
         match self.table.get(guid) {
             Some(Entry::Known(names)) => {
                 rec.names = Some(Arc::clone(names));
-                stats.enriched.fetch_add(1, Ordering::Relaxed);
+                add(&self.enriched);
             }
             Some(Entry::Missing) => {}
-            Some(Entry::Pending) => {
-                stats.pending.fetch_add(1, Ordering::Relaxed);
-            }
+            Some(Entry::Pending) => add(&self.pending),
             None => {
-                stats.pending.fetch_add(1, Ordering::Relaxed);
+                add(&self.pending);
                 if self.enricher.requests.try_send(guid.to_string()).is_err() {
-                    stats.queue_full.fetch_add(1, Ordering::Relaxed);
+                    self.enricher
+                        .stats
+                        .queue_full
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

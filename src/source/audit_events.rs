@@ -306,14 +306,14 @@ impl Poller {
     /// records and the next page's URL.
     fn read_page(
         &mut self,
-        page: serde_json::Value,
+        mut page: serde_json::Value,
     ) -> (Vec<crate::record::Record>, Option<reqwest::Url>) {
         let next = page
             .pointer("/pagination/next/href")
             .and_then(|v| v.as_str())
             .and_then(|s| reqwest::Url::parse(s).ok());
-        let resources = match page.get("resources") {
-            Some(serde_json::Value::Array(r)) => r.clone(),
+        let resources = match page.get_mut("resources").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(r)) => r,
             _ => Vec::new(),
         };
         let mut records = Vec::with_capacity(resources.len());
