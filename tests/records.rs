@@ -2,6 +2,8 @@
 //! to the exact records in the files (DESIGN.md §4 shapes).
 
 mod common;
+#[path = "support/schema.rs"]
+mod schema;
 
 use std::collections::BTreeMap;
 
@@ -432,6 +434,9 @@ async fn golden_envelopes_become_exact_records_in_the_files() {
         assert_eq!(got[kind].len(), want.len(), "{kind}");
         for (g, w) in got[kind].iter().zip(want) {
             assert_eq!(g, w, "\n got: {g}\nwant: {w}");
+            if kind == "api" {
+                schema::assert_valid_api_record(g);
+            }
         }
     }
 }
