@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cf_audit_nozzle::pipeline::{Pipeline, Summary};
+use cf_audit_nozzle::record::{ApiSource, Kind, Record};
+use cf_audit_nozzle::route::Router;
+use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
 use cf_audit_nozzle::source::Backoff;
 use cf_audit_nozzle::source::audit_events::{self, AuditEventsConfig, AuditStatus, load_cursor};
 use common::*;
@@ -172,4 +175,138 @@ async fn every_event_exactly_once_across_a_restart_in_the_middle_of_pagination()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     assert_eq!(kept.created_at, last);
     assert_eq!(kept.guids.len(), 700 - (699 / 30) * 30);
+}
+
+/// A sink that delivers only once its gate is open, and remembers the audit
+/// event ids it delivered.
+struct GateSink {
+    open: tokio::sync::watch::Receiver<bool>,
+    delivered: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Sink for GateSink {
+    fn name(&self) -> &str {
+        "gate"
+    }
+
+    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        let _ = self.open.wait_for(|open| *open).await;
+        let mut d = self.delivered.lock().unwrap();
+        for r in batch {
+            if let Some(ApiSource::AuditEvents(a)) = r.api.as_deref().map(|a| &a.source) {
+                d.push(a.guid.clone());
+            }
+        }
+        Ok(batch.len() as u64)
+    }
+
+    async fn roll(&mut self) -> Result<u64, SinkFailure> {
+        Ok(0)
+    }
+}
+
+/// A sink whose queue is full turns pages away: the poller goes back to the
+/// last confirmed cursor (never past what was not delivered) and, once the
+/// sink moves again, every event arrives (some twice, none lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
+    let cc = cc::start().await;
+    let base = chrono::Utc::now() - chrono::Duration::minutes(20);
+    *cc.events.lock().unwrap() = events(0xd, base, 3000);
+    let dir = tempfile::tempdir().unwrap();
+    let cursor = dir.path().join("cursor.json");
+
+    let (open_tx, open) = tokio::sync::watch::channel(false);
+    let delivered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    // Room for one page and a half: the second page is turned away while the first waits.
+    let (queue, rx) = SinkQueue::new("gate", 1500);
+    let stats = Arc::clone(queue.stats());
+    let sink = tokio::spawn(run_sink(
+        GateSink {
+            open,
+            delivered: Arc::clone(&delivered),
+        },
+        rx,
+        Arc::clone(&stats),
+        BatchConfig {
+            max_records: 1000,
+            max_age: Duration::from_millis(10),
+            ..BatchConfig::default()
+        },
+    ));
+    let router = Arc::new(Router::new(vec![(queue, vec![Kind::Api])], false));
+    let status = Arc::new(AuditStatus::default());
+    let stop = CancellationToken::new();
+    let poller = tokio::spawn(audit_events::run(
+        config(&cursor),
+        cc.client(),
+        Arc::clone(&router),
+        Arc::clone(&status),
+        stop.clone(),
+    ));
+
+    let wait = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let s = Arc::clone(&status);
+    wait("two rewinds", Box::new(move || s.snapshot().rewinds >= 2)).await;
+    assert!(
+        stats
+            .dropped_queue_full
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1000
+    );
+    assert_eq!(
+        load_cursor(&cursor).unwrap(),
+        None,
+        "nothing was confirmed while the sink held the first page"
+    );
+
+    open_tx.send(true).unwrap();
+    let last = (base + chrono::Duration::seconds(2999 / 30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let c = cursor.clone();
+    let l = last.clone();
+    wait(
+        "the cursor at the last event",
+        Box::new(move || load_cursor(&c).unwrap().is_some_and(|k| k.created_at == l)),
+    )
+    .await;
+    stop.cancel();
+    poller.await.unwrap();
+    drop(router);
+    sink.await.unwrap();
+
+    let got = delivered.lock().unwrap().clone();
+    let unique: std::collections::BTreeSet<&String> = got.iter().collect();
+    assert_eq!(unique.len(), 3000, "every event delivered");
+    let expected: std::collections::BTreeSet<String> = cc
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["guid"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        unique
+            .into_iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    // The first page sat in the sink while it was read again: those arrive twice.
+    assert!(
+        got.len() > 3000,
+        "re-read pages are delivered again ({} records)",
+        got.len()
+    );
+    let k = load_cursor(&cursor).unwrap().unwrap();
+    assert_eq!(k.guids.len(), 3000 - (2999 / 30) * 30);
 }
