@@ -18,7 +18,9 @@ use cf_audit_nozzle::record::{ApiSource, Kind, Record};
 use cf_audit_nozzle::route::Router;
 use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
 use cf_audit_nozzle::source::Backoff;
-use cf_audit_nozzle::source::audit_events::{self, AuditEventsConfig, AuditStatus, load_cursor};
+use cf_audit_nozzle::source::audit_events::{
+    self, AuditEventsConfig, AuditStatus, CursorStore, load_cursor,
+};
 use common::*;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +40,7 @@ fn config(cursor: &std::path::Path) -> AuditEventsConfig {
     AuditEventsConfig {
         per_page: 1000,
         lookback: Duration::from_secs(3600),
-        cursor_file: cursor.to_path_buf(),
+        cursor: CursorStore::File(cursor.to_path_buf()),
         poll_interval: Duration::from_millis(50),
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(100)),
         ..AuditEventsConfig::default()
@@ -49,7 +51,7 @@ fn config(cursor: &std::path::Path) -> AuditEventsConfig {
 /// test CC or by `done`), then shuts down in order, as `pipeline::run` does.
 async fn run_poller(
     cc: &cc::TestCc,
-    cursor: &std::path::Path,
+    cfg: AuditEventsConfig,
     stop: CancellationToken,
     done: impl Fn(&audit_events::AuditSnapshot) -> bool,
 ) -> (Summary, audit_events::AuditSnapshot, tempfile::TempDir) {
@@ -57,7 +59,7 @@ async fn run_poller(
     let pipeline = Pipeline::start(&file_pipeline(dir.path())).unwrap();
     let status = Arc::new(AuditStatus::default());
     let task = tokio::spawn(audit_events::run(
-        config(cursor),
+        cfg,
         cc.client(),
         pipeline.router(),
         Arc::clone(&status),
@@ -103,7 +105,7 @@ async fn every_event_exactly_once_across_a_restart_in_the_middle_of_pagination()
     // 1,000 read, the 6th abandoned mid-request.
     let stop = CancellationToken::new();
     *cc.cancel_at.lock().unwrap() = Some((6, stop.clone()));
-    let (summary1, status1, _d1) = run_poller(&cc, &cursor, stop, |_| false).await;
+    let (summary1, status1, _d1) = run_poller(&cc, config(&cursor), stop, |_| false).await;
     let run1 = api_records(&summary1);
     assert_eq!(status1.events, 5000, "{status1:?}");
     assert_eq!(run1.len(), 5000);
@@ -124,10 +126,11 @@ async fn every_event_exactly_once_across_a_restart_in_the_middle_of_pagination()
         cc.event_requests.load(std::sync::atomic::Ordering::SeqCst) + 2,
         events(0xc, later, 700),
     );
-    let (summary2, status2, _d2) = run_poller(&cc, &cursor, CancellationToken::new(), |s| {
-        s.polls_completed >= 3
-    })
-    .await;
+    let (summary2, status2, _d2) =
+        run_poller(&cc, config(&cursor), CancellationToken::new(), |s| {
+            s.polls_completed >= 3
+        })
+        .await;
     let run2 = api_records(&summary2);
     // The boundary second of the cursor was read again and its 20 known events skipped, and
     // each later poll re-read its own last second.
@@ -309,4 +312,57 @@ async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
     );
     let k = load_cursor(&cursor).unwrap().unwrap();
     assert_eq!(k.guids.len(), 3000 - (2999 / 30) * 30);
+}
+
+/// The cursor kept as an object (how the S3 sink's bucket keeps it for an
+/// instance with an ephemeral disk): written after the sinks settle, read
+/// back by the next start, which then delivers nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cursor_can_live_in_an_object_store() {
+    let cc = cc::start().await;
+    let base = chrono::Utc::now() - chrono::Duration::minutes(5);
+    *cc.events.lock().unwrap() = events(0xe, base, 2000);
+    let object: Arc<std::sync::Mutex<Option<bytes::Bytes>>> = Default::default();
+    let (g, p) = (Arc::clone(&object), Arc::clone(&object));
+    let store = CursorStore::Object {
+        name: "memory://cursor".into(),
+        get: Arc::new(move || {
+            let v = g.lock().unwrap().clone();
+            Box::pin(async move { Ok(v) })
+        }),
+        put: Arc::new(move |b| {
+            *p.lock().unwrap() = Some(b);
+            Box::pin(async { Ok(()) })
+        }),
+    };
+    let cfg = AuditEventsConfig {
+        cursor: store,
+        ..config(std::path::Path::new("/nonexistent/unused"))
+    };
+    let (s1, st1, _d1) = run_poller(&cc, cfg.clone(), CancellationToken::new(), |s| {
+        s.polls_completed >= 1
+    })
+    .await;
+    assert_eq!(api_records(&s1).len(), 2000);
+    assert_eq!(st1.errors, 0);
+    let kept: serde_json::Value =
+        serde_json::from_slice(&object.lock().unwrap().clone().unwrap()).unwrap();
+    let last = (base + chrono::Duration::seconds(1999 / 30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(kept["created_at"], last.as_str());
+    assert_eq!(
+        kept["guids"].as_array().unwrap().len(),
+        2000 - (1999 / 30) * 30
+    );
+
+    let (s2, st2, _d2) = run_poller(&cc, cfg, CancellationToken::new(), |s| {
+        s.polls_completed >= 1
+    })
+    .await;
+    assert_eq!(
+        api_records(&s2).len(),
+        0,
+        "nothing delivered twice after a restart"
+    );
+    assert_eq!(st2.duplicates_skipped, (2000 - (1999 / 30) * 30) as u64);
 }

@@ -11,7 +11,7 @@ use crate::classify::rules::{Filters, Rule, own_app_guid};
 use crate::enrich::EnrichConfig;
 use crate::pipeline::{PipelineConfig, SinkConfig};
 use crate::record::Kind;
-use crate::source::audit_events::{AuditEventsConfig, MAX_LOOKBACK, MAX_PER_PAGE};
+use crate::source::audit_events::{AuditEventsConfig, CursorStore, MAX_LOOKBACK, MAX_PER_PAGE};
 use crate::source::cloud_controller::CcAccess;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -157,7 +157,7 @@ impl AuditArgs {
             .then(|| AuditEventsConfig {
                 per_page: self.audit_per_page,
                 lookback: lookback.unwrap_or_default(),
-                cursor_file: self.audit_cursor_file.clone(),
+                cursor: CursorStore::File(self.audit_cursor_file.clone()),
                 poll_interval: poll_interval.unwrap_or_default(),
                 shutdown_timeout,
                 ..AuditEventsConfig::default()

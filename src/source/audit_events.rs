@@ -9,7 +9,8 @@
 //! cursor is the last `created_at` plus the guids already taken in that
 //! second, and those are skipped (counted as `duplicates_skipped`).
 //!
-//! **Confirming.** The cursor kept in the cursor file only moves past events
+//! **Confirming.** The cursor kept in the cursor file (or bucket object, see
+//! [`CursorStore`]) only moves past events
 //! the sinks have settled. After handing a page's records to the router, the
 //! poller notes, for each sink `api` records go to, the sink's `received`
 //! count ("the mark"). A sink's records settle (delivered, dead-lettered or
@@ -34,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +56,8 @@ pub struct AuditEventsConfig {
     pub per_page: u32,
     /// On the first start (no cursor yet), how far back to begin.
     pub lookback: Duration,
-    pub cursor_file: PathBuf,
+    /// Where the cursor is kept.
+    pub cursor: CursorStore,
     /// Pause between polls once caught up.
     pub poll_interval: Duration,
     /// Records handed to sinks and not yet confirmed before reading stops.
@@ -69,7 +72,7 @@ impl Default for AuditEventsConfig {
         Self {
             per_page: MAX_PER_PAGE,
             lookback: Duration::from_secs(3600),
-            cursor_file: PathBuf::from("audit-events.cursor.json"),
+            cursor: CursorStore::File(PathBuf::from("audit-events.cursor.json")),
             poll_interval: Duration::from_secs(60),
             max_unconfirmed: 20_000,
             shutdown_timeout: Duration::from_secs(8),
@@ -127,6 +130,77 @@ pub enum CursorError {
     Write { path: String, reason: String },
 }
 
+/// Reads a stored cursor's bytes.
+pub type GetCursor =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<bytes::Bytes>, String>> + Send + Sync>;
+/// Stores a cursor's bytes.
+pub type PutCursor =
+    Arc<dyn Fn(bytes::Bytes) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// Where the cursor is kept: a file, or an object in a bucket (a `cf push`ed
+/// instance has an ephemeral disk), given as get and put functions of its
+/// JSON bytes.
+#[derive(Clone)]
+pub enum CursorStore {
+    File(PathBuf),
+    Object {
+        /// For messages, e.g. `s3://bucket/prefix/CFLogs-State/prod/audit-events.cursor.json`.
+        name: String,
+        get: GetCursor,
+        put: PutCursor,
+    },
+}
+
+impl std::fmt::Debug for CursorStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CursorStore::File(p) => write!(f, "File({})", p.display()),
+            CursorStore::Object { name, .. } => write!(f, "Object({name})"),
+        }
+    }
+}
+
+impl CursorStore {
+    pub async fn load(&self) -> Result<Option<Cursor>, CursorError> {
+        match self {
+            CursorStore::File(path) => load_cursor(path),
+            CursorStore::Object { name, get, .. } => {
+                let err = |reason: String| CursorError::Read {
+                    path: name.clone(),
+                    reason,
+                };
+                match get().await.map_err(err)? {
+                    None => Ok(None),
+                    Some(bytes) => parse_cursor(&bytes).map(Some).map_err(err),
+                }
+            }
+        }
+    }
+
+    pub async fn store(&self, cursor: &Cursor) -> Result<(), CursorError> {
+        match self {
+            CursorStore::File(path) => store_cursor(path, cursor),
+            CursorStore::Object { name, put, .. } => {
+                let bytes = serde_json::to_vec(cursor).expect("cursor serialises");
+                put(bytes.into())
+                    .await
+                    .map_err(|reason| CursorError::Write {
+                        path: name.clone(),
+                        reason,
+                    })
+            }
+        }
+    }
+}
+
+fn parse_cursor(bytes: &[u8]) -> Result<Cursor, String> {
+    let c: Cursor = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if seconds(&c.created_at).is_none() {
+        return Err(format!("created_at {:?} is not a time", c.created_at));
+    }
+    Ok(c)
+}
+
 /// Reads the cursor file; `None` when there is none yet.
 pub fn load_cursor(path: &std::path::Path) -> Result<Option<Cursor>, CursorError> {
     let err = |reason: String| CursorError::Read {
@@ -134,13 +208,7 @@ pub fn load_cursor(path: &std::path::Path) -> Result<Option<Cursor>, CursorError
         reason,
     };
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let c: Cursor = serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
-            if seconds(&c.created_at).is_none() {
-                return Err(err(format!("created_at {:?} is not a time", c.created_at)));
-            }
-            Ok(Some(c))
-        }
+        Ok(bytes) => parse_cursor(&bytes).map(Some).map_err(err),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(err(e.to_string())),
     }
@@ -260,7 +328,7 @@ impl Poller {
     /// When a sink lost records, reading must start again from the confirmed
     /// cursor: returns false then.
     #[must_use]
-    fn confirm(&mut self) -> bool {
+    async fn confirm(&mut self) -> bool {
         let mut newest = None;
         while let Some(front) = self.unconfirmed.front() {
             match settle(front) {
@@ -279,7 +347,7 @@ impl Poller {
         if let Some(c) = newest
             && c != self.confirmed
         {
-            match store_cursor(&self.cfg.cursor_file, &c) {
+            match self.cfg.cursor.store(&c).await {
                 Ok(()) => {
                     self.status.cursor_writes.fetch_add(1, Ordering::Relaxed);
                 }
@@ -397,7 +465,7 @@ pub async fn run(
     status: Arc<AuditStatus>,
     shutdown: CancellationToken,
 ) {
-    let start = match load_cursor(&cfg.cursor_file) {
+    let start = match cfg.cursor.load().await {
         Ok(Some(c)) => c,
         Ok(None) => Cursor::starting(cfg.lookback),
         Err(e) => {
@@ -458,7 +526,7 @@ pub async fn run(
                     _ = tokio::time::sleep(delay) => continue 'poll,
                 }
             }
-            if !p.confirm() {
+            if !p.confirm().await {
                 continue 'poll;
             }
             // Backpressure: wait for the sinks before reading further ahead.
@@ -467,7 +535,7 @@ pub async fn run(
                     _ = shutdown.cancelled() => break 'poll,
                     _ = tokio::time::sleep(Duration::from_millis(50)) => {}
                 }
-                if !p.confirm() {
+                if !p.confirm().await {
                     continue 'poll;
                 }
             }
@@ -483,7 +551,7 @@ pub async fn run(
                 _ = shutdown.cancelled() => break 'poll,
                 _ = tokio::time::sleep(Duration::from_millis(200).min(p.cfg.poll_interval)) => {}
             }
-            if !p.confirm() {
+            if !p.confirm().await {
                 continue 'poll;
             }
         }
@@ -492,7 +560,7 @@ pub async fn run(
     drop(router);
     let deadline = tokio::time::Instant::now() + p.cfg.shutdown_timeout;
     loop {
-        let _ = p.confirm();
+        let _ = p.confirm().await;
         if p.unconfirmed.is_empty() || tokio::time::Instant::now() >= deadline {
             break;
         }
