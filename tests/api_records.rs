@@ -399,3 +399,26 @@ fn the_schema_refuses_what_is_not_an_api_invocation() {
         "an unknown identity type must not validate"
     );
 }
+
+/// An audit-events record through the HEC encoder: its time, source and
+/// sourcetype, and the record as the event.
+#[test]
+fn an_audit_event_as_a_hec_event() {
+    let record = audit_event_record(json!({"guid": "55555555-6666-4777-8888-999999999999",
+        "type": "audit.space.delete-request", "created_at": "2016-06-08T16:41:23Z",
+        "actor": {"type": "user", "guid": "u-1", "name": "ops@example.org"},
+        "target": {"type": "space", "guid": "s-1", "name": "dev"}, "data": {"request": {"recursive": true}},
+        "space": {"guid": "s-1"}, "organization": {"guid": "o-1"}}))
+    .unwrap();
+    let mut out = Vec::new();
+    cf_audit_nozzle::sink::http::encode_hec(&record, &ctx(), None, &mut out);
+    let text = String::from_utf8(out).unwrap();
+    let prefix = r#"{"time":1465404083.000000,"host":"-","source":"cloud_controller","sourcetype":"cf:api","fields":{"foundation":"prod-eu","kind":"api"},"event":"#;
+    assert!(text.starts_with(prefix), "{text}");
+    let event: Value = serde_json::from_str(&text[prefix.len()..text.len() - 1]).unwrap();
+    assert_eq!(
+        event,
+        serde_json::from_str::<Value>(&record.to_json(&ctx())).unwrap()
+    );
+    assert_valid_api_record(&event);
+}

@@ -108,6 +108,10 @@ fn each_field_matches_what_it_names() {
         ("source_type=RTR", &[false, true, false, false, false]),
         ("origin=rep", &[true, false, true, false, false]),
         ("source_id=doppler", &[false, false, false, true, false]),
+        (
+            "source_id=cloud_controller",
+            &[false, false, false, false, true],
+        ),
         (&*format!("app={APP}"), &[true, true, true, false, true]),
         ("app=spring-music", &[true, false, false, false, true]),
         ("space=dev", &[true, false, false, false, false]),

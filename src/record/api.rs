@@ -83,6 +83,10 @@ pub fn read_only(event_name: &str) -> Option<bool> {
     Some(event_name.ends_with(".show") || event_name.ends_with(".download"))
 }
 
+/// The source id of audit-events records (what syslog's APP-NAME and HEC's
+/// `source` show; `--include source_id=cloud_controller` matches them).
+pub const AUDIT_EVENTS_SOURCE_ID: &str = "cloud_controller";
+
 /// Why an audit event could not become a record.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuditEventError {
@@ -95,8 +99,9 @@ pub enum AuditEventError {
 /// Reads one `/v3/audit_events` resource into an `api` record.
 ///
 /// The record's envelope is empty but for its timestamp (the event's
-/// `created_at`): sinks take a record's time from there; the envelope of an
-/// audit-events record is never rendered.
+/// `created_at`) and source id (`cloud_controller`): sinks take a record's
+/// time and, for syslog and HEC, its app-name and source from there. The
+/// envelope of an audit-events record is never rendered.
 pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
     let text = |v: &Value, key: &'static str| -> Option<String> {
         v.get(key).and_then(Value::as_str).map(str::to_string)
@@ -153,6 +158,7 @@ pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
         kind: super::Kind::Api,
         envelope: Envelope {
             timestamp,
+            source_id: AUDIT_EVENTS_SOURCE_ID.to_string(),
             ..Envelope::default()
         },
         api: Some(Box::new(call)),
