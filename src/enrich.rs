@@ -178,6 +178,20 @@ impl Enricher {
         &self.stats
     }
 
+    /// Apps in the table the router reads: (named, missing, pending lookup).
+    pub fn table_counts(&self) -> (usize, usize, usize) {
+        let table = Arc::clone(&self.table.read().expect("enrich table lock"));
+        let mut counts = (0, 0, 0);
+        for e in table.values() {
+            match e {
+                Entry::Known(_) => counts.0 += 1,
+                Entry::Missing => counts.1 += 1,
+                Entry::Pending => counts.2 += 1,
+            }
+        }
+        counts
+    }
+
     /// The table as it is now; call once per batch.
     pub fn snapshot(&self) -> Snapshot<'_> {
         Snapshot {

@@ -91,10 +91,13 @@ async fn audit_events_enrichment_rules_and_routes_in_the_running_nozzle() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // Three pages, then a second poll.
+    // Three pages, a second poll (its answer is handled once a third poll asks).
     let until = Instant::now() + Duration::from_secs(30);
-    while cc.event_requests.load(Ordering::SeqCst) < 4 {
-        assert!(Instant::now() < until, "the poller did not poll twice");
+    while cc.event_requests.load(Ordering::SeqCst) < 5 {
+        assert!(
+            Instant::now() < until,
+            "the poller did not poll three times"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     nix::sys::signal::kill(

@@ -110,8 +110,10 @@ async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousan
         stats.snapshot().lookups == 1000 && cc.app_requests.load(Ordering::SeqCst) == 1000
     })
     .await;
-    // The table is published every 100 ms; then every app's records get names, and nothing is looked up again.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the table the router reads has every answer, every known app's
+    // records get names, and nothing is looked up again.
+    let e = Arc::clone(&r.enricher);
+    wait_for("the answers published", || e.table_counts() == (950, 50, 0)).await;
     let before = stats.snapshot();
     drop(router);
     let (summary, _dir) = finish_pipeline(r.pipeline).await;
