@@ -495,6 +495,8 @@ pub async fn run(
                 break 'poll;
             }
             let page = tokio::select! {
+                // A stop wins over an answer that arrived at the same moment.
+                biased;
                 _ = shutdown.cancelled() => break 'poll,
                 page = p.cc.get_json(&url) => page,
             };
