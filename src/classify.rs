@@ -4,22 +4,25 @@
 //! Classification reads the envelope in place (its message type and the
 //! `source_type` tag) and never fails: every envelope becomes exactly one record.
 
+pub mod rules;
+
 use crate::proto::{Envelope, envelope::Message};
-use crate::record::{ApiCall, Kind, Record, envelope_tag};
+use crate::record::{ApiCall, ApiResource, ApiSource, Kind, Record, envelope_tag, ruby_hash};
 
 /// Turns an envelope into its record.
 pub fn classify(envelope: Envelope) -> Record {
     let kind = kind_of(&envelope);
     let api = match (&kind, &envelope.message) {
-        (Kind::Api, Some(Message::Log(l))) => {
-            Some(parse_api_message(&String::from_utf8_lossy(&l.payload)))
-        }
+        (Kind::Api, Some(Message::Log(l))) => Some(Box::new(parse_api_message(
+            &String::from_utf8_lossy(&l.payload),
+        ))),
         _ => None,
     };
     Record {
         kind,
         envelope,
         api,
+        names: None,
     }
 }
 
@@ -143,41 +146,55 @@ pub fn parse_api_message(text: &str) -> ApiCall {
         let (guid, tail) = rest.split_at(guid_len);
         return ApiCall {
             event_name: (*event_name).to_string(),
-            target: (!guid.is_empty()).then(|| (*target_type, guid.to_string())),
+            target: (!guid.is_empty()).then(|| ApiResource {
+                kind: (*target_type).to_string(),
+                guid: Some(guid.to_string()),
+                name: None,
+            }),
             request_parameters: request_parameters(tail),
+            source: ApiSource::Firehose,
         };
     }
     ApiCall {
         event_name: "unknown".to_string(),
         target: None,
         request_parameters: None,
+        source: ApiSource::Firehose,
     }
 }
 
-/// What follows the guid: ` (<attributes>)` or ` payload: <object>`.
-fn request_parameters(tail: &str) -> Option<String> {
+/// What follows the guid: ` (<attributes>)` or ` payload: <object>`, as JSON
+/// when it is a Ruby hash, else as the text CC wrote.
+fn request_parameters(tail: &str) -> Option<serde_json::Value> {
     let tail = tail.trim_start();
-    if let Some(inner) = tail.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
-        return Some(inner.to_string());
+    let text = if let Some(inner) = tail.strip_prefix('(').and_then(|t| t.strip_suffix(')')) {
+        inner
+    } else {
+        tail.strip_prefix("payload:").map(str::trim)?
+    };
+    if text.is_empty() {
+        return None;
     }
-    tail.strip_prefix("payload:")
-        .map(|p| p.trim().to_string())
-        .filter(|p| !p.is_empty())
+    Some(ruby_hash::parse(text).unwrap_or_else(|| serde_json::Value::String(text.to_string())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn check(text: &str, name: &str, target: Option<(&str, &str)>, params: Option<&str>) {
+    use serde_json::{Value, json};
+
+    fn check(text: &str, name: &str, target: Option<(&str, &str)>, params: Option<Value>) {
         let call = parse_api_message(text);
         assert_eq!(call.event_name, name, "{text}");
         assert_eq!(
-            call.target.as_ref().map(|(t, g)| (*t, g.as_str())),
+            call.target
+                .as_ref()
+                .map(|t| (t.kind.as_str(), t.guid.as_deref().unwrap_or_default())),
             target,
             "{text}"
         );
-        assert_eq!(call.request_parameters.as_deref(), params, "{text}");
+        assert_eq!(call.request_parameters, params, "{text}");
     }
 
     #[test]
@@ -190,7 +207,7 @@ mod tests {
             "audit.app.update",
             Some(("app", g)),
             Some(
-                r#"{"name"=>"spring-music", "instances"=>1, "memory"=>512, "environment_json"=>"PRIVATE DATA HIDDEN"}"#,
+                json!({"name": "spring-music", "instances": 1, "memory": 512, "environment_json": "PRIVATE DATA HIDDEN"}),
             ),
         );
         check(
@@ -211,7 +228,7 @@ mod tests {
             ),
             "app.crash",
             Some(("app", g)),
-            Some(r#"{"instance"=>"a", "index"=>0}"#),
+            Some(json!({"instance": "a", "index": 0})),
         );
         check(
             &format!("Staging complete for build {g}"),

@@ -15,11 +15,13 @@ use crate::source::Backoff;
 use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
+mod audit;
 mod cf;
 mod s3;
 mod sinks;
 mod source;
 mod telemetry;
+pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::{CfArgs, HttpClientError, http_client};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
 pub use sinks::{
@@ -97,6 +99,8 @@ pub struct RunArgs {
     pub input: SourceArgs,
     #[command(flatten)]
     pub cf: CfArgs,
+    #[command(flatten)]
+    pub audit: AuditArgs,
     #[command(flatten)]
     pub output: OutputArgs,
     #[command(flatten)]
@@ -346,7 +350,15 @@ impl RunArgs {
                 .gateway(&mut errors, &self.cf, streams)
                 .map(|g| SourceConfig::Gateway(Box::new(g))),
         };
-        let pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        let mut pipeline = self.output.pipeline(&mut errors, self.decode_only);
+        let audit = self.audit.setup(
+            &mut errors,
+            &self.cf,
+            self.output.instance_index,
+            Duration::from_secs(self.shutdown_timeout),
+            &mut pipeline,
+            &|k| std::env::var(k).ok(),
+        );
         let (telemetry, alerts) = self
             .telemetry
             .config(std::env::var("PORT").ok(), &mut errors);
@@ -358,6 +370,7 @@ impl RunArgs {
                 telemetry,
                 alerts,
                 warnings: self.warnings(),
+                audit,
             }),
             _ => Err(ConfigErrors(errors)),
         }

@@ -6,11 +6,13 @@
 //! 1. **Sources** ([`source`]): [`source::rlp`] subscribes to the Reverse Log
 //!    Proxy's `loggregator.v2.Egress/BatchedReceiver` over mutual TLS and
 //!    reconnects with jittered backoff; [`source::emulator`] is an in-process
-//!    Loggregator for the demo, tests and benchmark. Wire types are in [`proto`].
+//!    Loggregator for the demo, tests and benchmark; [`source::audit_events`]
+//!    polls Cloud Controller's audit events into `api` records. Wire types are in [`proto`].
 //! 2. **Classify** ([`classify`]): each envelope becomes exactly one [`record::Record`]
 //!    of kind `api` (Cloud Controller's `API` log lines, read into
 //!    CloudTrail-style fields), `app_log`, `metric` or `event`. [`record`] holds
-//!    the record and its JSON shape.
+//!    the record and its JSON shape. [`classify::rules`] decides what is
+//!    delivered; [`enrich`] adds app, space and org names from Cloud Controller.
 //! 3. **Route** ([`route`]): each kind goes to its sinks; the router offers
 //!    each sink its share without waiting, so ingress never waits on a sink.
 //! 4. **Sinks** ([`sink`]): a bounded queue, batching and exact accounting
@@ -19,7 +21,8 @@
 //!    [`sink::object`], feeding the signed digest chain ([`sink::digest`],
 //!    formats in [`integrity`]) that [`validate`] checks.
 //!
-//! [`pipeline`] assembles these and shuts them down in order; [`config`] is the
+//! [`pipeline`] assembles these and shuts them down in order; [`audit`]
+//! starts the poller and enrichment; [`config`] is the
 //! command line; [`demo`] runs the emulator into the real pipeline.
 //! Beside the flow: [`telemetry`] serves `/health` and `/metrics` from the
 //! counters the stages keep; [`alert`] watches them for stalled sinks, drops
@@ -28,9 +31,11 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
+pub mod audit;
 pub mod classify;
 pub mod config;
 pub mod demo;
+pub mod enrich;
 pub mod integrity;
 pub mod pipeline;
 pub mod record;

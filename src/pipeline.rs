@@ -58,6 +58,9 @@ pub struct Summary {
     /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rlp: Option<crate::source::rlp::RlpSnapshot>,
+    /// The audit-events poller's and enrichment's counters, when they ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit: Option<crate::audit::AuditReport>,
 }
 
 impl Summary {
@@ -138,6 +141,22 @@ impl Pipeline {
         })
     }
 
+    /// Applies include/exclude rules; call before handing the router to sources.
+    pub fn with_filters(mut self, filters: crate::classify::rules::Filters) -> Self {
+        Arc::get_mut(&mut self.router)
+            .expect("filters are set before the router is shared")
+            .set_filters(filters);
+        self
+    }
+
+    /// Turns enrichment on; call before handing the router to sources.
+    pub fn with_enricher(mut self, enricher: Arc<crate::enrich::Enricher>) -> Self {
+        Arc::get_mut(&mut self.router)
+            .expect("the enricher is set before the router is shared")
+            .set_enricher(enricher);
+        self
+    }
+
     pub fn router(&self) -> Arc<Router> {
         Arc::clone(&self.router)
     }
@@ -199,6 +218,7 @@ impl Pipeline {
             sinks: reports,
             complete,
             rlp: None,
+            audit: None,
         }
     }
 }
@@ -245,6 +265,8 @@ pub struct RunConfig {
     pub alerts: crate::alert::AlertConfig,
     /// Shown in `/health` (they were logged at start).
     pub warnings: Vec<String>,
+    /// Rules, the audit-events poller and enrichment.
+    pub audit: crate::config::AuditSetup,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -264,7 +286,8 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
         Some(t) => crate::telemetry::bind(t).await?,
         None => None,
     };
-    let pipeline = Pipeline::start(&cfg.pipeline)?;
+    let pipeline = Pipeline::start(&cfg.pipeline)?.with_filters(cfg.audit.filters.clone());
+    let (pipeline, audit) = crate::audit::start(&cfg.audit, pipeline, shutdown.clone());
     let status = Arc::new(RlpStatus::default());
     let view = Arc::new(crate::telemetry::View {
         ingress: pipeline.ingress_stats(),
@@ -316,8 +339,10 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     if let Err(e) = alerts.await {
         tracing::error!(error = %e, "alert watcher failed");
     }
-    let mut summary = pipeline.finish(cfg.shutdown_timeout).await;
+    // The poller confirms its last pages while the sinks drain.
+    let (mut summary, audit) = tokio::join!(pipeline.finish(cfg.shutdown_timeout), audit.finish());
     summary.rlp = Some(status.snapshot());
+    summary.audit = audit;
     server_stop.cancel();
     if let Some(server) = server {
         let _ = server.await;

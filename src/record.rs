@@ -14,6 +14,11 @@ use serde::ser::{SerializeMap, Serializer};
 
 use crate::proto::{Envelope, envelope::Message, log, value};
 
+pub mod api;
+pub mod ruby_hash;
+
+pub use api::{ApiCall, ApiResource, ApiSource, audit_event_record};
+
 /// Version of the ApiInvocation record layout: the major changes on
 /// incompatible changes, the minor when fields are added (as CloudTrail does).
 pub const API_EVENT_VERSION: &str = "1.0";
@@ -71,19 +76,12 @@ impl std::str::FromStr for Kind {
 pub struct Record {
     pub kind: Kind,
     pub envelope: Envelope,
-    /// Set for [`Kind::Api`]: what Cloud Controller's message text says was done.
-    pub api: Option<ApiCall>,
-}
-
-/// A Cloud Controller action read from an `API` log line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiCall {
-    /// CC audit event type, e.g. `audit.app.update`; `unknown` when the text is not recognised.
-    pub event_name: String,
-    /// The resource acted on: (`app` | `build`, guid).
-    pub target: Option<(&'static str, String)>,
-    /// The parenthesised request attributes or payload, as CC wrote them.
-    pub request_parameters: Option<String>,
+    /// Set for [`Kind::Api`]: what Cloud Controller did (boxed: most records
+    /// are app logs and metrics, which should not carry its size).
+    pub api: Option<Box<ApiCall>>,
+    /// App, space and org names from Cloud Controller, for envelopes that do
+    /// not carry them in tags (see [`crate::enrich`]).
+    pub names: Option<std::sync::Arc<crate::enrich::AppNames>>,
 }
 
 /// Per-deployment values every record carries.
@@ -197,16 +195,6 @@ impl<'a> Named<'a> {
     }
 }
 
-#[derive(Serialize)]
-struct Resource<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    guid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-}
-
 /// A double as protojson writes it: a number, or "NaN" / "Infinity" / "-Infinity".
 struct Float(f64);
 
@@ -228,6 +216,11 @@ impl Serialize for Float {
 impl Serialize for RecordJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let rec = self.record;
+        if let Some(api) = rec.api.as_deref()
+            && matches!(api.source, ApiSource::AuditEvents(_))
+        {
+            return api::serialize_audit_event(s, rec, api, &self.ctx.foundation);
+        }
         let env = &rec.envelope;
         let tag = |k: &str| envelope_tag(env, k);
         let time = rfc3339_nanos(env.timestamp);
@@ -243,7 +236,7 @@ impl Serialize for RecordJson<'_> {
             }
         }
         // Log envelopes from apps name the app in source_id when no app_id tag does.
-        let app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
+        let mut app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
             let is_app_log = matches!(env.message, Some(Message::Log(_)))
                 && !env.source_id.is_empty()
                 && tag("app_id").is_none_or(str::is_empty);
@@ -252,8 +245,19 @@ impl Serialize for RecordJson<'_> {
                 name: None,
             })
         });
-        let space = Named::from_tags(env, "space_id", "space_name");
-        let org = Named::from_tags(env, "organization_id", "organization_name");
+        let mut space = Named::from_tags(env, "space_id", "space_name");
+        let mut org = Named::from_tags(env, "organization_id", "organization_name");
+        // Names from Cloud Controller fill in what the tags do not say.
+        if let Some(n) = rec.names.as_deref() {
+            fn named<'n>(guid: Option<&'n str>, name: Option<&'n str>) -> Option<Named<'n>> {
+                (guid.is_some() || name.is_some()).then_some(Named { guid, name })
+            }
+            if app.as_ref().is_none_or(|a| a.name.is_none()) {
+                app = named(Some(&n.app_guid), n.app_name.as_deref());
+            }
+            space = space.or_else(|| named(n.space_guid.as_deref(), n.space_name.as_deref()));
+            org = org.or_else(|| named(n.org_guid.as_deref(), n.org_name.as_deref()));
+        }
         if let Some(app) = &app {
             m.serialize_entry("app", app)?;
         }
@@ -297,40 +301,21 @@ impl Serialize for RecordJson<'_> {
             None => {}
         }
         if let Some(api) = &rec.api {
-            let event_id = firehose_event_id(env);
-            m.serialize_entry("eventVersion", API_EVENT_VERSION)?;
-            m.serialize_entry("eventTime", &time)?;
-            m.serialize_entry("eventID", &event_id)?;
-            m.serialize_entry("eventSource", "cloud_controller")?;
-            m.serialize_entry("eventName", &api.event_name)?;
-            m.serialize_entry("eventType", "CfApiCall")?;
-            // Log lines do not say who acted; /v3/audit_events does (a later source).
-            m.serialize_entry("userIdentity", &OneField("type", "unknown"))?;
-            let mut resources = Vec::with_capacity(3);
-            if let Some((kind, guid)) = &api.target {
-                let name = if *kind == "app" && tag("app_id") == Some(guid.as_str()) {
-                    tag("app_name").filter(|s| !s.is_empty())
-                } else {
-                    None
-                };
-                resources.push(Resource {
-                    kind,
-                    guid: Some(guid),
-                    name,
-                });
-            }
-            for (kind, named) in [("space", &space), ("org", &org)] {
-                if let Some(n) = named {
-                    resources.push(Resource {
-                        kind,
-                        guid: n.guid,
-                        name: n.name,
-                    });
-                }
-            }
-            m.serialize_entry("resources", &resources)?;
-            m.serialize_entry("requestParameters", &api.request_parameters)?;
-            m.serialize_entry("sourceEvent", "firehose")?;
+            let resource = |kind: &str, n: &Option<Named>| {
+                n.as_ref().map(|n| ApiResource {
+                    kind: kind.to_string(),
+                    guid: n.guid.map(str::to_string),
+                    name: n.name.map(str::to_string),
+                })
+            };
+            api::write_fields(
+                &mut m,
+                rec,
+                api,
+                &time,
+                resource("space", &space),
+                resource("org", &org),
+            )?;
         }
         m.serialize_entry("envelope", &EnvelopeJson(env))?;
         m.end()

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::Serialize;
 
 use crate::classify::classify;
+use crate::classify::rules::Filters;
 use crate::proto::Envelope;
-use crate::record::Kind;
-use crate::sink::{Chunk, SinkQueue};
+use crate::record::{Kind, Record};
+use crate::sink::{Chunk, SinkQueue, SinkStats};
 
 /// Counters of what entered the pipeline.
 #[derive(Debug, Default)]
@@ -28,6 +29,8 @@ pub struct IngressStats {
     /// RLP (reference: loggregator-protocol.md, slow consumers). Upstream loss
     /// the nozzle cannot see otherwise.
     pub upstream_dropped: AtomicU64,
+    /// Records the include/exclude rules left out (an operator's choice, not a loss).
+    pub filtered: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -40,6 +43,7 @@ pub struct IngressSnapshot {
     pub event: u64,
     pub unrouted: u64,
     pub upstream_dropped: u64,
+    pub filtered: u64,
 }
 
 impl IngressStats {
@@ -54,6 +58,7 @@ impl IngressStats {
             event: k(Kind::Event),
             unrouted: self.unrouted.load(Ordering::Relaxed),
             upstream_dropped: self.upstream_dropped.load(Ordering::Relaxed),
+            filtered: self.filtered.load(Ordering::Relaxed),
         }
     }
 }
@@ -66,6 +71,10 @@ pub struct Router {
     stats: Arc<IngressStats>,
     /// Benchmark mode: count envelopes and stop there (no classification, no sinks).
     decode_only: bool,
+    /// Include/exclude rules, own-app and opt-out exclusion.
+    filters: Filters,
+    /// Names from Cloud Controller for envelopes without name tags.
+    enricher: Option<Arc<crate::enrich::Enricher>>,
 }
 
 impl Router {
@@ -84,7 +93,61 @@ impl Router {
             routes,
             stats: Arc::new(IngressStats::default()),
             decode_only,
+            filters: Filters::default(),
+            enricher: None,
         }
+    }
+
+    /// Turns enrichment on (before the router is shared).
+    pub fn set_enricher(&mut self, enricher: Arc<crate::enrich::Enricher>) {
+        self.enricher = Some(enricher);
+    }
+
+    /// Sets the include/exclude rules (before the router is shared).
+    pub fn set_filters(&mut self, filters: Filters) {
+        self.filters = filters;
+    }
+
+    /// The counters of the sinks records of `kind` go to.
+    pub fn sinks_of(&self, kind: Kind) -> Vec<(String, Arc<SinkStats>)> {
+        self.routes[kind.index()]
+            .iter()
+            .map(|&i| {
+                let q = &self.queues[i];
+                (q.name().to_string(), Arc::clone(q.stats()))
+            })
+            .collect()
+    }
+
+    /// Offers records made elsewhere (the audit-events poller's) to their
+    /// sinks, after the same rules as envelopes. Never waits. Returns whether
+    /// every sink took its share (false: some were dropped, counted by the sink).
+    pub fn dispatch_records(&self, records: Vec<Record>) -> bool {
+        let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        for record in records {
+            let k = record.kind.index();
+            self.stats.by_kind[k].fetch_add(1, Ordering::Relaxed);
+            if !self.filters.keeps(&record) {
+                self.stats.filtered.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let targets = &self.routes[k];
+            if targets.is_empty() {
+                self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let record = Arc::new(record);
+            for &t in targets {
+                chunks[t].push(Arc::clone(&record));
+            }
+        }
+        let mut all = true;
+        for (queue, chunk) in self.queues.iter().zip(chunks) {
+            if !chunk.is_empty() {
+                all &= queue.offer(chunk);
+            }
+        }
+        all
     }
 
     pub fn stats(&self) -> &Arc<IngressStats> {
@@ -116,13 +179,26 @@ impl Router {
         let mut by_kind = [0u64; 4];
         let mut unrouted = 0;
         let mut upstream_dropped = 0;
+        let mut filtered = 0;
+        // One look at the names table per batch, none per envelope.
+        let names = self
+            .enricher
+            .as_deref()
+            .map(crate::enrich::Enricher::snapshot);
         for envelope in envelopes {
-            let record = classify(envelope);
+            let mut record = classify(envelope);
             let k = record.kind.index();
             if record.kind == Kind::Metric {
                 upstream_dropped += loggregator_egress_drops(&record.envelope);
             }
             by_kind[k] += 1;
+            if !self.filters.keeps(&record) {
+                filtered += 1;
+                continue;
+            }
+            if let Some(names) = &names {
+                names.enrich(&mut record);
+            }
             let targets = &self.routes[k];
             if targets.is_empty() {
                 unrouted += 1;
@@ -145,6 +221,9 @@ impl Router {
             self.stats
                 .upstream_dropped
                 .fetch_add(upstream_dropped, Ordering::Relaxed);
+        }
+        if filtered > 0 {
+            self.stats.filtered.fetch_add(filtered, Ordering::Relaxed);
         }
         for (queue, chunk) in self.queues.iter().zip(chunks) {
             if !chunk.is_empty() {

@@ -2,6 +2,8 @@
 //! to the exact records in the files (DESIGN.md §4 shapes).
 
 mod common;
+#[path = "support/schema.rs"]
+mod schema;
 
 use std::collections::BTreeMap;
 
@@ -94,8 +96,8 @@ fn goldens() -> Vec<(Envelope, serde_json::Value)> {
             {"type": "space", "guid": SPACE, "name": "dev"},
             {"type": "org", "guid": ORG, "name": "acme"}
         ],
-        "requestParameters": r#"{"name"=>"spring-music", "instances"=>1, "memory"=>512, "environment_json"=>"PRIVATE DATA HIDDEN"}"#,
-        "sourceEvent": "firehose",
+        "requestParameters": {"name": "spring-music", "instances": 1, "memory": 512, "environment_json": "PRIVATE DATA HIDDEN"},
+        "readOnly": false, "sourceEvent": "firehose",
         "envelope": {"timestamp": T.to_string(), "source_id": APP, "instance_id": "0", "deprecated_tags": {},
                      "tags": cc_tags_json.clone(),
                      "log": {"payload": "VXBkYXRlZCBhcHAgd2l0aCBndWlkIGNkYWJjNjAwLTBiNzMtNDhlMS1iN2QyLTI2YWYyYzYzZjkzMyAoeyJuYW1lIj0+InNwcmluZy1tdXNpYyIsICJpbnN0YW5jZXMiPT4xLCAibWVtb3J5Ij0+NTEyLCAiZW52aXJvbm1lbnRfanNvbiI9PiJQUklWQVRFIERBVEEgSElEREVOIn0p", "type": "OUT"}}
@@ -228,7 +230,8 @@ fn goldens() -> Vec<(Envelope, serde_json::Value)> {
         "message": "Starting app with guid cdabc600-0b73-48e1-b7d2-26af2c63f933",
         "eventVersion": "1.0", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
         "eventName": "audit.app.start", "eventType": "CfApiCall", "userIdentity": {"type": "unknown"},
-        "resources": [{"type": "app", "guid": APP}], "requestParameters": null, "sourceEvent": "firehose",
+        "resources": [{"type": "app", "guid": APP}], "requestParameters": null, "readOnly": false,
+        "sourceEvent": "firehose",
         "envelope": {"timestamp": T.to_string(), "source_id": APP, "instance_id": "0",
                      "deprecated_tags": {"source_type": {"text": "API"}, "origin": {"text": "cloud_controller"},
                                          "index": {"integer": "3"}, "weight": {"decimal": 0.5}},
@@ -431,6 +434,9 @@ async fn golden_envelopes_become_exact_records_in_the_files() {
         assert_eq!(got[kind].len(), want.len(), "{kind}");
         for (g, w) in got[kind].iter().zip(want) {
             assert_eq!(g, w, "\n got: {g}\nwant: {w}");
+            if kind == "api" {
+                schema::assert_valid_api_record(g);
+            }
         }
     }
 }

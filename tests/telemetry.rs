@@ -93,6 +93,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         }),
         alerts: AlertConfig::default(),
         warnings: vec!["TLS verification is off (test)".into()],
+        audit: Default::default(),
     };
     let stop = CancellationToken::new();
     let nozzle = tokio::spawn(pipeline::run(cfg, stop.clone()));

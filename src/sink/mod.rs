@@ -332,7 +332,8 @@ impl SinkQueue {
 
     /// Hands a chunk to the sink without waiting. When the queue cannot take
     /// the whole chunk, the chunk is dropped and counted (`dropped_queue_full`).
-    pub fn offer(&self, chunk: Chunk) {
+    /// Returns whether the chunk was admitted.
+    pub fn offer(&self, chunk: Chunk) -> bool {
         let n = chunk.len() as u64;
         let stats = &self.stats;
         stats.received.fetch_add(n, Ordering::Relaxed);
@@ -343,7 +344,7 @@ impl SinkQueue {
             })
             .is_ok();
         if admitted && self.tx.send(chunk).is_ok() {
-            return;
+            return true;
         }
         if admitted {
             // The runner is gone (shutdown); the records were never queued.
@@ -359,6 +360,7 @@ impl SinkQueue {
                 "sink queue full: dropping newest records"
             );
         }
+        false
     }
 }
 

@@ -38,7 +38,7 @@ use super::uaa::{TokenProvider, UaaConfig, UaaError};
 use super::{Backoff, Streams};
 use crate::route::Router;
 
-mod json;
+pub mod json;
 pub use json::{DecodeError, decode_batch};
 
 /// The gateway sends a heartbeat after 15 s without data; allow 3 s more.

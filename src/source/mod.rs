@@ -3,6 +3,8 @@
 //! - [`rlp`]: the Reverse Log Proxy's gRPC `BatchedReceiver`, over mutual TLS.
 //! - [`uaa`]: UAA client-credentials tokens, renewed before expiry;
 //!   [`cf_api`]: endpoint discovery from the Cloud Foundry API root.
+//! - [`audit_events`]: Cloud Controller's `/v3/audit_events`, polled into
+//!   `api` records ([`cloud_controller`] makes the requests).
 //! - [`emulator`]: an in-process Loggregator egress server for the demo, the
 //!   tests and the benchmark.
 //!
@@ -10,7 +12,9 @@
 //! [`Backoff`], reports in a [`SourceStatus`], asks for the envelopes its
 //! [`Streams`] name, and stops when its shutdown token is cancelled.
 
+pub mod audit_events;
 pub mod cf_api;
+pub mod cloud_controller;
 pub mod emulator;
 pub mod gateway;
 pub mod rlp;

@@ -1,0 +1,243 @@
+//! Include/exclude rules: which records the nozzle delivers.
+//!
+//! A rule is one or more conditions joined by `,`, all of which must hold:
+//! `FIELD=VALUE[|VALUE...]`. A value ending in `*` matches by prefix. Fields:
+//!
+//! | field | matches |
+//! |---|---|
+//! | `kind` | `api`, `app_log`, `metric`, `event` |
+//! | `source_type` | the `source_type` tag (`APP/PROC/WEB`, `RTR`, `API`, ...) |
+//! | `origin`, `deployment`, `job` | those tags |
+//! | `source_id` | the envelope's source id |
+//! | `app`, `space`, `org` | the guid or the name (tags, or the audit event's resources) |
+//! | `metric` | a counter's or timer's name, or any of a gauge's metric names |
+//! | `source_event` | `firehose` or `audit_events` (`api` records only) |
+//! | `tag.NAME` | any tag |
+//!
+//! A record is delivered when it matches at least one `--include` rule (or
+//! there are none) and no `--exclude` rule. Two rules are always applied
+//! besides (they never remove `api` records, which are the audit trail):
+//! the nozzle's own app (from `VCAP_APPLICATION`) is left out so it never
+//! forwards its own logs in a loop, and so is an app that opted out with the
+//! app label [`OPT_OUT_TAG`]`=true`.
+//!
+//! Matching reads the record in place: no allocation, no lock.
+
+use crate::proto::envelope::Message;
+use crate::record::{ApiSource, Kind, Record};
+
+/// The app label (seen as an envelope tag of the same name when Cloud
+/// Controller forwards app labels as metric tags) by which an app opts out
+/// of having its logs and metrics forwarded.
+pub const OPT_OUT_TAG: &str = "cf-audit-nozzle/opt-out";
+
+/// One `--include` or `--exclude` rule: all its conditions hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Condition {
+    field: Field,
+    /// Any one of these.
+    patterns: Vec<Pattern>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Field {
+    Kind,
+    Tag(String),
+    SourceId,
+    App,
+    Space,
+    Org,
+    Metric,
+    SourceEvent,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    fn matches(&self, v: &str) -> bool {
+        match self {
+            Pattern::Exact(p) => v == p,
+            Pattern::Prefix(p) => v.starts_with(p.as_str()),
+        }
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut conditions = Vec::new();
+        for part in text.split(',') {
+            let (name, values) = part
+                .split_once('=')
+                .ok_or_else(|| format!("{part:?} is not FIELD=VALUE"))?;
+            let name = name.trim();
+            let field = match name {
+                "kind" => Field::Kind,
+                "source_type" | "origin" | "deployment" | "job" => Field::Tag(name.to_string()),
+                "source_id" => Field::SourceId,
+                "app" => Field::App,
+                "space" => Field::Space,
+                "org" => Field::Org,
+                "metric" => Field::Metric,
+                "source_event" => Field::SourceEvent,
+                _ => match name.strip_prefix("tag.") {
+                    Some(tag) if !tag.is_empty() => Field::Tag(tag.to_string()),
+                    _ => {
+                        return Err(format!(
+                            "unknown field {name:?} (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"
+                        ));
+                    }
+                },
+            };
+            let mut patterns = Vec::new();
+            for v in values.split('|') {
+                let v = v.trim();
+                if v.is_empty() {
+                    return Err(format!("{part:?} has an empty value"));
+                }
+                if field == Field::Kind {
+                    v.parse::<Kind>()?;
+                }
+                patterns.push(match v.strip_suffix('*') {
+                    Some(prefix) => Pattern::Prefix(prefix.to_string()),
+                    None => Pattern::Exact(v.to_string()),
+                });
+            }
+            conditions.push(Condition { field, patterns });
+        }
+        Ok(Rule { conditions })
+    }
+}
+
+impl Rule {
+    pub fn matches(&self, rec: &Record) -> bool {
+        self.conditions.iter().all(|c| c.matches(rec))
+    }
+}
+
+impl Condition {
+    fn matches(&self, rec: &Record) -> bool {
+        let any = |v: Option<&str>| v.is_some_and(|v| self.patterns.iter().any(|p| p.matches(v)));
+        let env = &rec.envelope;
+        match &self.field {
+            Field::Kind => any(Some(rec.kind.as_str())),
+            Field::Tag(t) => any(rec.tag(t)),
+            Field::SourceId => any(Some(&env.source_id)),
+            Field::App => {
+                any(app_guid(rec))
+                    || any(rec.tag("app_name"))
+                    || audit_resource(rec, |a| {
+                        a.target
+                            .as_ref()
+                            .filter(|t| t.kind == "app")
+                            .and_then(|t| t.name.as_deref())
+                    })
+                    .is_some_and(|v| any(Some(v)))
+            }
+            Field::Space => {
+                any(rec.tag("space_id"))
+                    || any(rec.tag("space_name"))
+                    || audit_space_org(rec, true).is_some_and(|v| any(Some(v)))
+            }
+            Field::Org => {
+                any(rec.tag("organization_id"))
+                    || any(rec.tag("organization_name"))
+                    || audit_space_org(rec, false).is_some_and(|v| any(Some(v)))
+            }
+            Field::SourceEvent => any(rec.api.as_deref().map(|a| match a.source {
+                ApiSource::Firehose => "firehose",
+                ApiSource::AuditEvents(_) => "audit_events",
+            })),
+            Field::Metric => match &env.message {
+                Some(Message::Counter(c)) => any(Some(&c.name)),
+                Some(Message::Timer(t)) => any(Some(&t.name)),
+                Some(Message::Gauge(g)) => g.metrics.keys().any(|k| any(Some(k))),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// The app a record is about: the `app_id` tag, else the source id of app
+/// logs and app metrics (which CF sets to the app guid), else an audit
+/// event's app target.
+pub fn app_guid(rec: &Record) -> Option<&str> {
+    if let Some(id) = rec.tag("app_id").filter(|s| !s.is_empty()) {
+        return Some(id);
+    }
+    match rec.kind {
+        Kind::AppLog | Kind::Metric if !rec.envelope.source_id.is_empty() => {
+            Some(&rec.envelope.source_id)
+        }
+        _ => audit_resource(rec, |a| {
+            a.target
+                .as_ref()
+                .filter(|t| t.kind == "app")
+                .and_then(|t| t.guid.as_deref())
+        }),
+    }
+}
+
+fn audit_resource<'a>(
+    rec: &'a Record,
+    f: impl FnOnce(&'a crate::record::ApiCall) -> Option<&'a str>,
+) -> Option<&'a str> {
+    rec.api.as_deref().and_then(f)
+}
+
+fn audit_space_org(rec: &Record, space: bool) -> Option<&str> {
+    match &rec.api.as_deref()?.source {
+        ApiSource::AuditEvents(a) => {
+            let r = if space { &a.space } else { &a.org };
+            r.as_ref()?.guid.as_deref()
+        }
+        ApiSource::Firehose => None,
+    }
+}
+
+/// Every rule the router applies. [`Filters::default`] keeps everything.
+#[derive(Clone, Debug, Default)]
+pub struct Filters {
+    pub include: Vec<Rule>,
+    pub exclude: Vec<Rule>,
+    /// The nozzle's own app guid (`VCAP_APPLICATION.application_id`).
+    pub own_app: Option<String>,
+}
+
+impl Filters {
+    /// Whether `rec` is delivered.
+    pub fn keeps(&self, rec: &Record) -> bool {
+        if rec.kind != Kind::Api {
+            if rec.tag(OPT_OUT_TAG) == Some("true") {
+                return false;
+            }
+            if let Some(own) = &self.own_app
+                && app_guid(rec) == Some(own.as_str())
+            {
+                return false;
+            }
+        }
+        (self.include.is_empty() || self.include.iter().any(|r| r.matches(rec)))
+            && !self.exclude.iter().any(|r| r.matches(rec))
+    }
+}
+
+/// The nozzle's own app guid from the `VCAP_APPLICATION` JSON Cloud Foundry
+/// sets, or `None` outside CF or when it cannot be read.
+pub fn own_app_guid(vcap_application: Option<&str>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(vcap_application?).ok()?;
+    v.get("application_id")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}

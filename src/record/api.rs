@@ -1,0 +1,263 @@
+//! The ApiInvocation record (DESIGN.md §4): a Cloud Controller action in
+//! CloudTrail's record shape, from either source.
+//!
+//! - `sourceEvent: "firehose"`: a CC `API` log line, in real time. It does not
+//!   say who acted (`userIdentity.type` is `unknown`); its target is the app
+//!   (or build) the text names, and space and org come from the envelope tags.
+//! - `sourceEvent: "audit_events"`: an event from `/v3/audit_events`, with
+//!   the actor, the target of any resource type, and `data.request`.
+//!
+//! The layout is published as a JSON Schema in `schema/api-invocation.schema.json`.
+
+use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde_json::Value;
+
+use super::{API_EVENT_VERSION, Record, rfc3339_nanos};
+use crate::proto::Envelope;
+
+/// A Cloud Controller action, read from a log line or an audit event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ApiCall {
+    /// CC audit event type, e.g. `audit.app.update`; `unknown` when a log
+    /// line's text is not recognised.
+    pub event_name: String,
+    /// The resource acted on. Log lines name an `app` or a `build`.
+    pub target: Option<ApiResource>,
+    /// The request attributes: CC's `data.request`, or a log line's Ruby hash
+    /// as JSON, or (when that does not parse) the text as CC wrote it.
+    pub request_parameters: Option<Value>,
+    pub source: ApiSource,
+}
+
+/// A resource of a record's `resources` list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ApiResource {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Where an [`ApiCall`] was read.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ApiSource {
+    /// A CC `API` log line from the firehose; the rest is in the envelope.
+    Firehose,
+    /// `/v3/audit_events`.
+    AuditEvents(Box<AuditEventFields>),
+}
+
+/// What an audit event adds to a log line: who, where, and the event itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEventFields {
+    /// The event's `guid`, which is the record's `eventID`.
+    pub guid: String,
+    pub actor: ApiResource,
+    pub space: Option<ApiResource>,
+    pub org: Option<ApiResource>,
+    /// The event as Cloud Controller sent it (kept like a firehose record keeps its envelope).
+    pub original: Value,
+}
+
+/// `userIdentity.type` values: CC's actor types, and `unknown` for anything else.
+pub const USER_TYPES: [&str; 6] = [
+    "user",
+    "system",
+    "app",
+    "process",
+    "service_broker",
+    "unknown",
+];
+
+/// Whether an event only read something, where the name says so: `*.show`
+/// and `*.download` events read; every other `audit.*` event changes
+/// something. Other events (`app.crash`, `blob.remove_orphan`, unknown log
+/// lines) are not API calls one can call read-only or not.
+pub fn read_only(event_name: &str) -> Option<bool> {
+    if !event_name.starts_with("audit.") {
+        return None;
+    }
+    Some(event_name.ends_with(".show") || event_name.ends_with(".download"))
+}
+
+/// The source id of audit-events records (what syslog's APP-NAME and HEC's
+/// `source` show; `--include source_id=cloud_controller` matches them).
+pub const AUDIT_EVENTS_SOURCE_ID: &str = "cloud_controller";
+
+/// Why an audit event could not become a record.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuditEventError {
+    #[error("audit event has no string `{0}`")]
+    Missing(&'static str),
+    #[error("audit event {guid}: created_at {value:?} is not an RFC 3339 time")]
+    BadTime { guid: String, value: String },
+}
+
+/// Reads one `/v3/audit_events` resource into an `api` record.
+///
+/// The record's envelope is empty but for its timestamp (the event's
+/// `created_at`) and source id (`cloud_controller`): sinks take a record's
+/// time and, for syslog and HEC, its app-name and source from there. The
+/// envelope of an audit-events record is never rendered.
+pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
+    let text = |v: &Value, key: &'static str| -> Option<String> {
+        v.get(key).and_then(Value::as_str).map(str::to_string)
+    };
+    let guid = text(&event, "guid").ok_or(AuditEventError::Missing("guid"))?;
+    let event_name = text(&event, "type").ok_or(AuditEventError::Missing("type"))?;
+    let created = text(&event, "created_at").ok_or(AuditEventError::Missing("created_at"))?;
+    let timestamp = chrono::DateTime::parse_from_rfc3339(&created)
+        .ok()
+        .and_then(|t| t.timestamp_nanos_opt())
+        .ok_or_else(|| AuditEventError::BadTime {
+            guid: guid.clone(),
+            value: created.clone(),
+        })?;
+    let resource = |v: Option<&Value>, default_kind: &str| -> Option<ApiResource> {
+        let v = v.filter(|v| v.is_object())?;
+        Some(ApiResource {
+            kind: text(v, "type").unwrap_or_else(|| default_kind.to_string()),
+            guid: text(v, "guid").filter(|s| !s.is_empty()),
+            name: text(v, "name").filter(|s| !s.is_empty()),
+        })
+    };
+    let mut actor = resource(event.get("actor"), "unknown").unwrap_or(ApiResource {
+        kind: "unknown".into(),
+        guid: None,
+        name: None,
+    });
+    if !USER_TYPES.contains(&actor.kind.as_str()) {
+        actor.kind = "unknown".into();
+    }
+    let fields = AuditEventFields {
+        guid,
+        actor,
+        space: resource(event.get("space"), "space").map(|r| ApiResource {
+            kind: "space".into(),
+            ..r
+        }),
+        org: resource(event.get("organization"), "org").map(|r| ApiResource {
+            kind: "org".into(),
+            ..r
+        }),
+        original: Value::Null,
+    };
+    let call = ApiCall {
+        target: resource(event.get("target"), "unknown"),
+        request_parameters: event.get("data").and_then(|d| d.get("request")).cloned(),
+        event_name,
+        source: ApiSource::AuditEvents(Box::new(AuditEventFields {
+            original: event,
+            ..fields
+        })),
+    };
+    Ok(Record {
+        kind: super::Kind::Api,
+        envelope: Envelope {
+            timestamp,
+            source_id: AUDIT_EVENTS_SOURCE_ID.to_string(),
+            ..Envelope::default()
+        },
+        api: Some(Box::new(call)),
+        names: None,
+    })
+}
+
+/// The CloudTrail-style fields, written into the record's JSON object.
+/// `space` and `org` are what the envelope's tags say (log lines only).
+pub(super) fn write_fields<M: SerializeMap>(
+    m: &mut M,
+    rec: &Record,
+    api: &ApiCall,
+    time: &str,
+    space: Option<ApiResource>,
+    org: Option<ApiResource>,
+) -> Result<(), M::Error> {
+    let env = &rec.envelope;
+    m.serialize_entry("eventVersion", API_EVENT_VERSION)?;
+    m.serialize_entry("eventTime", time)?;
+    match &api.source {
+        ApiSource::Firehose => m.serialize_entry("eventID", &super::firehose_event_id(env))?,
+        ApiSource::AuditEvents(a) => m.serialize_entry("eventID", &a.guid)?,
+    }
+    m.serialize_entry("eventSource", "cloud_controller")?;
+    m.serialize_entry("eventName", &api.event_name)?;
+    m.serialize_entry("eventType", "CfApiCall")?;
+    let (space, org) = match &api.source {
+        // Log lines do not say who acted; /v3/audit_events does.
+        ApiSource::Firehose => {
+            m.serialize_entry("userIdentity", &Unknown)?;
+            (space, org)
+        }
+        ApiSource::AuditEvents(a) => {
+            m.serialize_entry("userIdentity", &a.actor)?;
+            (a.space.clone(), a.org.clone())
+        }
+    };
+    let mut resources = Vec::with_capacity(3);
+    if let Some(target) = &api.target {
+        let mut target = target.clone();
+        // A log line's app is named in the tags when CC still knew it.
+        if matches!(api.source, ApiSource::Firehose)
+            && target.kind == "app"
+            && target.name.is_none()
+            && super::envelope_tag(env, "app_id") == target.guid.as_deref()
+        {
+            target.name = super::envelope_tag(env, "app_name")
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+        }
+        if target.name.is_none()
+            && let Some(n) = rec.names.as_deref()
+            && target.guid.as_deref() == Some(n.app_guid.as_str())
+        {
+            target.name = n.app_name.clone();
+        }
+        resources.push(target);
+    }
+    resources.extend(space);
+    resources.extend(org);
+    m.serialize_entry("resources", &resources)?;
+    m.serialize_entry("requestParameters", &api.request_parameters)?;
+    if let Some(ro) = read_only(&api.event_name) {
+        m.serialize_entry("readOnly", &ro)?;
+    }
+    match &api.source {
+        ApiSource::Firehose => m.serialize_entry("sourceEvent", "firehose"),
+        ApiSource::AuditEvents(a) => {
+            m.serialize_entry("sourceEvent", "audit_events")?;
+            m.serialize_entry("audit_event", &a.original)
+        }
+    }
+}
+
+/// The JSON of an audit-events record: the readable `kind`, `time` and
+/// `foundation`, the CloudTrail fields, and the event as CC sent it.
+pub(super) fn serialize_audit_event<S: serde::Serializer>(
+    s: S,
+    rec: &Record,
+    api: &ApiCall,
+    foundation: &str,
+) -> Result<S::Ok, S::Error> {
+    let time = rfc3339_nanos(rec.envelope.timestamp);
+    let mut m = s.serialize_map(None)?;
+    m.serialize_entry("kind", rec.kind.as_str())?;
+    m.serialize_entry("time", &time)?;
+    m.serialize_entry("foundation", foundation)?;
+    write_fields(&mut m, rec, api, &time, None, None)?;
+    m.end()
+}
+
+/// `{"type":"unknown"}`
+struct Unknown;
+
+impl Serialize for Unknown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry("type", "unknown")?;
+        m.end()
+    }
+}

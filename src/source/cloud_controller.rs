@@ -1,0 +1,159 @@
+//! Cloud Controller v3 reads with a UAA token, shared by the audit-events
+//! poller and enrichment.
+
+use std::time::Duration;
+
+use reqwest::{StatusCode, Url};
+
+use super::Backoff;
+use super::cf_api::discover;
+use super::uaa::{TokenProvider, UaaConfig, UaaError};
+
+/// How long one Cloud Controller request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where Cloud Controller is and how to call it.
+#[derive(Clone, Debug)]
+pub struct CloudController {
+    /// The API's base URL; `/v3/...` paths go below it.
+    pub base: Url,
+    pub http: reqwest::Client,
+    pub token: TokenProvider,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CcError {
+    #[error("cannot get a token for Cloud Controller: {0}")]
+    Token(#[from] UaaError),
+    #[error("cannot reach Cloud Controller at {url}: {reason}")]
+    Request { url: String, reason: String },
+    #[error(
+        "Cloud Controller answered HTTP {status} to GET {url}{}",
+        hint(*.status)
+    )]
+    Status { url: String, status: u16 },
+    #[error("Cloud Controller's answer to GET {url} is not the JSON expected: {reason}")]
+    Body { url: String, reason: String },
+}
+
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 => " (the token was refused)",
+        403 => {
+            " (the UAA client needs the scope cloud_controller.admin_read_only or cloud_controller.global_auditor)"
+        }
+        _ => "",
+    }
+}
+
+impl CcError {
+    /// A 404: the resource does not exist (for enrichment, a miss to remember).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CcError::Status { status: 404, .. })
+    }
+}
+
+/// How to find Cloud Controller and UAA from the configuration.
+#[derive(Clone, Debug)]
+pub struct CcAccess {
+    pub cf_api: Url,
+    /// UAA's base URL when given, else discovered from the API root.
+    pub uaa: Option<Url>,
+    pub client_id: String,
+    pub client_secret: String,
+    pub http: reqwest::Client,
+}
+
+impl CloudController {
+    /// Discovers Cloud Controller and UAA from the API root, retrying with
+    /// backoff until it works or `shutdown` is cancelled.
+    pub async fn connect(
+        access: &CcAccess,
+        shutdown: &tokio_util::sync::CancellationToken,
+    ) -> Option<Self> {
+        let mut backoff = Backoff::default();
+        loop {
+            match discover(&access.http, &access.cf_api).await {
+                Ok(endpoints) => {
+                    let uaa = access.uaa.clone().unwrap_or(endpoints.uaa);
+                    let token = TokenProvider::new(
+                        UaaConfig {
+                            token_url: UaaConfig::token_url_of(&uaa),
+                            client_id: access.client_id.clone(),
+                            client_secret: access.client_secret.clone(),
+                        },
+                        access.http.clone(),
+                    );
+                    return Some(Self {
+                        base: endpoints.cloud_controller,
+                        http: access.http.clone(),
+                        token,
+                    });
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, ?delay, "Cloud Foundry API discovery failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// `base` joined with a path and query such as `/v3/apps/<guid>?include=...`.
+    pub fn url(&self, path_and_query: &str) -> Url {
+        let base = self.base.as_str().trim_end_matches('/');
+        Url::parse(&format!("{base}{path_and_query}")).unwrap_or_else(|_| self.base.clone())
+    }
+
+    /// GETs a JSON document. A refused token is renewed and the request made
+    /// once more.
+    pub async fn get_json(&self, url: &Url) -> Result<serde_json::Value, CcError> {
+        let mut renewed = false;
+        loop {
+            let auth = self.token.authorization().await?;
+            let shown = without_query(url);
+            let response = self
+                .http
+                .get(url.clone())
+                .header(reqwest::header::AUTHORIZATION, &auth)
+                .header(reqwest::header::ACCEPT, "application/json")
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| CcError::Request {
+                    url: shown.clone(),
+                    reason: crate::error_chain(&e.without_url()),
+                })?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                self.token.invalidate(&auth);
+                renewed = true;
+                continue;
+            }
+            if !status.is_success() {
+                return Err(CcError::Status {
+                    url: shown,
+                    status: status.as_u16(),
+                });
+            }
+            let body = response.bytes().await.map_err(|e| CcError::Request {
+                url: shown.clone(),
+                reason: crate::error_chain(&e.without_url()),
+            })?;
+            return serde_json::from_slice(&body).map_err(|e| CcError::Body {
+                url: shown,
+                reason: e.to_string(),
+            });
+        }
+    }
+}
+
+/// A URL for messages: the path only (queries can be long; paths name the resource).
+fn without_query(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.to_string()
+}
