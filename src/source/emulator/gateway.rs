@@ -472,9 +472,17 @@ async fn stream(write: &mut tokio::net::tcp::OwnedWriteHalf, state: &State, shar
     let end = Instant::now() + state.cfg.stream_timeout;
     let mut last_data = Instant::now();
     loop {
-        let next = feed.lock().expect("feed lock").take(state.cfg.rate);
+        let next = {
+            let mut f = feed.lock().expect("feed lock");
+            // A rate-limited batch due after the stream's end stays for the next stream.
+            if state.cfg.rate.is_some() && f.next_at >= end {
+                None
+            } else {
+                f.take(state.cfg.rate)
+            }
+        };
         match next {
-            Some((frame, n, at)) if at < end => {
+            Some((frame, n, at)) => {
                 tokio::time::sleep_until(at).await;
                 if write.write_all(&frame).await.is_err() {
                     // The batch was taken from the shard and not delivered,
