@@ -5,9 +5,13 @@
 //!
 //! 1. **Sources** ([`source`]): [`source::rlp`] subscribes to the Reverse Log
 //!    Proxy's `loggregator.v2.Egress/BatchedReceiver` over mutual TLS and
-//!    reconnects with jittered backoff; [`source::emulator`] is an in-process
-//!    Loggregator for the demo, tests and benchmark; [`source::audit_events`]
-//!    polls Cloud Controller's audit events into `api` records. Wire types are in [`proto`].
+//!    reconnects with jittered backoff; [`source::gateway`] reads the RLP
+//!    Gateway's Server-Sent Events with a UAA token ([`source::uaa`]) for
+//!    nozzles pushed as apps; both ask only for the [`source::Streams`]
+//!    configured and share [`source::status`]; [`source::audit_events`]
+//!    polls Cloud Controller's audit events into `api` records;
+//!    [`source::emulator`] is an in-process Loggregator for the demo, tests
+//!    and benchmark. Wire types are in [`proto`].
 //! 2. **Classify** ([`classify`]): each envelope becomes exactly one [`record::Record`]
 //!    of kind `api` (Cloud Controller's `API` log lines, read into
 //!    CloudTrail-style fields), `app_log`, `metric` or `event`. [`record`] holds

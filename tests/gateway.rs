@@ -707,3 +707,67 @@ async fn every_request_goes_through_the_proxy_from_the_environment() {
         "{targets:?}"
     );
 }
+
+/// HTTPS to the platform: a CA from `--ca-file` is trusted besides the
+/// Mozilla roots, an unknown CA is refused, and only `--skip-tls-verify`
+/// accepts it anyway.
+#[tokio::test]
+async fn https_endpoints_are_verified_against_the_extra_ca_unless_told_not_to() {
+    use cf_audit_nozzle::source::cf_api::discover;
+    use cf_audit_nozzle::source::emulator::gateway::{http_response, read_request};
+    use cf_audit_nozzle::tls::Pki;
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncWriteExt, BufReader};
+
+    let pki = Pki::generate("platformCA", &["127.0.0.1"]).unwrap();
+    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = reqwest::Url::parse(&format!("https://{}", listener.local_addr().unwrap())).unwrap();
+    let root =
+        format!(r#"{{"links":{{"uaa":{{"href":"{url}"}},"log_stream":{{"href":"{url}"}}}}}}"#);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (acceptor, root) = (acceptor.clone(), root.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (read, mut write) = tokio::io::split(tls);
+                if read_request(&mut BufReader::new(read)).await.is_some() {
+                    let reply = http_response(200, "application/json", root.as_bytes());
+                    let _ = write.write_all(&reply).await;
+                    let _ = write.shutdown().await;
+                }
+            });
+        }
+    });
+
+    let with_ca = http_client(Some(pki.ca_pem.as_bytes()), false).unwrap();
+    let found = discover(&with_ca, &url).await.unwrap();
+    assert_eq!(found.log_stream, Some(url.clone()));
+
+    let without = http_client(None, false).unwrap();
+    let err = discover(&without, &url).await.unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("cannot reach the Cloud Foundry API at {url}"))
+            && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+
+    let unverified = http_client(None, true).unwrap();
+    assert_eq!(discover(&unverified, &url).await.unwrap().uaa, url);
+}

@@ -103,6 +103,9 @@ pub struct EmulatorConfig {
     /// instead of generating fresh ones (whose timestamps are current). The
     /// benchmark uses this so the emulator costs next to no CPU.
     pub pre_encoded: bool,
+    /// After this many subscriptions, refuse new ones with `ResourceExhausted`
+    /// as an RLP at its stream limit does.
+    pub max_streams: Option<u64>,
 }
 
 impl Default for EmulatorConfig {
@@ -115,6 +118,7 @@ impl Default for EmulatorConfig {
             end_stream_after: None,
             end_stream_with_error: false,
             pre_encoded: false,
+            max_streams: None,
         }
     }
 }
@@ -344,6 +348,13 @@ impl Egress for Service {
             return Err(Status::invalid_argument("Selectors must have a Message"));
         }
         let state = Arc::clone(&self.0);
+        if let Some(max) = state.cfg.max_streams
+            && state.streams_opened.load(Ordering::Relaxed) >= max
+        {
+            return Err(Status::resource_exhausted(format!(
+                "unable to create stream, max egress streams reached: {max}"
+            )));
+        }
         state
             .requests
             .lock()

@@ -13,7 +13,7 @@
 //!   stream and reconnects. `event: closing` (the gateway ends every stream
 //!   after 14 minutes) reconnects at once and is not an error.
 //! - A frame that does not decode is counted, logged at most once per
-//!   [`MALFORMED_LOG_INTERVAL`] per stream with its size and the reason (never its
+//!   [`MALFORMED_LOG_INTERVAL`] with its size and the reason (never its
 //!   content), and skipped; the stream goes on. (Invalid UTF-8 in a frame
 //!   is the one thing `sse-stream` does not skip: it ends the stream, which
 //!   is then reconnected like any broken stream.)
@@ -205,6 +205,8 @@ pub struct Target {
     pub tokens: TokenProvider,
     /// The last attempt's fresh token was refused: fetch a new one first.
     refused: std::sync::atomic::AtomicBool,
+    /// One malformed-frame warning per interval for the whole source.
+    malformed: std::sync::Mutex<MalformedLog>,
 }
 
 impl Target {
@@ -213,6 +215,7 @@ impl Target {
             url: read_url(base, streams),
             tokens,
             refused: Default::default(),
+            malformed: Default::default(),
         }
     }
 }
@@ -373,7 +376,7 @@ pub const DECODE_QUEUE_FRAMES: usize = 16;
 /// `decoder` so that whoever stops the source can wait for it.
 pub async fn stream_once(
     cfg: &GatewayConfig,
-    target: &Target,
+    target: &Arc<Target>,
     router: &Arc<Router>,
     status: &Arc<SourceStatus>,
     decoder: &std::sync::Mutex<Option<JoinHandle<u64>>>,
@@ -403,7 +406,7 @@ pub async fn stream_once(
         rx,
         Arc::clone(router),
         Arc::clone(status),
-        url.to_string(),
+        Arc::clone(target),
     ));
     if let Some(previous) = decoder.lock().expect("decoder lock").replace(decoding) {
         // Finished already: its stream ended before this one started.
@@ -480,10 +483,9 @@ async fn decode_frames(
     mut frames: tokio::sync::mpsc::Receiver<String>,
     router: Arc<Router>,
     status: Arc<SourceStatus>,
-    url: String,
+    target: Arc<Target>,
 ) -> u64 {
     let mut envelopes = 0u64;
-    let mut malformed = MalformedLog::default();
     while let Some(data) = frames.recv().await {
         match decode_batch(&data) {
             Ok(batch) => {
@@ -495,7 +497,8 @@ async fn decode_frames(
             }
             Err(e) => {
                 status.malformed_frames.fetch_add(1, Ordering::Relaxed);
-                malformed.note(&url, data.len(), &e);
+                let mut log = target.malformed.lock().expect("malformed log lock");
+                log.note(target.url.as_str(), data.len(), &e);
             }
         }
     }

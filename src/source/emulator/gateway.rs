@@ -472,10 +472,23 @@ async fn stream(write: &mut tokio::net::tcp::OwnedWriteHalf, state: &State, shar
     let end = Instant::now() + state.cfg.stream_timeout;
     let mut last_data = Instant::now();
     loop {
-        let next = feed.lock().expect("feed lock").take(state.cfg.rate);
+        let next = {
+            let mut f = feed.lock().expect("feed lock");
+            // A rate-limited batch due after the stream's end stays for the next stream.
+            if state.cfg.rate.is_some() && f.next_at >= end {
+                None
+            } else {
+                f.take(state.cfg.rate)
+            }
+        };
         match next {
-            Some((frame, n, at)) if at < end => {
-                tokio::time::sleep_until(at).await;
+            Some((frame, n, at)) => {
+                // Only a rate-limited feed waits: a timer, even one already
+                // due, costs a tick of the timer wheel (1 ms), which capped
+                // the full-speed feed at about 1000 frames a second.
+                if at > Instant::now() {
+                    tokio::time::sleep_until(at).await;
+                }
                 if write.write_all(&frame).await.is_err() {
                     // The batch was taken from the shard and not delivered,
                     // as when a real consumer disconnects mid-stream.

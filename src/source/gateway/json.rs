@@ -320,18 +320,36 @@ fn double_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> 
 }
 
 fn base64_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<bytes::Bytes, D::Error> {
-    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-    const LENIENT: GeneralPurpose = GeneralPurpose::new(
-        &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-    );
-    let Some(text) = Option::<std::borrow::Cow<'de, str>>::deserialize(d)? else {
-        return Ok(bytes::Bytes::new());
-    };
-    LENIENT
-        .decode(text.as_bytes())
-        .map(Into::into)
-        .map_err(|_| de::Error::custom("payload is not base64"))
+    d.deserialize_any(Base64Visitor)
+}
+
+/// Decodes the payload straight from the parser's string (no copy of the
+/// base64 text first): payloads are most of a log envelope's bytes.
+struct Base64Visitor;
+
+impl<'de> de::Visitor<'de> for Base64Visitor {
+    type Value = bytes::Bytes;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("base64 text or null")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+        const LENIENT: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        LENIENT
+            .decode(v.as_bytes())
+            .map(Into::into)
+            .map_err(|_| E::custom("payload is not base64"))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(bytes::Bytes::new())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(bytes::Bytes::new())
+    }
 }
 
 fn log_type<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
