@@ -2,6 +2,7 @@
 //!
 //!   bench_receiver hec              HTTP, answers every POST as HEC's "Success"
 //!   bench_receiver syslog-tls DIR   TLS, reads and discards; writes DIR/ca.pem
+//!   bench_receiver s3               HTTP, answers every PUT as S3 does (an ETag), checks nothing
 //!
 //! Each prints `listening on ADDR` and, on SIGTERM, what it received.
 
@@ -41,6 +42,21 @@ async fn main() {
                     }
                 }),
             );
+            tokio::spawn(async move { axum::serve(listener, app).await });
+        }
+        Some("s3") => {
+            let c = Arc::clone(&counts);
+            let app = axum::Router::new()
+                .fallback(axum::routing::put(move |body: bytes::Bytes| {
+                    let c = Arc::clone(&c);
+                    async move {
+                        c.requests.fetch_add(1, Ordering::Relaxed);
+                        c.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+                        ([("etag", "\"bench\"")], "")
+                    }
+                }))
+                // Objects are up to --roll-bytes compressed; axum's default limit is 2 MB.
+                .layer(axum::extract::DefaultBodyLimit::disable());
             tokio::spawn(async move { axum::serve(listener, app).await });
         }
         Some("syslog-tls") => {
@@ -84,7 +100,7 @@ async fn main() {
             });
         }
         _ => {
-            eprintln!("usage: bench_receiver hec | syslog-tls DIR");
+            eprintln!("usage: bench_receiver hec | syslog-tls DIR | s3");
             std::process::exit(2);
         }
     }

@@ -364,3 +364,27 @@ async fn check_log(archive: &Archive, key: &str, hash: &str) -> Option<String> {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read_back_for_chains_and_coverage() {
+        let t = |s: &str| parse_time("t", s).unwrap();
+        assert_eq!(
+            parse_digest_name(
+                "p/CFLogs-Digest/cf_1/2026/11/27/cf_1_CFLogs-Digest_3_20261127T150102Z.json.gz"
+            ),
+            Some(("cf_1".to_string(), 3, t("2026-11-27T15:01:02Z")))
+        );
+        assert_eq!(parse_digest_name("p/CFLogs-Digest/x/y.json.gz"), None);
+        assert_eq!(
+            parse_log_name(
+                "p/CFLogs/cf_1/app_log/2026/11/27/cf_1_app_log_20261127T1501Z_12_AbCdEfGhIjKlMnOp.json.gz"
+            ),
+            Some(("cf_1".to_string(), t("2026-11-27T15:01:00Z"), 12))
+        );
+        assert_eq!(parse_log_name("p/CFLogs/cf/api/x.json.gz"), None);
+    }
+}
