@@ -24,6 +24,8 @@ async fn the_rlp_gets_one_selector_per_type_and_source_id_with_shard_and_determi
     cfg.streams = Streams {
         source_ids: vec!["app-1".into(), "doppler".into()],
         types: vec![EnvelopeType::Log, EnvelopeType::Counter],
+        counter_names: vec!["dropped".into()],
+        gauge_names: Vec::new(),
         shard_id: "audit".into(),
         deterministic_name: "by-name".into(),
     };
@@ -41,7 +43,7 @@ async fn the_rlp_gets_one_selector_per_type_and_source_id_with_shard_and_determi
             let kind = match s.message.as_ref().unwrap() {
                 Sel::Log(_) => "log",
                 Sel::Counter(c) => {
-                    assert_eq!(c.name, "");
+                    assert_eq!(c.name, "dropped");
                     "counter"
                 }
                 other => panic!("unexpected selector {other:?}"),

@@ -36,6 +36,13 @@ pub struct SourceArgs {
         default_value = "log,counter,gauge,timer,event"
     )]
     pub envelope_types: Vec<EnvelopeType>,
+    /// Only these counters (by name, comma separated); empty asks for every counter.
+    #[arg(long, env = "COUNTER_NAMES", value_delimiter = ',')]
+    pub counter_names: Vec<String>,
+    /// Only gauges whose metric names are exactly one of these sets: sets
+    /// separated by `;`, names within a set by `,` (e.g. `cpu,memory;subscriptions`).
+    #[arg(long, env = "GAUGE_NAMES")]
+    pub gauge_names: Option<String>,
     /// Loggregator's deterministic routing name: counters and gauges of one name always reach the same instance of a shard.
     #[arg(long, env = "DETERMINISTIC_NAME", default_value = "")]
     pub deterministic_name: String,
@@ -63,9 +70,36 @@ impl SourceArgs {
         if shard_id.is_empty() {
             errors.push("--shard-id (SHARD_ID) must not be empty".into());
         }
+        let counter_names: Vec<String> = self
+            .counter_names
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let gauge_names: Vec<Vec<String>> = self
+            .gauge_names
+            .iter()
+            .flat_map(|v| v.split(';'))
+            .map(|set| {
+                set.split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|set| !set.is_empty())
+            .collect();
+        let asked = |t| types.contains(&t);
+        if !counter_names.is_empty() && !asked(EnvelopeType::Counter) {
+            errors.push("--counter-names (COUNTER_NAMES) needs counter in --envelope-types".into());
+        }
+        if !gauge_names.is_empty() && !asked(EnvelopeType::Gauge) {
+            errors.push("--gauge-names (GAUGE_NAMES) needs gauge in --envelope-types".into());
+        }
         Streams {
             source_ids,
             types,
+            counter_names,
+            gauge_names,
             shard_id: shard_id.to_string(),
             deterministic_name: self.deterministic_name.clone(),
         }

@@ -57,6 +57,11 @@ pub struct Streams {
     pub source_ids: Vec<String>,
     /// Envelope types asked for; never empty (a validated configuration).
     pub types: Vec<EnvelopeType>,
+    /// Counter names to ask for (one selector each); empty asks for every counter.
+    pub counter_names: Vec<String>,
+    /// Gauge metric-name sets to ask for (one selector each; a gauge matches
+    /// when its set of metric names equals the set); empty asks for every gauge.
+    pub gauge_names: Vec<Vec<String>>,
     /// Subscriptions sharing a shard id split the stream between them; each
     /// distinct shard id gets its own full copy.
     pub shard_id: String,
@@ -71,6 +76,8 @@ impl Default for Streams {
         Self {
             source_ids: Vec::new(),
             types: EnvelopeType::ALL.to_vec(),
+            counter_names: Vec::new(),
+            gauge_names: Vec::new(),
             shard_id: "cf-audit-nozzle".to_string(),
             deterministic_name: String::new(),
         }
@@ -89,20 +96,58 @@ impl Streams {
         };
         ids.iter()
             .flat_map(|id| {
-                self.types.iter().map(move |t| Selector {
+                self.messages().into_iter().map(move |m| Selector {
                     source_id: id.clone(),
-                    message: Some(t.selector()),
+                    message: Some(m),
                 })
             })
             .collect()
     }
 
-    /// The gateway's query string for `/v2/read`: a bare parameter per type,
-    /// `source_id` once per id, `shard_id` and `deterministic_name` when set.
+    /// The selector messages for one source id: each type once, except
+    /// counters and gauges narrowed by name (one selector per name or set).
+    fn messages(&self) -> Vec<selector::Message> {
+        use selector::Message as M;
+        self.types
+            .iter()
+            .flat_map(|t| match t {
+                EnvelopeType::Counter if !self.counter_names.is_empty() => self
+                    .counter_names
+                    .iter()
+                    .map(|n| M::Counter(CounterSelector { name: n.clone() }))
+                    .collect(),
+                EnvelopeType::Gauge if !self.gauge_names.is_empty() => self
+                    .gauge_names
+                    .iter()
+                    .map(|names| {
+                        M::Gauge(GaugeSelector {
+                            names: names.clone(),
+                        })
+                    })
+                    .collect(),
+                t => vec![t.selector()],
+            })
+            .collect()
+    }
+
     pub fn gateway_query(&self) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for t in &self.types {
-            q.append_key_only(t.as_str());
+            match t {
+                EnvelopeType::Counter if !self.counter_names.is_empty() => {
+                    for n in &self.counter_names {
+                        q.append_pair("counter.name", n);
+                    }
+                }
+                EnvelopeType::Gauge if !self.gauge_names.is_empty() => {
+                    for names in &self.gauge_names {
+                        q.append_pair("gauge.name", &names.join(","));
+                    }
+                }
+                t => {
+                    q.append_key_only(t.as_str());
+                }
+            }
         }
         for id in &self.source_ids {
             q.append_pair("source_id", id);
@@ -153,12 +198,56 @@ mod tests {
     }
 
     #[test]
+    fn counter_and_gauge_names_narrow_their_selectors_and_query() {
+        let s = Streams {
+            source_ids: vec!["doppler".into()],
+            types: vec![
+                EnvelopeType::Log,
+                EnvelopeType::Counter,
+                EnvelopeType::Gauge,
+            ],
+            counter_names: vec!["dropped".into(), "egress".into()],
+            gauge_names: vec![
+                vec!["cpu".into(), "memory".into()],
+                vec!["subscriptions".into()],
+            ],
+            ..Streams::default()
+        };
+        use selector::Message as M;
+        let got: Vec<String> = s
+            .selectors()
+            .into_iter()
+            .map(|sel| match sel.message.unwrap() {
+                M::Log(_) => format!("{}:log", sel.source_id),
+                M::Counter(c) => format!("{}:counter={}", sel.source_id, c.name),
+                M::Gauge(g) => format!("{}:gauge={}", sel.source_id, g.names.join("+")),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "doppler:log",
+                "doppler:counter=dropped",
+                "doppler:counter=egress",
+                "doppler:gauge=cpu+memory",
+                "doppler:gauge=subscriptions"
+            ]
+        );
+        assert_eq!(
+            s.gateway_query(),
+            "log&counter.name=dropped&counter.name=egress&gauge.name=cpu%2Cmemory&gauge.name=subscriptions&source_id=doppler&shard_id=cf-audit-nozzle"
+        );
+    }
+
+    #[test]
     fn gateway_query_names_types_ids_and_sharding() {
         let s = Streams {
             source_ids: vec!["a b".into()],
             types: vec![EnvelopeType::Log, EnvelopeType::Gauge],
             shard_id: "audit&1".into(),
             deterministic_name: "n".into(),
+            ..Streams::default()
         };
         assert_eq!(
             s.gateway_query(),
