@@ -617,3 +617,79 @@ fn moto_free_config() -> S3Config {
         kms_key_id: None,
     }
 }
+
+/// The audit-events cursor of a pushed instance (ephemeral disk) lives in
+/// the S3 sink's bucket: the configuration chooses it when --sink has s3 and
+/// no --audit-cursor-file is given, and a cursor stored through it is the
+/// object a restarted instance reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_cursor_is_kept_in_the_s3_bucket_unless_a_file_is_named() {
+    use cf_audit_nozzle::config::{Cli, Command};
+    use cf_audit_nozzle::source::audit_events::{Cursor, CursorStore};
+    use clap::Parser;
+    let m = moto::moto();
+    let s3 = m.bucket("cursor");
+    let endpoint = s3.endpoint.clone().unwrap();
+    let config = |extra: &[&str]| {
+        let mut args = vec![
+            "cf-audit-nozzle",
+            "run",
+            "--source",
+            "gateway",
+            "--cf-api",
+            "http://127.0.0.1:9",
+            "--uaa-client-id",
+            "nozzle",
+            "--uaa-client-secret",
+            "s",
+            "--audit-events",
+            "on",
+            "--foundation",
+            "prod",
+            "--sink",
+            "s3",
+            "--s3-bucket",
+            "cursor",
+            "--s3-prefix",
+            "audit",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "--s3-access-key-id",
+            m.key.as_str(),
+            "--s3-secret-access-key",
+            m.secret.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        let Command::Run(run) = Cli::try_parse_from(args).expect("parses").command else {
+            unreachable!()
+        };
+        let cfg = run.validate().expect("valid");
+        cfg.audit.audit_events.expect("instance 0 polls").cursor
+    };
+
+    let store = config(&[]);
+    let CursorStore::Object { name, .. } = &store else {
+        panic!("expected the bucket, got {store:?}");
+    };
+    assert_eq!(
+        name,
+        "s3://cursor/audit/CFLogs-State/prod/audit-events.cursor.json"
+    );
+    assert_eq!(store.load().await.unwrap(), None);
+    let cursor = Cursor {
+        created_at: "2026-11-27T15:00:00Z".into(),
+        guids: ["g1".to_string(), "g2".to_string()].into(),
+    };
+    store.store(&cursor).await.unwrap();
+    assert_eq!(
+        m.list("cursor", "audit/CFLogs-State/"),
+        ["audit/CFLogs-State/prod/audit-events.cursor.json"]
+    );
+    // A restarted instance (a new configuration) reads it back.
+    assert_eq!(config(&[]).load().await.unwrap(), Some(cursor));
+
+    // A named file wins over the bucket.
+    let file = config(&["--audit-cursor-file", "/tmp/x.json"]);
+    assert!(matches!(file, CursorStore::File(p) if p == std::path::Path::new("/tmp/x.json")));
+}

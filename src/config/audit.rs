@@ -28,13 +28,13 @@ pub struct AuditArgs {
     /// On the first start (no cursor yet), read audit events this far back: e.g. 90m, 1h, 7d (at most 31d, CC's retention).
     #[arg(long, env = "AUDIT_LOOKBACK", default_value = "1h")]
     pub audit_lookback: String,
-    /// File keeping the audit-events cursor (last created_at and the event guids of that second).
-    #[arg(
-        long,
-        env = "AUDIT_CURSOR_FILE",
-        default_value = "audit-events.cursor.json"
-    )]
-    pub audit_cursor_file: PathBuf,
+    /// File keeping the audit-events cursor (last created_at and the event
+    /// guids of that second). Default: an object in the S3 sink's bucket
+    /// (`<prefix>/CFLogs-State/<foundation>/audit-events.cursor.json`) when
+    /// --sink has s3, so a pushed instance with ephemeral disk resumes where
+    /// it stopped; else audit-events.cursor.json.
+    #[arg(long, env = "AUDIT_CURSOR_FILE")]
+    pub audit_cursor_file: Option<PathBuf>,
     /// Pause between polls of /v3/audit_events once caught up, e.g. 30s, 1m.
     #[arg(long, env = "AUDIT_POLL_INTERVAL", default_value = "60s")]
     pub audit_poll_interval: String,
@@ -157,7 +157,7 @@ impl AuditArgs {
             .then(|| AuditEventsConfig {
                 per_page: self.audit_per_page,
                 lookback: lookback.unwrap_or_default(),
-                cursor: CursorStore::File(self.audit_cursor_file.clone()),
+                cursor: cursor_store(self.audit_cursor_file.as_ref(), pipeline, errors),
                 poll_interval: poll_interval.unwrap_or_default(),
                 shutdown_timeout,
                 ..AuditEventsConfig::default()
@@ -168,6 +168,66 @@ impl AuditArgs {
             audit_events,
             enrich: (self.enrich == OnOff::On).then(EnrichConfig::default),
         }
+    }
+}
+
+/// Where the audit cursor is kept: the file asked for; else the S3 sink's
+/// bucket when there is one; else `audit-events.cursor.json`.
+fn cursor_store(
+    file: Option<&PathBuf>,
+    pipeline: &PipelineConfig,
+    errors: &mut Vec<String>,
+) -> CursorStore {
+    const NAME: &str = "audit-events.cursor.json";
+    if let Some(path) = file {
+        return CursorStore::File(path.clone());
+    }
+    let s3 = pipeline.sinks.iter().find_map(|(s, _)| match s {
+        SinkConfig::Object(o) => match &o.target {
+            crate::sink::s3::Target::S3(s3) => Some(s3),
+            crate::sink::s3::Target::Dir(_) => None,
+        },
+        _ => None,
+    });
+    let Some(s3) = s3 else {
+        return CursorStore::File(PathBuf::from(NAME));
+    };
+    let archive = match crate::sink::s3::http_client()
+        .and_then(|client| crate::sink::s3::s3_archive(s3, &client))
+    {
+        Ok(a) => std::sync::Arc::new(a),
+        Err(e) => {
+            errors.push(format!(
+                "the audit cursor's bucket (--s3-bucket {}): {e}",
+                s3.bucket
+            ));
+            return CursorStore::File(PathBuf::from(NAME));
+        }
+    };
+    let foundation = pipeline.encode.foundation.clone();
+    let name = archive.location(&archive.cursor_key(&foundation, NAME));
+    let (get_archive, get_foundation) = (std::sync::Arc::clone(&archive), foundation.clone());
+    CursorStore::Object {
+        name,
+        get: std::sync::Arc::new(move || {
+            let (archive, foundation) =
+                (std::sync::Arc::clone(&get_archive), get_foundation.clone());
+            Box::pin(async move {
+                archive
+                    .get_cursor(&foundation, NAME)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }),
+        put: std::sync::Arc::new(move |bytes| {
+            let (archive, foundation) = (std::sync::Arc::clone(&archive), foundation.clone());
+            Box::pin(async move {
+                archive
+                    .put_cursor(&foundation, NAME, bytes)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }),
     }
 }
 
