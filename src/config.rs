@@ -265,34 +265,12 @@ impl OutputArgs {
                 // With a signing key, the file sink is the object writer's
                 // local-folder backend, which feeds the digest chain.
                 SinkKind::File if self.s3.signing_key.is_some() => {
-                    SinkConfig::Object(Box::new(crate::sink::s3::ObjectSinkConfig {
-                        target: crate::sink::s3::Target::Dir(self.out_dir.clone()),
-                        roll: self.s3.roll(
-                            self.roll_interval,
-                            self.instance_index,
-                            self.gzip_level,
-                            errors,
-                        ),
-                        digest: self.s3.digest(errors),
-                        notify_url: self.s3.notify_url(errors),
-                    }))
+                    self.object_sink(crate::sink::s3::Target::Dir(self.out_dir.clone()), errors)
                 }
                 SinkKind::S3 => {
                     let vcap = std::env::var("VCAP_SERVICES").ok();
                     match self.s3.s3_config(vcap.as_deref(), errors) {
-                        Some(s3) => {
-                            SinkConfig::Object(Box::new(crate::sink::s3::ObjectSinkConfig {
-                                target: crate::sink::s3::Target::S3(s3),
-                                roll: self.s3.roll(
-                                    self.roll_interval,
-                                    self.instance_index,
-                                    self.gzip_level,
-                                    errors,
-                                ),
-                                digest: self.s3.digest(errors),
-                                notify_url: self.s3.notify_url(errors),
-                            }))
-                        }
+                        Some(s3) => self.object_sink(crate::sink::s3::Target::S3(s3), errors),
                         None => continue,
                     }
                 }
@@ -333,6 +311,23 @@ impl OutputArgs {
             },
             decode_only,
         }
+    }
+}
+
+impl OutputArgs {
+    /// An object sink (S3, or the signed local folder) writing to `target`.
+    fn object_sink(&self, target: crate::sink::s3::Target, errors: &mut Vec<String>) -> SinkConfig {
+        SinkConfig::Object(Box::new(crate::sink::s3::ObjectSinkConfig {
+            target,
+            roll: self.s3.roll(
+                self.roll_interval,
+                self.instance_index,
+                self.gzip_level,
+                errors,
+            ),
+            digest: self.s3.digest(errors),
+            notify_url: self.s3.notify_url(errors),
+        }))
     }
 }
 

@@ -149,18 +149,7 @@ impl Emulator {
         pki: &Pki,
         cfg: EmulatorConfig,
     ) -> Result<Self, EmulatorError> {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| EmulatorError::Listen {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| EmulatorError::Listen {
-                addr: listen,
-                source,
-            })?;
+        let (listener, addr) = bind(listen).await?;
         let tls = ServerTlsConfig::new()
             .identity(Identity::from_pem(
                 &pki.server_cert_pem,
@@ -216,6 +205,19 @@ impl Emulator {
             let _ = task.await;
         }
     }
+}
+
+/// Listens on `listen` (port 0 picks one); the listener and its address.
+pub(crate) async fn bind(
+    listen: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), EmulatorError> {
+    let error = |source| EmulatorError::Listen {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(error)?;
+    let addr = listener.local_addr().map_err(error)?;
+    Ok((listener, addr))
 }
 
 impl Drop for Emulator {

@@ -94,18 +94,7 @@ impl GatewayEmulator {
         listen: SocketAddr,
         cfg: GatewayEmulatorConfig,
     ) -> Result<Self, EmulatorError> {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .map_err(|source| EmulatorError::Listen {
-                addr: listen,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| EmulatorError::Listen {
-                addr: listen,
-                source,
-            })?;
+        let (listener, addr) = super::bind(listen).await?;
         let state = Arc::new(State {
             cfg,
             addr,
