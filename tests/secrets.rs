@@ -13,6 +13,8 @@ use common::*;
 const HEC_TOKEN: &str = "hec-token-7f3a9c1e-SECRET";
 const HEADER_SECRET: &str = "api-key-55d0c2-SECRET";
 const METRICS_PASSWORD: &str = "metrics-pw-0b9e-SECRET";
+const UAA_SECRET: &str = "uaa-secret-91c4-SECRET";
+const S3_SECRET: &str = "s3-secret-key-3e77-SECRET";
 
 /// A HEC endpoint that refuses every token, as Splunk does.
 async fn refusing_receiver() -> std::net::SocketAddr {
@@ -84,4 +86,67 @@ async fn no_secret_appears_in_any_output() {
     for secret in [HEC_TOKEN, HEADER_SECRET, METRICS_PASSWORD] {
         assert!(!text.contains(secret), "{secret} leaked:\n{text}");
     }
+}
+
+/// The gateway source's UAA client secret and the S3 secret key: the UAA
+/// refuses the client, the digest chain cannot read the bucket, at debug
+/// level, and neither secret shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
+    let refusing = refusing_receiver().await;
+    let url = format!("http://{refusing}");
+    let tmp = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .args(["keygen", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let child = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .env_remove("OUT_DIR")
+        .env_remove("PORT")
+        .env_remove("VCAP_SERVICES")
+        .env("RUST_LOG", "debug")
+        .args(["run", "--source", "gateway"])
+        .args(["--gateway-url", &url, "--uaa-url", &url])
+        .args(["--uaa-client-id", "nozzle"])
+        .env("UAA_CLIENT_SECRET", UAA_SECRET)
+        .args([
+            "--sink",
+            "s3",
+            "--s3-bucket",
+            "audit",
+            "--s3-endpoint",
+            &url,
+        ])
+        .args(["--s3-path-style", "--s3-access-key-id", "AKIATEST"])
+        .env("S3_SECRET_ACCESS_KEY", S3_SECRET)
+        .arg("--signing-key")
+        .arg(tmp.path().join("signing-key.pem"))
+        .args(["--health-addr", "127.0.0.1:0", "--shutdown-timeout", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The scenario happened: the UAA refused and signed S3 requests failed.
+    assert!(text.contains("cannot get a UAA token"), "{text}");
+    assert!(text.contains("cannot read the digest chain back"), "{text}");
+    for secret in [UAA_SECRET, S3_SECRET] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    let key = std::fs::read_to_string(tmp.path().join("signing-key.pem")).unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    assert!(!text.contains(key_body), "the signing key leaked:\n{text}");
 }
