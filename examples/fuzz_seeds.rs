@@ -48,5 +48,20 @@ fn main() -> std::io::Result<()> {
     for (i, l) in lines.iter().enumerate() {
         write("config", format!("args-{i}"), l.as_bytes())?;
     }
+    // Gateway frames: the emulator's batches as the gateway's JSON.
+    let mut traffic = Traffic::new(11);
+    for (i, n) in [1, 3].into_iter().enumerate() {
+        let frame = cf_audit_nozzle::source::emulator::gateway::sse_batch_frame(&traffic.batch(n));
+        // The frame's data, without `data: ` and the blank line.
+        let data = &frame[6..frame.len() - 2];
+        write("gateway_json", format!("frame-{i}"), data)?;
+    }
+    let events = [
+        r#"{"guid":"a1b2","created_at":"2026-11-27T15:00:00Z","type":"audit.app.update","actor":{"guid":"u1","type":"user","name":"admin"},"target":{"guid":"app1","type":"app","name":"web"},"data":{"request":{"instances":2,"environment_json":"PRIVATE DATA HIDDEN"}},"space":{"guid":"s1","name":"dev"},"organization":{"guid":"o1","name":"org"}}"#,
+        r#"{"guid":"c3","created_at":"2026-11-27T15:00:01Z","type":"app.crash","actor":{"guid":"app1","type":"process","name":"web"},"target":{"guid":"app1","type":"app","name":"web"},"data":{"exit_description":"oom"},"space":null,"organization":null}"#,
+    ];
+    for (i, e) in events.iter().enumerate() {
+        write("audit_event", format!("event-{i}"), e.as_bytes())?;
+    }
     Ok(())
 }
