@@ -199,9 +199,80 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     out.push(b'}');
 }
 
+/// Records per encoding task (see [`HttpSink::encode`]).
+const ENCODE_CHUNK: usize = 250;
+
+/// What encoding a request body needs, shared with the encoding tasks.
+struct Encoder {
+    format: HttpFormat,
+    ctx: EncodeContext,
+    hec_index: HecIndex,
+    max_request_bytes: usize,
+    gzip: bool,
+}
+
+impl Encoder {
+    /// `records` as bodies of about `max_request_bytes` (compressed when
+    /// configured) with their record counts, and a cleared buffer to reuse.
+    #[allow(clippy::type_complexity)]
+    fn encode(
+        &self,
+        records: &[Arc<Record>],
+        buffer: Option<Vec<u8>>,
+    ) -> std::io::Result<(Vec<(bytes::Bytes, u64)>, Vec<u8>)> {
+        // Sized for the chunk (a 1 MB buffer per task for 250 records of
+        // ~1.7 kB each kept 2-3x the memory resident).
+        let want = records
+            .iter()
+            .map(|r| r.approx_size())
+            .sum::<usize>()
+            .min(self.max_request_bytes)
+            + (16 << 10);
+        let mut body = buffer.unwrap_or_else(|| Vec::with_capacity(want));
+        body.clear();
+        let mut parts = Vec::new();
+        let mut count = 0;
+        for (i, r) in records.iter().enumerate() {
+            count += 1;
+            match self.format {
+                HttpFormat::JsonArray => body.push(if body.is_empty() { b'[' } else { b',' }),
+                HttpFormat::Hec | HttpFormat::Json => {}
+            }
+            match self.format {
+                HttpFormat::Hec => {
+                    encode_hec(r, &self.ctx, self.hec_index.for_record(r), &mut body)
+                }
+                HttpFormat::Json => {
+                    r.write_json(&self.ctx, &mut body);
+                    body.push(b'\n');
+                }
+                HttpFormat::JsonArray => r.write_json(&self.ctx, &mut body),
+            }
+            if body.len() >= self.max_request_bytes || i + 1 == records.len() {
+                if self.format == HttpFormat::JsonArray {
+                    body.push(b']');
+                }
+                parts.push((self.compress(&body)?, count));
+                body.clear();
+                count = 0;
+            }
+        }
+        Ok((parts, body))
+    }
+
+    /// The body as it goes on the wire (gzip when configured).
+    fn compress(&self, body: &[u8]) -> std::io::Result<bytes::Bytes> {
+        if !self.gzip {
+            return Ok(bytes::Bytes::copy_from_slice(body));
+        }
+        let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+        gz.write_all(body)?;
+        gz.finish().map(bytes::Bytes::from)
+    }
+}
+
 pub struct HttpSink {
     cfg: HttpSinkConfig,
-    ctx: EncodeContext,
     client: reqwest::Client,
     endpoint: String,
     /// Sent on every HEC request (required when the token uses indexer acks, harmless otherwise).
@@ -210,6 +281,7 @@ pub struct HttpSink {
     /// requests already went through, and how many of its records await acks.
     progress: Option<((usize, usize), Vec<bool>, u64)>,
     unacked: Vec<Unacked>,
+    encoder: Arc<Encoder>,
     /// Uncompressed body buffers kept for the next batch.
     buffers: Vec<Vec<u8>>,
     /// Records acknowledged while writing (backpressure), reported by the next roll.
@@ -235,10 +307,17 @@ impl HttpSink {
                 what: format!("cannot build the HTTP client: {e}"),
             })?;
         let channel = crate::record::guid(rand::rng().random());
+        let encoder = Arc::new(Encoder {
+            format: cfg.format,
+            ctx: ctx.clone(),
+            hec_index: cfg.hec_index.clone(),
+            max_request_bytes: cfg.max_request_bytes,
+            gzip: cfg.gzip,
+        });
         Ok(Self {
             endpoint: endpoint(&cfg.url, cfg.format),
+            encoder,
             cfg,
-            ctx,
             client,
             channel,
             progress: None,
@@ -249,70 +328,48 @@ impl HttpSink {
         })
     }
 
-    /// The batch as request bodies of about `max_request_bytes` each
-    /// (uncompressed; a record larger than that goes alone).
-    fn split(&mut self, batch: &[Arc<Record>]) -> Vec<(Vec<u8>, u64)> {
-        let format = self.cfg.format;
-        let mut parts = Vec::new();
-        let mut body = self.buffer();
-        let mut records = 0;
-        for (i, r) in batch.iter().enumerate() {
-            records += 1;
-            match format {
-                HttpFormat::JsonArray => body.push(if body.is_empty() { b'[' } else { b',' }),
-                HttpFormat::Hec | HttpFormat::Json => {}
-            }
-            match format {
-                HttpFormat::Hec => {
-                    encode_hec(r, &self.ctx, self.cfg.hec_index.for_record(r), &mut body)
-                }
-                HttpFormat::Json => {
-                    r.write_json(&self.ctx, &mut body);
-                    body.push(b'\n');
-                }
-                HttpFormat::JsonArray => r.write_json(&self.ctx, &mut body),
-            }
-            if body.len() >= self.cfg.max_request_bytes || i + 1 == batch.len() {
-                if format == HttpFormat::JsonArray {
-                    body.push(b']');
-                }
-                parts.push((std::mem::replace(&mut body, self.buffer()), records));
-                records = 0;
-            }
-        }
-        parts
-    }
-
-    /// An empty body buffer, reused: allocating a fresh megabyte per request
-    /// cost page faults and copies as it grew (perf: 9% zeroing pages, 7% memmove).
-    fn buffer(&mut self) -> Vec<u8> {
-        self.buffers
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(self.cfg.max_request_bytes + (64 << 10)))
-    }
-
-    /// The body as it goes on the wire (gzip when configured).
-    fn compress(&mut self, mut body: Vec<u8>) -> Result<bytes::Bytes, SinkFailure> {
-        if !self.cfg.gzip {
-            return Ok(body.into());
-        }
-        let mut gz = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
-        let result = gz.write_all(&body);
-        body.clear();
-        if self.buffers.len() < self.cfg.concurrency.max(1) * 2 {
-            self.buffers.push(body);
-        }
-        result
-            .and_then(|_| gz.finish())
-            .map(bytes::Bytes::from)
-            .map_err(|e| {
-                SinkError::Io {
-                    sink: "http",
-                    path: "<gzip>".into(),
-                    source: e,
-                }
-                .into()
+    /// The batch as compressed request bodies of about `max_request_bytes`
+    /// each (uncompressed; a record larger than that goes alone), with their
+    /// record counts, in batch order. Chunks of [`ENCODE_CHUNK`] records are
+    /// encoded and compressed on the blocking pool in parallel: on one task
+    /// the sink encoded at most ~100k records/s (callgrind: JSON and gzip are
+    /// 8 µs a record), while the other core waited.
+    async fn encode(
+        &mut self,
+        batch: &[Arc<Record>],
+    ) -> Result<Vec<(bytes::Bytes, u64)>, SinkFailure> {
+        let tasks: Vec<_> = batch
+            .chunks(ENCODE_CHUNK)
+            .map(|chunk| {
+                let chunk = chunk.to_vec();
+                let encoder = Arc::clone(&self.encoder);
+                let buffer = self.buffers.pop();
+                tokio::task::spawn_blocking(move || encoder.encode(&chunk, buffer))
             })
+            .collect();
+        let mut parts = Vec::new();
+        let mut failed = None;
+        for task in tasks {
+            match task.await {
+                Ok(Ok((bodies, buffer))) => {
+                    parts.extend(bodies);
+                    if self.buffers.len() < self.cfg.concurrency.max(1) * 2 {
+                        self.buffers.push(buffer);
+                    }
+                }
+                Ok(Err(e)) => failed = Some(e.to_string()),
+                Err(e) => failed = Some(e.to_string()),
+            }
+        }
+        match failed {
+            None => Ok(parts),
+            Some(reason) => Err(SinkError::Io {
+                sink: "http",
+                path: "<gzip>".into(),
+                source: std::io::Error::other(reason),
+            }
+            .into()),
+        }
     }
 
     /// Sends one body and reads what the reply means; with acks on, the
@@ -526,7 +583,7 @@ impl Sink for HttpSink {
                 return Err(SinkFailure::retryable(error, None));
             }
         }
-        let parts = self.split(batch);
+        let parts = self.encode(batch).await?;
         let (progress, mut awaiting) = match self.progress.take() {
             Some((pid, done, awaiting)) if pid == id && done.len() == parts.len() => {
                 (done, awaiting)
@@ -536,7 +593,7 @@ impl Sink for HttpSink {
         let mut todo = Vec::new();
         for (i, (body, records)) in parts.into_iter().enumerate() {
             if !progress[i] {
-                todo.push((i, self.compress(body)?, records));
+                todo.push((i, body, records));
             }
         }
         let this = &*self;
