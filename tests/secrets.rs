@@ -30,6 +30,28 @@ async fn refusing_receiver() -> std::net::SocketAddr {
     addr
 }
 
+/// Runs the nozzle for `for_`, stops it with SIGTERM, and returns all it
+/// printed (stdout and stderr).
+async fn run_then_stop(cmd: &mut Command, for_: Duration) -> String {
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    tokio::time::sleep(for_).await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_any_output() {
     let pki = pki();
@@ -63,23 +85,9 @@ async fn no_secret_appears_in_any_output() {
         .args(["--health-addr", "127.0.0.1:0", "--shutdown-timeout", "1"])
         .env("HEC_TOKEN", HEC_TOKEN)
         .env("METRICS_AUTH", format!("prom:{METRICS_PASSWORD}"))
-        .env("BATCH_MAX_AGE_MS", "50")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        .env("BATCH_MAX_AGE_MS", "50");
     // Long enough for batches to be refused and retried.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = run_then_stop(&mut cmd, Duration::from_secs(4)).await;
     // The scenario happened: the refusal was logged (with its reason).
     assert!(text.contains("Invalid token"), "{text}");
     assert!(text.contains("retrying"), "{text}");
@@ -102,8 +110,8 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
         .output()
         .unwrap();
     assert!(keygen.status.success(), "{keygen:?}");
-    let child = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
-        .env_remove("OUT_DIR")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR")
         .env_remove("PORT")
         .env_remove("VCAP_SERVICES")
         .env("RUST_LOG", "debug")
@@ -123,23 +131,8 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
         .env("S3_SECRET_ACCESS_KEY", S3_SECRET)
         .arg("--signing-key")
         .arg(tmp.path().join("signing-key.pem"))
-        .args(["--health-addr", "127.0.0.1:0", "--shutdown-timeout", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .args(["--health-addr", "127.0.0.1:0", "--shutdown-timeout", "1"]);
+    let text = run_then_stop(&mut cmd, Duration::from_secs(3)).await;
     // The scenario happened: the UAA refused and signed S3 requests failed.
     assert!(text.contains("cannot get a UAA token"), "{text}");
     assert!(text.contains("cannot read the digest chain back"), "{text}");
