@@ -434,6 +434,11 @@ impl RunArgs {
         if self.cf.skip_tls_verify {
             w.push("TLS certificate verification of the CF API, UAA and RLP Gateway is off (--skip-tls-verify): anyone on the path can read the token and alter the firehose".to_string());
         }
+        if self.output.sink.contains(&SinkKind::S3) && self.output.s3.s3_sse == SseArg::None {
+            w.push(
+                "--s3-sse none: log files are written WITHOUT server-side encryption".to_string(),
+            );
+        }
         w
     }
 }

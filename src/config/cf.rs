@@ -114,12 +114,8 @@ impl CfArgs {
                 }
             }
         };
-        if self.skip_tls_verify {
-            tracing::warn!(
-                "TLS certificate verification of the CF API, UAA and the RLP Gateway is OFF (--skip-tls-verify): \
-                 anyone on the network path can read the UAA credentials and forge the firehose"
-            );
-        }
+        // --skip-tls-verify is warned about at start and in /health
+        // (config: RunArgs::warnings).
         http_client(ca_pem.as_deref(), self.skip_tls_verify)
             .map_err(|e| errors.push(format!("--ca-file (CA_FILE): {e}")))
             .ok()

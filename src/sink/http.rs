@@ -291,13 +291,8 @@ pub struct HttpSink {
 
 impl HttpSink {
     pub fn new(cfg: HttpSinkConfig, ctx: EncodeContext) -> Result<Self, SinkError> {
-        if !cfg.tls_verify {
-            tracing::warn!(
-                url = %cfg.url,
-                "TLS certificate verification of the HTTP sink is OFF (--http-tls-verify false): \
-                 anyone on the network path can read and alter the audit trail it sends"
-            );
-        }
+        // Verification off is warned about at start and in /health
+        // (config: RunArgs::warnings), not once more here.
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*cfg.tls).clone())
             .timeout(cfg.timeout)

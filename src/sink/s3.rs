@@ -392,15 +392,9 @@ pub fn start_object_sinks(
 ) -> Result<Vec<(ObjectSink, Vec<Kind>)>, SinkError> {
     let client = http_client()?;
     let (archive, label) = match &cfg.target {
-        Target::S3(s3) => {
-            if s3.sse == Sse::None {
-                tracing::warn!(
-                    bucket = %s3.bucket,
-                    "--s3-sse none: log files are written WITHOUT server-side encryption headers"
-                );
-            }
-            (s3_archive(s3, &client)?, "s3")
-        }
+        // `--s3-sse none` is warned about with the other settings an
+        // operator must not forget (config: RunArgs::warnings).
+        Target::S3(s3) => (s3_archive(s3, &client)?, "s3"),
         Target::Dir(dir) => (
             Archive::local(dir, "").map_err(|e| SinkError::Config {
                 sink: "file",
