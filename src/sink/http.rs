@@ -84,6 +84,9 @@ struct Unacked {
     body: bytes::Bytes,
     records: u64,
     sent: tokio::time::Instant,
+    /// Indexed, but reported only once every earlier request is too: the
+    /// runner and the disk buffer count deliveries in order.
+    acked: bool,
 }
 
 impl std::fmt::Debug for HttpSinkConfig {
@@ -412,7 +415,12 @@ impl HttpSink {
         if self.unacked.is_empty() {
             return;
         }
-        let ids: Vec<u64> = self.unacked.iter().map(|u| u.ack_id).collect();
+        let ids: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|u| !u.acked)
+            .map(|u| u.ack_id)
+            .collect();
         let req = self
             .client
             .post(ack_endpoint(&self.endpoint))
@@ -437,19 +445,15 @@ impl HttpSink {
             }
         };
         if let Some(acked) = answer.as_ref().and_then(|a| a.get("acks")) {
-            let mut delivered = 0;
-            self.unacked.retain(|u| {
-                let yes = acked.get(u.ack_id.to_string()).and_then(|v| v.as_bool()) == Some(true);
-                if yes {
-                    delivered += u.records;
+            for u in &mut self.unacked {
+                if acked.get(u.ack_id.to_string()).and_then(|v| v.as_bool()) == Some(true) {
+                    u.acked = true;
                 }
-                !yes
-            });
-            self.acked_unreported += delivered;
+            }
         }
         let now = tokio::time::Instant::now();
         for i in 0..self.unacked.len() {
-            if now.duration_since(self.unacked[i].sent) < acks.timeout {
+            if self.unacked[i].acked || now.duration_since(self.unacked[i].sent) < acks.timeout {
                 continue;
             }
             // Not indexed in time: send it again (Splunk may then hold it twice).
@@ -463,16 +467,15 @@ impl HttpSink {
                     self.unacked[i].ack_id = id;
                     self.unacked[i].sent = now;
                 }
-                Ok(None) => {
-                    self.acked_unreported += self.unacked[i].records;
-                    self.unacked[i].records = 0;
-                }
+                Ok(None) => self.unacked[i].acked = true,
                 Err(f) => {
                     tracing::warn!(error = %f.error, "resending an unacknowledged HEC request failed")
                 }
             }
         }
-        self.unacked.retain(|u| u.records > 0);
+        // Report in order: the acknowledged requests at the front.
+        let done = self.unacked.iter().take_while(|u| u.acked).count();
+        self.acked_unreported += self.unacked.drain(..done).map(|u| u.records).sum::<u64>();
     }
 
     /// The channel and token every HEC request (events and ack queries) carries.
@@ -613,6 +616,7 @@ impl Sink for HttpSink {
                         body,
                         records,
                         sent: tokio::time::Instant::now(),
+                        acked: false,
                     });
                 }
                 Ok(_) => {
