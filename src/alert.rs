@@ -173,10 +173,12 @@ pub async fn watch(
             let dropped = snap.dropped();
             if dropped > w.dropped {
                 let text = format!(
-                    "sink {} dropped {} records (queue full: {}, write errors: {} in all)",
+                    "sink {} dropped {} records (queue full: {}, buffer full: {}, buffer write errors: {}, write errors: {} in all)",
                     s.name,
                     dropped - w.dropped,
                     snap.dropped_queue_full,
+                    snap.dropped_buffer_full,
+                    snap.dropped_buffer_error,
                     snap.dropped_write_error
                 );
                 w.dropped = dropped;

@@ -16,6 +16,7 @@ use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
 mod audit;
+mod buffer;
 mod cf;
 mod s3;
 mod sinks;
@@ -164,6 +165,8 @@ pub struct OutputArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub buffer: buffer::BufferArgs,
 }
 
 /// zlib-rs level 1 compresses JSON records about 6:1 at several times the
@@ -310,6 +313,7 @@ impl OutputArgs {
                 foundation: self.foundation.clone(),
             },
             decode_only,
+            buffer: self.buffer.config(errors),
         }
     }
 }

@@ -78,6 +78,7 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
             foundation: "demo".to_string(),
         },
         decode_only: false,
+        buffer: None,
     };
     let pipeline = Pipeline::start(&pipeline_cfg)?;
     let rlp_cfg = RlpConfig {

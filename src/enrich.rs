@@ -38,7 +38,7 @@ use crate::record::{Kind, Record};
 use crate::source::cloud_controller::{CcError, CloudController};
 
 /// The names of an app and where it lives.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppNames {
     pub app_guid: String,
     pub app_name: Option<String>,

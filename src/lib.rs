@@ -36,6 +36,7 @@
 
 pub mod alert;
 pub mod audit;
+pub mod buffer;
 pub mod classify;
 pub mod config;
 pub mod demo;

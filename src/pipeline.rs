@@ -40,12 +40,16 @@ pub struct PipelineConfig {
     pub encode: EncodeContext,
     /// Benchmark mode: receive and decode only.
     pub decode_only: bool,
+    /// The disk buffer shared by every sink (`--buffer-dir`), if any.
+    pub buffer: Option<crate::buffer::BufferConfig>,
 }
 
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
     router: Arc<Router>,
     sinks: Vec<(String, Arc<SinkStats>, JoinHandle<SinkReport>)>,
+    /// Synced once more after the sinks stopped (also those cut off by the deadline).
+    buffers: Vec<Arc<crate::buffer::DiskBuffer>>,
 }
 
 /// The account of a run.
@@ -53,7 +57,8 @@ pub struct Pipeline {
 pub struct Summary {
     pub ingress: IngressSnapshot,
     pub sinks: Vec<SinkReport>,
-    /// False when a sink had not finished draining by the shutdown deadline.
+    /// False when a sink without a disk buffer had not finished draining by
+    /// the shutdown deadline (a buffered sink keeps what it holds on disk).
     pub complete: bool,
     /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -82,7 +87,11 @@ impl Summary {
             t.in_flight += s.in_flight;
             t.dead_lettered += s.dead_lettered;
             t.retries += s.retries;
+            t.buffered += s.buffered;
+            t.buffer_bytes += s.buffer_bytes;
             t.dropped_queue_full += s.dropped_queue_full;
+            t.dropped_buffer_full += s.dropped_buffer_full;
+            t.dropped_buffer_error += s.dropped_buffer_error;
             t.dropped_write_error += s.dropped_write_error;
         }
         t
@@ -95,9 +104,18 @@ impl Pipeline {
     pub fn start(cfg: &PipelineConfig) -> Result<Self, SinkError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
-        let mut add = |(task, queue): (JoinHandle<SinkReport>, SinkQueue), kinds: Vec<Kind>| {
+        let mut buffers = Vec::new();
+        // The buffer's size is shared evenly: one sink that is down fills
+        // its own share, never the others'.
+        let buffer = cfg.buffer.as_ref().map(|b| b.per_sink(sink_count(cfg)));
+        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), SinkError> {
+            let (task, queue) = sink(cfg, buffer.as_ref())?;
+            if let Some(b) = queue.buffer() {
+                buffers.push(Arc::clone(b));
+            }
             sinks.push((queue.name().to_string(), Arc::clone(queue.stats()), task));
             queues.push((queue, kinds));
+            Ok(())
         };
         // Digest chains and notifiers finish after the sinks that feed them.
         let mut followers = Vec::new();
@@ -107,29 +125,28 @@ impl Pipeline {
                     for (sink, kinds) in
                         crate::sink::s3::start_object_sinks(o, &cfg.encode, kinds, &mut followers)?
                     {
-                        add(spawn(sink, cfg), kinds);
+                        add(spawner(sink), kinds)?;
                     }
                 }
-                SinkConfig::Stdout => add(
-                    spawn(StdoutSink::new(cfg.encode.clone()), cfg),
-                    kinds.clone(),
-                ),
+                SinkConfig::Stdout => {
+                    add(spawner(StdoutSink::new(cfg.encode.clone())), kinds.clone())?
+                }
                 SinkConfig::Http(h) => add(
-                    spawn(
-                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())?,
-                        cfg,
-                    ),
+                    spawner(crate::sink::http::HttpSink::new(
+                        (**h).clone(),
+                        cfg.encode.clone(),
+                    )?),
                     kinds.clone(),
-                ),
+                )?,
                 SinkConfig::Syslog(s) => add(
-                    spawn(SyslogSink::new(s.clone(), cfg.encode.clone()), cfg),
+                    spawner(SyslogSink::new(s.clone(), cfg.encode.clone())),
                     kinds.clone(),
-                ),
+                )?,
                 // One writer per kind: kinds are compressed in parallel and isolated.
                 SinkConfig::File(f) => {
                     for &kind in kinds {
                         let sink = FileSink::new(f.clone(), cfg.encode.clone(), kind)?;
-                        add(spawn(sink, cfg), vec![kind]);
+                        add(spawner(sink), vec![kind])?;
                     }
                 }
             }
@@ -138,6 +155,7 @@ impl Pipeline {
         Ok(Self {
             router: Arc::new(Router::new(queues, cfg.decode_only)),
             sinks,
+            buffers,
         })
     }
 
@@ -199,19 +217,35 @@ impl Pipeline {
                 }
                 Err(_) => {
                     let snapshot = stats.snapshot(&name);
-                    tracing::error!(
-                        sink = name,
-                        queued = snapshot.queued,
-                        "sink did not drain before the shutdown deadline"
-                    );
                     task.abort();
-                    complete = false;
+                    if stats
+                        .buffer_max_bytes
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        > 0
+                    {
+                        // Everything it holds is in its disk buffer (write-through).
+                        tracing::warn!(
+                            sink = name,
+                            records = snapshot.pending(),
+                            "sink did not drain before the shutdown deadline; its records stay in the disk buffer for the next start"
+                        );
+                    } else {
+                        tracing::error!(
+                            sink = name,
+                            queued = snapshot.queued,
+                            "sink did not drain before the shutdown deadline"
+                        );
+                        complete = false;
+                    }
                     reports.push(SinkReport {
                         stats: snapshot,
                         outputs: Vec::new(),
                     });
                 }
             }
+        }
+        for b in &self.buffers {
+            b.sync();
         }
         Summary {
             ingress,
@@ -223,18 +257,44 @@ impl Pipeline {
     }
 }
 
-fn spawn<S: crate::sink::Sink>(
-    sink: S,
-    cfg: &PipelineConfig,
-) -> (JoinHandle<SinkReport>, SinkQueue) {
-    let (queue, rx) = SinkQueue::new(sink.name(), cfg.queue_capacity);
-    let task = tokio::spawn(run_sink(
-        sink,
-        rx,
-        Arc::clone(queue.stats()),
-        cfg.batch.clone(),
-    ));
-    (task, queue)
+/// A sink ready to start behind its queue (and disk buffer, if any).
+type Spawned = Box<
+    dyn FnOnce(
+        &PipelineConfig,
+        Option<&crate::buffer::BufferConfig>,
+    ) -> Result<(JoinHandle<SinkReport>, SinkQueue), SinkError>,
+>;
+
+fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
+    Box::new(move |cfg, buffer| {
+        let (queue, intake) = match buffer {
+            None => SinkQueue::new(sink.name(), cfg.queue_capacity),
+            Some(b) => SinkQueue::with_buffer(sink.name(), cfg.queue_capacity, b).map_err(|e| {
+                SinkError::Config {
+                    sink: "buffer",
+                    what: e.to_string(),
+                }
+            })?,
+        };
+        let task = tokio::spawn(run_sink(
+            sink,
+            intake,
+            Arc::clone(queue.stats()),
+            cfg.batch.clone(),
+        ));
+        Ok((task, queue))
+    })
+}
+
+/// How many sink tasks `cfg` starts (the file and object sinks run one per kind).
+fn sink_count(cfg: &PipelineConfig) -> usize {
+    cfg.sinks
+        .iter()
+        .map(|(s, kinds)| match s {
+            SinkConfig::File(_) | SinkConfig::Object(_) => kinds.len(),
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Where `run` reads envelopes from.

@@ -119,6 +119,16 @@ impl Router {
             .collect()
     }
 
+    /// Whether a source that can read again should wait before offering
+    /// `records` more of `kind` (a sink of that kind has `--buffer-when-full
+    /// block` and no room).
+    pub fn should_wait(&self, kind: Kind, records: u64) -> bool {
+        self.routes[kind.index()].iter().any(|&i| {
+            let q = &self.queues[i];
+            q.buffer().is_some() && q.should_wait(records)
+        })
+    }
+
     /// Offers records made elsewhere (the audit-events poller's) to their
     /// sinks, after the same rules as envelopes. Never waits. Returns whether
     /// every sink took its share (false: some were dropped, counted by the sink).

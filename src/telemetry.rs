@@ -126,6 +126,11 @@ pub fn health(view: &View) -> (bool, serde_json::Value) {
                 "delivered": snap.delivered,
                 "queued": snap.queued,
                 "in_flight": snap.in_flight,
+                "buffered": snap.buffered,
+                "buffer_fill": match s.stats.buffer_max_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+                    0 => serde_json::Value::Null,
+                    max => json!(snap.buffer_bytes as f64 / max as f64),
+                },
                 "dead_lettered": snap.dead_lettered,
                 "dropped": snap.dropped(),
             })
@@ -276,6 +281,8 @@ impl prometheus_client::collector::Collector for ViewCollector {
             snaps.iter().flat_map(|(s, snap)| {
                 [
                     ("queue_full", snap.dropped_queue_full),
+                    ("buffer_full", snap.dropped_buffer_full),
+                    ("buffer_error", snap.dropped_buffer_error),
                     ("write_error", snap.dropped_write_error),
                 ]
                 .map(|(reason, n)| {
@@ -305,6 +312,18 @@ impl prometheus_client::collector::Collector for ViewCollector {
             "sink_in_flight",
             "Records written, awaiting confirmation.",
             gauge(|s| s.in_flight),
+        )?;
+        family(
+            &mut e,
+            "sink_buffered",
+            "Records in the sink's disk buffer and not in memory (--buffer-dir).",
+            gauge(|s| s.buffered),
+        )?;
+        family(
+            &mut e,
+            "sink_buffer_bytes",
+            "Bytes the sink's disk buffer holds.",
+            gauge(|s| s.buffer_bytes),
         )?;
         family(
             &mut e,

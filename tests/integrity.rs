@@ -49,6 +49,7 @@ fn pipeline(dir: &Path, key: &Arc<SigningKey>) -> PipelineConfig {
             foundation: common::FOUNDATION.to_string(),
         },
         decode_only: false,
+        buffer: None,
     }
 }
 

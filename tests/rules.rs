@@ -233,9 +233,9 @@ fn the_router_counts_what_rules_leave_out_and_routes_the_rest() {
     assert!(router.dispatch_records(vec![audit("s")]));
     let s = router.stats().snapshot();
     assert_eq!((s.envelopes, s.api, s.app_log, s.filtered), (3, 2, 2, 1));
-    let kinds = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<cf_audit_nozzle::sink::Chunk>| {
+    let kinds = |rx: &mut cf_audit_nozzle::sink::Intake| {
         let mut out = Vec::new();
-        while let Ok(chunk) = rx.try_recv() {
+        while let Some(chunk) = rx.try_recv() {
             out.extend(chunk.iter().map(|r| (r.kind, r.envelope.timestamp)));
         }
         out

@@ -242,6 +242,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
         batch: fast_retries(1000),
         encode: ctx(),
         decode_only: false,
+        buffer: None,
     })
     .unwrap();
     let envelopes = (0..60)

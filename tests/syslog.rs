@@ -160,6 +160,7 @@ fn syslog_pipeline(cfg: SyslogConfig) -> PipelineConfig {
             foundation: FOUNDATION.to_string(),
         },
         decode_only: false,
+        buffer: None,
     }
 }
 

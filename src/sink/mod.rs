@@ -7,7 +7,7 @@
 //! - [`run_sink`]: batching by count and age, the roll timer, draining at shutdown,
 //!   retries with full-jitter backoff, dead-lettering of rejected batches,
 //!   and the accounting
-//!   `received = delivered + queued + in_flight + dead_lettered + dropped`.
+//!   `received = delivered + queued + buffered + in_flight + dead_lettered + dropped`.
 //!
 //! A sink itself only implements [`Sink`]: write a batch, complete what is open.
 
@@ -213,7 +213,7 @@ impl Default for BatchConfig {
 }
 
 /// Counters of one sink. Always (between updates),
-/// `received = delivered + queued + in_flight + dead_lettered + dropped_*`.
+/// `received = delivered + queued + buffered + in_flight + dead_lettered + dropped_*`.
 #[derive(Debug)]
 pub struct SinkStats {
     pub received: AtomicU64,
@@ -222,8 +222,19 @@ pub struct SinkStats {
     pub queued: AtomicU64,
     /// Written, awaiting confirmation (e.g. in a file not yet completed).
     pub in_flight: AtomicU64,
+    /// Accepted into the disk buffer and not in memory: the runner reads
+    /// them back (`--buffer-dir`).
+    pub buffered: AtomicU64,
+    /// Bytes the sink's disk buffer holds (a gauge, not in the identity).
+    pub buffer_bytes: AtomicU64,
+    /// The most it may hold; 0 without a disk buffer.
+    pub buffer_max_bytes: AtomicU64,
     /// Turned away because the queue was full.
     pub dropped_queue_full: AtomicU64,
+    /// Turned away because the disk buffer was at `--buffer-max-bytes`.
+    pub dropped_buffer_full: AtomicU64,
+    /// Turned away because the disk buffer could not be written (disk full).
+    pub dropped_buffer_error: AtomicU64,
     /// Lost because the sink failed to write them.
     pub dropped_write_error: AtomicU64,
     /// Rejected by the receiver and kept in the dead-letter file.
@@ -243,7 +254,12 @@ impl Default for SinkStats {
             delivered: AtomicU64::default(),
             queued: AtomicU64::default(),
             in_flight: AtomicU64::default(),
+            buffered: AtomicU64::default(),
+            buffer_bytes: AtomicU64::default(),
+            buffer_max_bytes: AtomicU64::default(),
             dropped_queue_full: AtomicU64::default(),
+            dropped_buffer_full: AtomicU64::default(),
+            dropped_buffer_error: AtomicU64::default(),
             dropped_write_error: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             retries: AtomicU64::default(),
@@ -263,20 +279,27 @@ pub struct SinkSnapshot {
     pub delivered: u64,
     pub queued: u64,
     pub in_flight: u64,
+    pub buffered: u64,
+    pub buffer_bytes: u64,
     pub dropped_queue_full: u64,
+    pub dropped_buffer_full: u64,
+    pub dropped_buffer_error: u64,
     pub dropped_write_error: u64,
     pub dead_lettered: u64,
     pub retries: u64,
 }
 
 impl SinkSnapshot {
-    /// Records not yet delivered nor dropped: queued or in flight.
+    /// Records not yet delivered nor dropped: queued, buffered or in flight.
     pub fn pending(&self) -> u64 {
-        self.queued + self.in_flight
+        self.queued + self.buffered + self.in_flight
     }
 
     pub fn dropped(&self) -> u64 {
-        self.dropped_queue_full + self.dropped_write_error
+        self.dropped_queue_full
+            + self.dropped_buffer_full
+            + self.dropped_buffer_error
+            + self.dropped_write_error
     }
 }
 
@@ -288,7 +311,11 @@ impl SinkStats {
             delivered: self.delivered.load(Ordering::Relaxed),
             queued: self.queued.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            buffered: self.buffered.load(Ordering::Relaxed),
+            buffer_bytes: self.buffer_bytes.load(Ordering::Relaxed),
             dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
+            dropped_buffer_full: self.dropped_buffer_full.load(Ordering::Relaxed),
+            dropped_buffer_error: self.dropped_buffer_error.load(Ordering::Relaxed),
             dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
@@ -296,13 +323,18 @@ impl SinkStats {
     }
 }
 
+/// What travels through a sink's memory queue: a chunk and, for a buffered
+/// sink, the number of its first record in the disk buffer.
+type Queued = (u64, Chunk);
+
 /// The sending side of a sink's bounded queue.
 #[derive(Clone)]
 pub struct SinkQueue {
     name: Arc<str>,
-    tx: mpsc::UnboundedSender<Chunk>,
+    tx: mpsc::UnboundedSender<Queued>,
     capacity: u64,
     stats: Arc<SinkStats>,
+    buffer: Option<Arc<crate::buffer::DiskBuffer>>,
 }
 
 impl SinkQueue {
@@ -311,15 +343,32 @@ impl SinkQueue {
     /// The channel itself is unbounded; the bound is the `queued` record count,
     /// checked on admission. That bounds memory in records (what an operator
     /// sizes), not in chunks of varying length, and keeps drop counts exact.
-    pub fn new(name: &str, capacity: usize) -> (Self, mpsc::UnboundedReceiver<Chunk>) {
+    pub fn new(name: &str, capacity: usize) -> (Self, Intake) {
         let (tx, rx) = mpsc::unbounded_channel();
         let queue = Self {
             name: name.into(),
             tx,
             capacity: capacity as u64,
             stats: Arc::new(SinkStats::default()),
+            buffer: None,
         };
-        (queue, rx)
+        (queue, Intake { rx, reader: None })
+    }
+
+    /// A queue backed by a disk buffer (see [`crate::buffer`]): the memory
+    /// queue of `capacity` records reads ahead, the rest waits on disk.
+    /// Records left on disk by an earlier run come first.
+    pub fn with_buffer(
+        name: &str,
+        capacity: usize,
+        buffer: &crate::buffer::BufferConfig,
+    ) -> Result<(Self, Intake), crate::buffer::BufferError> {
+        let (mut queue, mut intake) = Self::new(name, capacity);
+        let (disk, reader) =
+            crate::buffer::DiskBuffer::open(buffer, name, Arc::clone(&queue.stats))?;
+        queue.buffer = Some(disk);
+        intake.reader = Some(reader);
+        Ok((queue, intake))
     }
 
     pub fn name(&self) -> &str {
@@ -330,37 +379,179 @@ impl SinkQueue {
         &self.stats
     }
 
-    /// Hands a chunk to the sink without waiting. When the queue cannot take
-    /// the whole chunk, the chunk is dropped and counted (`dropped_queue_full`).
-    /// Returns whether the chunk was admitted.
+    pub fn buffer(&self) -> Option<&Arc<crate::buffer::DiskBuffer>> {
+        self.buffer.as_ref()
+    }
+
+    /// Whether a source that can read again should wait before offering
+    /// about `records` more (`--buffer-when-full block`, or no room in the
+    /// memory queue of an unbuffered sink).
+    pub fn should_wait(&self, records: u64) -> bool {
+        match &self.buffer {
+            Some(b) => {
+                b.when_full() == crate::buffer::WhenFull::Block && !b.has_room(records * 1024)
+            }
+            None => self.stats.queued.load(Ordering::Acquire) + records > self.capacity,
+        }
+    }
+
+    /// Hands a chunk to the sink without waiting. When the queue (or its
+    /// disk buffer) cannot take the whole chunk, the chunk is dropped and
+    /// counted (`dropped_queue_full`, `dropped_buffer_full`,
+    /// `dropped_buffer_error`). Returns whether the chunk was admitted.
     pub fn offer(&self, chunk: Chunk) -> bool {
         let n = chunk.len() as u64;
         let stats = &self.stats;
         stats.received.fetch_add(n, Ordering::Relaxed);
-        let admitted = stats
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q + n <= self.capacity).then_some(q + n)
+        let to_memory = |first: u64, chunk: Chunk| -> Result<(), Chunk> {
+            let admitted = stats
+                .queued
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                    (q + n <= self.capacity).then_some(q + n)
+                })
+                .is_ok();
+            if !admitted {
+                return Err(chunk);
+            }
+            self.tx.send((first, chunk)).map_err(|e| {
+                // The runner is gone (shutdown); the records were never queued.
+                stats.queued.fetch_sub(n, Ordering::AcqRel);
+                e.0.1
             })
-            .is_ok();
-        if admitted && self.tx.send(chunk).is_ok() {
-            return true;
-        }
-        if admitted {
-            // The runner is gone (shutdown); the records were never queued.
-            stats.queued.fetch_sub(n, Ordering::AcqRel);
-        }
-        let before = stats.dropped_queue_full.fetch_add(n, Ordering::Relaxed);
+        };
+        let (counter, what) = match &self.buffer {
+            None => match to_memory(0, chunk) {
+                Ok(()) => return true,
+                Err(_) => (
+                    &stats.dropped_queue_full,
+                    "sink queue full: dropping newest records",
+                ),
+            },
+            Some(buffer) => match buffer.append(chunk, |first, chunk| {
+                to_memory(first, chunk).inspect_err(|_| {
+                    stats.buffered.fetch_add(n, Ordering::Relaxed);
+                })
+            }) {
+                crate::buffer::Appended::Memory | crate::buffer::Appended::Disk => return true,
+                crate::buffer::Appended::Full => (
+                    &stats.dropped_buffer_full,
+                    "disk buffer full (--buffer-max-bytes): dropping newest records",
+                ),
+                crate::buffer::Appended::Failed(e) => {
+                    let before = stats.dropped_buffer_error.fetch_add(n, Ordering::Relaxed);
+                    if before / 100_000 != (before + n) / 100_000 || before == 0 {
+                        tracing::error!(sink = &*self.name, dropped_total = before + n, error = %e, "cannot write the disk buffer: dropping newest records");
+                    }
+                    return false;
+                }
+            },
+        };
+        let before = counter.fetch_add(n, Ordering::Relaxed);
         // Warn on the first drop and then once per ~100k, not per chunk.
         if before / 100_000 != (before + n) / 100_000 || before == 0 {
             tracing::warn!(
                 sink = &*self.name,
                 dropped_total = before + n,
                 capacity = self.capacity,
-                "sink queue full: dropping newest records"
+                "{what}"
             );
         }
         false
+    }
+}
+
+/// The receiving side of a sink's queue: the memory queue and, for a
+/// buffered sink, what waits on disk.
+pub struct Intake {
+    rx: mpsc::UnboundedReceiver<Queued>,
+    reader: Option<crate::buffer::BufferReader>,
+}
+
+impl Intake {
+    /// The next chunk, oldest first; `None` once every [`SinkQueue`] is
+    /// dropped and nothing waits on disk. `max` bounds a chunk read from disk.
+    /// Cancel-safe: it only waits where nothing has been taken yet.
+    pub async fn recv_up_to(&mut self, max: usize, stats: &SinkStats) -> Option<Chunk> {
+        let mut closed = false;
+        loop {
+            match self.rx.try_recv() {
+                Ok((first, chunk)) => {
+                    if let Some(r) = &mut self.reader {
+                        r.took_from_memory(first, chunk.len() as u64);
+                    }
+                    return Some(chunk);
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            let Some(reader) = &mut self.reader else {
+                if closed {
+                    return None;
+                }
+                let (_, chunk) = self.rx.recv().await?;
+                return Some(chunk);
+            };
+            match reader.read(max.max(1)) {
+                Ok(crate::buffer::Backlog::Records(records)) => {
+                    let n = records.len() as u64;
+                    // Counted as queued before leaving `buffered`, so the
+                    // identity never comes up short.
+                    stats.queued.fetch_add(n, Ordering::AcqRel);
+                    stats.buffered.fetch_sub(n, Ordering::AcqRel);
+                    if records.is_empty() {
+                        continue;
+                    }
+                    return Some(records.into_iter().map(Arc::new).collect());
+                }
+                Ok(crate::buffer::Backlog::MemoryFirst) => continue,
+                Ok(crate::buffer::Backlog::CaughtUp) if closed => return None,
+                Ok(crate::buffer::Backlog::CaughtUp) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "disk buffer: cannot read back records; trying again in a second");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            tokio::select! {
+                got = self.rx.recv() => match got {
+                    Some((first, chunk)) => {
+                        reader.took_from_memory(first, chunk.len() as u64);
+                        return Some(chunk);
+                    }
+                    None => closed = true,
+                },
+                _ = reader.on_disk() => {}
+            }
+        }
+    }
+
+    /// The next chunk of the memory queue (tests that read a queue directly).
+    pub async fn recv(&mut self) -> Option<Chunk> {
+        self.rx.recv().await.map(|(_, c)| c)
+    }
+
+    /// The next chunk of the memory queue if one is there, without waiting.
+    pub fn try_recv(&mut self) -> Option<Chunk> {
+        self.rx.try_recv().ok().map(|(_, c)| c)
+    }
+
+    /// Tells the disk buffer how many records the sink has settled so far
+    /// (delivered, dead-lettered or lost to write errors), in order.
+    pub fn settled(&self, stats: &SinkStats) {
+        if let Some(r) = &self.reader {
+            r.buffer().ack(
+                stats.delivered.load(Ordering::Acquire)
+                    + stats.dead_lettered.load(Ordering::Acquire)
+                    + stats.dropped_write_error.load(Ordering::Acquire),
+            );
+        }
+    }
+
+    /// Forces the disk buffer to disk (at the end of a run).
+    pub fn sync(&self) {
+        if let Some(r) = &self.reader {
+            r.buffer().sync();
+        }
     }
 }
 

@@ -8,10 +8,9 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::{BatchConfig, Chunk, DeadLetter, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
+use super::{BatchConfig, DeadLetter, Intake, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
 use crate::record::Record;
 use crate::source::Backoff;
 
@@ -19,7 +18,7 @@ use crate::source::Backoff;
 /// drained, then rolls it one last time and reports.
 pub async fn run_sink<S: Sink>(
     mut sink: S,
-    mut rx: mpsc::UnboundedReceiver<Chunk>,
+    mut intake: Intake,
     stats: Arc<SinkStats>,
     batch: BatchConfig,
 ) -> SinkReport {
@@ -33,7 +32,7 @@ pub async fn run_sink<S: Sink>(
         tokio::select! {
             // Take what is queued first; the timers are checked below either way.
             biased;
-            chunk = rx.recv() => match chunk {
+            chunk = intake.recv_up_to(batch.max_records, &stats) => match chunk {
                 Some(chunk) => {
                     if pending.is_empty() {
                         batch_deadline = Some(Instant::now() + batch.max_age);
@@ -42,6 +41,7 @@ pub async fn run_sink<S: Sink>(
                     pending.extend(chunk);
                     if pending.len() >= batch.max_records || pending_bytes >= batch.max_bytes {
                         write_pending(&mut sink, &mut pending, &stats, &batch).await;
+                        intake.settled(&stats);
                         batch_deadline = None;
                         pending_bytes = 0;
                     }
@@ -56,6 +56,7 @@ pub async fn run_sink<S: Sink>(
         let now = Instant::now();
         if batch_deadline.is_some_and(|d| now >= d) {
             write_pending(&mut sink, &mut pending, &stats, &batch).await;
+            intake.settled(&stats);
             batch_deadline = None;
             pending_bytes = 0;
         }
@@ -66,11 +67,14 @@ pub async fn run_sink<S: Sink>(
             batch_deadline = None;
             pending_bytes = 0;
             roll(&mut sink, &stats).await;
+            intake.settled(&stats);
             next_roll = Some(Instant::now() + every);
         }
     }
     write_pending(&mut sink, &mut pending, &stats, &batch).await;
     roll(&mut sink, &stats).await;
+    intake.settled(&stats);
+    intake.sync();
     SinkReport {
         stats: stats.snapshot(sink.name()),
         outputs: sink.outputs(),
@@ -209,7 +213,7 @@ mod tests {
     use super::*;
     use crate::classify::classify;
     use crate::proto::Envelope;
-    use crate::sink::SinkQueue;
+    use crate::sink::{Chunk, SinkQueue};
     use std::sync::atomic::AtomicU64;
     use std::time::Duration;
 

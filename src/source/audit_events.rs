@@ -300,6 +300,8 @@ fn settle(u: &Unconfirmed) -> Settle {
         let settled = stats.delivered.load(Ordering::Acquire)
             + stats.dead_lettered.load(Ordering::Acquire)
             + stats.dropped_queue_full.load(Ordering::Acquire)
+            + stats.dropped_buffer_full.load(Ordering::Acquire)
+            + stats.dropped_buffer_error.load(Ordering::Acquire)
             + stats.dropped_write_error.load(Ordering::Acquire);
         if settled < *mark {
             return Settle::Waiting;
@@ -493,6 +495,13 @@ pub async fn run(
         loop {
             if shutdown.is_cancelled() {
                 break 'poll;
+            }
+            // `--buffer-when-full block`: wait for room rather than be turned away.
+            while router.should_wait(Kind::Api, u64::from(p.cfg.per_page)) {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'poll,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
             }
             let page = tokio::select! {
                 // A stop wins over an answer that arrived at the same moment.

@@ -67,6 +67,7 @@ pub fn file_pipeline(dir: &Path) -> PipelineConfig {
             foundation: FOUNDATION.to_string(),
         },
         decode_only: false,
+        buffer: None,
     }
 }
 

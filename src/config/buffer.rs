@@ -1,0 +1,71 @@
+//! Options of the disk buffer (`crate::buffer`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::buffer::{BufferConfig, Fsync, WhenFull};
+
+/// 1 GiB: Cloud Foundry's default disk quota. Raise `disk_quota` in the
+/// manifest with it.
+pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+
+#[derive(Debug, Args)]
+pub struct BufferArgs {
+    /// Folder of the disk buffer; turns it on. Every record a sink accepts is
+    /// written there first, survives a restart and waits there while the
+    /// sink is down. Off by default.
+    #[arg(long, env = "BUFFER_DIR")]
+    pub buffer_dir: Option<PathBuf>,
+    /// Bytes the disk buffer may hold in all, shared evenly by the sinks.
+    /// Keep it below the app's disk quota.
+    #[arg(long, env = "BUFFER_MAX_BYTES", default_value_t = DEFAULT_BUFFER_MAX_BYTES)]
+    pub buffer_max_bytes: u64,
+    /// What a sink's full buffer does: drop the newest records (counted), or
+    /// `block`: the audit-events poller waits for room (the firehose cannot
+    /// wait, so its records are still dropped and counted).
+    #[arg(
+        long,
+        env = "BUFFER_WHEN_FULL",
+        value_enum,
+        default_value = "drop_newest"
+    )]
+    pub buffer_when_full: WhenFull,
+    /// When the buffer is forced to disk: `batch` (after every append) or a
+    /// number of milliseconds (a machine crash loses at most that much).
+    #[arg(long, env = "BUFFER_FSYNC", default_value = "100")]
+    pub buffer_fsync: String,
+}
+
+impl BufferArgs {
+    pub fn config(&self, errors: &mut Vec<String>) -> Option<BufferConfig> {
+        let dir = self.buffer_dir.clone()?;
+        let fsync = match self.buffer_fsync.as_str() {
+            "batch" => Fsync::Batch,
+            ms => match ms.parse::<u64>() {
+                Ok(ms) if ms > 0 => Fsync::Every(Duration::from_millis(ms)),
+                _ => {
+                    errors.push(format!(
+                        "--buffer-fsync (BUFFER_FSYNC) must be `batch` or milliseconds above 0, not {ms:?}"
+                    ));
+                    return None;
+                }
+            },
+        };
+        if self.buffer_max_bytes < 1024 * 1024 {
+            errors.push(format!(
+                "--buffer-max-bytes (BUFFER_MAX_BYTES) must be at least 1 MiB (1048576), not {}",
+                self.buffer_max_bytes
+            ));
+            return None;
+        }
+        Some(BufferConfig {
+            dir,
+            max_bytes: self.buffer_max_bytes,
+            segment_bytes: 64 * 1024 * 1024,
+            when_full: self.buffer_when_full,
+            fsync,
+        })
+    }
+}
