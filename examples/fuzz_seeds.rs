@@ -63,5 +63,21 @@ fn main() -> std::io::Result<()> {
     for (i, e) in events.iter().enumerate() {
         write("audit_event", format!("event-{i}"), e.as_bytes())?;
     }
+    // Disk-buffer segments: firehose records and an audit-events record,
+    // whole and with a torn tail.
+    let mut records: Vec<_> = Traffic::new(13)
+        .batch(6)
+        .into_iter()
+        .map(cf_audit_nozzle::classify::classify)
+        .collect();
+    let event = serde_json::from_str(events[0]).expect("seed event is JSON");
+    records.push(cf_audit_nozzle::record::audit_event_record(event).expect("seed event is valid"));
+    let segment = cf_audit_nozzle::buffer::segment_bytes(&records);
+    write("buffer_replay", "segment".into(), &segment)?;
+    write(
+        "buffer_replay",
+        "torn".into(),
+        &segment[..segment.len() - 7],
+    )?;
     Ok(())
 }

@@ -1,0 +1,515 @@
+//! The fault suite: the nozzle as a process, with the faults an operator
+//! meets (a SIEM that is down, slow or gone for a while, the process killed
+//! or stopped at full load, the RLP restarting, a full disk), and exact
+//! accounting of every record afterwards.
+//!
+//! Every scenario feeds numbered log lines (`seq=000000` …) from a test RLP
+//! that never sends an envelope twice, to a JSON-over-HTTP receiver that
+//! records what it accepted, and checks the numbers that arrived.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
+use cf_audit_nozzle::tls::Pki;
+use common::*;
+
+/// A JSON-lines receiver: 503 while `up` is false, else accepts (after
+/// `delay_ms`) and records every `seq=` it got.
+#[derive(Default)]
+struct Receiver {
+    up: AtomicBool,
+    /// Refuse every n-th request (0: none) with 503.
+    refuse_every: AtomicU64,
+    requests: AtomicU64,
+    delay_ms: AtomicU64,
+    seqs: std::sync::Mutex<Vec<u64>>,
+    refused: AtomicU64,
+}
+
+impl Receiver {
+    async fn start() -> (Arc<Self>, String) {
+        let rx = Arc::new(Self::default());
+        let state = Arc::clone(&rx);
+        let app = axum::Router::new().fallback(move |headers: HeaderMap, body: bytes::Bytes| {
+            let rx = Arc::clone(&state);
+            async move {
+                let n = rx.requests.fetch_add(1, Ordering::SeqCst) + 1;
+                let every = rx.refuse_every.load(Ordering::SeqCst);
+                if !rx.up.load(Ordering::SeqCst) || (every > 0 && n % every == 0) {
+                    rx.refused.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                let delay = rx.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                }
+                let body = if headers.get("content-encoding").is_some_and(|v| v == "gzip") {
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(
+                        &mut flate2::read::GzDecoder::new(&body[..]),
+                        &mut out,
+                    )
+                    .unwrap();
+                    out
+                } else {
+                    body.to_vec()
+                };
+                let mut got = Vec::new();
+                for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                    let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                    let msg = v["message"].as_str().unwrap();
+                    got.push(msg.strip_prefix("seq=").unwrap().parse::<u64>().unwrap());
+                }
+                rx.seqs.lock().unwrap().extend(got);
+                StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (rx, url)
+    }
+
+    /// (distinct numbers, duplicates, whether they are exactly 0..n).
+    fn tally(&self, n: u64) -> (u64, u64, bool) {
+        let seqs = self.seqs.lock().unwrap();
+        let mut count: BTreeMap<u64, u64> = BTreeMap::new();
+        for s in seqs.iter() {
+            *count.entry(*s).or_default() += 1;
+        }
+        let dups = seqs.len() as u64 - count.len() as u64;
+        let exact = count.len() as u64 == n && count.keys().copied().eq(0..n);
+        (count.len() as u64, dups, exact)
+    }
+}
+
+fn numbered(n: u64) -> Feed {
+    Feed::Fixed(
+        (0..n)
+            .map(|i| {
+                log_envelope(
+                    1_700_000_000_000_000_000 + i as i64,
+                    "6f4d5c1e-0000-4000-8000-000000000001",
+                    format!("seq={i:06}"),
+                    &[("source_type", "APP/PROC/WEB")],
+                )
+            })
+            .collect(),
+    )
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The nozzle against `emu`, delivering to `url` as JSON lines, with
+/// `/metrics` on `health`.
+fn nozzle(emu: &Emulator, tls: &Path, url: &str, health: std::net::SocketAddr) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR")
+        .env_remove("PORT")
+        .env("RUST_LOG", "info")
+        .arg("run")
+        .args(["--rlp-addr", &emu.addr.to_string()])
+        .arg("--rlp-ca")
+        .arg(tls.join("ca.pem"))
+        .arg("--rlp-cert")
+        .arg(tls.join("client.pem"))
+        .arg("--rlp-key")
+        .arg(tls.join("client-key.pem"))
+        .args(["--sink", "http", "--http-format", "json", "--http-url", url])
+        .args(["--health-addr", &health.to_string()])
+        .args(["--batch-max-records", "500", "--batch-max-age-ms", "50"])
+        .arg("--dead-letter-dir")
+        .arg(tls.join("dead-letter"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The `cf_nozzle_sink_*` samples of the http sink, by short name.
+async fn sink_metrics(health: std::net::SocketAddr) -> Option<BTreeMap<String, f64>> {
+    let text = reqwest::get(format!("http://{health}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).ok()?;
+    let mut out = BTreeMap::new();
+    for s in parsed.samples {
+        if s.labels.get("sink") != Some("http") {
+            continue;
+        }
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        let name = s.metric.trim_start_matches("cf_nozzle_sink_").to_string();
+        let name = match s.labels.get("reason") {
+            Some(r) => format!("{name}{{{r}}}"),
+            None => name,
+        };
+        *out.entry(name).or_default() += v;
+    }
+    Some(out)
+}
+
+/// Polls the metrics until `done` holds for them (fails after 60 s).
+async fn wait_metrics(
+    health: std::net::SocketAddr,
+    what: &str,
+    done: impl Fn(&BTreeMap<String, f64>) -> bool,
+) -> BTreeMap<String, f64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    loop {
+        if let Some(m) = sink_metrics(health).await {
+            if done(&m) {
+                return m;
+            }
+            last = Some(m);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited for {what}; last metrics: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A nozzle process, killed if a failing test leaves it behind.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(cmd: &mut Command) -> Running {
+    Running(Some(cmd.spawn().unwrap()))
+}
+
+fn signal(child: &Running, sig: nix::sys::signal::Signal) {
+    let id = child.0.as_ref().expect("running").id();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(id as i32), sig).unwrap();
+}
+
+/// Waits for the process to end; its exit status and standard error.
+async fn finish(mut child: Running) -> (std::process::ExitStatus, String) {
+    let child = child.0.take().expect("running");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Setup {
+    pki: Pki,
+    tmp: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Self {
+        let pki = pki();
+        let tmp = tempfile::tempdir().unwrap();
+        pki.write_client_files(tmp.path()).unwrap();
+        Self { pki, tmp }
+    }
+}
+
+/// `kill -9` while the SIEM is down and 20,000 records wait in the disk
+/// buffer, then a restart once it is back: every record arrives, each once
+/// (nothing was delivered before the kill, so there is nothing to repeat).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_with_the_siem_down_loses_nothing_the_disk_buffer_accepted() {
+    const N: u64 = 20_000;
+    let s = Setup::new();
+    let emu = emulator(
+        &s.pki,
+        EmulatorConfig {
+            feed: numbered(N),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (rx, url) = Receiver::start().await;
+    let buffer = s.tmp.path().join("buffer");
+    let health = free_addr();
+    let run = |health| {
+        let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
+        cmd.arg("--buffer-dir")
+            .arg(&buffer)
+            // A small memory queue: most records wait on disk only.
+            .args(["--queue-capacity", "1000"]);
+        cmd
+    };
+    let first = spawn(&mut run(health));
+    let m = wait_metrics(health, "all records accepted", |m| {
+        m.get("received_total") == Some(&(N as f64))
+    })
+    .await;
+    assert_eq!(m.get("delivered_total"), Some(&0.0), "{m:?}");
+    assert!(m["buffered"] >= (N - 1000) as f64, "{m:?}");
+    assert!(rx.refused.load(Ordering::SeqCst) > 0, "the SIEM was asked");
+    signal(&first, nix::sys::signal::Signal::SIGKILL);
+    let (status, _) = finish(first).await;
+    assert!(!status.success());
+    assert_eq!(emu.envelopes_sent(), N, "the RLP sent each envelope once");
+
+    rx.up.store(true, Ordering::SeqCst);
+    let health = free_addr();
+    let second = spawn(&mut run(health));
+    let m = wait_metrics(health, "the replay delivered", |m| {
+        m.get("delivered_total") == Some(&(N as f64))
+    })
+    .await;
+    // The replayed records count as received by this process.
+    assert_eq!(m.get("received_total"), Some(&(N as f64)), "{m:?}");
+    assert_eq!(m.get("dropped_total{buffer_full}"), Some(&0.0), "{m:?}");
+    signal(&second, nix::sys::signal::Signal::SIGTERM);
+    let (status, err) = finish(second).await;
+    assert!(status.success(), "{err}");
+    assert_eq!(rx.tally(N), (N, 0, true));
+    // Everything was acknowledged: the buffer is empty and a third start
+    // replays nothing.
+    let health = free_addr();
+    let third = spawn(&mut run(health));
+    let m = wait_metrics(health, "the third start", |_| true).await;
+    assert_eq!(m.get("received_total"), Some(&0.0), "{m:?}");
+    signal(&third, nix::sys::signal::Signal::SIGTERM);
+    assert!(finish(third).await.0.success());
+    assert_eq!(rx.tally(N).1, 0);
+}
+
+/// `kill -9` while a slow SIEM is taking the records: after the restart
+/// every number is there, and what arrives twice is at most the batch that
+/// was being delivered when the process died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_delivering_repeats_at_most_one_batch() {
+    const N: u64 = 20_000;
+    let s = Setup::new();
+    let emu = emulator(
+        &s.pki,
+        EmulatorConfig {
+            feed: numbered(N),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (rx, url) = Receiver::start().await;
+    rx.up.store(true, Ordering::SeqCst);
+    rx.delay_ms.store(100, Ordering::SeqCst);
+    let buffer = s.tmp.path().join("buffer");
+    let run = |health| {
+        let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
+        cmd.arg("--buffer-dir").arg(&buffer);
+        cmd
+    };
+    let health = free_addr();
+    let first = spawn(&mut run(health));
+    wait_until("some records delivered", || {
+        rx.seqs.lock().unwrap().len() >= 3000
+    })
+    .await;
+    signal(&first, nix::sys::signal::Signal::SIGKILL);
+    finish(first).await;
+    let before = rx.seqs.lock().unwrap().len() as u64;
+    assert!(before < N, "killed mid-way: {before}");
+
+    rx.delay_ms.store(0, Ordering::SeqCst);
+    let health = free_addr();
+    let second = spawn(&mut run(health));
+    wait_until("every number delivered", || rx.tally(N).0 == N).await;
+    signal(&second, nix::sys::signal::Signal::SIGTERM);
+    let (status, err) = finish(second).await;
+    assert!(status.success(), "{err}");
+    let (distinct, dups, exact) = rx.tally(N);
+    assert_eq!((distinct, exact), (N, true));
+    assert!(dups <= 500, "{dups} duplicates: more than one batch of 500");
+}
+
+/// SIGTERM at full load with a SIEM that takes a second per request: the
+/// process exits 0 within the shutdown deadline, the rest stays in the disk
+/// buffer, and the next start delivers it: every number, none twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_at_full_load_exits_in_time_and_keeps_the_rest_on_disk() {
+    const N: u64 = 20_000;
+    let s = Setup::new();
+    let emu = emulator(
+        &s.pki,
+        EmulatorConfig {
+            feed: numbered(N),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (rx, url) = Receiver::start().await;
+    rx.up.store(true, Ordering::SeqCst);
+    rx.delay_ms.store(1000, Ordering::SeqCst);
+    let buffer = s.tmp.path().join("buffer");
+    let run = |health| {
+        let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
+        cmd.arg("--buffer-dir")
+            .arg(&buffer)
+            .args(["--shutdown-timeout", "2"]);
+        cmd
+    };
+    let health = free_addr();
+    let first = spawn(&mut run(health));
+    wait_metrics(health, "all accepted", |m| {
+        m.get("received_total") == Some(&(N as f64))
+    })
+    .await;
+    let stopped = tokio::time::Instant::now();
+    signal(&first, nix::sys::signal::Signal::SIGTERM);
+    let (status, err) = finish(first).await;
+    assert!(status.success(), "exit status {status}: {err}");
+    // Not a timed assertion of speed: the deadline is the contract (2 s,
+    // plus process start-up and exit).
+    assert!(stopped.elapsed() < Duration::from_secs(6), "{err}");
+    assert!(
+        err.contains("stay in the disk buffer"),
+        "the operator is told where the rest is: {err}"
+    );
+    let delivered = rx.tally(N).0;
+    assert!(delivered < N, "the slow SIEM took {delivered}");
+
+    rx.delay_ms.store(0, Ordering::SeqCst);
+    let health = free_addr();
+    let second = spawn(&mut run(health));
+    wait_until("every number delivered", || rx.tally(N).0 == N).await;
+    signal(&second, nix::sys::signal::Signal::SIGTERM);
+    assert!(finish(second).await.0.success());
+    let (distinct, dups, exact) = rx.tally(N);
+    assert_eq!((distinct, exact), (N, true));
+    assert!(dups <= 500, "{dups} duplicates");
+}
+
+/// The RLP ends every stream after two batches, half of them with an
+/// error, and a SIEM refuses every third request: all 20,000 numbers arrive,
+/// each exactly once, without a disk buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rlp_that_keeps_restarting_and_a_503_storm_lose_nothing() {
+    const N: u64 = 20_000;
+    let s = Setup::new();
+    let emu = emulator(
+        &s.pki,
+        EmulatorConfig {
+            feed: numbered(N),
+            end_stream_after: Some(2),
+            end_stream_with_error: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let (rx, url) = Receiver::start().await;
+    rx.up.store(true, Ordering::SeqCst);
+    rx.refuse_every.store(3, Ordering::SeqCst);
+    let health = free_addr();
+    let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
+    let child = spawn(&mut cmd);
+    wait_metrics(health, "every record delivered", |m| {
+        m.get("delivered_total") == Some(&(N as f64))
+    })
+    .await;
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, err) = finish(child).await;
+    assert!(status.success(), "{err}");
+    assert_eq!(rx.tally(N), (N, 0, true));
+    assert!(emu.streams_opened() >= N / 100 / 2, "the RLP restarted");
+    assert!(
+        rx.refused.load(Ordering::SeqCst) > 0,
+        "the SIEM refused some"
+    );
+}
+
+/// The disk under the buffer fills up (a 2 MiB tmpfs) while the SIEM is
+/// down: the nozzle says so, counts every record it could not keep, keeps
+/// running, and delivers the rest once the SIEM is back. Needs root for the
+/// mount (`scripts/test` runs as root in CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_buffer_is_counted_not_fatal() {
+    const N: u64 = 20_000;
+    let s = Setup::new();
+    let mnt = s.tmp.path().join("small-disk");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .expect("mount(8) runs");
+    assert!(
+        mount.status.success(),
+        "this test mounts a 2 MiB tmpfs and needs root: {}",
+        String::from_utf8_lossy(&mount.stderr)
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let emu = emulator(
+        &s.pki,
+        EmulatorConfig {
+            feed: numbered(N),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (rx, url) = Receiver::start().await;
+    let health = free_addr();
+    let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
+    cmd.arg("--buffer-dir")
+        .arg(&mnt)
+        .args(["--queue-capacity", "1000"]);
+    let child = spawn(&mut cmd);
+    let m = wait_metrics(health, "all records offered", |m| {
+        m.get("received_total") == Some(&(N as f64))
+    })
+    .await;
+    let lost = m["dropped_total{buffer_error}"];
+    assert!(lost > 0.0, "the disk filled up: {m:?}");
+    rx.up.store(true, Ordering::SeqCst);
+    let m = wait_metrics(health, "the rest delivered", |m| {
+        m["delivered_total"] + m["dropped_total{buffer_error}"] == N as f64
+    })
+    .await;
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    let (status, err) = finish(child).await;
+    assert!(status.success(), "{err}");
+    assert!(err.contains("cannot write the disk buffer"), "{err}");
+    let delivered = m["delivered_total"] as u64;
+    let (distinct, dups, _) = rx.tally(N);
+    assert_eq!((distinct, dups), (delivered, 0));
+}
