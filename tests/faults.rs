@@ -232,17 +232,51 @@ async fn finish(mut child: Running) -> (std::process::ExitStatus, String) {
     )
 }
 
+/// A test RLP sending `n` numbered lines (each once), a receiver, and
+/// folders for the nozzle's TLS files and disk buffer.
 struct Setup {
-    pki: Pki,
+    _pki: Pki,
     tmp: tempfile::TempDir,
+    emu: Emulator,
+    rx: Arc<Receiver>,
+    url: String,
 }
 
 impl Setup {
-    fn new() -> Self {
+    async fn start(n: u64, emu: EmulatorConfig) -> Self {
         let pki = pki();
         let tmp = tempfile::tempdir().unwrap();
         pki.write_client_files(tmp.path()).unwrap();
-        Self { pki, tmp }
+        let emu = emulator(
+            &pki,
+            EmulatorConfig {
+                feed: numbered(n),
+                ..emu
+            },
+        )
+        .await;
+        let (rx, url) = Receiver::start().await;
+        Self {
+            _pki: pki,
+            tmp,
+            emu,
+            rx,
+            url,
+        }
+    }
+
+    /// The nozzle with `/metrics` on `health` and `extra` options.
+    fn nozzle(&self, health: std::net::SocketAddr, extra: &[&str]) -> Command {
+        let mut cmd = nozzle(&self.emu, self.tmp.path(), &self.url, health);
+        cmd.args(extra);
+        cmd
+    }
+
+    /// The same with the disk buffer in the test's folder.
+    fn buffered(&self, health: std::net::SocketAddr, extra: &[&str]) -> Command {
+        let mut cmd = self.nozzle(health, extra);
+        cmd.arg("--buffer-dir").arg(self.tmp.path().join("buffer"));
+        cmd
     }
 }
 
@@ -252,26 +286,11 @@ impl Setup {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_with_the_siem_down_loses_nothing_the_disk_buffer_accepted() {
     const N: u64 = 20_000;
-    let s = Setup::new();
-    let emu = emulator(
-        &s.pki,
-        EmulatorConfig {
-            feed: numbered(N),
-            ..Default::default()
-        },
-    )
-    .await;
-    let (rx, url) = Receiver::start().await;
-    let buffer = s.tmp.path().join("buffer");
+    let s = Setup::start(N, EmulatorConfig::default()).await;
+    let (emu, rx) = (&s.emu, &s.rx);
     let health = free_addr();
-    let run = |health| {
-        let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
-        cmd.arg("--buffer-dir")
-            .arg(&buffer)
-            // A small memory queue: most records wait on disk only.
-            .args(["--queue-capacity", "1000"]);
-        cmd
-    };
+    // A small memory queue: most records wait on disk only.
+    let run = |health| s.buffered(health, &["--queue-capacity", "1000"]);
     let first = spawn(&mut run(health));
     let m = wait_metrics(health, "all records accepted", |m| {
         m.get("received_total") == Some(&(N as f64))
@@ -316,24 +335,11 @@ async fn kill_9_with_the_siem_down_loses_nothing_the_disk_buffer_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_delivering_repeats_at_most_one_batch() {
     const N: u64 = 20_000;
-    let s = Setup::new();
-    let emu = emulator(
-        &s.pki,
-        EmulatorConfig {
-            feed: numbered(N),
-            ..Default::default()
-        },
-    )
-    .await;
-    let (rx, url) = Receiver::start().await;
+    let s = Setup::start(N, EmulatorConfig::default()).await;
+    let rx = &s.rx;
     rx.up.store(true, Ordering::SeqCst);
     rx.delay_ms.store(100, Ordering::SeqCst);
-    let buffer = s.tmp.path().join("buffer");
-    let run = |health| {
-        let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
-        cmd.arg("--buffer-dir").arg(&buffer);
-        cmd
-    };
+    let run = |health| s.buffered(health, &[]);
     let health = free_addr();
     let first = spawn(&mut run(health));
     wait_until("some records delivered", || {
@@ -363,26 +369,11 @@ async fn kill_9_while_delivering_repeats_at_most_one_batch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_at_full_load_exits_in_time_and_keeps_the_rest_on_disk() {
     const N: u64 = 20_000;
-    let s = Setup::new();
-    let emu = emulator(
-        &s.pki,
-        EmulatorConfig {
-            feed: numbered(N),
-            ..Default::default()
-        },
-    )
-    .await;
-    let (rx, url) = Receiver::start().await;
+    let s = Setup::start(N, EmulatorConfig::default()).await;
+    let rx = &s.rx;
     rx.up.store(true, Ordering::SeqCst);
     rx.delay_ms.store(1000, Ordering::SeqCst);
-    let buffer = s.tmp.path().join("buffer");
-    let run = |health| {
-        let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
-        cmd.arg("--buffer-dir")
-            .arg(&buffer)
-            .args(["--shutdown-timeout", "2"]);
-        cmd
-    };
+    let run = |health| s.buffered(health, &["--shutdown-timeout", "2"]);
     let health = free_addr();
     let first = spawn(&mut run(health));
     wait_metrics(health, "all accepted", |m| {
@@ -420,23 +411,20 @@ async fn sigterm_at_full_load_exits_in_time_and_keeps_the_rest_on_disk() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_rlp_that_keeps_restarting_and_a_503_storm_lose_nothing() {
     const N: u64 = 20_000;
-    let s = Setup::new();
-    let emu = emulator(
-        &s.pki,
+    let s = Setup::start(
+        N,
         EmulatorConfig {
-            feed: numbered(N),
             end_stream_after: Some(2),
             end_stream_with_error: true,
             ..Default::default()
         },
     )
     .await;
-    let (rx, url) = Receiver::start().await;
+    let (emu, rx) = (&s.emu, &s.rx);
     rx.up.store(true, Ordering::SeqCst);
     rx.refuse_every.store(3, Ordering::SeqCst);
     let health = free_addr();
-    let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
-    let child = spawn(&mut cmd);
+    let child = spawn(&mut s.nozzle(health, &[]));
     wait_metrics(health, "every record delivered", |m| {
         m.get("delivered_total") == Some(&(N as f64))
     })
@@ -459,7 +447,8 @@ async fn an_rlp_that_keeps_restarting_and_a_503_storm_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_the_buffer_is_counted_not_fatal() {
     const N: u64 = 20_000;
-    let s = Setup::new();
+    let s = Setup::start(N, EmulatorConfig::default()).await;
+    let rx = &s.rx;
     let mnt = s.tmp.path().join("small-disk");
     std::fs::create_dir(&mnt).unwrap();
     let mount = Command::new("mount")
@@ -479,20 +468,9 @@ async fn a_full_disk_under_the_buffer_is_counted_not_fatal() {
         }
     }
     let _unmount = Unmount(mnt.clone());
-    let emu = emulator(
-        &s.pki,
-        EmulatorConfig {
-            feed: numbered(N),
-            ..Default::default()
-        },
-    )
-    .await;
-    let (rx, url) = Receiver::start().await;
     let health = free_addr();
-    let mut cmd = nozzle(&emu, s.tmp.path(), &url, health);
-    cmd.arg("--buffer-dir")
-        .arg(&mnt)
-        .args(["--queue-capacity", "1000"]);
+    let mut cmd = s.nozzle(health, &["--queue-capacity", "1000"]);
+    cmd.arg("--buffer-dir").arg(&mnt);
     let child = spawn(&mut cmd);
     let m = wait_metrics(health, "all records offered", |m| {
         m.get("received_total") == Some(&(N as f64))
