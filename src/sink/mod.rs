@@ -352,7 +352,14 @@ impl SinkQueue {
             stats: Arc::new(SinkStats::default()),
             buffer: None,
         };
-        (queue, Intake { rx, reader: None })
+        (
+            queue,
+            Intake {
+                rx,
+                reader: None,
+                behind: 0,
+            },
+        )
     }
 
     /// A queue backed by a disk buffer (see [`crate::buffer`]): the memory
@@ -465,6 +472,9 @@ impl SinkQueue {
 pub struct Intake {
     rx: mpsc::UnboundedReceiver<Queued>,
     reader: Option<crate::buffer::BufferReader>,
+    /// Records settled (dead-lettered, lost) while earlier ones were still
+    /// in flight: not yet part of the settled prefix the buffer may drop.
+    behind: u64,
 }
 
 impl Intake {
@@ -535,15 +545,26 @@ impl Intake {
         self.rx.try_recv().ok().map(|(_, c)| c)
     }
 
-    /// Tells the disk buffer how many records the sink has settled so far
-    /// (delivered, dead-lettered or lost to write errors), in order.
-    pub fn settled(&self, stats: &SinkStats) {
+    /// Notes `n` records settled behind records still in flight (a batch
+    /// dead-lettered while earlier ones await an acknowledgement).
+    pub fn settled_out_of_order(&mut self, n: u64) {
+        self.behind += n;
+    }
+
+    /// Tells the disk buffer how many records, from the oldest on, the sink
+    /// has settled (delivered, dead-lettered or lost to write errors). Sinks
+    /// confirm in-flight records in order; records settled behind them count
+    /// only once nothing is in flight any more, so the buffer never lets go
+    /// of a record that is not settled (at worst it keeps a few too many).
+    pub fn settled(&mut self, stats: &SinkStats) {
+        if stats.in_flight.load(Ordering::Acquire) == 0 {
+            self.behind = 0;
+        }
         if let Some(r) = &self.reader {
-            r.buffer().ack(
-                stats.delivered.load(Ordering::Acquire)
-                    + stats.dead_lettered.load(Ordering::Acquire)
-                    + stats.dropped_write_error.load(Ordering::Acquire),
-            );
+            let settled = stats.delivered.load(Ordering::Acquire)
+                + stats.dead_lettered.load(Ordering::Acquire)
+                + stats.dropped_write_error.load(Ordering::Acquire);
+            r.buffer().ack(settled.saturating_sub(self.behind));
         }
     }
 

@@ -40,8 +40,7 @@ pub async fn run_sink<S: Sink>(
                     pending_bytes += chunk.iter().map(|r| r.approx_size()).sum::<usize>();
                     pending.extend(chunk);
                     if pending.len() >= batch.max_records || pending_bytes >= batch.max_bytes {
-                        write_pending(&mut sink, &mut pending, &stats, &batch).await;
-                        intake.settled(&stats);
+                        write_pending(&mut sink, &mut pending, &stats, &batch, &mut intake).await;
                         batch_deadline = None;
                         pending_bytes = 0;
                     }
@@ -55,15 +54,14 @@ pub async fn run_sink<S: Sink>(
         // batches out and rolls its files on time.
         let now = Instant::now();
         if batch_deadline.is_some_and(|d| now >= d) {
-            write_pending(&mut sink, &mut pending, &stats, &batch).await;
-            intake.settled(&stats);
+            write_pending(&mut sink, &mut pending, &stats, &batch, &mut intake).await;
             batch_deadline = None;
             pending_bytes = 0;
         }
         if let (Some(d), Some(every)) = (next_roll, roll_every)
             && now >= d
         {
-            write_pending(&mut sink, &mut pending, &stats, &batch).await;
+            write_pending(&mut sink, &mut pending, &stats, &batch, &mut intake).await;
             batch_deadline = None;
             pending_bytes = 0;
             roll(&mut sink, &stats).await;
@@ -71,7 +69,7 @@ pub async fn run_sink<S: Sink>(
             next_roll = Some(Instant::now() + every);
         }
     }
-    write_pending(&mut sink, &mut pending, &stats, &batch).await;
+    write_pending(&mut sink, &mut pending, &stats, &batch, &mut intake).await;
     roll(&mut sink, &stats).await;
     intake.settled(&stats);
     intake.sync();
@@ -86,11 +84,13 @@ async fn write_pending<S: Sink>(
     pending: &mut Vec<Arc<Record>>,
     stats: &SinkStats,
     batch: &BatchConfig,
+    intake: &mut Intake,
 ) {
     if pending.is_empty() {
         return;
     }
     let n = pending.len() as u64;
+    let in_flight_before = stats.in_flight.load(Ordering::Acquire);
     let started = Instant::now();
     let mut backoff = Backoff::full_jitter(batch.retry_initial, batch.retry_max);
     let mut attempt: u64 = 0;
@@ -125,6 +125,10 @@ async fn write_pending<S: Sink>(
             stats.in_flight.fetch_sub(delivered, Ordering::Relaxed);
         }
         Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
+            if in_flight_before > 0 {
+                // Settled while earlier records still await confirmation.
+                intake.settled_out_of_order(n);
+            }
             let dl = batch.dead_letter.as_ref().expect("checked above");
             match dead_letter(dl, sink.name(), &failure.error, pending) {
                 Ok(path) => {
@@ -138,11 +142,15 @@ async fn write_pending<S: Sink>(
             }
         }
         Err(failure) => {
+            if in_flight_before > failure.lost_in_flight {
+                intake.settled_out_of_order(n);
+            }
             account_loss(sink.name(), stats, n, &failure);
         }
     }
     pending.clear();
     stats.queued.fetch_sub(n, Ordering::AcqRel);
+    intake.settled(stats);
 }
 
 /// Appends `records` to the sink's dead-letter file, one line each:
