@@ -469,7 +469,7 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
             9 => {
                 let mut key = Span::default();
                 let mut value = Span::default();
-                map_entry(r, depth, |e, tag, wt, at| {
+                map_entry(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
                     match tag {
                         1 => key = span(string(e, wt, at, "Envelope.tags key")?),
                         2 => value = span(string(e, wt, at, "Envelope.tags value")?),
@@ -482,38 +482,50 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
             3 => {
                 let mut key = Span::default();
                 let mut value = ValueSpan::None;
-                map_entry(r, depth, |e, tag, wt, at| {
-                    match tag {
-                        1 => key = span(string(e, wt, at, "Envelope.deprecated_tags key")?),
-                        2 => message(
-                            e,
-                            wt,
-                            at,
-                            "Envelope.deprecated_tags value",
-                            depth - 1,
-                            |v, tag, wt, at| {
-                                match tag {
-                                    1 => {
-                                        value =
-                                            ValueSpan::Text(span(string(v, wt, at, "Value.text")?))
+                map_entry(
+                    r,
+                    wt,
+                    at,
+                    "Envelope.deprecated_tags",
+                    depth,
+                    |e, tag, wt, at| {
+                        match tag {
+                            1 => key = span(string(e, wt, at, "Envelope.deprecated_tags key")?),
+                            2 => message(
+                                e,
+                                wt,
+                                at,
+                                "Envelope.deprecated_tags value",
+                                depth - 1,
+                                |v, tag, wt, at| {
+                                    match tag {
+                                        1 => {
+                                            value = ValueSpan::Text(span(string(
+                                                v,
+                                                wt,
+                                                at,
+                                                "Value.text",
+                                            )?))
+                                        }
+                                        2 => {
+                                            expect("Value.integer", at, wt, WireType::Varint)?;
+                                            value = ValueSpan::Integer(v.varint()? as i64);
+                                        }
+                                        3 => {
+                                            expect("Value.decimal", at, wt, WireType::Fixed64)?;
+                                            value =
+                                                ValueSpan::Decimal(f64::from_bits(v.fixed64()?));
+                                        }
+                                        _ => v.skip(wt, tag, depth - 2)?,
                                     }
-                                    2 => {
-                                        expect("Value.integer", at, wt, WireType::Varint)?;
-                                        value = ValueSpan::Integer(v.varint()? as i64);
-                                    }
-                                    3 => {
-                                        expect("Value.decimal", at, wt, WireType::Fixed64)?;
-                                        value = ValueSpan::Decimal(f64::from_bits(v.fixed64()?));
-                                    }
-                                    _ => v.skip(wt, tag, depth - 2)?,
-                                }
-                                Ok(())
-                            },
-                        )?,
-                        _ => e.skip(wt, tag, depth - 1)?,
-                    }
-                    Ok(())
-                })?;
+                                    Ok(())
+                                },
+                            )?,
+                            _ => e.skip(wt, tag, depth - 1)?,
+                        }
+                        Ok(())
+                    },
+                )?;
                 p.deprecated_tags.push((key, value));
             }
             4 => {
@@ -564,14 +576,14 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                     Some(MessageSpan::Gauge { metrics }) => metrics,
                     _ => Vec::new(),
                 };
-                message(r, wt, at, "Envelope.gauge", depth, |m, tag, wt, _| {
+                message(r, wt, at, "Envelope.gauge", depth, |m, tag, wt, at| {
                     if tag != 1 {
                         return m.skip(wt, tag, depth - 1);
                     }
                     let mut name = Span::default();
                     let mut unit = Span::default();
                     let mut value = 0.0;
-                    map_entry(m, depth - 1, |e, tag, wt, at| {
+                    map_entry(m, wt, at, "Gauge.metrics", depth - 1, |e, tag, wt, at| {
                         match tag {
                             1 => name = span(string(e, wt, at, "Gauge.metrics key")?),
                             2 => message(
@@ -676,15 +688,18 @@ fn message(
     fields(r, field)
 }
 
-/// A map entry read at `depth`. prost reads map fields as length-delimited
-/// whatever their wire type says, and so does this.
+/// A map entry (a message of key 1 and value 2) read at `depth`.
 fn map_entry(
     r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    name: &'static str,
     depth: u32,
     field: impl FnMut(&mut Reader<'_>, u32, WireType, usize) -> Result<(), WireError>,
 ) -> Result<(), WireError> {
+    expect(name, at, wt, WireType::Len)?;
     if depth == 0 {
-        return Err(WireError::TooDeep { at: r.pos });
+        return Err(WireError::TooDeep { at });
     }
     fields(r, field)
 }
