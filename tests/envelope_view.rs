@@ -428,6 +428,23 @@ fn invalid_utf8_in_any_string_field_rejects_the_batch_as_prost_does() {
         let err = decode_batch(&Bytes::from(bytes)).unwrap_err();
         assert!(matches!(err, WireError::Utf8 { .. }), "{err}");
     }
+    // Halves of one character in two strings: each string is invalid, though
+    // together they would spell "é".
+    for fields in [
+        vec![Field::Message(
+            9,
+            vec![Field::Bytes(1, vec![0xc3]), Field::Bytes(2, vec![0xa9])],
+        )],
+        vec![
+            Field::Bytes(2, vec![b'a', 0xc3]),
+            Field::Bytes(8, vec![0xa9]),
+        ],
+    ] {
+        let bytes = batch_of(&fields);
+        assert!(EnvelopeBatch::decode(bytes.as_slice()).is_err());
+        let err = decode_batch(&Bytes::from(bytes)).unwrap_err();
+        assert!(matches!(err, WireError::Utf8 { .. }), "{err}");
+    }
     // A log payload is bytes, not a string: any bytes are accepted.
     check_batch(&batch_of(&[Field::Message(4, vec![Field::Bytes(1, bad)])]));
 }

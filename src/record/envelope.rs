@@ -5,9 +5,14 @@
 //! `examples/encode_cost`): a `String` per tag key and value, a map node per
 //! tag, a `String` per name. The nozzle only reads those strings and writes
 //! them out again, so this view keeps the batch's [`Bytes`] and the byte
-//! ranges of each field instead: one small `Vec` of tag ranges per envelope,
-//! no copy of any tag or payload until an encoder writes it. The commit that
-//! introduced it has the before/after numbers.
+//! ranges of each field instead, no copy of the payload until an encoder
+//! writes it. Strings are validated once, when walked, and appended to one
+//! `str` per batch that every view of the batch shares: the crate forbids
+//! `unsafe`, so a string read from the wire bytes would have to be validated
+//! again on every read, and that (~100 instructions per tag, three times per
+//! record for JSON, HEC and syslog) cost more than prost's decode saved.
+//! Per envelope: one `Vec` of tag ranges, no allocation per tag. The commits
+//! that built it have the before/after numbers.
 //!
 //! The view is built by walking the protobuf wire format by hand
 //! ([`super::wire`]) with prost's rules, so it accepts and rejects exactly
@@ -18,12 +23,9 @@
 //! (groups too) are skipped, and a string field that is not UTF-8 makes the
 //! whole batch invalid. `tests/envelope_view.rs` (property tests) and the
 //! `envelope_batch` fuzz target check that against prost's own decode.
-//!
-//! Strings were validated once, when walked; reading one checks again
-//! (`std::str::from_utf8`: the crate forbids `unsafe`), which for the short
-//! ASCII strings of tags costs a few instructions per byte.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -36,6 +38,11 @@ use crate::proto::{self, Envelope};
 pub struct EnvelopeView {
     /// The envelope's protobuf encoding (a slice of the received batch).
     wire: Bytes,
+    /// The strings of the batch the envelope came in, validated once, one
+    /// after the other: every string span points here, so reading a string
+    /// is slicing a `str` (validating on each read cost more than prost's
+    /// decode saved; see the module doc).
+    text: Arc<str>,
     timestamp: i64,
     source_id: Span,
     instance_id: Span,
@@ -46,6 +53,7 @@ pub struct EnvelopeView {
     message: Option<MessageSpan>,
 }
 
+/// Spans of strings point into the view's `text`; the log payload's into `wire`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 enum ValueSpan {
     #[default]
@@ -153,8 +161,27 @@ pub struct EventRef<'a> {
 /// (or a string field that is not UTF-8) rejects the whole batch, as
 /// prost's decode does.
 pub fn decode_batch(batch: &Bytes) -> Result<Vec<EnvelopeView>, WireError> {
+    let (parts, tags, text) = walk_batch(batch, false)?;
+    let Some(text) = text.into_str() else {
+        // Some string is not UTF-8: walk again checking each, to say which.
+        return Err(not_utf8(walk_batch(batch, true).err()));
+    };
+    Ok(parts
+        .into_iter()
+        .map(|p| p.into_view(batch, &text, &tags))
+        .collect())
+}
+
+type Walked = (Vec<Parts>, Vec<(Span, Span)>, Text);
+
+fn walk_batch(batch: &[u8], check_each: bool) -> Result<Walked, WireError> {
     let mut r = Reader::new(batch);
-    let mut out = Vec::with_capacity(100);
+    let mut parts = Vec::with_capacity(100);
+    // The batch's tags and strings are collected once for the batch; each
+    // envelope then copies its tag spans out at their exact size (one
+    // allocation) and shares the strings.
+    let mut tags = Vec::with_capacity(1024);
+    let mut text = Text::new(batch.len() / 2, check_each);
     while r.has_more() {
         let at = r.pos;
         let (tag, wire_type) = r.key()?;
@@ -162,21 +189,69 @@ pub fn decode_batch(batch: &Bytes) -> Result<Vec<EnvelopeView>, WireError> {
             expect("EnvelopeBatch.batch", at, wire_type, WireType::Len)?;
             let mut env = r.sub()?;
             let start = env.pos;
-            let parts = walk_envelope(&mut env, start, RECURSION_LIMIT - 1)?;
-            out.push(parts.into_view(batch.slice(start..env.end)));
+            parts.push(walk_envelope(
+                &mut env,
+                start,
+                RECURSION_LIMIT - 1,
+                &mut tags,
+                &mut text,
+            )?);
         } else {
             r.skip(wire_type, tag, RECURSION_LIMIT)?;
         }
     }
-    Ok(out)
+    Ok((parts, tags, text))
+}
+
+/// The string fields walked, one after the other, each followed by a NUL
+/// byte. Validating the whole at once is much cheaper than string by string
+/// (std's check has a fast path for long ASCII runs, not for 20 bytes), and
+/// equivalent: a NUL is a character of its own, so no character can span
+/// two strings, and the whole is UTF-8 exactly when every string is.
+struct Text {
+    bytes: Vec<u8>,
+    /// Check each string as it is added (to name the one that is not UTF-8).
+    check_each: bool,
+}
+
+impl Text {
+    fn new(capacity: usize, check_each: bool) -> Self {
+        Text {
+            bytes: Vec::with_capacity(capacity),
+            check_each,
+        }
+    }
+
+    /// The strings, or `None` if one of them is not UTF-8.
+    fn into_str(self) -> Option<Arc<str>> {
+        String::from_utf8(self.bytes).ok().map(Arc::from)
+    }
+}
+
+/// The error of a walk that checked each string (it cannot succeed when the
+/// strings together are not UTF-8).
+fn not_utf8(checked: Option<WireError>) -> WireError {
+    checked.unwrap_or(WireError::Utf8 {
+        field: "a string field",
+        at: 0,
+    })
 }
 
 impl EnvelopeView {
     /// Reads one envelope's protobuf encoding (what [`Self::encoded`] returns).
     pub fn from_wire(wire: Bytes) -> Result<Self, WireError> {
-        let mut r = Reader::new(&wire);
-        let parts = walk_envelope(&mut r, 0, RECURSION_LIMIT)?;
-        Ok(parts.into_view(wire))
+        let walk = |check_each| {
+            let mut r = Reader::new(&wire);
+            let mut tags = Vec::new();
+            let mut text = Text::new(wire.len() / 2, check_each);
+            walk_envelope(&mut r, 0, RECURSION_LIMIT, &mut tags, &mut text)
+                .map(|parts| (parts, tags, text))
+        };
+        let (parts, tags, text) = walk(false)?;
+        let Some(text) = text.into_str() else {
+            return Err(not_utf8(walk(true).err()));
+        };
+        Ok(parts.into_view(&wire, &text, &tags))
     }
 
     /// A view of an envelope made in this process (gateway source, audit
@@ -221,7 +296,7 @@ impl EnvelopeView {
         }
         let i = self
             .deprecated_tags
-            .binary_search_by(|(k, _)| self.bytes(*k).cmp(key.as_bytes()))
+            .binary_search_by(|(k, _)| self.str(*k).cmp(key))
             .ok()?;
         match self.deprecated_tags[i].1 {
             ValueSpan::Text(t) => Some(self.str(t)),
@@ -357,11 +432,13 @@ impl EnvelopeView {
     }
 
     fn find_tag(&self, key: &str) -> Option<Span> {
-        let i = self
-            .tags
-            .binary_search_by(|(k, _)| self.bytes(*k).cmp(key.as_bytes()))
-            .ok()?;
-        Some(self.tags[i].1)
+        // A dozen tags: a scan comparing lengths first beats a binary
+        // search's string comparisons.
+        let text = self.text.as_bytes();
+        self.tags
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && &text[k.range()] == key.as_bytes())
+            .map(|&(_, v)| v)
     }
 
     fn bytes(&self, span: Span) -> &[u8] {
@@ -369,8 +446,8 @@ impl EnvelopeView {
     }
 
     fn str(&self, span: Span) -> &str {
-        // Validated when walked; this cannot fail.
-        std::str::from_utf8(self.bytes(span)).unwrap_or_default()
+        // Spans are whole strings pushed to `text`; this cannot fail.
+        self.text.get(span.range()).unwrap_or_default()
     }
 }
 
@@ -399,40 +476,45 @@ impl std::fmt::Debug for EnvelopeView {
     }
 }
 
-/// An envelope's fields as walked, relative to its first byte.
+/// An envelope's fields as walked: the payload relative to the envelope's
+/// first byte, strings in the batch's text, tags in the batch's tag list.
 #[derive(Default)]
 struct Parts {
+    /// The envelope's bytes in the buffer walked.
+    wire: (usize, usize),
     timestamp: i64,
     source_id: Span,
     instance_id: Span,
-    tags: Vec<(Span, Span)>,
+    tags: std::ops::Range<usize>,
     deprecated_tags: Vec<(Span, ValueSpan)>,
     message: Option<MessageSpan>,
 }
 
 impl Parts {
-    fn into_view(mut self, wire: Bytes) -> EnvelopeView {
-        last_wins(&wire, &mut self.tags, |t| t.0);
-        last_wins(&wire, &mut self.deprecated_tags, |t| t.0);
+    fn into_view(mut self, buf: &Bytes, text: &Arc<str>, tags: &[(Span, Span)]) -> EnvelopeView {
+        let mut own_tags = tags[self.tags].to_vec();
+        last_wins(text, &mut own_tags, |t| t.0);
+        last_wins(text, &mut self.deprecated_tags, |t| t.0);
         if let Some(MessageSpan::Gauge { metrics }) = &mut self.message {
-            last_wins(&wire, metrics, |m| m.0);
+            last_wins(text, metrics, |m| m.0);
         }
         EnvelopeView {
+            wire: buf.slice(self.wire.0..self.wire.1),
+            text: Arc::clone(text),
             timestamp: self.timestamp,
             source_id: self.source_id,
             instance_id: self.instance_id,
-            tags: self.tags,
+            tags: own_tags,
             deprecated_tags: self.deprecated_tags,
             message: self.message,
-            wire,
         }
     }
 }
 
 /// Sorts map entries (kept in wire order) by key and keeps the last entry
 /// of each key, as inserting them one by one into a map does.
-fn last_wins<T: Copy>(wire: &[u8], entries: &mut Vec<T>, key: impl Fn(&T) -> Span) {
-    let key = |t: &T| &wire[key(t).range()];
+fn last_wins<T: Copy>(text: &str, entries: &mut Vec<T>, key: impl Fn(&T) -> Span) {
+    let key = |t: &T| &text.as_bytes()[key(t).range()];
     if entries.is_sorted_by(|a, b| key(a) < key(b)) {
         return;
     }
@@ -450,8 +532,18 @@ fn last_wins<T: Copy>(wire: &[u8], entries: &mut Vec<T>, key: impl Fn(&T) -> Spa
 
 /// Walks one envelope's fields. `depth` is prost's recursion budget for the
 /// envelope's own fields (99 inside a batch); `base` is its first byte.
-fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, WireError> {
-    let mut p = Parts::default();
+fn walk_envelope(
+    r: &mut Reader<'_>,
+    base: usize,
+    depth: u32,
+    tags: &mut Vec<(Span, Span)>,
+    text: &mut Text,
+) -> Result<Parts, WireError> {
+    let mut p = Parts {
+        wire: (base, r.end),
+        tags: tags.len()..tags.len(),
+        ..Parts::default()
+    };
     let span = |(start, end): (usize, usize)| Span {
         start: (start - base) as u32,
         end: (end - base) as u32,
@@ -464,20 +556,21 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                 expect("Envelope.timestamp", at, wt, WireType::Varint)?;
                 p.timestamp = r.varint()? as i64;
             }
-            2 => p.source_id = span(string(r, wt, at, "Envelope.source_id")?),
-            8 => p.instance_id = span(string(r, wt, at, "Envelope.instance_id")?),
+            2 => p.source_id = string(r, wt, at, "Envelope.source_id", text)?,
+            8 => p.instance_id = string(r, wt, at, "Envelope.instance_id", text)?,
             9 => {
                 let mut key = Span::default();
                 let mut value = Span::default();
                 map_entry(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
                     match tag {
-                        1 => key = span(string(e, wt, at, "Envelope.tags key")?),
-                        2 => value = span(string(e, wt, at, "Envelope.tags value")?),
+                        1 => key = string(e, wt, at, "Envelope.tags key", text)?,
+                        2 => value = string(e, wt, at, "Envelope.tags value", text)?,
                         _ => e.skip(wt, tag, depth - 1)?,
                     }
                     Ok(())
                 })?;
-                p.tags.push((key, value));
+                tags.push((key, value));
+                p.tags.end = tags.len();
             }
             3 => {
                 let mut key = Span::default();
@@ -490,7 +583,7 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                     depth,
                     |e, tag, wt, at| {
                         match tag {
-                            1 => key = span(string(e, wt, at, "Envelope.deprecated_tags key")?),
+                            1 => key = string(e, wt, at, "Envelope.deprecated_tags key", text)?,
                             2 => message(
                                 e,
                                 wt,
@@ -500,12 +593,13 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                                 |v, tag, wt, at| {
                                     match tag {
                                         1 => {
-                                            value = ValueSpan::Text(span(string(
+                                            value = ValueSpan::Text(string(
                                                 v,
                                                 wt,
                                                 at,
                                                 "Value.text",
-                                            )?))
+                                                text,
+                                            )?)
                                         }
                                         2 => {
                                             expect("Value.integer", at, wt, WireType::Varint)?;
@@ -556,7 +650,7 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                 };
                 message(r, wt, at, "Envelope.counter", depth, |m, tag, wt, at| {
                     match tag {
-                        1 => name = span(string(m, wt, at, "Counter.name")?),
+                        1 => name = string(m, wt, at, "Counter.name", text)?,
                         2 => {
                             expect("Counter.delta", at, wt, WireType::Varint)?;
                             delta = m.varint()?;
@@ -585,7 +679,7 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                     let mut value = 0.0;
                     map_entry(m, wt, at, "Gauge.metrics", depth - 1, |e, tag, wt, at| {
                         match tag {
-                            1 => name = span(string(e, wt, at, "Gauge.metrics key")?),
+                            1 => name = string(e, wt, at, "Gauge.metrics key", text)?,
                             2 => message(
                                 e,
                                 wt,
@@ -594,7 +688,7 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                                 depth - 2,
                                 |g, tag, wt, at| {
                                     match tag {
-                                        1 => unit = span(string(g, wt, at, "GaugeValue.unit")?),
+                                        1 => unit = string(g, wt, at, "GaugeValue.unit", text)?,
                                         2 => {
                                             expect("GaugeValue.value", at, wt, WireType::Fixed64)?;
                                             value = f64::from_bits(g.fixed64()?);
@@ -620,7 +714,7 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                 };
                 message(r, wt, at, "Envelope.timer", depth, |m, tag, wt, at| {
                     match tag {
-                        1 => name = span(string(m, wt, at, "Timer.name")?),
+                        1 => name = string(m, wt, at, "Timer.name", text)?,
                         2 => {
                             expect("Timer.start", at, wt, WireType::Varint)?;
                             start = m.varint()? as i64;
@@ -642,8 +736,8 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
                 };
                 message(r, wt, at, "Envelope.event", depth, |m, tag, wt, at| {
                     match tag {
-                        1 => title = span(string(m, wt, at, "Event.title")?),
-                        2 => body = span(string(m, wt, at, "Event.body")?),
+                        1 => title = string(m, wt, at, "Event.title", text)?,
+                        2 => body = string(m, wt, at, "Event.body", text)?,
                         _ => m.skip(wt, tag, depth - 1)?,
                     }
                     Ok(())
@@ -656,19 +750,28 @@ fn walk_envelope(r: &mut Reader<'_>, base: usize, depth: u32) -> Result<Parts, W
     Ok(p)
 }
 
-/// A string field: length-delimited and UTF-8.
+/// A string field: length-delimited, appended to `text` (where the returned
+/// span points), which checks it is UTF-8.
 fn string(
     r: &mut Reader<'_>,
     wt: WireType,
     at: usize,
     field: &'static str,
-) -> Result<(usize, usize), WireError> {
+    text: &mut Text,
+) -> Result<Span, WireError> {
     expect(field, at, wt, WireType::Len)?;
     let (start, end) = r.len_delimited()?;
-    if std::str::from_utf8(&r.buf[start..end]).is_err() {
+    let s = &r.buf[start..end];
+    if text.check_each && std::str::from_utf8(s).is_err() {
         return Err(WireError::Utf8 { field, at });
     }
-    Ok((start, end))
+    let span = Span {
+        start: text.bytes.len() as u32,
+        end: (text.bytes.len() + s.len()) as u32,
+    };
+    text.bytes.extend_from_slice(s);
+    text.bytes.push(0);
+    Ok(span)
 }
 
 /// A nested message field read at `depth`: its fields go to `field` one
