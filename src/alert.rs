@@ -98,7 +98,7 @@ impl AlertStats {
 
 /// Whether a record is one of the nozzle's own alerts.
 pub fn is_alert(record: &Record) -> bool {
-    record.envelope.source_id == ALERT_SOURCE_ID && record.tag("nozzle_alert").is_some()
+    record.envelope.source_id() == ALERT_SOURCE_ID && record.tag("nozzle_alert").is_some()
 }
 
 /// What the watcher remembers of a sink between checks.

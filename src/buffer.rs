@@ -44,8 +44,6 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use prost::Message;
-
 use crate::record::{ApiSource, Record};
 use crate::sink::{Chunk, SinkStats};
 
@@ -760,7 +758,7 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
     out[at..at + 4].copy_from_slice(&names_len.to_le_bytes());
     match audit {
         Some(event) => serde_json::to_writer(&mut *out, event).expect("JSON values serialise"),
-        None => r.envelope.encode(out).expect("a Vec grows as needed"),
+        None => out.extend_from_slice(r.wire_bytes()),
     }
 }
 
@@ -777,7 +775,8 @@ pub fn decode_record(b: &[u8]) -> Result<Record, String> {
     let body = &rest[4 + names_len..];
     let mut record = match form {
         0 => crate::classify::classify(
-            crate::proto::Envelope::decode(body).map_err(|e| format!("envelope: {e}"))?,
+            crate::record::envelope::EnvelopeView::from_wire(bytes::Bytes::copy_from_slice(body))
+                .map_err(|e| format!("envelope: {e}"))?,
         ),
         1 => {
             let event: serde_json::Value =
@@ -836,7 +835,10 @@ mod tests {
     }
 
     fn seqs(chunk: &Chunk) -> Vec<u64> {
-        chunk.iter().map(|r| r.envelope.timestamp as u64).collect()
+        chunk
+            .iter()
+            .map(|r| r.envelope.timestamp() as u64)
+            .collect()
     }
 
     /// Pretends the sink delivered `chunk`.

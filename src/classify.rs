@@ -6,15 +6,18 @@
 
 pub mod rules;
 
-use crate::proto::{Envelope, envelope::Message};
-use crate::record::{ApiCall, ApiResource, ApiSource, Kind, Record, envelope_tag, ruby_hash};
+use crate::record::{
+    ApiCall, ApiResource, ApiSource, EnvelopeView, Kind, MessageRef, MessageType, Record, ruby_hash,
+};
 
-/// Turns an envelope into its record.
-pub fn classify(envelope: Envelope) -> Record {
+/// Turns an envelope (a view of received bytes, or a prost `Envelope`,
+/// which is encoded once to be viewed) into its record.
+pub fn classify(envelope: impl Into<EnvelopeView>) -> Record {
+    let envelope = envelope.into();
     let kind = kind_of(&envelope);
-    let api = match (&kind, &envelope.message) {
-        (Kind::Api, Some(Message::Log(l))) => Some(Box::new(parse_api_message(
-            &String::from_utf8_lossy(&l.payload),
+    let api = match (&kind, envelope.message()) {
+        (Kind::Api, Some(MessageRef::Log(l))) => Some(Box::new(parse_api_message(
+            &String::from_utf8_lossy(l.payload),
         ))),
         _ => None,
     };
@@ -28,12 +31,12 @@ pub fn classify(envelope: Envelope) -> Record {
 
 /// The kind an envelope belongs to. Envelopes without a message (which
 /// Loggregator should never send) are kept as events rather than dropped.
-pub fn kind_of(envelope: &Envelope) -> Kind {
-    match envelope.message {
-        Some(Message::Log(_)) if envelope_tag(envelope, "source_type") == Some("API") => Kind::Api,
-        Some(Message::Log(_)) => Kind::AppLog,
-        Some(Message::Counter(_) | Message::Gauge(_) | Message::Timer(_)) => Kind::Metric,
-        Some(Message::Event(_)) | None => Kind::Event,
+pub fn kind_of(envelope: &EnvelopeView) -> Kind {
+    match envelope.message_type() {
+        Some(MessageType::Log) if envelope.tag("source_type") == Some("API") => Kind::Api,
+        Some(MessageType::Log) => Kind::AppLog,
+        Some(MessageType::Counter | MessageType::Gauge | MessageType::Timer) => Kind::Metric,
+        Some(MessageType::Event) | None => Kind::Event,
     }
 }
 

@@ -12,10 +12,15 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
-use crate::proto::{Envelope, envelope::Message, log, value};
+use crate::proto::Envelope;
 
 pub mod api;
+pub mod envelope;
 pub mod ruby_hash;
+mod wire;
+
+pub use envelope::{EnvelopeView, MessageRef, MessageType, ValueRef, decode_batch};
+pub use wire::WireError;
 
 pub use api::{ApiCall, ApiResource, ApiSource, audit_event_record};
 
@@ -75,7 +80,8 @@ impl std::str::FromStr for Kind {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub kind: Kind,
-    pub envelope: Envelope,
+    /// The envelope, read in place from the bytes it arrived in.
+    pub envelope: EnvelopeView,
     /// Set for [`Kind::Api`]: what Cloud Controller did (boxed: most records
     /// are app logs and metrics, which should not carry its size).
     pub api: Option<Box<ApiCall>>,
@@ -106,25 +112,23 @@ impl Record {
         String::from_utf8(out).expect("serde_json writes UTF-8")
     }
 
-    /// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry.
     /// A cheap estimate of the record's encoded size in bytes, for batching
     /// by bytes: the variable-length parts plus a fixed allowance for the
     /// JSON structure. Not exact (escaping, the protojson copy), never zero.
     pub fn approx_size(&self) -> usize {
-        use crate::proto::envelope::Message;
         let env = &self.envelope;
-        let tags: usize = env.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
-        let message = match &env.message {
-            Some(Message::Log(l)) => l.payload.len(),
-            Some(Message::Event(e)) => e.title.len() + e.body.len(),
-            Some(Message::Gauge(g)) => g.metrics.keys().map(|k| k.len() + 24).sum(),
-            _ => 32,
-        };
-        256 + 2 * (tags + message) + env.source_id.len() + env.instance_id.len()
+        let (tags, message) = env.approx_text_len();
+        256 + 2 * (tags + message) + env.source_id().len() + env.instance_id().len()
     }
 
+    /// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry.
     pub fn tag(&self, key: &str) -> Option<&str> {
-        envelope_tag(&self.envelope, key)
+        self.envelope.tag(key)
+    }
+
+    /// The envelope's protobuf encoding (shared with the received batch).
+    pub fn wire_bytes(&self) -> &bytes::Bytes {
+        self.envelope.encoded()
     }
 
     /// Where the record comes from, as a host name for syslog and HEC:
@@ -157,18 +161,6 @@ impl Record {
     }
 }
 
-/// A tag's value, from `tags` or, failing that, a text `deprecated_tags` entry
-/// (what an RLP sends a subscriber that did not ask for preferred tags).
-pub fn envelope_tag<'a>(envelope: &'a Envelope, key: &str) -> Option<&'a str> {
-    if let Some(v) = envelope.tags.get(key) {
-        return Some(v);
-    }
-    match envelope.deprecated_tags.get(key)?.data.as_ref()? {
-        value::Data::Text(t) => Some(t),
-        _ => None,
-    }
-}
-
 /// RFC 3339 UTC with nanoseconds, from UNIX nanoseconds.
 pub fn rfc3339_nanos(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
@@ -188,9 +180,9 @@ struct Named<'a> {
 }
 
 impl<'a> Named<'a> {
-    fn from_tags(env: &'a Envelope, guid: &str, name: &str) -> Option<Self> {
-        let guid = envelope_tag(env, guid).filter(|s| !s.is_empty());
-        let name = envelope_tag(env, name).filter(|s| !s.is_empty());
+    fn from_tags(env: &'a EnvelopeView, guid: &str, name: &str) -> Option<Self> {
+        let guid = env.tag(guid).filter(|s| !s.is_empty());
+        let name = env.tag(name).filter(|s| !s.is_empty());
         (guid.is_some() || name.is_some()).then_some(Named { guid, name })
     }
 }
@@ -222,14 +214,14 @@ impl Serialize for RecordJson<'_> {
             return api::serialize_audit_event(s, rec, api, &self.ctx.foundation);
         }
         let env = &rec.envelope;
-        let tag = |k: &str| envelope_tag(env, k);
-        let time = rfc3339_nanos(env.timestamp);
+        let tag = |k: &str| env.tag(k);
+        let time = rfc3339_nanos(env.timestamp());
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("kind", rec.kind.as_str())?;
         m.serialize_entry("time", &time)?;
         m.serialize_entry("foundation", &self.ctx.foundation)?;
-        m.serialize_entry("source_id", &env.source_id)?;
-        m.serialize_entry("instance_id", &env.instance_id)?;
+        m.serialize_entry("source_id", env.source_id())?;
+        m.serialize_entry("instance_id", env.instance_id())?;
         for key in ["origin", "source_type", "deployment", "job"] {
             if let Some(v) = tag(key) {
                 m.serialize_entry(key, v)?;
@@ -237,11 +229,11 @@ impl Serialize for RecordJson<'_> {
         }
         // Log envelopes from apps name the app in source_id when no app_id tag does.
         let mut app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
-            let is_app_log = matches!(env.message, Some(Message::Log(_)))
-                && !env.source_id.is_empty()
+            let is_app_log = env.message_type() == Some(MessageType::Log)
+                && !env.source_id().is_empty()
                 && tag("app_id").is_none_or(str::is_empty);
             is_app_log.then_some(Named {
-                guid: Some(&env.source_id),
+                guid: Some(env.source_id()),
                 name: None,
             })
         });
@@ -267,36 +259,36 @@ impl Serialize for RecordJson<'_> {
         if let Some(org) = &org {
             m.serialize_entry("org", org)?;
         }
-        match &env.message {
-            Some(Message::Log(l)) => {
-                m.serialize_entry("log_type", log_type(l))?;
-                match std::str::from_utf8(&l.payload) {
+        match env.message() {
+            Some(MessageRef::Log(l)) => {
+                m.serialize_entry("log_type", log_type(&l))?;
+                match std::str::from_utf8(l.payload) {
                     Ok(text) => m.serialize_entry("message", text)?,
                     Err(_) => {
                         // Kept losslessly: the bytes as base64, and a flag saying so.
-                        m.serialize_entry("message_base64", &BASE64.encode(&l.payload))?;
+                        m.serialize_entry("message_base64", &BASE64.encode(l.payload))?;
                         m.serialize_entry("message_invalid_utf8", &true)?;
                     }
                 }
             }
-            Some(Message::Counter(c)) => {
+            Some(MessageRef::Counter(c)) => {
                 m.serialize_entry("metric_type", "counter")?;
-                m.serialize_entry("name", &c.name)?;
+                m.serialize_entry("name", c.name)?;
                 m.serialize_entry("delta", &c.delta)?;
                 m.serialize_entry("total", &c.total)?;
             }
-            Some(Message::Gauge(g)) => {
+            Some(MessageRef::Gauge(g)) => {
                 m.serialize_entry("metric_type", "gauge")?;
                 m.serialize_entry("metrics", &GaugeJson(g))?;
             }
-            Some(Message::Timer(t)) => {
+            Some(MessageRef::Timer(t)) => {
                 m.serialize_entry("metric_type", "timer")?;
-                m.serialize_entry("name", &t.name)?;
+                m.serialize_entry("name", t.name)?;
                 m.serialize_entry("duration_ns", &t.stop.saturating_sub(t.start))?;
             }
-            Some(Message::Event(e)) => {
-                m.serialize_entry("title", &e.title)?;
-                m.serialize_entry("body", &e.body)?;
+            Some(MessageRef::Event(e)) => {
+                m.serialize_entry("title", e.title)?;
+                m.serialize_entry("body", e.body)?;
             }
             None => {}
         }
@@ -324,21 +316,59 @@ impl Serialize for RecordJson<'_> {
 
 /// A stable id for an event read from a log line: the same line read twice
 /// (for example after a reconnect) gets the same id, so consumers can de-duplicate.
-pub fn firehose_event_id(env: &Envelope) -> String {
+pub fn firehose_event_id<'a>(env: impl Into<EventKey<'a>>) -> String {
     use sha2::{Digest, Sha256};
+    let env = env.into();
     let mut h = Sha256::new();
     h.update(env.timestamp.to_be_bytes());
     for part in [env.source_id.as_bytes(), env.instance_id.as_bytes()] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
-    if let Some(Message::Log(l)) = &env.message {
-        h.update(&l.payload);
+    if let Some(payload) = env.log_payload {
+        h.update(payload);
     }
     let d = h.finalize();
     let mut first = [0u8; 16];
     first.copy_from_slice(&d[..16]);
     guid(u128::from_be_bytes(first))
+}
+
+/// What [`firehose_event_id`] hashes, from a view or a prost envelope.
+pub struct EventKey<'a> {
+    timestamp: i64,
+    source_id: &'a str,
+    instance_id: &'a str,
+    log_payload: Option<&'a [u8]>,
+}
+
+impl<'a> From<&'a EnvelopeView> for EventKey<'a> {
+    fn from(env: &'a EnvelopeView) -> Self {
+        EventKey {
+            timestamp: env.timestamp(),
+            source_id: env.source_id(),
+            instance_id: env.instance_id(),
+            log_payload: match env.message() {
+                Some(MessageRef::Log(l)) => Some(l.payload),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl<'a> From<&'a Envelope> for EventKey<'a> {
+    fn from(env: &'a Envelope) -> Self {
+        use crate::proto::envelope::Message;
+        EventKey {
+            timestamp: env.timestamp,
+            source_id: &env.source_id,
+            instance_id: &env.instance_id,
+            log_payload: match &env.message {
+                Some(Message::Log(l)) => Some(&l.payload),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// 128 bits written as a GUID: `8-4-4-4-12` lower-case hex digits.
@@ -354,38 +384,40 @@ pub fn guid(v: u128) -> String {
     )
 }
 
-struct GaugeJson<'a>(&'a crate::proto::Gauge);
+struct GaugeJson<'a>(envelope::GaugeRef<'a>);
 
 impl Serialize for GaugeJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.metrics.len()))?;
-        for (name, v) in &self.0.metrics {
-            m.serialize_entry(name, &GaugeValueJson(v))?;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (name, unit, value) in self.0.metrics() {
+            m.serialize_entry(name, &GaugeValueJson(unit, value))?;
         }
         m.end()
     }
 }
 
-struct GaugeValueJson<'a>(&'a crate::proto::GaugeValue);
+struct GaugeValueJson<'a>(&'a str, f64);
 
 impl Serialize for GaugeValueJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("unit", &self.0.unit)?;
-        m.serialize_entry("value", &Float(self.0.value))?;
+        m.serialize_entry("unit", self.0)?;
+        m.serialize_entry("value", &Float(self.1))?;
         m.end()
     }
 }
 
 /// The envelope as the RLP Gateway's protojson (EmitUnpopulated) writes it.
-pub struct EnvelopeJson<'a>(pub &'a Envelope);
+pub struct EnvelopeJson<'a>(pub &'a EnvelopeView);
 
-/// A 64-bit integer as protojson writes it: a decimal string.
+/// A 64-bit integer as protojson writes it: a decimal string. Formatted
+/// with `itoa` on the stack: `collect_str` went through `core::fmt`, ~1,000
+/// instructions per integer (callgrind, examples/encode_cost).
 struct Int64<T>(T);
 
-impl<T: std::fmt::Display> Serialize for Int64<T> {
+impl<T: itoa::Integer + Copy> Serialize for Int64<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&self.0)
+        s.serialize_str(itoa::Buffer::new().format(self.0))
     }
 }
 
@@ -393,46 +425,46 @@ impl Serialize for EnvelopeJson<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let env = self.0;
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("timestamp", &Int64(env.timestamp))?;
-        m.serialize_entry("source_id", &env.source_id)?;
-        m.serialize_entry("instance_id", &env.instance_id)?;
+        m.serialize_entry("timestamp", &Int64(env.timestamp()))?;
+        m.serialize_entry("source_id", env.source_id())?;
+        m.serialize_entry("instance_id", env.instance_id())?;
         m.serialize_entry("deprecated_tags", &DeprecatedTags(env))?;
-        m.serialize_entry("tags", &env.tags)?;
-        match &env.message {
-            Some(Message::Log(l)) => m.serialize_entry(
+        m.serialize_entry("tags", &Tags(env))?;
+        match env.message() {
+            Some(MessageRef::Log(l)) => m.serialize_entry(
                 "log",
                 &LogJson {
-                    payload: Base64Display::new(&l.payload, &BASE64),
-                    ty: log_type(l),
+                    payload: Base64Display::new(l.payload, &BASE64),
+                    ty: log_type(&l),
                 },
             )?,
-            Some(Message::Counter(c)) => m.serialize_entry(
+            Some(MessageRef::Counter(c)) => m.serialize_entry(
                 "counter",
                 &CounterJson {
-                    name: &c.name,
+                    name: c.name,
                     delta: Int64(c.delta),
                     total: Int64(c.total),
                 },
             )?,
-            Some(Message::Gauge(g)) => m.serialize_entry(
+            Some(MessageRef::Gauge(g)) => m.serialize_entry(
                 "gauge",
                 &GaugeEnvelopeJson {
                     metrics: GaugeJson(g),
                 },
             )?,
-            Some(Message::Timer(t)) => m.serialize_entry(
+            Some(MessageRef::Timer(t)) => m.serialize_entry(
                 "timer",
                 &TimerJson {
-                    name: &t.name,
+                    name: t.name,
                     start: Int64(t.start),
                     stop: Int64(t.stop),
                 },
             )?,
-            Some(Message::Event(e)) => m.serialize_entry(
+            Some(MessageRef::Event(e)) => m.serialize_entry(
                 "event",
                 &EventJson {
-                    title: &e.title,
-                    body: &e.body,
+                    title: e.title,
+                    body: e.body,
                 },
             )?,
             None => {}
@@ -478,28 +510,37 @@ fn display_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok
     s.collect_str(v)
 }
 
-fn log_type(l: &crate::proto::Log) -> &'static str {
-    if l.r#type == log::Type::Err as i32 {
-        "ERR"
-    } else {
-        "OUT"
+fn log_type(l: &envelope::LogRef<'_>) -> &'static str {
+    if l.is_err() { "ERR" } else { "OUT" }
+}
+
+struct Tags<'a>(&'a EnvelopeView);
+
+impl Serialize for Tags<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let tags = self.0.tags();
+        let mut m = s.serialize_map(Some(tags.len()))?;
+        for (k, v) in tags {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
     }
 }
 
-struct DeprecatedTags<'a>(&'a Envelope);
+struct DeprecatedTags<'a>(&'a EnvelopeView);
 
 impl Serialize for DeprecatedTags<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let tags = &self.0.deprecated_tags;
+        let tags = self.0.deprecated_tags();
         let mut m = s.serialize_map(Some(tags.len()))?;
         for (k, v) in tags {
-            match &v.data {
-                Some(value::Data::Text(t)) => m.serialize_entry(k, &OneField("text", t))?,
-                Some(value::Data::Integer(i)) => {
-                    m.serialize_entry(k, &OneField("integer", Int64(*i)))?
+            match v {
+                Some(ValueRef::Text(t)) => m.serialize_entry(k, &OneField("text", t))?,
+                Some(ValueRef::Integer(i)) => {
+                    m.serialize_entry(k, &OneField("integer", Int64(i)))?
                 }
-                Some(value::Data::Decimal(d)) => {
-                    m.serialize_entry(k, &OneField("decimal", Float(*d)))?
+                Some(ValueRef::Decimal(d)) => {
+                    m.serialize_entry(k, &OneField("decimal", Float(d)))?
                 }
                 None => m.serialize_entry(k, &NoFields)?,
             }

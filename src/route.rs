@@ -11,8 +11,7 @@ use serde::Serialize;
 
 use crate::classify::classify;
 use crate::classify::rules::Filters;
-use crate::proto::Envelope;
-use crate::record::{Kind, Record};
+use crate::record::{EnvelopeView, Kind, MessageRef, Record};
 use crate::sink::{Chunk, SinkQueue, SinkStats};
 
 /// Counters of what entered the pipeline.
@@ -177,7 +176,9 @@ impl Router {
     }
 
     /// Classifies a received batch and offers each sink its records. Never waits.
-    pub fn dispatch(&self, envelopes: Vec<Envelope>) {
+    /// Takes envelope views (the RLP source) or prost envelopes (the gateway
+    /// source, tests), which are viewed one by one.
+    pub fn dispatch<E: Into<EnvelopeView>>(&self, envelopes: Vec<E>) {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .envelopes
@@ -245,16 +246,15 @@ impl Router {
 
 /// The envelopes a Doppler or RLP `dropped{direction=egress}` counter says
 /// were lost on the way to consumers (its delta), else 0.
-pub fn loggregator_egress_drops(envelope: &Envelope) -> u64 {
-    use crate::proto::envelope::Message;
-    let Some(Message::Counter(c)) = &envelope.message else {
+pub fn loggregator_egress_drops(envelope: &EnvelopeView) -> u64 {
+    let Some(MessageRef::Counter(c)) = envelope.message() else {
         return 0;
     };
     if c.name != "dropped" {
         return 0;
     }
-    let tag = |k| crate::record::envelope_tag(envelope, k);
-    let from_loggregator = matches!(envelope.source_id.as_str(), "doppler" | "reverse_log_proxy")
+    let tag = |k| envelope.tag(k);
+    let from_loggregator = matches!(envelope.source_id(), "doppler" | "reverse_log_proxy")
         || matches!(
             tag("origin"),
             Some("loggregator.doppler" | "loggregator.rlp")
@@ -269,8 +269,8 @@ pub fn loggregator_egress_drops(envelope: &Envelope) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::Counter;
     use crate::proto::envelope::Message;
+    use crate::proto::{Counter, Envelope};
 
     fn counter(source_id: &str, name: &str, direction: &str, delta: u64) -> Envelope {
         Envelope {
@@ -287,26 +287,15 @@ mod tests {
 
     #[test]
     fn only_loggregator_egress_drop_counters_count_as_upstream_loss() {
+        let drops = |e: Envelope| loggregator_egress_drops(&e.into());
+        assert_eq!(drops(counter("doppler", "dropped", "egress", 7)), 7);
         assert_eq!(
-            loggregator_egress_drops(&counter("doppler", "dropped", "egress", 7)),
-            7
-        );
-        assert_eq!(
-            loggregator_egress_drops(&counter("reverse_log_proxy", "dropped", "egress", 3)),
+            drops(counter("reverse_log_proxy", "dropped", "egress", 3)),
             3
         );
-        assert_eq!(
-            loggregator_egress_drops(&counter("doppler", "dropped", "ingress", 5)),
-            0
-        );
-        assert_eq!(
-            loggregator_egress_drops(&counter("doppler", "egress", "egress", 5)),
-            0
-        );
-        assert_eq!(
-            loggregator_egress_drops(&counter("my-app", "dropped", "egress", 5)),
-            0
-        );
+        assert_eq!(drops(counter("doppler", "dropped", "ingress", 5)), 0);
+        assert_eq!(drops(counter("doppler", "egress", "egress", 5)), 0);
+        assert_eq!(drops(counter("my-app", "dropped", "egress", 5)), 0);
 
         let router = Router::new(Vec::new(), false);
         router.dispatch(vec![

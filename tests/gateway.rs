@@ -34,7 +34,7 @@ impl Sink for Collect {
     }
     async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
         let mut got = self.0.lock().unwrap();
-        got.extend(batch.iter().map(|r| r.envelope.clone()));
+        got.extend(batch.iter().map(|r| r.envelope.to_prost()));
         Ok(batch.len() as u64)
     }
     async fn roll(&mut self) -> Result<u64, SinkFailure> {

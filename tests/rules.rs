@@ -236,7 +236,7 @@ fn the_router_counts_what_rules_leave_out_and_routes_the_rest() {
     let kinds = |rx: &mut cf_audit_nozzle::sink::Intake| {
         let mut out = Vec::new();
         while let Some(chunk) = rx.try_recv() {
-            out.extend(chunk.iter().map(|r| (r.kind, r.envelope.timestamp)));
+            out.extend(chunk.iter().map(|r| (r.kind, r.envelope.timestamp())));
         }
         out
     };

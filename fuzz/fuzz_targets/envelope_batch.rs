@@ -1,23 +1,45 @@
-//! Any bytes as an `EnvelopeBatch` from the RLP: decode, classify, and encode
-//! every record for every sink format. Nothing may panic.
+//! Any bytes as an `EnvelopeBatch` from the RLP: the envelope view must give
+//! prost's verdict and, when both accept, prost's fields; then classify and
+//! encode every record for every sink format. Nothing may panic.
 #![no_main]
 
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::proto::EnvelopeBatch;
-use cf_audit_nozzle::record::EncodeContext;
+use cf_audit_nozzle::record::{EncodeContext, EnvelopeView, decode_batch};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use prost::bytes::Bytes;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(batch) = EnvelopeBatch::decode(data) else {
-        return;
+    let prost = EnvelopeBatch::decode(data);
+    let views = decode_batch(&Bytes::copy_from_slice(data));
+    let views = match (prost, views) {
+        (Ok(batch), Ok(views)) => {
+            // Re-encoded by prost (ordered maps): equal bytes, equal fields,
+            // floats compared bit for bit.
+            let viewed = EnvelopeBatch {
+                batch: views.iter().map(EnvelopeView::to_prost).collect(),
+            };
+            assert_eq!(
+                batch.encode_to_vec(),
+                viewed.encode_to_vec(),
+                "the view's fields differ from prost's"
+            );
+            views
+        }
+        (Err(_), Err(_)) => return,
+        (p, v) => panic!(
+            "prost and the view disagree: prost {:?}, view {:?}",
+            p.map(|_| ()),
+            v.map(|_| ())
+        ),
     };
     let ctx = EncodeContext {
         foundation: "fuzz".into(),
     };
     let syslog = cf_audit_nozzle::sink::syslog::SyslogFormat::default();
     let mut out = Vec::new();
-    for envelope in batch.batch {
+    for envelope in views {
         let record = classify(envelope);
         out.clear();
         record.write_json(&ctx, &mut out);

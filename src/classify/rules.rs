@@ -23,8 +23,7 @@
 //!
 //! Matching reads the record in place: no allocation, no lock.
 
-use crate::proto::envelope::Message;
-use crate::record::{ApiSource, Kind, Record};
+use crate::record::{ApiSource, Kind, MessageRef, Record};
 
 /// The app label (seen as an envelope tag of the same name when Cloud
 /// Controller forwards app labels as metric tags) by which an app opts out
@@ -132,7 +131,7 @@ impl Condition {
         match &self.field {
             Field::Kind => any(Some(rec.kind.as_str())),
             Field::Tag(t) => any(rec.tag(t)),
-            Field::SourceId => any(Some(&env.source_id)),
+            Field::SourceId => any(Some(env.source_id())),
             Field::App => {
                 any(app_guid(rec))
                     || any(rec.tag("app_name"))
@@ -158,10 +157,10 @@ impl Condition {
                 ApiSource::Firehose => "firehose",
                 ApiSource::AuditEvents(_) => "audit_events",
             })),
-            Field::Metric => match &env.message {
-                Some(Message::Counter(c)) => any(Some(&c.name)),
-                Some(Message::Timer(t)) => any(Some(&t.name)),
-                Some(Message::Gauge(g)) => g.metrics.keys().any(|k| any(Some(k))),
+            Field::Metric => match env.message() {
+                Some(MessageRef::Counter(c)) => any(Some(c.name)),
+                Some(MessageRef::Timer(t)) => any(Some(t.name)),
+                Some(MessageRef::Gauge(g)) => g.metrics().any(|(k, _, _)| any(Some(k))),
                 _ => false,
             },
         }
@@ -176,8 +175,8 @@ pub fn app_guid(rec: &Record) -> Option<&str> {
         return Some(id);
     }
     match rec.kind {
-        Kind::AppLog | Kind::Metric if !rec.envelope.source_id.is_empty() => {
-            Some(&rec.envelope.source_id)
+        Kind::AppLog | Kind::Metric if !rec.envelope.source_id().is_empty() => {
+            Some(rec.envelope.source_id())
         }
         _ => audit_resource(rec, |a| {
             a.target

@@ -156,11 +156,11 @@ pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
     };
     Ok(Record {
         kind: super::Kind::Api,
-        envelope: Envelope {
+        envelope: super::EnvelopeView::from_prost(&Envelope {
             timestamp,
             source_id: AUDIT_EVENTS_SOURCE_ID.to_string(),
             ..Envelope::default()
-        },
+        }),
         api: Some(Box::new(call)),
         names: None,
     })
@@ -204,9 +204,10 @@ pub(super) fn write_fields<M: SerializeMap>(
         if matches!(api.source, ApiSource::Firehose)
             && target.kind == "app"
             && target.name.is_none()
-            && super::envelope_tag(env, "app_id") == target.guid.as_deref()
+            && env.tag("app_id") == target.guid.as_deref()
         {
-            target.name = super::envelope_tag(env, "app_name")
+            target.name = env
+                .tag("app_name")
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
         }
@@ -242,7 +243,7 @@ pub(super) fn serialize_audit_event<S: serde::Serializer>(
     api: &ApiCall,
     foundation: &str,
 ) -> Result<S::Ok, S::Error> {
-    let time = rfc3339_nanos(rec.envelope.timestamp);
+    let time = rfc3339_nanos(rec.envelope.timestamp());
     let mut m = s.serialize_map(None)?;
     m.serialize_entry("kind", rec.kind.as_str())?;
     m.serialize_entry("time", &time)?;

@@ -165,7 +165,7 @@ pub fn sourcetype(kind: Kind) -> &'static str {
 /// `fields` and the record as `event`.
 pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out: &mut Vec<u8>) {
     let env = &record.envelope;
-    let micros = env.timestamp.div_euclid(1000);
+    let micros = env.timestamp().div_euclid(1000);
     let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
     let _ = write!(out, r#"{{"time":{secs}.{frac:06},"host":"#);
     match record.host_parts() {
@@ -175,7 +175,7 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     let source = record
         .tag("source_type")
         .or_else(|| record.tag("origin"))
-        .unwrap_or(env.source_id.as_str());
+        .unwrap_or(env.source_id());
     out.extend_from_slice(br#","source":"#);
     super::write_json_joined(out, &[source], "");
     let _ = write!(out, r#","sourcetype":"{}","#, sourcetype(record.kind));

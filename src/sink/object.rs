@@ -98,7 +98,7 @@ impl<W: Write> RecordsFile<W> {
             self.drain()?;
         }
         self.records += 1;
-        let t = record.envelope.timestamp;
+        let t = record.envelope.timestamp();
         self.oldest_ns = self.oldest_ns.min(t);
         self.newest_ns = self.newest_ns.max(t);
         Ok(())

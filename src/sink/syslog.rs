@@ -27,9 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{Sink, SinkError, SinkFailure};
-use crate::proto::envelope::Message;
-use crate::proto::{log, value};
-use crate::record::{EncodeContext, Kind, Record};
+use crate::record::{EncodeContext, Kind, MessageRef, Record, ValueRef};
 
 /// RFC 5612's enterprise number for documentation; operators set their own.
 pub const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
@@ -144,12 +142,10 @@ impl Default for Severities {
 impl Severities {
     /// The severity of a record.
     pub fn of(&self, record: &Record) -> u8 {
-        let s = match (&record.kind, &record.envelope.message) {
+        let s = match (&record.kind, record.envelope.message()) {
             (Kind::Event, _) if crate::alert::is_alert(record) => 1, // alert
             (Kind::Api, _) => self.api,
-            (Kind::AppLog, Some(Message::Log(l))) if l.r#type == log::Type::Err as i32 => {
-                self.app_log_stderr
-            }
+            (Kind::AppLog, Some(MessageRef::Log(l))) if l.is_err() => self.app_log_stderr,
             (Kind::AppLog, _) => self.app_log,
             (Kind::Metric, _) => self.metric,
             (Kind::Event, _) => self.event,
@@ -171,18 +167,19 @@ pub fn encode(
     let tag = |k: &str| record.tag(k).filter(|v| !v.is_empty());
     let pri = u16::from(format.facility.min(23)) * 8 + u16::from(format.severities.of(record));
     let _ = write!(out, "<{pri}>1 ");
-    write_timestamp(out, env.timestamp);
+    write_timestamp(out, env.timestamp());
     out.push(b' ');
 
     let (host, n) = record.host_parts();
     header_field(out, &host[..n], ".", 255);
     out.push(b' ');
-    header_field(out, &[&env.source_id], "", 48);
+    header_field(out, &[env.source_id()], "", 48);
     out.push(b' ');
+    let instance_id = env.instance_id();
     match tag("source_type") {
-        Some(st) if env.instance_id.is_empty() => header_field(out, &["[", st, "]"], "", 128),
-        Some(st) => header_field(out, &["[", st, "/", &env.instance_id, "]"], "", 128),
-        None => header_field(out, &[&env.instance_id], "", 128),
+        Some(st) if instance_id.is_empty() => header_field(out, &["[", st, "]"], "", 128),
+        Some(st) => header_field(out, &["[", st, "/", instance_id, "]"], "", 128),
+        None => header_field(out, &[instance_id], "", 128),
     }
     out.push(b' ');
     header_field(out, &[record.kind.as_str()], "", 32);
@@ -191,8 +188,8 @@ pub fn encode(
 
     let msg_start = out.len() + 1;
     out.push(b' ');
-    match (&format.msg, &env.message) {
-        (MsgFormat::Message, Some(Message::Log(l))) => out.extend_from_slice(&l.payload),
+    match (&format.msg, env.message()) {
+        (MsgFormat::Message, Some(MessageRef::Log(l))) => out.extend_from_slice(l.payload),
         _ => record.write_json(ctx, out),
     }
     let limit = format
@@ -268,19 +265,11 @@ fn write_timestamp(out: &mut Vec<u8>, nanos: i64) {
 /// `[tags@PEN name="value" ...]` with every tag, or `-` without tags.
 fn structured_data(out: &mut Vec<u8>, record: &Record, pen: u32) {
     let env = &record.envelope;
-    let deprecated = env
-        .deprecated_tags
-        .iter()
-        .filter_map(|(k, v)| match &v.data {
-            Some(value::Data::Text(t)) if !env.tags.contains_key(k) => Some((k, t.as_str())),
-            _ => None,
-        });
-    let mut params = env
-        .tags
-        .iter()
-        .map(|(k, v)| (k, v.as_str()))
-        .chain(deprecated)
-        .peekable();
+    let deprecated = env.deprecated_tags().filter_map(|(k, v)| match v {
+        Some(ValueRef::Text(t)) if !env.has_tag(k) => Some((k, t)),
+        _ => None,
+    });
+    let mut params = env.tags().chain(deprecated).peekable();
     if params.peek().is_none() {
         out.push(b'-');
         return;
@@ -548,7 +537,7 @@ mod tests {
         }
     }
     use crate::classify::classify;
-    use crate::proto::{Envelope, Log, envelope};
+    use crate::proto::{Envelope, Log, envelope, log};
 
     fn record(tags: &[(&str, &str)], payload: &str, ty: log::Type) -> Record {
         classify(Envelope {

@@ -9,13 +9,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Buf as _;
+use prost::Message as _;
 use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::status::{Attempt, Disconnect, reconnect_loop};
 use super::{Backoff, Streams};
 use crate::proto::EgressBatchRequest;
-use crate::proto::egress_client::EgressClient;
+use crate::record::{EnvelopeView, decode_batch};
 use crate::route::Router;
 use crate::tls::ClientTls;
 
@@ -79,10 +82,53 @@ pub fn batch_request(streams: &Streams) -> EgressBatchRequest {
     }
 }
 
+/// The codec of the `BatchedReceiver` stream: the request is encoded by
+/// prost; each response is read in place as envelope views over the bytes
+/// received (no owned decode, see [`crate::record::envelope`]). A batch that
+/// is not a valid `EnvelopeBatch` fails the stream, as prost's codec did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BatchCodec;
+
+impl Codec for BatchCodec {
+    type Encode = EgressBatchRequest;
+    type Decode = Vec<EnvelopeView>;
+    type Encoder = BatchCodec;
+    type Decoder = BatchCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BatchCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BatchCodec
+    }
+}
+
+impl Encoder for BatchCodec {
+    type Item = EgressBatchRequest;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        item.encode(dst)
+            .map_err(|e| tonic::Status::internal(format!("encoding the subscription: {e}")))
+    }
+}
+
+impl Decoder for BatchCodec {
+    type Item = Vec<EnvelopeView>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        // Splits the message off tonic's receive buffer: no copy.
+        let batch = src.copy_to_bytes(src.remaining());
+        decode_batch(&batch)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("malformed EnvelopeBatch: {e}")))
+    }
+}
+
 /// Connects and opens the batched stream.
-pub async fn subscribe(
-    cfg: &RlpConfig,
-) -> Result<tonic::Streaming<crate::proto::EnvelopeBatch>, RlpError> {
+pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Vec<EnvelopeView>>, RlpError> {
     let addr = &cfg.addr;
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| RlpError::Address {
@@ -108,15 +154,31 @@ pub async fn subscribe(
         addr: addr.clone(),
         reason: explain_connect_error(&crate::error_chain(&e), cfg),
     })?;
-    let mut client = EgressClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let response = client
-        .batched_receiver(batch_request(&cfg.streams))
+    let subscribe_error = |status: tonic::Status| RlpError::Subscribe {
+        addr: addr.clone(),
+        status: describe_status(&status),
+        code: status.code(),
+    };
+    // What the generated client's `batched_receiver` does, with our codec.
+    let mut grpc = tonic::client::Grpc::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    grpc.ready().await.map_err(|e| {
+        subscribe_error(tonic::Status::unknown(format!(
+            "service was not ready: {}",
+            crate::error_chain(&e)
+        )))
+    })?;
+    let mut request = tonic::Request::new(batch_request(&cfg.streams));
+    request.extensions_mut().insert(tonic::GrpcMethod::new(
+        "loggregator.v2.Egress",
+        "BatchedReceiver",
+    ));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+        "/loggregator.v2.Egress/BatchedReceiver",
+    );
+    let response = grpc
+        .server_streaming(request, path, BatchCodec)
         .await
-        .map_err(|status| RlpError::Subscribe {
-            addr: addr.clone(),
-            status: describe_status(&status),
-            code: status.code(),
-        })?;
+        .map_err(subscribe_error)?;
     Ok(response.into_inner())
 }
 
@@ -150,9 +212,9 @@ pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -
     loop {
         match stream.message().await {
             Ok(Some(batch)) => {
-                envelopes += batch.batch.len() as u64;
-                status.received(batch.batch.len());
-                router.dispatch(batch.batch);
+                envelopes += batch.len() as u64;
+                status.received(batch.len());
+                router.dispatch(batch);
             }
             Ok(None) => {
                 return Attempt {

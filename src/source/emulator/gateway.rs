@@ -286,7 +286,8 @@ pub fn sse_batch_frame(envelopes: &[Envelope]) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, &EnvelopeJson(e)).expect("envelope JSON");
+        let view = crate::record::EnvelopeView::from_prost(e);
+        serde_json::to_writer(&mut out, &EnvelopeJson(&view)).expect("envelope JSON");
     }
     out.extend_from_slice(b"]}\n\n");
     out

@@ -1,0 +1,821 @@
+//! [`EnvelopeView`]: an envelope read in place from the received bytes.
+//!
+//! Why not prost: decoding a realistic envelope (540 bytes, 13 tags) into
+//! prost's owned structs cost ~28,000 instructions (callgrind,
+//! `examples/encode_cost`): a `String` per tag key and value, a map node per
+//! tag, a `String` per name. The nozzle only reads those strings and writes
+//! them out again, so this view keeps the batch's [`Bytes`] and the byte
+//! ranges of each field instead, no copy of the payload until an encoder
+//! writes it. Strings are validated once, when walked, and appended to one
+//! `str` per batch that every view of the batch shares: the crate forbids
+//! `unsafe`, so a string read from the wire bytes would have to be validated
+//! again on every read, and that (~100 instructions per tag, three times per
+//! record for JSON, HEC and syslog) cost more than prost's decode saved.
+//! Per envelope: one `Vec` of tag ranges, no allocation per tag. The commits
+//! that built it have the before/after numbers.
+//!
+//! The view is built by walking the protobuf wire format by hand
+//! ([`super::wire`]) with prost's rules, so it accepts and rejects exactly
+//! what prost does and yields the same fields: the last value of a repeated
+//! scalar wins, a message field seen twice is merged, a oneof switched to
+//! another case starts afresh, a map entry whose key repeats replaces the
+//! earlier one, missing keys and values are their defaults, unknown fields
+//! (groups too) are skipped, and a string field that is not UTF-8 makes the
+//! whole batch invalid. `tests/envelope_view.rs` (property tests) and the
+//! `envelope_batch` fuzz target check that against prost's own decode.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use prost::Message as _;
+
+use super::wire::{RECURSION_LIMIT, Reader, Span, WireError, WireType, expect};
+use crate::proto::{self, Envelope};
+
+/// One envelope, read in place. Cheap to clone (the bytes are shared).
+#[derive(Clone)]
+pub struct EnvelopeView {
+    /// The envelope's protobuf encoding (a slice of the received batch).
+    wire: Bytes,
+    /// The strings of the batch the envelope came in, validated once, one
+    /// after the other: every string span points here, so reading a string
+    /// is slicing a `str` (validating on each read cost more than prost's
+    /// decode saved; see the module doc).
+    text: Arc<str>,
+    timestamp: i64,
+    source_id: Span,
+    instance_id: Span,
+    /// Sorted by key, keys unique (the last entry of a key wins).
+    tags: Vec<(Span, Span)>,
+    /// Sorted by key, keys unique.
+    deprecated_tags: Vec<(Span, ValueSpan)>,
+    message: Option<MessageSpan>,
+}
+
+/// Spans of strings point into the view's `text`; the log payload's into `wire`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+enum ValueSpan {
+    #[default]
+    None,
+    Text(Span),
+    Integer(i64),
+    Decimal(f64),
+}
+
+#[derive(Clone, Debug)]
+enum MessageSpan {
+    Log { payload: Span, ty: i32 },
+    Counter { name: Span, delta: u64, total: u64 },
+    Gauge { metrics: Vec<(Span, Span, f64)> },
+    Timer { name: Span, start: i64, stop: i64 },
+    Event { title: Span, body: Span },
+}
+
+/// A deprecated tag's value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    Text(&'a str),
+    Integer(i64),
+    Decimal(f64),
+}
+
+/// The envelope's message.
+#[derive(Clone, Copy, Debug)]
+pub enum MessageRef<'a> {
+    Log(LogRef<'a>),
+    Counter(CounterRef<'a>),
+    Gauge(GaugeRef<'a>),
+    Timer(TimerRef<'a>),
+    Event(EventRef<'a>),
+}
+
+/// Which message an envelope carries, without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageType {
+    Log,
+    Counter,
+    Gauge,
+    Timer,
+    Event,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct LogRef<'a> {
+    pub payload: &'a [u8],
+    /// `loggregator.v2.Log.Type` as sent: 1 is `ERR`, anything else `OUT`.
+    pub r#type: i32,
+}
+
+impl LogRef<'_> {
+    pub fn is_err(&self) -> bool {
+        self.r#type == proto::log::Type::Err as i32
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct CounterRef<'a> {
+    pub name: &'a str,
+    pub delta: u64,
+    pub total: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct GaugeRef<'a> {
+    view: &'a EnvelopeView,
+    metrics: &'a [(Span, Span, f64)],
+}
+
+impl<'a> GaugeRef<'a> {
+    /// `(name, unit, value)`, sorted by name, names unique.
+    pub fn metrics(&self) -> impl ExactSizeIterator<Item = (&'a str, &'a str, f64)> + 'a {
+        let view = self.view;
+        self.metrics
+            .iter()
+            .map(move |&(name, unit, value)| (view.str(name), view.str(unit), value))
+    }
+
+    pub fn len(&self) -> usize {
+        self.metrics.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.metrics.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct TimerRef<'a> {
+    pub name: &'a str,
+    pub start: i64,
+    pub stop: i64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct EventRef<'a> {
+    pub title: &'a str,
+    pub body: &'a str,
+}
+
+/// Reads an `EnvelopeBatch`'s envelopes in place. Any malformed envelope
+/// (or a string field that is not UTF-8) rejects the whole batch, as
+/// prost's decode does.
+pub fn decode_batch(batch: &Bytes) -> Result<Vec<EnvelopeView>, WireError> {
+    let (parts, tags, text) = walk_batch(batch, false)?;
+    let Some(text) = text.into_str() else {
+        // Some string is not UTF-8: walk again checking each, to say which.
+        return Err(not_utf8(walk_batch(batch, true).err()));
+    };
+    Ok(parts
+        .into_iter()
+        .map(|p| p.into_view(batch, &text, &tags))
+        .collect())
+}
+
+type Walked = (Vec<Parts>, Vec<(Span, Span)>, Text);
+
+fn walk_batch(batch: &[u8], check_each: bool) -> Result<Walked, WireError> {
+    let mut r = Reader::new(batch);
+    let mut parts = Vec::with_capacity(100);
+    // The batch's tags and strings are collected once for the batch; each
+    // envelope then copies its tag spans out at their exact size (one
+    // allocation) and shares the strings.
+    let mut tags = Vec::with_capacity(1024);
+    let mut text = Text::new(batch.len() / 2, check_each);
+    while r.has_more() {
+        let at = r.pos;
+        let (tag, wire_type) = r.key()?;
+        if tag == 1 {
+            expect("EnvelopeBatch.batch", at, wire_type, WireType::Len)?;
+            let mut env = r.sub()?;
+            let start = env.pos;
+            parts.push(walk_envelope(
+                &mut env,
+                start,
+                RECURSION_LIMIT - 1,
+                &mut tags,
+                &mut text,
+            )?);
+        } else {
+            r.skip(wire_type, tag, RECURSION_LIMIT)?;
+        }
+    }
+    Ok((parts, tags, text))
+}
+
+/// The string fields walked, one after the other, each followed by a NUL
+/// byte. Validating the whole at once is much cheaper than string by string
+/// (std's check has a fast path for long ASCII runs, not for 20 bytes), and
+/// equivalent: a NUL is a character of its own, so no character can span
+/// two strings, and the whole is UTF-8 exactly when every string is.
+struct Text {
+    bytes: Vec<u8>,
+    /// Check each string as it is added (to name the one that is not UTF-8).
+    check_each: bool,
+}
+
+impl Text {
+    fn new(capacity: usize, check_each: bool) -> Self {
+        Text {
+            bytes: Vec::with_capacity(capacity),
+            check_each,
+        }
+    }
+
+    /// The strings, or `None` if one of them is not UTF-8.
+    fn into_str(self) -> Option<Arc<str>> {
+        String::from_utf8(self.bytes).ok().map(Arc::from)
+    }
+}
+
+/// The error of a walk that checked each string (it cannot succeed when the
+/// strings together are not UTF-8).
+fn not_utf8(checked: Option<WireError>) -> WireError {
+    checked.unwrap_or(WireError::Utf8 {
+        field: "a string field",
+        at: 0,
+    })
+}
+
+impl EnvelopeView {
+    /// Reads one envelope's protobuf encoding (what [`Self::encoded`] returns).
+    pub fn from_wire(wire: Bytes) -> Result<Self, WireError> {
+        let walk = |check_each| {
+            let mut r = Reader::new(&wire);
+            let mut tags = Vec::new();
+            let mut text = Text::new(wire.len() / 2, check_each);
+            walk_envelope(&mut r, 0, RECURSION_LIMIT, &mut tags, &mut text)
+                .map(|parts| (parts, tags, text))
+        };
+        let (parts, tags, text) = walk(false)?;
+        let Some(text) = text.into_str() else {
+            return Err(not_utf8(walk(true).err()));
+        };
+        Ok(parts.into_view(&wire, &text, &tags))
+    }
+
+    /// A view of an envelope made in this process (gateway source, audit
+    /// events, alerts, tests): encoded once, then read like a received one.
+    pub fn from_prost(envelope: &Envelope) -> Self {
+        Self::from_wire(envelope.encode_to_vec().into())
+            .expect("prost's encoding of an envelope is a valid envelope")
+    }
+
+    /// The envelope's protobuf encoding, shared, not copied.
+    pub fn encoded(&self) -> &Bytes {
+        &self.wire
+    }
+
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+
+    pub fn source_id(&self) -> &str {
+        self.str(self.source_id)
+    }
+
+    pub fn instance_id(&self) -> &str {
+        self.str(self.instance_id)
+    }
+
+    /// The `tags` map, sorted by key.
+    pub fn tags(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.tags.iter().map(|&(k, v)| (self.str(k), self.str(v)))
+    }
+
+    /// Whether `tags` (not `deprecated_tags`) has `key`.
+    pub fn has_tag(&self, key: &str) -> bool {
+        self.find_tag(key).is_some()
+    }
+
+    /// A tag's value, from `tags` or, failing that, a text `deprecated_tags`
+    /// entry (what an RLP sends a subscriber that did not ask for preferred tags).
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        if let Some(v) = self.find_tag(key) {
+            return Some(self.str(v));
+        }
+        let i = self
+            .deprecated_tags
+            .binary_search_by(|(k, _)| self.str(*k).cmp(key))
+            .ok()?;
+        match self.deprecated_tags[i].1 {
+            ValueSpan::Text(t) => Some(self.str(t)),
+            _ => None,
+        }
+    }
+
+    /// The `deprecated_tags` map, sorted by key; `None` for a value without data.
+    pub fn deprecated_tags(&self) -> impl ExactSizeIterator<Item = (&str, Option<ValueRef<'_>>)> {
+        self.deprecated_tags.iter().map(|&(k, v)| {
+            let v = match v {
+                ValueSpan::None => None,
+                ValueSpan::Text(t) => Some(ValueRef::Text(self.str(t))),
+                ValueSpan::Integer(i) => Some(ValueRef::Integer(i)),
+                ValueSpan::Decimal(d) => Some(ValueRef::Decimal(d)),
+            };
+            (self.str(k), v)
+        })
+    }
+
+    pub fn message_type(&self) -> Option<MessageType> {
+        Some(match self.message.as_ref()? {
+            MessageSpan::Log { .. } => MessageType::Log,
+            MessageSpan::Counter { .. } => MessageType::Counter,
+            MessageSpan::Gauge { .. } => MessageType::Gauge,
+            MessageSpan::Timer { .. } => MessageType::Timer,
+            MessageSpan::Event { .. } => MessageType::Event,
+        })
+    }
+
+    pub fn message(&self) -> Option<MessageRef<'_>> {
+        Some(match self.message.as_ref()? {
+            &MessageSpan::Log { payload, ty } => MessageRef::Log(LogRef {
+                payload: self.bytes(payload),
+                r#type: ty,
+            }),
+            &MessageSpan::Counter { name, delta, total } => MessageRef::Counter(CounterRef {
+                name: self.str(name),
+                delta,
+                total,
+            }),
+            MessageSpan::Gauge { metrics } => MessageRef::Gauge(GaugeRef {
+                view: self,
+                metrics,
+            }),
+            &MessageSpan::Timer { name, start, stop } => MessageRef::Timer(TimerRef {
+                name: self.str(name),
+                start,
+                stop,
+            }),
+            &MessageSpan::Event { title, body } => MessageRef::Event(EventRef {
+                title: self.str(title),
+                body: self.str(body),
+            }),
+        })
+    }
+
+    /// A log message's payload, sharing the received bytes.
+    pub fn log_payload(&self) -> Option<Bytes> {
+        match self.message {
+            Some(MessageSpan::Log { payload, .. }) => Some(self.wire.slice(payload.range())),
+            _ => None,
+        }
+    }
+
+    /// A cheap estimate of the bytes the envelope's strings take.
+    pub fn approx_text_len(&self) -> (usize, usize) {
+        let tags = self.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let message = match &self.message {
+            Some(MessageSpan::Log { payload, .. }) => payload.len(),
+            Some(MessageSpan::Event { title, body }) => title.len() + body.len(),
+            Some(MessageSpan::Gauge { metrics }) => metrics.iter().map(|m| m.0.len() + 24).sum(),
+            _ => 32,
+        };
+        (tags, message)
+    }
+
+    /// The envelope as prost's owned struct (tests, conversions).
+    pub fn to_prost(&self) -> Envelope {
+        use proto::envelope::Message;
+        let s = |v: &str| v.to_string();
+        Envelope {
+            timestamp: self.timestamp,
+            source_id: s(self.source_id()),
+            instance_id: s(self.instance_id()),
+            deprecated_tags: self
+                .deprecated_tags()
+                .map(|(k, v)| {
+                    let data = v.map(|v| match v {
+                        ValueRef::Text(t) => proto::value::Data::Text(s(t)),
+                        ValueRef::Integer(i) => proto::value::Data::Integer(i),
+                        ValueRef::Decimal(d) => proto::value::Data::Decimal(d),
+                    });
+                    (s(k), proto::Value { data })
+                })
+                .collect(),
+            tags: self.tags().map(|(k, v)| (s(k), s(v))).collect(),
+            message: self.message().map(|m| match m {
+                MessageRef::Log(l) => Message::Log(proto::Log {
+                    payload: self.log_payload().unwrap_or_default(),
+                    r#type: l.r#type,
+                }),
+                MessageRef::Counter(c) => Message::Counter(proto::Counter {
+                    name: s(c.name),
+                    delta: c.delta,
+                    total: c.total,
+                }),
+                MessageRef::Gauge(g) => Message::Gauge(proto::Gauge {
+                    metrics: g
+                        .metrics()
+                        .map(|(name, unit, value)| {
+                            (
+                                s(name),
+                                proto::GaugeValue {
+                                    unit: s(unit),
+                                    value,
+                                },
+                            )
+                        })
+                        .collect::<BTreeMap<_, _>>(),
+                }),
+                MessageRef::Timer(t) => Message::Timer(proto::Timer {
+                    name: s(t.name),
+                    start: t.start,
+                    stop: t.stop,
+                }),
+                MessageRef::Event(e) => Message::Event(proto::Event {
+                    title: s(e.title),
+                    body: s(e.body),
+                }),
+            }),
+        }
+    }
+
+    fn find_tag(&self, key: &str) -> Option<Span> {
+        // A dozen tags: a scan comparing lengths first beats a binary
+        // search's string comparisons.
+        let text = self.text.as_bytes();
+        self.tags
+            .iter()
+            .find(|(k, _)| k.len() == key.len() && &text[k.range()] == key.as_bytes())
+            .map(|&(_, v)| v)
+    }
+
+    fn bytes(&self, span: Span) -> &[u8] {
+        &self.wire[span.range()]
+    }
+
+    fn str(&self, span: Span) -> &str {
+        // Spans are whole strings pushed to `text`; this cannot fail.
+        self.text.get(span.range()).unwrap_or_default()
+    }
+}
+
+impl From<Envelope> for EnvelopeView {
+    fn from(envelope: Envelope) -> Self {
+        Self::from_prost(&envelope)
+    }
+}
+
+impl From<&Envelope> for EnvelopeView {
+    fn from(envelope: &Envelope) -> Self {
+        Self::from_prost(envelope)
+    }
+}
+
+/// Equal when the envelopes say the same, however they were encoded.
+impl PartialEq for EnvelopeView {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_prost() == other.to_prost()
+    }
+}
+
+impl std::fmt::Debug for EnvelopeView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_prost().fmt(f)
+    }
+}
+
+/// An envelope's fields as walked: the payload relative to the envelope's
+/// first byte, strings in the batch's text, tags in the batch's tag list.
+#[derive(Default)]
+struct Parts {
+    /// The envelope's bytes in the buffer walked.
+    wire: (usize, usize),
+    timestamp: i64,
+    source_id: Span,
+    instance_id: Span,
+    tags: std::ops::Range<usize>,
+    deprecated_tags: Vec<(Span, ValueSpan)>,
+    message: Option<MessageSpan>,
+}
+
+impl Parts {
+    fn into_view(mut self, buf: &Bytes, text: &Arc<str>, tags: &[(Span, Span)]) -> EnvelopeView {
+        let mut own_tags = tags[self.tags].to_vec();
+        last_wins(text, &mut own_tags, |t| t.0);
+        last_wins(text, &mut self.deprecated_tags, |t| t.0);
+        if let Some(MessageSpan::Gauge { metrics }) = &mut self.message {
+            last_wins(text, metrics, |m| m.0);
+        }
+        EnvelopeView {
+            wire: buf.slice(self.wire.0..self.wire.1),
+            text: Arc::clone(text),
+            timestamp: self.timestamp,
+            source_id: self.source_id,
+            instance_id: self.instance_id,
+            tags: own_tags,
+            deprecated_tags: self.deprecated_tags,
+            message: self.message,
+        }
+    }
+}
+
+/// Sorts map entries (kept in wire order) by key and keeps the last entry
+/// of each key, as inserting them one by one into a map does.
+fn last_wins<T: Copy>(text: &str, entries: &mut Vec<T>, key: impl Fn(&T) -> Span) {
+    let key = |t: &T| &text.as_bytes()[key(t).range()];
+    if entries.is_sorted_by(|a, b| key(a) < key(b)) {
+        return;
+    }
+    // Stable, so equal keys stay in wire order.
+    entries.sort_by(|a, b| key(a).cmp(key(b)));
+    entries.dedup_by(|later, earlier| {
+        if key(later) == key(earlier) {
+            *earlier = *later;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Walks one envelope's fields. `depth` is prost's recursion budget for the
+/// envelope's own fields (99 inside a batch); `base` is its first byte.
+fn walk_envelope(
+    r: &mut Reader<'_>,
+    base: usize,
+    depth: u32,
+    tags: &mut Vec<(Span, Span)>,
+    text: &mut Text,
+) -> Result<Parts, WireError> {
+    let mut p = Parts {
+        wire: (base, r.end),
+        tags: tags.len()..tags.len(),
+        ..Parts::default()
+    };
+    let span = |(start, end): (usize, usize)| Span {
+        start: (start - base) as u32,
+        end: (end - base) as u32,
+    };
+    while r.has_more() {
+        let at = r.pos;
+        let (tag, wt) = r.key()?;
+        match tag {
+            1 => {
+                expect("Envelope.timestamp", at, wt, WireType::Varint)?;
+                p.timestamp = r.varint()? as i64;
+            }
+            2 => p.source_id = string(r, wt, at, "Envelope.source_id", text)?,
+            8 => p.instance_id = string(r, wt, at, "Envelope.instance_id", text)?,
+            9 => {
+                let mut key = Span::default();
+                let mut value = Span::default();
+                map_entry(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
+                    match tag {
+                        1 => key = string(e, wt, at, "Envelope.tags key", text)?,
+                        2 => value = string(e, wt, at, "Envelope.tags value", text)?,
+                        _ => e.skip(wt, tag, depth - 1)?,
+                    }
+                    Ok(())
+                })?;
+                tags.push((key, value));
+                p.tags.end = tags.len();
+            }
+            3 => {
+                let mut key = Span::default();
+                let mut value = ValueSpan::None;
+                map_entry(
+                    r,
+                    wt,
+                    at,
+                    "Envelope.deprecated_tags",
+                    depth,
+                    |e, tag, wt, at| {
+                        match tag {
+                            1 => key = string(e, wt, at, "Envelope.deprecated_tags key", text)?,
+                            2 => message(
+                                e,
+                                wt,
+                                at,
+                                "Envelope.deprecated_tags value",
+                                depth - 1,
+                                |v, tag, wt, at| {
+                                    match tag {
+                                        1 => {
+                                            value = ValueSpan::Text(string(
+                                                v,
+                                                wt,
+                                                at,
+                                                "Value.text",
+                                                text,
+                                            )?)
+                                        }
+                                        2 => {
+                                            expect("Value.integer", at, wt, WireType::Varint)?;
+                                            value = ValueSpan::Integer(v.varint()? as i64);
+                                        }
+                                        3 => {
+                                            expect("Value.decimal", at, wt, WireType::Fixed64)?;
+                                            value =
+                                                ValueSpan::Decimal(f64::from_bits(v.fixed64()?));
+                                        }
+                                        _ => v.skip(wt, tag, depth - 2)?,
+                                    }
+                                    Ok(())
+                                },
+                            )?,
+                            _ => e.skip(wt, tag, depth - 1)?,
+                        }
+                        Ok(())
+                    },
+                )?;
+                p.deprecated_tags.push((key, value));
+            }
+            4 => {
+                let (mut payload, mut ty) = match p.message.take() {
+                    Some(MessageSpan::Log { payload, ty }) => (payload, ty),
+                    _ => (Span::default(), 0),
+                };
+                message(r, wt, at, "Envelope.log", depth, |m, tag, wt, at| {
+                    match tag {
+                        1 => {
+                            expect("Log.payload", at, wt, WireType::Len)?;
+                            payload = span(m.len_delimited()?);
+                        }
+                        2 => {
+                            expect("Log.type", at, wt, WireType::Varint)?;
+                            ty = m.varint()? as i32;
+                        }
+                        _ => m.skip(wt, tag, depth - 1)?,
+                    }
+                    Ok(())
+                })?;
+                p.message = Some(MessageSpan::Log { payload, ty });
+            }
+            5 => {
+                let (mut name, mut delta, mut total) = match p.message.take() {
+                    Some(MessageSpan::Counter { name, delta, total }) => (name, delta, total),
+                    _ => (Span::default(), 0, 0),
+                };
+                message(r, wt, at, "Envelope.counter", depth, |m, tag, wt, at| {
+                    match tag {
+                        1 => name = string(m, wt, at, "Counter.name", text)?,
+                        2 => {
+                            expect("Counter.delta", at, wt, WireType::Varint)?;
+                            delta = m.varint()?;
+                        }
+                        3 => {
+                            expect("Counter.total", at, wt, WireType::Varint)?;
+                            total = m.varint()?;
+                        }
+                        _ => m.skip(wt, tag, depth - 1)?,
+                    }
+                    Ok(())
+                })?;
+                p.message = Some(MessageSpan::Counter { name, delta, total });
+            }
+            6 => {
+                let mut metrics = match p.message.take() {
+                    Some(MessageSpan::Gauge { metrics }) => metrics,
+                    _ => Vec::new(),
+                };
+                message(r, wt, at, "Envelope.gauge", depth, |m, tag, wt, at| {
+                    if tag != 1 {
+                        return m.skip(wt, tag, depth - 1);
+                    }
+                    let mut name = Span::default();
+                    let mut unit = Span::default();
+                    let mut value = 0.0;
+                    map_entry(m, wt, at, "Gauge.metrics", depth - 1, |e, tag, wt, at| {
+                        match tag {
+                            1 => name = string(e, wt, at, "Gauge.metrics key", text)?,
+                            2 => message(
+                                e,
+                                wt,
+                                at,
+                                "Gauge.metrics value",
+                                depth - 2,
+                                |g, tag, wt, at| {
+                                    match tag {
+                                        1 => unit = string(g, wt, at, "GaugeValue.unit", text)?,
+                                        2 => {
+                                            expect("GaugeValue.value", at, wt, WireType::Fixed64)?;
+                                            value = f64::from_bits(g.fixed64()?);
+                                        }
+                                        _ => g.skip(wt, tag, depth - 3)?,
+                                    }
+                                    Ok(())
+                                },
+                            )?,
+                            _ => e.skip(wt, tag, depth - 2)?,
+                        }
+                        Ok(())
+                    })?;
+                    metrics.push((name, unit, value));
+                    Ok(())
+                })?;
+                p.message = Some(MessageSpan::Gauge { metrics });
+            }
+            7 => {
+                let (mut name, mut start, mut stop) = match p.message.take() {
+                    Some(MessageSpan::Timer { name, start, stop }) => (name, start, stop),
+                    _ => (Span::default(), 0, 0),
+                };
+                message(r, wt, at, "Envelope.timer", depth, |m, tag, wt, at| {
+                    match tag {
+                        1 => name = string(m, wt, at, "Timer.name", text)?,
+                        2 => {
+                            expect("Timer.start", at, wt, WireType::Varint)?;
+                            start = m.varint()? as i64;
+                        }
+                        3 => {
+                            expect("Timer.stop", at, wt, WireType::Varint)?;
+                            stop = m.varint()? as i64;
+                        }
+                        _ => m.skip(wt, tag, depth - 1)?,
+                    }
+                    Ok(())
+                })?;
+                p.message = Some(MessageSpan::Timer { name, start, stop });
+            }
+            10 => {
+                let (mut title, mut body) = match p.message.take() {
+                    Some(MessageSpan::Event { title, body }) => (title, body),
+                    _ => (Span::default(), Span::default()),
+                };
+                message(r, wt, at, "Envelope.event", depth, |m, tag, wt, at| {
+                    match tag {
+                        1 => title = string(m, wt, at, "Event.title", text)?,
+                        2 => body = string(m, wt, at, "Event.body", text)?,
+                        _ => m.skip(wt, tag, depth - 1)?,
+                    }
+                    Ok(())
+                })?;
+                p.message = Some(MessageSpan::Event { title, body });
+            }
+            _ => r.skip(wt, tag, depth)?,
+        }
+    }
+    Ok(p)
+}
+
+/// A string field: length-delimited, appended to `text` (where the returned
+/// span points), which checks it is UTF-8.
+fn string(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    field: &'static str,
+    text: &mut Text,
+) -> Result<Span, WireError> {
+    expect(field, at, wt, WireType::Len)?;
+    let (start, end) = r.len_delimited()?;
+    let s = &r.buf[start..end];
+    if text.check_each && std::str::from_utf8(s).is_err() {
+        return Err(WireError::Utf8 { field, at });
+    }
+    let span = Span {
+        start: text.bytes.len() as u32,
+        end: (text.bytes.len() + s.len()) as u32,
+    };
+    text.bytes.extend_from_slice(s);
+    text.bytes.push(0);
+    Ok(span)
+}
+
+/// A nested message field read at `depth`: its fields go to `field` one
+/// level deeper.
+fn message(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    name: &'static str,
+    depth: u32,
+    field: impl FnMut(&mut Reader<'_>, u32, WireType, usize) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    expect(name, at, wt, WireType::Len)?;
+    if depth == 0 {
+        return Err(WireError::TooDeep { at });
+    }
+    fields(r, field)
+}
+
+/// A map entry (a message of key 1 and value 2) read at `depth`.
+fn map_entry(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    name: &'static str,
+    depth: u32,
+    field: impl FnMut(&mut Reader<'_>, u32, WireType, usize) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    expect(name, at, wt, WireType::Len)?;
+    if depth == 0 {
+        return Err(WireError::TooDeep { at });
+    }
+    fields(r, field)
+}
+
+fn fields(
+    r: &mut Reader<'_>,
+    mut field: impl FnMut(&mut Reader<'_>, u32, WireType, usize) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    let mut m = r.sub()?;
+    while m.has_more() {
+        let at = m.pos;
+        let (tag, wt) = m.key()?;
+        field(&mut m, tag, wt, at)?;
+    }
+    Ok(())
+}
