@@ -17,12 +17,16 @@ use crate::tls::ClientTls;
 
 mod audit;
 mod cf;
+pub mod check;
+pub mod layers;
+pub mod reference;
 mod s3;
 mod sinks;
 mod source;
 mod telemetry;
 pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::{CfArgs, HttpClientError, http_client};
+pub use layers::{LayerArgs, Loaded, Origin};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
@@ -56,10 +60,29 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Check an archive's digest chain and log files (S3 bucket or --dir); exit 1 if anything is invalid.
     Validate(Box<ValidateArgs>),
+    /// Check the configuration: `config check` takes run's flags and environment.
+    Config(ConfigArgs),
 }
 
 /// The command names, for making `run` the default.
-pub const COMMANDS: [&str; 6] = ["run", "demo", "emulator", "keygen", "validate", "help"];
+pub const COMMANDS: [&str; 7] = [
+    "run", "demo", "emulator", "keygen", "validate", "config", "help",
+];
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (each option, its value and where it came from; secrets masked) and check it like `run` does; exit 2 listing every problem.
+    Check(Box<RunArgs>),
+    /// Print docs/configuration.md, generated from the option definitions.
+    #[command(hide = true)]
+    Docs,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SinkKind {
@@ -114,6 +137,8 @@ pub struct RunArgs {
     /// Benchmark only: receive and decode, deliver nothing.
     #[arg(long, env = "DECODE_ONLY", hide = true)]
     pub decode_only: bool,
+    #[command(flatten)]
+    pub layers: LayerArgs,
 }
 
 #[derive(Debug, Args)]
