@@ -139,6 +139,8 @@ pub struct RunArgs {
     pub decode_only: bool,
     #[command(flatten)]
     pub layers: LayerArgs,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 #[derive(Debug, Args)]

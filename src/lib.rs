@@ -41,6 +41,7 @@ pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod integrity;
+pub mod logging;
 pub mod pipeline;
 pub mod record;
 pub mod route;

@@ -8,8 +8,10 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use cf_audit_nozzle::config::{
-    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Loaded, check, reference, with_default_command,
+    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Loaded, SinkKind, check, reference,
+    with_default_command,
 };
+use cf_audit_nozzle::logging::{self, LogFormat};
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::Pki;
@@ -31,13 +33,16 @@ fn main() -> std::process::ExitCode {
 
 fn start() -> anyhow::Result<()> {
     let (loaded, out_dir_from_cargo) = parse_cli();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // `run` logs to stdout (as --log-format says) unless stdout carries the
+    // records; the other commands print for a person, so they log text to stderr.
+    let (format, to_stdout) = match &loaded.cli.command {
+        Command::Run(args) => (
+            args.log.log_format,
+            !args.output.sink.contains(&SinkKind::Stdout),
+        ),
+        _ => (LogFormat::Text, false),
+    };
+    logging::init(format, to_stdout);
     if out_dir_from_cargo {
         tracing::warn!(
             "OUT_DIR was set by `cargo run`, not by you: ignoring it; the file sink writes to ./nozzle-out (use --out-dir)"
