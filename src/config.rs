@@ -62,11 +62,13 @@ pub enum Command {
     Validate(Box<ValidateArgs>),
     /// Check the configuration: `config check` takes run's flags and environment.
     Config(ConfigArgs),
+    /// Show the firehose live, filtered, as human lines or JSON (run's source options; a shard id of its own).
+    Tail(Box<crate::tail::TailArgs>),
 }
 
 /// The command names, for making `run` the default.
-pub const COMMANDS: [&str; 7] = [
-    "run", "demo", "emulator", "keygen", "validate", "config", "help",
+pub const COMMANDS: [&str; 8] = [
+    "run", "demo", "emulator", "keygen", "validate", "config", "tail", "help",
 ];
 
 #[derive(Debug, Args)]

@@ -47,6 +47,7 @@ pub mod record;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod tail;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;

@@ -109,6 +109,16 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match loaded.cli.command {
         Command::Config(_) => unreachable!("handled above"),
+        Command::Tail(args) => {
+            let mut errors = loaded.errors.clone();
+            let filter = args.filter(&mut errors);
+            let cfg = check::validated(&args.run, &errors)?;
+            let shown =
+                cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)
+                    .await;
+            eprintln!("tail: {shown} records shown");
+            Ok(())
+        }
         Command::Run(args) => {
             let cfg = check::validated(&args, &loaded.errors)?;
             let summary = pipeline::run(cfg, shutdown).await?;
