@@ -96,6 +96,7 @@ fn row(arg: &clap::Arg) -> Option<String> {
         .map(|v| v.to_string_lossy().into_owned())
         .collect();
     let default = match defaults.as_slice() {
+        [] if matches!(arg.get_action(), clap::ArgAction::SetTrue) => "`false`".to_string(),
         [] => String::new(),
         [one] if one.is_empty() => "`\"\"`".to_string(),
         many => format!("`{}`", many.join(",")),
@@ -108,6 +109,9 @@ fn row(arg: &clap::Arg) -> Option<String> {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
+    if !help.is_empty() && !help.ends_with('.') {
+        help.push('.');
+    }
     let values: Vec<String> = arg
         .get_possible_values()
         .iter()
@@ -127,5 +131,7 @@ fn row(arg: &clap::Arg) -> Option<String> {
     Some(format!(
         "| `--{long}` | {env} | {default} | {} |",
         help.replace('|', "\\|")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
     ))
 }
