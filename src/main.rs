@@ -84,10 +84,13 @@ fn parse_cli() -> (Loaded, bool) {
 
 /// The top-level `--help` lists every command's options (with their
 /// environment variables), not only the command names.
-fn with_every_option_in_help(mut cmd: clap::Command) -> clap::Command {
+fn with_every_option_in_help(cmd: clap::Command) -> clap::Command {
     let mut text = String::new();
     for sub in ["run", "demo", "emulator"] {
-        if let Some(sub) = cmd.find_subcommand_mut(sub) {
+        // Rendered from a copy: rendering builds a command, and the
+        // configuration layers must still be able to change the defaults of
+        // an unbuilt one (a built command's argument index goes stale).
+        if let Some(mut sub) = cmd.find_subcommand(sub).cloned() {
             let name = sub.get_name().to_string();
             text.push_str(&format!("\n`{name}` options:\n"));
             let help = sub.render_help().to_string();

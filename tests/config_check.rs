@@ -228,3 +228,27 @@ fn a_file_that_is_not_toml_is_named_with_its_line() {
         "{stderr}"
     );
 }
+
+/// `run` with values from the platform layer (the instance index, the
+/// health port) still parses every flag after them.
+#[test]
+fn run_parses_every_flag_when_the_platform_sets_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = nozzle(tmp.path())
+        .env("CF_INSTANCE_INDEX", "0")
+        .env("PORT", "8080")
+        .args(["run", "--rlp-addr", "no-port", "--summary-file", "s.json"])
+        .args(["--shutdown-timeout", "1", "--out-dir", "o"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("cf-audit-nozzle: invalid configuration:\n"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("  - --rlp-addr (RLP_ADDR) must be host:port, not \"no-port\""),
+        "{stderr}"
+    );
+}
