@@ -18,12 +18,16 @@ use crate::tls::ClientTls;
 mod audit;
 mod buffer;
 mod cf;
+pub mod check;
+pub mod layers;
+pub mod reference;
 mod s3;
 mod sinks;
 mod source;
 mod telemetry;
 pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::{CfArgs, HttpClientError, http_client};
+pub use layers::{LayerArgs, Loaded, Origin};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
@@ -57,10 +61,31 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Check an archive's digest chain and log files (S3 bucket or --dir); exit 1 if anything is invalid.
     Validate(Box<ValidateArgs>),
+    /// Check the configuration: `config check` takes run's flags and environment.
+    Config(ConfigArgs),
+    /// Show the firehose live, filtered, as human lines or JSON (run's source options; a shard id of its own).
+    Tail(Box<crate::tail::TailArgs>),
 }
 
 /// The command names, for making `run` the default.
-pub const COMMANDS: [&str; 6] = ["run", "demo", "emulator", "keygen", "validate", "help"];
+pub const COMMANDS: [&str; 8] = [
+    "run", "demo", "emulator", "keygen", "validate", "config", "tail", "help",
+];
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    pub command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (each option, its value and where it came from; secrets masked) and check it like `run` does; exit 2 listing every problem.
+    Check(Box<RunArgs>),
+    /// Print docs/configuration.md, generated from the option definitions.
+    #[command(hide = true)]
+    Docs,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SinkKind {
@@ -115,6 +140,10 @@ pub struct RunArgs {
     /// Benchmark only: receive and decode, deliver nothing.
     #[arg(long, env = "DECODE_ONLY", hide = true)]
     pub decode_only: bool,
+    #[command(flatten)]
+    pub layers: LayerArgs,
+    #[command(flatten)]
+    pub log: crate::logging::LogArgs,
 }
 
 #[derive(Debug, Args)]

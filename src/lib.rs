@@ -30,7 +30,8 @@
 //! command line; [`demo`] runs the emulator into the real pipeline.
 //! Beside the flow: [`telemetry`] serves `/health` and `/metrics` from the
 //! counters the stages keep; [`alert`] watches them for stalled sinks, drops
-//! and upstream loss.
+//! and upstream loss; [`tail`] prints the firehose live for an operator;
+//! [`logging`] sets up the nozzle's own log lines.
 
 #![forbid(unsafe_code)]
 
@@ -42,11 +43,13 @@ pub mod config;
 pub mod demo;
 pub mod enrich;
 pub mod integrity;
+pub mod logging;
 pub mod pipeline;
 pub mod record;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod tail;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;

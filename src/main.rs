@@ -7,7 +7,11 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use cf_audit_nozzle::config::{Cli, Command, DEFAULT_GZIP_LEVEL, with_default_command};
+use cf_audit_nozzle::config::{
+    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Loaded, SinkKind, check, reference,
+    with_default_command,
+};
+use cf_audit_nozzle::logging::{self, LogFormat};
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::Pki;
@@ -28,14 +32,17 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
-    let (cli, out_dir_from_cargo) = parse_cli();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (loaded, out_dir_from_cargo) = parse_cli();
+    // `run` logs to stdout (as --log-format says) unless stdout carries the
+    // records; the other commands print for a person, so they log text to stderr.
+    let (format, to_stdout) = match &loaded.cli.command {
+        Command::Run(args) => (
+            args.log.log_format,
+            !args.output.sink.contains(&SinkKind::Stdout),
+        ),
+        _ => (LogFormat::Text, false),
+    };
+    logging::init(format, to_stdout);
     if out_dir_from_cargo {
         tracing::warn!(
             "OUT_DIR was set by `cargo run`, not by you: ignoring it; the file sink writes to ./nozzle-out (use --out-dir)"
@@ -45,36 +52,45 @@ fn start() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(dispatch(cli.command))
+    runtime.block_on(dispatch(loaded))
 }
 
-/// Parses the command line. `cargo run` exports its own `OUT_DIR` (the build
-/// script's folder) to the program, which would silently redirect the file
-/// sink's `OUT_DIR`; when `OUT_DIR` came from the environment under cargo, the
-/// default is used instead (and the bool says so, for a warning).
-fn parse_cli() -> (Cli, bool) {
+/// Parses the command line with the configuration layers (platform,
+/// VCAP_SERVICES, --config file; see `config::layers`). `cargo run` exports
+/// its own `OUT_DIR` (the build script's folder) to the program, which would
+/// silently redirect the file sink's `OUT_DIR`; when `OUT_DIR` came from the
+/// environment under cargo, the default is used instead (and the bool says
+/// so, for a warning).
+fn parse_cli() -> (Loaded, bool) {
+    use clap::CommandFactory;
     use clap::parser::ValueSource;
-    use clap::{CommandFactory, FromArgMatches};
-    let matches = with_every_option_in_help(Cli::command())
-        .get_matches_from(with_default_command(std::env::args_os().collect()));
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut loaded = cf_audit_nozzle::config::layers::load(
+        with_every_option_in_help(Cli::command()),
+        with_default_command(std::env::args_os().collect()),
+        &|k| std::env::var(k).ok(),
+    )
+    .unwrap_or_else(|e| e.exit());
     let mut out_dir_from_cargo = false;
-    if let (Command::Run(args), Some(("run", sub))) = (&mut cli.command, matches.subcommand())
+    if let (Command::Run(args), Some(("run", sub))) =
+        (&mut loaded.cli.command, loaded.matches.subcommand())
         && sub.value_source("out_dir") == Some(ValueSource::EnvVariable)
         && std::env::var_os("CARGO_MANIFEST_DIR").is_some()
     {
         args.output.out_dir = "nozzle-out".into();
         out_dir_from_cargo = true;
     }
-    (cli, out_dir_from_cargo)
+    (loaded, out_dir_from_cargo)
 }
 
 /// The top-level `--help` lists every command's options (with their
 /// environment variables), not only the command names.
-fn with_every_option_in_help(mut cmd: clap::Command) -> clap::Command {
+fn with_every_option_in_help(cmd: clap::Command) -> clap::Command {
     let mut text = String::new();
     for sub in ["run", "demo", "emulator"] {
-        if let Some(sub) = cmd.find_subcommand_mut(sub) {
+        // Rendered from a copy: rendering builds a command, and the
+        // configuration layers must still be able to change the defaults of
+        // an unbuilt one (a built command's argument index goes stale).
+        if let Some(mut sub) = cmd.find_subcommand(sub).cloned() {
             let name = sub.get_name().to_string();
             text.push_str(&format!("\n`{name}` options:\n"));
             let help = sub.render_help().to_string();
@@ -88,12 +104,26 @@ fn with_every_option_in_help(mut cmd: clap::Command) -> clap::Command {
     cmd.after_help(text)
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
+    if let Command::Config(config) = &loaded.cli.command {
+        return config_command(&config.command, &loaded);
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    match command {
+    match loaded.cli.command {
+        Command::Config(_) => unreachable!("handled above"),
+        Command::Tail(args) => {
+            let mut errors = loaded.errors.clone();
+            let filter = args.filter(&mut errors);
+            let cfg = check::validated(&args.run, &errors)?;
+            let shown =
+                cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)
+                    .await;
+            eprintln!("tail: {shown} records shown");
+            Ok(())
+        }
         Command::Run(args) => {
-            let cfg = args.validate()?;
+            let cfg = check::validated(&args, &loaded.errors)?;
             let summary = pipeline::run(cfg, shutdown).await?;
             let json = serde_json::to_string(&summary)?;
             tracing::info!(summary = %json, "stopped");
@@ -191,6 +221,26 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if let Some(gateway) = gateway {
                 println!("gateway sent {} envelopes", gateway.envelopes_sent());
             }
+            Ok(())
+        }
+    }
+}
+
+/// `config check` and `config docs`.
+fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()> {
+    match command {
+        ConfigCommand::Docs => {
+            use clap::CommandFactory;
+            print!("{}", reference::configuration_md(&Cli::command()));
+            Ok(())
+        }
+        ConfigCommand::Check(args) => {
+            print!("{}", check::render_effective(loaded));
+            let cfg = check::validated(args, &loaded.errors)?;
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
+            println!("configuration is valid");
             Ok(())
         }
     }

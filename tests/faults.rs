@@ -131,7 +131,8 @@ fn nozzle(emu: &Emulator, tls: &Path, url: &str, health: std::net::SocketAddr) -
         .args(["--batch-max-records", "500", "--batch-max-age-ms", "50"])
         .arg("--dead-letter-dir")
         .arg(tls.join("dead-letter"))
-        .stdout(Stdio::null())
+        // The nozzle logs JSON lines to stdout; the tests read both streams.
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd
 }
@@ -219,17 +220,19 @@ fn signal(child: &Running, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(id as i32), sig).unwrap();
 }
 
-/// Waits for the process to end; its exit status and standard error.
+/// Waits for the process to end; its exit status and everything it printed.
 async fn finish(mut child: Running) -> (std::process::ExitStatus, String) {
     let child = child.0.take().expect("running");
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await
         .unwrap()
         .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
 }
 
 /// A test RLP sending `n` numbered lines (each once), a receiver, and

@@ -1,0 +1,125 @@
+//! `cf-audit-nozzle config check`: the effective configuration (every
+//! option, its value and where the value came from, secrets masked) and the
+//! same validation `run` does, every problem listed at once. Part of
+//! [`crate::config`].
+
+use super::layers::{Loaded, Origin, is_secret};
+use super::{ConfigErrors, RunArgs};
+use crate::pipeline::RunConfig;
+
+/// What a secret's value is shown as.
+pub const MASK: &str = "********";
+
+/// Validates `args` like `run` does, with the layers' problems first.
+pub fn validated(args: &RunArgs, layer_errors: &[String]) -> Result<RunConfig, ConfigErrors> {
+    let mut errors = layer_errors.to_vec();
+    match args.validate() {
+        Ok(cfg) if errors.is_empty() => Ok(cfg),
+        Ok(_) => Err(ConfigErrors(errors)),
+        Err(e) => {
+            errors.extend(e.0);
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+/// One line per option of the run-like command `loaded` parsed:
+/// `--flag  value  origin`, aligned; secrets masked; unset options as `-`.
+pub fn render_effective(loaded: &Loaded) -> String {
+    let (Some(cmd), Some(m)) = (loaded.sub_command(), loaded.sub_matches()) else {
+        return String::new();
+    };
+    let mut rows = Vec::new();
+    let position = |a: &clap::Arg| {
+        let id = a.get_id().as_str();
+        loaded.order.iter().position(|o| o == id)
+    };
+    let mut args: Vec<&clap::Arg> = cmd.get_arguments().collect();
+    args.sort_by_key(|a| position(a));
+    for arg in args {
+        let id = arg.get_id().as_str();
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || matches!(id, "help" | "version") {
+            continue;
+        }
+        let values: Vec<String> = m
+            .get_raw(id)
+            .map(|raw| raw.map(|v| v.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let (value, origin) = match loaded.origin(id) {
+            None => ("-".to_string(), "unset".to_string()),
+            Some(origin) => {
+                let value = if is_secret(arg) {
+                    MASK.to_string()
+                } else if values.iter().all(String::is_empty) {
+                    "\"\"".to_string()
+                } else {
+                    values.join(",")
+                };
+                (value, origin_text(&origin))
+            }
+        };
+        rows.push((format!("--{long}"), value, origin));
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let w1 = rows
+        .iter()
+        .map(|r| r.1.chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(48);
+    let mut out = String::from(
+        "Effective configuration (precedence: flag > env > platform > VCAP_SERVICES > config file > default)\n",
+    );
+    for (flag, value, origin) in rows {
+        let line = format!("{flag:w0$}  {value:w1$}  {origin}");
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn origin_text(origin: &Origin) -> String {
+    origin.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_value_has_an_origin_and_secrets_are_masked() {
+        let argv = ["cf-audit-nozzle", "config", "check", "--shard-id", "s1"]
+            .map(std::ffi::OsString::from)
+            .to_vec();
+        let env = |k: &str| {
+            (k == "VCAP_SERVICES").then(|| {
+                r#"{"user-provided":[{"name":"cf-audit-nozzle-secrets","credentials":{"hec-token":"tok-SECRET"}}]}"#.to_string()
+            })
+        };
+        let loaded = super::super::layers::load(Cli::command(), argv, &env).unwrap();
+        let text = render_effective(&loaded);
+        assert!(!text.contains("tok-SECRET"), "{text}");
+        let line = |flag: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(flag))
+                .unwrap_or_else(|| panic!("{flag} in {text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("--shard-id"), "--shard-id s1 flag");
+        assert_eq!(
+            line("--hec-token"),
+            "--hec-token ******** VCAP_SERVICES service cf-audit-nozzle-secrets"
+        );
+        assert_eq!(line("--foundation"), "--foundation cf default");
+        assert_eq!(line("--rlp-addr"), "--rlp-addr - unset");
+        assert!(
+            !text.contains("--decode-only"),
+            "hidden options stay hidden"
+        );
+    }
+}
