@@ -561,7 +561,7 @@ fn walk_envelope(
             9 => {
                 let mut key = Span::default();
                 let mut value = Span::default();
-                map_entry(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
+                message(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
                     match tag {
                         1 => key = string(e, wt, at, "Envelope.tags key", text)?,
                         2 => value = string(e, wt, at, "Envelope.tags value", text)?,
@@ -575,7 +575,7 @@ fn walk_envelope(
             3 => {
                 let mut key = Span::default();
                 let mut value = ValueSpan::None;
-                map_entry(
+                message(
                     r,
                     wt,
                     at,
@@ -677,7 +677,7 @@ fn walk_envelope(
                     let mut name = Span::default();
                     let mut unit = Span::default();
                     let mut value = 0.0;
-                    map_entry(m, wt, at, "Gauge.metrics", depth - 1, |e, tag, wt, at| {
+                    message(m, wt, at, "Gauge.metrics", depth - 1, |e, tag, wt, at| {
                         match tag {
                             1 => name = string(e, wt, at, "Gauge.metrics key", text)?,
                             2 => message(
@@ -774,25 +774,9 @@ fn string(
     Ok(span)
 }
 
-/// A nested message field read at `depth`: its fields go to `field` one
-/// level deeper.
+/// A nested message field read at `depth` (a map entry is one too: a
+/// message of key 1 and value 2): its fields go to `field` one level deeper.
 fn message(
-    r: &mut Reader<'_>,
-    wt: WireType,
-    at: usize,
-    name: &'static str,
-    depth: u32,
-    field: impl FnMut(&mut Reader<'_>, u32, WireType, usize) -> Result<(), WireError>,
-) -> Result<(), WireError> {
-    expect(name, at, wt, WireType::Len)?;
-    if depth == 0 {
-        return Err(WireError::TooDeep { at });
-    }
-    fields(r, field)
-}
-
-/// A map entry (a message of key 1 and value 2) read at `depth`.
-fn map_entry(
     r: &mut Reader<'_>,
     wt: WireType,
     at: usize,
