@@ -48,18 +48,12 @@ async fn audit_events_enrichment_rules_and_routes_in_the_running_nozzle() {
     let cursor = tmp.path().join("cursor.json");
     let summary_file = tmp.path().join("summary.json");
     let cc_url = cc.base.lock().unwrap().clone();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
-        .env_remove("OUT_DIR")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR")
         .env("CF_INSTANCE_INDEX", "0")
-        .env("UAA_CLIENT_SECRET", "s3cr&t=+%")
-        .arg("run")
-        .args(["--rlp-addr", &emu.addr.to_string()])
-        .arg("--rlp-ca")
-        .arg(tls.join("ca.pem"))
-        .arg("--rlp-cert")
-        .arg(tls.join("client.pem"))
-        .arg("--rlp-key")
-        .arg(tls.join("client-key.pem"))
+        .env("UAA_CLIENT_SECRET", "s3cr&t=+%");
+    run_args(&mut cmd, &emu.addr.to_string(), &tls);
+    let mut child = cmd
         .args(["--cf-api", &cc_url, "--uaa-client-id", "audit-nozzle"])
         .args([
             "--audit-events",

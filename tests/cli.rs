@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,17 +20,6 @@ fn nozzle() -> Command {
     // Tests run in parallel: each nozzle's /health on a port of its own.
     cmd.env_remove("PORT").env("HEALTH_ADDR", "127.0.0.1:0");
     cmd
-}
-
-fn run_args(cmd: &mut Command, addr: &str, tls: &Path) {
-    cmd.arg("run")
-        .args(["--rlp-addr", addr])
-        .arg("--rlp-ca")
-        .arg(tls.join("ca.pem"))
-        .arg("--rlp-cert")
-        .arg(tls.join("client.pem"))
-        .arg("--rlp-key")
-        .arg(tls.join("client-key.pem"));
 }
 
 fn terminate(child: &Child) {

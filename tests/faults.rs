@@ -117,16 +117,9 @@ fn nozzle(emu: &Emulator, tls: &Path, url: &str, health: std::net::SocketAddr) -
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
     cmd.env_remove("OUT_DIR")
         .env_remove("PORT")
-        .env("RUST_LOG", "info")
-        .arg("run")
-        .args(["--rlp-addr", &emu.addr.to_string()])
-        .arg("--rlp-ca")
-        .arg(tls.join("ca.pem"))
-        .arg("--rlp-cert")
-        .arg(tls.join("client.pem"))
-        .arg("--rlp-key")
-        .arg(tls.join("client-key.pem"))
-        .args(["--sink", "http", "--http-format", "json", "--http-url", url])
+        .env("RUST_LOG", "info");
+    run_args(&mut cmd, &emu.addr.to_string(), tls);
+    cmd.args(["--sink", "http", "--http-format", "json", "--http-url", url])
         .args(["--health-addr", &health.to_string()])
         .args(["--batch-max-records", "500", "--batch-max-age-ms", "50"])
         .arg("--dead-letter-dir")

@@ -70,16 +70,9 @@ async fn no_secret_appears_in_any_output() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
     cmd.env_remove("OUT_DIR")
         .env_remove("PORT")
-        .env("RUST_LOG", "debug")
-        .arg("run")
-        .args(["--rlp-addr", &emu.addr.to_string()])
-        .arg("--rlp-ca")
-        .arg(tmp.path().join("ca.pem"))
-        .arg("--rlp-cert")
-        .arg(tmp.path().join("client.pem"))
-        .arg("--rlp-key")
-        .arg(tmp.path().join("client-key.pem"))
-        .args(["--sink", "http", "--http-format", "hec"])
+        .env("RUST_LOG", "debug");
+    run_args(&mut cmd, &emu.addr.to_string(), tmp.path());
+    cmd.args(["--sink", "http", "--http-format", "hec"])
         .args(["--http-url", &format!("http://{receiver}")])
         .args(["--http-header", &format!("X-Api-Key: {HEADER_SECRET}")])
         .args(["--health-addr", "127.0.0.1:0", "--shutdown-timeout", "1"])

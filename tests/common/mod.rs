@@ -50,6 +50,19 @@ pub fn rlp_config(emulator: &Emulator, pki: &Pki, shard_id: &str) -> RlpConfig {
     }
 }
 
+/// `run` against a test RLP at `addr`, with the client files
+/// [`Pki::write_client_files`] put in `tls`.
+pub fn run_args(cmd: &mut std::process::Command, addr: &str, tls: &Path) {
+    cmd.arg("run")
+        .args(["--rlp-addr", addr])
+        .arg("--rlp-ca")
+        .arg(tls.join("ca.pem"))
+        .arg("--rlp-cert")
+        .arg(tls.join("client.pem"))
+        .arg("--rlp-key")
+        .arg(tls.join("client-key.pem"));
+}
+
 pub fn file_pipeline(dir: &Path) -> PipelineConfig {
     PipelineConfig {
         sinks: vec![(
