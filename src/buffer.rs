@@ -222,8 +222,7 @@ impl DiskBuffer {
                 std::fs::remove_file(&path).map_err(io("remove", &path))?;
                 continue;
             }
-            let (records, valid_bytes) = scan(&path)?;
-            let len = std::fs::metadata(&path).map_err(io("read", &path))?.len();
+            let (records, valid_bytes, len) = scan(&path)?;
             if valid_bytes < len {
                 tracing::warn!(
                     segment = %path.display(),
@@ -669,14 +668,15 @@ fn read_ack(path: &Path) -> Option<(u64, u64)> {
     ))
 }
 
-/// Counts the whole records at the start of a segment: (records, bytes they span).
-fn scan(path: &Path) -> Result<(u64, u64), BufferError> {
+/// Counts the whole records at the start of a segment: (records, bytes
+/// they span, the file's length).
+fn scan(path: &Path) -> Result<(u64, u64, u64), BufferError> {
     let file = File::open(path).map_err(io("open", path))?;
     let len = file.metadata().map_err(io("read", path))?.len();
     let mut r = BufReader::with_capacity(256 * 1024, file);
     let mut records = 0;
     let at = walk(&mut r, len, |_| records += 1).map_err(io("read", path))?;
-    Ok((records, at))
+    Ok((records, at, len))
 }
 
 /// Calls `each` with the payload of every whole record at the start of a
@@ -1007,13 +1007,13 @@ mod tests {
         let whole = 2 * (HEADER as u64 + 3);
         // Torn: a header that promises more than is there.
         f.write_all(&rec(b"three")[..10]).unwrap();
-        assert_eq!(scan(&path).unwrap(), (2, whole));
+        assert_eq!(scan(&path).unwrap(), (2, whole, whole + 10));
         // Damaged: a whole record with a wrong CRC.
         let mut bad = rec(b"four");
         *bad.last_mut().unwrap() ^= 1;
         f.set_len(whole).unwrap();
         f.seek(SeekFrom::End(0)).unwrap();
         f.write_all(&bad).unwrap();
-        assert_eq!(scan(&path).unwrap(), (2, whole));
+        assert_eq!(scan(&path).unwrap(), (2, whole, whole + 12));
     }
 }
