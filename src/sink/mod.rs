@@ -426,12 +426,14 @@ impl SinkQueue {
                 e.0.1
             })
         };
-        let (counter, what) = match &self.buffer {
+        // What turned the chunk away; a disk error is logged as an error.
+        let (counter, what, disk_error) = match &self.buffer {
             None => match to_memory(0, chunk) {
                 Ok(()) => return true,
                 Err(_) => (
                     &stats.dropped_queue_full,
                     "sink queue full: dropping newest records",
+                    None,
                 ),
             },
             Some(buffer) => match buffer.append(chunk, |first, chunk| {
@@ -443,25 +445,23 @@ impl SinkQueue {
                 crate::buffer::Appended::Full => (
                     &stats.dropped_buffer_full,
                     "disk buffer full (--buffer-max-bytes): dropping newest records",
+                    None,
                 ),
-                crate::buffer::Appended::Failed(e) => {
-                    let before = stats.dropped_buffer_error.fetch_add(n, Ordering::Relaxed);
-                    if before / 100_000 != (before + n) / 100_000 || before == 0 {
-                        tracing::error!(sink = &*self.name, dropped_total = before + n, error = %e, "cannot write the disk buffer: dropping newest records");
-                    }
-                    return false;
-                }
+                crate::buffer::Appended::Failed(e) => (
+                    &stats.dropped_buffer_error,
+                    "cannot write the disk buffer: dropping newest records",
+                    Some(e),
+                ),
             },
         };
         let before = counter.fetch_add(n, Ordering::Relaxed);
-        // Warn on the first drop and then once per ~100k, not per chunk.
+        // Log the first drop and then once per ~100k, not per chunk.
         if before / 100_000 != (before + n) / 100_000 || before == 0 {
-            tracing::warn!(
-                sink = &*self.name,
-                dropped_total = before + n,
-                capacity = self.capacity,
-                "{what}"
-            );
+            let (sink, dropped_total) = (&*self.name, before + n);
+            match disk_error {
+                Some(error) => tracing::error!(sink, dropped_total, %error, "{what}"),
+                None => tracing::warn!(sink, dropped_total, capacity = self.capacity, "{what}"),
+            }
         }
         false
     }
