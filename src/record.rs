@@ -6,9 +6,6 @@
 //! integers as strings, payload base64), as DESIGN.md §4 describes. API
 //! invocations also carry the CloudTrail-style fields of [`ApiCall`].
 
-use base64::Engine as _;
-use base64::display::Base64Display;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
 
@@ -16,7 +13,9 @@ use crate::proto::Envelope;
 
 pub mod api;
 pub mod envelope;
+mod json;
 pub mod ruby_hash;
+pub use json::write_str_contents;
 mod wire;
 
 pub use envelope::{EnvelopeView, MessageRef, MessageType, ValueRef, decode_batch};
@@ -99,10 +98,22 @@ pub struct EncodeContext {
 impl Record {
     /// Appends the record's JSON (no trailing newline) to `out`.
     pub fn write_json(&self, ctx: &EncodeContext, out: &mut Vec<u8>) {
-        // Serialising into a Vec cannot fail: every map key is a string and
-        // every float goes through `Float`, which writes non-finite values as strings.
-        sonic_rs::to_writer(&mut *out, &RecordJson { record: self, ctx })
-            .expect("record JSON serialisation is infallible");
+        if let Some(api) = self.api.as_deref()
+            && matches!(api.source, ApiSource::AuditEvents(_))
+        {
+            // Serialising into a Vec cannot fail: every map key is a string.
+            sonic_rs::to_writer(
+                &mut *out,
+                &api::AuditEventJson {
+                    record: self,
+                    api,
+                    ctx,
+                },
+            )
+            .expect("audit event JSON serialisation is infallible");
+            return;
+        }
+        write_envelope_record(self, ctx, out);
     }
 
     /// The record's JSON as a string (tests, stdout).
@@ -166,16 +177,8 @@ pub fn rfc3339_nanos(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-struct RecordJson<'a> {
-    record: &'a Record,
-    ctx: &'a EncodeContext,
-}
-
-#[derive(Serialize)]
 struct Named<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
     guid: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
 }
 
@@ -185,114 +188,147 @@ impl<'a> Named<'a> {
         let name = env.tag(name).filter(|s| !s.is_empty());
         (guid.is_some() || name.is_some()).then_some(Named { guid, name })
     }
-}
 
-/// A double as protojson writes it: a number, or "NaN" / "Infinity" / "-Infinity".
-struct Float(f64);
-
-impl Serialize for Float {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v = self.0;
-        if v.is_finite() {
-            s.serialize_f64(v)
-        } else if v.is_nan() {
-            s.serialize_str("NaN")
-        } else if v > 0.0 {
-            s.serialize_str("Infinity")
-        } else {
-            s.serialize_str("-Infinity")
+    /// `{"guid":..,"name":..}`, each only when known.
+    fn write(&self, out: &mut Vec<u8>) {
+        out.push(b'{');
+        if let Some(guid) = self.guid {
+            out.extend_from_slice(b"\"guid\":");
+            json::write_str(out, guid);
         }
+        if let Some(name) = self.name {
+            if self.guid.is_some() {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"name\":");
+            json::write_str(out, name);
+        }
+        out.push(b'}');
     }
 }
 
-impl Serialize for RecordJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let rec = self.record;
-        if let Some(api) = rec.api.as_deref()
-            && matches!(api.source, ApiSource::AuditEvents(_))
-        {
-            return api::serialize_audit_event(s, rec, api, &self.ctx.foundation);
+/// The record JSON of an envelope (every record but the audit-events poller's).
+fn write_envelope_record(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
+    let env = &rec.envelope;
+    let tag = |k: &str| env.tag(k);
+    out.reserve(rec.approx_size());
+    out.extend_from_slice(b"{\"kind\":");
+    json::write_str(out, rec.kind.as_str());
+    json::write_key(out, "time");
+    json::write_rfc3339_nanos(out, env.timestamp());
+    json::write_key(out, "foundation");
+    json::write_str(out, &ctx.foundation);
+    json::write_key(out, "source_id");
+    json::write_str(out, env.source_id());
+    json::write_key(out, "instance_id");
+    json::write_str(out, env.instance_id());
+    for key in ["origin", "source_type", "deployment", "job"] {
+        if let Some(v) = tag(key) {
+            json::write_key(out, key);
+            json::write_str(out, v);
         }
-        let env = &rec.envelope;
-        let tag = |k: &str| env.tag(k);
-        let time = rfc3339_nanos(env.timestamp());
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("kind", rec.kind.as_str())?;
-        m.serialize_entry("time", &time)?;
-        m.serialize_entry("foundation", &self.ctx.foundation)?;
-        m.serialize_entry("source_id", env.source_id())?;
-        m.serialize_entry("instance_id", env.instance_id())?;
-        for key in ["origin", "source_type", "deployment", "job"] {
-            if let Some(v) = tag(key) {
-                m.serialize_entry(key, v)?;
-            }
+    }
+    // Log envelopes from apps name the app in source_id when no app_id tag does.
+    let mut app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
+        let is_app_log = env.message_type() == Some(MessageType::Log)
+            && !env.source_id().is_empty()
+            && tag("app_id").is_none_or(str::is_empty);
+        is_app_log.then_some(Named {
+            guid: Some(env.source_id()),
+            name: None,
+        })
+    });
+    let mut space = Named::from_tags(env, "space_id", "space_name");
+    let mut org = Named::from_tags(env, "organization_id", "organization_name");
+    // Names from Cloud Controller fill in what the tags do not say.
+    if let Some(n) = rec.names.as_deref() {
+        fn named<'n>(guid: Option<&'n str>, name: Option<&'n str>) -> Option<Named<'n>> {
+            (guid.is_some() || name.is_some()).then_some(Named { guid, name })
         }
-        // Log envelopes from apps name the app in source_id when no app_id tag does.
-        let mut app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
-            let is_app_log = env.message_type() == Some(MessageType::Log)
-                && !env.source_id().is_empty()
-                && tag("app_id").is_none_or(str::is_empty);
-            is_app_log.then_some(Named {
-                guid: Some(env.source_id()),
-                name: None,
-            })
-        });
-        let mut space = Named::from_tags(env, "space_id", "space_name");
-        let mut org = Named::from_tags(env, "organization_id", "organization_name");
-        // Names from Cloud Controller fill in what the tags do not say.
-        if let Some(n) = rec.names.as_deref() {
-            fn named<'n>(guid: Option<&'n str>, name: Option<&'n str>) -> Option<Named<'n>> {
-                (guid.is_some() || name.is_some()).then_some(Named { guid, name })
-            }
-            if app.as_ref().is_none_or(|a| a.name.is_none()) {
-                app = named(Some(&n.app_guid), n.app_name.as_deref());
-            }
-            space = space.or_else(|| named(n.space_guid.as_deref(), n.space_name.as_deref()));
-            org = org.or_else(|| named(n.org_guid.as_deref(), n.org_name.as_deref()));
+        if app.as_ref().is_none_or(|a| a.name.is_none()) {
+            app = named(Some(&n.app_guid), n.app_name.as_deref());
         }
-        if let Some(app) = &app {
-            m.serialize_entry("app", app)?;
+        space = space.or_else(|| named(n.space_guid.as_deref(), n.space_name.as_deref()));
+        org = org.or_else(|| named(n.org_guid.as_deref(), n.org_name.as_deref()));
+    }
+    for (key, named) in [("app", &app), ("space", &space), ("org", &org)] {
+        if let Some(named) = named {
+            json::write_key(out, key);
+            named.write(out);
         }
-        if let Some(space) = &space {
-            m.serialize_entry("space", space)?;
-        }
-        if let Some(org) = &org {
-            m.serialize_entry("org", org)?;
-        }
-        match env.message() {
-            Some(MessageRef::Log(l)) => {
-                m.serialize_entry("log_type", log_type(&l))?;
-                match std::str::from_utf8(l.payload) {
-                    Ok(text) => m.serialize_entry("message", text)?,
-                    Err(_) => {
-                        // Kept losslessly: the bytes as base64, and a flag saying so.
-                        m.serialize_entry("message_base64", &BASE64.encode(l.payload))?;
-                        m.serialize_entry("message_invalid_utf8", &true)?;
-                    }
+    }
+    match env.message() {
+        Some(MessageRef::Log(l)) => {
+            json::write_key(out, "log_type");
+            json::write_str(out, log_type(&l));
+            match std::str::from_utf8(l.payload) {
+                Ok(text) => {
+                    json::write_key(out, "message");
+                    json::write_str(out, text);
+                }
+                Err(_) => {
+                    // Kept losslessly: the bytes as base64, and a flag saying so.
+                    json::write_key(out, "message_base64");
+                    json::write_base64(out, l.payload);
+                    out.extend_from_slice(b",\"message_invalid_utf8\":true");
                 }
             }
-            Some(MessageRef::Counter(c)) => {
-                m.serialize_entry("metric_type", "counter")?;
-                m.serialize_entry("name", c.name)?;
-                m.serialize_entry("delta", &c.delta)?;
-                m.serialize_entry("total", &c.total)?;
-            }
-            Some(MessageRef::Gauge(g)) => {
-                m.serialize_entry("metric_type", "gauge")?;
-                m.serialize_entry("metrics", &GaugeJson(g))?;
-            }
-            Some(MessageRef::Timer(t)) => {
-                m.serialize_entry("metric_type", "timer")?;
-                m.serialize_entry("name", t.name)?;
-                m.serialize_entry("duration_ns", &t.stop.saturating_sub(t.start))?;
-            }
-            Some(MessageRef::Event(e)) => {
-                m.serialize_entry("title", e.title)?;
-                m.serialize_entry("body", e.body)?;
-            }
-            None => {}
         }
-        if let Some(api) = &rec.api {
+        Some(MessageRef::Counter(c)) => {
+            out.extend_from_slice(b",\"metric_type\":\"counter\"");
+            json::write_key(out, "name");
+            json::write_str(out, c.name);
+            json::write_key(out, "delta");
+            json::write_int(out, c.delta);
+            json::write_key(out, "total");
+            json::write_int(out, c.total);
+        }
+        Some(MessageRef::Gauge(g)) => {
+            out.extend_from_slice(b",\"metric_type\":\"gauge\"");
+            json::write_key(out, "metrics");
+            write_gauge_metrics(out, &g);
+        }
+        Some(MessageRef::Timer(t)) => {
+            out.extend_from_slice(b",\"metric_type\":\"timer\"");
+            json::write_key(out, "name");
+            json::write_str(out, t.name);
+            json::write_key(out, "duration_ns");
+            json::write_int(out, t.stop.saturating_sub(t.start));
+        }
+        Some(MessageRef::Event(e)) => {
+            json::write_key(out, "title");
+            json::write_str(out, e.title);
+            json::write_key(out, "body");
+            json::write_str(out, e.body);
+        }
+        None => {}
+    }
+    if let Some(api) = &rec.api {
+        write_api_fields(out, rec, api, &space, &org);
+    }
+    json::write_key(out, "envelope");
+    write_envelope_json(env, out);
+    out.push(b'}');
+}
+
+/// The CloudTrail-style fields of an API invocation (a few percent of the
+/// records): serialised by serde as a map, whose entries are spliced into
+/// the record's object.
+fn write_api_fields(
+    out: &mut Vec<u8>,
+    rec: &Record,
+    api: &ApiCall,
+    space: &Option<Named>,
+    org: &Option<Named>,
+) {
+    struct Fields<'a> {
+        rec: &'a Record,
+        api: &'a ApiCall,
+        space: &'a Option<Named<'a>>,
+        org: &'a Option<Named<'a>>,
+    }
+    impl Serialize for Fields<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let resource = |kind: &str, n: &Option<Named>| {
                 n.as_ref().map(|n| ApiResource {
                     kind: kind.to_string(),
@@ -300,17 +336,33 @@ impl Serialize for RecordJson<'_> {
                     name: n.name.map(str::to_string),
                 })
             };
+            let time = rfc3339_nanos(self.rec.envelope.timestamp());
+            let mut m = s.serialize_map(None)?;
             api::write_fields(
                 &mut m,
-                rec,
-                api,
+                self.rec,
+                self.api,
                 &time,
-                resource("space", &space),
-                resource("org", &org),
+                resource("space", self.space),
+                resource("org", self.org),
             )?;
+            m.end()
         }
-        m.serialize_entry("envelope", &EnvelopeJson(env))?;
-        m.end()
+    }
+    let mut map = Vec::with_capacity(512);
+    sonic_rs::to_writer(
+        &mut map,
+        &Fields {
+            rec,
+            api,
+            space,
+            org,
+        },
+    )
+    .expect("API fields serialise: string keys, finite numbers");
+    if map.len() > 2 {
+        out.push(b',');
+        out.extend_from_slice(&map[1..map.len() - 1]);
     }
 }
 
@@ -384,187 +436,107 @@ pub fn guid(v: u128) -> String {
     )
 }
 
-struct GaugeJson<'a>(envelope::GaugeRef<'a>);
-
-impl Serialize for GaugeJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (name, unit, value) in self.0.metrics() {
-            m.serialize_entry(name, &GaugeValueJson(unit, value))?;
+fn write_gauge_metrics(out: &mut Vec<u8>, g: &envelope::GaugeRef<'_>) {
+    out.push(b'{');
+    for (i, (name, unit, value)) in g.metrics().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        m.end()
+        json::write_str(out, name);
+        out.extend_from_slice(b":{\"unit\":");
+        json::write_str(out, unit);
+        out.extend_from_slice(b",\"value\":");
+        json::write_float(out, value);
+        out.push(b'}');
     }
+    out.push(b'}');
 }
 
-struct GaugeValueJson<'a>(&'a str, f64);
-
-impl Serialize for GaugeValueJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(2))?;
-        m.serialize_entry("unit", self.0)?;
-        m.serialize_entry("value", &Float(self.1))?;
-        m.end()
-    }
-}
-
-/// The envelope as the RLP Gateway's protojson (EmitUnpopulated) writes it.
-pub struct EnvelopeJson<'a>(pub &'a EnvelopeView);
-
-/// A 64-bit integer as protojson writes it: a decimal string. Formatted
-/// with `itoa` on the stack: `collect_str` went through `core::fmt`, ~1,000
-/// instructions per integer (callgrind, examples/encode_cost).
-struct Int64<T>(T);
-
-impl<T: itoa::Integer + Copy> Serialize for Int64<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(itoa::Buffer::new().format(self.0))
-    }
-}
-
-impl Serialize for EnvelopeJson<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let env = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("timestamp", &Int64(env.timestamp()))?;
-        m.serialize_entry("source_id", env.source_id())?;
-        m.serialize_entry("instance_id", env.instance_id())?;
-        m.serialize_entry("deprecated_tags", &DeprecatedTags(env))?;
-        m.serialize_entry("tags", &Tags(env))?;
-        match env.message() {
-            Some(MessageRef::Log(l)) => m.serialize_entry(
-                "log",
-                &LogJson {
-                    payload: Base64Display::new(l.payload, &BASE64),
-                    ty: log_type(&l),
-                },
-            )?,
-            Some(MessageRef::Counter(c)) => m.serialize_entry(
-                "counter",
-                &CounterJson {
-                    name: c.name,
-                    delta: Int64(c.delta),
-                    total: Int64(c.total),
-                },
-            )?,
-            Some(MessageRef::Gauge(g)) => m.serialize_entry(
-                "gauge",
-                &GaugeEnvelopeJson {
-                    metrics: GaugeJson(g),
-                },
-            )?,
-            Some(MessageRef::Timer(t)) => m.serialize_entry(
-                "timer",
-                &TimerJson {
-                    name: t.name,
-                    start: Int64(t.start),
-                    stop: Int64(t.stop),
-                },
-            )?,
-            Some(MessageRef::Event(e)) => m.serialize_entry(
-                "event",
-                &EventJson {
-                    title: e.title,
-                    body: e.body,
-                },
-            )?,
-            None => {}
+/// Appends the envelope as the RLP Gateway's protojson (EmitUnpopulated)
+/// writes it: snake_case keys, 64-bit integers as strings, payload base64.
+pub fn write_envelope_json(env: &EnvelopeView, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"timestamp\":");
+    json::write_int_str(out, env.timestamp());
+    json::write_key(out, "source_id");
+    json::write_str(out, env.source_id());
+    json::write_key(out, "instance_id");
+    json::write_str(out, env.instance_id());
+    out.extend_from_slice(b",\"deprecated_tags\":{");
+    for (i, (k, v)) in env.deprecated_tags().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        m.end()
+        json::write_str(out, k);
+        match v {
+            Some(ValueRef::Text(t)) => {
+                out.extend_from_slice(b":{\"text\":");
+                json::write_str(out, t);
+            }
+            Some(ValueRef::Integer(n)) => {
+                out.extend_from_slice(b":{\"integer\":");
+                json::write_int_str(out, n);
+            }
+            Some(ValueRef::Decimal(d)) => {
+                out.extend_from_slice(b":{\"decimal\":");
+                json::write_float(out, d);
+            }
+            None => out.extend_from_slice(b":{"),
+        }
+        out.push(b'}');
     }
-}
-
-#[derive(Serialize)]
-struct LogJson<'a> {
-    #[serde(serialize_with = "display_str")]
-    payload: Base64Display<'a, 'static, base64::engine::GeneralPurpose>,
-    #[serde(rename = "type")]
-    ty: &'static str,
-}
-
-#[derive(Serialize)]
-struct CounterJson<'a> {
-    name: &'a str,
-    delta: Int64<u64>,
-    total: Int64<u64>,
-}
-
-#[derive(Serialize)]
-struct GaugeEnvelopeJson<'a> {
-    metrics: GaugeJson<'a>,
-}
-
-#[derive(Serialize)]
-struct TimerJson<'a> {
-    name: &'a str,
-    start: Int64<i64>,
-    stop: Int64<i64>,
-}
-
-#[derive(Serialize)]
-struct EventJson<'a> {
-    title: &'a str,
-    body: &'a str,
-}
-
-fn display_str<T: std::fmt::Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
+    out.extend_from_slice(b"},\"tags\":{");
+    for (i, (k, v)) in env.tags().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::write_str(out, k);
+        out.push(b':');
+        json::write_str(out, v);
+    }
+    out.push(b'}');
+    match env.message() {
+        Some(MessageRef::Log(l)) => {
+            out.extend_from_slice(b",\"log\":{\"payload\":");
+            json::write_base64(out, l.payload);
+            out.extend_from_slice(b",\"type\":\"");
+            out.extend_from_slice(log_type(&l).as_bytes());
+            out.extend_from_slice(b"\"}");
+        }
+        Some(MessageRef::Counter(c)) => {
+            out.extend_from_slice(b",\"counter\":{\"name\":");
+            json::write_str(out, c.name);
+            out.extend_from_slice(b",\"delta\":");
+            json::write_int_str(out, c.delta);
+            out.extend_from_slice(b",\"total\":");
+            json::write_int_str(out, c.total);
+            out.push(b'}');
+        }
+        Some(MessageRef::Gauge(g)) => {
+            out.extend_from_slice(b",\"gauge\":{\"metrics\":");
+            write_gauge_metrics(out, &g);
+            out.push(b'}');
+        }
+        Some(MessageRef::Timer(t)) => {
+            out.extend_from_slice(b",\"timer\":{\"name\":");
+            json::write_str(out, t.name);
+            out.extend_from_slice(b",\"start\":");
+            json::write_int_str(out, t.start);
+            out.extend_from_slice(b",\"stop\":");
+            json::write_int_str(out, t.stop);
+            out.push(b'}');
+        }
+        Some(MessageRef::Event(e)) => {
+            out.extend_from_slice(b",\"event\":{\"title\":");
+            json::write_str(out, e.title);
+            out.extend_from_slice(b",\"body\":");
+            json::write_str(out, e.body);
+            out.push(b'}');
+        }
+        None => {}
+    }
+    out.push(b'}');
 }
 
 fn log_type(l: &envelope::LogRef<'_>) -> &'static str {
     if l.is_err() { "ERR" } else { "OUT" }
-}
-
-struct Tags<'a>(&'a EnvelopeView);
-
-impl Serialize for Tags<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let tags = self.0.tags();
-        let mut m = s.serialize_map(Some(tags.len()))?;
-        for (k, v) in tags {
-            m.serialize_entry(k, v)?;
-        }
-        m.end()
-    }
-}
-
-struct DeprecatedTags<'a>(&'a EnvelopeView);
-
-impl Serialize for DeprecatedTags<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let tags = self.0.deprecated_tags();
-        let mut m = s.serialize_map(Some(tags.len()))?;
-        for (k, v) in tags {
-            match v {
-                Some(ValueRef::Text(t)) => m.serialize_entry(k, &OneField("text", t))?,
-                Some(ValueRef::Integer(i)) => {
-                    m.serialize_entry(k, &OneField("integer", Int64(i)))?
-                }
-                Some(ValueRef::Decimal(d)) => {
-                    m.serialize_entry(k, &OneField("decimal", Float(d)))?
-                }
-                None => m.serialize_entry(k, &NoFields)?,
-            }
-        }
-        m.end()
-    }
-}
-
-/// `{"<name>": value}`
-struct OneField<T>(&'static str, T);
-
-impl<T: Serialize> Serialize for OneField<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry(self.0, &self.1)?;
-        m.end()
-    }
-}
-
-/// `{}`
-struct NoFields;
-
-impl Serialize for NoFields {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_map(Some(0))?.end()
-    }
 }

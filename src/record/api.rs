@@ -237,19 +237,23 @@ pub(super) fn write_fields<M: SerializeMap>(
 
 /// The JSON of an audit-events record: the readable `kind`, `time` and
 /// `foundation`, the CloudTrail fields, and the event as CC sent it.
-pub(super) fn serialize_audit_event<S: serde::Serializer>(
-    s: S,
-    rec: &Record,
-    api: &ApiCall,
-    foundation: &str,
-) -> Result<S::Ok, S::Error> {
-    let time = rfc3339_nanos(rec.envelope.timestamp());
-    let mut m = s.serialize_map(None)?;
-    m.serialize_entry("kind", rec.kind.as_str())?;
-    m.serialize_entry("time", &time)?;
-    m.serialize_entry("foundation", foundation)?;
-    write_fields(&mut m, rec, api, &time, None, None)?;
-    m.end()
+pub(super) struct AuditEventJson<'a> {
+    pub record: &'a Record,
+    pub api: &'a ApiCall,
+    pub ctx: &'a super::EncodeContext,
+}
+
+impl Serialize for AuditEventJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let rec = self.record;
+        let time = rfc3339_nanos(rec.envelope.timestamp());
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("kind", rec.kind.as_str())?;
+        m.serialize_entry("time", &time)?;
+        m.serialize_entry("foundation", &self.ctx.foundation)?;
+        write_fields(&mut m, rec, self.api, &time, None, None)?;
+        m.end()
+    }
 }
 
 /// `{"type":"unknown"}`

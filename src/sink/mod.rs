@@ -141,24 +141,18 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// Appends `parts` joined by `sep` as one JSON string. Most values need no
-/// escaping and are copied as they are; the rest go through serde_json.
-/// (Sinks wrap record JSON in a few fields; allocating a String per field
-/// cost the HEC encoder about a fifth of its time.)
+/// Appends `parts` joined by `sep` as one JSON string, escaped as the record
+/// JSON is. (Sinks wrap record JSON in a few fields; allocating a String per
+/// field cost the HEC encoder about a fifth of its time.)
 pub fn write_json_joined(out: &mut Vec<u8>, parts: &[&str], sep: &str) {
-    let plain = |s: &str| !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\');
-    if parts.iter().all(|p| plain(p)) && plain(sep) {
-        out.push(b'"');
-        for (i, p) in parts.iter().enumerate() {
-            if i > 0 {
-                out.extend_from_slice(sep.as_bytes());
-            }
-            out.extend_from_slice(p.as_bytes());
+    out.push(b'"');
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            crate::record::write_str_contents(out, sep);
         }
-        out.push(b'"');
-    } else {
-        serde_json::to_writer(&mut *out, &parts.join(sep)).expect("strings serialise");
+        crate::record::write_str_contents(out, p);
     }
+    out.push(b'"');
 }
 
 /// One finished artefact of a sink.

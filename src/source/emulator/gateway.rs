@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{EmulatorError, Feed, Traffic};
 use crate::proto::Envelope;
-use crate::record::EnvelopeJson;
+use crate::record::write_envelope_json;
 
 #[derive(Clone, Debug)]
 pub struct GatewayEmulatorConfig {
@@ -287,7 +287,7 @@ pub fn sse_batch_frame(envelopes: &[Envelope]) -> Vec<u8> {
             out.push(b',');
         }
         let view = crate::record::EnvelopeView::from_prost(e);
-        serde_json::to_writer(&mut out, &EnvelopeJson(&view)).expect("envelope JSON");
+        write_envelope_json(&view, &mut out);
     }
     out.extend_from_slice(b"]}\n\n");
     out
