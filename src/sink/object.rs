@@ -22,20 +22,40 @@ use sha2::{Digest as _, Sha256};
 use crate::record::{EncodeContext, Kind, Record};
 
 /// A log file being written: gzip of `{"Records":[...]}` into `W`.
-pub struct RecordsFile<W: Write> {
-    gz: GzEncoder<W>,
-    /// Encoded records not yet hashed and compressed: both are much cheaper
-    /// per call on 64 KiB than per record.
+///
+/// Records are encoded on the caller's thread into 64 KiB buffers; hashing
+/// and compressing them runs on a thread of the file's own, so one sink's
+/// JSON encoding and its gzip + SHA-256 (about half of its CPU each) use two
+/// cores instead of one. At most [`IN_FLIGHT`] buffers wait for that thread:
+/// when it falls behind, `append` waits, as it did when it compressed inline.
+/// A write error of the thread is returned by the next `append` or by `finish`.
+pub struct RecordsFile<W: Write + Send + 'static> {
+    /// Encoded records not yet handed to the compressing thread (sending
+    /// 64 KiB at a time: hashing and compressing are much cheaper per call
+    /// on 64 KiB than per record).
     pending: Vec<u8>,
-    hash: Sha256,
+    to_worker: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    /// Buffers the thread is done with, for reuse.
+    from_worker: std::sync::mpsc::Receiver<Vec<u8>>,
+    worker: Option<Worker<W>>,
     records: u64,
     uncompressed: u64,
     oldest_ns: i64,
     newest_ns: i64,
 }
 
+/// Where a file's buffers are hashed and compressed.
+enum Worker<W: Write> {
+    Thread(std::thread::JoinHandle<std::io::Result<(W, [u8; 32])>>),
+    /// No thread could be started: compressed by the caller.
+    Inline(Box<(GzEncoder<W>, Sha256)>),
+}
+
 /// Bytes of encoded records gathered before hashing and compressing them.
 const PENDING: usize = 64 * 1024;
+
+/// Buffers of [`PENDING`] bytes queued for the compressing thread.
+const IN_FLIGHT: usize = 2;
 
 /// What a completed log file holds, for the digest and the accounting.
 #[derive(Clone, Debug)]
@@ -49,12 +69,60 @@ pub struct Completed {
     pub newest_event_time: Option<String>,
 }
 
-impl<W: Write> RecordsFile<W> {
+/// The compressing thread: hashes and compresses every buffer it is sent,
+/// returns each for reuse, and at the end the writer and the hash.
+fn compress<W: Write>(
+    out: W,
+    gzip_level: u32,
+    buffers: std::sync::mpsc::Receiver<Vec<u8>>,
+    done: std::sync::mpsc::SyncSender<Vec<u8>>,
+) -> std::io::Result<(W, [u8; 32])> {
+    let mut gz = GzEncoder::new(out, Compression::new(gzip_level));
+    let mut hash = Sha256::new();
+    for mut buf in buffers {
+        hash.update(&buf);
+        gz.write_all(&buf)?;
+        buf.clear();
+        // The file may be finished already (nobody to reuse it): fine.
+        let _ = done.try_send(buf);
+    }
+    Ok((gz.finish()?, hash.finalize().into()))
+}
+
+impl<W: Write + Send + 'static> RecordsFile<W> {
     pub fn new(out: W, gzip_level: u32) -> std::io::Result<Self> {
+        let (to_worker, buffers) = std::sync::mpsc::sync_channel(IN_FLIGHT);
+        let (done, from_worker) = std::sync::mpsc::sync_channel(IN_FLIGHT + 1);
+        // The writer goes to the thread once it runs (a failed spawn would
+        // drop whatever it was given).
+        let (give, take) = std::sync::mpsc::sync_channel::<W>(1);
+        let spawned = std::thread::Builder::new()
+            .name("gzip".into())
+            .spawn(move || {
+                let out = take
+                    .recv()
+                    .map_err(|_| std::io::Error::other("the file was dropped before it started"))?;
+                compress(out, gzip_level, buffers, done)
+            });
+        let worker = match spawned {
+            Ok(handle) => {
+                give.send(out).expect("the thread waits for the writer");
+                Worker::Thread(handle)
+            }
+            Err(e) => {
+                // The file is still written, compressed on the caller's thread.
+                tracing::warn!(error = %e, "cannot start a thread to compress a file; compressing it on the sink's own");
+                Worker::Inline(Box::new((
+                    GzEncoder::new(out, Compression::new(gzip_level)),
+                    Sha256::new(),
+                )))
+            }
+        };
         let mut file = Self {
-            gz: GzEncoder::new(out, Compression::new(gzip_level)),
             pending: Vec::with_capacity(PENDING + 4096),
-            hash: Sha256::new(),
+            to_worker: Some(to_worker),
+            from_worker,
+            worker: Some(worker),
             records: 0,
             uncompressed: 0,
             oldest_ns: i64::MAX,
@@ -73,11 +141,46 @@ impl<W: Write> RecordsFile<W> {
         Ok(())
     }
 
+    /// Hands the pending bytes to the compressing thread.
     fn drain(&mut self) -> std::io::Result<()> {
-        self.hash.update(&self.pending);
-        let result = self.gz.write_all(&self.pending);
-        self.pending.clear();
-        result
+        if let Some(Worker::Inline(inline)) = &mut self.worker {
+            let (gz, hash) = &mut **inline;
+            hash.update(&self.pending);
+            let written = gz.write_all(&self.pending);
+            self.pending.clear();
+            return written;
+        }
+        let spare = self
+            .from_worker
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(PENDING + 4096));
+        let full = std::mem::replace(&mut self.pending, spare);
+        let sent = self.to_worker.as_ref().map(|tx| tx.send(full));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            // The thread stopped: it failed a write; its error says which.
+            _ => Err(self
+                .join()
+                .err()
+                .unwrap_or_else(|| std::io::Error::other("the compressing thread stopped"))),
+        }
+    }
+
+    /// Waits for the compressing thread to end (the sender dropped first).
+    fn join(&mut self) -> std::io::Result<(W, [u8; 32])> {
+        self.to_worker = None;
+        match self.worker.take() {
+            Some(Worker::Thread(handle)) => handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the compressing thread panicked"))),
+            Some(Worker::Inline(inline)) => {
+                let (gz, hash) = *inline;
+                Ok((gz.finish()?, hash.finalize().into()))
+            }
+            None => Err(std::io::Error::other(
+                "the compressing thread already ended",
+            )),
+        }
     }
 
     /// Appends one record. (`_buf` is kept for callers that reuse one scratch
@@ -117,7 +220,7 @@ impl<W: Write> RecordsFile<W> {
     pub fn finish(mut self) -> std::io::Result<(W, Completed)> {
         self.put(b"]}")?;
         self.drain()?;
-        let out = self.gz.finish()?;
+        let (out, sha256) = self.join()?;
         let time = |ns: i64| {
             (self.records > 0)
                 .then(|| crate::integrity::digest_time(chrono::DateTime::from_timestamp_nanos(ns)))
@@ -125,7 +228,7 @@ impl<W: Write> RecordsFile<W> {
         let completed = Completed {
             records: self.records,
             uncompressed_bytes: self.uncompressed,
-            sha256: hex::encode(self.hash.finalize_reset()),
+            sha256: hex::encode(sha256),
             oldest_event_time: time(self.oldest_ns),
             newest_event_time: time(self.newest_ns),
         };
@@ -374,4 +477,83 @@ impl Archive {
 /// and the S3 error code when there is one (never credentials).
 pub fn describe(e: &object_store::Error) -> String {
     crate::error_chain(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::proto::{Envelope, Log, envelope};
+    use std::io::Read;
+
+    fn record(i: usize) -> Record {
+        classify(Envelope {
+            timestamp: i as i64,
+            message: Some(envelope::Message::Log(Log {
+                payload: format!("line {i} {}", "x".repeat(200)).into(),
+                r#type: 0,
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// Takes `room` bytes, then refuses every write.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::Error::other("disk full"));
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_compressed_file_holds_every_record_and_its_hash_is_of_the_plain_bytes() {
+        let ctx = EncodeContext {
+            foundation: "t".into(),
+        };
+        let mut file = RecordsFile::new(Vec::new(), 1).unwrap();
+        let mut expected = b"{\"Records\":[".to_vec();
+        for i in 0..5000 {
+            if i > 0 {
+                expected.push(b',');
+            }
+            record(i).write_json(&ctx, &mut expected);
+            file.append(&record(i), &ctx, &mut Vec::new()).unwrap();
+        }
+        expected.extend_from_slice(b"]}");
+        let (gz, done) = file.finish().unwrap();
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, expected);
+        assert_eq!(done.records, 5000);
+        assert_eq!(done.uncompressed_bytes, expected.len() as u64);
+        assert_eq!(done.sha256, hex::encode(Sha256::digest(&expected)));
+    }
+
+    #[test]
+    fn a_write_the_compressing_thread_fails_is_returned_to_the_writer() {
+        let ctx = EncodeContext {
+            foundation: "t".into(),
+        };
+        let mut file = RecordsFile::new(Full { room: 100 }, 0).unwrap();
+        // Level 0 stores: 10,000 records of ~300 bytes are 3 MB to write.
+        let failed = (0..10_000).find_map(|i| file.append(&record(i), &ctx, &mut Vec::new()).err());
+        let error = match failed {
+            Some(e) => e,
+            None => file.finish().err().expect("finishing fails"),
+        };
+        assert_eq!(error.to_string(), "disk full");
+    }
 }
