@@ -9,6 +9,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use std::time::Duration;
+
 use tokio::time::{Instant, sleep_until};
 
 use super::{BatchConfig, DeadLetter, Intake, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
@@ -151,7 +153,7 @@ async fn write_pending<S: Sink>(
             stats.in_flight.fetch_add(n, Ordering::Relaxed);
             stats.delivered.fetch_add(delivered, Ordering::Relaxed);
             stats.in_flight.fetch_sub(delivered, Ordering::Relaxed);
-            stamps.in_flight.extend(stamps.pending.drain(..));
+            stamps.commit();
             stamps.delivered(delivered, stats);
         }
         Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
@@ -253,6 +255,29 @@ struct Stamps {
 }
 
 impl Stamps {
+    /// The batch was written: its records join those in flight. A chunk
+    /// accepted within a tolerance of the newest in-flight entry joins that
+    /// entry (and counts from its earlier instant): 1 ms, doubling with
+    /// every 1,024 entries. A sink that holds records for minutes (a file
+    /// rolled every 300 s) then keeps a few thousand entries, not one per
+    /// chunk (memory the bound on in-flight records alone would not keep
+    /// small); its records are counted from at most the tolerance too
+    /// early (under 1 s after ten minutes of 100,000 records/s), well below
+    /// the latency of nearly all of them. A sink that delivers as it writes
+    /// keeps a short queue and 1 ms.
+    fn commit(&mut self) {
+        for (accepted, records) in self.pending.drain(..) {
+            let shift = (self.in_flight.len() / 1024).min(20) as u32;
+            let tolerance = Duration::from_millis(1 << shift);
+            match self.in_flight.back_mut() {
+                Some((newest, n)) if accepted.saturating_duration_since(*newest) <= tolerance => {
+                    *n += records;
+                }
+                _ => self.in_flight.push_back((accepted, records)),
+            }
+        }
+    }
+
     /// The oldest `n` in-flight records were delivered now: observes their latency.
     fn delivered(&mut self, n: u64, stats: &SinkStats) {
         let now = Instant::now();
@@ -544,6 +569,40 @@ mod tests {
                 max: Some(8192.0),
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_stamps_stay_few_when_records_wait_long_and_none_is_lost() {
+        let start = Instant::now();
+        let mut stamps = Stamps::default();
+        // Ten minutes of chunks of 10 records, one every 100 µs (100,000/s).
+        for i in 0..6_000_000u64 {
+            stamps
+                .pending
+                .push((start + Duration::from_micros(i * 100), 10));
+            if stamps.pending.len() == 1000 {
+                stamps.commit();
+            }
+        }
+        stamps.commit();
+        let entries = stamps.in_flight.len();
+        // 9,364 entries instead of 6,000,000.
+        assert!(entries < 10_000, "{entries} entries");
+        let records: u64 = stamps.in_flight.iter().map(|(_, n)| n).sum();
+        assert_eq!(records, 60_000_000);
+        // A new entry starts just past the tolerance of its time: the
+        // largest gap shows the tolerance stayed at 512 ms or below.
+        let gaps = stamps
+            .in_flight
+            .iter()
+            .zip(stamps.in_flight.iter().skip(1))
+            .map(|(a, b)| b.0 - a.0);
+        assert!(gaps.max().unwrap() <= Duration::from_millis(1 << 10));
+        let stats = SinkStats::default();
+        tokio::time::advance(Duration::from_secs(600)).await;
+        stamps.delivered(60_000_000, &stats);
+        assert_eq!(stats.delivery_latency.count(), 60_000_000);
+        assert!(stamps.in_flight.is_empty());
     }
 
     #[tokio::test]
