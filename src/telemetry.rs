@@ -358,6 +358,14 @@ impl prometheus_client::collector::Collector for ViewCollector {
                 )
             }),
         )?;
+        family(
+            &mut e,
+            "sink_delivery_latency_seconds",
+            "Time from the sink's queue accepting a record to the sink delivering it (records read back from the disk buffer: from reading them back).",
+            v.sinks
+                .iter()
+                .map(|s| (vec![("sink", s.name.clone())], &s.stats.delivery_latency)),
+        )?;
 
         let sources: Vec<_> = v
             .sources

@@ -208,5 +208,15 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
     let summary = nozzle.await.unwrap().expect("nozzle ran");
     assert_eq!(summary.total().delivered, 6000);
     assert_eq!(summary.ingress.envelopes, 6000);
+    // A sink that delivered reports its delivery latency; one that did not, none.
+    for s in &summary.sinks {
+        let s = &s.stats;
+        assert_eq!(
+            s.delivery_latency_ms.max.is_some(),
+            s.delivered > 0,
+            "{}",
+            s.name
+        );
+    }
     drop(second);
 }

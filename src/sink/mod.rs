@@ -14,6 +14,7 @@
 pub mod digest;
 pub mod file;
 pub mod http;
+pub mod latency;
 pub mod notify;
 pub mod object;
 mod runner;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::record::Record;
 
@@ -239,6 +241,9 @@ pub struct SinkStats {
     /// Seconds from the first write attempt of a batch to its outcome
     /// (retries included), for `/metrics`.
     pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Time from admission into the queue to delivery, per delivered record
+    /// (see [`latency`]).
+    pub delivery_latency: latency::LatencyHistogram,
 }
 
 impl Default for SinkStats {
@@ -261,6 +266,7 @@ impl Default for SinkStats {
             batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
             ),
+            delivery_latency: latency::LatencyHistogram::default(),
         }
     }
 }
@@ -281,6 +287,8 @@ pub struct SinkSnapshot {
     pub dropped_write_error: u64,
     pub dead_lettered: u64,
     pub retries: u64,
+    /// p50, p99 and max of the delivery latency so far, in milliseconds.
+    pub delivery_latency_ms: latency::LatencyQuantiles,
 }
 
 impl SinkSnapshot {
@@ -313,13 +321,15 @@ impl SinkStats {
             dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            delivery_latency_ms: self.delivery_latency.quantiles(),
         }
     }
 }
 
-/// What travels through a sink's memory queue: a chunk and, for a buffered
-/// sink, the number of its first record in the disk buffer.
-type Queued = (u64, Chunk);
+/// What travels through a sink's memory queue: for a buffered sink the
+/// number of the chunk's first record in the disk buffer, when the queue
+/// accepted the chunk (for the delivery latency), and the chunk.
+type Queued = (u64, Instant, Chunk);
 
 /// The sending side of a sink's bounded queue.
 #[derive(Clone)]
@@ -404,6 +414,8 @@ impl SinkQueue {
         let n = chunk.len() as u64;
         let stats = &self.stats;
         stats.received.fetch_add(n, Ordering::Relaxed);
+        // The one clock read per chunk the delivery latency needs.
+        let accepted = Instant::now();
         let to_memory = |first: u64, chunk: Chunk| -> Result<(), Chunk> {
             let admitted = stats
                 .queued
@@ -414,10 +426,10 @@ impl SinkQueue {
             if !admitted {
                 return Err(chunk);
             }
-            self.tx.send((first, chunk)).map_err(|e| {
+            self.tx.send((first, accepted, chunk)).map_err(|e| {
                 // The runner is gone (shutdown); the records were never queued.
                 stats.queued.fetch_sub(n, Ordering::AcqRel);
-                e.0.1
+                e.0.2
             })
         };
         // What turned the chunk away; a disk error is logged as an error.
@@ -476,14 +488,27 @@ impl Intake {
     /// dropped and nothing waits on disk. `max` bounds a chunk read from disk.
     /// Cancel-safe: it only waits where nothing has been taken yet.
     pub async fn recv_up_to(&mut self, max: usize, stats: &SinkStats) -> Option<Chunk> {
+        self.recv_stamped(max, stats).await.map(|(_, chunk)| chunk)
+    }
+
+    /// [`Intake::recv_up_to`], with when the chunk was accepted: when its
+    /// [`SinkQueue`] took it, or, for records read back from the disk
+    /// buffer (after a restart, or spilled while the memory queue was
+    /// full), when they were read back: the buffer keeps no time, so their
+    /// latency counts from then and understates what they waited on disk.
+    pub async fn recv_stamped(
+        &mut self,
+        max: usize,
+        stats: &SinkStats,
+    ) -> Option<(Instant, Chunk)> {
         let mut closed = false;
         loop {
             match self.rx.try_recv() {
-                Ok((first, chunk)) => {
+                Ok((first, accepted, chunk)) => {
                     if let Some(r) = &mut self.reader {
                         r.took_from_memory(first, chunk.len() as u64);
                     }
-                    return Some(chunk);
+                    return Some((accepted, chunk));
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 Err(mpsc::error::TryRecvError::Empty) => {}
@@ -492,8 +517,8 @@ impl Intake {
                 if closed {
                     return None;
                 }
-                let (_, chunk) = self.rx.recv().await?;
-                return Some(chunk);
+                let (_, accepted, chunk) = self.rx.recv().await?;
+                return Some((accepted, chunk));
             };
             match reader.read(max.max(1)) {
                 Ok(crate::buffer::Backlog::Records(records)) => {
@@ -505,7 +530,8 @@ impl Intake {
                     if records.is_empty() {
                         continue;
                     }
-                    return Some(records.into_iter().map(Arc::new).collect());
+                    let chunk = records.into_iter().map(Arc::new).collect();
+                    return Some((Instant::now(), chunk));
                 }
                 Ok(crate::buffer::Backlog::MemoryFirst) => continue,
                 Ok(crate::buffer::Backlog::CaughtUp) if closed => return None,
@@ -518,9 +544,9 @@ impl Intake {
             }
             tokio::select! {
                 got = self.rx.recv() => match got {
-                    Some((first, chunk)) => {
+                    Some((first, accepted, chunk)) => {
                         reader.took_from_memory(first, chunk.len() as u64);
-                        return Some(chunk);
+                        return Some((accepted, chunk));
                     }
                     None => closed = true,
                 },
@@ -531,12 +557,12 @@ impl Intake {
 
     /// The next chunk of the memory queue (tests that read a queue directly).
     pub async fn recv(&mut self) -> Option<Chunk> {
-        self.rx.recv().await.map(|(_, c)| c)
+        self.rx.recv().await.map(|(_, _, c)| c)
     }
 
     /// The next chunk of the memory queue if one is there, without waiting.
     pub fn try_recv(&mut self) -> Option<Chunk> {
-        self.rx.try_recv().ok().map(|(_, c)| c)
+        self.rx.try_recv().ok().map(|(_, _, c)| c)
     }
 
     /// Notes `n` records settled behind records still in flight (a batch
