@@ -354,35 +354,11 @@ impl Connection {
 
 pub struct SyslogSink {
     cfg: SyslogConfig,
-    /// What encoding a message needs, shared with the encoding tasks.
-    encoding: Arc<(EncodeContext, SyslogFormat, Framing)>,
+    ctx: EncodeContext,
     conn: Option<Connection>,
     buf: Vec<u8>,
     scratch: Vec<u8>,
-    /// Framed messages of the batch being sent, one buffer per chunk of
-    /// [`ENCODE_CHUNK`] records (kept for the next batch).
-    chunks: Vec<Vec<u8>>,
     truncated: u64,
-}
-
-/// Records per encoding task: a batch larger than this is encoded in
-/// chunks on the blocking pool, in parallel, and sent in order. On the
-/// sink's task alone, encoding held TLS syslog to one core (~140k
-/// records/s) while the other had room.
-const ENCODE_CHUNK: usize = 500;
-
-/// Encodes `records` framed into `out`; how many were truncated.
-fn encode_chunk(
-    records: &[Arc<Record>],
-    (ctx, format, framing): &(EncodeContext, SyslogFormat, Framing),
-    scratch: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-) -> u64 {
-    out.clear();
-    records
-        .iter()
-        .filter(|r| encode_framed(r, ctx, format, *framing, scratch, out))
-        .count() as u64
 }
 
 impl SyslogSink {
@@ -392,12 +368,11 @@ impl SyslogSink {
             cfg.format.max_message_bytes = cfg.format.max_message_bytes.min(MAX_DATAGRAM);
         }
         Self {
-            encoding: Arc::new((ctx, cfg.format.clone(), cfg.framing)),
             cfg,
+            ctx,
             conn: None,
             buf: Vec::with_capacity(1 << 20),
             scratch: Vec::with_capacity(DEFAULT_MAX_MESSAGE_BYTES),
-            chunks: Vec::new(),
             truncated: 0,
         }
     }
@@ -464,12 +439,12 @@ impl SyslogSink {
             path: self.cfg.addr.clone(),
             source,
         };
-        let (ctx, format, _) = &*self.encoding;
+        let (cfg, ctx) = (&self.cfg, &self.ctx);
         match self.conn.as_mut().expect("connected above") {
             Connection::Udp(socket) => {
                 for record in batch {
                     self.buf.clear();
-                    if encode(record, ctx, format, &mut self.buf) {
+                    if encode(record, ctx, &cfg.format, &mut self.buf) {
                         self.truncated += 1;
                     }
                     socket.send(&self.buf).await.map_err(io)?;
@@ -477,61 +452,24 @@ impl SyslogSink {
                 Ok(())
             }
             conn => {
-                let parallel = batch.len() > ENCODE_CHUNK;
-                let mut done = Vec::new();
-                if parallel {
-                    let mut pool = std::mem::take(&mut self.chunks);
-                    let tasks: Vec<_> = batch
-                        .chunks(ENCODE_CHUNK)
-                        .map(|chunk| {
-                            let chunk = chunk.to_vec();
-                            let encoding = Arc::clone(&self.encoding);
-                            let mut out = pool.pop().unwrap_or_default();
-                            tokio::task::spawn_blocking(move || {
-                                let mut scratch = Vec::with_capacity(DEFAULT_MAX_MESSAGE_BYTES);
-                                let truncated =
-                                    encode_chunk(&chunk, &encoding, &mut scratch, &mut out);
-                                (out, truncated)
-                            })
-                        })
-                        .collect();
-                    for task in tasks {
-                        let (out, truncated) =
-                            task.await.map_err(|e| io(std::io::Error::other(e)))?;
-                        self.truncated += truncated;
-                        done.push(out);
+                self.buf.clear();
+                for record in batch {
+                    if encode_framed(
+                        record,
+                        ctx,
+                        &cfg.format,
+                        cfg.framing,
+                        &mut self.scratch,
+                        &mut self.buf,
+                    ) {
+                        self.truncated += 1;
                     }
-                } else {
-                    self.truncated +=
-                        encode_chunk(batch, &self.encoding, &mut self.scratch, &mut self.buf);
                 }
-                let chunks = if parallel {
-                    &done[..]
-                } else {
-                    std::slice::from_ref(&self.buf)
+                let written = match conn {
+                    Connection::Tcp(s) => s.write_all(&self.buf).await.and(s.flush().await),
+                    Connection::Tls(s) => s.write_all(&self.buf).await.and(s.flush().await),
+                    Connection::Udp(_) => unreachable!("handled above"),
                 };
-                let mut written = Ok(());
-                for chunk in chunks {
-                    written = match &mut *conn {
-                        Connection::Tcp(s) => s.write_all(chunk).await,
-                        Connection::Tls(s) => s.write_all(chunk).await,
-                        Connection::Udp(_) => unreachable!("handled above"),
-                    };
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                if written.is_ok() {
-                    written = match conn {
-                        Connection::Tcp(s) => s.flush().await,
-                        Connection::Tls(s) => s.flush().await,
-                        Connection::Udp(_) => unreachable!("handled above"),
-                    };
-                }
-                if parallel {
-                    // The buffers serve the next batch.
-                    self.chunks = done;
-                }
                 written.map_err(io)
             }
         }
