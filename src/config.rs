@@ -172,9 +172,9 @@ pub struct OutputArgs {
     /// Records each sink's queue holds; beyond it the newest are dropped and counted.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 100_000)]
     pub queue_capacity: usize,
-    /// Records per batch a sink writes at once.
-    #[arg(long, env = "BATCH_MAX_RECORDS", default_value_t = 1000)]
-    pub batch_max_records: usize,
+    /// Records per batch a sink writes at once (default 1000, and 4000 for the http sink, which encodes a batch in parallel and sends it as several requests).
+    #[arg(long, env = "BATCH_MAX_RECORDS")]
+    pub batch_max_records: Option<usize>,
     /// Estimated bytes of records a sink writes at once (the batch closes at
     /// whichever of count, bytes and age comes first).
     #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = crate::sink::DEFAULT_BATCH_MAX_BYTES)]
@@ -267,7 +267,7 @@ impl OutputArgs {
         if self.queue_capacity == 0 {
             errors.push("--queue-capacity (QUEUE_CAPACITY) must be at least 1".into());
         }
-        if self.batch_max_records == 0 {
+        if self.batch_max_records == Some(0) {
             errors.push("--batch-max-records (BATCH_MAX_RECORDS) must be at least 1".into());
         }
         if self.batch_max_bytes < 1024 {
@@ -327,7 +327,12 @@ impl OutputArgs {
             sinks,
             queue_capacity: self.queue_capacity,
             batch: BatchConfig {
-                max_records: self.batch_max_records,
+                max_records: self
+                    .batch_max_records
+                    .unwrap_or(crate::sink::DEFAULT_BATCH_MAX_RECORDS),
+                max_records_http: self
+                    .batch_max_records
+                    .unwrap_or(crate::sink::DEFAULT_BATCH_MAX_RECORDS_HTTP),
                 max_bytes: self.batch_max_bytes,
                 max_age: Duration::from_millis(self.batch_max_age_ms),
                 dead_letter: Some(crate::sink::DeadLetter {

@@ -265,8 +265,19 @@ type Spawned = Box<
     ) -> Result<(JoinHandle<SinkReport>, SinkQueue), SinkError>,
 >;
 
+/// The batch limits of the sink called `name`: the HTTP sink's record
+/// count is its own.
+fn batch_for(name: &str, batch: &BatchConfig) -> BatchConfig {
+    let mut batch = batch.clone();
+    if name == "http" {
+        batch.max_records = batch.max_records_http;
+    }
+    batch
+}
+
 fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
     Box::new(move |cfg, buffer| {
+        let name = sink.name().to_string();
         let (queue, intake) = match buffer {
             None => SinkQueue::new(sink.name(), cfg.queue_capacity),
             Some(b) => SinkQueue::with_buffer(sink.name(), cfg.queue_capacity, b).map_err(|e| {
@@ -280,7 +291,7 @@ fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
             sink,
             intake,
             Arc::clone(queue.stats()),
-            cfg.batch.clone(),
+            batch_for(&name, &cfg.batch),
         ));
         Ok((task, queue))
     })
@@ -408,4 +419,22 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
         let _ = server.await;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_sink_batches_by_its_own_record_count() {
+        let batch = BatchConfig {
+            max_records: 7,
+            max_records_http: 9,
+            ..BatchConfig::default()
+        };
+        assert_eq!(batch_for("http", &batch).max_records, 9);
+        for other in ["syslog", "stdout", "file:api", "s3:app_log"] {
+            assert_eq!(batch_for(other, &batch).max_records, 7, "{other}");
+        }
+    }
 }
