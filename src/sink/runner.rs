@@ -58,7 +58,9 @@ pub async fn run_sink<S: Sink>(
         // queue that is never empty (a sink behind its input) still ages its
         // batches out and rolls its files on time.
         let now = Instant::now();
-        if batch_deadline.is_some_and(|d| now >= d) {
+        // A roll writes the pending batch first.
+        let roll_due = roll_every.filter(|_| next_roll.is_some_and(|d| now >= d));
+        if batch_deadline.is_some_and(|d| now >= d) || roll_due.is_some() {
             write_pending(
                 &mut sink,
                 &mut pending,
@@ -71,20 +73,7 @@ pub async fn run_sink<S: Sink>(
             batch_deadline = None;
             pending_bytes = 0;
         }
-        if let (Some(d), Some(every)) = (next_roll, roll_every)
-            && now >= d
-        {
-            write_pending(
-                &mut sink,
-                &mut pending,
-                &stats,
-                &batch,
-                &mut intake,
-                &mut stamps,
-            )
-            .await;
-            batch_deadline = None;
-            pending_bytes = 0;
+        if let Some(every) = roll_due {
             roll(&mut sink, &stats, &mut stamps).await;
             intake.settled(&stats);
             next_roll = Some(Instant::now() + every);
