@@ -232,34 +232,9 @@ fn header_field(out: &mut Vec<u8>, parts: &[&str], sep: &str, max: usize) {
 }
 
 /// RFC 3339 UTC with microseconds (`2023-11-14T22:13:20.123456Z`), from
-/// UNIX nanoseconds, digit by digit (chrono's formatter allocated a String
-/// per message).
+/// UNIX nanoseconds.
 fn write_timestamp(out: &mut Vec<u8>, nanos: i64) {
-    use chrono::{Datelike, Timelike};
-    let t = chrono::DateTime::from_timestamp_nanos(nanos);
-    if !(0..=9999).contains(&t.year()) {
-        let text = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        out.extend_from_slice(text.as_bytes());
-        return;
-    }
-    let fields = [
-        (t.year() as u32, 4, b'-'),
-        (t.month(), 2, b'-'),
-        (t.day(), 2, b'T'),
-        (t.hour(), 2, b':'),
-        (t.minute(), 2, b':'),
-        (t.second(), 2, b'.'),
-        (t.nanosecond() % 1_000_000_000 / 1000, 6, b'Z'),
-    ];
-    for (mut v, width, sep) in fields {
-        let mut buf = [b'0'; 6];
-        for d in buf[..width].iter_mut().rev() {
-            *d = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-        out.extend_from_slice(&buf[..width]);
-        out.push(sep);
-    }
+    crate::record::write_rfc3339(out, nanos, 6);
 }
 
 /// `[tags@PEN name="value" ...]` with every tag, or `-` without tags.
