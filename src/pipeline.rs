@@ -125,28 +125,32 @@ impl Pipeline {
                     for (sink, kinds) in
                         crate::sink::s3::start_object_sinks(o, &cfg.encode, kinds, &mut followers)?
                     {
-                        add(spawner(sink), kinds)?;
+                        add(spawner(sink, BatchConfig::clone), kinds)?;
                     }
                 }
-                SinkConfig::Stdout => {
-                    add(spawner(StdoutSink::new(cfg.encode.clone())), kinds.clone())?
-                }
+                SinkConfig::Stdout => add(
+                    spawner(StdoutSink::new(cfg.encode.clone()), BatchConfig::clone),
+                    kinds.clone(),
+                )?,
                 SinkConfig::Http(h) => add(
-                    spawner(crate::sink::http::HttpSink::new(
-                        (**h).clone(),
-                        cfg.encode.clone(),
-                    )?),
+                    spawner(
+                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())?,
+                        BatchConfig::for_http,
+                    ),
                     kinds.clone(),
                 )?,
                 SinkConfig::Syslog(s) => add(
-                    spawner(SyslogSink::new(s.clone(), cfg.encode.clone())),
+                    spawner(
+                        SyslogSink::new(s.clone(), cfg.encode.clone()),
+                        BatchConfig::clone,
+                    ),
                     kinds.clone(),
                 )?,
                 // One writer per kind: kinds are compressed in parallel and isolated.
                 SinkConfig::File(f) => {
                     for &kind in kinds {
                         let sink = FileSink::new(f.clone(), cfg.encode.clone(), kind)?;
-                        add(spawner(sink), vec![kind])?;
+                        add(spawner(sink, BatchConfig::clone), vec![kind])?;
                     }
                 }
             }
@@ -265,19 +269,10 @@ type Spawned = Box<
     ) -> Result<(JoinHandle<SinkReport>, SinkQueue), SinkError>,
 >;
 
-/// The batch limits of the sink called `name`: the HTTP sink's record
-/// count is its own.
-fn batch_for(name: &str, batch: &BatchConfig) -> BatchConfig {
-    let mut batch = batch.clone();
-    if name == "http" {
-        batch.max_records = batch.max_records_http;
-    }
-    batch
-}
-
-fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
+/// `sink` behind its queue, batching by `batch` applied to the pipeline's
+/// batch limits.
+fn spawner<S: crate::sink::Sink>(sink: S, batch: fn(&BatchConfig) -> BatchConfig) -> Spawned {
     Box::new(move |cfg, buffer| {
-        let name = sink.name().to_string();
         let (queue, intake) = match buffer {
             None => SinkQueue::new(sink.name(), cfg.queue_capacity),
             Some(b) => SinkQueue::with_buffer(sink.name(), cfg.queue_capacity, b).map_err(|e| {
@@ -291,7 +286,7 @@ fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
             sink,
             intake,
             Arc::clone(queue.stats()),
-            batch_for(&name, &cfg.batch),
+            batch(&cfg.batch),
         ));
         Ok((task, queue))
     })
@@ -419,22 +414,4 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
         let _ = server.await;
     }
     Ok(summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_http_sink_batches_by_its_own_record_count() {
-        let batch = BatchConfig {
-            max_records: 7,
-            max_records_http: 9,
-            ..BatchConfig::default()
-        };
-        assert_eq!(batch_for("http", &batch).max_records, 9);
-        for other in ["syslog", "stdout", "file:api", "s3:app_log"] {
-            assert_eq!(batch_for(other, &batch).max_records, 7, "{other}");
-        }
-    }
 }

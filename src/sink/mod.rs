@@ -206,6 +206,16 @@ pub struct BatchConfig {
     pub dead_letter: Option<DeadLetter>,
 }
 
+impl BatchConfig {
+    /// These limits as the HTTP sink uses them: its own record count.
+    pub fn for_http(&self) -> Self {
+        Self {
+            max_records: self.max_records_http,
+            ..self.clone()
+        }
+    }
+}
+
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
@@ -614,4 +624,23 @@ pub struct SinkReport {
     #[serde(flatten)]
     pub stats: SinkSnapshot,
     pub outputs: Vec<Output>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_http_sink_batches_by_its_own_record_count() {
+        let batch = BatchConfig {
+            max_records: 7,
+            max_records_http: 9,
+            max_age: Duration::from_millis(3),
+            ..BatchConfig::default()
+        };
+        let http = batch.for_http();
+        assert_eq!(http.max_records, 9);
+        assert_eq!(http.max_age, Duration::from_millis(3), "the rest is kept");
+        assert_eq!(batch.max_records, 7, "the other sinks' count is untouched");
+    }
 }
