@@ -211,7 +211,6 @@ impl<'a> Named<'a> {
 fn write_envelope_record(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
     let env = &rec.envelope;
     let tag = |k: &str| env.tag(k);
-    out.reserve(rec.approx_size());
     out.extend_from_slice(b"{\"kind\":");
     json::write_str(out, rec.kind.as_str());
     json::write_key(out, "time");
