@@ -89,8 +89,7 @@ impl FileSink {
                 .join(".partial")
                 .join(format!("{}_{}.json.gz", kind, unique_suffix()));
         let file = File::create(&partial).map_err(|e| io(&partial, e))?;
-        let file = RecordsFile::new(BufWriter::with_capacity(1 << 16, file), self.cfg.gzip_level)
-            .map_err(|e| io(&partial, e))?;
+        let file = RecordsFile::new(BufWriter::with_capacity(1 << 16, file), self.cfg.gzip_level);
         Ok(OpenFile { partial, file })
     }
 

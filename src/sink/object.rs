@@ -90,7 +90,7 @@ fn compress<W: Write>(
 }
 
 impl<W: Write + Send + 'static> RecordsFile<W> {
-    pub fn new(out: W, gzip_level: u32) -> std::io::Result<Self> {
+    pub fn new(out: W, gzip_level: u32) -> Self {
         let (to_worker, buffers) = std::sync::mpsc::sync_channel(IN_FLIGHT);
         let (done, from_worker) = std::sync::mpsc::sync_channel(IN_FLIGHT + 1);
         // The writer goes to the thread once it runs (a failed spawn would
@@ -118,18 +118,19 @@ impl<W: Write + Send + 'static> RecordsFile<W> {
                 )))
             }
         };
-        let mut file = Self {
-            pending: Vec::with_capacity(PENDING + 4096),
+        const HEAD: &[u8] = b"{\"Records\":[";
+        let mut pending = Vec::with_capacity(PENDING + 4096);
+        pending.extend_from_slice(HEAD);
+        Self {
+            pending,
             to_worker: Some(to_worker),
             from_worker,
             worker: Some(worker),
             records: 0,
-            uncompressed: 0,
+            uncompressed: HEAD.len() as u64,
             oldest_ns: i64::MAX,
             newest_ns: i64::MIN,
-        };
-        file.put(b"{\"Records\":[")?;
-        Ok(file)
+        }
     }
 
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -521,7 +522,7 @@ mod tests {
         let ctx = EncodeContext {
             foundation: "t".into(),
         };
-        let mut file = RecordsFile::new(Vec::new(), 1).unwrap();
+        let mut file = RecordsFile::new(Vec::new(), 1);
         let mut expected = b"{\"Records\":[".to_vec();
         for i in 0..5000 {
             if i > 0 {
@@ -547,7 +548,7 @@ mod tests {
         let ctx = EncodeContext {
             foundation: "t".into(),
         };
-        let mut file = RecordsFile::new(Full { room: 100 }, 0).unwrap();
+        let mut file = RecordsFile::new(Full { room: 100 }, 0);
         // Level 0 stores: 10,000 records of ~300 bytes are 3 MB to write.
         let failed = (0..10_000).find_map(|i| file.append(&record(i), &ctx, &mut Vec::new()).err());
         let error = match failed {

@@ -344,10 +344,10 @@ impl Sink for ObjectSink {
             debug_assert_eq!(record.kind, self.kind, "routing sends a sink only its kind");
             let file = match &mut self.open {
                 Some(f) => f,
-                None => self.open.insert(
-                    RecordsFile::new(Vec::with_capacity(self.body_capacity), self.roll.gzip_level)
-                        .expect("a thread to compress the file starts"),
-                ),
+                None => self.open.insert(RecordsFile::new(
+                    Vec::with_capacity(self.body_capacity),
+                    self.roll.gzip_level,
+                )),
             };
             file.append(record, &self.ctx, &mut self.buf)
                 .expect("writing to memory cannot fail");
