@@ -45,7 +45,6 @@ pub struct FileSink {
     name: String,
     open: Option<OpenFile>,
     written: Vec<Output>,
-    buf: Vec<u8>,
 }
 
 impl FileSink {
@@ -77,7 +76,6 @@ impl FileSink {
             name: format!("file:{kind}"),
             open: None,
             written: Vec::new(),
-            buf: Vec::with_capacity(1 << 16),
         })
     }
 
@@ -105,7 +103,7 @@ impl FileSink {
             }
             let open = self.open.as_mut().expect("opened above");
             open.file
-                .append(record, &self.ctx, &mut self.buf)
+                .append(record, &self.ctx)
                 .map_err(|e| io(&open.partial, e))?;
         }
         Ok(())

@@ -184,14 +184,8 @@ impl<W: Write + Send + 'static> RecordsFile<W> {
         }
     }
 
-    /// Appends one record. (`_buf` is kept for callers that reuse one scratch
-    /// buffer across sinks; records are encoded straight into the file's own.)
-    pub fn append(
-        &mut self,
-        record: &Record,
-        ctx: &EncodeContext,
-        _buf: &mut Vec<u8>,
-    ) -> std::io::Result<()> {
+    /// Appends one record, encoded straight into the file's own buffer.
+    pub fn append(&mut self, record: &Record, ctx: &EncodeContext) -> std::io::Result<()> {
         let before = self.pending.len();
         if self.records > 0 {
             self.pending.push(b',');
@@ -529,7 +523,7 @@ mod tests {
                 expected.push(b',');
             }
             record(i).write_json(&ctx, &mut expected);
-            file.append(&record(i), &ctx, &mut Vec::new()).unwrap();
+            file.append(&record(i), &ctx).unwrap();
         }
         expected.extend_from_slice(b"]}");
         let (gz, done) = file.finish().unwrap();
@@ -550,7 +544,7 @@ mod tests {
         };
         let mut file = RecordsFile::new(Full { room: 100 }, 0);
         // Level 0 stores: 10,000 records of ~300 bytes are 3 MB to write.
-        let failed = (0..10_000).find_map(|i| file.append(&record(i), &ctx, &mut Vec::new()).err());
+        let failed = (0..10_000).find_map(|i| file.append(&record(i), &ctx).err());
         let error = match failed {
             Some(e) => e,
             None => file.finish().err().expect("finishing fails"),

@@ -227,7 +227,6 @@ pub struct ObjectSink {
     digests: Option<mpsc::UnboundedSender<LogFileEntry>>,
     notifier: Option<Notifier>,
     written: Vec<Output>,
-    buf: Vec<u8>,
     /// The capacity a new file's compressed body starts with: the last
     /// body's size and an eighth (growing a 12 MB body by doubling from
     /// 1 MB copied it four times and faulted in fresh pages each time).
@@ -256,7 +255,6 @@ impl ObjectSink {
             digests,
             notifier,
             written: Vec::new(),
-            buf: Vec::with_capacity(1 << 16),
             body_capacity: 1 << 20,
         }
     }
@@ -349,7 +347,7 @@ impl Sink for ObjectSink {
                     self.roll.gzip_level,
                 )),
             };
-            file.append(record, &self.ctx, &mut self.buf)
+            file.append(record, &self.ctx)
                 .expect("writing to memory cannot fail");
             if file.uncompressed_bytes() >= self.roll.roll_bytes {
                 self.complete();
