@@ -202,8 +202,16 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     out.push(b'}');
 }
 
-/// Records per encoding task (see [`HttpSink::encode`]).
-const ENCODE_CHUNK: usize = 250;
+/// The fewest records an encoding task gets (see [`HttpSink::encode`]).
+const MIN_ENCODE_CHUNK: usize = 250;
+
+/// How many encoding tasks a batch is split into: one per core. More only
+/// adds threads to the blocking pool, each with its own allocator heap and
+/// gzip state (16 tasks of 250 records kept ~150 MB more resident in the
+/// `full` benchmark, for no more speed on 2 cores).
+fn encode_tasks() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
+}
 
 /// What encoding a request body needs, shared with the encoding tasks.
 struct Encoder {
@@ -287,6 +295,8 @@ pub struct HttpSink {
     encoder: Arc<Encoder>,
     /// Uncompressed body buffers kept for the next batch.
     buffers: Vec<Vec<u8>>,
+    /// Encoding tasks per batch ([`encode_tasks`]).
+    encode_tasks: usize,
     /// Records acknowledged while writing (backpressure), reported by the next roll.
     acked_unreported: u64,
     warned_no_ack_id: bool,
@@ -321,6 +331,7 @@ impl HttpSink {
             progress: None,
             unacked: Vec::new(),
             buffers: Vec::new(),
+            encode_tasks: encode_tasks(),
             acked_unreported: 0,
             warned_no_ack_id: false,
         })
@@ -328,16 +339,21 @@ impl HttpSink {
 
     /// The batch as compressed request bodies of about `max_request_bytes`
     /// each (uncompressed; a record larger than that goes alone), with their
-    /// record counts, in batch order. Chunks of [`ENCODE_CHUNK`] records are
-    /// encoded and compressed on the blocking pool in parallel: on one task
+    /// record counts, in batch order. The batch is split into one chunk per
+    /// core (at least [`MIN_ENCODE_CHUNK`] records each), encoded and
+    /// compressed on the blocking pool in parallel: on one task
     /// the sink encoded at most ~100k records/s (callgrind: JSON and gzip are
     /// 8 µs a record), while the other core waited.
     async fn encode(
         &mut self,
         batch: &[Arc<Record>],
     ) -> Result<Vec<(bytes::Bytes, u64)>, SinkFailure> {
+        let chunk = batch
+            .len()
+            .div_ceil(self.encode_tasks)
+            .max(MIN_ENCODE_CHUNK);
         let tasks: Vec<_> = batch
-            .chunks(ENCODE_CHUNK)
+            .chunks(chunk)
             .map(|chunk| {
                 let chunk = chunk.to_vec();
                 let encoder = Arc::clone(&self.encoder);
