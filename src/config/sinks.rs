@@ -285,7 +285,10 @@ impl SyslogArgs {
             ("--syslog-cert (SYSLOG_CERT)", &self.syslog_cert),
             ("--syslog-key (SYSLOG_KEY)", &self.syslog_key),
         )
-        .map(std::sync::Arc::new)
+        .map(|mut config| {
+            config.max_fragment_size = Some(crate::sink::syslog::TLS_FRAGMENT);
+            std::sync::Arc::new(config)
+        })
     }
 
     /// The syslog sink these options describe, plus any problems in them.
