@@ -202,13 +202,13 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     out.push(b'}');
 }
 
-/// The fewest records an encoding task gets (see [`HttpSink::encode`]).
-const MIN_ENCODE_CHUNK: usize = 250;
+/// Records per chunk an encoding task takes (see [`HttpSink::encode`]).
+const ENCODE_CHUNK: usize = 250;
 
-/// How many encoding tasks a batch is split into: one per core. More only
-/// adds threads to the blocking pool, each with its own allocator heap and
-/// gzip state (16 tasks of 250 records kept ~150 MB more resident in the
-/// `full` benchmark, for no more speed on 2 cores).
+/// How many encoding tasks a batch gets: one per core. More only adds
+/// threads to the blocking pool, each with its own allocator heap and gzip
+/// state (16 tasks of 250 records kept ~150 MB more resident in the `full`
+/// benchmark).
 fn encode_tasks() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get)
 }
@@ -339,35 +339,48 @@ impl HttpSink {
 
     /// The batch as compressed request bodies of about `max_request_bytes`
     /// each (uncompressed; a record larger than that goes alone), with their
-    /// record counts, in batch order. The batch is split into one chunk per
-    /// core (at least [`MIN_ENCODE_CHUNK`] records each), encoded and
-    /// compressed on the blocking pool in parallel: on one task
-    /// the sink encoded at most ~100k records/s (callgrind: JSON and gzip are
-    /// 8 µs a record), while the other core waited.
+    /// record counts, in batch order. One blocking task per core encodes
+    /// and compresses chunks of [`ENCODE_CHUNK`] records, taking the next
+    /// chunk as it finishes one: on one task the sink encoded at most ~100k
+    /// records/s (callgrind: JSON and gzip are 8 µs a record) while the
+    /// other core waited, and a task per chunk started up to 16 threads.
     async fn encode(
         &mut self,
         batch: &[Arc<Record>],
     ) -> Result<Vec<(bytes::Bytes, u64)>, SinkFailure> {
-        let chunk = batch
-            .len()
-            .div_ceil(self.encode_tasks)
-            .max(MIN_ENCODE_CHUNK);
-        let tasks: Vec<_> = batch
-            .chunks(chunk)
-            .map(|chunk| {
-                let chunk = chunk.to_vec();
+        let batch: Arc<[Arc<Record>]> = batch.into();
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let chunks = batch.len().div_ceil(ENCODE_CHUNK);
+        let tasks: Vec<_> = (0..self.encode_tasks.min(chunks))
+            .map(|_| {
+                let (batch, next) = (Arc::clone(&batch), Arc::clone(&next));
                 let encoder = Arc::clone(&self.encoder);
-                let buffer = self.buffers.pop();
-                tokio::task::spawn_blocking(move || encoder.encode(&chunk, buffer))
+                let mut buffer = self.buffers.pop();
+                tokio::task::spawn_blocking(move || {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let start = i * ENCODE_CHUNK;
+                        if start >= batch.len() {
+                            return Ok::<_, std::io::Error>((done, buffer));
+                        }
+                        let chunk = &batch[start..batch.len().min(start + ENCODE_CHUNK)];
+                        let (bodies, reuse) = encoder.encode(chunk, buffer.take())?;
+                        done.push((i, bodies));
+                        buffer = Some(reuse);
+                    }
+                })
             })
             .collect();
-        let mut parts = Vec::new();
+        let mut encoded = Vec::with_capacity(chunks);
         let mut failed = None;
         for task in tasks {
             match task.await {
-                Ok(Ok((bodies, buffer))) => {
-                    parts.extend(bodies);
-                    if self.buffers.len() < self.cfg.concurrency.max(1) * 2 {
+                Ok(Ok((done, buffer))) => {
+                    encoded.extend(done);
+                    if let Some(buffer) = buffer
+                        && self.buffers.len() < self.cfg.concurrency.max(1) * 2
+                    {
                         self.buffers.push(buffer);
                     }
                 }
@@ -376,7 +389,10 @@ impl HttpSink {
             }
         }
         match failed {
-            None => Ok(parts),
+            None => {
+                encoded.sort_unstable_by_key(|(i, _)| *i);
+                Ok(encoded.into_iter().flat_map(|(_, bodies)| bodies).collect())
+            }
             Some(reason) => Err(SinkError::Io {
                 sink: "http",
                 path: "<gzip>".into(),
