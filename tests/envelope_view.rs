@@ -513,3 +513,91 @@ fn deprecated_text_tags_answer_when_tags_do_not() {
     assert_eq!(view.tag("nothing"), None);
     assert!(!view.has_tag("origin"));
 }
+
+/// Tag keys: the ones the view locates at decode, near misses, and any.
+fn tag_key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => proptest::sample::select(vec![
+            "app_id",
+            "app_name",
+            "deployment",
+            "job",
+            "organization_id",
+            "organization_name",
+            "origin",
+            "source_type",
+            "space_id",
+            "space_name",
+            "cf-audit-nozzle/opt-out",
+            "app_ids",
+            "jo",
+            "index",
+        ])
+        .prop_map(String::from),
+        1 => text(),
+    ]
+}
+
+/// What prost's maps say `key` is: `tags`, else a text `deprecated_tags` entry.
+fn prost_tag<'a>(env: &'a Envelope, key: &str) -> Option<&'a str> {
+    env.tags.get(key).map(String::as_str).or_else(|| {
+        match env.deprecated_tags.get(key).and_then(|v| v.data.as_ref()) {
+            Some(value::Data::Text(t)) => Some(t.as_str()),
+            _ => None,
+        }
+    })
+}
+
+proptest! {
+    /// Every tag lookup answers as prost's maps do, for the tags the view
+    /// locates once at decode as for the rest, with keys repeated on the
+    /// wire (merged messages: the last entry wins) and deprecated tags behind.
+    #[test]
+    fn tag_lookups_answer_as_prosts_maps(
+        parts in proptest::collection::vec(
+            (
+                proptest::collection::btree_map(tag_key(), text(), 0..8),
+                proptest::collection::btree_map(tag_key(), text(), 0..3),
+            ),
+            1..4,
+        )
+    ) {
+        let mut wire = Vec::new();
+        for (tags, deprecated) in &parts {
+            let deprecated_tags = deprecated
+                .iter()
+                .map(|(k, v)| (k.clone(), Value { data: Some(value::Data::Text(v.clone())) }))
+                .collect();
+            Envelope { tags: tags.clone(), deprecated_tags, ..Envelope::default() }
+                .encode(&mut wire)
+                .unwrap();
+        }
+        let prost = Envelope::decode(wire.as_slice()).unwrap();
+        let view = EnvelopeView::from_wire(Bytes::from(wire)).unwrap();
+        let mut keys: Vec<String> = parts.iter().flat_map(|(t, d)| t.keys().chain(d.keys())).cloned().collect();
+        keys.extend(["app_id", "space_name", "origin", "nothing"].map(String::from));
+        for key in &keys {
+            prop_assert_eq!(view.tag(key), prost_tag(&prost, key), "key {:?}", key);
+            prop_assert_eq!(view.has_tag(key), prost.tags.contains_key(key));
+        }
+    }
+}
+
+#[test]
+fn a_located_tag_past_what_its_index_holds_is_still_found() {
+    // 70,000 tags sort before "space_name", whose index does not fit a u16.
+    let mut tags: BTreeMap<String, String> = (0..70_000)
+        .map(|i| (format!("a{i:05}"), String::new()))
+        .collect();
+    tags.insert("space_name".into(), "prod".into());
+    tags.insert("app_id".into(), "guid".into());
+    let env = Envelope {
+        tags,
+        ..Envelope::default()
+    };
+    let view = EnvelopeView::from_prost(&env);
+    assert_eq!(view.tag("space_name"), Some("prod"));
+    assert_eq!(view.tag("app_id"), Some("guid"));
+    assert_eq!(view.tag("a69999"), Some(""));
+    assert_eq!(view.tag("origin"), None);
+}
