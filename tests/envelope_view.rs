@@ -517,22 +517,12 @@ fn deprecated_text_tags_answer_when_tags_do_not() {
 /// Tag keys: the ones the view locates at decode, near misses, and any.
 fn tag_key() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => proptest::sample::select(vec![
-            "app_id",
-            "app_name",
-            "deployment",
-            "job",
-            "organization_id",
-            "organization_name",
-            "origin",
-            "source_type",
-            "space_id",
-            "space_name",
-            "cf-audit-nozzle/opt-out",
-            "app_ids",
-            "jo",
-            "index",
-        ])
+        3 => proptest::sample::select(
+            cf_audit_nozzle::record::envelope::KNOWN_TAGS
+                .into_iter()
+                .chain(["app_ids", "jo", "index"])
+                .collect::<Vec<_>>(),
+        )
         .prop_map(String::from),
         1 => text(),
     ]

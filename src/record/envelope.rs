@@ -59,7 +59,7 @@ pub struct EnvelopeView {
 /// The tags the encoders and rules read for nearly every record, located
 /// once when the view is made: scanning the tags on each lookup was ~2.7k
 /// of the record JSON's ~15k instructions (callgrind, `examples/encode_cost`).
-const KNOWN_TAGS: [&str; 11] = [
+pub const KNOWN_TAGS: [&str; 11] = [
     "app_id",
     "app_name",
     "deployment",
