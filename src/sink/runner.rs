@@ -74,8 +74,7 @@ pub async fn run_sink<S: Sink>(
             pending_bytes = 0;
         }
         if let Some(every) = roll_due {
-            roll(&mut sink, &stats, &mut stamps).await;
-            intake.settled(&stats);
+            roll(&mut sink, &stats, &mut intake, &mut stamps).await;
             next_roll = Some(Instant::now() + every);
         }
     }
@@ -88,8 +87,7 @@ pub async fn run_sink<S: Sink>(
         &mut stamps,
     )
     .await;
-    roll(&mut sink, &stats, &mut stamps).await;
-    intake.settled(&stats);
+    roll(&mut sink, &stats, &mut intake, &mut stamps).await;
     intake.sync();
     SinkReport {
         stats: stats.snapshot(sink.name()),
@@ -219,7 +217,8 @@ fn dead_letter(
     Ok(path)
 }
 
-async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats, stamps: &mut Stamps) {
+/// Rolls the sink and, like [`write_pending`], settles what it confirmed.
+async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats, intake: &mut Intake, stamps: &mut Stamps) {
     match sink.roll().await {
         Ok(delivered) => {
             stats.delivered.fetch_add(delivered, Ordering::Relaxed);
@@ -231,6 +230,7 @@ async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats, stamps: &mut Stamps) {
             account_loss(sink.name(), stats, 0, &failure);
         }
     }
+    intake.settled(stats);
 }
 
 /// When the records not yet settled were accepted, one entry per chunk
