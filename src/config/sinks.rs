@@ -285,10 +285,7 @@ impl SyslogArgs {
             ("--syslog-cert (SYSLOG_CERT)", &self.syslog_cert),
             ("--syslog-key (SYSLOG_KEY)", &self.syslog_key),
         )
-        .map(|mut config| {
-            config.max_fragment_size = Some(crate::sink::syslog::TLS_FRAGMENT);
-            std::sync::Arc::new(config)
-        })
+        .map(std::sync::Arc::new)
     }
 
     /// The syslog sink these options describe, plus any problems in them.
