@@ -78,35 +78,10 @@ const ABSENT: u16 = u16::MAX;
 const UNINDEXED: u16 = u16::MAX - 1;
 
 /// The slot of `key` in [`KNOWN_TAGS`] (a search of the list measured
-/// fewer instructions than a switch on the length: where the lookup is
-/// inlined with a literal key, it folds).
+/// fewer instructions than a switch on the key's length).
 #[inline]
 fn known_slot(key: &str) -> Option<usize> {
     KNOWN_TAGS.iter().position(|k| *k == key)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_located_tag_has_its_own_slot_and_near_misses_none() {
-        for (slot, key) in KNOWN_TAGS.iter().enumerate() {
-            assert_eq!(known_slot(key), Some(slot), "{key}");
-        }
-        for key in [
-            "",
-            "jo",
-            "joB",
-            "app_ids",
-            "origin ",
-            "space_nam",
-            "index",
-            "ip",
-        ] {
-            assert_eq!(known_slot(key), None, "{key}");
-        }
-    }
 }
 
 /// Spans of strings point into the view's `text`; the log payload's into `wire`.
@@ -877,4 +852,28 @@ fn fields(
         field(&mut m, tag, wt, at)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_located_tag_has_its_own_slot_and_near_misses_none() {
+        for (slot, key) in KNOWN_TAGS.iter().enumerate() {
+            assert_eq!(known_slot(key), Some(slot), "{key}");
+        }
+        for key in [
+            "",
+            "jo",
+            "joB",
+            "app_ids",
+            "origin ",
+            "space_nam",
+            "index",
+            "ip",
+        ] {
+            assert_eq!(known_slot(key), None, "{key}");
+        }
+    }
 }
