@@ -327,12 +327,7 @@ impl OutputArgs {
             sinks,
             queue_capacity: self.queue_capacity,
             batch: BatchConfig {
-                max_records: self
-                    .batch_max_records
-                    .unwrap_or(crate::sink::DEFAULT_BATCH_MAX_RECORDS),
-                max_records_http: self
-                    .batch_max_records
-                    .unwrap_or(crate::sink::DEFAULT_BATCH_MAX_RECORDS_HTTP),
+                max_records: self.batch_max_records,
                 max_bytes: self.batch_max_bytes,
                 max_age: Duration::from_millis(self.batch_max_age_ms),
                 dead_letter: Some(crate::sink::DeadLetter {

@@ -125,32 +125,28 @@ impl Pipeline {
                     for (sink, kinds) in
                         crate::sink::s3::start_object_sinks(o, &cfg.encode, kinds, &mut followers)?
                     {
-                        add(spawner(sink, BatchConfig::clone), kinds)?;
+                        add(spawner(sink), kinds)?;
                     }
                 }
-                SinkConfig::Stdout => add(
-                    spawner(StdoutSink::new(cfg.encode.clone()), BatchConfig::clone),
-                    kinds.clone(),
-                )?,
+                SinkConfig::Stdout => {
+                    add(spawner(StdoutSink::new(cfg.encode.clone())), kinds.clone())?
+                }
                 SinkConfig::Http(h) => add(
-                    spawner(
-                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())?,
-                        BatchConfig::for_http,
-                    ),
+                    spawner(crate::sink::http::HttpSink::new(
+                        (**h).clone(),
+                        cfg.encode.clone(),
+                    )?),
                     kinds.clone(),
                 )?,
                 SinkConfig::Syslog(s) => add(
-                    spawner(
-                        SyslogSink::new(s.clone(), cfg.encode.clone()),
-                        BatchConfig::clone,
-                    ),
+                    spawner(SyslogSink::new(s.clone(), cfg.encode.clone())),
                     kinds.clone(),
                 )?,
                 // One writer per kind: kinds are compressed in parallel and isolated.
                 SinkConfig::File(f) => {
                     for &kind in kinds {
                         let sink = FileSink::new(f.clone(), cfg.encode.clone(), kind)?;
-                        add(spawner(sink, BatchConfig::clone), vec![kind])?;
+                        add(spawner(sink), vec![kind])?;
                     }
                 }
             }
@@ -269,9 +265,8 @@ type Spawned = Box<
     ) -> Result<(JoinHandle<SinkReport>, SinkQueue), SinkError>,
 >;
 
-/// `sink` behind its queue, batching by `batch` applied to the pipeline's
-/// batch limits.
-fn spawner<S: crate::sink::Sink>(sink: S, batch: fn(&BatchConfig) -> BatchConfig) -> Spawned {
+/// `sink` behind its queue, batching by the pipeline's batch limits.
+fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
     Box::new(move |cfg, buffer| {
         let (queue, intake) = match buffer {
             None => SinkQueue::new(sink.name(), cfg.queue_capacity),
@@ -286,7 +281,7 @@ fn spawner<S: crate::sink::Sink>(sink: S, batch: fn(&BatchConfig) -> BatchConfig
             sink,
             intake,
             Arc::clone(queue.stats()),
-            batch(&cfg.batch),
+            cfg.batch.clone(),
         ));
         Ok((task, queue))
     })

@@ -232,7 +232,7 @@ async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
         rx,
         Arc::clone(&stats),
         BatchConfig {
-            max_records: 1000,
+            max_records: Some(1000),
             max_age: Duration::from_millis(10),
             ..BatchConfig::default()
         },

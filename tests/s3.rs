@@ -59,7 +59,7 @@ fn roll(roll_bytes: u64, instance_index: u32) -> RollConfig {
 
 fn fast_retries(max_records: usize) -> BatchConfig {
     BatchConfig {
-        max_records,
+        max_records: Some(max_records),
         max_age: Duration::from_millis(20),
         retry_initial: Duration::from_millis(50),
         retry_max: Duration::from_millis(300),

@@ -132,6 +132,11 @@ pub trait Sink: Send + 'static {
     /// and once more at shutdown.
     fn roll(&mut self) -> impl std::future::Future<Output = Result<u64, SinkFailure>> + Send;
 
+    /// Records per batch unless `--batch-max-records` says otherwise.
+    fn batch_records(&self) -> usize {
+        DEFAULT_BATCH_MAX_RECORDS
+    }
+
     /// How often to call [`Sink::roll`]; `None` for sinks with nothing to roll.
     fn roll_interval(&self) -> Option<Duration> {
         None
@@ -177,22 +182,16 @@ pub struct DeadLetter {
 /// decide for typical records, small enough to bound a batch of huge ones.
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 10 * 1024 * 1024;
 
-/// Records per batch unless `--batch-max-records` says otherwise.
+/// Records per batch of a sink that does not name its own
+/// ([`Sink::batch_records`]), unless `--batch-max-records` says otherwise.
 pub const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
-
-/// The same for the HTTP sink (see [`BatchConfig::max_records_http`]).
-pub const DEFAULT_BATCH_MAX_RECORDS_HTTP: usize = 4000;
 
 /// How a sink's runner groups records before writing them, and retries.
 #[derive(Clone, Debug)]
 pub struct BatchConfig {
-    /// Write as soon as this many records are waiting.
-    pub max_records: usize,
-    /// `max_records` of the HTTP sink, which encodes a batch in parallel
-    /// chunks and sends it as several requests at once: batches of 1,000
-    /// left a core idle between rounds (`scripts/bench --mode http`:
-    /// 124,079 envelopes/s sustained with 1,000, 173,733 with 4,000).
-    pub max_records_http: usize,
+    /// Write as soon as this many records are waiting (`--batch-max-records`);
+    /// `None`: the sink's own [`Sink::batch_records`].
+    pub max_records: Option<usize>,
     /// Write as soon as the waiting records' estimated size
     /// ([`Record::approx_size`](crate::record::Record::approx_size)) reaches this.
     pub max_bytes: usize,
@@ -206,21 +205,10 @@ pub struct BatchConfig {
     pub dead_letter: Option<DeadLetter>,
 }
 
-impl BatchConfig {
-    /// These limits as the HTTP sink uses them: its own record count.
-    pub fn for_http(&self) -> Self {
-        Self {
-            max_records: self.max_records_http,
-            ..self.clone()
-        }
-    }
-}
-
 impl Default for BatchConfig {
     fn default() -> Self {
         Self {
-            max_records: DEFAULT_BATCH_MAX_RECORDS,
-            max_records_http: DEFAULT_BATCH_MAX_RECORDS_HTTP,
+            max_records: None,
             max_bytes: DEFAULT_BATCH_MAX_BYTES,
             max_age: Duration::from_millis(500),
             retry_initial: Duration::from_secs(1),
@@ -624,23 +612,4 @@ pub struct SinkReport {
     #[serde(flatten)]
     pub stats: SinkSnapshot,
     pub outputs: Vec<Output>,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_http_sink_batches_by_its_own_record_count() {
-        let batch = BatchConfig {
-            max_records: 7,
-            max_records_http: 9,
-            max_age: Duration::from_millis(3),
-            ..BatchConfig::default()
-        };
-        let http = batch.for_http();
-        assert_eq!(http.max_records, 9);
-        assert_eq!(http.max_age, Duration::from_millis(3), "the rest is kept");
-        assert_eq!(batch.max_records, 7, "the other sinks' count is untouched");
-    }
 }

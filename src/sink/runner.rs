@@ -25,7 +25,8 @@ pub async fn run_sink<S: Sink>(
     stats: Arc<SinkStats>,
     batch: BatchConfig,
 ) -> SinkReport {
-    let mut pending: Vec<Arc<Record>> = Vec::with_capacity(batch.max_records);
+    let max_records = batch.max_records.unwrap_or_else(|| sink.batch_records());
+    let mut pending: Vec<Arc<Record>> = Vec::with_capacity(max_records);
     let mut pending_bytes = 0usize;
     let mut batch_deadline: Option<Instant> = None;
     let roll_every = sink.roll_interval();
@@ -36,7 +37,7 @@ pub async fn run_sink<S: Sink>(
         tokio::select! {
             // Take what is queued first; the timers are checked below either way.
             biased;
-            chunk = intake.recv_stamped(batch.max_records, &stats) => match chunk {
+            chunk = intake.recv_stamped(max_records, &stats) => match chunk {
                 Some((accepted, chunk)) => {
                     stamps.pending.push((accepted, chunk.len() as u64));
                     if pending.is_empty() {
@@ -44,7 +45,7 @@ pub async fn run_sink<S: Sink>(
                     }
                     pending_bytes += chunk.iter().map(|r| r.approx_size()).sum::<usize>();
                     pending.extend(chunk);
-                    if pending.len() >= batch.max_records || pending_bytes >= batch.max_bytes {
+                    if pending.len() >= max_records || pending_bytes >= batch.max_bytes {
                         write_pending(&mut sink, &mut pending, &stats, &batch, &mut intake, &mut stamps).await;
                         batch_deadline = None;
                         pending_bytes = 0;
@@ -324,11 +325,19 @@ mod tests {
         writes: Arc<std::sync::Mutex<Vec<usize>>>,
         rolls: Arc<AtomicU64>,
         fail: bool,
+        /// Its own records per batch (0: the default).
+        batch_records: usize,
     }
 
     impl Sink for Recorder {
         fn name(&self) -> &str {
             "recorder"
+        }
+        fn batch_records(&self) -> usize {
+            match self.batch_records {
+                0 => crate::sink::DEFAULT_BATCH_MAX_RECORDS,
+                n => n,
+            }
         }
         async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
             self.writes.lock().unwrap().push(batch.len());
@@ -355,6 +364,46 @@ mod tests {
         (0..n)
             .map(|_| Arc::new(classify(Envelope::default())))
             .collect()
+    }
+
+    /// Offers `n` records one at a time to a [`Recorder`] batching
+    /// `batch_records` of its own under `max_records`; the sizes it wrote.
+    async fn batch_sizes(batch_records: usize, max_records: Option<usize>, n: usize) -> Vec<usize> {
+        let (queue, rx) = SinkQueue::new("recorder", 10_000);
+        let sink = Recorder {
+            batch_records,
+            ..Recorder::default()
+        };
+        let writes = Arc::clone(&sink.writes);
+        let batch = BatchConfig {
+            max_records,
+            ..BatchConfig::default()
+        };
+        for _ in 0..n {
+            queue.offer(chunk(1));
+        }
+        drop(queue);
+        run_sink(sink, rx, Arc::new(SinkStats::default()), batch).await;
+        writes.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_batches_by_its_own_record_count_unless_the_operator_sets_one() {
+        assert_eq!(
+            batch_sizes(3, None, 7).await,
+            [3, 3, 1],
+            "the sink's own count"
+        );
+        assert_eq!(
+            batch_sizes(3, Some(5), 7).await,
+            [5, 2],
+            "--batch-max-records wins"
+        );
+        assert_eq!(
+            batch_sizes(0, None, 2500).await,
+            [1000, 1000, 500],
+            "the default count"
+        );
     }
 
     #[tokio::test]
@@ -391,7 +440,7 @@ mod tests {
         let sink = Recorder::default();
         let writes = Arc::clone(&sink.writes);
         let batch = BatchConfig {
-            max_records: 1000,
+            max_records: Some(1000),
             // Room for 25 records: the batch closes after the third chunk of 10.
             max_bytes: 25 * one,
             ..BatchConfig::default()
@@ -432,7 +481,7 @@ mod tests {
         drop(queue);
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let batch = BatchConfig {
-            max_records: 10,
+            max_records: Some(10),
             max_age: Duration::from_secs(1),
             ..BatchConfig::default()
         };
@@ -639,7 +688,7 @@ mod tests {
         let sink = Recorder::default();
         let (writes, rolls) = (Arc::clone(&sink.writes), Arc::clone(&sink.rolls));
         let batch = BatchConfig {
-            max_records: 10,
+            max_records: Some(10),
             max_age: Duration::from_millis(500),
             ..BatchConfig::default()
         };
