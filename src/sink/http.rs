@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 
 use super::{Sink, SinkError, SinkFailure};
-use crate::record::{EncodeContext, Kind, Record};
+use crate::record::{EncodeContext, Kind, Record, write_int};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpFormat {
@@ -167,7 +167,17 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     let env = &record.envelope;
     let micros = env.timestamp().div_euclid(1000);
     let (secs, frac) = (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000));
-    let _ = write!(out, r#"{{"time":{secs}.{frac:06},"host":"#);
+    out.extend_from_slice(br#"{"time":"#);
+    write_int(out, secs);
+    out.push(b'.');
+    let mut digits = [b'0'; 6];
+    let mut rest = frac;
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    out.extend_from_slice(&digits);
+    out.extend_from_slice(br#","host":"#);
     match record.host_parts() {
         (["", ..], 1) => out.extend_from_slice(br#""-""#),
         (parts, n) => super::write_json_joined(out, &parts[..n], "."),
@@ -178,7 +188,9 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
         .unwrap_or(env.source_id());
     out.extend_from_slice(br#","source":"#);
     super::write_json_joined(out, &[source], "");
-    let _ = write!(out, r#","sourcetype":"{}","#, sourcetype(record.kind));
+    out.extend_from_slice(br#","sourcetype":""#);
+    out.extend_from_slice(sourcetype(record.kind).as_bytes());
+    out.extend_from_slice(br#"","#);
     if let Some(index) = index {
         out.extend_from_slice(br#""index":"#);
         super::write_json_joined(out, &[index], "");
@@ -186,14 +198,18 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     }
     out.extend_from_slice(br#""fields":{"foundation":"#);
     super::write_json_joined(out, &[&ctx.foundation], "");
-    let _ = write!(out, r#","kind":"{}""#, record.kind);
+    out.extend_from_slice(br#","kind":""#);
+    out.extend_from_slice(record.kind.as_str().as_bytes());
+    out.push(b'"');
     for (field, tag) in [
         ("org", "organization_name"),
         ("space", "space_name"),
         ("app", "app_name"),
     ] {
         if let Some(v) = record.tag(tag).filter(|v| !v.is_empty()) {
-            let _ = write!(out, r#","{field}":"#);
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(field.as_bytes());
+            out.extend_from_slice(b"\":");
             super::write_json_joined(out, &[v], "");
         }
     }
@@ -715,6 +731,29 @@ impl Sink for HttpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hec_time_is_seconds_with_six_digits_of_microseconds() {
+        let ctx = EncodeContext {
+            foundation: "f".into(),
+        };
+        let time = |nanos: i64| {
+            let record = crate::classify::classify(crate::proto::Envelope {
+                timestamp: nanos,
+                ..Default::default()
+            });
+            let mut out = Vec::new();
+            encode_hec(&record, &ctx, None, &mut out);
+            let out = String::from_utf8(out).unwrap();
+            let rest = out.strip_prefix(r#"{"time":"#).unwrap();
+            rest[..rest.find(',').unwrap()].to_string()
+        };
+        assert_eq!(time(1_700_000_000_000_042_999), "1700000000.000042");
+        assert_eq!(time(1_700_000_000_100_000_000), "1700000000.100000");
+        assert_eq!(time(0), "0.000000");
+        // Before 1970: the whole seconds round down, the fraction counts up.
+        assert_eq!(time(-1_000), "-1.999999");
+    }
 
     #[test]
     fn hec_events_are_exact_and_escape_what_json_requires() {

@@ -20,14 +20,13 @@
 //! Delivery is at least once: a batch whose write fails is retried whole on a
 //! new connection (the runner's retry), so a receiver can see part of it twice.
 
-use std::io::Write as _;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{Sink, SinkError, SinkFailure};
-use crate::record::{EncodeContext, Kind, MessageRef, Record, ValueRef};
+use crate::record::{EncodeContext, Kind, MessageRef, Record, ValueRef, write_int};
 
 /// RFC 5612's enterprise number for documentation; operators set their own.
 pub const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
@@ -179,7 +178,9 @@ pub fn encode(
     let env = &record.envelope;
     let tag = |k: &str| record.tag(k).filter(|v| !v.is_empty());
     let pri = u16::from(format.facility.min(23)) * 8 + u16::from(format.severities.of(record));
-    let _ = write!(out, "<{pri}>1 ");
+    out.push(b'<');
+    write_int(out, pri);
+    out.extend_from_slice(b">1 ");
     write_timestamp(out, env.timestamp());
     out.push(b' ');
 
@@ -262,7 +263,8 @@ fn structured_data(out: &mut Vec<u8>, record: &Record, pen: u32) {
         out.push(b'-');
         return;
     }
-    let _ = write!(out, "[tags@{pen}");
+    out.extend_from_slice(b"[tags@");
+    write_int(out, pen);
     for (name, value) in params {
         out.push(b' ');
         // SD-NAME: 1–32 printable characters other than '=', ' ', ']' and '"'.
@@ -304,7 +306,8 @@ fn encode_framed(
     let truncated = encode(record, ctx, format, scratch);
     match framing {
         Framing::OctetCounting => {
-            let _ = write!(out, "{} ", scratch.len());
+            write_int(out, scratch.len());
+            out.push(b' ');
             out.extend_from_slice(scratch);
         }
         Framing::Newline => {
