@@ -39,13 +39,16 @@ fn the_configuration_reference_is_generated_from_the_option_definitions() {
     }
 }
 
-/// Variables the platform sets, which the docs may name besides options.
-const PLATFORM: [&str; 5] = [
+/// Variables the platform sets, or a library reads (`RUST_LOG`: tracing's
+/// filter; `MIMALLOC_PURGE_DELAY`: the allocator's, which `main` honours
+/// over its own default), which the docs may name besides options.
+const PLATFORM: [&str; 6] = [
     "VCAP_SERVICES",
     "VCAP_APPLICATION",
     "CF_INSTANCE_INDEX",
     "PORT",
     "RUST_LOG",
+    "MIMALLOC_PURGE_DELAY",
 ];
 
 /// `NAME`s the text uses as variables: in backticks (`FOO_BAR`, `SINK: http`,
