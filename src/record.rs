@@ -15,7 +15,7 @@ pub mod api;
 pub mod envelope;
 mod json;
 pub mod ruby_hash;
-pub use json::{write_int, write_rfc3339, write_str_contents};
+pub use json::{put_digits, write_int, write_rfc3339, write_str_contents};
 mod wire;
 
 pub use envelope::{EnvelopeView, MessageRef, MessageType, ValueRef, decode_batch};

@@ -193,12 +193,7 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64, digits: usize) {
     let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
     let (year, month, day) = civil_from_days(days);
     let mut b = *b"0000-00-00T00:00:00.000000000Z";
-    let mut put = |at: usize, width: usize, mut v: u32| {
-        for i in (at..at + width).rev() {
-            b[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-        }
-    };
+    let mut put = |at: usize, width: usize, v: u32| put_digits(&mut b[at..at + width], v);
     put(0, 4, year as u32);
     put(5, 2, month);
     put(8, 2, day);
@@ -208,6 +203,15 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64, digits: usize) {
     put(20, digits, nanos / 10u32.pow(9 - digits as u32));
     out.extend_from_slice(&b[..20 + digits]);
     out.push(b'Z');
+}
+
+/// Fills `digits` with the last `digits.len()` decimal digits of `v`,
+/// zero-padded (`123` in four is `0123`).
+pub fn put_digits(digits: &mut [u8], mut v: u32) {
+    for d in digits.iter_mut().rev() {
+        *d = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
 }
 
 /// Year, month (1-12) and day (1-31) of a day counted from 1970-01-01, in

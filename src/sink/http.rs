@@ -27,7 +27,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 
 use super::{Sink, SinkError, SinkFailure};
-use crate::record::{EncodeContext, Kind, Record, write_int};
+use crate::record::{EncodeContext, Kind, Record, put_digits, write_int};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpFormat {
@@ -170,12 +170,8 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     out.extend_from_slice(br#"{"time":"#);
     write_int(out, secs);
     out.push(b'.');
-    let mut digits = [b'0'; 6];
-    let mut rest = frac;
-    for d in digits.iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
-    }
+    let mut digits = [0; 6];
+    put_digits(&mut digits, frac as u32);
     out.extend_from_slice(&digits);
     out.extend_from_slice(br#","host":"#);
     match record.host_parts() {
