@@ -197,15 +197,13 @@ pub fn encode_hec(record: &Record, ctx: &EncodeContext, index: Option<&str>, out
     out.extend_from_slice(br#","kind":""#);
     out.extend_from_slice(record.kind.as_str().as_bytes());
     out.push(b'"');
-    for (field, tag) in [
-        ("org", "organization_name"),
-        ("space", "space_name"),
-        ("app", "app_name"),
+    for (key, tag) in [
+        (br#","org":"#.as_slice(), "organization_name"),
+        (br#","space":"#, "space_name"),
+        (br#","app":"#, "app_name"),
     ] {
         if let Some(v) = record.tag(tag).filter(|v| !v.is_empty()) {
-            out.extend_from_slice(b",\"");
-            out.extend_from_slice(field.as_bytes());
-            out.extend_from_slice(b"\":");
+            out.extend_from_slice(key);
             super::write_json_joined(out, &[v], "");
         }
     }
