@@ -68,7 +68,9 @@ pub fn start(
     let discovery_failures = tasks.poller.clone();
     tasks.task = Some(tokio::spawn(async move {
         let unwatched = std::sync::atomic::AtomicU64::new(0);
-        let failures = discovery_failures.as_ref().map_or(&unwatched, |s| &s.errors);
+        let failures = discovery_failures
+            .as_ref()
+            .map_or(&unwatched, |s| &s.errors);
         let Some(cc) = CloudController::connect(&access, &shutdown, failures).await else {
             return;
         };

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertReason, AlertStats};
 use crate::enrich::Enricher;
-use crate::source::audit_events::AuditStatus;
 use crate::route::IngressStats;
 use crate::sink::SinkStats;
+use crate::source::audit_events::AuditStatus;
 use crate::source::rlp::RlpStatus;
 
 /// Where and how to serve.

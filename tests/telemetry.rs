@@ -1,7 +1,11 @@
 //! `/health` and `/metrics` of a running nozzle: health follows the RLP going
 //! away and coming back; the metrics parse as Prometheus text and carry the
-//! exact counts; `/metrics` can require basic auth.
+//! exact counts (the audit-events poller's and enrichment's too); `/metrics`
+//! can require basic auth; the listener holds at most its cap of connections
+//! and closes clients that do not send a request head in time.
 
+#[path = "support/cc.rs"]
+mod cc;
 mod common;
 
 use std::collections::HashMap;
@@ -90,6 +94,8 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
                 password: "s3cret:with:colons".into(),
             }),
             disconnect_threshold: Duration::from_secs(1),
+            max_connections: 64,
+            header_timeout: Duration::from_secs(10),
         }),
         alerts: AlertConfig::default(),
         warnings: vec!["TLS verification is off (test)".into()],
@@ -219,4 +225,134 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         );
     }
     drop(second);
+}
+
+/// Reads until the server closes the connection (EOF or reset); returns what it sent.
+async fn read_to_close(c: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf).await {
+            Ok(0) | Err(_) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Lets the server task run (the clock stays where it is) until `cond` holds.
+async fn settle(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if cond() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A whole `/health` request on a new connection: the status line and body.
+async fn health_over_tcp(addr: std::net::SocketAddr) -> String {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(b"GET /health HTTP/1.1\r\nHost: nozzle\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    String::from_utf8(read_to_close(&mut c).await).unwrap()
+}
+
+/// Slowloris against /health: 12 clients that send half a request head each
+/// against a cap of 4. Each connection beyond the cap closes the oldest at
+/// once (never more than 4 open), /health still answers, and the clients
+/// still holding a slot are closed when the header timeout passes, not before
+/// (tokio's clock, paused: it moves only when every task waits).
+#[tokio::test(start_paused = true)]
+async fn the_listener_keeps_its_cap_answers_health_and_closes_slow_heads() {
+    use std::sync::atomic::Ordering::Relaxed;
+    use tokio::io::AsyncWriteExt;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let view = std::sync::Arc::new(cf_audit_nozzle::telemetry::View {
+        ingress: Default::default(),
+        sinks: Vec::new(),
+        sources: Vec::new(),
+        alerts: Default::default(),
+        warnings: Vec::new(),
+        disconnect_threshold: Duration::from_secs(60),
+        started: tokio::time::Instant::now(),
+        listener: Default::default(),
+        audit_events: None,
+        enrich: None,
+    });
+    let stats = std::sync::Arc::clone(&view.listener);
+    let cfg = TelemetryConfig {
+        addr,
+        addr_is_default: false,
+        metrics_auth: None,
+        disconnect_threshold: Duration::from_secs(60),
+        max_connections: 4,
+        header_timeout: Duration::from_secs(10),
+    };
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(cf_audit_nozzle::telemetry::serve(
+        listener,
+        std::sync::Arc::clone(&view),
+        cfg,
+        stop.clone(),
+    ));
+    let t0 = tokio::time::Instant::now();
+
+    let mut slow = Vec::new();
+    for i in 1..=12u64 {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"GET /health HTTP/1.1\r\nHost: nozzle\r\n")
+            .await
+            .unwrap();
+        slow.push(c);
+        settle("the connection is accepted", || {
+            stats.accepted.load(Relaxed) == i && stats.open.load(Relaxed) == i.min(4)
+        })
+        .await;
+    }
+    assert_eq!(stats.evicted.load(Relaxed), 8);
+    // The 8 oldest were closed to make room, at once and without an answer.
+    for c in &mut slow[..8] {
+        assert_eq!(read_to_close(c).await, b"");
+    }
+    assert_eq!(tokio::time::Instant::now(), t0, "closed without waiting");
+
+    // A health check gets through (and takes the oldest slot).
+    let answer = health_over_tcp(addr).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.contains("\"status\":\"ok\""), "{answer}");
+    assert_eq!(stats.evicted.load(Relaxed), 9);
+    assert_eq!(read_to_close(&mut slow[8]).await, b"");
+    assert_eq!(tokio::time::Instant::now(), t0);
+
+    // The three still holding a slot are closed by the header timeout.
+    for c in &mut slow[9..] {
+        read_to_close(c).await;
+        assert_eq!(
+            tokio::time::Instant::now() - t0,
+            Duration::from_secs(10),
+            "closed when the header timeout passed"
+        );
+    }
+    settle("the timeouts are counted", || {
+        stats.header_timeouts.load(Relaxed) == 3 && stats.open.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(stats.evicted.load(Relaxed), 9);
+
+    // Still serving; the counts are on /metrics.
+    let answer = health_over_tcp(addr).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let m = scrape(&cf_audit_nozzle::telemetry::metrics(&view));
+    assert_eq!(m["cf_nozzle_telemetry_connections_accepted_total{}"], 14.0);
+    assert_eq!(m["cf_nozzle_telemetry_connections_evicted_total{}"], 9.0);
+    assert_eq!(m["cf_nozzle_telemetry_header_timeouts_total{}"], 3.0);
+    assert_eq!(m["cf_nozzle_telemetry_accept_errors_total{}"], 0.0);
+    stop.cancel();
+    server.await.unwrap();
 }
