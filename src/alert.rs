@@ -1,6 +1,7 @@
 //! Alerts on audit processing failures (NIST 800-53 AU-5): a sink that
-//! delivers nothing while records wait, records dropped, and loss Loggregator
-//! reports upstream.
+//! delivers nothing while records wait, records dropped, loss Loggregator
+//! reports upstream, a source disconnected past `--health-disconnect-threshold`
+//! (when `/health` turns 503), and an audit-events poller that keeps failing.
 //!
 //! [`watch`] looks at the counters once per `check_every` and raises each
 //! alert as an error log line, a count in `cf_nozzle_alerts_total{reason}`,
@@ -56,13 +57,20 @@ pub enum AlertReason {
     SinkDropped,
     /// Doppler or the RLP dropped envelopes on the way to this nozzle.
     LoggregatorDropped,
+    /// A source has been disconnected for `--health-disconnect-threshold`.
+    SourceDisconnected,
+    /// The audit-events poller failed (Cloud Controller, UAA or discovery)
+    /// and read no page for `--alert-after`.
+    AuditEventsFailing,
 }
 
 impl AlertReason {
-    pub const ALL: [AlertReason; 3] = [
+    pub const ALL: [AlertReason; 5] = [
         AlertReason::SinkStalled,
         AlertReason::SinkDropped,
         AlertReason::LoggregatorDropped,
+        AlertReason::SourceDisconnected,
+        AlertReason::AuditEventsFailing,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +78,8 @@ impl AlertReason {
             AlertReason::SinkStalled => "sink_stalled",
             AlertReason::SinkDropped => "sink_dropped",
             AlertReason::LoggregatorDropped => "loggregator_dropped",
+            AlertReason::SourceDisconnected => "source_disconnected",
+            AlertReason::AuditEventsFailing => "audit_events_failing",
         }
     }
 }
@@ -77,7 +87,7 @@ impl AlertReason {
 /// Alerts raised so far, and which sinks are stalled now.
 #[derive(Debug, Default)]
 pub struct AlertStats {
-    raised: [AtomicU64; 3],
+    raised: [AtomicU64; AlertReason::ALL.len()],
     stalled: Mutex<Vec<bool>>,
 }
 
@@ -110,6 +120,15 @@ struct SinkWatch {
     stalled: bool,
 }
 
+/// What the watcher remembers of the audit-events poller between checks.
+struct PollerWatch {
+    pages: u64,
+    errors: u64,
+    /// The first check that saw an error with no page read since.
+    failing_since: Option<Instant>,
+    alerted: bool,
+}
+
 /// Compares the counters every `cfg.check_every` until `shutdown`.
 /// Holds a router clone: stop it before the pipeline finishes.
 pub async fn watch(
@@ -134,6 +153,17 @@ pub async fn watch(
         .collect();
     *view.alerts.stalled.lock().expect("alert lock") = vec![false; sinks.len()];
     let mut upstream = view.ingress.snapshot().upstream_dropped;
+    // Per source: alerted for the current disconnection.
+    let mut disconnected = vec![false; view.sources.len()];
+    let mut poller = view.audit_events.as_ref().map(|s| {
+        let snap = s.snapshot();
+        PollerWatch {
+            pages: snap.pages,
+            errors: snap.errors,
+            failing_since: None,
+            alerted: false,
+        }
+    });
     let mut tick = tokio::time::interval(cfg.check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -192,6 +222,66 @@ pub async fn watch(
                 );
             }
         }
+        for ((name, status), alerted) in view.sources.iter().zip(&mut disconnected) {
+            let (connected, since) = status.connection();
+            let since = since.unwrap_or_else(|| view.started.elapsed());
+            if connected {
+                if *alerted {
+                    *alerted = false;
+                    tracing::info!(source = %name, "source connected again");
+                }
+            } else if !*alerted && since >= view.disconnect_threshold {
+                *alerted = true;
+                let snap = status.snapshot();
+                let text = format!(
+                    "source {name} has been disconnected for {} s (threshold {} s); last error: {}",
+                    since.as_secs(),
+                    view.disconnect_threshold.as_secs(),
+                    snap.last_error.as_deref().unwrap_or("none")
+                );
+                raise(
+                    &view,
+                    &router,
+                    &cfg,
+                    AlertReason::SourceDisconnected,
+                    None,
+                    text,
+                );
+            }
+        }
+        if let (Some(w), Some(status)) = (&mut poller, &view.audit_events) {
+            let snap = status.snapshot();
+            if snap.pages > w.pages {
+                w.failing_since = None;
+                if w.alerted {
+                    w.alerted = false;
+                    tracing::info!("audit events: the poller reads pages again");
+                }
+            } else if snap.errors > w.errors && w.failing_since.is_none() {
+                w.failing_since = Some(now);
+            }
+            if let Some(since) = w.failing_since
+                && !w.alerted
+                && now.duration_since(since) >= cfg.after
+            {
+                w.alerted = true;
+                let text = format!(
+                    "the audit-events poller has read no page for {} s and failed {} times in all (Cloud Controller, UAA or discovery; see the poller's warnings); audit events wait in Cloud Controller and are read once it recovers",
+                    now.duration_since(since).as_secs(),
+                    snap.errors
+                );
+                raise(
+                    &view,
+                    &router,
+                    &cfg,
+                    AlertReason::AuditEventsFailing,
+                    None,
+                    text,
+                );
+            }
+            w.pages = snap.pages;
+            w.errors = snap.errors;
+        }
         let now_upstream = view.ingress.snapshot().upstream_dropped;
         if now_upstream > upstream {
             let text = format!(
@@ -220,9 +310,15 @@ fn raise(
     text: String,
 ) {
     view.alerts.raised[reason as usize].fetch_add(1, Ordering::Relaxed);
-    tracing::error!(alert = reason.as_str(), "{text}");
+    let sink_name = sink.map(|i| view.sinks[i].name.clone());
+    // `alert` and `sink` key the log rate limit (logging::KEY_FIELDS): each
+    // reason and sink has its own allowance at this one call site.
+    tracing::error!(
+        alert = reason.as_str(),
+        sink = sink_name.as_deref(),
+        "{text}"
+    );
     if cfg.records {
-        let sink_name = sink.map(|i| view.sinks[i].name.clone());
         router.offer_except(sink, alert_record(reason, sink_name.as_deref(), text));
     }
 }
@@ -293,6 +389,9 @@ mod tests {
             warnings: Vec::new(),
             disconnect_threshold: Duration::from_secs(60),
             started: Instant::now(),
+            listener: Arc::default(),
+            audit_events: None,
+            enrich: None,
         });
         let router = Arc::new(Router::new(
             vec![

@@ -28,6 +28,7 @@ pub struct AuditTasks {
     task: Option<JoinHandle<()>>,
     poller: Option<Arc<AuditStatus>>,
     enrich: Option<Arc<EnrichStats>>,
+    enricher: Option<Arc<Enricher>>,
 }
 
 /// Turns enrichment on in `pipeline` and starts the tasks `setup` asks for;
@@ -42,12 +43,14 @@ pub fn start(
         task: None,
         poller: None,
         enrich: None,
+        enricher: None,
     };
     let mut enricher = None;
     if let Some(cfg) = &setup.enrich {
         let (e, requests) = Enricher::new(cfg);
         pipeline = pipeline.with_enricher(Arc::clone(&e));
         tasks.enrich = Some(Arc::clone(e.stats()));
+        tasks.enricher = Some(Arc::clone(&e));
         enricher = Some((cfg.clone(), e, requests));
     }
     let poller = setup.audit_events.clone().map(|cfg| {
@@ -61,8 +64,14 @@ pub fn start(
     if enricher.is_none() && poller.is_none() {
         return (pipeline, tasks);
     }
+    // Discovery failures count as the poller's errors (its alert watches them).
+    let discovery_failures = tasks.poller.clone();
     tasks.task = Some(tokio::spawn(async move {
-        let Some(cc) = CloudController::connect(&access, &shutdown).await else {
+        let unwatched = std::sync::atomic::AtomicU64::new(0);
+        let failures = discovery_failures
+            .as_ref()
+            .map_or(&unwatched, |s| &s.errors);
+        let Some(cc) = CloudController::connect(&access, &shutdown, failures).await else {
             return;
         };
         let enrich_task = enricher.map(|(cfg, enricher, requests)| {
@@ -85,6 +94,16 @@ pub fn start(
 }
 
 impl AuditTasks {
+    /// The poller's counters, when this instance polls (for `/metrics` and alerts).
+    pub fn poller_status(&self) -> Option<Arc<AuditStatus>> {
+        self.poller.clone()
+    }
+
+    /// Enrichment, when on (for `/metrics`).
+    pub fn enricher(&self) -> Option<Arc<Enricher>> {
+        self.enricher.clone()
+    }
+
     /// Waits for the tasks to end (after shutdown) and reports their counters.
     pub async fn finish(self) -> Option<AuditReport> {
         if let Some(t) = self.task

@@ -162,6 +162,14 @@ impl Drop for Snapshot<'_> {
     }
 }
 
+impl std::fmt::Debug for Enricher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enricher")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Enricher {
     /// The handle the router uses and the receiver of lookup requests for [`run`].
     pub fn new(cfg: &EnrichConfig) -> (Arc<Self>, mpsc::Receiver<String>) {

@@ -85,8 +85,9 @@ pub enum Admit {
 pub struct Limiter {
     burst: u32,
     window: Duration,
-    /// Keyed by the address of the site's static (see [`site_address`]).
-    sites: Mutex<HashMap<usize, Window>>,
+    /// Keyed by the address of the site's static (see [`site_address`]) and
+    /// the event's [`KEY_FIELDS`] values.
+    sites: Mutex<HashMap<(usize, String), Window>>,
 }
 
 /// A call site's key: the address of its static. `Identifier`'s own `Hash`
@@ -106,11 +107,11 @@ impl Limiter {
         }
     }
 
-    /// Counts one event of `site` now.
-    pub fn admit(&self, site: Identifier) -> Admit {
+    /// Counts one event of `site` with `key` (its [`KEY_FIELDS`] values) now.
+    pub fn admit(&self, site: Identifier, key: String) -> Admit {
         let now = tokio::time::Instant::now();
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
-        let w = sites.entry(site_address(&site)).or_insert(Window {
+        let w = sites.entry((site_address(&site), key)).or_insert(Window {
             start: now,
             passed: 0,
             suppressed: 0,
@@ -127,6 +128,33 @@ impl Limiter {
         } else {
             w.suppressed += 1;
             Admit::No
+        }
+    }
+}
+
+/// Fields whose values give an event an allowance of its own within its call
+/// site: each alert reason and each sink is limited on its own, so five
+/// `sink_dropped` lines cannot hide a `sink_stalled` one, nor one sink's
+/// retries another's. Their values are few (reasons and configured sinks).
+pub const KEY_FIELDS: [&str; 2] = ["alert", "sink"];
+
+/// Collects the [`KEY_FIELDS`] values of an event.
+#[derive(Default)]
+struct KeyVisitor(String);
+
+impl tracing::field::Visit for KeyVisitor {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if KEY_FIELDS.contains(&field.name()) {
+            self.0.push_str(field.name());
+            self.0.push('=');
+            self.0.push_str(value);
+            self.0.push('\0');
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if KEY_FIELDS.contains(&field.name()) {
+            use std::fmt::Write;
+            let _ = write!(self.0, "{}={value:?}\0", field.name());
         }
     }
 }
@@ -194,13 +222,15 @@ where
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         if *meta.level() <= tracing::Level::WARN {
-            match self.limiter.admit(meta.callsite()) {
+            let mut key = KeyVisitor::default();
+            event.record(&mut key);
+            match self.limiter.admit(meta.callsite(), key.0) {
                 Admit::No => return,
                 Admit::Yes { suppressed: 0 } => {}
                 Admit::Yes { suppressed } => tracing::warn!(
                     suppressed,
                     site = %format!("{}:{}", meta.file().unwrap_or("?"), meta.line().unwrap_or(0)),
-                    "{suppressed} more like the next line were not logged (at most {BURST} a minute per place)"
+                    "{suppressed} more like the next line were not logged (at most {BURST} a minute per place, alert reason and sink)"
                 ),
             }
         }
@@ -239,15 +269,20 @@ mod tests {
         let l = Limiter::new(5, Duration::from_secs(60));
         let a = || Identifier(&A);
         let b = || Identifier(&B);
-        let first: Vec<Admit> = (0..8).map(|_| l.admit(a())).collect();
+        let first: Vec<Admit> = (0..8).map(|_| l.admit(a(), String::new())).collect();
         assert_eq!(first[..5], [(); 5].map(|_| Admit::Yes { suppressed: 0 }));
         assert_eq!(first[5..], [Admit::No, Admit::No, Admit::No]);
         // Another site has its own allowance.
-        assert_eq!(l.admit(b()), Admit::Yes { suppressed: 0 });
+        assert_eq!(l.admit(b(), String::new()), Admit::Yes { suppressed: 0 });
+        // So has another key (alert reason, sink) at the same site.
+        assert_eq!(
+            l.admit(a(), "alert=sink_stalled\0".into()),
+            Admit::Yes { suppressed: 0 }
+        );
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert_eq!(l.admit(a()), Admit::No);
+        assert_eq!(l.admit(a(), String::new()), Admit::No);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(l.admit(a()), Admit::Yes { suppressed: 4 });
-        assert_eq!(l.admit(a()), Admit::Yes { suppressed: 0 });
+        assert_eq!(l.admit(a(), String::new()), Admit::Yes { suppressed: 4 });
+        assert_eq!(l.admit(a(), String::new()), Admit::Yes { suppressed: 0 });
     }
 }

@@ -361,15 +361,18 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
             .as_ref()
             .map_or(Duration::from_secs(60), |t| t.disconnect_threshold),
         started: tokio::time::Instant::now(),
+        listener: Arc::default(),
+        audit_events: audit.poller_status(),
+        enrich: audit.enricher(),
     });
     // The server outlives the sources so /health answers during the drain.
     let server_stop = CancellationToken::new();
-    let server = listener.map(|l| {
+    let server = listener.zip(cfg.telemetry.clone()).map(|(l, t)| {
         tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /health and /metrics");
         tokio::spawn(crate::telemetry::serve(
             l,
             Arc::clone(&view),
-            cfg.telemetry.as_ref().and_then(|t| t.metrics_auth.clone()),
+            t,
             server_stop.clone(),
         ))
     });

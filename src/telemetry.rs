@@ -14,7 +14,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode, header};
@@ -26,8 +26,10 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::alert::{AlertReason, AlertStats};
+use crate::enrich::Enricher;
 use crate::route::IngressStats;
 use crate::sink::SinkStats;
+use crate::source::audit_events::AuditStatus;
 use crate::source::rlp::RlpStatus;
 
 /// Where and how to serve.
@@ -41,6 +43,26 @@ pub struct TelemetryConfig {
     pub metrics_auth: Option<BasicAuth>,
     /// `/health` says 503 once a source has been disconnected this long.
     pub disconnect_threshold: Duration,
+    /// Connections served at once; a new one beyond it closes the oldest.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head this long after
+    /// connecting (or after its last response) is closed.
+    pub header_timeout: Duration,
+}
+
+/// What the telemetry listener did with connections (`/metrics` shows it).
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    /// Connections accepted.
+    pub accepted: AtomicU64,
+    /// Connections open now.
+    pub open: AtomicU64,
+    /// Connections closed to make room for a newer one (the cap was reached).
+    pub evicted: AtomicU64,
+    /// Connections closed because the request head did not arrive in time.
+    pub header_timeouts: AtomicU64,
+    /// `accept` failures (e.g. the process is out of file descriptors).
+    pub accept_errors: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -83,6 +105,12 @@ pub struct View {
     pub warnings: Vec<String>,
     pub disconnect_threshold: Duration,
     pub started: tokio::time::Instant,
+    /// The telemetry listener's own connection counts.
+    pub listener: Arc<ListenerStats>,
+    /// The audit-events poller, when this instance polls.
+    pub audit_events: Option<Arc<AuditStatus>>,
+    /// Enrichment, when on.
+    pub enrich: Option<Arc<Enricher>>,
 }
 
 /// The `/health` verdict and body.
@@ -467,6 +495,158 @@ impl prometheus_client::collector::Collector for ViewCollector {
             }),
         )?;
 
+        let l = &v.listener;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, help, n) in [
+            (
+                "telemetry_connections_accepted",
+                "Connections the /health and /metrics listener accepted.",
+                load(&l.accepted),
+            ),
+            (
+                "telemetry_connections_evicted",
+                "Connections closed to make room for a newer one (--health-max-connections reached).",
+                load(&l.evicted),
+            ),
+            (
+                "telemetry_header_timeouts",
+                "Connections closed because no whole request head arrived within --health-header-timeout.",
+                load(&l.header_timeouts),
+            ),
+            (
+                "telemetry_accept_errors",
+                "Connections the listener could not accept (e.g. out of file descriptors).",
+                load(&l.accept_errors),
+            ),
+        ] {
+            family(&mut e, name, help, [(vec![], counter(n))])?;
+        }
+        family(
+            &mut e,
+            "telemetry_connections",
+            "Connections open to the /health and /metrics listener.",
+            [(vec![], ConstGauge::new(load(&l.open) as i64))],
+        )?;
+
+        if let Some(a) = &v.audit_events {
+            let a = a.snapshot();
+            for (name, help, n) in [
+                (
+                    "audit_events_pages",
+                    "Pages of /v3/audit_events read.",
+                    a.pages,
+                ),
+                (
+                    "audit_events_events",
+                    "Audit events handed to the sinks as api records.",
+                    a.events,
+                ),
+                (
+                    "audit_events_duplicates_skipped",
+                    "Audit events of the cursor's second read again and skipped.",
+                    a.duplicates_skipped,
+                ),
+                (
+                    "audit_events_invalid",
+                    "Audit events Cloud Controller sent that could not be read (skipped, logged).",
+                    a.invalid,
+                ),
+                (
+                    "audit_events_polls_completed",
+                    "Polls that reached the last page.",
+                    a.polls_completed,
+                ),
+                (
+                    "audit_events_rewinds",
+                    "Times the poller read again from the confirmed cursor because a sink lost or turned away records.",
+                    a.rewinds,
+                ),
+                (
+                    "audit_events_cursor_writes",
+                    "Times the confirmed cursor was stored.",
+                    a.cursor_writes,
+                ),
+                (
+                    "audit_events_errors",
+                    "Cloud Controller, UAA, discovery and cursor-store failures of the poller.",
+                    a.errors,
+                ),
+            ] {
+                family(&mut e, name, help, [(vec![], counter(n))])?;
+            }
+            let cursor = a.cursor_unix;
+            family(
+                &mut e,
+                "audit_events_cursor_timestamp_seconds",
+                "created_at of the newest audit event the sinks confirmed (Unix time; the look-back start before the first); 0 before the poller starts.",
+                [(vec![], ConstGauge::new(cursor))],
+            )?;
+            family(
+                &mut e,
+                "audit_events_cursor_age_seconds",
+                "Seconds from the confirmed cursor to now: how far behind Cloud Controller the confirmed audit trail is; 0 before the poller starts.",
+                [(
+                    vec![],
+                    ConstGauge::new(if cursor == 0 {
+                        0
+                    } else {
+                        (chrono::Utc::now().timestamp() - cursor).max(0)
+                    }),
+                )],
+            )?;
+        }
+
+        if let Some(en) = &v.enrich {
+            let s = en.stats().snapshot();
+            for (name, help, n) in [
+                (
+                    "enrich_cache_hits",
+                    "Records given app, space and org names from the names table.",
+                    s.enriched,
+                ),
+                (
+                    "enrich_cache_misses",
+                    "Records delivered without names because their app's lookup had not answered yet.",
+                    s.pending,
+                ),
+                (
+                    "enrich_not_guid",
+                    "Records whose app id is not a GUID (never looked up).",
+                    s.not_guid,
+                ),
+                (
+                    "enrich_lookups",
+                    "App lookups sent to Cloud Controller.",
+                    s.lookups,
+                ),
+                (
+                    "enrich_lookups_not_found",
+                    "App lookups Cloud Controller answered 404 (remembered as missing).",
+                    s.misses,
+                ),
+                (
+                    "enrich_lookup_errors",
+                    "App lookups that failed otherwise (remembered as missing for a while).",
+                    s.errors,
+                ),
+                (
+                    "enrich_queue_full",
+                    "App ids not queued for lookup because the lookup queue was full.",
+                    s.queue_full,
+                ),
+            ] {
+                family(&mut e, name, help, [(vec![], counter(n))])?;
+            }
+            let (named, missing, pending) = en.table_counts();
+            family(
+                &mut e,
+                "enrich_table_entries",
+                "Apps in the names table the router reads, by state.",
+                [("named", named), ("missing", missing), ("pending", pending)]
+                    .map(|(k, n)| (vec![("state", k.to_string())], ConstGauge::new(n as i64))),
+            )?;
+        }
+
         family(
             &mut e,
             "alerts",
@@ -529,14 +709,103 @@ fn process_stats() -> Option<ProcessStats> {
 }
 
 /// Serves `/health` and `/metrics` until `shutdown` is cancelled.
+///
+/// The accept loop is our own so that the listener can never take the file
+/// descriptors the sinks need: at most `cfg.max_connections` connections are
+/// open at once, and a new connection beyond that closes the oldest one (a
+/// health check still gets through while idle or slow clients hold every
+/// slot; the clients that lose their slot are the ones that held it
+/// longest). A connection that does not send a whole request head within
+/// `cfg.header_timeout` of connecting, or of its previous response, is
+/// closed (hyper's header-read timeout, on tokio's clock).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     view: Arc<View>,
-    auth: Option<BasicAuth>,
+    cfg: TelemetryConfig,
     shutdown: CancellationToken,
 ) {
+    let app = router(Arc::clone(&view), cfg.metrics_auth.clone());
+    let stats = Arc::clone(&view.listener);
+    let max = cfg.max_connections.max(1);
+    let mut conns = tokio::task::JoinSet::new();
+    // Open connections, oldest first.
+    let mut order: std::collections::VecDeque<(tokio::task::Id, tokio::task::AbortHandle)> =
+        std::collections::VecDeque::new();
+    let forget = |order: &mut std::collections::VecDeque<(tokio::task::Id, _)>,
+                  id: tokio::task::Id| {
+        order.retain(|(i, _)| *i != id);
+        stats.open.fetch_sub(1, Ordering::Relaxed);
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                forget(&mut order, id);
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "the /health and /metrics listener cannot accept a connection");
+                // Out of file descriptors, most likely: do not spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        // Make room: close the oldest connection and wait until its socket
+        // is closed, so that no more than `max` are ever open.
+        while conns.len() >= max {
+            if let Some((_, oldest)) = order.front() {
+                oldest.abort();
+            }
+            if let Some(done) = conns.join_next_with_id().await {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        if e.is_cancelled() {
+                            stats.evicted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        e.id()
+                    }
+                };
+                forget(&mut order, id);
+            }
+        }
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let header_timeout = cfg.header_timeout;
+        let conn_stats = Arc::clone(&stats);
+        let handle = conns.spawn(async move {
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                if e.is_timeout() {
+                    conn_stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                }
+                tracing::debug!(error = %e, "a /health or /metrics connection ended with an error");
+            }
+        });
+        order.push_back((handle.id(), handle));
+    }
+    conns.shutdown().await;
+    stats.open.store(0, Ordering::Relaxed);
+}
+
+/// The routes: `/health` and `/metrics` (behind `auth` when set).
+fn router(view: Arc<View>, auth: Option<BasicAuth>) -> axum::Router {
     let auth = Arc::new(auth);
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(
             "/health",
             axum::routing::get({
@@ -578,13 +847,7 @@ pub async fn serve(
                 )
                     .into_response()
             }),
-        );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await;
-    if let Err(e) = served {
-        tracing::error!(error = %e, "the /health and /metrics server failed");
-    }
+        )
 }
 
 fn authorized(headers: &HeaderMap, auth: &BasicAuth) -> bool {

@@ -20,6 +20,15 @@ pub struct TelemetryArgs {
     /// `user:password` that /metrics requires (HTTP basic auth); none by default.
     #[arg(long, env = "METRICS_AUTH", hide_env_values = true)]
     pub metrics_auth: Option<String>,
+    /// Connections /health and /metrics serve at once; a new connection beyond
+    /// it closes the oldest, so idle or slow clients can neither lock out a
+    /// health check nor take the file descriptors the sinks need.
+    #[arg(long, env = "HEALTH_MAX_CONNECTIONS", default_value_t = 64)]
+    pub health_max_connections: usize,
+    /// Seconds a /health or /metrics client has to send a whole request head
+    /// (after connecting, or after its previous response) before it is closed.
+    #[arg(long, env = "HEALTH_HEADER_TIMEOUT", default_value_t = 10)]
+    pub health_header_timeout: u64,
     /// Seconds a sink may deliver nothing while records wait before an alert.
     #[arg(long, env = "ALERT_AFTER", default_value_t = 60)]
     pub alert_after: u64,
@@ -40,6 +49,16 @@ impl TelemetryArgs {
             records: self.alert_records,
             ..AlertConfig::default()
         };
+        if self.health_max_connections == 0 {
+            errors.push(
+                "--health-max-connections (HEALTH_MAX_CONNECTIONS) must be at least 1".into(),
+            );
+        }
+        if self.health_header_timeout == 0 {
+            errors.push(
+                "--health-header-timeout (HEALTH_HEADER_TIMEOUT) must be at least 1 second".into(),
+            );
+        }
         if self.alert_after == 0 {
             errors.push("--alert-after (ALERT_AFTER) must be at least 1 second".into());
         }
@@ -88,6 +107,8 @@ impl TelemetryArgs {
                 addr_is_default,
                 metrics_auth,
                 disconnect_threshold: Duration::from_secs(self.health_disconnect_threshold),
+                max_connections: self.health_max_connections,
+                header_timeout: Duration::from_secs(self.health_header_timeout),
             }),
             alerts,
         )

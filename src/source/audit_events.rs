@@ -32,7 +32,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -246,6 +246,8 @@ pub struct AuditStatus {
     /// Cursor writes.
     pub cursor_writes: AtomicU64,
     pub errors: AtomicU64,
+    /// The confirmed cursor's second (Unix time); 0 before the poller starts.
+    pub cursor_unix: AtomicI64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -258,6 +260,7 @@ pub struct AuditSnapshot {
     pub rewinds: u64,
     pub cursor_writes: u64,
     pub errors: u64,
+    pub cursor_unix: i64,
 }
 
 impl AuditStatus {
@@ -272,6 +275,7 @@ impl AuditStatus {
             rewinds: l(&self.rewinds),
             cursor_writes: l(&self.cursor_writes),
             errors: l(&self.errors),
+            cursor_unix: self.cursor_unix.load(Ordering::Relaxed),
         }
     }
 }
@@ -358,6 +362,9 @@ impl Poller {
                     tracing::error!(error = %e, "audit events: cannot keep the cursor; a restart would read these events again");
                 }
             }
+            self.status
+                .cursor_unix
+                .store(c.second().max(0), Ordering::Relaxed);
             self.confirmed = c;
         }
         true
@@ -479,6 +486,9 @@ pub async fn run(
         }
     };
     tracing::info!(cursor = %start.created_at, "audit events: polling");
+    status
+        .cursor_unix
+        .store(start.second().max(0), Ordering::Relaxed);
     let mut p = Poller {
         cfg,
         cc,

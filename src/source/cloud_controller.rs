@@ -67,9 +67,11 @@ pub struct CcAccess {
 impl CloudController {
     /// Discovers Cloud Controller and UAA from the API root, retrying with
     /// backoff until it works or `shutdown` is cancelled.
+    /// Each failed discovery adds one to `failures`.
     pub async fn connect(
         access: &CcAccess,
         shutdown: &tokio_util::sync::CancellationToken,
+        failures: &std::sync::atomic::AtomicU64,
     ) -> Option<Self> {
         let mut backoff = Backoff::default();
         loop {
@@ -91,6 +93,7 @@ impl CloudController {
                     });
                 }
                 Err(e) => {
+                    failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let delay = backoff.next_delay();
                     tracing::warn!(error = %e, ?delay, "Cloud Foundry API discovery failed; retrying");
                     tokio::select! {

@@ -1,0 +1,293 @@
+//! Alerts (AU-5) of the running binary, one test per reason this file owns:
+//! a source disconnected past `--health-disconnect-threshold`, an
+//! audit-events poller that keeps failing, and the log's rate limit, which
+//! is per alert reason and sink (five `sink_dropped` lines do not hide a
+//! `sink_stalled` one). Each alert is an error log line, a count on
+//! `/metrics` and an alert record on the other sinks.
+
+#[path = "support/cc.rs"]
+mod cc;
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
+use common::*;
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// The binary, logging JSON at info, /health and /metrics on `health`.
+fn nozzle(health: std::net::SocketAddr) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR")
+        .env_remove("PORT")
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
+        .env("HEALTH_ADDR", health.to_string());
+    cmd
+}
+
+/// A running nozzle with its stdout and stderr lines collected.
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn start(mut cmd: Command) -> Running {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the nozzle");
+    let collect = |r: Box<dyn std::io::Read + Send>| {
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let l = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(r).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line);
+            }
+        });
+        lines
+    };
+    let stdout = collect(Box::new(child.stdout.take().unwrap()));
+    let stderr = collect(Box::new(child.stderr.take().unwrap()));
+    Running {
+        child,
+        stdout,
+        stderr,
+    }
+}
+
+impl Running {
+    /// SIGTERM, and the exit status within 30 s.
+    fn stop(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("send SIGTERM");
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > until {
+                let _ = self.child.kill();
+                panic!("the nozzle did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// The JSON log lines among `lines` whose `alert` field is `reason`.
+fn alert_lines(lines: &Mutex<Vec<String>>, reason: &str) -> Vec<serde_json::Value> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["alert"] == reason)
+        .collect()
+}
+
+/// The alert records among `lines` (the stdout sink's JSON records).
+fn alert_records(lines: &Mutex<Vec<String>>, reason: &str) -> Vec<serde_json::Value> {
+    lines
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["envelope"]["tags"]["nozzle_alert"] == reason)
+        .collect()
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(40);
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `cf_nozzle_alerts_total{reason=...}` from /metrics.
+async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
+    let text = cf_audit_nozzle::config::http_client(None, false)
+        .unwrap()
+        .get(format!("http://{health}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("cf_nozzle_alerts_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+        .parse()
+        .unwrap()
+}
+
+/// The RLP is not there: once the source has been disconnected for the
+/// threshold (when /health turns 503), one alert: a log line naming the
+/// source, the threshold and the last error, a count, and an alert record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disconnected_source_raises_an_alert() {
+    let pki = pki();
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let health = free_addr();
+    let mut cmd = nozzle(health);
+    run_args(&mut cmd, &free_addr().to_string(), &tls);
+    cmd.args(["--sink", "stdout", "--health-disconnect-threshold", "1"]);
+    let n = start(cmd);
+
+    wait_for("the source_disconnected log line", || {
+        !alert_lines(&n.stderr, "source_disconnected").is_empty()
+    })
+    .await;
+    let line = &alert_lines(&n.stderr, "source_disconnected")[0];
+    assert_eq!(line["level"], "ERROR");
+    let text = line["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("source rlp has been disconnected for ")
+            && text.contains(" s (threshold 1 s); last error: "),
+        "{text}"
+    );
+    wait_for("the alert record", || {
+        !alert_records(&n.stdout, "source_disconnected").is_empty()
+    })
+    .await;
+    let record = &alert_records(&n.stdout, "source_disconnected")[0];
+    assert_eq!(record["kind"], "event");
+    assert_eq!(
+        record["title"],
+        "cf-audit-nozzle alert: source_disconnected"
+    );
+    assert!(
+        record["body"]
+            .as_str()
+            .unwrap()
+            .starts_with("source rlp has been disconnected for "),
+        "{record}"
+    );
+    assert_eq!(alerts_total(health, "source_disconnected").await, 1);
+    // Once per disconnection, not once per check.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(alerts_total(health, "source_disconnected").await, 1);
+    assert_eq!(alert_lines(&n.stderr, "source_disconnected").len(), 1);
+    assert!(n.stop().success());
+}
+
+/// Cloud Controller answers discovery but UAA is down: every poll fails.
+/// After --alert-after without a page, one audit_events_failing alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_events_poller_raises_an_alert() {
+    let pki = pki();
+    let cc = cc::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let health = free_addr();
+    let mut cmd = nozzle(health);
+    run_args(&mut cmd, &free_addr().to_string(), &tls);
+    let cc_url = cc.base.lock().unwrap().clone();
+    cmd.env("CF_INSTANCE_INDEX", "0")
+        .env("UAA_CLIENT_SECRET", "secret")
+        .args(["--cf-api", &cc_url, "--uaa-client-id", "audit-nozzle"])
+        .args(["--uaa-url", &format!("http://{}", free_addr())])
+        .args(["--audit-events", "on", "--alert-after", "1"])
+        .arg("--audit-cursor-file")
+        .arg(tmp.path().join("cursor.json"))
+        .args(["--sink", "stdout"]);
+    let n = start(cmd);
+
+    wait_for("the audit_events_failing log line", || {
+        !alert_lines(&n.stderr, "audit_events_failing").is_empty()
+    })
+    .await;
+    let line = &alert_lines(&n.stderr, "audit_events_failing")[0];
+    assert_eq!(line["level"], "ERROR");
+    let text = line["message"].as_str().unwrap();
+    assert!(
+        text.starts_with("the audit-events poller has read no page for "),
+        "{text}"
+    );
+    wait_for("the alert record", || {
+        !alert_records(&n.stdout, "audit_events_failing").is_empty()
+    })
+    .await;
+    assert_eq!(alerts_total(health, "audit_events_failing").await, 1);
+    assert_eq!(
+        cc.event_requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no request reached Cloud Controller without a token"
+    );
+    assert!(n.stop().success());
+}
+
+/// A syslog receiver that is not there: the sink's small queue overflows
+/// every second (a sink_dropped alert each time) and after --alert-after
+/// the sink is stalled. Five sink_dropped lines a minute reach the log; the
+/// sink_stalled line reaches it too, because each reason and sink has an
+/// allowance of its own (one allowance per call site hid it before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_limit_is_per_alert_reason_and_sink() {
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed: 7 },
+            rate: Some(2000),
+            ..Default::default()
+        },
+    )
+    .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let health = free_addr();
+    let mut cmd = nozzle(health);
+    run_args(&mut cmd, &emu.addr.to_string(), &tls);
+    cmd.args(["--sink", "syslog", "--syslog-transport", "tcp"])
+        .args(["--syslog-addr", &free_addr().to_string()])
+        .args(["--queue-capacity", "100", "--alert-after", "10"]);
+    let n = start(cmd);
+
+    wait_for("the sink_stalled log line", || {
+        !alert_lines(&n.stdout, "sink_stalled").is_empty()
+    })
+    .await;
+    let stalled = &alert_lines(&n.stdout, "sink_stalled")[0];
+    assert_eq!(stalled["sink"], "syslog");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("sink syslog has delivered nothing for "),
+        "{stalled}"
+    );
+    // More sink_dropped alerts were raised than the log let through.
+    let dropped_lines = alert_lines(&n.stdout, "sink_dropped");
+    assert_eq!(dropped_lines.len(), 5, "{dropped_lines:?}");
+    assert!(dropped_lines.iter().all(|l| l["sink"] == "syslog"));
+    assert!(alerts_total(health, "sink_dropped").await >= 6);
+    assert_eq!(alerts_total(health, "sink_stalled").await, 1);
+    n.stop();
+}
