@@ -56,13 +56,16 @@ pub enum AlertReason {
     SinkDropped,
     /// Doppler or the RLP dropped envelopes on the way to this nozzle.
     LoggregatorDropped,
+    /// A sink's disk buffer reached `--buffer-warn-fill` of its size.
+    BufferFilling,
 }
 
 impl AlertReason {
-    pub const ALL: [AlertReason; 3] = [
+    pub const ALL: [AlertReason; 4] = [
         AlertReason::SinkStalled,
         AlertReason::SinkDropped,
         AlertReason::LoggregatorDropped,
+        AlertReason::BufferFilling,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl AlertReason {
             AlertReason::SinkStalled => "sink_stalled",
             AlertReason::SinkDropped => "sink_dropped",
             AlertReason::LoggregatorDropped => "loggregator_dropped",
+            AlertReason::BufferFilling => "buffer_filling",
         }
     }
 }
@@ -77,7 +81,7 @@ impl AlertReason {
 /// Alerts raised so far, and which sinks are stalled now.
 #[derive(Debug, Default)]
 pub struct AlertStats {
-    raised: [AtomicU64; 3],
+    raised: [AtomicU64; AlertReason::ALL.len()],
     stalled: Mutex<Vec<bool>>,
 }
 
@@ -108,6 +112,9 @@ struct SinkWatch {
     progress_at: Instant,
     dropped: u64,
     stalled: bool,
+    /// Its disk buffer is at or above `--buffer-warn-fill` (alerted once;
+    /// again after it went below 90 % of that).
+    filling: bool,
 }
 
 /// Compares the counters every `cfg.check_every` until `shutdown`.
@@ -129,6 +136,7 @@ pub async fn watch(
                 progress_at: now,
                 dropped: snap.dropped(),
                 stalled: false,
+                filling: false,
             }
         })
         .collect();
@@ -166,6 +174,17 @@ pub async fn watch(
                     &router,
                     &cfg,
                     AlertReason::SinkStalled,
+                    Some(i),
+                    text,
+                );
+            }
+            if let Some(text) = buffer_filling(&s.name, &s.stats, snap.buffer_bytes, &mut w.filling)
+            {
+                raise(
+                    &view,
+                    &router,
+                    &cfg,
+                    AlertReason::BufferFilling,
                     Some(i),
                     text,
                 );
@@ -209,6 +228,38 @@ pub async fn watch(
             );
         }
     }
+}
+
+/// The alert text when a sink's disk buffer, holding `bytes`, has just
+/// reached its warning fill; updates `filling` (which ends once the buffer is
+/// below 90 % of the warning fill, so a fill around it alerts once).
+fn buffer_filling(
+    sink: &str,
+    stats: &crate::sink::SinkStats,
+    bytes: u64,
+    filling: &mut bool,
+) -> Option<String> {
+    let warn = stats.buffer_health.warn_bytes.load(Ordering::Relaxed);
+    if warn == 0 {
+        return None;
+    }
+    if *filling {
+        if bytes < warn - warn / 10 {
+            *filling = false;
+            tracing::info!(sink, bytes, "disk buffer below its warning fill again");
+        }
+        return None;
+    }
+    if bytes < warn {
+        return None;
+    }
+    *filling = true;
+    let max = stats.buffer_max_bytes.load(Ordering::Relaxed).max(1);
+    Some(format!(
+        "sink {sink}'s disk buffer is {:.0} % full ({bytes} of {max} bytes; --buffer-warn-fill {:.0} %): its receiver is down or slower than the input; once full, new records are dropped",
+        bytes as f64 * 100.0 / max as f64,
+        warn as f64 * 100.0 / max as f64,
+    ))
 }
 
 fn raise(
@@ -259,6 +310,29 @@ mod tests {
         (0..n)
             .map(|_| Arc::new(classify(Envelope::default())))
             .collect()
+    }
+
+    #[test]
+    fn a_filling_buffer_alerts_once_per_episode() {
+        let stats = crate::sink::SinkStats::default();
+        let mut filling = false;
+        // Without a buffer (or with the warning off): never.
+        assert_eq!(buffer_filling("s", &stats, u64::MAX, &mut filling), None);
+        stats.buffer_max_bytes.store(1000, Ordering::Relaxed);
+        stats.buffer_health.warn_bytes.store(800, Ordering::Relaxed);
+        let mut raised = Vec::new();
+        for bytes in [0, 799, 800, 1000, 850, 720, 900, 719, 800] {
+            raised.extend(buffer_filling("s", &stats, bytes, &mut filling).map(|t| (bytes, t)));
+        }
+        assert_eq!(
+            raised.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+            [800, 800],
+            "{raised:?}"
+        );
+        assert_eq!(
+            raised[0].1,
+            "sink s's disk buffer is 80 % full (800 of 1000 bytes; --buffer-warn-fill 80 %): its receiver is down or slower than the input; once full, new records are dropped"
+        );
     }
 
     #[tokio::test(start_paused = true)]
