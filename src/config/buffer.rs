@@ -82,3 +82,37 @@ impl BufferArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(warn_fill: f64) -> BufferArgs {
+        BufferArgs {
+            buffer_dir: Some("/tmp/b".into()),
+            buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
+            buffer_when_full: WhenFull::DropNewest,
+            buffer_fsync: "100".into(),
+            buffer_warn_fill: warn_fill,
+        }
+    }
+
+    #[test]
+    fn the_warn_fill_is_a_fraction_or_off() {
+        for ok in [0.0, 0.8, 1.0] {
+            let mut errors = Vec::new();
+            let cfg = args(ok).config(&mut errors).expect("valid");
+            assert_eq!((cfg.warn_fill, errors.len()), (ok, 0));
+        }
+        for bad in [80.0, -0.1, f64::NAN] {
+            let mut errors = Vec::new();
+            assert!(args(bad).config(&mut errors).is_none());
+            assert_eq!(
+                errors,
+                [format!(
+                    "--buffer-warn-fill (BUFFER_WARN_FILL) must be a fraction from 0 (off) to 1, e.g. 0.8 for 80 %, not {bad}"
+                )]
+            );
+        }
+    }
+}
