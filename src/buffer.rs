@@ -1143,7 +1143,7 @@ mod tests {
             }
         }
         let s = stats.snapshot("t");
-        assert!(admitted >= 20 && admitted < 100, "{admitted}");
+        assert!((20..100).contains(&admitted), "{admitted}");
         assert_eq!(s.dropped_buffer_full, 100 - admitted);
         let got = take(&mut intake, &stats, admitted as usize).await;
         assert_eq!(got, (0..admitted).collect::<Vec<_>>());
