@@ -9,8 +9,16 @@
 //! reads them back from the segment files, oldest first, until it has caught
 //! up ([`BufferReader::read`]). The runner acknowledges by count what the sink
 //! settled (delivered, dead-lettered or lost by a write error, in order), and
-//! a segment is deleted once every record in it is acknowledged. After a
-//! restart, every record not acknowledged is replayed before new ones.
+//! a segment is deleted once every record in it is acknowledged; the segment
+//! being written is emptied in place once every record written so far is, so
+//! acknowledged records never hold space (on a disk smaller than a segment,
+//! they would hold it for good). After a restart, every record not
+//! acknowledged is replayed before new ones; segments with nothing to replay
+//! are removed.
+//!
+//! A sink whose disk refuses (nearly) every write is marked in
+//! [`BufferHealth::refusing`] (`/health` fails); the fill warning of
+//! `--buffer-warn-fill` is [`BufferHealth::warn_bytes`] (the alert watcher).
 //!
 //! Why our own and not a crate: the maintained embedded stores (sled,
 //! redb, fjall) are key-value stores with their own compaction and an
@@ -118,7 +126,7 @@ pub struct BufferHealth {
 /// about the last [`RefusalShare::HORIZON`] records count: each record's
 /// weight decays by `e^(-1/HORIZON)` per record offered after it. Counted in
 /// records, not time, so a quiet sink keeps its verdict until new records
-/// say otherwise.
+/// say otherwise, or an acknowledgement frees space (which clears it).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RefusalShare(f64);
 
