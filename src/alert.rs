@@ -62,15 +62,18 @@ pub enum AlertReason {
     /// The audit-events poller failed (Cloud Controller, UAA or discovery)
     /// and read no page for `--alert-after`.
     AuditEventsFailing,
+    /// A sink's disk buffer reached `--buffer-warn-fill` of its size.
+    BufferFilling,
 }
 
 impl AlertReason {
-    pub const ALL: [AlertReason; 5] = [
+    pub const ALL: [AlertReason; 6] = [
         AlertReason::SinkStalled,
         AlertReason::SinkDropped,
         AlertReason::LoggregatorDropped,
         AlertReason::SourceDisconnected,
         AlertReason::AuditEventsFailing,
+        AlertReason::BufferFilling,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -80,6 +83,7 @@ impl AlertReason {
             AlertReason::LoggregatorDropped => "loggregator_dropped",
             AlertReason::SourceDisconnected => "source_disconnected",
             AlertReason::AuditEventsFailing => "audit_events_failing",
+            AlertReason::BufferFilling => "buffer_filling",
         }
     }
 }
@@ -118,6 +122,9 @@ struct SinkWatch {
     progress_at: Instant,
     dropped: u64,
     stalled: bool,
+    /// Its disk buffer is at or above `--buffer-warn-fill` (alerted once;
+    /// again after it went below 90 % of that).
+    filling: bool,
 }
 
 /// What the watcher remembers of the audit-events poller between checks.
@@ -148,6 +155,7 @@ pub async fn watch(
                 progress_at: now,
                 dropped: snap.dropped(),
                 stalled: false,
+                filling: false,
             }
         })
         .collect();
@@ -196,6 +204,17 @@ pub async fn watch(
                     &router,
                     &cfg,
                     AlertReason::SinkStalled,
+                    Some(i),
+                    text,
+                );
+            }
+            if let Some(text) = buffer_filling(&s.name, &s.stats, snap.buffer_bytes, &mut w.filling)
+            {
+                raise(
+                    &view,
+                    &router,
+                    &cfg,
+                    AlertReason::BufferFilling,
                     Some(i),
                     text,
                 );
@@ -301,6 +320,38 @@ pub async fn watch(
     }
 }
 
+/// The alert text when a sink's disk buffer, holding `bytes`, has just
+/// reached its warning fill; updates `filling` (which ends once the buffer is
+/// below 90 % of the warning fill, so a fill around it alerts once).
+fn buffer_filling(
+    sink: &str,
+    stats: &crate::sink::SinkStats,
+    bytes: u64,
+    filling: &mut bool,
+) -> Option<String> {
+    let warn = stats.buffer_health.warn_bytes.load(Ordering::Relaxed);
+    if warn == 0 {
+        return None;
+    }
+    if *filling {
+        if bytes < warn - warn / 10 {
+            *filling = false;
+            tracing::info!(sink, bytes, "disk buffer below its warning fill again");
+        }
+        return None;
+    }
+    if bytes < warn {
+        return None;
+    }
+    *filling = true;
+    let max = stats.buffer_max_bytes.load(Ordering::Relaxed).max(1);
+    Some(format!(
+        "sink {sink}'s disk buffer is {:.0} % full ({bytes} of {max} bytes; --buffer-warn-fill {:.0} %): its receiver is down or slower than the input; once full, new records are dropped",
+        bytes as f64 * 100.0 / max as f64,
+        warn as f64 * 100.0 / max as f64,
+    ))
+}
+
 fn raise(
     view: &View,
     router: &Router,
@@ -355,6 +406,29 @@ mod tests {
         (0..n)
             .map(|_| Arc::new(classify(Envelope::default())))
             .collect()
+    }
+
+    #[test]
+    fn a_filling_buffer_alerts_once_per_episode() {
+        let stats = crate::sink::SinkStats::default();
+        let mut filling = false;
+        // Without a buffer (or with the warning off): never.
+        assert_eq!(buffer_filling("s", &stats, u64::MAX, &mut filling), None);
+        stats.buffer_max_bytes.store(1000, Ordering::Relaxed);
+        stats.buffer_health.warn_bytes.store(800, Ordering::Relaxed);
+        let mut raised = Vec::new();
+        for bytes in [0, 799, 800, 1000, 850, 720, 900, 719, 800] {
+            raised.extend(buffer_filling("s", &stats, bytes, &mut filling).map(|t| (bytes, t)));
+        }
+        assert_eq!(
+            raised.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+            [800, 800],
+            "{raised:?}"
+        );
+        assert_eq!(
+            raised[0].1,
+            "sink s's disk buffer is 80 % full (800 of 1000 bytes; --buffer-warn-fill 80 %): its receiver is down or slower than the input; once full, new records are dropped"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,8 +9,16 @@
 //! reads them back from the segment files, oldest first, until it has caught
 //! up ([`BufferReader::read`]). The runner acknowledges by count what the sink
 //! settled (delivered, dead-lettered or lost by a write error, in order), and
-//! a segment is deleted once every record in it is acknowledged. After a
-//! restart, every record not acknowledged is replayed before new ones.
+//! a segment is deleted once every record in it is acknowledged; the segment
+//! being written is emptied in place once every record written so far is, so
+//! acknowledged records never hold space (on a disk smaller than a segment,
+//! they would hold it for good). After a restart, every record not
+//! acknowledged is replayed before new ones; segments with nothing to replay
+//! are removed.
+//!
+//! A sink whose disk refuses (nearly) every write is marked in
+//! [`BufferHealth::refusing`] (`/health` fails); the fill warning of
+//! `--buffer-warn-fill` is [`BufferHealth::warn_bytes`] (the alert watcher).
 //!
 //! Why our own and not a crate: the maintained embedded stores (sled,
 //! redb, fjall) are key-value stores with their own compaction and an
@@ -37,10 +45,10 @@
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -84,6 +92,9 @@ pub struct BufferConfig {
     pub segment_bytes: u64,
     pub when_full: WhenFull,
     pub fsync: Fsync,
+    /// Fill (of `max_bytes`) at which the buffer counts as filling and an
+    /// alert is raised (`--buffer-warn-fill`); 0 for none.
+    pub warn_fill: f64,
 }
 
 impl BufferConfig {
@@ -96,6 +107,42 @@ impl BufferConfig {
             segment_bytes: (max_bytes / 8).clamp(4096, 64 * 1024 * 1024),
             ..self.clone()
         }
+    }
+}
+
+/// What `/health` and the alert watcher read of a sink's disk buffer (kept in
+/// [`SinkStats::buffer_health`]).
+#[derive(Debug, Default)]
+pub struct BufferHealth {
+    /// Bytes at which the buffer counts as filling (`--buffer-warn-fill`);
+    /// 0 without a buffer or with the warning off.
+    pub warn_bytes: AtomicU64,
+    /// The disk refused (nearly) every record recently offered: the sink is
+    /// dropping what it is given (see [`RefusalShare`]).
+    pub refusing: AtomicBool,
+}
+
+/// The share of recently offered records the disk refused, weighted so that
+/// about the last [`RefusalShare::HORIZON`] records count: each record's
+/// weight decays by `e^(-1/HORIZON)` per record offered after it. Counted in
+/// records, not time, so a quiet sink keeps its verdict until new records
+/// say otherwise, or an acknowledgement frees space (which clears it).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RefusalShare(f64);
+
+impl RefusalShare {
+    pub const HORIZON: f64 = 1000.0;
+    /// At or above this share the sink counts as dropping everything.
+    pub const FAILING: f64 = 0.9;
+
+    /// `n` more records offered, all refused by the disk or all kept.
+    pub fn offered(self, n: u64, refused: bool) -> Self {
+        let keep = (-(n as f64) / Self::HORIZON).exp();
+        Self(self.0 * keep + if refused { 1.0 - keep } else { 0.0 })
+    }
+
+    pub fn failing(self) -> bool {
+        self.0 >= Self::FAILING
     }
 }
 
@@ -144,6 +191,8 @@ struct State {
     to_sync: Vec<File>,
     /// The active segment could not be restored after a failed write.
     broken: bool,
+    /// How much of what was offered lately the disk refused.
+    refusal: RefusalShare,
     scratch: Vec<u8>,
 }
 
@@ -241,6 +290,13 @@ impl DiskBuffer {
                 Some((s, idx)) if s == *seq => idx.min(records),
                 _ => 0,
             };
+            if skip == records {
+                // Nothing in it to replay (acknowledged in full, or empty):
+                // its space must not stay taken, or a disk that was full
+                // when the last run stopped stays full.
+                std::fs::remove_file(&path).map_err(io("remove", &path))?;
+                continue;
+            }
             segments.push_back(Segment {
                 seq: *seq,
                 path,
@@ -253,8 +309,14 @@ impl DiskBuffer {
             disk_bytes += valid_bytes;
         }
         let backlog = ord;
-        // New records go to a new segment; the old ones are only read.
-        let seq = segments.back().map_or(0, |s| s.seq + 1);
+        // New records go to a new segment; the old ones are only read. Its
+        // number is above every one seen and above the ack's, so a later
+        // start never takes it for an acknowledged one.
+        let seq = seqs
+            .last()
+            .copied()
+            .max(start.map(|(s, _)| s))
+            .map_or(0, |s| s + 1);
         let path = segment_path(&dir, seq);
         let active = create_segment(&path)?;
         segments.push_back(Segment {
@@ -278,6 +340,10 @@ impl DiskBuffer {
         stats
             .buffer_max_bytes
             .store(cfg.max_bytes, Ordering::Relaxed);
+        stats
+            .buffer_health
+            .warn_bytes
+            .store(warn_bytes(cfg), Ordering::Relaxed);
         if backlog > 0 {
             tracing::info!(sink, records = backlog, bytes = disk_bytes, dir = %dir.display(), "disk buffer: replaying records not delivered before the last stop");
         }
@@ -295,6 +361,7 @@ impl DiskBuffer {
                 ack_file,
                 to_sync: Vec::new(),
                 broken: false,
+                refusal: RefusalShare::default(),
                 scratch: Vec::new(),
             }),
             stats,
@@ -357,17 +424,22 @@ impl DiskBuffer {
         if (s.broken || (active.bytes > 0 && active.bytes + bytes > self.cfg.segment_bytes))
             && let Err(e) = self.rotate(s)
         {
+            self.note_refusal(s, n, true);
             return Appended::Failed(e);
         }
         let before = s.segments.back().expect("active").bytes;
-        if let Err(e) = s.active.write_all(&s.scratch) {
+        // At the segment's length, not the file position: a write the disk
+        // refused half-way leaves the position past what is taken back.
+        if let Err(e) = s.active.write_all_at(&s.scratch, before) {
             // Take back whatever part of it reached the file, so the segment
             // stays readable; if even that fails, start a new one next time.
             if s.active.set_len(before).is_err() {
                 s.broken = true;
             }
+            self.note_refusal(s, n, true);
             return Appended::Failed(e);
         }
+        self.note_refusal(s, n, false);
         if self.cfg.fsync == Fsync::Batch
             && let Err(e) = s.active.sync_data()
         {
@@ -398,6 +470,15 @@ impl DiskBuffer {
         Appended::Disk
     }
 
+    /// `n` records offered to the disk were `refused` (or written).
+    fn note_refusal(&self, s: &mut State, n: u64, refused: bool) {
+        s.refusal = s.refusal.offered(n, refused);
+        self.stats
+            .buffer_health
+            .refusing
+            .store(s.refusal.failing(), Ordering::Relaxed);
+    }
+
     fn rotate(&self, s: &mut State) -> std::io::Result<()> {
         let last = s.segments.back().expect("active");
         let seq = last.seq + 1;
@@ -424,8 +505,10 @@ impl DiskBuffer {
     }
 
     /// Records `settled` (counted from the start of this run, in order) as
-    /// done: moves the replay start past them and deletes segments that hold
-    /// nothing else.
+    /// done: moves the replay start past them, deletes segments that hold
+    /// nothing else, and empties the active segment once every record in it
+    /// is settled (else its space would stay taken for as long as it is
+    /// written to: on a disk smaller than a segment, for good).
     pub fn ack(&self, settled: u64) {
         let mut guard = self.state();
         let s = &mut *guard;
@@ -433,6 +516,7 @@ impl DiskBuffer {
             return;
         }
         s.acked = settled.min(s.next_ord);
+        let held = s.disk_bytes;
         while s.segments.len() > 1 {
             let first = &s.segments[0];
             if first.first_ord + first.records > s.acked {
@@ -443,6 +527,38 @@ impl DiskBuffer {
                 tracing::warn!(segment = %first.path.display(), error = %e, "disk buffer: cannot remove a delivered segment");
             }
             s.disk_bytes -= first.bytes;
+        }
+        if s.acked == s.next_ord {
+            let active = s.segments.back_mut().expect("active");
+            if active.bytes > 0 {
+                // Truncated in place (appends write at the segment's length,
+                // so the next one starts at 0). The ack written below then
+                // says "this segment from its start". A kill between the two
+                // leaves the old ack, which skips at most the records of an
+                // empty file: nothing.
+                match s.active.set_len(0) {
+                    Ok(()) => {
+                        s.disk_bytes -= active.bytes;
+                        active.bytes = 0;
+                        active.records = 0;
+                        active.skip = 0;
+                        active.first_ord = s.next_ord;
+                    }
+                    Err(e) => {
+                        tracing::warn!(segment = %active.path.display(), error = %e, "disk buffer: cannot empty the delivered segment; starting a new one");
+                        s.broken = true;
+                    }
+                }
+            }
+        }
+        if s.disk_bytes < held {
+            // Space came back: what the disk refused before says nothing
+            // about the next write.
+            s.refusal = RefusalShare::default();
+            self.stats
+                .buffer_health
+                .refusing
+                .store(false, Ordering::Relaxed);
         }
         self.stats
             .buffer_bytes
@@ -509,7 +625,10 @@ pub struct BufferReader {
 }
 
 struct OpenSegment {
+    /// Which segment: its number and the ordinal of its first record (an
+    /// emptied active segment keeps its number and starts again).
     seq: u64,
+    first_ord: u64,
     reader: BufReader<File>,
     /// Ordinal of the record the reader is at.
     ord: u64,
@@ -538,15 +657,18 @@ impl BufferReader {
         let (seq, path, skip, first_ord, end) = {
             let mut s = self.buffer.state();
             if s.memory_ok || self.next_ord < s.memory_end {
-                return Ok(if self.next_ord < s.memory_end {
-                    Backlog::MemoryFirst
-                } else {
-                    Backlog::CaughtUp
-                });
+                if self.next_ord < s.memory_end {
+                    return Ok(Backlog::MemoryFirst);
+                }
+                // Nothing to read: let go of the file, so a segment that
+                // is deleted gives its space back now.
+                self.open = None;
+                return Ok(Backlog::CaughtUp);
             }
             if self.next_ord >= s.next_ord {
                 s.memory_ok = true;
                 s.memory_end = s.next_ord;
+                self.open = None;
                 return Ok(Backlog::CaughtUp);
             }
             let seg = s
@@ -563,11 +685,12 @@ impl BufferReader {
             )
         };
         let open = match self.open.take() {
-            Some(o) if o.seq == seq && o.ord == self.next_ord => o,
+            Some(o) if o.seq == seq && o.first_ord == first_ord && o.ord == self.next_ord => o,
             _ => {
                 let file = File::open(&path).map_err(io("open", &path))?;
                 let mut o = OpenSegment {
                     seq,
+                    first_ord,
                     reader: BufReader::with_capacity(256 * 1024, file),
                     ord: self.next_ord,
                 };
@@ -622,8 +745,18 @@ impl BufferReader {
         if self.next_ord >= s.next_ord {
             s.memory_ok = true;
             s.memory_end = s.next_ord;
+            self.open = None;
         }
         Ok(Backlog::Records(out))
+    }
+}
+
+/// The fill in bytes at which `cfg`'s buffer counts as filling; 0 for never.
+fn warn_bytes(cfg: &BufferConfig) -> u64 {
+    if cfg.warn_fill > 0.0 {
+        ((cfg.max_bytes as f64 * cfg.warn_fill.min(1.0)) as u64).max(1)
+    } else {
+        0
     }
 }
 
@@ -796,8 +929,8 @@ pub fn decode_record(b: &[u8]) -> Result<Record, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::SinkQueue;
-    use std::io::{Seek, SeekFrom};
+    use crate::sink::{Intake, SinkQueue};
+    use std::io::{Seek, SeekFrom, Write};
 
     fn cfg(dir: &Path) -> BufferConfig {
         BufferConfig {
@@ -807,6 +940,7 @@ mod tests {
             segment_bytes: 2048,
             when_full: WhenFull::DropNewest,
             fsync: Fsync::Batch,
+            warn_fill: 0.8,
         }
     }
 
@@ -967,6 +1101,163 @@ mod tests {
             (200, admitted, 200 - admitted)
         );
         assert!(s.buffer_bytes <= 3000);
+    }
+
+    /// Delivers whatever the intake has until `n` records came through.
+    async fn take(intake: &mut Intake, stats: &SinkStats, n: usize) -> Vec<u64> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let chunk = intake.recv_up_to(n - got.len(), stats).await.unwrap();
+            assert!(got.len() + chunk.len() <= n);
+            deliver(stats, &chunk);
+            intake.settled(stats);
+            got.extend(seqs(&chunk));
+        }
+        got
+    }
+
+    fn active_len(dir: &Path) -> Vec<u64> {
+        let mut lens: Vec<(String, u64)> = std::fs::read_dir(dir.join("t"))
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.path().extension() == Some("seg".as_ref()))
+            .map(|e| {
+                let name = e.file_name().into_string().unwrap();
+                (name, e.metadata().unwrap().len())
+            })
+            .collect();
+        lens.sort();
+        lens.into_iter().map(|(_, len)| len).collect()
+    }
+
+    /// The issue-17 case in small: a buffer whose limit (the disk) is below
+    /// one segment fills up while the sink is down; once the sink delivered
+    /// everything, the space comes back and new records are taken again,
+    /// in order, and replayed after a restart like any others.
+    #[tokio::test]
+    async fn delivered_records_give_the_active_segment_s_space_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let small = BufferConfig {
+            max_bytes: 3000,
+            segment_bytes: 1 << 20,
+            ..cfg(tmp.path())
+        };
+        let (queue, mut intake) = SinkQueue::with_buffer("t", 10, &small).unwrap();
+        let stats = Arc::clone(queue.stats());
+        let mut admitted = 0;
+        for c in 0..10 {
+            if queue.offer(numbered(c * 10, 10)) {
+                admitted += 10;
+            }
+        }
+        let s = stats.snapshot("t");
+        assert!((20..100).contains(&admitted), "{admitted}");
+        assert_eq!(s.dropped_buffer_full, 100 - admitted);
+        let got = take(&mut intake, &stats, admitted as usize).await;
+        assert_eq!(got, (0..admitted).collect::<Vec<_>>());
+        // Everything settled: nothing is held, on disk or in the count.
+        assert_eq!(stats.snapshot("t").buffer_bytes, 0);
+        assert_eq!(active_len(tmp.path()), [0]);
+
+        // As much again fits, and comes back in order: 10 through memory,
+        // the rest read back from the emptied segment.
+        for c in 0..admitted / 10 {
+            assert!(queue.offer(numbered(1000 + c * 10, 10)), "chunk {c}");
+        }
+        let s = stats.snapshot("t");
+        assert_eq!(s.dropped_buffer_full, 100 - admitted);
+        assert_eq!((s.queued, s.buffered), (10, admitted - 10));
+        let got = take(&mut intake, &stats, 20).await;
+        assert_eq!(got, (1000..1020).collect::<Vec<_>>());
+        // The process stops with the rest not delivered: a restart replays
+        // exactly those.
+        drop(queue);
+        drop(intake);
+        let (queue, mut intake) = SinkQueue::with_buffer("t", 10, &small).unwrap();
+        let stats = Arc::clone(queue.stats());
+        let s = stats.snapshot("t");
+        assert_eq!((s.received, s.buffered), (admitted - 20, admitted - 20));
+        drop(queue);
+        let mut got = Vec::new();
+        while let Some(chunk) = intake.recv_up_to(1000, &stats).await {
+            got.extend(seqs(&chunk));
+        }
+        assert_eq!(got, (1020..1000 + admitted).collect::<Vec<_>>());
+    }
+
+    /// A start after a stop with everything delivered holds and counts no
+    /// space: the segment the ack points past is removed, and new segments
+    /// are numbered after the ack's, so a later start never takes them for
+    /// acknowledged ones.
+    #[tokio::test]
+    async fn a_start_removes_acknowledged_segments_and_numbers_after_the_ack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("t");
+        std::fs::create_dir_all(&dir).unwrap();
+        let ack = |seq: u64, index: u64| {
+            let mut buf = [0u8; 20];
+            buf[..8].copy_from_slice(&seq.to_le_bytes());
+            buf[8..16].copy_from_slice(&index.to_le_bytes());
+            let crc = crc32fast::hash(&buf[..16]);
+            buf[16..].copy_from_slice(&crc.to_le_bytes());
+            std::fs::write(dir.join("ack"), buf).unwrap();
+        };
+        // Segment 7 holds 30 records, all acknowledged (as a run that
+        // stopped before this fix left it, or one killed mid-way).
+        let records: Vec<Record> = numbered(0, 30).iter().map(|r| (**r).clone()).collect();
+        std::fs::write(segment_path(&dir, 7), segment_bytes(&records)).unwrap();
+        ack(7, 30);
+        let (queue, intake) = SinkQueue::with_buffer("t", 0, &cfg(tmp.path())).unwrap();
+        let s = queue.stats().snapshot("t");
+        assert_eq!((s.received, s.buffered, s.buffer_bytes), (0, 0, 0));
+        assert!(!segment_path(&dir, 7).exists());
+        assert!(queue.offer(numbered(100, 10)));
+        assert!(segment_path(&dir, 8).exists());
+        drop((queue, intake));
+
+        // The ack names a segment that is gone and no segment is left: the
+        // new one still comes after it.
+        for e in std::fs::read_dir(&dir).unwrap() {
+            std::fs::remove_file(e.unwrap().path()).unwrap();
+        }
+        ack(5, 3);
+        let (queue, intake) = SinkQueue::with_buffer("t", 0, &cfg(tmp.path())).unwrap();
+        assert!(queue.offer(numbered(200, 10)));
+        assert!(segment_path(&dir, 6).exists());
+        drop((queue, intake));
+        let (queue, mut intake) = SinkQueue::with_buffer("t", 0, &cfg(tmp.path())).unwrap();
+        let stats = Arc::clone(queue.stats());
+        drop(queue);
+        let mut got = Vec::new();
+        while let Some(chunk) = intake.recv_up_to(1000, &stats).await {
+            got.extend(seqs(&chunk));
+        }
+        assert_eq!(got, (200..210).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_refusal_share_fails_a_sink_whose_disk_refuses_nearly_everything() {
+        let mut r = RefusalShare::default();
+        // 2,300 records refused in a row: 1 - e^-2.3 = 0.8997, not yet.
+        for _ in 0..230 {
+            r = r.offered(10, true);
+        }
+        assert!(!r.failing(), "{r:?}");
+        r = r.offered(10, true);
+        assert!(r.failing(), "{r:?}");
+        // A chunk that squeezes into the last free bytes now and then (one
+        // in 16) does not make the sink healthy.
+        for i in 1..=320 {
+            r = r.offered(10, i % 16 != 0);
+            assert!(r.failing(), "after {i} chunks: {r:?}");
+        }
+        // Writes that work again clear it.
+        r = r.offered(150, false);
+        assert!(!r.failing(), "{r:?}");
+        assert_eq!(
+            RefusalShare::default().offered(1000, false),
+            RefusalShare(0.0)
+        );
     }
 
     #[test]

@@ -6,9 +6,11 @@
 //! counted twice, and a scrape costs the hot path nothing. Neither endpoint
 //! shows record content or secrets.
 //!
-//! `/health` answers 503 only when a source has been disconnected longer than
-//! `--health-disconnect-threshold`: that is what a restart (Cloud Foundry's
-//! reaction to a failing health check) can fix. A stalled sink shows in the
+//! `/health` answers 503 when a source has been disconnected longer than
+//! `--health-disconnect-threshold`, and when a sink's disk buffer refuses
+//! (nearly) every record offered to it (the disk under `--buffer-dir` is full
+//! or not writable): then the sink drops everything it is given, and the
+//! nozzle, not the receiver, is what is broken. A stalled sink shows in the
 //! body and raises an alert but keeps 200, because a restart would throw away
 //! the records waiting in memory and fix nothing at the receiver.
 
@@ -146,16 +148,24 @@ pub fn health(view: &View) -> (bool, serde_json::Value) {
         .enumerate()
         .map(|(i, s)| {
             let snap = s.stats.snapshot(&s.name);
+            let refusing = s.stats.buffer_health.refusing.load(Ordering::Relaxed);
+            if refusing {
+                problems.push(format!(
+                    "sink {} is dropping the records it is given: the disk under --buffer-dir refuses its buffer's writes ({} dropped for that so far, dropped{{reason=buffer_error}})",
+                    s.name, snap.dropped_buffer_error
+                ));
+            }
             json!({
                 "name": s.name,
                 "stalled": view.alerts.is_stalled(i),
+                "buffer_refusing": refusing,
                 "queue_fill": snap.queued as f64 / s.capacity.max(1) as f64,
                 "received": snap.received,
                 "delivered": snap.delivered,
                 "queued": snap.queued,
                 "in_flight": snap.in_flight,
                 "buffered": snap.buffered,
-                "buffer_fill": match s.stats.buffer_max_bytes.load(std::sync::atomic::Ordering::Relaxed) {
+                "buffer_fill": match s.stats.buffer_max_bytes.load(Ordering::Relaxed) {
                     0 => serde_json::Value::Null,
                     max => json!(snap.buffer_bytes as f64 / max as f64),
                 },
@@ -352,6 +362,30 @@ impl prometheus_client::collector::Collector for ViewCollector {
             "sink_buffer_bytes",
             "Bytes the sink's disk buffer holds.",
             gauge(|s| s.buffer_bytes),
+        )?;
+        family(
+            &mut e,
+            "sink_buffer_capacity_bytes",
+            "Bytes the sink's disk buffer may hold (its share of --buffer-max-bytes); 0 without one. Fill: sink_buffer_bytes / this.",
+            snaps.iter().map(|(s, _)| {
+                (
+                    vec![("sink", s.name.clone())],
+                    ConstGauge::new(s.stats.buffer_max_bytes.load(Ordering::Relaxed) as i64),
+                )
+            }),
+        )?;
+        family(
+            &mut e,
+            "sink_buffer_refusing",
+            "1 while the disk under the sink's buffer refuses (nearly) every record offered: /health fails.",
+            snaps.iter().map(|(s, _)| {
+                (
+                    vec![("sink", s.name.clone())],
+                    ConstGauge::new(i64::from(
+                        s.stats.buffer_health.refusing.load(Ordering::Relaxed),
+                    )),
+                )
+            }),
         )?;
         family(
             &mut e,
@@ -875,5 +909,64 @@ pub async fn bind(
             addr: cfg.addr,
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(sinks: &[(&str, &Arc<SinkStats>)]) -> View {
+        View {
+            ingress: Arc::default(),
+            sinks: sinks
+                .iter()
+                .map(|(name, stats)| SinkView {
+                    name: name.to_string(),
+                    stats: Arc::clone(stats),
+                    capacity: 100,
+                })
+                .collect(),
+            sources: Vec::new(),
+            alerts: Arc::default(),
+            warnings: Vec::new(),
+            disconnect_threshold: Duration::from_secs(60),
+            started: tokio::time::Instant::now(),
+        }
+    }
+
+    /// A sink whose disk refuses its buffer's writes fails `/health`, named;
+    /// one that only drops because it is full (its receiver is slow) does not.
+    #[test]
+    fn a_sink_whose_disk_buffer_refuses_everything_fails_health() {
+        let (broken, full) = (
+            Arc::new(SinkStats::default()),
+            Arc::new(SinkStats::default()),
+        );
+        full.dropped_buffer_full.store(500, Ordering::Relaxed);
+        broken.dropped_buffer_error.store(1234, Ordering::Relaxed);
+        let v = view(&[("http", &broken), ("syslog", &full)]);
+        let (healthy, body) = health(&v);
+        assert!(healthy, "{body}");
+        assert_eq!(body["sinks"][0]["buffer_refusing"], false);
+
+        broken.buffer_health.refusing.store(true, Ordering::Relaxed);
+        let (healthy, body) = health(&v);
+        assert!(!healthy);
+        assert_eq!(body["status"], "unhealthy");
+        assert_eq!(
+            body["problems"],
+            json!([
+                "sink http is dropping the records it is given: the disk under --buffer-dir refuses its buffer's writes (1234 dropped for that so far, dropped{reason=buffer_error})"
+            ])
+        );
+        assert_eq!(body["sinks"][0]["buffer_refusing"], true);
+        assert_eq!(body["sinks"][1]["buffer_refusing"], false);
+        let text = metrics(&Arc::new(v));
+        assert!(
+            text.contains("cf_nozzle_sink_buffer_refusing{sink=\"http\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cf_nozzle_sink_buffer_refusing{sink=\"syslog\"} 0\n"));
     }
 }

@@ -36,6 +36,11 @@ pub struct BufferArgs {
     /// number of milliseconds (a machine crash loses at most that much).
     #[arg(long, env = "BUFFER_FSYNC", default_value = "100")]
     pub buffer_fsync: String,
+    /// Fill of a sink's share of `--buffer-max-bytes` (a fraction, 0.8 is
+    /// 80 %) at which a `buffer_filling` alert is raised; raised again only
+    /// after the fill went below 90 % of it. 0 turns it off.
+    #[arg(long, env = "BUFFER_WARN_FILL", default_value_t = 0.8)]
+    pub buffer_warn_fill: f64,
 }
 
 impl BufferArgs {
@@ -60,12 +65,54 @@ impl BufferArgs {
             ));
             return None;
         }
+        if !(0.0..=1.0).contains(&self.buffer_warn_fill) {
+            errors.push(format!(
+                "--buffer-warn-fill (BUFFER_WARN_FILL) must be a fraction from 0 (off) to 1, e.g. 0.8 for 80 %, not {}",
+                self.buffer_warn_fill
+            ));
+            return None;
+        }
         Some(BufferConfig {
             dir,
             max_bytes: self.buffer_max_bytes,
             segment_bytes: 64 * 1024 * 1024,
             when_full: self.buffer_when_full,
             fsync,
+            warn_fill: self.buffer_warn_fill,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(warn_fill: f64) -> BufferArgs {
+        BufferArgs {
+            buffer_dir: Some("/tmp/b".into()),
+            buffer_max_bytes: DEFAULT_BUFFER_MAX_BYTES,
+            buffer_when_full: WhenFull::DropNewest,
+            buffer_fsync: "100".into(),
+            buffer_warn_fill: warn_fill,
+        }
+    }
+
+    #[test]
+    fn the_warn_fill_is_a_fraction_or_off() {
+        for ok in [0.0, 0.8, 1.0] {
+            let mut errors = Vec::new();
+            let cfg = args(ok).config(&mut errors).expect("valid");
+            assert_eq!((cfg.warn_fill, errors.len()), (ok, 0));
+        }
+        for bad in [80.0, -0.1, f64::NAN] {
+            let mut errors = Vec::new();
+            assert!(args(bad).config(&mut errors).is_none());
+            assert_eq!(
+                errors,
+                [format!(
+                    "--buffer-warn-fill (BUFFER_WARN_FILL) must be a fraction from 0 (off) to 1, e.g. 0.8 for 80 %, not {bad}"
+                )]
+            );
+        }
     }
 }

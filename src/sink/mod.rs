@@ -235,6 +235,8 @@ pub struct SinkStats {
     pub buffer_bytes: AtomicU64,
     /// The most it may hold; 0 without a disk buffer.
     pub buffer_max_bytes: AtomicU64,
+    /// The disk buffer's fill warning and whether its disk refuses writes.
+    pub buffer_health: crate::buffer::BufferHealth,
     /// Turned away because the queue was full.
     pub dropped_queue_full: AtomicU64,
     /// Turned away because the disk buffer was at `--buffer-max-bytes`.
@@ -266,6 +268,7 @@ impl Default for SinkStats {
             buffered: AtomicU64::default(),
             buffer_bytes: AtomicU64::default(),
             buffer_max_bytes: AtomicU64::default(),
+            buffer_health: crate::buffer::BufferHealth::default(),
             dropped_queue_full: AtomicU64::default(),
             dropped_buffer_full: AtomicU64::default(),
             dropped_buffer_error: AtomicU64::default(),

@@ -198,6 +198,23 @@ impl Emulator {
         self.state.envelopes_sent.load(Ordering::Relaxed)
     }
 
+    /// Appends `envelopes` to the fixed feed of every shard that has
+    /// subscribed: streams that ended when it ran out deliver them on the
+    /// client's next subscription (tests that need records after a phase).
+    pub fn extend(&self, envelopes: &[Envelope]) {
+        for feed in self.state.shards.lock().expect("shards lock").values() {
+            let mut f = feed.lock().expect("feed lock");
+            if let BatchSource::Fixed(queue) = &mut f.source {
+                queue.extend(
+                    envelopes
+                        .chunks(self.state.cfg.batch_size.max(1))
+                        .map(|c| (c.len() as u64, EncodedBatch::encode(c))),
+                );
+                f.remaining = f.remaining.map(|r| r + envelopes.len() as u64);
+            }
+        }
+    }
+
     /// Stops serving and waits for the server to close.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
