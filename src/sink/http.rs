@@ -979,6 +979,62 @@ mod tests {
         );
     }
 
+    /// `isolate` on a refused request of `n` records from 10 on: the records
+    /// dead-lettered and the ranges sent again.
+    fn isolated(
+        n: u64,
+        status: u16,
+        invalid_event: Option<u64>,
+        spent: usize,
+    ) -> (Vec<usize>, Vec<(usize, usize)>, usize) {
+        let mut progress = Progress {
+            id: (0, 0),
+            todo: Vec::new(),
+            awaiting: 0,
+            rejected: Vec::new(),
+            isolation_requests: spent,
+        };
+        let piece = Piece {
+            start: 10,
+            records: n,
+            body: bytes::Bytes::new(),
+        };
+        let refused = Refused {
+            failure: classify_reply(status, None, "", "u").unwrap_err(),
+            status: Some(status),
+            invalid_event,
+        };
+        let mut again = Vec::new();
+        isolate(&mut progress, piece, refused, &mut again);
+        let rejected = progress.rejected.iter().map(|(i, _)| *i).collect();
+        (rejected, again, progress.isolation_requests)
+    }
+
+    #[test]
+    fn refused_records_are_isolated_by_event_number_by_halves_or_not_at_all() {
+        // HEC names event 3: 10..13 were indexed, 13 is refused, 14..20 go again.
+        assert_eq!(isolated(10, 400, Some(3), 0), (vec![13], vec![(14, 20)], 1));
+        // The last event: nothing to send again.
+        assert_eq!(isolated(10, 400, Some(9), 0), (vec![19], vec![], 0));
+        // No number (or one outside the request): halves.
+        assert_eq!(
+            isolated(10, 400, None, 0),
+            (vec![], vec![(10, 15), (15, 20)], 2)
+        );
+        assert_eq!(
+            isolated(5, 413, Some(5), 0),
+            (vec![], vec![(10, 12), (12, 15)], 2)
+        );
+        assert_eq!(isolated(1, 422, None, 0), (vec![10], vec![], 0));
+        // Not about the content (a wrong URL): the request is refused whole.
+        assert_eq!(isolated(3, 404, None, 0), (vec![10, 11, 12], vec![], 0));
+        // The batch spent its isolation requests: refused whole.
+        assert_eq!(
+            isolated(3, 400, Some(1), MAX_ISOLATION_REQUESTS),
+            (vec![10, 11, 12], vec![], MAX_ISOLATION_REQUESTS)
+        );
+    }
+
     #[test]
     fn hec_base_urls_get_the_event_path() {
         assert_eq!(

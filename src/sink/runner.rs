@@ -721,6 +721,79 @@ mod tests {
         assert_eq!(s.delivery_latency_ms, Default::default());
     }
 
+    /// Delivers every record of a batch but those at the given positions,
+    /// which the receiver refuses.
+    struct Refuses(Vec<usize>, Vec<(usize, SinkError)>);
+
+    impl Sink for Refuses {
+        fn name(&self) -> &str {
+            "refuses"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            self.1 = self
+                .0
+                .iter()
+                .map(|&i| {
+                    let e = SinkError::Config {
+                        sink: "refuses",
+                        what: format!("record {i}"),
+                    };
+                    (i, e)
+                })
+                .collect();
+            Ok((batch.len() - self.0.len()) as u64)
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            Ok(0)
+        }
+        fn take_rejected(&mut self) -> Vec<(usize, SinkError)> {
+            std::mem::take(&mut self.1)
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_refused_records_of_a_batch_are_dead_lettered_each_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        for dead_letter in [true, false] {
+            let (queue, rx) = SinkQueue::new("refuses", 100);
+            queue.offer(chunk(5));
+            let stats = Arc::clone(queue.stats());
+            drop(queue);
+            let batch = BatchConfig {
+                dead_letter: dead_letter.then(|| crate::sink::DeadLetter {
+                    dir: dir.path().to_path_buf(),
+                    encode: crate::record::EncodeContext {
+                        foundation: "f".into(),
+                    },
+                }),
+                ..BatchConfig::default()
+            };
+            let s = run_sink(Refuses(vec![1, 3], Vec::new()), rx, stats, batch)
+                .await
+                .stats;
+            let (dead_lettered, lost) = if dead_letter { (2, 0) } else { (0, 2) };
+            assert_eq!(
+                (
+                    s.received,
+                    s.delivered,
+                    s.dead_lettered,
+                    s.dropped_write_error
+                ),
+                (5, 3, dead_lettered, lost)
+            );
+            assert_eq!((s.queued, s.in_flight), (0, 0));
+        }
+        let text = std::fs::read_to_string(dir.path().join("refuses.dead-letter.jsonl")).unwrap();
+        let reasons: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].to_string())
+            .collect();
+        assert_eq!(
+            reasons,
+            [r#""refuses sink: record 1""#, r#""refuses sink: record 3""#]
+        );
+    }
+
     #[tokio::test]
     async fn failed_writes_are_counted_as_dropped_not_delivered() {
         let (queue, rx) = SinkQueue::new("recorder", 1000);
