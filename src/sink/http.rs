@@ -20,13 +20,14 @@
 //! A request refused for its content (400, 413, 422) usually holds one bad
 //! record among hundreds (an index the token may not write to, HEC code 7),
 //! so the refused records are isolated and only they are dead-lettered:
-//! - with HEC's `invalid-event-number` k (0-based), the events before it
-//!   count as delivered, event k is dead-lettered and the events after it
-//!   are sent again. HEC reads a request's events in order and hands each to
-//!   the indexing pipeline as it goes; at the first bad one it stops and
-//!   answers 400 with that event's number, so the earlier events are indexed
-//!   and the later ones are not (Splunk's documented reply format names "the
-//!   first invalid event"; resending the earlier ones would index them twice);
+//! - with HEC's `invalid-event-number` k (0-based: "the first invalid
+//!   event" of the request), the events before it count as delivered, event
+//!   k is dead-lettered and the events after it are sent again. HEC reads a
+//!   request's events in order and hands each to the indexing pipeline as
+//!   it goes, stopping at the first bad one, so the earlier events are
+//!   indexed and the later ones are not; sending the earlier ones again
+//!   would index them twice. (With `--hec-acks` they have no `ackId` to wait
+//!   for: they count as delivered like a 200 without one.)
 //! - without it (other receivers, other codes), the request is split in two
 //!   and each half sent again, down to single records.
 //!
@@ -781,8 +782,14 @@ impl Sink for HttpSink {
                 }
             }
             for (start, end) in split {
-                let parts = self.encode_range(batch, start, end).await?;
-                progress.todo.extend(pieces(start, parts));
+                // Some of the batch already went through: a range that
+                // cannot be encoded is refused on its own, not the batch.
+                match self.encode_range(batch, start, end).await {
+                    Ok(parts) => progress.todo.extend(pieces(start, parts)),
+                    Err(f) => progress
+                        .rejected
+                        .extend((start..end).map(|i| (i, clone_error(&f.error)))),
+                }
             }
         }
         if let Some(f) = retry {
