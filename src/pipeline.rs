@@ -87,6 +87,7 @@ impl Summary {
             t.in_flight += s.in_flight;
             t.dead_lettered += s.dead_lettered;
             t.retries += s.retries;
+            t.reconnects += s.reconnects;
             t.buffered += s.buffered;
             t.buffer_bytes += s.buffer_bytes;
             t.dropped_queue_full += s.dropped_queue_full;

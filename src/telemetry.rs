@@ -314,6 +314,12 @@ impl prometheus_client::collector::Collector for ViewCollector {
         )?;
         family(
             &mut e,
+            "sink_reconnects",
+            "Connections to the receiver replaced: closed by it, failed, or not taking data within the write timeout.",
+            per_sink(|s| s.reconnects),
+        )?;
+        family(
+            &mut e,
             "sink_dropped",
             "Records lost, by reason.",
             snaps.iter().flat_map(|(s, snap)| {

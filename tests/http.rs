@@ -38,6 +38,30 @@ struct Behaviour {
     acks: bool,
     /// Never acknowledge the first this many `ackId`s (lost in the indexer).
     lose_acks: AtomicU32,
+    /// Events naming this index are refused, as Splunk refuses an index the
+    /// token may not write to: the events before the first such one are
+    /// indexed, and the reply is 400 "Incorrect index" (code 7) with its
+    /// `invalid-event-number`.
+    forbidden_index: Option<&'static str>,
+    /// With `forbidden_index`: refuse the whole request, index nothing and
+    /// give no event number (a receiver that only says "no").
+    refuse_whole: bool,
+    /// Hold every request until a permit is added (signalling `arrived`).
+    hold: Option<Hold>,
+}
+
+struct Hold {
+    arrived: tokio::sync::Notify,
+    release: tokio::sync::Semaphore,
+}
+
+impl Default for Hold {
+    fn default() -> Self {
+        Self {
+            arrived: tokio::sync::Notify::new(),
+            release: tokio::sync::Semaphore::new(0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -71,6 +95,10 @@ async fn collector(
     let gzip = h.get("content-encoding").is_some_and(|v| v == "gzip");
     hec.headers.lock().unwrap().push(h);
     let b = &hec.behaviour;
+    if let Some(hold) = &b.hold {
+        hold.arrived.notify_one();
+        hold.release.acquire().await.unwrap().forget();
+    }
     if b.throttle_first.load(Ordering::SeqCst) > 0 {
         b.throttle_first.fetch_sub(1, Ordering::SeqCst);
         let mut h = HeaderMap::new();
@@ -108,6 +136,20 @@ async fn collector(
     };
     if events.iter().any(|e| e.get("event").is_none()) {
         return reply(StatusCode::BAD_REQUEST, "Event field is required", 12);
+    }
+    let bad = b
+        .forbidden_index
+        .and_then(|x| events.iter().position(|e| e["index"] == x));
+    if let Some(k) = bad {
+        let mut body = serde_json::json!({"text": "Incorrect index", "code": 7});
+        if !b.refuse_whole {
+            body["invalid-event-number"] = k.into();
+            hec.events
+                .lock()
+                .unwrap()
+                .extend(events[..k].iter().cloned());
+        }
+        return (StatusCode::BAD_REQUEST, HeaderMap::new(), body.to_string());
     }
     hec.bodies.lock().unwrap().push(raw);
     hec.events.lock().unwrap().extend(events);
@@ -354,7 +396,9 @@ async fn a_batch_hec_rejects_goes_to_the_dead_letter_file_with_its_reason() {
         ),
         (5, 0, 5, 0, 0, 0)
     );
-    assert_eq!(hec.requests.load(Ordering::SeqCst), 1, "never retried");
+    // Each record refused alone (halves down to single records: 2n - 1
+    // requests), never retried.
+    assert_eq!(hec.requests.load(Ordering::SeqCst), 9);
     let text = std::fs::read_to_string(dir.path().join("http.dead-letter.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
@@ -554,4 +598,159 @@ async fn the_runner_keeps_acked_records_in_flight_until_confirmed() {
         (s.received, s.delivered, s.in_flight, s.dropped()),
         (7, 7, 0, 0)
     );
+}
+
+/// Runs 50 records, of which 7 and 31 name an index HEC refuses, through the
+/// runner with a dead-letter file; the stats, the seqs HEC indexed (with
+/// repeats) and the seqs dead-lettered with their reasons.
+async fn refuse_two_of_fifty(
+    refuse_whole: bool,
+) -> (
+    cf_audit_nozzle::sink::SinkSnapshot,
+    Vec<usize>,
+    Vec<(usize, String)>,
+    String,
+) {
+    let (hec, url) = start_hec(Behaviour {
+        forbidden_index: Some("forbidden"),
+        refuse_whole,
+        ..Default::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let envelopes = (0..50).map(|i| {
+        let mut e = app_line(i);
+        if i == 7 || i == 31 {
+            e.tags.insert("splunk_index".into(), "forbidden".into());
+        }
+        e
+    });
+    let (queue, rx) = SinkQueue::new("http", 100);
+    queue.offer(records(envelopes.collect()));
+    let stats = Arc::clone(queue.stats());
+    drop(queue);
+    let mut cfg = http_config(&url, HttpFormat::Hec);
+    cfg.hec_index.app_tag = Some("splunk_index".into());
+    // Several requests per batch, two at a time.
+    cfg.max_request_bytes = 8_000;
+    cfg.concurrency = 2;
+    let batch = BatchConfig {
+        dead_letter: Some(DeadLetter {
+            dir: dir.path().to_path_buf(),
+            encode: ctx(),
+        }),
+        ..BatchConfig::default()
+    };
+    let sink = HttpSink::new(cfg, ctx()).unwrap();
+    let s = run_sink(sink, rx, stats, batch).await.stats;
+    let seq = |msg: &serde_json::Value| -> usize {
+        msg.as_str()
+            .unwrap()
+            .strip_prefix("seq=")
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut indexed: Vec<usize> = hec
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| seq(&e["event"]["message"]))
+        .collect();
+    indexed.sort_unstable();
+    let text = std::fs::read_to_string(dir.path().join("http.dead-letter.jsonl")).unwrap();
+    let mut dead: Vec<(usize, String)> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|l| {
+            (
+                seq(&l["record"]["message"]),
+                l["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    dead.sort_unstable();
+    (s, indexed, dead, url)
+}
+
+#[tokio::test]
+async fn only_the_events_hec_refuses_by_number_are_dead_lettered() {
+    let (s, indexed, dead, url) = refuse_two_of_fifty(false).await;
+    assert_eq!(
+        (
+            s.received,
+            s.delivered,
+            s.dead_lettered,
+            s.dropped(),
+            s.pending(),
+            s.retries
+        ),
+        (50, 48, 2, 0, 0, 0)
+    );
+    let reason = format!(
+        "http sink: {url}/services/collector/event answered 400: Incorrect index (HEC code 7)"
+    );
+    assert_eq!(dead, [(7, reason.clone()), (31, reason)]);
+    // Every other event indexed exactly once: the events before a refused
+    // one were indexed by that request and not sent again.
+    let want: Vec<usize> = (0..50).filter(|i| *i != 7 && *i != 31).collect();
+    assert_eq!(indexed, want);
+}
+
+#[tokio::test]
+async fn without_an_event_number_refused_requests_are_halved_down_to_the_bad_records() {
+    let (s, indexed, dead, url) = refuse_two_of_fifty(true).await;
+    assert_eq!(
+        (
+            s.received,
+            s.delivered,
+            s.dead_lettered,
+            s.dropped(),
+            s.pending(),
+            s.retries
+        ),
+        (50, 48, 2, 0, 0, 0)
+    );
+    let reason = format!(
+        "http sink: {url}/services/collector/event answered 400: Incorrect index (HEC code 7)"
+    );
+    assert_eq!(dead, [(7, reason.clone()), (31, reason)]);
+    let want: Vec<usize> = (0..50).filter(|i| *i != 7 && *i != 31).collect();
+    assert_eq!(indexed, want);
+}
+
+#[tokio::test]
+async fn the_records_of_an_outstanding_request_are_in_flight() {
+    let (hec, url) = start_hec(Behaviour {
+        hold: Some(Hold::default()),
+        ..Default::default()
+    })
+    .await;
+    let (queue, rx) = SinkQueue::new("http", 100);
+    let stats = Arc::clone(queue.stats());
+    let sink = HttpSink::new(http_config(&url, HttpFormat::Hec), ctx()).unwrap();
+    let task = tokio::spawn(run_sink(
+        sink,
+        rx,
+        Arc::clone(&stats),
+        BatchConfig::default(),
+    ));
+    queue.offer(records((0..7).map(app_line).collect()));
+    let hold = hec.behaviour.hold.as_ref().unwrap();
+    hold.arrived.notified().await;
+    // The receiver holds the request: its records are in flight, not queued.
+    let s = stats.snapshot("http");
+    assert_eq!(
+        (s.received, s.queued, s.in_flight, s.delivered),
+        (7, 0, 7, 0)
+    );
+    hold.release.add_permits(1);
+    drop(queue);
+    let s = task.await.unwrap().stats;
+    assert_eq!(
+        (s.received, s.queued, s.in_flight, s.delivered),
+        (7, 0, 0, 7)
+    );
+    assert_eq!(hec.events.lock().unwrap().len(), 7);
 }

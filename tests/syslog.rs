@@ -148,6 +148,7 @@ fn syslog_config(pki: &Pki, port: u16, msg: MsgFormat) -> SyslogConfig {
             msg,
             ..SyslogFormat::default()
         },
+        write_timeout: cf_audit_nozzle::sink::syslog::DEFAULT_WRITE_TIMEOUT,
     }
 }
 
@@ -371,6 +372,7 @@ fn tcp_config(port: u16) -> SyslogConfig {
             msg: MsgFormat::Message,
             ..SyslogFormat::default()
         },
+        write_timeout: cf_audit_nozzle::sink::syslog::DEFAULT_WRITE_TIMEOUT,
     }
 }
 
@@ -471,4 +473,160 @@ async fn a_receiver_that_is_down_gets_the_batch_when_it_comes_back() {
         (4, 4, 0, 0)
     );
     assert!(s.retries >= 3);
+}
+
+/// A receiver on one port whose first `hold` connections are accepted and
+/// never read (a receiver that hangs: its small receive buffer and then the
+/// sender's fill up); later connections are read to the end, their MSGs
+/// collected in `got`.
+async fn hanging_then_reading_receiver(hold: usize) -> (u16, Arc<std::sync::Mutex<Vec<String>>>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // A fixed small buffer (no autotuning), inherited by accepted sockets.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Arc::clone(&got);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (conn, _) = listener.accept().await.unwrap();
+            if held.len() < hold {
+                held.push(conn);
+                continue;
+            }
+            let got = Arc::clone(&sink);
+            tokio::spawn(async move {
+                use tokio::io::AsyncBufReadExt;
+                let mut lines = tokio::io::BufReader::new(conn).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let msg = line.rsplit_once("\"] ").map(|(_, m)| m.to_string());
+                    got.lock().unwrap().push(msg.unwrap_or(line));
+                }
+            });
+        }
+    });
+    (port, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_takes_no_data_is_replaced_after_the_write_timeout() {
+    // 1,000 messages of 16 kB: one batch of 16 MB, more than the socket
+    // buffers of a connection nobody reads can hold.
+    const N: usize = 1000;
+    let line = |i: usize| format!("seq={i} {}", "x".repeat(16_000));
+    let records: Vec<Arc<Record>> = (0..N)
+        .map(|i| {
+            Arc::new(classify(log_envelope(
+                i as i64,
+                "app",
+                line(i),
+                &[("source_type", "APP/PROC/WEB")],
+            )))
+        })
+        .collect();
+    // The first two connections hang; the third reads.
+    let (port, got) = hanging_then_reading_receiver(2).await;
+    let mut cfg = tcp_config(port);
+    cfg.write_timeout = Duration::from_secs(2);
+    cfg.format.max_message_bytes = 65_536;
+    let (queue, rx) = cf_audit_nozzle::sink::SinkQueue::new("syslog", N);
+    queue.offer(records);
+    let stats = Arc::clone(queue.stats());
+    drop(queue);
+    let batch = BatchConfig {
+        max_records: Some(N),
+        max_bytes: usize::MAX,
+        retry_initial: Duration::from_millis(10),
+        retry_max: Duration::from_millis(50),
+        ..BatchConfig::default()
+    };
+    let sink = SyslogSink::new(
+        cfg,
+        EncodeContext {
+            foundation: "t".into(),
+        },
+    );
+    let report = tokio::time::timeout(
+        Duration::from_secs(120),
+        cf_audit_nozzle::sink::run_sink(sink, rx, Arc::clone(&stats), batch),
+    )
+    .await
+    .expect("the sink stays blocked on a receiver that takes no data");
+    let s = report.stats;
+    // Two connections timed out and were replaced; the batch went whole
+    // over the third.
+    assert_eq!(
+        (
+            s.received,
+            s.delivered,
+            s.pending(),
+            s.dropped(),
+            s.dead_lettered
+        ),
+        (N as u64, N as u64, 0, 0, 0)
+    );
+    assert_eq!((s.reconnects, s.retries), (2, 2));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.lock().unwrap().len() < N {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {N} arrived",
+            got.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let got = got.lock().unwrap();
+    let mut seen = vec![0u32; N];
+    for msg in got.iter() {
+        let seq: usize = msg
+            .strip_prefix("seq=")
+            .and_then(|m| m.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected message {:?}", &msg[..40.min(msg.len())]));
+        assert_eq!(*msg, line(seq), "altered");
+        seen[seq] += 1;
+    }
+    // The reading receiver got every record exactly once.
+    assert_eq!(
+        (got.len(), seen.iter().filter(|c| **c != 1).count()),
+        (N, 0)
+    );
+}
+
+#[tokio::test]
+async fn a_tls_receiver_that_never_answers_the_handshake_times_out() {
+    // Accepts and says nothing: the TLS handshake waits for a ServerHello.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            held.push(listener.accept().await.unwrap().0);
+        }
+    });
+    let pki = Pki::generate("syslogCA", &["localhost"]).unwrap();
+    let mut cfg = syslog_config(&pki, port, MsgFormat::Message);
+    cfg.write_timeout = Duration::from_millis(300);
+    let mut sink = SyslogSink::new(
+        cfg,
+        EncodeContext {
+            foundation: "t".into(),
+        },
+    );
+    let failure = tokio::time::timeout(Duration::from_secs(30), sink.write(&app_records(0..1)))
+        .await
+        .expect("the handshake waits for good")
+        .unwrap_err();
+    assert!(failure.retry.is_some(), "retried by the runner");
+    assert_eq!(
+        failure.error.to_string(),
+        format!(
+            "syslog sink: cannot connect to 127.0.0.1:{port}: TLS handshake: the receiver took no data for 300ms (--syslog-write-timeout)"
+        )
+    );
+    held.abort();
 }

@@ -266,6 +266,9 @@ pub struct SyslogArgs {
     /// Private enterprise number of the structured-data ID (tags@<number>); 32473 is the documentation number.
     #[arg(long, env = "SYSLOG_ENTERPRISE_NUMBER", default_value_t = crate::sink::syslog::DEFAULT_ENTERPRISE_NUMBER)]
     pub syslog_enterprise_number: u32,
+    /// Seconds the syslog receiver may take no data (a write, the TLS handshake) before the connection is replaced and the batch retried.
+    #[arg(long, env = "SYSLOG_WRITE_TIMEOUT", default_value_t = crate::sink::syslog::DEFAULT_WRITE_TIMEOUT.as_secs())]
+    pub syslog_write_timeout: u64,
 }
 
 /// Syslog facility names (RFC 5424 §6.2.1).
@@ -366,6 +369,11 @@ impl SyslogArgs {
                 self.syslog_max_message_bytes
             ));
         }
+        if self.syslog_write_timeout == 0 {
+            errors.push(
+                "--syslog-write-timeout (SYSLOG_WRITE_TIMEOUT) must be at least 1 second".into(),
+            );
+        }
         let transport = match self.syslog_transport {
             SyslogTransportArg::Tcp => Transport::Tcp,
             SyslogTransportArg::Tls => Transport::Tls,
@@ -404,6 +412,7 @@ impl SyslogArgs {
                 },
                 max_message_bytes: self.syslog_max_message_bytes,
             },
+            write_timeout: Duration::from_secs(self.syslog_write_timeout),
         })
     }
 }

@@ -14,8 +14,25 @@
 //!   retried too, so the records wait in the queue while an operator fixes
 //!   the token, instead of filling the dead-letter file;
 //! - any other 4xx and 501 (e.g. HEC code 6 "Invalid data format"): the
-//!   receiver rejects the data itself: the batch goes to the dead-letter file;
+//!   receiver rejects the data itself: the records go to the dead-letter file;
 //! - no reply (connection refused, timeout): retried.
+//!
+//! A request refused for its content (400, 413, 422) usually holds one bad
+//! record among hundreds (an index the token may not write to, HEC code 7),
+//! so the refused records are isolated and only they are dead-lettered:
+//! - with HEC's `invalid-event-number` k (0-based: "the first invalid
+//!   event" of the request), the events before it count as delivered, event
+//!   k is dead-lettered and the events after it are sent again. HEC reads a
+//!   request's events in order and hands each to the indexing pipeline as
+//!   it goes, stopping at the first bad one, so the earlier events are
+//!   indexed and the later ones are not; sending the earlier ones again
+//!   would index them twice. (With `--hec-acks` they have no `ackId` to wait
+//!   for: they count as delivered like a 200 without one.)
+//! - without it (other receivers, other codes), the request is split in two
+//!   and each half sent again, down to single records.
+//!
+//! Isolating costs at most [`MAX_ISOLATION_REQUESTS`] requests per batch; a
+//! request still refused after that goes to the dead-letter file whole.
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -26,7 +43,7 @@ use flate2::write::GzEncoder;
 use futures_util::StreamExt;
 use rand::Rng;
 
-use super::{Sink, SinkError, SinkFailure};
+use super::{Outstanding, Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::{EncodeContext, Kind, Record, put_digits, write_int};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,8 +92,41 @@ pub struct AckConfig {
     pub max_pending: usize,
 }
 
-/// One request of a batch after sending: its position, body, record count and outcome.
-type Sent = (usize, bytes::Bytes, u64, Result<Option<u64>, SinkFailure>);
+/// Requests a batch may spend isolating the records a receiver refused
+/// (with `invalid-event-number`, one per bad record; by halves, about two
+/// per level). A receiver that refuses everything costs this much per batch,
+/// then its requests go to the dead-letter file whole.
+pub const MAX_ISOLATION_REQUESTS: usize = 100;
+
+/// Records of a batch sent as one request: the first one's position in
+/// the batch, how many, and the body.
+struct Piece {
+    start: usize,
+    records: u64,
+    body: bytes::Bytes,
+}
+
+/// A request that did not go through: what it means, the HTTP status
+/// (none without a reply) and HEC's `invalid-event-number`.
+struct Refused {
+    failure: SinkFailure,
+    status: Option<u16>,
+    invalid_event: Option<u64>,
+}
+
+/// What is left of a batch the runner will write again.
+struct Progress {
+    /// The batch's address and length.
+    id: (usize, usize),
+    /// Requests not yet accepted (sent again on the retry).
+    todo: Vec<Piece>,
+    /// Records whose requests await an acknowledgement.
+    awaiting: u64,
+    /// Records refused for their content, with the reason.
+    rejected: Vec<(usize, SinkError)>,
+    /// Requests spent isolating refused records.
+    isolation_requests: usize,
+}
 
 /// A request Splunk accepted and has not yet said it indexed.
 struct Unacked {
@@ -298,9 +348,11 @@ pub struct HttpSink {
     endpoint: String,
     /// Sent on every HEC request (required when the token uses indexer acks, harmless otherwise).
     channel: String,
-    /// The batch being retried (its address and length), which of its
-    /// requests already went through, and how many of its records await acks.
-    progress: Option<((usize, usize), Vec<bool>, u64)>,
+    /// The batch being retried and what of it is left to send.
+    progress: Option<Progress>,
+    /// The last delivered batch's records refused for their content.
+    rejected: Vec<(usize, SinkError)>,
+    stats: Option<Arc<SinkStats>>,
     unacked: Vec<Unacked>,
     encoder: Arc<Encoder>,
     /// Uncompressed body buffers kept for the next batch.
@@ -339,6 +391,8 @@ impl HttpSink {
             client,
             channel,
             progress: None,
+            rejected: Vec::new(),
+            stats: None,
             unacked: Vec::new(),
             buffers: Vec::new(),
             encode_tasks: encode_tasks(),
@@ -412,23 +466,51 @@ impl HttpSink {
         }
     }
 
+    /// Records `start..end` of the batch as request bodies, encoded on a
+    /// blocking thread (a range isolating refused records).
+    async fn encode_range(
+        &mut self,
+        batch: &[Arc<Record>],
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<(bytes::Bytes, u64)>, SinkFailure> {
+        let records = batch[start..end].to_vec();
+        let encoder = Arc::clone(&self.encoder);
+        let encoded = tokio::task::spawn_blocking(move || encoder.encode(&records, None))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|r| r);
+        encoded.map(|(parts, _)| parts).map_err(|e| {
+            SinkError::Io {
+                sink: "http",
+                path: "<gzip>".into(),
+                source: e,
+            }
+            .into()
+        })
+    }
+
     /// Sends one body and reads what the reply means; with acks on, the
     /// `ackId` Splunk gave the request.
-    async fn post(&self, body: bytes::Bytes) -> Result<Option<u64>, SinkFailure> {
+    async fn post(&self, body: bytes::Bytes) -> Result<Option<u64>, Refused> {
         let reply = self.request(body).send().await.map_err(|e| {
             let reason = if e.is_timeout() {
                 format!("no reply within {:?}", self.cfg.timeout)
             } else {
                 crate::error_chain(&e)
             };
-            SinkFailure::retryable(
-                SinkError::Connect {
-                    sink: "http",
-                    addr: self.endpoint.clone(),
-                    reason,
-                },
-                None,
-            )
+            Refused {
+                failure: SinkFailure::retryable(
+                    SinkError::Connect {
+                        sink: "http",
+                        addr: self.endpoint.clone(),
+                        reason,
+                    },
+                    None,
+                ),
+                status: None,
+                invalid_event: None,
+            }
         })?;
         let status = reply.status().as_u16();
         let retry_after = reply
@@ -442,10 +524,14 @@ impl HttpSink {
         } else {
             reply.text().await.unwrap_or_default()
         };
-        classify_reply(status, retry_after, &text, &self.endpoint)?;
-        Ok(serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("ackId")?.as_u64()))
+        let json = serde_json::from_str::<serde_json::Value>(&text).ok();
+        let field = |name: &str| json.as_ref().and_then(|v| v.get(name)?.as_u64());
+        classify_reply(status, retry_after, &text, &self.endpoint).map_err(|failure| Refused {
+            failure,
+            status: Some(status),
+            invalid_event: field("invalid-event-number"),
+        })?;
+        Ok(field("ackId"))
     }
 
     /// Asks Splunk which requests it indexed; counts their records as
@@ -511,7 +597,7 @@ impl HttpSink {
                 }
                 Ok(None) => self.unacked[i].acked = true,
                 Err(f) => {
-                    tracing::warn!(error = %f.error, "resending an unacknowledged HEC request failed")
+                    tracing::warn!(error = %f.failure.error, "resending an unacknowledged HEC request failed")
                 }
             }
         }
@@ -634,82 +720,87 @@ impl Sink for HttpSink {
                 return Err(SinkFailure::retryable(error, None));
             }
         }
-        let parts = self.encode(batch).await?;
-        let (progress, mut awaiting) = match self.progress.take() {
-            Some((pid, done, awaiting)) if pid == id && done.len() == parts.len() => {
-                (done, awaiting)
+        let mut progress = match self.progress.take() {
+            Some(p) if p.id == id => p,
+            _ => {
+                let parts = self.encode(batch).await?;
+                Progress {
+                    id,
+                    todo: pieces(0, parts),
+                    awaiting: 0,
+                    rejected: Vec::new(),
+                    isolation_requests: 0,
+                }
             }
-            _ => (vec![false; parts.len()], 0),
         };
-        let mut todo = Vec::new();
-        for (i, (body, records)) in parts.into_iter().enumerate() {
-            if !progress[i] {
-                todo.push((i, body, records));
-            }
-        }
-        let this = &*self;
-        let results: Vec<Sent> = futures_util::stream::iter(todo)
-            .map(|(i, body, records)| async move {
-                let result = this.post(body.clone()).await;
-                (i, body, records, result)
-            })
-            .buffer_unordered(self.cfg.concurrency.max(1))
-            .collect()
-            .await;
-        let mut done = progress;
         let mut retry: Option<SinkFailure> = None;
-        let mut rejected: Option<SinkFailure> = None;
-        for (i, body, records, result) in results {
-            match result {
-                Ok(Some(ack_id)) if self.cfg.acks.is_some() => {
-                    done[i] = true;
-                    awaiting += records;
-                    self.unacked.push(Unacked {
-                        ack_id,
-                        body,
-                        records,
-                        sent: tokio::time::Instant::now(),
-                        acked: false,
-                    });
-                }
-                Ok(_) => {
-                    if self.cfg.acks.is_some() && !self.warned_no_ack_id {
-                        self.warned_no_ack_id = true;
-                        tracing::warn!(
-                            "HEC answered without an ackId: the token does not use indexer acknowledgement; a 200 counts as delivered"
-                        );
+        // Rounds: every request left, then those isolating refused records.
+        while !progress.todo.is_empty() && retry.is_none() {
+            let todo = std::mem::take(&mut progress.todo);
+            let this = &*self;
+            let results: Vec<(Piece, Result<Option<u64>, Refused>)> =
+                futures_util::stream::iter(todo)
+                    .map(|piece| async move {
+                        // The records count in flight while the request is out.
+                        let _outstanding = Outstanding::new(this.stats.as_ref(), piece.records);
+                        let result = this.post(piece.body.clone()).await;
+                        (piece, result)
+                    })
+                    .buffer_unordered(self.cfg.concurrency.max(1))
+                    .collect()
+                    .await;
+            let mut split = Vec::new();
+            for (piece, result) in results {
+                match result {
+                    Ok(Some(ack_id)) if self.cfg.acks.is_some() => {
+                        progress.awaiting += piece.records;
+                        self.unacked.push(Unacked {
+                            ack_id,
+                            body: piece.body,
+                            records: piece.records,
+                            sent: tokio::time::Instant::now(),
+                            acked: false,
+                        });
                     }
-                    done[i] = true;
-                }
-                Err(f) if f.retry.is_some() => {
-                    // Keep the longest Retry-After any part was given.
-                    let longer = match (&retry, &f.retry) {
-                        (Some(r), Some(after)) => {
-                            after.unwrap_or_default() > r.retry.flatten().unwrap_or_default()
+                    Ok(_) => {
+                        if self.cfg.acks.is_some() && !self.warned_no_ack_id {
+                            self.warned_no_ack_id = true;
+                            tracing::warn!(
+                                "HEC answered without an ackId: the token does not use indexer acknowledgement; a 200 counts as delivered"
+                            );
                         }
-                        _ => true,
-                    };
-                    if longer {
-                        retry = Some(f);
                     }
-                }
-                Err(f) => {
-                    rejected.get_or_insert(f);
+                    Err(r) if r.failure.retry.is_some() => {
+                        // Keep the longest Retry-After any request was given.
+                        let after = |f: &SinkFailure| f.retry.flatten().unwrap_or_default();
+                        if retry.as_ref().is_none_or(|k| after(&r.failure) > after(k)) {
+                            retry = Some(r.failure);
+                        }
+                        progress.todo.push(piece);
+                    }
+                    Err(r) => isolate(&mut progress, piece, r, &mut split),
                 }
             }
-        }
-        if let Some(f) = rejected {
-            // The receiver refuses part of the batch for good: the runner
-            // dead-letters the batch (parts already accepted are in it too:
-            // a duplicate there, never a loss).
-            return Err(f);
+            for (start, end) in split {
+                // Some of the batch already went through: a range that
+                // cannot be encoded is refused on its own, not the batch.
+                match self.encode_range(batch, start, end).await {
+                    Ok(parts) => progress.todo.extend(pieces(start, parts)),
+                    Err(f) => progress
+                        .rejected
+                        .extend((start..end).map(|i| (i, clone_error(&f.error)))),
+                }
+            }
         }
         if let Some(f) = retry {
-            self.progress = Some((id, done, awaiting));
+            self.progress = Some(progress);
             return Err(f);
         }
-        // Records whose requests await an acknowledgement stay in flight.
-        Ok(batch.len() as u64 - awaiting)
+        // Refused records go to the dead-letter file; records whose
+        // requests await an acknowledgement stay in flight.
+        let rejected = progress.rejected.len() as u64;
+        self.rejected = progress.rejected;
+        Ok(batch.len() as u64 - progress.awaiting - rejected)
     }
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
@@ -719,6 +810,96 @@ impl Sink for HttpSink {
 
     fn roll_interval(&self) -> Option<Duration> {
         self.cfg.acks.as_ref().map(|a| a.interval)
+    }
+
+    fn attach(&mut self, stats: &Arc<SinkStats>) {
+        self.stats = Some(Arc::clone(stats));
+    }
+
+    fn take_rejected(&mut self) -> Vec<(usize, SinkError)> {
+        std::mem::take(&mut self.rejected)
+    }
+}
+
+/// Encoded parts (body, records) of consecutive records from `start` on.
+fn pieces(mut start: usize, parts: Vec<(bytes::Bytes, u64)>) -> Vec<Piece> {
+    parts
+        .into_iter()
+        .map(|(body, records)| {
+            let piece = Piece {
+                start,
+                records,
+                body,
+            };
+            start += records as usize;
+            piece
+        })
+        .collect()
+}
+
+/// A request the receiver refused for good: which of its records to
+/// dead-letter and which ranges `[start, end)` to send again (see the module
+/// documentation).
+fn isolate(
+    progress: &mut Progress,
+    piece: Piece,
+    refused: Refused,
+    again: &mut Vec<(usize, usize)>,
+) {
+    let (start, n) = (piece.start, piece.records as usize);
+    let error = refused.failure.error;
+    let content = matches!(refused.status, Some(400 | 413 | 422));
+    if !content || progress.isolation_requests >= MAX_ISOLATION_REQUESTS {
+        if content {
+            tracing::warn!(
+                records = n,
+                requests = progress.isolation_requests,
+                "stopped isolating the records the receiver refuses; the request goes to the dead-letter file whole"
+            );
+        }
+        progress
+            .rejected
+            .extend((start..start + n).map(|i| (i, clone_error(&error))));
+        return;
+    }
+    let mut send = |from: usize, to: usize| {
+        if from < to {
+            progress.isolation_requests += 1;
+            again.push((from, to));
+        }
+    };
+    match refused.invalid_event.map(|k| k as usize) {
+        // Events before k are indexed; k is refused; the rest go again.
+        Some(k) if k < n => {
+            send(start + k + 1, start + n);
+            progress.rejected.push((start + k, error));
+        }
+        _ if n == 1 => progress.rejected.push((start, error)),
+        _ => {
+            send(start, start + n / 2);
+            send(start + n / 2, start + n);
+        }
+    }
+}
+
+/// The same error again, for each record it refused.
+fn clone_error(e: &SinkError) -> SinkError {
+    match e {
+        SinkError::Rejected {
+            sink,
+            url,
+            status,
+            detail,
+        } => SinkError::Rejected {
+            sink,
+            url: url.clone(),
+            status: *status,
+            detail: detail.clone(),
+        },
+        other => SinkError::Config {
+            sink: "http",
+            what: other.to_string(),
+        },
     }
 }
 
@@ -802,6 +983,62 @@ mod tests {
         assert_eq!(
             event(&log(tags(&[])), None),
             r#"{"time":1700000000.123456,"host":"-","source":"app-guid","sourcetype":"cf:app_log","fields":{"foundation":"prod","kind":"app_log"}"#
+        );
+    }
+
+    /// `isolate` on a refused request of `n` records from 10 on: the records
+    /// dead-lettered and the ranges sent again.
+    fn isolated(
+        n: u64,
+        status: u16,
+        invalid_event: Option<u64>,
+        spent: usize,
+    ) -> (Vec<usize>, Vec<(usize, usize)>, usize) {
+        let mut progress = Progress {
+            id: (0, 0),
+            todo: Vec::new(),
+            awaiting: 0,
+            rejected: Vec::new(),
+            isolation_requests: spent,
+        };
+        let piece = Piece {
+            start: 10,
+            records: n,
+            body: bytes::Bytes::new(),
+        };
+        let refused = Refused {
+            failure: classify_reply(status, None, "", "u").unwrap_err(),
+            status: Some(status),
+            invalid_event,
+        };
+        let mut again = Vec::new();
+        isolate(&mut progress, piece, refused, &mut again);
+        let rejected = progress.rejected.iter().map(|(i, _)| *i).collect();
+        (rejected, again, progress.isolation_requests)
+    }
+
+    #[test]
+    fn refused_records_are_isolated_by_event_number_by_halves_or_not_at_all() {
+        // HEC names event 3: 10..13 were indexed, 13 is refused, 14..20 go again.
+        assert_eq!(isolated(10, 400, Some(3), 0), (vec![13], vec![(14, 20)], 1));
+        // The last event: nothing to send again.
+        assert_eq!(isolated(10, 400, Some(9), 0), (vec![19], vec![], 0));
+        // No number (or one outside the request): halves.
+        assert_eq!(
+            isolated(10, 400, None, 0),
+            (vec![], vec![(10, 15), (15, 20)], 2)
+        );
+        assert_eq!(
+            isolated(5, 413, Some(5), 0),
+            (vec![], vec![(10, 12), (12, 15)], 2)
+        );
+        assert_eq!(isolated(1, 422, None, 0), (vec![10], vec![], 0));
+        // Not about the content (a wrong URL): the request is refused whole.
+        assert_eq!(isolated(3, 404, None, 0), (vec![10, 11, 12], vec![], 0));
+        // The batch spent its isolation requests: refused whole.
+        assert_eq!(
+            isolated(3, 400, Some(1), MAX_ISOLATION_REQUESTS),
+            (vec![10, 11, 12], vec![], MAX_ISOLATION_REQUESTS)
         );
     }
 

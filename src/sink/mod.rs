@@ -146,6 +146,51 @@ pub trait Sink: Send + 'static {
     fn outputs(&self) -> Vec<Output> {
         Vec::new()
     }
+
+    /// Gives the sink its counters, once, before the first write, for what
+    /// only the sink sees: connections it replaced ([`SinkStats::reconnects`])
+    /// and records of requests outstanding ([`Outstanding`]).
+    fn attach(&mut self, _stats: &Arc<SinkStats>) {}
+
+    /// Records of the last successful [`Sink::write`]'s batch that the
+    /// receiver refused for their content, by position in the batch, with
+    /// the reason: the runner dead-letters only these. They are not part of
+    /// the count `write` returned.
+    fn take_rejected(&mut self) -> Vec<(usize, SinkError)> {
+        Vec::new()
+    }
+}
+
+/// The records of one outstanding request, counted `in_flight` instead of
+/// `queued` while the request is out (a receiver holding a request shows in
+/// `/metrics`), and given back when the guard is dropped, whatever the
+/// outcome: the runner then accounts for the batch as usual. The identity
+/// never comes up short: each move adds before it subtracts.
+pub struct Outstanding {
+    stats: Option<Arc<SinkStats>>,
+    records: u64,
+}
+
+impl Outstanding {
+    pub fn new(stats: Option<&Arc<SinkStats>>, records: u64) -> Self {
+        if let Some(s) = stats {
+            s.in_flight.fetch_add(records, Ordering::AcqRel);
+            s.queued.fetch_sub(records, Ordering::AcqRel);
+        }
+        Self {
+            stats: stats.cloned(),
+            records,
+        }
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        if let Some(s) = &self.stats {
+            s.queued.fetch_add(self.records, Ordering::AcqRel);
+            s.in_flight.fetch_sub(self.records, Ordering::AcqRel);
+        }
+    }
 }
 
 /// Appends `parts` joined by `sep` as one JSON string, escaped as the record
@@ -224,9 +269,12 @@ impl Default for BatchConfig {
 pub struct SinkStats {
     pub received: AtomicU64,
     pub delivered: AtomicU64,
-    /// In the queue or in the batch being written (what the queue bound limits).
+    /// In the queue or in the batch being written (what the queue bound
+    /// limits), except the records of requests outstanding.
     pub queued: AtomicU64,
-    /// Written, awaiting confirmation (e.g. in a file not yet completed).
+    /// Written, awaiting confirmation (e.g. in a file not yet completed, a
+    /// HEC request awaiting its acknowledgement), or in a request still
+    /// outstanding ([`Outstanding`]).
     pub in_flight: AtomicU64,
     /// Accepted into the disk buffer and not in memory: the runner reads
     /// them back (`--buffer-dir`).
@@ -250,6 +298,9 @@ pub struct SinkStats {
     /// Retried writes (not part of the accounting identity: a retried batch
     /// is still queued).
     pub retries: AtomicU64,
+    /// Connections to the receiver the sink replaced: closed by the
+    /// receiver, failed, or not taking data within the write timeout.
+    pub reconnects: AtomicU64,
     /// Seconds from the first write attempt of a batch to its outcome
     /// (retries included), for `/metrics`.
     pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
@@ -275,6 +326,7 @@ impl Default for SinkStats {
             dropped_write_error: AtomicU64::default(),
             dead_lettered: AtomicU64::default(),
             retries: AtomicU64::default(),
+            reconnects: AtomicU64::default(),
             // 1 ms … ~65 s.
             batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
@@ -300,6 +352,7 @@ pub struct SinkSnapshot {
     pub dropped_write_error: u64,
     pub dead_lettered: u64,
     pub retries: u64,
+    pub reconnects: u64,
     /// p50, p99 and max of the delivery latency so far, in milliseconds.
     pub delivery_latency_ms: latency::LatencyQuantiles,
 }
@@ -334,6 +387,7 @@ impl SinkStats {
             dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
+            reconnects: self.reconnects.load(Ordering::Relaxed),
             delivery_latency_ms: self.delivery_latency.quantiles(),
         }
     }

@@ -25,6 +25,7 @@ pub async fn run_sink<S: Sink>(
     stats: Arc<SinkStats>,
     batch: BatchConfig,
 ) -> SinkReport {
+    sink.attach(&stats);
     let max_records = batch.max_records.unwrap_or_else(|| sink.batch_records());
     let mut pending: Vec<Arc<Record>> = Vec::with_capacity(max_records);
     let mut pending_bytes = 0usize;
@@ -138,10 +139,19 @@ async fn write_pending<S: Sink>(
             // A write may also confirm records of earlier batches (an
             // object sink uploading a completed file), so `delivered` can
             // exceed `n`: the batch joins the in-flight records first.
+            let rejected = sink.take_rejected();
             stats.in_flight.fetch_add(n, Ordering::Relaxed);
             stats.delivered.fetch_add(delivered, Ordering::Relaxed);
             stats.in_flight.fetch_sub(delivered, Ordering::Relaxed);
             stamps.commit();
+            if !rejected.is_empty() {
+                // They are this batch's, the newest in flight.
+                stamps.drop_newest(rejected.len() as u64);
+                settle_rejected(sink.name(), stats, batch, pending, &rejected);
+                if stats.in_flight.load(Ordering::Acquire) > 0 {
+                    intake.settled_out_of_order(rejected.len() as u64);
+                }
+            }
             stamps.delivered(delivered, stats);
         }
         Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
@@ -151,7 +161,7 @@ async fn write_pending<S: Sink>(
                 intake.settled_out_of_order(n);
             }
             let dl = batch.dead_letter.as_ref().expect("checked above");
-            match dead_letter(dl, sink.name(), &failure.error, pending) {
+            match dead_letter(dl, sink.name(), pending.iter().map(|r| (r, &failure.error))) {
                 Ok(path) => {
                     stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
                     tracing::error!(sink = sink.name(), records = n, error = %failure.error, path = %path.display(), "receiver rejected a batch; kept in the dead-letter file");
@@ -176,13 +186,44 @@ async fn write_pending<S: Sink>(
     intake.settled(stats);
 }
 
-/// Appends `records` to the sink's dead-letter file, one line each:
-/// `{"time":…,"sink":…,"reason":…,"record":{…}}`.
-fn dead_letter(
+/// Settles the records of a delivered batch the receiver refused one by one
+/// ([`Sink::take_rejected`]): into the dead-letter file, or, without one or
+/// when it cannot be written, lost. They were counted in flight.
+fn settle_rejected(
+    sink: &str,
+    stats: &SinkStats,
+    batch: &BatchConfig,
+    pending: &[Arc<Record>],
+    rejected: &[(usize, SinkError)],
+) {
+    let r = rejected.len() as u64;
+    let first = &rejected[0].1;
+    let records = rejected.iter().map(|(i, e)| (&pending[*i], e));
+    let kept = match &batch.dead_letter {
+        Some(dl) => dead_letter(dl, sink, records)
+            .inspect_err(|e| tracing::error!(sink, error = %e, "cannot write the dead-letter file"))
+            .ok(),
+        None => None,
+    };
+    match kept {
+        Some(path) => {
+            stats.dead_lettered.fetch_add(r, Ordering::Relaxed);
+            tracing::error!(sink, records = r, batch = pending.len(), error = %first, path = %path.display(), "receiver rejected records of a batch; only those kept in the dead-letter file");
+        }
+        None => {
+            stats.dropped_write_error.fetch_add(r, Ordering::Relaxed);
+            tracing::error!(sink, records = r, error = %first, "receiver rejected records of a batch; records lost");
+        }
+    }
+    stats.in_flight.fetch_sub(r, Ordering::Relaxed);
+}
+
+/// Appends `records` to the sink's dead-letter file, one line each with its
+/// reason: `{"time":…,"sink":…,"reason":…,"record":{…}}`.
+fn dead_letter<'a>(
     dl: &DeadLetter,
     sink: &str,
-    reason: &SinkError,
-    records: &[Arc<Record>],
+    records: impl Iterator<Item = (&'a Arc<Record>, &'a SinkError)>,
 ) -> std::io::Result<std::path::PathBuf> {
     use std::io::Write;
     std::fs::create_dir_all(&dl.dir)?;
@@ -197,15 +238,16 @@ fn dead_letter(
         })
         .collect();
     let path = dl.dir.join(format!("{name}.dead-letter.jsonl"));
-    let head = format!(
-        r#"{{"time":{},"sink":{},"reason":{},"record":"#,
+    let (time, sink) = (
         serde_json::to_string(&chrono::Utc::now().to_rfc3339()).expect("string"),
         serde_json::to_string(sink).expect("string"),
-        serde_json::to_string(&reason.to_string()).expect("string"),
     );
     let mut buf = Vec::new();
-    for r in records {
-        buf.extend_from_slice(head.as_bytes());
+    for (r, reason) in records {
+        let reason = serde_json::to_string(&reason.to_string()).expect("string");
+        buf.extend_from_slice(
+            format!(r#"{{"time":{time},"sink":{sink},"reason":{reason},"record":"#).as_bytes(),
+        );
         r.write_json(&dl.encode, &mut buf);
         buf.extend_from_slice(b"}\n");
     }
@@ -276,6 +318,22 @@ impl Stamps {
                 .delivery_latency
                 .observe(now.saturating_duration_since(accepted), records);
         });
+    }
+
+    /// The newest `n` in-flight records were settled without delivery
+    /// (records of the batch just committed that the receiver refused).
+    fn drop_newest(&mut self, mut n: u64) {
+        while n > 0 {
+            let Some((_, records)) = self.in_flight.back_mut() else {
+                return;
+            };
+            let take = n.min(*records);
+            *records -= take;
+            n -= take;
+            if *records == 0 {
+                self.in_flight.pop_back();
+            }
+        }
     }
 
     /// The oldest `n` in-flight records were lost: no latency to observe.
@@ -661,6 +719,79 @@ mod tests {
             (7, 0)
         );
         assert_eq!(s.delivery_latency_ms, Default::default());
+    }
+
+    /// Delivers every record of a batch but those at the given positions,
+    /// which the receiver refuses.
+    struct Refuses(Vec<usize>, Vec<(usize, SinkError)>);
+
+    impl Sink for Refuses {
+        fn name(&self) -> &str {
+            "refuses"
+        }
+        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+            self.1 = self
+                .0
+                .iter()
+                .map(|&i| {
+                    let e = SinkError::Config {
+                        sink: "refuses",
+                        what: format!("record {i}"),
+                    };
+                    (i, e)
+                })
+                .collect();
+            Ok((batch.len() - self.0.len()) as u64)
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            Ok(0)
+        }
+        fn take_rejected(&mut self) -> Vec<(usize, SinkError)> {
+            std::mem::take(&mut self.1)
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_refused_records_of_a_batch_are_dead_lettered_each_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        for dead_letter in [true, false] {
+            let (queue, rx) = SinkQueue::new("refuses", 100);
+            queue.offer(chunk(5));
+            let stats = Arc::clone(queue.stats());
+            drop(queue);
+            let batch = BatchConfig {
+                dead_letter: dead_letter.then(|| crate::sink::DeadLetter {
+                    dir: dir.path().to_path_buf(),
+                    encode: crate::record::EncodeContext {
+                        foundation: "f".into(),
+                    },
+                }),
+                ..BatchConfig::default()
+            };
+            let s = run_sink(Refuses(vec![1, 3], Vec::new()), rx, stats, batch)
+                .await
+                .stats;
+            let (dead_lettered, lost) = if dead_letter { (2, 0) } else { (0, 2) };
+            assert_eq!(
+                (
+                    s.received,
+                    s.delivered,
+                    s.dead_lettered,
+                    s.dropped_write_error
+                ),
+                (5, 3, dead_lettered, lost)
+            );
+            assert_eq!((s.queued, s.in_flight), (0, 0));
+        }
+        let text = std::fs::read_to_string(dir.path().join("refuses.dead-letter.jsonl")).unwrap();
+        let reasons: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["reason"].to_string())
+            .collect();
+        assert_eq!(
+            reasons,
+            [r#""refuses sink: record 1""#, r#""refuses sink: record 3""#]
+        );
     }
 
     #[tokio::test]

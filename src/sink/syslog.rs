@@ -19,13 +19,19 @@
 //!
 //! Delivery is at least once: a batch whose write fails is retried whole on a
 //! new connection (the runner's retry), so a receiver can see part of it twice.
+//! A receiver that accepts but takes no data (a full socket buffer nobody
+//! reads, a TLS handshake never answered) fails the write after
+//! `write_timeout`; the connection is replaced (counted in
+//! [`SinkStats::reconnects`]) and the batch retried with backoff.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::{Sink, SinkError, SinkFailure};
+use super::{Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::{EncodeContext, Kind, MessageRef, Record, ValueRef, write_int};
 
 /// RFC 5612's enterprise number for documentation; operators set their own.
@@ -33,6 +39,11 @@ pub const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
 
 /// rsyslog's default `maxMessageSize`, and RFC 5425's "SHOULD accept 8192".
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8192;
+
+/// How long a write (a piece of [`WRITE_CHUNK`], the TLS handshake) may
+/// wait for the receiver to take data before the connection is replaced:
+/// the HTTP sink's reply timeout.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The largest UDP payload over IPv4.
 const MAX_DATAGRAM: usize = 65_507;
@@ -109,6 +120,8 @@ pub struct SyslogConfig {
     /// TLS client settings (trust, client certificate).
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub format: SyslogFormat,
+    /// Longest wait for the receiver to take data ([`DEFAULT_WRITE_TIMEOUT`]).
+    pub write_timeout: Duration,
 }
 
 impl std::fmt::Debug for SyslogConfig {
@@ -119,6 +132,7 @@ impl std::fmt::Debug for SyslogConfig {
             .field("framing", &self.framing)
             .field("server_name", &self.server_name)
             .field("format", &self.format)
+            .field("write_timeout", &self.write_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -359,6 +373,24 @@ pub struct SyslogSink {
     buf: Vec<u8>,
     scratch: Vec<u8>,
     truncated: u64,
+    stats: Option<Arc<SinkStats>>,
+}
+
+/// `io` unless the receiver takes no data for `limit`: then a `TimedOut`
+/// error naming the option.
+async fn within<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the receiver took no data for {:?} (--syslog-write-timeout)",
+                limit
+            ),
+        ))
+    })
 }
 
 impl SyslogSink {
@@ -379,6 +411,7 @@ impl SyslogSink {
             buf: Vec::with_capacity(WRITE_CHUNK + DEFAULT_MAX_MESSAGE_BYTES + 16),
             scratch: Vec::with_capacity(DEFAULT_MAX_MESSAGE_BYTES),
             truncated: 0,
+            stats: None,
         }
     }
 
@@ -424,17 +457,24 @@ impl SyslogSink {
                     self.cfg.server_name
                 ))
             })?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, tcp)
+        let handshake = tokio_rustls::TlsConnector::from(tls).connect(name, tcp);
+        let stream = within(self.cfg.write_timeout, handshake)
             .await
             .map_err(|e| failed(format!("TLS handshake: {e}")))?;
         Ok(Connection::Tls(Box::new(stream)))
+    }
+
+    fn count_reconnect(&self) {
+        if let Some(s) = &self.stats {
+            s.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     async fn send(&mut self, batch: &[Arc<Record>]) -> Result<(), SinkError> {
         if self.conn.as_mut().is_some_and(Connection::peer_closed) {
             tracing::info!(addr = %self.cfg.addr, "syslog receiver closed the connection; reconnecting");
             self.conn = None;
+            self.count_reconnect();
         }
         if self.conn.is_none() {
             self.conn = Some(self.connect().await?);
@@ -445,6 +485,7 @@ impl SyslogSink {
             source,
         };
         let (cfg, ctx) = (&self.cfg, &self.ctx);
+        let limit = cfg.write_timeout;
         match self.conn.as_mut().expect("connected above") {
             Connection::Udp(socket) => {
                 for record in batch {
@@ -452,7 +493,7 @@ impl SyslogSink {
                     if encode(record, ctx, &cfg.format, &mut self.buf) {
                         self.truncated += 1;
                     }
-                    socket.send(&self.buf).await.map_err(io)?;
+                    within(limit, socket.send(&self.buf)).await.map_err(io)?;
                 }
                 Ok(())
             }
@@ -473,11 +514,13 @@ impl SyslogSink {
                         self.truncated += 1;
                     }
                     if self.buf.len() >= WRITE_CHUNK || i + 1 == batch.len() {
-                        stream.write_all(&self.buf).await.map_err(io)?;
+                        within(limit, stream.write_all(&self.buf))
+                            .await
+                            .map_err(io)?;
                         self.buf.clear();
                     }
                 }
-                stream.flush().await.map_err(io)
+                within(limit, stream.flush()).await.map_err(io)
             }
         }
     }
@@ -505,7 +548,15 @@ impl Sink for SyslogSink {
             Err(error) => {
                 // The stream's state is unknown: start a new connection and
                 // send the whole batch again (at least once).
-                self.conn = None;
+                if self.conn.take().is_some() {
+                    self.count_reconnect();
+                    let timed_out = matches!(&error, SinkError::Io { source, .. } if source.kind() == std::io::ErrorKind::TimedOut);
+                    if timed_out {
+                        tracing::warn!(addr = %self.cfg.addr, timeout = ?self.cfg.write_timeout, "syslog receiver takes no data (--syslog-write-timeout); reconnecting");
+                    } else {
+                        tracing::warn!(addr = %self.cfg.addr, %error, "syslog write failed; reconnecting");
+                    }
+                }
                 Err(SinkFailure::retryable(error, None))
             }
         }
@@ -513,10 +564,15 @@ impl Sink for SyslogSink {
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
         // Close politely at shutdown (TLS close_notify), so the receiver sees a clean end.
+        // A receiver that takes no data does not hold the shutdown up.
         if let Some(Connection::Tls(mut s)) = self.conn.take() {
-            let _ = s.shutdown().await;
+            let _ = within(self.cfg.write_timeout, s.shutdown()).await;
         }
         Ok(0)
+    }
+
+    fn attach(&mut self, stats: &Arc<SinkStats>) {
+        self.stats = Some(Arc::clone(stats));
     }
 }
 
