@@ -374,6 +374,6 @@ mod tests {
         assert_eq!(s.connects, 1, "counted while the stream is open");
         assert_eq!(s.last_error, None);
         assert_eq!(s.previous_error.as_deref(), Some("refused"));
-        assert_eq!(status.connection().0, true);
+        assert!(status.connection().0);
     }
 }
