@@ -118,6 +118,9 @@ pub struct RunArgs {
     /// Name the RLP's certificate must carry.
     #[arg(long, env = "RLP_SERVER_NAME", default_value = "reverselogproxy")]
     pub rlp_server_name: String,
+    /// Seconds without any envelope after which an open RLP stream is replaced (the firehose is never silent that long); 0 never. Raise it for a narrow --source-ids selection.
+    #[arg(long, env = "RLP_IDLE_TIMEOUT", default_value_t = 30)]
+    pub rlp_idle_timeout: u64,
     /// Subscription id shared by every instance of this nozzle: Loggregator splits the stream between them (another id gets its own full copy).
     #[arg(long, env = "SHARD_ID", default_value = "cf-audit-nozzle")]
     pub shard_id: String,
@@ -453,6 +456,8 @@ impl RunArgs {
             tls: tls?,
             streams,
             backoff: Backoff::default(),
+            idle_timeout: (self.rlp_idle_timeout > 0)
+                .then(|| Duration::from_secs(self.rlp_idle_timeout)),
         })
     }
 }

@@ -90,6 +90,7 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
             ..Default::default()
         },
         backoff: Backoff::default(),
+        idle_timeout: Some(rlp::DEFAULT_IDLE_TIMEOUT),
     };
     let stop_source = CancellationToken::new();
     let source = tokio::spawn(rlp::run(

@@ -85,6 +85,8 @@ fn config(peers: &Peers, tokens: TokenProvider) -> GatewayConfig {
         },
         backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(30)),
         idle_timeout: IDLE_TIMEOUT,
+        max_frame_bytes: gateway::DEFAULT_MAX_FRAME_BYTES,
+        handover: gateway::HANDOVER_LEAD,
     }
 }
 
@@ -285,8 +287,9 @@ async fn a_stalled_stream_is_detected_and_reconnected_within_twenty_seconds() {
     let s = status.snapshot();
     assert_eq!(s.disconnects["connect"], 1, "no response head: {s:?}");
     assert_eq!(s.disconnects["idle"], 2, "{s:?}");
+    assert_eq!(s.last_error, None, "recovered: {s:?}");
     assert!(
-        s.last_error
+        s.previous_error
             .as_deref()
             .unwrap()
             .contains("no data or heartbeat"),
@@ -770,4 +773,151 @@ async fn https_endpoints_are_verified_against_the_extra_ca_unless_told_not_to() 
 
     let unverified = http_client(None, true).unwrap();
     assert_eq!(discover(&unverified, &url).await.unwrap().uaa, url);
+}
+
+/// Heartbeats every 15 s for `d`, as the gateway sends when it has no data.
+fn quiet(d: Duration) -> Vec<Step> {
+    let beat = b"event: heartbeat\ndata: 1541438163\n\n".to_vec();
+    let mut steps = Vec::new();
+    let mut left = d;
+    while left > Duration::ZERO {
+        let step = left.min(Duration::from_secs(15));
+        steps.push(Step::Sleep(step));
+        steps.push(Step::Write(beat.clone()));
+        left -= step;
+    }
+    steps
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_next_stream_opens_before_the_old_one_closes_and_nothing_is_lost_or_doubled() {
+    // Stream 0 lives 14 minutes, as the gateway's do, with data near its end.
+    let peers = Peers::start(Duration::from_secs(3600), |n, _| {
+        let mut steps = vec![Step::Write(SSE_HEAD.to_vec())];
+        match n {
+            0 => {
+                steps.push(Step::Write(sse_batch_frame(&numbered(0, 2))));
+                steps.extend(quiet(Duration::from_secs(13 * 60 + 45)));
+                steps.push(Step::Write(sse_batch_frame(&numbered(2, 2))));
+                steps.extend(quiet(Duration::from_secs(15)));
+                steps.push(Step::Write(SSE_CLOSING.to_vec()));
+            }
+            1 => {
+                steps.push(Step::Write(sse_batch_frame(&numbered(4, 2))));
+                steps.extend(quiet(Duration::from_secs(60)));
+                steps.push(Step::Write(sse_batch_frame(&numbered(6, 2))));
+                steps.extend(quiet(Duration::from_secs(15 * 60)));
+            }
+            _ => steps.push(Step::Stall),
+        }
+        steps
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(8, Duration::from_secs(16 * 60)).await;
+    let (envs, status, _) = run.finish().await;
+
+    let requests = peers.gateway_requests();
+    let opened_after = requests[1].at - requests[0].at;
+    assert_eq!(
+        opened_after.as_secs(),
+        13 * 60 + 30,
+        "the next stream opens 30 s before the old one's 14 minutes"
+    );
+    // Both streams were read: stream 0's last batch came after the handover.
+    let mut got = timestamps(&envs);
+    assert_eq!(got, [0, 1, 4, 5, 2, 3, 6, 7], "in arrival order");
+    got.sort();
+    assert_eq!(got, (0..8).collect::<Vec<_>>(), "each once");
+    let s = status.snapshot();
+    assert_eq!((s.failures, s.connects), (0, 2), "{s:?}");
+    assert_eq!(s.disconnects["closing"], 1, "the handover: {s:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_that_ends_without_any_event_is_a_failure_with_backoff() {
+    // The real gateway, while its RLP is down: 200 and an empty body.
+    let peers = Peers::start(Duration::from_secs(3600), |n, _| {
+        if n < 3 {
+            return vec![Step::Write(SSE_HEAD.to_vec())];
+        }
+        let mut steps = stream_of(&[numbered(0, 2)]);
+        steps.insert(2, Step::Sleep(Duration::from_secs(1)));
+        steps
+    })
+    .await;
+    let run = start(config(&peers, uaa_tokens(&peers)));
+    run.wait_for(2, Duration::from_secs(30)).await;
+    let (envs, status, _) = run.finish().await;
+
+    assert_eq!(envs, numbered(0, 2));
+    let s = status.snapshot();
+    assert_eq!((s.failures, s.disconnects["ended"]), (3, 3), "{s:?}");
+    assert_eq!(
+        s.previous_error.unwrap(),
+        format!(
+            "the RLP Gateway at {}v2/read?log&counter&gauge&timer&event&shard_id=audit answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying",
+            peers.url()
+        )
+    );
+    // One backoff step after each (100 ms doubling, jittered to 50-100 %).
+    let at: Vec<_> = peers.gateway_requests().iter().map(|r| r.at).collect();
+    for (k, pair) in at.windows(2).take(3).enumerate() {
+        let step = Duration::from_millis(100 << k);
+        let gap = pair[1] - pair[0];
+        assert!(gap >= step / 2 && gap <= step, "gap {k}: {gap:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_line_over_the_frame_limit_is_skipped_and_counted_and_one_that_never_ends_is_cut() {
+    // One envelope of 100 KiB: a valid batch, but over a 64 KiB limit.
+    let big = vec![log_envelope(
+        500,
+        "app-guid",
+        vec![b'x'; 100 * 1024],
+        &[("source_type", "APP/PROC/WEB")],
+    )];
+    let peers = Peers::start(Duration::from_secs(3600), move |n, _| {
+        let mut steps = vec![Step::Write(SSE_HEAD.to_vec())];
+        match n {
+            0 => {
+                steps.push(Step::Write(sse_batch_frame(&numbered(0, 2))));
+                steps.push(Step::Trickle(sse_batch_frame(&big), 4096));
+                steps.push(Step::Write(sse_batch_frame(&numbered(2, 2))));
+                steps.push(Step::Sleep(Duration::from_secs(1)));
+                steps.push(Step::Write(SSE_CLOSING.to_vec()));
+            }
+            1 => {
+                // 8 MB of a line that never ends, then silence.
+                steps.push(Step::Write(sse_batch_frame(&numbered(4, 2))));
+                steps.push(Step::Write(b"data: {\"batch\":[".to_vec()));
+                steps.push(Step::Trickle(vec![b' '; 8_000_000], 64 * 1024));
+                steps.push(Step::Stall);
+            }
+            _ => {
+                steps.push(Step::Write(sse_batch_frame(&numbered(6, 2))));
+                steps.push(Step::Stall);
+            }
+        }
+        steps
+    })
+    .await;
+    let mut cfg = config(&peers, uaa_tokens(&peers));
+    cfg.max_frame_bytes = 64 * 1024;
+    let run = start(cfg);
+    run.wait_for(8, Duration::from_secs(60)).await;
+    let (envs, status, _) = run.finish().await;
+
+    assert_eq!(envs, numbered(0, 8), "the frames around the skipped ones");
+    let s = status.snapshot();
+    assert_eq!(
+        s.malformed_frames, 2,
+        "the long line and the endless one: {s:?}"
+    );
+    assert_eq!(
+        s.disconnects["closing"], 1,
+        "the first stream went on: {s:?}"
+    );
+    assert_eq!(s.disconnects["idle"], 1, "the endless line is cut: {s:?}");
 }

@@ -377,3 +377,285 @@ async fn the_test_rlp_rejects_subscriptions_without_selectors_as_the_rlp_does() 
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert_eq!(status.message(), "Selectors cannot be empty");
 }
+
+/// The RLP source into a file pipeline, with its status at hand; stops when
+/// `done` holds (or panics after 60 s).
+async fn run_watching(
+    cfg: rlp::RlpConfig,
+    done: impl Fn(&cf_audit_nozzle::route::IngressSnapshot, &rlp::RlpSnapshot) -> bool,
+) -> (
+    cf_audit_nozzle::pipeline::Summary,
+    rlp::RlpSnapshot,
+    tempfile::TempDir,
+) {
+    use cf_audit_nozzle::pipeline::Pipeline;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = Pipeline::start(&file_pipeline(dir.path())).unwrap();
+    let stats = pipeline.ingress_stats();
+    let status = Arc::new(rlp::RlpStatus::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(rlp::run(
+        cfg,
+        pipeline.router(),
+        Arc::clone(&status),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done(&stats.snapshot(), &status.snapshot()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out; ingress {:?}, source {:?}",
+            stats.snapshot(),
+            status.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let snapshot = status.snapshot();
+    stop.cancel();
+    task.await.unwrap();
+    let summary = pipeline.finish(Duration::from_secs(30)).await;
+    assert!(summary.complete, "sinks drained: {summary:?}");
+    (summary, snapshot, dir)
+}
+
+fn numbered_logs(range: std::ops::Range<usize>) -> Vec<cf_audit_nozzle::proto::Envelope> {
+    range
+        .map(|i| {
+            log_envelope(
+                i as i64,
+                "app",
+                format!("line-{i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect()
+}
+
+/// One `batch` field (key, length, envelope bytes) of an `EnvelopeBatch`.
+fn batch_field(envelope: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x0a];
+    prost::encoding::encode_varint(envelope.len() as u64, &mut out);
+    out.extend_from_slice(envelope);
+    out
+}
+
+#[tokio::test]
+async fn an_envelope_that_does_not_decode_is_skipped_and_counted_and_its_batch_and_stream_go_on() {
+    use cf_audit_nozzle::proto::EnvelopeBatch;
+    use cf_audit_nozzle::source::emulator::EncodedBatch;
+    use prost::Message as _;
+
+    let good = |i: usize| numbered_logs(i..i + 1).remove(0).encode_to_vec();
+    // A tag value that is not UTF-8 (prost's decode refuses it as well).
+    let mut bad_utf8 = log_envelope(99, "app", "bad", &[("k", "SENTINEL")]).encode_to_vec();
+    let at = bad_utf8.windows(8).position(|w| w == b"SENTINEL").unwrap();
+    bad_utf8[at] = 0xff;
+    // An unknown field of groups nested 120 deep: past the recursion limit.
+    let mut too_deep = good(98);
+    too_deep.extend(std::iter::repeat_n(0x7b, 120)); // start group, field 15
+    too_deep.extend(std::iter::repeat_n(0x7c, 120)); // end group, field 15
+    let mut mixed = Vec::new();
+    mixed.extend(batch_field(&good(3)));
+    mixed.extend(batch_field(&bad_utf8));
+    mixed.extend(batch_field(&good(4)));
+    mixed.extend(batch_field(&too_deep));
+    mixed.extend(batch_field(&good(5)));
+    for bad in [&bad_utf8, &too_deep] {
+        assert!(
+            EnvelopeBatch::decode(&batch_field(bad)[..]).is_err(),
+            "prost refuses it too"
+        );
+    }
+    let batches = vec![
+        (3, EncodedBatch::encode(&numbered_logs(0..3)).0),
+        (5, bytes::Bytes::from(mixed)),
+        (3, EncodedBatch::encode(&numbered_logs(6..9)).0),
+    ];
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Encoded(batches),
+            // The stream stays open after the feed: it must not end over the bad envelopes.
+            silent_after: Some(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (summary, s, _dir) =
+        run_watching(rlp_config(&emu, &pki, "s"), |i, _| i.envelopes == 9).await;
+
+    let expected: Vec<String> = (0..9).map(|i| format!("line-{i}")).collect();
+    assert_eq!(
+        payload_lines(&summary),
+        expected,
+        "every good envelope, in order"
+    );
+    assert_eq!(s.malformed_frames, 2, "{s:?}");
+    assert_eq!((s.failures, s.last_error.clone()), (0, None));
+    assert_eq!(s.disconnects.values().sum::<u64>(), 0, "{s:?}");
+    assert_eq!(s.connects, 1, "counted while the one stream is open");
+    assert_eq!(emu.streams_opened(), 1);
+}
+
+#[test]
+fn a_batch_whose_framing_breaks_keeps_the_envelopes_before_the_break() {
+    use cf_audit_nozzle::source::emulator::EncodedBatch;
+    let mut bytes = EncodedBatch::encode(&numbered_logs(0..2)).0.to_vec();
+    let end = bytes.len();
+    // A third envelope whose length runs past the end of the batch.
+    bytes.extend([0x0a, 0x7f, 0x08]);
+    let received = rlp::decode_leniently(&bytes::Bytes::from(bytes));
+    assert_eq!(received.envelopes.len(), 2);
+    assert_eq!(received.skipped, 1);
+    assert_eq!(
+        received.reason.as_deref(),
+        Some(format!("the batch's framing is broken at byte {end}").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_batch_of_fifteen_mebibytes_arrives_whole_and_one_past_the_limit_is_refused_by_name() {
+    use cf_audit_nozzle::source::emulator::EncodedBatch;
+    // tonic's default limit is 4 MiB; the RLP's own is 10 MiB; ours is 16 MiB.
+    let big: Vec<_> = (0..100)
+        .map(|i| {
+            let mut payload = format!("big-{i:03}-").into_bytes();
+            payload.resize(155 * 1024, b'x');
+            log_envelope(i, "app", payload, &[("source_type", "APP/PROC/WEB")])
+        })
+        .collect();
+    let big = EncodedBatch::encode(&big).0;
+    assert!(
+        big.len() > 15 * 1024 * 1024 && big.len() < rlp::MAX_MESSAGE_BYTES,
+        "{} bytes",
+        big.len()
+    );
+    let mut huge = b"huge-".to_vec();
+    huge.resize(rlp::MAX_MESSAGE_BYTES, b'y');
+    let huge = EncodedBatch::encode(&[log_envelope(0, "app", huge, &[])]).0;
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Encoded(vec![(100, big), (1, huge)]),
+            silent_after: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (summary, s, _dir) = run_watching(rlp_config(&emu, &pki, "s"), |i, s| {
+        i.envelopes == 100 && s.failures == 1 && s.connects == 2
+    })
+    .await;
+
+    let lines = payload_lines(&summary);
+    assert_eq!(lines.len(), 100);
+    for (i, line) in lines[..100].iter().enumerate() {
+        assert!(line.starts_with(&format!("big-{i:03}-xxx")), "{i}");
+        assert_eq!(line.len(), 155 * 1024);
+    }
+    // The batch over the limit fails its stream (the RLP would refuse it
+    // too: its own limit is 10 MiB), which is reconnected.
+    assert_eq!((s.failures, s.disconnects["error"]), (1, 1), "{s:?}");
+    let error = s.previous_error.unwrap();
+    assert!(
+        error.contains("OutOfRange")
+            && error.contains("decoded message length too large")
+            && error.contains("16777216"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_stays_open_but_silent_is_replaced() {
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(numbered_logs(0..10)),
+            batch_size: 5,
+            // Each stream sends one batch, then nothing while staying open.
+            silent_after: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut cfg = rlp_config(&emu, &pki, "s");
+    cfg.idle_timeout = Some(Duration::from_millis(300));
+    let (summary, s, _dir) = run_watching(cfg, |i, _| i.envelopes == 10).await;
+
+    let expected: Vec<String> = (0..10).map(|i| format!("line-{i}")).collect();
+    assert_eq!(payload_lines(&summary), expected);
+    assert!(s.disconnects["idle"] >= 1, "{s:?}");
+    assert_eq!(s.disconnects["idle"], s.failures, "{s:?}");
+    assert!(emu.streams_opened() >= 2);
+    let error = s.previous_error.unwrap();
+    assert_eq!(
+        error,
+        format!(
+            "no envelope from the RLP at {} for 300ms; replacing the stream",
+            emu.addr
+        )
+    );
+}
+
+/// Log lines written while `f` runs on this thread (the test runtime's).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_reconnect_after_a_failure_is_logged_and_clears_the_error() {
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(numbered_logs(0..3)),
+            batch_size: 1,
+            end_stream_after: Some(1),
+            end_stream_with_error: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    // Three streams fail after their batch; the fourth opens after the failure.
+    let (_, s, _dir) = run_watching(rlp_config(&emu, &pki, "s"), |i, s| {
+        i.envelopes == 3 && s.connects >= 4
+    })
+    .await;
+
+    assert_eq!(s.last_error, None, "recovered: {s:?}");
+    let previous = s.previous_error.unwrap();
+    assert!(previous.contains("emulated RLP restart"), "{previous}");
+    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let reconnected = format!("reconnected to {} after 1 attempt ", emu.addr);
+    assert!(
+        logs.lines().filter(|l| l.contains(&reconnected)).count() >= 3,
+        "{logs}"
+    );
+    assert!(
+        logs.lines()
+            .filter(|l| l.contains("reconnected to"))
+            .all(|l| l.contains("INFO")),
+        "{logs}"
+    );
+}

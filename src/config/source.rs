@@ -1,6 +1,8 @@
 //! Which source to read (the RLP over gRPC, or the RLP Gateway over HTTPS)
 //! and which envelope streams to ask it for; part of [`crate::config`].
 
+use std::time::Duration;
+
 use clap::{Args, ValueEnum};
 
 use super::cf::CfArgs;
@@ -24,6 +26,12 @@ pub struct SourceArgs {
     /// RLP Gateway base URL (https://log-stream.<system domain>), when not discovered from --cf-api.
     #[arg(long, env = "GATEWAY_URL")]
     pub gateway_url: Option<String>,
+    /// The largest RLP Gateway SSE line or event kept in memory, in bytes; a larger one is skipped and counted (source_malformed_frames).
+    #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = crate::source::gateway::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub gateway_max_frame_bytes: u64,
+    /// Seconds before an RLP Gateway stream's expected end (14 minutes) to open the next one, so the rollover leaves no gap; 0 turns the handover off.
+    #[arg(long, env = "GATEWAY_HANDOVER", default_value_t = 30)]
+    pub gateway_handover: u64,
     /// Source ids to read (app GUIDs or component ids such as doppler), comma separated; empty reads the whole firehose.
     #[arg(long, env = "SOURCE_IDS", value_delimiter = ',')]
     pub source_ids: Vec<String>,
@@ -162,6 +170,8 @@ impl SourceArgs {
             streams,
             backoff: Backoff::default(),
             idle_timeout: IDLE_TIMEOUT,
+            max_frame_bytes: usize::try_from(self.gateway_max_frame_bytes).unwrap_or(usize::MAX),
+            handover: Duration::from_secs(self.gateway_handover),
         })
     }
 }

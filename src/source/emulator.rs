@@ -84,6 +84,9 @@ pub enum Feed {
     Generated { seed: u64 },
     /// Exactly these envelopes, in order, then the stream ends.
     Fixed(Vec<Envelope>),
+    /// Exactly these batches, already encoded (possibly malformed), each
+    /// with the number of envelopes it holds, then the stream ends.
+    Encoded(Vec<(u64, Bytes)>),
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +102,9 @@ pub struct EmulatorConfig {
     pub end_stream_after: Option<u64>,
     /// End those streams with gRPC `Unavailable` instead of cleanly.
     pub end_stream_with_error: bool,
+    /// After this many batches, keep each stream open but send nothing
+    /// more (until the emulator stops or the client leaves).
+    pub silent_after: Option<u64>,
     /// For [`Feed::Generated`]: cycle through 64 batches encoded at start
     /// instead of generating fresh ones (whose timestamps are current). The
     /// benchmark uses this so the emulator costs next to no CPU.
@@ -117,6 +123,7 @@ impl Default for EmulatorConfig {
             batch_size: 100,
             end_stream_after: None,
             end_stream_with_error: false,
+            silent_after: None,
             pre_encoded: false,
             max_streams: None,
         }
@@ -156,14 +163,15 @@ impl Emulator {
                 &pki.server_key_pem,
             ))
             .client_ca_root(Certificate::from_pem(&pki.ca_pem));
+        let shutdown = CancellationToken::new();
         let state = Arc::new(State {
             cfg,
+            shutdown: shutdown.clone(),
             shards: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             streams_opened: AtomicU64::new(0),
             envelopes_sent: AtomicU64::new(0),
         });
-        let shutdown = CancellationToken::new();
         let router = Server::builder()
             .tls_config(tls)?
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -245,6 +253,7 @@ impl Drop for Emulator {
 
 struct State {
     cfg: EmulatorConfig,
+    shutdown: CancellationToken,
     shards: Mutex<HashMap<String, Arc<Mutex<ShardFeed>>>>,
     requests: Mutex<Vec<EgressBatchRequest>>,
     streams_opened: AtomicU64,
@@ -280,6 +289,13 @@ impl ShardFeed {
                     .map(|c| (c.len() as u64, EncodedBatch::encode(c)))
                     .collect();
                 (BatchSource::Fixed(batches), Some(envelopes.len() as u64))
+            }
+            Feed::Encoded(batches) => {
+                let queue = batches
+                    .iter()
+                    .map(|(n, b)| (*n, EncodedBatch(b.clone())))
+                    .collect();
+                (BatchSource::Fixed(queue), None)
             }
             Feed::Generated { seed } => {
                 let mut traffic = Traffic::new(*seed);
@@ -396,6 +412,10 @@ impl Egress for Service {
             let feed = Arc::clone(&feed);
             async move {
                 let sent = sent?;
+                if state.cfg.silent_after.is_some_and(|max| sent >= max) {
+                    state.shutdown.cancelled().await;
+                    return None;
+                }
                 if state.cfg.end_stream_after.is_some_and(|max| sent >= max) {
                     return state
                         .cfg

@@ -5,18 +5,30 @@
 //!
 //! - Selection is server-side: the query names the envelope types, the
 //!   source ids, `shard_id` and `deterministic_name` ([`Streams`]).
-//! - SSE is parsed by `sse-stream`, which appends a line split across reads
-//!   to a growing buffer with no length cap (batch lines can be megabytes)
-//!   and scans with `memchr`.
-//! - `event: heartbeat` only proves the stream alive: no frame at all for
+//! - SSE is parsed by [`sse::SseParser`]: batch lines can be megabytes, so
+//!   a line or event may hold up to `max_frame_bytes` (16 MiB by default,
+//!   the RLP path's limit); a larger one is dropped as it arrives, counted in
+//!   `malformed_frames`, and the stream goes on with the next event.
+//! - `event: heartbeat` only proves the stream alive: no complete event for
 //!   [`IDLE_TIMEOUT`] (the gateway's 15 s heartbeat plus slack) ends the
-//!   stream and reconnects. `event: closing` (the gateway ends every stream
-//!   after 14 minutes) reconnects at once and is not an error.
-//! - A frame that does not decode is counted, logged at most once per
-//!   [`MALFORMED_LOG_INTERVAL`] with its size and the reason (never its
-//!   content), and skipped; the stream goes on. (Invalid UTF-8 in a frame
-//!   is the one thing `sse-stream` does not skip: it ends the stream, which
-//!   is then reconnected like any broken stream.)
+//!   stream and reconnects (this also cuts a line that never ends).
+//!   `event: closing` (the gateway ends every stream after 14 minutes)
+//!   reconnects at once and is not an error.
+//! - Handover: [`HANDOVER_LEAD`] before the stream's expected end (14
+//!   minutes, or what the last `closing` showed), the next stream is opened
+//!   while the old one is read until it closes, so the rollover leaves no
+//!   gap without a subscription. This duplicates nothing: both streams
+//!   carry the same `shard_id`, and Loggregator gives each envelope to one
+//!   subscription of a shard id (Doppler picks one per envelope, and the new
+//!   stream only sees envelopes from its start). An RLP stream ending loses
+//!   what was in flight for it, with or without the overlap; the overlap
+//!   removes the reconnect gap in which the shard had no subscriber at all.
+//! - A stream that ends without `closing` and without any event (what the
+//!   gateway does while the RLP behind it is down: 200 and an empty body)
+//!   is a failure: counted, logged as a warning, followed by a backoff step.
+//! - A frame that does not decode (or is not UTF-8) is counted, logged at
+//!   most once per [`MALFORMED_LOG_INTERVAL`] with its size and the reason
+//!   (never its content), and skipped; the stream goes on.
 //! - 401 or 404 (the gateway's answer to any auth problem) renews the token
 //!   once and retries at once; a fresh token that is refused too is an
 //!   error naming the missing scope, and every later attempt (one per
@@ -39,13 +51,30 @@ use super::{Backoff, Streams};
 use crate::route::Router;
 
 pub mod json;
+pub mod sse;
 pub use json::{DecodeError, decode_batch};
+use sse::{Sse, SseParser};
 
 /// The gateway sends a heartbeat after 15 s without data; allow 3 s more.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(18);
 
 /// At most one log line per this interval about malformed frames.
-pub const MALFORMED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub const MALFORMED_LOG_INTERVAL: Duration = super::status::SKIP_LOG_INTERVAL;
+
+/// The default of `--gateway-max-frame-bytes`: the RLP path's message limit.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// The gateway's stream timeout (`STREAM_TIMEOUT`, not exposed by its BOSH
+/// job): what a stream is expected to live until a `closing` shows otherwise.
+pub const GATEWAY_STREAM_TIMEOUT: Duration = Duration::from_secs(14 * 60);
+
+/// The default of `--gateway-handover`: open the next stream this long
+/// before the current one's expected end.
+pub const HANDOVER_LEAD: Duration = Duration::from_secs(30);
+
+/// A stream handed over is closed by us if it has not ended this long after
+/// the handover (its gateway runs a longer timeout than expected).
+pub const HANDOVER_DRAIN_MAX: Duration = Duration::from_secs(120);
 
 /// A `closing` that ends a stream younger than this, without data, is
 /// followed by a backoff step like any other end (a gateway that closes at
@@ -103,6 +132,11 @@ pub struct GatewayConfig {
     pub streams: Streams,
     pub backoff: Backoff,
     pub idle_timeout: Duration,
+    /// The largest SSE line or event kept; larger ones are skipped and counted.
+    pub max_frame_bytes: usize,
+    /// Open the next stream this long before the current one's expected
+    /// end; zero turns the handover off.
+    pub handover: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +179,10 @@ pub enum GatewayError {
     Idle { url: String, secs: u64 },
     #[error("the stream from the RLP Gateway at {url} failed: {reason}")]
     Stream { url: String, reason: String },
+    #[error(
+        "the RLP Gateway at {url} answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying"
+    )]
+    Empty { url: String },
 }
 
 /// The `/v2/read` URL for a gateway base URL (a URL that already ends in
@@ -189,7 +227,7 @@ pub async fn run(
                     Err(e) => return Attempt::failed(Disconnect::Connect, e.to_string()),
                 },
             };
-            let attempt = stream_once(&cfg, &target, &router, &status, &decoder).await;
+            let attempt = stream_once(&cfg, &target, &router, &status, &decoder, &shutdown).await;
             status
                 .token_renewals
                 .store(target.tokens.renewals(), Ordering::Relaxed);
@@ -205,8 +243,9 @@ pub struct Target {
     pub tokens: TokenProvider,
     /// The last attempt's fresh token was refused: fetch a new one first.
     refused: std::sync::atomic::AtomicBool,
-    /// One malformed-frame warning per interval for the whole source.
-    malformed: std::sync::Mutex<MalformedLog>,
+    /// How long streams live until the gateway closes them (learned from
+    /// `closing`), for the handover.
+    lifetime: std::sync::Mutex<Duration>,
 }
 
 impl Target {
@@ -215,7 +254,7 @@ impl Target {
             url: read_url(base, streams),
             tokens,
             refused: Default::default(),
-            malformed: Default::default(),
+            lifetime: std::sync::Mutex::new(GATEWAY_STREAM_TIMEOUT),
         }
     }
 }
@@ -368,7 +407,9 @@ async fn error_detail(response: reqwest::Response, within: Duration) -> String {
 /// decoder runs on another core than the reader.
 pub const DECODE_QUEUE_FRAMES: usize = 16;
 
-/// Connects once and forwards batches until the stream ends.
+/// Connects once and forwards batches until the stream ends, or until it
+/// is due for its handover (then its reading goes on in a task of its own
+/// until it closes, and this returns so the next stream opens at once).
 ///
 /// Reading (HTTP, SSE) and decoding (JSON) run as two tasks joined by a
 /// bounded channel, so on a multi-core runtime they use two cores; one
@@ -380,6 +421,7 @@ pub async fn stream_once(
     router: &Arc<Router>,
     status: &Arc<SourceStatus>,
     decoder: &std::sync::Mutex<Option<JoinHandle<u64>>>,
+    shutdown: &CancellationToken,
 ) -> Attempt {
     let url = target.url.as_str();
     let connected = connect(cfg, target).await;
@@ -400,94 +442,235 @@ pub async fn stream_once(
         }
     };
     let started = Instant::now();
-    status.set_connected(true);
+    status.opened("gateway", url);
+    let envelopes_before = status.envelopes.load(Ordering::Relaxed);
     let (frames, rx) = tokio::sync::mpsc::channel(DECODE_QUEUE_FRAMES);
     let decoding = tokio::spawn(decode_frames(
         rx,
         Arc::clone(router),
         Arc::clone(status),
-        Arc::clone(target),
+        url.to_string(),
     ));
     if let Some(previous) = decoder.lock().expect("decoder lock").replace(decoding) {
         // Finished already: its stream ended before this one started.
         drop(previous);
     }
-    let (end, error) = read_frames(cfg, url, response, frames).await;
+    let lifetime = *target.lifetime.lock().expect("lifetime lock");
+    let handover_at = (!cfg.handover.is_zero() && lifetime > 2 * cfg.handover)
+        .then(|| started + (lifetime - cfg.handover));
+    let mut reader = FrameReader {
+        url: url.to_string(),
+        idle_timeout: cfg.idle_timeout,
+        body: Box::pin(response.bytes_stream()),
+        parser: SseParser::new(cfg.max_frame_bytes),
+        frames,
+        status: Arc::clone(status),
+        events: 0,
+    };
+    let (end, error) = match reader.read(handover_at).await {
+        Some(end) => end,
+        None => {
+            // Due for the handover: read on until the old stream closes.
+            let decoding = decoder.lock().expect("decoder lock").take();
+            tokio::spawn(drain(reader, decoding, shutdown.clone()));
+            let envelopes = status.envelopes.load(Ordering::Relaxed) - envelopes_before;
+            tracing::info!(
+                url,
+                age_secs = started.elapsed().as_secs(),
+                "opening the next RLP Gateway stream before this one's expected end (handover)"
+            );
+            return Attempt {
+                connected: true,
+                envelopes,
+                end: Disconnect::Closing,
+                error: None,
+                min_delay: None,
+                immediate: true,
+            };
+        }
+    };
+    // Closes the frame channel, so the decoder finishes.
+    drop(reader);
     let decoding = decoder.lock().expect("decoder lock").take();
     let envelopes = match decoding {
         Some(d) => d.await.unwrap_or(0),
         None => 0,
     };
+    let age = started.elapsed();
+    if end == Disconnect::Closing && age >= 4 * cfg.handover && age < lifetime {
+        // This gateway closes streams sooner than expected: hand over sooner.
+        *target.lifetime.lock().expect("lifetime lock") = age;
+    }
     Attempt {
         connected: true,
         envelopes,
         end,
         error: error.map(|e| e.to_string()),
         min_delay: None,
-        immediate: end == Disconnect::Closing
-            && (envelopes > 0 || started.elapsed() >= MIN_PRODUCTIVE_STREAM),
+        immediate: end == Disconnect::Closing && (envelopes > 0 || age >= MIN_PRODUCTIVE_STREAM),
     }
 }
 
-/// Reads SSE events until the stream ends, handing data frames to `frames`.
-async fn read_frames(
-    cfg: &GatewayConfig,
-    url: &str,
-    response: reqwest::Response,
-    frames: tokio::sync::mpsc::Sender<String>,
-) -> (Disconnect, Option<GatewayError>) {
-    let mut events = sse_stream::SseByteStream::new(response.bytes_stream());
-    loop {
-        let next = match tokio::time::timeout(cfg.idle_timeout, events.next()).await {
-            Ok(next) => next,
-            Err(_) => {
-                let e = GatewayError::Idle {
-                    url: url.to_string(),
-                    secs: cfg.idle_timeout.as_secs(),
-                };
-                return (Disconnect::Idle, Some(e));
-            }
-        };
-        let event = match next {
-            None => return (Disconnect::Ended, None),
-            Some(Err(e)) => {
-                let e = GatewayError::Stream {
-                    url: url.to_string(),
-                    reason: crate::error_chain(&e),
-                };
-                return (Disconnect::Error, Some(e));
-            }
-            Some(Ok(event)) => event,
-        };
-        match event.event.as_deref() {
-            None | Some("") | Some("message") => {
-                if frames.send(event.data.unwrap_or_default()).await.is_err() {
-                    // The decoder is gone only if it panicked.
-                    let e = GatewayError::Stream {
-                        url: url.to_string(),
-                        reason: "the frame decoder stopped".into(),
+/// Reads a stream handed over until it ends (or [`HANDOVER_DRAIN_MAX`], or
+/// shutdown), then lets its decoder finish.
+async fn drain(
+    mut reader: FrameReader,
+    decoding: Option<JoinHandle<u64>>,
+    shutdown: CancellationToken,
+) {
+    let ended = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        _ = tokio::time::sleep(HANDOVER_DRAIN_MAX) => None,
+        end = reader.read(None) => end,
+    };
+    let url = reader.url.clone();
+    drop(reader);
+    let envelopes = match decoding {
+        Some(d) => d.await.unwrap_or(0),
+        None => 0,
+    };
+    match ended {
+        Some((end, None)) => tracing::info!(
+            url,
+            reason = end.as_str(),
+            envelopes,
+            "the RLP Gateway stream handed over has ended"
+        ),
+        Some((end, Some(e))) => tracing::warn!(
+            url,
+            reason = end.as_str(),
+            error = %e,
+            envelopes,
+            "the RLP Gateway stream handed over has ended"
+        ),
+        None => tracing::info!(
+            url,
+            envelopes,
+            "closed the RLP Gateway stream handed over (shutdown, or it outlived the handover)"
+        ),
+    }
+}
+
+type Body = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bytes::Bytes, reqwest::Error>> + Send>,
+>;
+
+/// One stream's SSE reading: bytes → events → data frames for the decoder.
+struct FrameReader {
+    url: String,
+    idle_timeout: Duration,
+    body: Body,
+    parser: SseParser,
+    frames: tokio::sync::mpsc::Sender<Vec<u8>>,
+    status: Arc<SourceStatus>,
+    /// Events seen (data, heartbeat or other).
+    events: u64,
+}
+
+type End = (Disconnect, Option<GatewayError>);
+
+impl FrameReader {
+    /// Reads events until the stream ends (`Some`), or until `until` has
+    /// come (`None`; the stream is still open).
+    async fn read(&mut self, until: Option<Instant>) -> Option<End> {
+        let mut found = Vec::new();
+        let mut idle_at = Instant::now() + self.idle_timeout;
+        loop {
+            let deadline = until.map_or(idle_at, |u| u.min(idle_at));
+            let next = match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Ok(next) => next,
+                Err(_) if until.is_some_and(|u| u <= Instant::now()) => return None,
+                Err(_) => {
+                    self.parser.finish(&mut found);
+                    self.handle(&mut found).await;
+                    let e = GatewayError::Idle {
+                        url: self.url.clone(),
+                        secs: self.idle_timeout.as_secs(),
                     };
-                    return (Disconnect::Error, Some(e));
+                    return Some((Disconnect::Idle, Some(e)));
                 }
+            };
+            let chunk = match next {
+                None => {
+                    self.parser.finish(&mut found);
+                    if let Some(end) = self.handle(&mut found).await {
+                        return Some(end);
+                    }
+                    if self.events == 0 {
+                        let e = GatewayError::Empty {
+                            url: self.url.clone(),
+                        };
+                        return Some((Disconnect::Ended, Some(e)));
+                    }
+                    return Some((Disconnect::Ended, None));
+                }
+                Some(Err(e)) => {
+                    let e = GatewayError::Stream {
+                        url: self.url.clone(),
+                        reason: crate::error_chain(&e),
+                    };
+                    return Some((Disconnect::Error, Some(e)));
+                }
+                Some(Ok(chunk)) => chunk,
+            };
+            self.parser.push(&chunk, &mut found);
+            if !found.is_empty() {
+                idle_at = Instant::now() + self.idle_timeout;
             }
-            Some("heartbeat") => {}
-            Some("closing") => return (Disconnect::Closing, None),
-            Some(other) => tracing::debug!(event = other, "ignoring an unknown SSE event"),
+            if let Some(end) = self.handle(&mut found).await {
+                return Some(end);
+            }
         }
+    }
+
+    /// Hands the events found to the decoder; `Some` when one ends the stream.
+    async fn handle(&mut self, found: &mut Vec<Sse>) -> Option<End> {
+        for item in found.drain(..) {
+            let (event, data) = match item {
+                Sse::Event { event, data } => (event, data),
+                Sse::Oversized { bytes } => {
+                    self.status.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                    let reason = "larger than --gateway-max-frame-bytes";
+                    note_skipped(&self.status, &self.url, bytes, reason);
+                    continue;
+                }
+            };
+            self.events += 1;
+            match event.as_deref() {
+                None | Some("") | Some("message") => {
+                    if self.frames.send(data).await.is_err() {
+                        // The decoder is gone only if it panicked.
+                        let e = GatewayError::Stream {
+                            url: self.url.clone(),
+                            reason: "the frame decoder stopped".into(),
+                        };
+                        return Some((Disconnect::Error, Some(e)));
+                    }
+                }
+                Some("heartbeat") => {}
+                Some("closing") => return Some((Disconnect::Closing, None)),
+                Some(other) => tracing::debug!(event = other, "ignoring an unknown SSE event"),
+            }
+        }
+        None
     }
 }
 
 /// Decodes data frames in order and dispatches their envelopes; returns how
 /// many envelopes it dispatched.
 async fn decode_frames(
-    mut frames: tokio::sync::mpsc::Receiver<String>,
+    mut frames: tokio::sync::mpsc::Receiver<Vec<u8>>,
     router: Arc<Router>,
     status: Arc<SourceStatus>,
-    target: Arc<Target>,
+    url: String,
 ) -> u64 {
     let mut envelopes = 0u64;
     while let Some(data) = frames.recv().await {
-        match decode_batch(&data) {
+        let decoded = match std::str::from_utf8(&data) {
+            Ok(text) => decode_batch(text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("not UTF-8 at byte {}", e.valid_up_to())),
+        };
+        match decoded {
             Ok(batch) => {
                 if !batch.is_empty() {
                     envelopes += batch.len() as u64;
@@ -495,41 +678,27 @@ async fn decode_frames(
                     router.dispatch(batch);
                 }
             }
-            Err(e) => {
+            Err(reason) => {
                 status.malformed_frames.fetch_add(1, Ordering::Relaxed);
-                let mut log = target.malformed.lock().expect("malformed log lock");
-                log.note(target.url.as_str(), data.len(), &e);
+                note_skipped(&status, &url, data.len(), &reason);
             }
         }
     }
     envelopes
 }
 
-/// Rate-limits the malformed-frame warning.
-#[derive(Default)]
-struct MalformedLog {
-    last: Option<Instant>,
-    since: u64,
-}
-
-impl MalformedLog {
-    fn note(&mut self, url: &str, bytes: usize, error: &DecodeError) {
-        self.since += 1;
-        if self
-            .last
-            .is_some_and(|at| at.elapsed() < MALFORMED_LOG_INTERVAL)
-        {
-            return;
-        }
+/// Warns about a skipped frame, at most once per [`MALFORMED_LOG_INTERVAL`]
+/// for the source: its size and why, never its content.
+fn note_skipped(status: &SourceStatus, url: &str, bytes: usize, reason: &str) {
+    let due = status.skip_log.lock().expect("skip log lock").note();
+    if let Some(skipped_since_last_warning) = due {
         tracing::warn!(
             url,
             bytes,
-            reason = %error,
-            skipped_since_last_warning = self.since,
+            reason,
+            skipped_since_last_warning,
             "skipped an RLP Gateway frame that is not a valid envelope batch; the stream goes on"
         );
-        self.last = Some(Instant::now());
-        self.since = 0;
     }
 }
 

@@ -5,11 +5,19 @@
 //! after a jittered exponential backoff that resets once a stream has
 //! delivered data. Connection problems are reported with what was wrong (the
 //! certificate, the server name, the address), not just "transport error".
+//!
+//! An envelope that does not decode (a string that is not UTF-8, messages
+//! nested past protobuf's recursion limit, ...) is skipped and counted in
+//! `malformed_frames`; the rest of its batch and the stream go on. A stream
+//! that stays open but silent for `idle_timeout` is replaced (the firehose
+//! is never silent: the RLP and Dopplers emit their own metrics).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Buf as _;
+use std::sync::atomic::Ordering;
+
+use bytes::{Buf as _, Bytes};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -39,7 +47,14 @@ pub struct RlpConfig {
     /// What to subscribe to, and the shard id instances share.
     pub streams: Streams,
     pub backoff: Backoff,
+    /// Replace a stream that delivers no batch for this long; `None` never.
+    pub idle_timeout: Option<Duration>,
 }
+
+/// The default of `--rlp-idle-timeout`: the firehose is never silent for
+/// this long (the RLP and every Doppler emit metrics each minute, apps far
+/// more often).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RlpError {
@@ -57,6 +72,8 @@ pub enum RlpError {
     },
     #[error("the RLP stream from {addr} failed: {status}")]
     Stream { addr: String, status: String },
+    #[error("no envelope from the RLP at {addr} for {idle:?}; replacing the stream")]
+    Idle { addr: String, idle: Duration },
 }
 
 /// The RLP source's health: the status every source reports (kept under
@@ -82,16 +99,29 @@ pub fn batch_request(streams: &Streams) -> EgressBatchRequest {
     }
 }
 
+/// One response of the stream: the envelopes read from it, and how many
+/// could not be read (skipped).
+#[derive(Debug, Default)]
+pub struct Received {
+    pub envelopes: Vec<EnvelopeView>,
+    /// Envelopes skipped because they do not decode; a tail of the batch
+    /// whose framing is broken counts as one.
+    pub skipped: u64,
+    /// Why the first skipped envelope did not decode (never its content).
+    pub reason: Option<String>,
+}
+
 /// The codec of the `BatchedReceiver` stream: the request is encoded by
 /// prost; each response is read in place as envelope views over the bytes
-/// received (no owned decode, see [`crate::record::envelope`]). A batch that
-/// is not a valid `EnvelopeBatch` fails the stream, as prost's codec did.
+/// received (no owned decode, see [`crate::record::envelope`]). A batch with
+/// an envelope that does not decode is read again envelope by envelope
+/// ([`decode_leniently`]): only the bad envelope is lost, not the stream.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BatchCodec;
 
 impl Codec for BatchCodec {
     type Encode = EgressBatchRequest;
-    type Decode = Vec<EnvelopeView>;
+    type Decode = Received;
     type Encoder = BatchCodec;
     type Decoder = BatchCodec;
 
@@ -115,20 +145,108 @@ impl Encoder for BatchCodec {
 }
 
 impl Decoder for BatchCodec {
-    type Item = Vec<EnvelopeView>;
+    type Item = Received;
     type Error = tonic::Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
         // Splits the message off tonic's receive buffer: no copy.
         let batch = src.copy_to_bytes(src.remaining());
-        decode_batch(&batch)
-            .map(Some)
-            .map_err(|e| tonic::Status::internal(format!("malformed EnvelopeBatch: {e}")))
+        Ok(Some(decode_leniently(&batch)))
     }
 }
 
+/// Reads an `EnvelopeBatch` into views; when some envelope does not
+/// decode, reads each envelope on its own and skips the bad ones. The
+/// common case (every envelope good) costs what [`decode_batch`] costs.
+pub fn decode_leniently(batch: &Bytes) -> Received {
+    let first_error = match decode_batch(batch) {
+        Ok(envelopes) => {
+            return Received {
+                envelopes,
+                ..Received::default()
+            };
+        }
+        Err(e) => e,
+    };
+    let (pieces, broken) = split_batch(batch);
+    let mut received = Received::default();
+    for piece in pieces {
+        // Each piece is the batch's own bytes of one `batch` field: a valid
+        // batch of one envelope if that envelope is valid.
+        match decode_batch(&piece) {
+            Ok(views) => received.envelopes.extend(views),
+            Err(e) => {
+                received.skipped += 1;
+                received.reason.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    if let Some(at) = broken {
+        received.skipped += 1;
+        received
+            .reason
+            .get_or_insert_with(|| format!("the batch's framing is broken at byte {at}"));
+    }
+    if received.skipped == 0 {
+        // Every envelope read on its own: the batch's problem was elsewhere.
+        received.skipped = 1;
+        received.reason = Some(first_error.to_string());
+    }
+    received
+}
+
+/// The `batch` fields of an `EnvelopeBatch`, each as the slice of `batch`
+/// holding its key, length and envelope; and where the framing broke, if
+/// it did (what follows cannot be split into envelopes).
+fn split_batch(batch: &Bytes) -> (Vec<Bytes>, Option<usize>) {
+    fn varint(buf: &[u8], pos: &mut usize) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = *buf.get(*pos)?;
+            *pos += 1;
+            value |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return Some(value);
+            }
+        }
+        None
+    }
+    let buf = &batch[..];
+    let mut pieces = Vec::new();
+    let mut pos = 0;
+    while pos < buf.len() {
+        let at = pos;
+        let Some(key) = varint(buf, &mut pos) else {
+            return (pieces, Some(at));
+        };
+        let len = match key & 7 {
+            0 => match varint(buf, &mut pos) {
+                Some(_) => 0,
+                None => return (pieces, Some(at)),
+            },
+            1 => 8,
+            5 => 4,
+            2 => match varint(buf, &mut pos) {
+                Some(len) => len,
+                None => return (pieces, Some(at)),
+            },
+            // Groups (and invalid wire types) never appear at the top of a
+            // batch the RLP sends; what follows is not split further.
+            _ => return (pieces, Some(at)),
+        };
+        if len > (buf.len() - pos) as u64 {
+            return (pieces, Some(at));
+        }
+        pos += len as usize;
+        if key == (1 << 3) | 2 {
+            pieces.push(batch.slice(at..pos));
+        }
+    }
+    (pieces, None)
+}
+
 /// Connects and opens the batched stream.
-pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Vec<EnvelopeView>>, RlpError> {
+pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Received>, RlpError> {
     let addr = &cfg.addr;
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|e| RlpError::Address {
@@ -186,7 +304,7 @@ pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Vec<EnvelopeV
 pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -> Attempt {
     let mut stream = match subscribe(cfg).await {
         Ok(s) => {
-            status.set_connected(true);
+            status.opened("rlp", &cfg.addr);
             s
         }
         Err(e) => {
@@ -209,40 +327,66 @@ pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -
         }
     };
     let mut envelopes = 0;
+    let ended = |envelopes, end, error: Option<RlpError>| Attempt {
+        connected: true,
+        envelopes,
+        end,
+        error: error.map(|e| e.to_string()),
+        min_delay: None,
+        immediate: false,
+    };
     loop {
-        match stream.message().await {
-            Ok(Some(batch)) => {
-                envelopes += batch.len() as u64;
-                status.received(batch.len());
-                router.dispatch(batch);
+        let next = match cfg.idle_timeout {
+            None => stream.message().await,
+            Some(idle) => match tokio::time::timeout(idle, stream.message()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let e = RlpError::Idle {
+                        addr: cfg.addr.clone(),
+                        idle,
+                    };
+                    return ended(envelopes, Disconnect::Idle, Some(e));
+                }
+            },
+        };
+        match next {
+            Ok(Some(received)) => {
+                if received.skipped > 0 {
+                    note_skipped(cfg, status, &received);
+                }
+                let batch = received.envelopes;
+                if !batch.is_empty() {
+                    envelopes += batch.len() as u64;
+                    status.received(batch.len());
+                    router.dispatch(batch);
+                }
             }
-            Ok(None) => {
-                return Attempt {
-                    connected: true,
-                    envelopes,
-                    end: Disconnect::Ended,
-                    error: None,
-                    min_delay: None,
-                    immediate: false,
-                };
-            }
+            Ok(None) => return ended(envelopes, Disconnect::Ended, None),
             Err(status) => {
-                return Attempt {
-                    connected: true,
-                    envelopes,
-                    end: Disconnect::Error,
-                    error: Some(
-                        RlpError::Stream {
-                            addr: cfg.addr.clone(),
-                            status: describe_status(&status),
-                        }
-                        .to_string(),
-                    ),
-                    min_delay: None,
-                    immediate: false,
+                let e = RlpError::Stream {
+                    addr: cfg.addr.clone(),
+                    status: describe_status(&status),
                 };
+                return ended(envelopes, Disconnect::Error, Some(e));
             }
         }
+    }
+}
+
+/// Counts skipped envelopes and warns (at most once per interval).
+fn note_skipped(cfg: &RlpConfig, status: &RlpStatus, received: &Received) {
+    status
+        .malformed_frames
+        .fetch_add(received.skipped, Ordering::Relaxed);
+    let due = status.skip_log.lock().expect("skip log lock").note();
+    if let Some(batches_since_last_warning) = due {
+        tracing::warn!(
+            addr = %cfg.addr,
+            skipped = received.skipped,
+            batches_since_last_warning,
+            reason = received.reason.as_deref().unwrap_or(""),
+            "skipped RLP envelopes that do not decode; the rest of the batch and the stream go on"
+        );
     }
 }
 

@@ -69,7 +69,8 @@ impl Disconnect {
 pub struct SourceStatus {
     /// Connection attempts, successful or not.
     pub attempts: AtomicU64,
-    /// Attempts that opened a stream.
+    /// Streams opened, counted when they open (a run with one long stream
+    /// says 1, not 0).
     pub connects: AtomicU64,
     /// Attempts and streams that ended in an error.
     pub failures: AtomicU64,
@@ -81,11 +82,22 @@ pub struct SourceStatus {
     pub envelopes: AtomicU64,
     /// Wall-clock time of the last batch received, Unix milliseconds (0: never).
     pub last_envelope_unix_ms: AtomicI64,
-    /// Frames that could not be decoded and were skipped (gateway).
+    /// What could not be decoded and was skipped while the stream went on:
+    /// gateway frames (a batch that is not valid JSON, or a line or event
+    /// larger than the frame limit) and RLP envelopes (one count each).
     pub malformed_frames: AtomicU64,
     /// UAA tokens fetched (gateway).
     pub token_renewals: AtomicU64,
+    /// The error of the last failed attempt, cleared when a stream opens
+    /// again: `Some` only while the source is failing.
     pub last_error: Mutex<Option<String>>,
+    /// The last error the source recovered from (moved here from
+    /// `last_error` when a stream opened after it).
+    pub previous_error: Mutex<Option<String>>,
+    /// Rate-limits the source's warning about skipped input.
+    pub skip_log: Mutex<SkipLog>,
+    /// Attempts since a stream last opened (for the recovery log line).
+    attempts_since_open: AtomicU64,
     /// Whether a stream is open now, and since when it is (or is not):
     /// `None` before the first change. Tokio's clock, so tests can pause it.
     connection: Mutex<(bool, Option<tokio::time::Instant>)>,
@@ -105,6 +117,7 @@ pub struct SourceSnapshot {
     pub malformed_frames: u64,
     pub token_renewals: u64,
     pub last_error: Option<String>,
+    pub previous_error: Option<String>,
 }
 
 impl SourceStatus {
@@ -125,10 +138,32 @@ impl SourceStatus {
             malformed_frames: load(&self.malformed_frames),
             token_renewals: load(&self.token_renewals),
             last_error: self.last_error.lock().expect("status lock").clone(),
+            previous_error: self.previous_error.lock().expect("status lock").clone(),
         }
     }
 
-    /// A source calls this when its stream opens; the reconnect loop when it ends.
+    /// A source calls this when a stream has opened (`target` names where
+    /// from, for the log): counts the connect, and after a failure clears
+    /// `last_error` (keeping it as `previous_error`) and logs one line
+    /// `reconnected to <target> after <n> attempts`.
+    pub fn opened(&self, source: &'static str, target: &str) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.set_connected(true);
+        let attempts = self.attempts_since_open.swap(0, Ordering::Relaxed);
+        let recovered = self.last_error.lock().expect("status lock").take();
+        if let Some(error) = recovered {
+            tracing::info!(
+                source,
+                attempts,
+                previous_error = %error,
+                "reconnected to {target} after {attempts} attempt{}",
+                if attempts == 1 { "" } else { "s" }
+            );
+            *self.previous_error.lock().expect("status lock") = Some(error);
+        }
+    }
+
+    /// The reconnect loop calls this when a stream ends.
     pub fn set_connected(&self, connected: bool) {
         let mut c = self.connection.lock().expect("status lock");
         if c.0 != connected || c.1.is_none() {
@@ -154,6 +189,30 @@ impl SourceStatus {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         self.last_envelope_unix_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+/// Rate-limits a warning about skipped input to one per
+/// [`SKIP_LOG_INTERVAL`] per source, counting what it did not log.
+#[derive(Debug, Default)]
+pub struct SkipLog {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+/// At most one warning about skipped input per this interval.
+pub const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl SkipLog {
+    /// Notes one skip; `Some(n)` when a warning is due now, `n` being the
+    /// skips since the last warning (this one included).
+    pub fn note(&mut self) -> Option<u64> {
+        self.since += 1;
+        if self.last.is_some_and(|at| at.elapsed() < SKIP_LOG_INTERVAL) {
+            return None;
+        }
+        self.last = Some(tokio::time::Instant::now());
+        Some(std::mem::take(&mut self.since))
     }
 }
 
@@ -201,15 +260,13 @@ pub async fn reconnect_loop<F, Fut>(
 {
     loop {
         status.attempts.fetch_add(1, Ordering::Relaxed);
+        status.attempts_since_open.fetch_add(1, Ordering::Relaxed);
         let a = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
             a = attempt() => a,
         };
         status.set_connected(false);
-        if a.connected {
-            status.connects.fetch_add(1, Ordering::Relaxed);
-        }
         status.disconnects[a.end.index()].fetch_add(1, Ordering::Relaxed);
         if a.envelopes > 0 {
             backoff.reset();
@@ -265,8 +322,10 @@ mod tests {
             if n == 7 {
                 stop.cancel();
             }
+            let status = &status;
             async move {
                 if n == 4 {
+                    status.opened("test", "test-target");
                     Attempt {
                         connected: true,
                         envelopes: 10,
@@ -296,5 +355,25 @@ mod tests {
         assert_eq!(s.disconnects["connect"], 6);
         assert_eq!(s.disconnects["ended"], 1);
         assert_eq!(s.last_error.as_deref(), Some("refused"));
+        assert_eq!(
+            s.previous_error.as_deref(),
+            Some("refused"),
+            "the failures before the productive attempt"
+        );
+    }
+
+    /// A stream that opens counts as a connect at once, and clears the
+    /// error the source recovered from.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_counts_when_it_opens_and_clears_the_error_it_recovered_from() {
+        let status = SourceStatus::default();
+        *status.last_error.lock().unwrap() = Some("refused".into());
+        status.attempts_since_open.store(3, Ordering::Relaxed);
+        status.opened("test", "rlp:8082");
+        let s = status.snapshot();
+        assert_eq!(s.connects, 1, "counted while the stream is open");
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.previous_error.as_deref(), Some("refused"));
+        assert!(status.connection().0);
     }
 }

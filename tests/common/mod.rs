@@ -47,6 +47,7 @@ pub fn rlp_config(emulator: &Emulator, pki: &Pki, shard_id: &str) -> RlpConfig {
             ..Default::default()
         },
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(200)),
+        idle_timeout: Some(rlp::DEFAULT_IDLE_TIMEOUT),
     }
 }
 

@@ -338,6 +338,8 @@ impl State {
                     false,
                     None,
                 ),
+                // Protobuf batches are for the gRPC emulator; the gateway sends none.
+                Feed::Encoded(_) => (Vec::new(), false, None),
                 Feed::Generated { seed } => {
                     let mut traffic = Traffic::new(*seed);
                     let frames = (0..64)

@@ -438,6 +438,107 @@ mod tests {
         assert_eq!(decode_batch("{}").unwrap().len(), 0);
     }
 
+    /// The gauge value (and the decimal tag) a frame carrying `text` as the
+    /// number decodes to.
+    fn decoded_double(text: &str) -> (f64, f64) {
+        let data = format!(
+            r#"{{"batch":[{{"deprecated_tags":{{"d":{{"decimal":{text}}}}},"gauge":{{"metrics":{{"m":{{"unit":"u","value":{text}}}}}}}}}]}}"#
+        );
+        let envs = decode_batch(&data).unwrap();
+        let Some(envelope::Message::Gauge(g)) = &envs[0].message else {
+            panic!("{data}")
+        };
+        let Some(proto::value::Data::Decimal(d)) = envs[0].deprecated_tags["d"].data else {
+            panic!("{data}")
+        };
+        (g.metrics["m"].value, d)
+    }
+
+    /// The ways a double reaches us as text: the shortest form (what the
+    /// gateway's protojson and our emulator write), Go's exponent form with
+    /// a sign, Rust's exponent form, and a string.
+    fn texts(v: f64) -> Vec<String> {
+        let shortest = zmij::Buffer::new().format_finite(v).to_string();
+        let exp = format!("{v:e}");
+        let go_exp = match exp.split_once('e') {
+            Some((m, e)) if !e.starts_with('-') => format!("{m}e+{e}"),
+            _ => exp.clone(),
+        };
+        let quoted = format!("\"{shortest}\"");
+        vec![shortest, exp, go_exp, quoted, format!("{v:?}")]
+    }
+
+    fn assert_round_trip(v: f64) {
+        for text in texts(v) {
+            let (value, decimal) = decoded_double(&text);
+            assert_eq!(value.to_bits(), v.to_bits(), "{text} became {value:?}");
+            assert_eq!(decimal.to_bits(), v.to_bits(), "{text} became {decimal:?}");
+        }
+    }
+
+    #[test]
+    fn every_double_reads_back_to_the_same_bits() {
+        for v in [
+            92.28571428571429,
+            -0.0,
+            0.0,
+            5e-324,
+            -5e-324,
+            2.225073858507201e-308,
+            2.2250738585072014e-308,
+            1e308,
+            f64::MAX,
+            f64::MIN,
+            0.1,
+            1.0 / 3.0,
+            9007199254740993.0,
+            123456789012345680000.0,
+        ] {
+            assert_round_trip(v);
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #[test]
+        fn any_finite_double_reads_back_to_the_same_bits(bits in proptest::prelude::any::<u64>()) {
+            let v = f64::from_bits(bits);
+            if v.is_finite() {
+                assert_round_trip(v);
+            }
+        }
+
+        #[test]
+        fn any_int64_and_uint64_reads_back_exactly(i in proptest::prelude::any::<i64>(), u in proptest::prelude::any::<u64>()) {
+            for (ts, total) in [(format!("\"{i}\""), format!("\"{u}\"")), (i.to_string(), u.to_string())] {
+                let data = format!(r#"{{"batch":[{{"timestamp":{ts},"counter":{{"name":"c","delta":{total},"total":{total}}}}}]}}"#);
+                let envs = decode_batch(&data).unwrap();
+                proptest::prop_assert_eq!(envs[0].timestamp, i);
+                let Some(envelope::Message::Counter(c)) = &envs[0].message else { panic!() };
+                proptest::prop_assert_eq!((c.delta, c.total), (u, u));
+            }
+        }
+    }
+
+    #[test]
+    fn the_extremes_of_int64_and_uint64_as_strings_and_numbers() {
+        for (ts, want) in [
+            ("\"-9223372036854775808\"", i64::MIN),
+            ("\"9223372036854775807\"", i64::MAX),
+            ("-9223372036854775808", i64::MIN),
+            ("9223372036854775807", i64::MAX),
+        ] {
+            let envs = decode_batch(&format!(r#"{{"batch":[{{"timestamp":{ts}}}]}}"#)).unwrap();
+            assert_eq!(envs[0].timestamp, want, "{ts}");
+        }
+        let data = r#"{"batch":[{"counter":{"delta":"18446744073709551615","total":18446744073709551615}}]}"#;
+        let envs = decode_batch(data).unwrap();
+        let Some(envelope::Message::Counter(c)) = &envs[0].message else {
+            panic!()
+        };
+        assert_eq!((c.delta, c.total), (u64::MAX, u64::MAX));
+    }
+
     #[test]
     fn errors_name_the_place_not_the_content() {
         let err = decode_batch(r#"{"batch":[{"timestamp":"secret-value"}]}"#)
