@@ -479,7 +479,7 @@ impl prometheus_client::collector::Collector for ViewCollector {
         family(
             &mut e,
             "source_malformed_frames",
-            "Gateway frames that could not be decoded (skipped).",
+            "What a source skipped while its stream went on: RLP envelopes that do not decode, RLP Gateway frames that do not decode or exceed --gateway-max-frame-bytes.",
             per_source(|s| s.malformed_frames),
         )?;
         family(
