@@ -938,6 +938,9 @@ mod tests {
             warnings: Vec::new(),
             disconnect_threshold: Duration::from_secs(60),
             started: tokio::time::Instant::now(),
+            listener: Arc::default(),
+            audit_events: None,
+            enrich: None,
         }
     }
 
