@@ -43,6 +43,7 @@ impl TestCc {
             base: self.base.lock().unwrap().parse().unwrap(),
             http: cf_audit_nozzle::config::http_client(None, false).unwrap(),
             token: TokenProvider::fixed(TOKEN),
+            max_body: cf_audit_nozzle::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 }
