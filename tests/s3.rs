@@ -45,7 +45,7 @@ fn records(seqs: std::ops::Range<u64>) -> Chunk {
 }
 
 fn archive(cfg: &S3Config) -> Archive {
-    s3_archive(cfg, &http_client().unwrap()).unwrap()
+    s3_archive(cfg, &http_client(cfg.ca_pem.as_deref()).unwrap()).unwrap()
 }
 
 fn roll(roll_bytes: u64, instance_index: u32) -> RollConfig {
@@ -614,8 +614,10 @@ fn moto_free_config() -> S3Config {
         path_style: false,
         access_key_id: Some("AKIA".into()),
         secret_access_key: Some("s3cr3t".into()),
+        session_token: Some("t0k3n".into()),
         sse: Sse::Aes256,
         kms_key_id: None,
+        ca_pem: None,
     }
 }
 

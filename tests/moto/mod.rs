@@ -110,8 +110,10 @@ impl Moto {
             path_style: true,
             access_key_id: Some(self.key.clone()),
             secret_access_key: Some(self.secret.clone()),
+            session_token: None,
             sse: Sse::Aes256,
             kms_key_id: None,
+            ca_pem: None,
         }
     }
 }
