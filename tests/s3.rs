@@ -921,3 +921,197 @@ fn s3_ca_and_session_token_options() {
         "{line}"
     );
 }
+
+/// A forward proxy for `http://` targets that keeps the target of every
+/// request it is sent (absolute-form, as a client sends through a proxy)
+/// and answers one request per connection: `http://s3-behind-proxy/...`
+/// is passed on to `s3` (moto); anything else gets a HEC success reply
+/// (which a webhook takes as a 2xx too).
+struct RecordingProxy {
+    url: String,
+    targets: Arc<Mutex<Vec<String>>>,
+}
+
+impl RecordingProxy {
+    async fn start(s3: SocketAddr) -> Self {
+        use cf_audit_nozzle::source::emulator::gateway::{http_response, read_request};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let keep = Arc::clone(&targets);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let keep = Arc::clone(&keep);
+                tokio::spawn(async move {
+                    let (read, mut write) = tcp.into_split();
+                    let Some(req) = read_request(&mut BufReader::new(read)).await else {
+                        return;
+                    };
+                    keep.lock()
+                        .unwrap()
+                        .push(format!("{} {}", req.method, req.target));
+                    let reply = match req.target.strip_prefix("http://s3-behind-proxy") {
+                        Some(path) => {
+                            let mut head = format!("{} {path} HTTP/1.1\r\n", req.method);
+                            for (n, v) in &req.headers {
+                                if !matches!(n.as_str(), "connection" | "proxy-connection") {
+                                    head.push_str(&format!("{n}: {v}\r\n"));
+                                }
+                            }
+                            head.push_str("connection: close\r\n\r\n");
+                            let mut up = tokio::net::TcpStream::connect(s3).await.unwrap();
+                            up.write_all(head.as_bytes()).await.unwrap();
+                            up.write_all(&req.body).await.unwrap();
+                            let mut answer = Vec::new();
+                            up.read_to_end(&mut answer).await.unwrap();
+                            // The client must not keep this connection: one request each.
+                            let end = answer.windows(2).position(|w| w == b"\r\n").unwrap();
+                            answer
+                                .splice(end + 2..end + 2, b"Connection: close\r\n".iter().copied());
+                            answer
+                        }
+                        None => http_response(
+                            200,
+                            "application/json",
+                            br#"{"text":"Success","code":0}"#,
+                        ),
+                    };
+                    let _ = write.write_all(&reply).await;
+                    let _ = write.shutdown().await;
+                });
+            }
+        });
+        Self { url, targets }
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+/// Behind a corporate proxy (`HTTP_PROXY`), the HEC receiver, the S3 store
+/// and the notification webhook are reached through it, like UAA, the CF
+/// API and the gateway (tests/gateway.rs). Their host names resolve
+/// nowhere, so nothing arrives unless the proxy is used; the gateway itself
+/// is on 127.0.0.1, which `NO_PROXY` exempts. The S3 credentials are an
+/// assumed role's, its session token from `AWS_SESSION_TOKEN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
+    use cf_audit_nozzle::source::emulator::Feed;
+    use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
+    let m = moto::moto();
+    m.create_bucket("proxied");
+    let (key, secret, token) = m.assume_role();
+    let proxy =
+        RecordingProxy::start(m.endpoint.trim_start_matches("http://").parse().unwrap()).await;
+    let envelopes = (0..10)
+        .map(|i| {
+            common::log_envelope(
+                1_700_000_000_000_000_000 + i,
+                "app-guid",
+                format!("line {i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect();
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(envelopes),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        cmd.env_remove(var).env_remove(var.to_lowercase());
+    }
+    let child = cmd
+        .env_remove("OUT_DIR")
+        .env_remove("VCAP_SERVICES")
+        .env("RUST_LOG", "warn")
+        .env("HTTP_PROXY", &proxy.url)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("AWS_SESSION_TOKEN", &token)
+        .args(["run", "--source", "gateway"])
+        .args(["--gateway-url", &gw.url(), "--uaa-url", &gw.url()])
+        .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
+        .args(["--sink", "http,s3", "--batch-max-age-ms", "10"])
+        .args(["--http-url", "http://hec-behind-proxy", "--hec-token", "t"])
+        .args(["--s3-bucket", "proxied", "--s3-prefix", "audit"])
+        .args(["--s3-endpoint", "http://s3-behind-proxy", "--s3-path-style"])
+        .args([
+            "--s3-access-key-id",
+            &key,
+            "--s3-secret-access-key",
+            &secret,
+        ])
+        .args(["--notify-url", "http://notify-behind-proxy/landed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hec = "POST http://hec-behind-proxy/services/collector/event";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !proxy.targets().iter().any(|t| t == hec) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            proxy.targets()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // At shutdown the s3 sink completes its file, uploads it and notifies.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains(&token) && !stderr.contains(&secret),
+        "{stderr}"
+    );
+
+    let keys = m.list("proxied", "audit/CFLogs/");
+    assert_eq!(keys.len(), 1, "{keys:?}\n{stderr}");
+    let targets = proxy.targets();
+    let puts: Vec<&String> = targets.iter().filter(|t| t.starts_with("PUT ")).collect();
+    assert_eq!(
+        puts,
+        [&format!("PUT http://s3-behind-proxy/proxied/{}", keys[0])],
+        "{targets:?}"
+    );
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.starts_with("POST http://hec-behind-proxy/")
+                || t.starts_with("PUT http://s3-behind-proxy/")
+                || t == "POST http://notify-behind-proxy/landed"),
+        "{targets:?}"
+    );
+    assert_eq!(
+        targets
+            .iter()
+            .filter(|t| *t == "POST http://notify-behind-proxy/landed")
+            .count(),
+        1,
+        "{targets:?}"
+    );
+    let archive = archive(&S3Config {
+        session_token: Some(token),
+        access_key_id: Some(key),
+        secret_access_key: Some(secret),
+        ..m.config("proxied")
+    });
+    let body = archive.get(&archive.logs, &keys[0]).await.unwrap().body;
+    let file: serde_json::Value = serde_json::from_slice(&gunzip(&body).unwrap()).unwrap();
+    assert_eq!(file["Records"].as_array().unwrap().len(), 10);
+}
