@@ -83,7 +83,7 @@ pub struct CfArgs {
     /// Do not verify the TLS certificates of the CF API, UAA and the gateway (unsafe; testing only).
     #[arg(long, env = "SKIP_TLS_VERIFY")]
     pub skip_tls_verify: bool,
-    /// Largest body read from Cloud Controller or UAA; a larger answer is refused and counted (an audit-events page is asked for again in smaller pages).
+    /// Largest body read from Cloud Controller and UAA by the audit-events poller and enrichment; a larger answer is refused and counted (an audit-events page is asked for again in smaller pages).
     #[arg(long, env = "CF_MAX_RESPONSE_BYTES", default_value_t = crate::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES)]
     pub cf_max_response_bytes: usize,
 }
@@ -300,6 +300,23 @@ mod tests {
         assert!(errors[1].starts_with("--uaa-url (UAA_URL) must be an http(s) URL"));
         assert!(errors[2].starts_with("--uaa-client-id (UAA_CLIENT_ID) is required"));
         assert!(errors[3].starts_with("--uaa-client-secret (UAA_CLIENT_SECRET) is required"));
+    }
+
+    #[test]
+    fn a_response_cap_below_64_kib_is_refused() {
+        let a = CfArgs {
+            cf_max_response_bytes: 1000,
+            ..args()
+        };
+        let mut errors = Vec::new();
+        assert_eq!(a.max_response_bytes(&mut errors), MIN_RESPONSE_BYTES);
+        assert_eq!(
+            errors,
+            ["--cf-max-response-bytes (CF_MAX_RESPONSE_BYTES) must be at least 65536, not 1000"]
+        );
+        let mut errors = Vec::new();
+        assert_eq!(args().max_response_bytes(&mut errors), 16 << 20);
+        assert!(errors.is_empty());
     }
 
     #[test]
