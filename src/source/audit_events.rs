@@ -239,6 +239,12 @@ pub struct AuditStatus {
     pub duplicates_skipped: AtomicU64,
     /// Events Cloud Controller sent that could not be read (logged).
     pub invalid: AtomicU64,
+    /// Pages refused for being larger than `--cf-max-response-bytes` (asked
+    /// for again in smaller pages).
+    pub oversized_pages: AtomicU64,
+    /// `pagination.next.href` links not followed: to another origin than the
+    /// API's, or not a URL.
+    pub refused_links: AtomicU64,
     /// Polls that reached the last page.
     pub polls_completed: AtomicU64,
     /// Times the poller went back to the confirmed cursor because a sink lost records.
@@ -246,12 +252,6 @@ pub struct AuditStatus {
     /// Cursor writes.
     pub cursor_writes: AtomicU64,
     pub errors: AtomicU64,
-    /// Pages refused for being larger than `--cf-max-response-bytes` (asked
-    /// for again in smaller pages).
-    pub oversized_pages: AtomicU64,
-    /// `pagination.next.href` links not followed: to another origin than the
-    /// API's, or not a URL.
-    pub refused_links: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -260,12 +260,12 @@ pub struct AuditSnapshot {
     pub events: u64,
     pub duplicates_skipped: u64,
     pub invalid: u64,
+    pub oversized_pages: u64,
+    pub refused_links: u64,
     pub polls_completed: u64,
     pub rewinds: u64,
     pub cursor_writes: u64,
     pub errors: u64,
-    pub oversized_pages: u64,
-    pub refused_links: u64,
 }
 
 impl AuditStatus {
@@ -276,12 +276,12 @@ impl AuditStatus {
             events: l(&self.events),
             duplicates_skipped: l(&self.duplicates_skipped),
             invalid: l(&self.invalid),
+            oversized_pages: l(&self.oversized_pages),
+            refused_links: l(&self.refused_links),
             polls_completed: l(&self.polls_completed),
             rewinds: l(&self.rewinds),
             cursor_writes: l(&self.cursor_writes),
             errors: l(&self.errors),
-            oversized_pages: l(&self.oversized_pages),
-            refused_links: l(&self.refused_links),
         }
     }
 }
