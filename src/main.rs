@@ -342,7 +342,7 @@ async fn validate(
             let s3 = args.s3.s3_config(vcap.as_deref(), &mut errors);
             match s3 {
                 Some(s3) if errors.is_empty() => {
-                    let client = cf_audit_nozzle::sink::s3::http_client()?;
+                    let client = cf_audit_nozzle::sink::s3::http_client(s3.ca_pem.as_deref())?;
                     cf_audit_nozzle::sink::s3::s3_archive(&s3, &client)?
                 }
                 _ => {

@@ -611,6 +611,16 @@ impl prometheus_client::collector::Collector for ViewCollector {
                     "Cloud Controller, UAA, discovery and cursor-store failures of the poller.",
                     a.errors,
                 ),
+                (
+                    "audit_events_oversized_pages",
+                    "Pages larger than --cf-max-response-bytes, not read (asked for again in smaller pages).",
+                    a.oversized_pages,
+                ),
+                (
+                    "audit_events_refused_links",
+                    "pagination.next.href links not followed: to another origin than the API's, or not a URL.",
+                    a.refused_links,
+                ),
             ] {
                 family(&mut e, name, help, [(vec![], counter(n))])?;
             }

@@ -6,6 +6,8 @@
 #[path = "support/cc.rs"]
 mod cc;
 mod common;
+#[path = "support/peer.rs"]
+mod peer;
 #[path = "support/schema.rs"]
 mod schema;
 
@@ -365,4 +367,191 @@ async fn the_cursor_can_live_in_an_object_store() {
         "nothing delivered twice after a restart"
     );
     assert_eq!(st2.duplicates_skipped, (2000 - (1999 / 30) * 30) as u64);
+}
+
+/// Each event's guid, checked to have arrived exactly once, as valid records.
+fn assert_each_once(records: &[Value], events: &[Value]) {
+    let mut seen: BTreeMap<String, u32> = BTreeMap::new();
+    for r in records {
+        schema::assert_valid_api_record(r);
+        *seen
+            .entry(r["eventID"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "an event arrived twice");
+    let mut expected: Vec<String> = events
+        .iter()
+        .map(|e| e["guid"].as_str().unwrap().to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(seen.into_keys().collect::<Vec<_>>(), expected);
+}
+
+/// Cloud Controller's `pagination.next.href` points to another origin: the
+/// poller does not follow it with its token (the other origin receives
+/// nothing), counts it, and the next poll reads on from the API's own URL,
+/// so every event still arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_page_on_another_origin_is_not_followed_with_the_token() {
+    let cc = cc::start().await;
+    let elsewhere = peer::Peer::start(peer::Reply::Json(200, "{}".into())).await;
+    *cc.link_base.lock().unwrap() = Some(elsewhere.url.clone());
+    let all = events(
+        0xd,
+        chrono::Utc::now() - chrono::Duration::minutes(30),
+        1500,
+    );
+    *cc.events.lock().unwrap() = all.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, status, _d) = run_poller(
+        &cc,
+        config(&dir.path().join("cursor.json")),
+        CancellationToken::new(),
+        |s| s.polls_completed >= 1,
+    )
+    .await;
+    assert!(elsewhere.seen().is_empty(), "{:?}", elsewhere.seen());
+    // Poll 1: page 1 (1,000 events) and a refused link; poll 2: the other
+    // 500 from the cursor's second on, on one page without a next link.
+    assert_eq!((status.refused_links, status.errors), (1, 1), "{status:?}");
+    assert_eq!(status.events, 1500);
+    assert_each_once(&api_records(&summary), &all);
+}
+
+/// An audit page larger than `--cf-max-response-bytes` is not taken: the
+/// poller counts it and asks again from the same cursor for half as many
+/// events a page; nothing is lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_page_is_asked_for_again_in_smaller_pages() {
+    const CAP: usize = 1 << 20;
+    let cc = cc::start().await;
+    let mut all = events(
+        0xe,
+        chrono::Utc::now() - chrono::Duration::minutes(30),
+        2000,
+    );
+    all[0]["data"]["request"]["note"] = Value::String("x".repeat(500_000));
+    let bytes = |n: usize| -> usize { all[..n].iter().map(|e| e.to_string().len()).sum() };
+    // Precondition: 1,000 events a page are over the cap, 500 well under.
+    assert!(
+        bytes(1000) > CAP && bytes(500) + 4096 < CAP,
+        "{} {}",
+        bytes(1000),
+        bytes(500)
+    );
+    *cc.events.lock().unwrap() = all.clone();
+    *cc.max_body.lock().unwrap() = Some(CAP);
+    let dir = tempfile::tempdir().unwrap();
+    let (summary, status, _d) = run_poller(
+        &cc,
+        config(&dir.path().join("cursor.json")),
+        CancellationToken::new(),
+        |s| s.polls_completed >= 1,
+    )
+    .await;
+    assert_eq!(
+        (status.oversized_pages, status.errors, status.events),
+        (1, 1, 2000),
+        "{status:?}"
+    );
+    assert_each_once(&api_records(&summary), &all);
+}
+
+/// A test server whose answers are larger than a 1 MiB cap: sent in chunks
+/// without a length (`/chunked`, also as UAA's token and the API root), or
+/// with a `Content-Length` (`/declared`); `/small` fits.
+async fn large_answers() -> String {
+    use axum::body::Body;
+    use axum::routing::get;
+    fn chunked() -> Body {
+        let pad = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let parts = std::iter::once(bytes::Bytes::from_static(
+            b"{\"access_token\":\"t\",\"pad\":\"",
+        ))
+        .chain(std::iter::repeat_n(pad, 64))
+        .chain(std::iter::once(bytes::Bytes::from_static(b"\"}")))
+        .map(Ok::<_, std::io::Error>);
+        Body::from_stream(futures_util::stream::iter(parts))
+    }
+    let app = axum::Router::new()
+        .route("/", get(|| async { chunked() }))
+        .route("/oauth/token", axum::routing::post(|| async { chunked() }))
+        .route("/v3/chunked", get(|| async { chunked() }))
+        .route(
+            "/v3/declared",
+            get(|| async { format!("{{\"pad\":\"{}\"}}", "x".repeat(4 << 20)) }),
+        )
+        .route("/v3/small", get(|| async { "{\"resources\":[]}" }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+/// Cloud Controller, UAA and the API root: a body over the cap is refused
+/// with an error naming the URL and the option, whether it says its length
+/// or not, and a body within it is read.
+#[tokio::test]
+async fn bodies_over_the_cap_are_refused_whatever_they_announce() {
+    use cf_audit_nozzle::source::cf_api::discover_with_limit;
+    use cf_audit_nozzle::source::cloud_controller::CloudController;
+    use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
+    const CAP: usize = 1 << 20;
+    let base = large_answers().await;
+    let http = cf_audit_nozzle::config::http_client(None, false).unwrap();
+    let cc = CloudController {
+        base: base.parse().unwrap(),
+        http: http.clone(),
+        token: TokenProvider::fixed("t"),
+        max_body: CAP,
+    };
+    for path in ["/v3/chunked", "/v3/declared"] {
+        let err = match cc.get_json(&cc.url(path)).await {
+            Ok(body) => panic!("read {path} whole: {} bytes", body.to_string().len()),
+            Err(e) => e,
+        };
+        assert!(err.is_too_large(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Cloud Controller's answer to GET {base}{path} is larger than 1048576 bytes (--cf-max-response-bytes); it was not read"
+            )
+        );
+    }
+    assert_eq!(
+        cc.get_json(&cc.url("/v3/small")).await.unwrap(),
+        serde_json::json!({"resources": []})
+    );
+
+    let token_url = format!("{base}/oauth/token");
+    let uaa = TokenProvider::with_limit(
+        UaaConfig {
+            token_url: token_url.parse().unwrap(),
+            client_id: "nozzle".into(),
+            client_secret: "s".into(),
+        },
+        http.clone(),
+        CAP,
+    );
+    let err = match uaa.authorization().await {
+        Ok(_) => panic!("read the oversized token response whole"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "UAA at {token_url} answered HTTP 200 with an unusable token response: the answer is larger than 1048576 bytes (--cf-max-response-bytes); it was not read"
+        )
+    );
+    let root = reqwest::Url::parse(&base).unwrap();
+    let err = match discover_with_limit(&http, &root, CAP).await {
+        Ok(_) => panic!("read the oversized API root whole"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the Cloud Foundry API root at {root} is not usable: the answer is larger than 1048576 bytes (--cf-max-response-bytes); it was not read"
+        )
+    );
 }

@@ -268,7 +268,7 @@ async fn the_packaged_app_runs_with_the_manifests_environment_and_cloud_foundrys
             prefix: String::new(),
             ..cfg
         },
-        &cf_audit_nozzle::sink::s3::http_client().unwrap(),
+        &cf_audit_nozzle::sink::s3::http_client(None).unwrap(),
     )
     .unwrap();
     let keys = m.list(BUCKET, "CFLogs/");

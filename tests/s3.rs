@@ -45,7 +45,7 @@ fn records(seqs: std::ops::Range<u64>) -> Chunk {
 }
 
 fn archive(cfg: &S3Config) -> Archive {
-    s3_archive(cfg, &http_client().unwrap()).unwrap()
+    s3_archive(cfg, &http_client(cfg.ca_pem.as_deref()).unwrap()).unwrap()
 }
 
 fn roll(roll_bytes: u64, instance_index: u32) -> RollConfig {
@@ -614,8 +614,10 @@ fn moto_free_config() -> S3Config {
         path_style: false,
         access_key_id: Some("AKIA".into()),
         secret_access_key: Some("s3cr3t".into()),
+        session_token: Some("t0k3n".into()),
         sse: Sse::Aes256,
         kms_key_id: None,
+        ca_pem: None,
     }
 }
 
@@ -693,4 +695,423 @@ async fn the_audit_cursor_is_kept_in_the_s3_bucket_unless_a_file_is_named() {
     // A named file wins over the bucket.
     let file = config(&["--audit-cursor-file", "/tmp/x.json"]);
     assert!(matches!(file, CursorStore::File(p) if p == std::path::Path::new("/tmp/x.json")));
+}
+
+/// Temporary credentials (an assumed role's key, secret and session token):
+/// the server refuses the key without its token, and with
+/// `session_token` (`--s3-session-token`) every record lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temporary_credentials_are_sent_with_their_session_token() {
+    const TOTAL: u64 = 5_000;
+    let m = moto::moto();
+    let mut cfg = m.bucket("temporary");
+    let (key, secret, token) = m.assume_role();
+    cfg.access_key_id = Some(key);
+    cfg.secret_access_key = Some(secret);
+
+    let without = archive(&cfg);
+    let refused = without
+        .put_json_gz(
+            &without.logs,
+            "audit/probe.json.gz",
+            bytes::Bytes::from_static(b"{}"),
+            &[],
+        )
+        .await;
+    assert!(refused.is_err(), "the key was accepted without its token");
+    assert!(m.list("temporary", "audit/").is_empty());
+
+    cfg.session_token = Some(token);
+    let archive = archive(&cfg);
+    archive
+        .put_json_gz(
+            &archive.logs,
+            "audit/probe.json.gz",
+            bytes::Bytes::from_static(b"{}"),
+            &[],
+        )
+        .await
+        .expect("the key with its token is accepted");
+    let sink = ObjectSink::new(
+        archive.clone(),
+        roll(256 << 10, 0),
+        ctx(),
+        Kind::AppLog,
+        None,
+        None,
+        "s3",
+    );
+    let report = feed(sink, TOTAL, fast_retries(1000), |_| {}).await;
+    let s = &report.stats;
+    assert_eq!(
+        (s.received, s.delivered, s.pending(), s.dropped()),
+        (TOTAL, TOTAL, 0, 0)
+    );
+    let keys = m.list("temporary", "audit/CFLogs/");
+    assert_each_once(&read_back(&archive, &keys).await, TOTAL);
+}
+
+/// A TLS-terminating forwarder in front of moto whose certificate a private
+/// CA signed (for 127.0.0.1). Returns its address and the CA (PEM).
+async fn tls_in_front_of(target: SocketAddr) -> (SocketAddr, String) {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let pki = cf_audit_nozzle::tls::Pki::generate("privateS3CA", &["127.0.0.1"]).unwrap();
+    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut plain) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (addr, pki.ca_pem)
+}
+
+/// An on-premise store behind HTTPS with a private CA: refused without
+/// `--s3-ca` (the certificate's issuer is unknown), every record once with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_signed_by_a_private_ca_is_trusted_with_s3_ca() {
+    const TOTAL: u64 = 5_000;
+    let m = moto::moto();
+    let mut cfg = m.bucket("private-ca");
+    let moto_addr: SocketAddr = m.endpoint.trim_start_matches("http://").parse().unwrap();
+    let (addr, ca) = tls_in_front_of(moto_addr).await;
+    cfg.endpoint = Some(format!("https://{addr}"));
+
+    let untrusted = archive(&cfg);
+    let err = untrusted
+        .put_json_gz(
+            &untrusted.logs,
+            "audit/probe.json.gz",
+            bytes::Bytes::from_static(b"{}"),
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+
+    cfg.ca_pem = Some(ca.into_bytes());
+    let archive = archive(&cfg);
+    archive
+        .put_json_gz(
+            &archive.logs,
+            "audit/probe.json.gz",
+            bytes::Bytes::from_static(b"{}"),
+            &[],
+        )
+        .await
+        .expect("the private CA is trusted");
+    let sink = ObjectSink::new(
+        archive.clone(),
+        roll(256 << 10, 0),
+        ctx(),
+        Kind::AppLog,
+        None,
+        None,
+        "s3",
+    );
+    let report = feed(sink, TOTAL, fast_retries(1000), |_| {}).await;
+    let s = &report.stats;
+    assert_eq!(
+        (s.received, s.delivered, s.pending(), s.dropped()),
+        (TOTAL, TOTAL, 0, 0)
+    );
+    let keys = m.list("private-ca", "audit/CFLogs/");
+    assert_each_once(&read_back(&archive, &keys).await, TOTAL);
+}
+
+/// `--s3-ca` is read and checked with the other options; the session token
+/// comes from `--s3-session-token`, the binding or `AWS_SESSION_TOKEN` (only
+/// with keys of our own), needs the keys when given on its own, and is
+/// masked by `config check`.
+#[test]
+fn s3_ca_and_session_token_options() {
+    use cf_audit_nozzle::config::S3Args;
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Args {
+        #[command(flatten)]
+        s3: S3Args,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = cf_audit_nozzle::tls::Pki::generate("privateS3CA", &["127.0.0.1"]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let parse = |extra: &[&str], aws_token: Option<&str>| {
+        let mut argv = vec!["t", "--s3-bucket", "b"];
+        argv.extend_from_slice(extra);
+        let mut errors = Vec::new();
+        let cfg =
+            Args::try_parse_from(argv)
+                .unwrap()
+                .s3
+                .s3_config_with(None, aws_token, &mut errors);
+        (cfg, errors)
+    };
+    let keys = ["--s3-access-key-id", "AK", "--s3-secret-access-key", "SK"];
+
+    let (cfg, errors) = parse(&["--s3-ca", ca.to_str().unwrap()], None);
+    assert_eq!(errors, Vec::<String>::new());
+    assert_eq!(cfg.unwrap().ca_pem, Some(pki.ca_pem.clone().into_bytes()));
+    let (_, errors) = parse(&["--s3-ca", junk.to_str().unwrap()], None);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("--s3-ca (S3_CA)"), "{errors:?}");
+
+    let token = |extra: &[&str], aws: Option<&str>| parse(extra, aws).0.unwrap().session_token;
+    assert_eq!(token(&keys, Some("from-env")), Some("from-env".into()));
+    assert_eq!(token(&[], Some("from-env")), None);
+    let flag = [&keys[..], &["--s3-session-token", "from-flag"]].concat();
+    assert_eq!(token(&flag, Some("from-env")), Some("from-flag".into()));
+    let (_, errors) = parse(&["--s3-session-token", "t"], None);
+    assert_eq!(
+        errors,
+        [
+            "--s3-session-token (S3_SESSION_TOKEN) needs --s3-access-key-id and --s3-secret-access-key (temporary credentials come as the three)"
+        ]
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .args(["config", "check", "--sink", "s3", "--s3-bucket", "b"])
+        .args(["--s3-access-key-id", "AK", "--s3-secret-access-key", "SK"])
+        .args(["--rlp-addr", "rlp.service.cf.internal"])
+        .env("S3_SESSION_TOKEN", "tok-SECRET")
+        .env_remove("VCAP_SERVICES")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !stdout.contains("tok-SECRET") && !stderr.contains("tok-SECRET"),
+        "{stdout}{stderr}"
+    );
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("--s3-session-token "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["--s3-session-token", "********", "env", "S3_SESSION_TOKEN"],
+        "{line}"
+    );
+}
+
+/// A forward proxy for `http://` targets that keeps the target of every
+/// request it is sent (absolute-form, as a client sends through a proxy)
+/// and answers one request per connection: `http://s3-behind-proxy/...`
+/// is passed on to `s3` (moto); anything else gets a HEC success reply
+/// (which a webhook takes as a 2xx too).
+struct RecordingProxy {
+    url: String,
+    targets: Arc<Mutex<Vec<String>>>,
+}
+
+impl RecordingProxy {
+    async fn start(s3: SocketAddr) -> Self {
+        use cf_audit_nozzle::source::emulator::gateway::{http_response, read_request};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+        let targets = Arc::new(Mutex::new(Vec::new()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let keep = Arc::clone(&targets);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let keep = Arc::clone(&keep);
+                tokio::spawn(async move {
+                    let (read, mut write) = tcp.into_split();
+                    let Some(req) = read_request(&mut BufReader::new(read)).await else {
+                        return;
+                    };
+                    keep.lock()
+                        .unwrap()
+                        .push(format!("{} {}", req.method, req.target));
+                    let reply = match req.target.strip_prefix("http://s3-behind-proxy") {
+                        Some(path) => {
+                            let mut head = format!("{} {path} HTTP/1.1\r\n", req.method);
+                            for (n, v) in &req.headers {
+                                if !matches!(n.as_str(), "connection" | "proxy-connection") {
+                                    head.push_str(&format!("{n}: {v}\r\n"));
+                                }
+                            }
+                            head.push_str("connection: close\r\n\r\n");
+                            let mut up = tokio::net::TcpStream::connect(s3).await.unwrap();
+                            up.write_all(head.as_bytes()).await.unwrap();
+                            up.write_all(&req.body).await.unwrap();
+                            let mut answer = Vec::new();
+                            up.read_to_end(&mut answer).await.unwrap();
+                            // The client must not keep this connection: one request each.
+                            let end = answer.windows(2).position(|w| w == b"\r\n").unwrap();
+                            answer
+                                .splice(end + 2..end + 2, b"Connection: close\r\n".iter().copied());
+                            answer
+                        }
+                        None => http_response(
+                            200,
+                            "application/json",
+                            br#"{"text":"Success","code":0}"#,
+                        ),
+                    };
+                    let _ = write.write_all(&reply).await;
+                    let _ = write.shutdown().await;
+                });
+            }
+        });
+        Self { url, targets }
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.targets.lock().unwrap().clone()
+    }
+}
+
+/// Behind a corporate proxy (`HTTP_PROXY`), the HEC receiver, the S3 store
+/// and the notification webhook are reached through it, like UAA, the CF
+/// API and the gateway (tests/gateway.rs). Their host names resolve
+/// nowhere, so nothing arrives unless the proxy is used; the gateway itself
+/// is on 127.0.0.1, which `NO_PROXY` exempts. The S3 credentials are an
+/// assumed role's, its session token from `AWS_SESSION_TOKEN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
+    use cf_audit_nozzle::source::emulator::Feed;
+    use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
+    let m = moto::moto();
+    m.create_bucket("proxied");
+    let (key, secret, token) = m.assume_role();
+    let proxy =
+        RecordingProxy::start(m.endpoint.trim_start_matches("http://").parse().unwrap()).await;
+    let envelopes = (0..10)
+        .map(|i| {
+            common::log_envelope(
+                1_700_000_000_000_000_000 + i,
+                "app-guid",
+                format!("line {i}"),
+                &[("source_type", "APP/PROC/WEB")],
+            )
+        })
+        .collect();
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(envelopes),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        cmd.env_remove(var).env_remove(var.to_lowercase());
+    }
+    let child = cmd
+        .env_remove("OUT_DIR")
+        .env_remove("VCAP_SERVICES")
+        .env("RUST_LOG", "warn")
+        .env("HTTP_PROXY", &proxy.url)
+        .env("NO_PROXY", "127.0.0.1")
+        .env("AWS_SESSION_TOKEN", &token)
+        .args(["run", "--source", "gateway"])
+        .args(["--gateway-url", &gw.url(), "--uaa-url", &gw.url()])
+        .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
+        .args(["--sink", "http,s3", "--batch-max-age-ms", "10"])
+        .args(["--http-url", "http://hec-behind-proxy", "--hec-token", "t"])
+        .args(["--s3-bucket", "proxied", "--s3-prefix", "audit"])
+        .args(["--s3-endpoint", "http://s3-behind-proxy", "--s3-path-style"])
+        .args([
+            "--s3-access-key-id",
+            &key,
+            "--s3-secret-access-key",
+            &secret,
+        ])
+        .args(["--notify-url", "http://notify-behind-proxy/landed"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let hec = "POST http://hec-behind-proxy/services/collector/event";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !proxy.targets().iter().any(|t| t == hec) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            proxy.targets()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // At shutdown the s3 sink completes its file, uploads it and notifies.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains(&token) && !stderr.contains(&secret),
+        "{stderr}"
+    );
+
+    let keys = m.list("proxied", "audit/CFLogs/");
+    assert_eq!(keys.len(), 1, "{keys:?}\n{stderr}");
+    let targets = proxy.targets();
+    let puts: Vec<&String> = targets.iter().filter(|t| t.starts_with("PUT ")).collect();
+    assert_eq!(
+        puts,
+        [&format!("PUT http://s3-behind-proxy/proxied/{}", keys[0])],
+        "{targets:?}"
+    );
+    assert!(
+        targets
+            .iter()
+            .all(|t| t.starts_with("POST http://hec-behind-proxy/")
+                || t.starts_with("PUT http://s3-behind-proxy/")
+                || t == "POST http://notify-behind-proxy/landed"),
+        "{targets:?}"
+    );
+    assert_eq!(
+        targets
+            .iter()
+            .filter(|t| *t == "POST http://notify-behind-proxy/landed")
+            .count(),
+        1,
+        "{targets:?}"
+    );
+    let archive = archive(&S3Config {
+        session_token: Some(token),
+        access_key_id: Some(key),
+        secret_access_key: Some(secret),
+        ..m.config("proxied")
+    });
+    let body = archive.get(&archive.logs, &keys[0]).await.unwrap().body;
+    let file: serde_json::Value = serde_json::from_slice(&gunzip(&body).unwrap()).unwrap();
+    assert_eq!(file["Records"].as_array().unwrap().len(), 10);
 }

@@ -479,6 +479,8 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
         ("audit_events_polls_completed_total", 1.0),
         ("audit_events_rewinds_total", 0.0),
         ("audit_events_errors_total", 0.0),
+        ("audit_events_oversized_pages_total", 0.0),
+        ("audit_events_refused_links_total", 0.0),
         ("enrich_lookups_total", 2.0),
         ("enrich_lookups_not_found_total", 1.0),
         ("enrich_lookup_errors_total", 0.0),

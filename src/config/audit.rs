@@ -192,7 +192,7 @@ fn cursor_store(
     let Some(s3) = s3 else {
         return CursorStore::File(PathBuf::from(NAME));
     };
-    let archive = match crate::sink::s3::http_client()
+    let archive = match crate::sink::s3::http_client(s3.ca_pem.as_deref())
         .and_then(|client| crate::sink::s3::s3_archive(s3, &client))
     {
         Ok(a) => std::sync::Arc::new(a),
@@ -257,12 +257,14 @@ fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
         "--uaa-client-secret (UAA_CLIENT_SECRET)",
     );
     let http = cf.http_client(errors);
+    let max_body = cf.max_response_bytes(errors);
     Some(CcAccess {
         cf_api: cf_api?,
         uaa,
         client_id: client_id?,
         client_secret: client_secret?,
         http: http?,
+        max_body,
     })
 }
 

@@ -18,6 +18,51 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// call that a per-request timeout did not.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The smallest `--cf-max-response-bytes`: a token response or an API root
+/// needs a few KiB.
+pub const MIN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Redirects one request may follow (reqwest's default).
+const MAX_REDIRECTS: usize = 10;
+
+/// A redirect to another origin than the request's, refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refused a redirect from {from} to {to}: credentials and records are sent only to the configured origin"
+)]
+pub struct CrossOriginRedirect {
+    /// Origins (scheme://host:port), never paths or queries.
+    pub from: String,
+    pub to: String,
+}
+
+/// The redirect policy of every HTTP client the nozzle builds (UAA, Cloud
+/// Controller, the gateway, the HTTP sink, S3, the notification webhook):
+/// a redirect within the origin of the first request (same scheme, host and
+/// port) is followed, up to 10; one to any other origin is an error
+/// ([`CrossOriginRedirect`]), so neither a credential (a UAA secret re-posted
+/// by a 307, a bearer token, an `--http-header`) nor a record leaves for a
+/// host nobody configured.
+pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        if attempt.url().origin() != first.origin() {
+            let error = CrossOriginRedirect {
+                from: first.origin().ascii_serialization(),
+                to: attempt.url().origin().ascii_serialization(),
+            };
+            return attempt.error(error);
+        }
+        // The first URL is the request itself, not a redirect.
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        attempt.follow()
+    })
+}
+
 #[derive(Args)]
 pub struct CfArgs {
     /// Cloud Foundry API URL (https://api.<system domain>); UAA and the RLP Gateway are discovered from it.
@@ -38,6 +83,9 @@ pub struct CfArgs {
     /// Do not verify the TLS certificates of the CF API, UAA and the gateway (unsafe; testing only).
     #[arg(long, env = "SKIP_TLS_VERIFY")]
     pub skip_tls_verify: bool,
+    /// Largest body read from Cloud Controller and UAA by the audit-events poller and enrichment; a larger answer is refused and counted (an audit-events page is asked for again in smaller pages).
+    #[arg(long, env = "CF_MAX_RESPONSE_BYTES", default_value_t = crate::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub cf_max_response_bytes: usize,
 }
 
 impl std::fmt::Debug for CfArgs {
@@ -53,6 +101,7 @@ impl std::fmt::Debug for CfArgs {
             )
             .field("ca_file", &self.ca_file)
             .field("skip_tls_verify", &self.skip_tls_verify)
+            .field("cf_max_response_bytes", &self.cf_max_response_bytes)
             .finish()
     }
 }
@@ -97,6 +146,18 @@ impl CfArgs {
             client_id: client_id?,
             client_secret: client_secret?,
         })
+    }
+
+    /// `--cf-max-response-bytes`, with a problem in `errors` when it is too small
+    /// for any real answer.
+    pub fn max_response_bytes(&self, errors: &mut Vec<String>) -> usize {
+        if self.cf_max_response_bytes < MIN_RESPONSE_BYTES {
+            errors.push(format!(
+                "--cf-max-response-bytes (CF_MAX_RESPONSE_BYTES) must be at least {MIN_RESPONSE_BYTES}, not {}",
+                self.cf_max_response_bytes
+            ));
+        }
+        self.cf_max_response_bytes.max(MIN_RESPONSE_BYTES)
     }
 
     /// The HTTP client for UAA, CC and the gateway, or a problem in `errors`.
@@ -162,11 +223,14 @@ pub fn http_client(
         .read_timeout(READ_TIMEOUT)
         .tcp_keepalive(Duration::from_secs(30))
         .user_agent(concat!("cf-audit-nozzle/", env!("CARGO_PKG_VERSION")))
+        .redirect(same_origin_redirects())
         .build()
         .map_err(|e| HttpClientError::Build(crate::error_chain(&e)))
 }
 
-fn rustls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, HttpClientError> {
+/// A rustls client configuration that trusts the Mozilla roots plus the
+/// certificates in `extra_ca_pem` (refused when it holds none).
+pub fn rustls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, HttpClientError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let invalid = |reason: String| crate::tls::TlsError::Invalid {
@@ -206,6 +270,7 @@ mod tests {
             uaa_client_secret: None,
             ca_file: None,
             skip_tls_verify: false,
+            cf_max_response_bytes: crate::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES,
         }
     }
 
@@ -235,6 +300,23 @@ mod tests {
         assert!(errors[1].starts_with("--uaa-url (UAA_URL) must be an http(s) URL"));
         assert!(errors[2].starts_with("--uaa-client-id (UAA_CLIENT_ID) is required"));
         assert!(errors[3].starts_with("--uaa-client-secret (UAA_CLIENT_SECRET) is required"));
+    }
+
+    #[test]
+    fn a_response_cap_below_64_kib_is_refused() {
+        let a = CfArgs {
+            cf_max_response_bytes: 1000,
+            ..args()
+        };
+        let mut errors = Vec::new();
+        assert_eq!(a.max_response_bytes(&mut errors), MIN_RESPONSE_BYTES);
+        assert_eq!(
+            errors,
+            ["--cf-max-response-bytes (CF_MAX_RESPONSE_BYTES) must be at least 65536, not 1000"]
+        );
+        let mut errors = Vec::new();
+        assert_eq!(args().max_response_bytes(&mut errors), 16 << 20);
+        assert!(errors.is_empty());
     }
 
     #[test]

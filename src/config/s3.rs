@@ -48,6 +48,12 @@ pub struct S3Args {
     /// Secret access key (or from VCAP_SERVICES).
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
     pub s3_secret_access_key: Option<String>,
+    /// Session token of temporary credentials (with --s3-access-key-id and --s3-secret-access-key); AWS_SESSION_TOKEN is read too.
+    #[arg(long, env = "S3_SESSION_TOKEN", hide_env_values = true)]
+    pub s3_session_token: Option<String>,
+    /// Extra CA certificate(s) (PEM) trusted for --s3-endpoint and --notify-url, besides the Mozilla roots.
+    #[arg(long, env = "S3_CA")]
+    pub s3_ca: Option<PathBuf>,
     /// Server-side encryption of log files (digest files are always aes256).
     #[arg(long, env = "S3_SSE", value_enum, default_value_t = SseArg::Aes256)]
     pub s3_sse: SseArg,
@@ -76,6 +82,7 @@ pub struct VcapS3 {
     pub endpoint: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
 }
 
 /// The first service in `VCAP_SERVICES` (any label, user-provided included)
@@ -107,14 +114,27 @@ pub fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
             endpoint: get(&["endpoint", "s3_endpoint", "host"]),
             access_key_id: get(&["access_key_id", "aws_access_key_id", "access_key"]),
             secret_access_key: get(&["secret_access_key", "aws_secret_access_key", "secret_key"]),
+            session_token: get(&["session_token", "aws_session_token"]),
         });
     }
     None
 }
 
 impl S3Args {
-    /// The bucket settings, completed from `vcap` where a flag is missing.
+    /// The bucket settings, completed from `vcap` where a flag is missing
+    /// (and the session token from `AWS_SESSION_TOKEN`).
     pub fn s3_config(&self, vcap: Option<&str>, errors: &mut Vec<String>) -> Option<S3Config> {
+        let aws_session_token = std::env::var("AWS_SESSION_TOKEN").ok();
+        self.s3_config_with(vcap, aws_session_token.as_deref(), errors)
+    }
+
+    /// [`s3_config`](Self::s3_config) with `AWS_SESSION_TOKEN` given.
+    pub fn s3_config_with(
+        &self,
+        vcap: Option<&str>,
+        aws_session_token: Option<&str>,
+        errors: &mut Vec<String>,
+    ) -> Option<S3Config> {
         let bound = vcap.and_then(vcap_s3).unwrap_or_default();
         let pick = |flag: &Option<String>, bound: &Option<String>| flag.clone().or(bound.clone());
         let Some(bucket) = pick(&self.s3_bucket, &bound.bucket) else {
@@ -152,6 +172,31 @@ impl S3Args {
                 "--s3-access-key-id and --s3-secret-access-key (S3_ACCESS_KEY_ID, S3_SECRET_ACCESS_KEY) go together".into(),
             );
         }
+        let explicit_token =
+            pick(&self.s3_session_token, &bound.session_token).filter(|t| !t.is_empty());
+        if explicit_token.is_some() && access_key_id.is_none() {
+            errors.push(
+                "--s3-session-token (S3_SESSION_TOKEN) needs --s3-access-key-id and --s3-secret-access-key (temporary credentials come as the three)".into(),
+            );
+        }
+        // AWS_SESSION_TOKEN belongs to the AWS_* keys of the environment; it
+        // is used only with keys of our own and no token of our own.
+        let session_token = explicit_token.or_else(|| {
+            access_key_id.as_ref()?;
+            aws_session_token
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+        });
+        let ca_pem = self.s3_ca.as_ref().and_then(|path| {
+            let checked = crate::tls::read_pem_file("--s3-ca (S3_CA)", path, "CERTIFICATE")
+                .map_err(|e| e.to_string())
+                .and_then(|pem| {
+                    crate::config::rustls_config(Some(&pem))
+                        .map(|_| pem)
+                        .map_err(|e| format!("--s3-ca (S3_CA) {}: {e}", path.display()))
+                });
+            checked.map_err(|e| errors.push(e)).ok()
+        });
         Some(S3Config {
             bucket,
             prefix: self.s3_prefix.trim_matches('/').to_string(),
@@ -160,8 +205,10 @@ impl S3Args {
             path_style: self.s3_path_style,
             access_key_id,
             secret_access_key,
+            session_token,
             sse,
             kms_key_id: self.s3_kms_key_id.clone(),
+            ca_pem,
         })
     }
 
@@ -276,6 +323,7 @@ mod tests {
                 endpoint: Some("s3.example".into()),
                 access_key_id: Some("AK".into()),
                 secret_access_key: Some("SK".into()),
+                session_token: None,
             })
         );
         assert_eq!(vcap_s3(r#"{"p-mysql":[{"credentials":{}}]}"#), None);

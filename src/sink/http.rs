@@ -371,6 +371,9 @@ impl HttpSink {
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured((*cfg.tls).clone())
             .timeout(cfg.timeout)
+            // A batch and the --http-header values never follow a redirect
+            // to another origin.
+            .redirect(crate::config::same_origin_redirects())
             .build()
             .map_err(|e| SinkError::Config {
                 sink: "http",

@@ -56,8 +56,13 @@ pub struct S3Config {
     pub path_style: bool,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+    /// The session token of temporary credentials (`x-amz-security-token`).
+    pub session_token: Option<String>,
     pub sse: Sse,
     pub kms_key_id: Option<String>,
+    /// Extra CA certificates (PEM, `--s3-ca`) trusted for the endpoint and
+    /// the notification webhook, besides the Mozilla roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -73,8 +78,13 @@ impl std::fmt::Debug for S3Config {
                 "secret_access_key",
                 &self.secret_access_key.as_ref().map(|_| "<hidden>"),
             )
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<hidden>"),
+            )
             .field("sse", &self.sse)
             .field("kms_key_id", &self.kms_key_id)
+            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
             .finish()
     }
 }
@@ -120,17 +130,19 @@ impl object_store::client::HttpConnector for Connector {
     }
 }
 
-/// An HTTP client for S3 and webhooks: rustls, Mozilla roots, timeouts.
-pub fn http_client() -> Result<reqwest::Client, SinkError> {
-    let tls =
-        crate::tls::rustls_client_config("S3", None, None).map_err(|e| SinkError::Config {
-            sink: "s3",
-            what: e.to_string(),
-        })?;
+/// An HTTP client for S3 and webhooks: rustls, the Mozilla roots plus
+/// `extra_ca_pem` (`--s3-ca`), timeouts, proxies from the environment
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), redirects only within the origin.
+pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, SinkError> {
+    let tls = crate::config::rustls_config(extra_ca_pem).map_err(|e| SinkError::Config {
+        sink: "s3",
+        what: format!("--s3-ca (S3_CA): {e}"),
+    })?;
     reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+        .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
+        .redirect(crate::config::same_origin_redirects())
         .build()
         .map_err(|e| SinkError::Config {
             sink: "s3",
@@ -165,6 +177,9 @@ fn store(
     }
     if let Some(secret) = &cfg.secret_access_key {
         b = b.with_secret_access_key(secret);
+    }
+    if let Some(token) = &cfg.session_token {
+        b = b.with_token(token);
     }
     b = match sse {
         Sse::Aes256 => b.with_config(sse_key(), "AES256"),
@@ -394,7 +409,11 @@ pub fn start_object_sinks(
     kinds: &[Kind],
     followers: &mut Vec<Follower>,
 ) -> Result<Vec<(ObjectSink, Vec<Kind>)>, SinkError> {
-    let client = http_client()?;
+    let ca = match &cfg.target {
+        Target::S3(s3) => s3.ca_pem.as_deref(),
+        Target::Dir(_) => None,
+    };
+    let client = http_client(ca)?;
     let (archive, label) = match &cfg.target {
         // `--s3-sse none` is warned about with the other settings an
         // operator must not forget (config: RunArgs::warnings).

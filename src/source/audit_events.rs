@@ -239,6 +239,12 @@ pub struct AuditStatus {
     pub duplicates_skipped: AtomicU64,
     /// Events Cloud Controller sent that could not be read (logged).
     pub invalid: AtomicU64,
+    /// Pages refused for being larger than `--cf-max-response-bytes` (asked
+    /// for again in smaller pages).
+    pub oversized_pages: AtomicU64,
+    /// `pagination.next.href` links not followed: to another origin than the
+    /// API's, or not a URL.
+    pub refused_links: AtomicU64,
     /// Polls that reached the last page.
     pub polls_completed: AtomicU64,
     /// Times the poller went back to the confirmed cursor because a sink lost records.
@@ -256,6 +262,8 @@ pub struct AuditSnapshot {
     pub events: u64,
     pub duplicates_skipped: u64,
     pub invalid: u64,
+    pub oversized_pages: u64,
+    pub refused_links: u64,
     pub polls_completed: u64,
     pub rewinds: u64,
     pub cursor_writes: u64,
@@ -271,6 +279,8 @@ impl AuditStatus {
             events: l(&self.events),
             duplicates_skipped: l(&self.duplicates_skipped),
             invalid: l(&self.invalid),
+            oversized_pages: l(&self.oversized_pages),
+            refused_links: l(&self.refused_links),
             polls_completed: l(&self.polls_completed),
             rewinds: l(&self.rewinds),
             cursor_writes: l(&self.cursor_writes),
@@ -323,6 +333,9 @@ struct Poller {
     /// What the sinks confirmed (and the cursor file holds).
     confirmed: Cursor,
     unconfirmed: VecDeque<Unconfirmed>,
+    /// Events per page asked for: `cfg.per_page`, halved after a page was
+    /// too large, back to `cfg.per_page` once a poll reached the last page.
+    per_page: u32,
 }
 
 impl Poller {
@@ -375,20 +388,25 @@ impl Poller {
         url.query_pairs_mut()
             .append_pair("order_by", "created_at")
             .append_pair("created_ats[gte]", &self.read.created_at)
-            .append_pair("per_page", &self.cfg.per_page.to_string());
+            .append_pair("per_page", &self.per_page.to_string());
         url
     }
 
     /// Reads one page into records, advancing the read cursor. Returns the
-    /// records and the next page's URL.
+    /// records and the next page's URL (an error when it is not one to
+    /// follow with the token).
     fn read_page(
         &mut self,
         mut page: serde_json::Value,
-    ) -> (Vec<crate::record::Record>, Option<reqwest::Url>) {
+    ) -> (
+        Vec<crate::record::Record>,
+        Result<Option<reqwest::Url>, CcError>,
+    ) {
         let next = page
             .pointer("/pagination/next/href")
             .and_then(|v| v.as_str())
-            .and_then(|s| reqwest::Url::parse(s).ok());
+            .map(|href| self.cc.check_link(href))
+            .transpose();
         let resources = match page.get_mut("resources").map(serde_json::Value::take) {
             Some(serde_json::Value::Array(r)) => r,
             _ => Vec::new(),
@@ -496,12 +514,15 @@ pub async fn run(
         read: start.clone(),
         confirmed: start,
         unconfirmed: VecDeque::new(),
+        per_page: 0,
     };
+    p.per_page = p.cfg.per_page;
     let mut backoff = p.cfg.backoff.clone();
     let router = Some(router);
     'poll: while !shutdown.is_cancelled() {
         let router = router.as_ref().expect("held until shutdown");
         let mut url = p.first_page();
+        let mut completed = true;
         loop {
             if shutdown.is_cancelled() {
                 break 'poll;
@@ -523,6 +544,25 @@ pub async fn run(
                 Ok(page) => {
                     backoff.reset();
                     page
+                }
+                // Nothing of the page was taken: ask again from the read
+                // cursor in pages half as large. At one event a page, the
+                // event itself is too large: retry with backoff, saying so,
+                // until the operator raises the cap (never skip it silently).
+                Err(e) if e.is_too_large() => {
+                    p.status.oversized_pages.fetch_add(1, Ordering::Relaxed);
+                    p.status.errors.fetch_add(1, Ordering::Relaxed);
+                    if p.per_page > 1 {
+                        p.per_page /= 2;
+                        tracing::error!(error = %e, per_page = p.per_page, "audit events: page too large; reading it again in smaller pages");
+                        continue 'poll;
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::error!(error = %e, ?delay, cursor = %p.read.created_at, "audit events: a single event is larger than --cf-max-response-bytes; raise it (retrying)");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'poll,
+                        _ = tokio::time::sleep(delay) => continue 'poll,
+                    }
                 }
                 Err(e) => {
                     p.status.errors.fetch_add(1, Ordering::Relaxed);
@@ -561,11 +601,23 @@ pub async fn run(
                 }
             }
             match next {
-                Some(n) => url = n,
-                None => break,
+                Ok(Some(n)) => url = n,
+                Ok(None) => break,
+                Err(e) => {
+                    // The page's events are taken; the next poll starts
+                    // after them, from the API's own URL.
+                    p.status.refused_links.fetch_add(1, Ordering::Relaxed);
+                    p.status.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "audit events: pagination.next.href refused; the next poll continues after this page");
+                    completed = false;
+                    break;
+                }
             }
         }
-        p.status.polls_completed.fetch_add(1, Ordering::Relaxed);
+        if completed {
+            p.status.polls_completed.fetch_add(1, Ordering::Relaxed);
+        }
+        p.per_page = p.cfg.per_page;
         let until = tokio::time::Instant::now() + p.cfg.poll_interval;
         while tokio::time::Instant::now() < until {
             tokio::select! {

@@ -9,6 +9,46 @@ use reqwest::Url;
 /// How long the discovery request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The default cap on a Cloud Controller or UAA body (`--cf-max-response-bytes`),
+/// as for an RLP message: a 5000-event audit page is a few MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a body was not read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Larger than the cap (announced by `Content-Length` or found while reading).
+    #[error("the answer is larger than {limit} bytes (--cf-max-response-bytes); it was not read")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Read(String),
+}
+
+/// Reads a response body of at most `limit` bytes. A `Content-Length` above
+/// it is refused before reading; otherwise the body is read chunk by chunk
+/// and reading stops as soon as it passes the cap (a chunked or lying
+/// answer cannot make it hold more than `limit` plus one chunk).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(BodyError::TooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(e) => return Err(BodyError::Read(crate::error_chain(&e.without_url()))),
+        }
+    }
+}
+
 /// The endpoints a Cloud Foundry API root announces.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CfEndpoints {
@@ -40,8 +80,18 @@ struct Root {
     links: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Reads `GET <cf_api>/` and returns the endpoints it links to.
+/// Reads `GET <cf_api>/` and returns the endpoints it links to; a body
+/// larger than [`DEFAULT_MAX_RESPONSE_BYTES`] is refused.
 pub async fn discover(http: &reqwest::Client, cf_api: &Url) -> Result<CfEndpoints, CfApiError> {
+    discover_with_limit(http, cf_api, DEFAULT_MAX_RESPONSE_BYTES).await
+}
+
+/// [`discover`] with a cap on the body of `max_body` bytes.
+pub async fn discover_with_limit(
+    http: &reqwest::Client,
+    cf_api: &Url,
+    max_body: usize,
+) -> Result<CfEndpoints, CfApiError> {
     let url = cf_api.as_str().to_string();
     let request_error = |e: reqwest::Error| CfApiError::Request {
         url: url.clone(),
@@ -61,7 +111,16 @@ pub async fn discover(http: &reqwest::Client, cf_api: &Url) -> Result<CfEndpoint
             status: status.as_u16(),
         });
     }
-    let body = response.bytes().await.map_err(request_error)?;
+    let body = read_capped(response, max_body).await.map_err(|e| match e {
+        BodyError::TooLarge { .. } => CfApiError::BadRoot {
+            url: url.clone(),
+            reason: e.to_string(),
+        },
+        BodyError::Read(reason) => CfApiError::Request {
+            url: url.clone(),
+            reason,
+        },
+    })?;
     parse_root(cf_api, &body)
 }
 

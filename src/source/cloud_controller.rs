@@ -6,7 +6,7 @@ use std::time::Duration;
 use reqwest::{StatusCode, Url};
 
 use super::Backoff;
-use super::cf_api::discover;
+use super::cf_api::{BodyError, discover_with_limit, read_capped};
 use super::uaa::{TokenProvider, UaaConfig, UaaError};
 
 /// How long one Cloud Controller request may take.
@@ -19,6 +19,8 @@ pub struct CloudController {
     pub base: Url,
     pub http: reqwest::Client,
     pub token: TokenProvider,
+    /// The largest body read (`--cf-max-response-bytes`).
+    pub max_body: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,17 @@ pub enum CcError {
     Status { url: String, status: u16 },
     #[error("Cloud Controller's answer to GET {url} is not the JSON expected: {reason}")]
     Body { url: String, reason: String },
+    #[error(
+        "Cloud Controller's answer to GET {url} is larger than {limit} bytes (--cf-max-response-bytes); it was not read"
+    )]
+    TooLarge { url: String, limit: usize },
+    #[error(
+        "Cloud Controller linked to {link_origin}, not to the configured API {api_origin}; not followed (the token is sent only to the configured origin)"
+    )]
+    ForeignLink {
+        api_origin: String,
+        link_origin: String,
+    },
 }
 
 fn hint(status: u16) -> &'static str {
@@ -51,6 +64,11 @@ impl CcError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, CcError::Status { status: 404, .. })
     }
+
+    /// The answer was larger than the cap.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, CcError::TooLarge { .. })
+    }
 }
 
 /// How to find Cloud Controller and UAA from the configuration.
@@ -62,6 +80,8 @@ pub struct CcAccess {
     pub client_id: String,
     pub client_secret: String,
     pub http: reqwest::Client,
+    /// The largest Cloud Controller or UAA body read (`--cf-max-response-bytes`).
+    pub max_body: usize,
 }
 
 impl CloudController {
@@ -75,21 +95,23 @@ impl CloudController {
     ) -> Option<Self> {
         let mut backoff = Backoff::default();
         loop {
-            match discover(&access.http, &access.cf_api).await {
+            match discover_with_limit(&access.http, &access.cf_api, access.max_body).await {
                 Ok(endpoints) => {
                     let uaa = access.uaa.clone().unwrap_or(endpoints.uaa);
-                    let token = TokenProvider::new(
+                    let token = TokenProvider::with_limit(
                         UaaConfig {
                             token_url: UaaConfig::token_url_of(&uaa),
                             client_id: access.client_id.clone(),
                             client_secret: access.client_secret.clone(),
                         },
                         access.http.clone(),
+                        access.max_body,
                     );
                     return Some(Self {
                         base: endpoints.cloud_controller,
                         http: access.http.clone(),
                         token,
+                        max_body: access.max_body,
                     });
                 }
                 Err(e) => {
@@ -111,8 +133,25 @@ impl CloudController {
         Url::parse(&format!("{base}{path_and_query}")).unwrap_or_else(|_| self.base.clone())
     }
 
-    /// GETs a JSON document. A refused token is renewed and the request made
-    /// once more.
+    /// A link Cloud Controller sent (e.g. `pagination.next.href`) as a URL to
+    /// follow with the token: only within the origin (scheme, host, port) of
+    /// [`base`](Self::base).
+    pub fn check_link(&self, href: &str) -> Result<Url, CcError> {
+        let url = Url::parse(href).map_err(|e| CcError::Body {
+            url: without_query(&self.base),
+            reason: format!("a link is not a URL ({e})"),
+        })?;
+        if url.origin() != self.base.origin() {
+            return Err(CcError::ForeignLink {
+                api_origin: self.base.origin().ascii_serialization(),
+                link_origin: url.origin().ascii_serialization(),
+            });
+        }
+        Ok(url)
+    }
+
+    /// GETs a JSON document of at most [`max_body`](Self::max_body) bytes. A
+    /// refused token is renewed and the request made once more.
     pub async fn get_json(&self, url: &Url) -> Result<serde_json::Value, CcError> {
         let mut renewed = false;
         loop {
@@ -142,10 +181,18 @@ impl CloudController {
                     status: status.as_u16(),
                 });
             }
-            let body = response.bytes().await.map_err(|e| CcError::Request {
-                url: shown.clone(),
-                reason: crate::error_chain(&e.without_url()),
-            })?;
+            let body = read_capped(response, self.max_body)
+                .await
+                .map_err(|e| match e {
+                    BodyError::TooLarge { limit } => CcError::TooLarge {
+                        url: shown.clone(),
+                        limit,
+                    },
+                    BodyError::Read(reason) => CcError::Request {
+                        url: shown.clone(),
+                        reason,
+                    },
+                })?;
             return serde_json::from_slice(&body).map_err(|e| CcError::Body {
                 url: shown,
                 reason: e.to_string(),

@@ -98,6 +98,8 @@ enum Source {
     Uaa {
         cfg: UaaConfig,
         http: reqwest::Client,
+        /// The largest token response read.
+        max_body: usize,
     },
 }
 
@@ -124,8 +126,22 @@ struct ErrorResponse {
 }
 
 impl TokenProvider {
+    /// Tokens from UAA; a token response larger than
+    /// [`DEFAULT_MAX_RESPONSE_BYTES`](super::cf_api::DEFAULT_MAX_RESPONSE_BYTES) is refused.
     pub fn new(cfg: UaaConfig, http: reqwest::Client) -> Self {
-        Self::with(Source::Uaa { cfg, http }, None)
+        Self::with_limit(cfg, http, super::cf_api::DEFAULT_MAX_RESPONSE_BYTES)
+    }
+
+    /// Tokens from UAA, reading at most `max_body` bytes of a response.
+    pub fn with_limit(cfg: UaaConfig, http: reqwest::Client, max_body: usize) -> Self {
+        Self::with(
+            Source::Uaa {
+                cfg,
+                http,
+                max_body,
+            },
+            None,
+        )
     }
 
     /// A token that never expires (tests, pre-issued tokens). A leading
@@ -167,12 +183,17 @@ impl TokenProvider {
         if let Some(header) = self.valid() {
             return Ok(header);
         }
-        let Source::Uaa { cfg, http } = &self.inner.source else {
+        let Source::Uaa {
+            cfg,
+            http,
+            max_body,
+        } = &self.inner.source
+        else {
             // A fixed token is always valid; unreachable unless invalidated,
             // in which case it is all there is.
             return Ok(self.fixed_header());
         };
-        let token = fetch(cfg, http).await?;
+        let token = fetch(cfg, http, *max_body).await?;
         let header = token.header.clone();
         *self.inner.current.lock().expect("token lock") = Some(token);
         self.inner.renewals.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +250,11 @@ pub fn renew_margin(lifetime: Duration) -> Duration {
     (lifetime / 5).min(MAX_RENEW_MARGIN)
 }
 
-async fn fetch(cfg: &UaaConfig, http: &reqwest::Client) -> Result<Token, UaaError> {
+async fn fetch(
+    cfg: &UaaConfig,
+    http: &reqwest::Client,
+    max_body: usize,
+) -> Result<Token, UaaError> {
     let url = cfg.token_url.as_str().to_string();
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "client_credentials")
@@ -254,10 +279,28 @@ async fn fetch(cfg: &UaaConfig, http: &reqwest::Client) -> Result<Token, UaaErro
             reason: crate::error_chain(&e.without_url()),
         })?;
     let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| UaaError::Request {
-        url: url.clone(),
-        reason: crate::error_chain(&e.without_url()),
-    })?;
+    let bytes = match super::cf_api::read_capped(response, max_body).await {
+        Ok(bytes) => bytes,
+        Err(super::cf_api::BodyError::Read(reason)) => {
+            return Err(UaaError::Request { url, reason });
+        }
+        // An error answer too large to read is still a refusal.
+        Err(too_large) if !status.is_success() => {
+            return Err(UaaError::Rejected {
+                url,
+                client_id: cfg.client_id.clone(),
+                status: status.as_u16(),
+                error: String::new(),
+                description: format!("({too_large})"),
+            });
+        }
+        Err(too_large) => {
+            return Err(UaaError::BadResponse {
+                url,
+                reason: too_large.to_string(),
+            });
+        }
+    };
     if !status.is_success() {
         let err: ErrorResponse = serde_json::from_slice(&bytes).unwrap_or_default();
         return Err(UaaError::Rejected {

@@ -5,7 +5,8 @@ JSON answer per stdout line. Exits when stdin closes (the test process ended).
 
 First line out: {"endpoint": ..., "key": ..., "secret": ...}.
 Commands: {"op": "create_bucket", "bucket"}, {"op": "head", "bucket", "key"},
-{"op": "list", "bucket", "prefix"}.
+{"op": "list", "bucket", "prefix"}, {"op": "assume_role"} (temporary
+credentials of a role allowed everything: key, secret, token).
 """
 import json
 import logging
@@ -78,6 +79,25 @@ for line in sys.stdin:
                     Bucket=cmd["bucket"], Prefix=cmd.get("prefix", "")):
                 keys += [o["Key"] for o in page.get("Contents", [])]
             out = {"keys": keys}
+        elif cmd["op"] == "assume_role":
+            signed = dict(endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id=key["AccessKeyId"],
+                          aws_secret_access_key=key["SecretAccessKey"])
+            iam_k = boto3.client("iam", **signed)
+            try:
+                arn = iam_k.get_role(RoleName="temporary")["Role"]["Arn"]
+            except iam_k.exceptions.NoSuchEntityException:
+                arn = iam_k.create_role(
+                    RoleName="temporary",
+                    AssumeRolePolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"*"},"Action":"sts:AssumeRole"}]}',
+                )["Role"]["Arn"]
+                iam_k.put_role_policy(
+                    RoleName="temporary", PolicyName="all",
+                    PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}')
+            c = boto3.client("sts", **signed).assume_role(
+                RoleArn=arn, RoleSessionName="nozzle")["Credentials"]
+            out = {"key": c["AccessKeyId"], "secret": c["SecretAccessKey"],
+                   "token": c["SessionToken"]}
         else:
             out = {"error": f"unknown op {cmd['op']}"}
     except Exception as e:  # the test reports it

@@ -35,6 +35,10 @@ pub struct TestCc {
     pub app_delay: Mutex<Duration>,
     /// Bodies of the token requests UAA received.
     pub token_requests: Mutex<Vec<String>>,
+    /// The origin `pagination` links point to, when not this server's own.
+    pub link_base: Mutex<Option<String>>,
+    /// The client's `max_body` (`--cf-max-response-bytes`), when not the default.
+    pub max_body: Mutex<Option<usize>>,
 }
 
 impl TestCc {
@@ -43,6 +47,11 @@ impl TestCc {
             base: self.base.lock().unwrap().parse().unwrap(),
             http: cf_audit_nozzle::config::http_client(None, false).unwrap(),
             token: TokenProvider::fixed(TOKEN),
+            max_body: self
+                .max_body
+                .lock()
+                .unwrap()
+                .unwrap_or(cf_audit_nozzle::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES),
         }
     }
 }
@@ -113,7 +122,12 @@ async fn audit_events(
             .take(per_page)
             .copied()
             .collect();
-        let base = cc.base.lock().unwrap().clone();
+        let base = cc
+            .link_base
+            .lock()
+            .unwrap()
+            .clone()
+            .unwrap_or_else(|| cc.base.lock().unwrap().clone());
         let href = |p: usize| {
             let mut u = reqwest::Url::parse(&format!("{base}/v3/audit_events")).unwrap();
             u.query_pairs_mut()
