@@ -252,3 +252,56 @@ fn run_parses_every_flag_when_the_platform_sets_defaults() {
         "{stderr}"
     );
 }
+
+/// Values the argument parser rejects (a flag's, an environment
+/// variable's, an unknown option) are listed with every other problem
+/// instead of hiding them.
+#[test]
+fn parser_errors_are_listed_with_every_other_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = nozzle(tmp.path())
+        .args(["config", "check", "--sink", "nosuchsink"])
+        .args(["--rlp-addr", "no-port", "--frobnicate", "3"])
+        .env("GZIP_LEVEL", "fast")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "--sink: invalid value 'nosuchsink' for '--sink <SINK>' (possible values: stdout, file, syslog, http, s3)",
+            "unknown option --frobnicate",
+            "--gzip-level (GZIP_LEVEL, from the environment): invalid value 'fast' for '--gzip-level <GZIP_LEVEL>': invalid digit found in string",
+            "--rlp-ca (RLP_CA) is required: the CA certificate file that signed the RLP's certificate",
+            "--rlp-cert (RLP_CERT) is required: the client certificate file",
+            "--rlp-key (RLP_KEY) is required: the client key file",
+            "--rlp-addr (RLP_ADDR) must be host:port, not \"no-port\"",
+        ],
+        "{stderr}"
+    );
+    // The effective configuration is still printed.
+    assert_eq!(line(&stdout, "--rlp-addr"), "--rlp-addr no-port flag");
+}
+
+/// `config check 2>&1 | head -1`: the reader is gone. The command ends
+/// with exit status 2, not a panic (101).
+#[test]
+fn a_closed_pipe_ends_config_check_with_status_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = nozzle(tmp.path())
+        .args(["config", "check", "--source", "gateway"])
+        .args(["--cf-api", "https://api.example.com"])
+        .args(["--uaa-client-id", "n", "--uaa-client-secret", "s"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{status}");
+}

@@ -136,3 +136,71 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
     let key_body = key.lines().nth(1).unwrap();
     assert!(!text.contains(key_body), "the signing key leaked:\n{text}");
 }
+
+/// A key pasted where its file's path goes (`--signing-key "$(cat
+/// key.pem)"`, either form), a header without its colon and a token the
+/// parser refuses: the argument parser and the validation name the
+/// problem, and never print the secret.
+#[test]
+fn parse_errors_never_print_a_secret_argument() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .args(["keygen", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let key = std::fs::read_to_string(tmp.path().join("signing-key.pem")).unwrap();
+    let key_body = key.lines().nth(1).unwrap().to_string();
+    let run = |args: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+            .env_remove("OUT_DIR")
+            .env_remove("PORT")
+            .env_remove("VCAP_SERVICES")
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let header = format!("Authorization Bearer {HEADER_SECRET}");
+    for command in [&["config", "check"][..], &["run"], &["tail"]] {
+        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
+        args.extend(["--sink", "http", "--http-url", "https://siem.example.com"].map(String::from));
+        args.extend(["--signing-key".to_string(), key.clone()]);
+        args.extend(["--http-header".to_string(), header.clone()]);
+        let (code, text) = run(&args);
+        assert_eq!(code, Some(2), "{text}");
+        assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+        assert!(!text.contains(HEADER_SECRET), "the header leaked:\n{text}");
+        assert!(
+            text.contains("  - an argument that is not an option (not shown: it may be a secret, e.g. a key pasted where its file's path goes)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  - --signing-key: invalid value (not shown: it is a secret)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  - --http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)\n"),
+            "{text}"
+        );
+    }
+    // `--signing-key=<key>` is a path that does not exist, and commands
+    // that are not run-like mask it too.
+    let (code, text) = run(&[
+        "config".into(),
+        "check".into(),
+        format!("--signing-key={key}"),
+    ]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+    let (code, text) = run(&["keygen".into(), key.clone()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+    assert!(text.contains("********"), "{text}");
+}

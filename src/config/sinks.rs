@@ -159,11 +159,22 @@ impl HttpArgs {
                 {
                     headers.push((name.trim().to_string(), value.trim().to_string()))
                 }
-                // The value may be a credential: name only the header's name.
-                _ => errors.push(format!(
-                    "--http-header (HTTP_HEADER) must look like 'Name: value', not {:?}",
-                    h.split(':').next().unwrap_or_default()
-                )),
+                // The value may be a credential: name only the header's
+                // name, and only when there is one (without a colon, the
+                // whole text may be the credential).
+                Some((name, _))
+                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                        .is_ok() =>
+                {
+                    errors.push(format!(
+                        "--http-header (HTTP_HEADER) {:?}: the value holds characters an HTTP header cannot carry (value not shown)",
+                        name.trim()
+                    ))
+                }
+                _ => errors.push(
+                    "--http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)"
+                        .to_string(),
+                ),
             }
         }
         let tls = tls_client(
