@@ -147,6 +147,18 @@ impl HttpArgs {
                     .into(),
             );
         }
+        for (value, flag) in [
+            (self.http_timeout, "--http-timeout (HTTP_TIMEOUT)"),
+            (
+                self.hec_ack_interval,
+                "--hec-ack-interval (HEC_ACK_INTERVAL)",
+            ),
+            (self.hec_ack_timeout, "--hec-ack-timeout (HEC_ACK_TIMEOUT)"),
+        ] {
+            if value == 0 {
+                errors.push(format!("{flag} must be at least 1 second"));
+            }
+        }
         if self.http_concurrency == 0 {
             errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
         }
@@ -441,6 +453,16 @@ fn tls_client(
     let key_pem = read(key, "PRIVATE KEY");
     if cert.1.is_some() != key.1.is_some() {
         errors.push(format!("{} and {} go together", cert.0, key.0));
+    }
+    if let (Some(cert_path), Some(key_path), Some(cert_pem), Some(key_pem)) =
+        (cert.1, key.1, &cert_pem, &key_pem)
+        && let Err(e) = crate::tls::check_identity(
+            (cert_path, cert_pem),
+            (key_path, key_pem),
+            std::time::SystemTime::now(),
+        )
+    {
+        errors.push(format!("{what}: {e}"));
     }
     if errors.len() > before {
         return None;
