@@ -208,7 +208,8 @@ impl S3Args {
         let url = self.notify_url.clone()?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             errors.push(format!(
-                "--notify-url (NOTIFY_URL) must be an http:// or https:// URL, not {url:?}"
+                "--notify-url (NOTIFY_URL) must be an http:// or https:// URL, not {:?}",
+                crate::redact::url(&url)
             ));
         }
         Some(url)

@@ -123,7 +123,8 @@ impl HttpArgs {
             }
             Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() < 10 => {
                 errors.push(format!(
-                    "--http-url (HTTP_URL) must be an http:// or https:// URL, not {u:?}"
+                    "--http-url (HTTP_URL) must be an http:// or https:// URL, not {:?}",
+                    crate::redact::url(u)
                 ));
                 String::new()
             }
