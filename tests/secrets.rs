@@ -137,10 +137,10 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
     assert!(!text.contains(key_body), "the signing key leaked:\n{text}");
 }
 
-/// A key pasted where its file's path goes (`--signing-key "$(cat
-/// key.pem)"`, either form), a header without its colon and a token the
-/// parser refuses: the argument parser and the validation name the
-/// problem, and never print the secret.
+/// A key given as PEM text (`--signing-key "$(cat key.pem)"`, which the
+/// option takes), a key pasted where a path goes, a secret that begins with
+/// `-`, a header without its colon: the argument parser and the validation
+/// name each problem and never print the secret.
 #[test]
 fn parse_errors_never_print_a_secret_argument() {
     let tmp = tempfile::tempdir().unwrap();
@@ -157,6 +157,7 @@ fn parse_errors_never_print_a_secret_argument() {
             .env_remove("OUT_DIR")
             .env_remove("PORT")
             .env_remove("VCAP_SERVICES")
+            .current_dir(tmp.path())
             .args(args)
             .output()
             .unwrap();
@@ -167,42 +168,64 @@ fn parse_errors_never_print_a_secret_argument() {
         );
         (out.status.code(), text)
     };
+    let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let gateway = strings(&[
+        "--source",
+        "gateway",
+        "--cf-api",
+        "https://api.example.com",
+        "--uaa-client-id",
+        "nozzle",
+    ]);
+    // The PEM text itself is a valid --signing-key, shown masked.
+    let mut args = strings(&["config", "check", "--uaa-client-secret", "s"]);
+    args.extend(gateway.clone());
+    args.extend(strings(&["--sink", "file", "--signing-key"]));
+    args.push(key.clone());
+    let (code, text) = run(&args);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["--signing-key", "********", "flag"]),
+        "{text}"
+    );
+    let secret = format!("-{UAA_SECRET}");
     let header = format!("Authorization Bearer {HEADER_SECRET}");
     for command in [&["config", "check"][..], &["run"], &["tail"]] {
-        let mut args: Vec<String> = command.iter().map(|s| s.to_string()).collect();
-        args.extend(["--sink", "http", "--http-url", "https://siem.example.com"].map(String::from));
-        args.extend(["--signing-key".to_string(), key.clone()]);
+        let mut args = strings(command);
+        args.extend(gateway.clone());
+        args.extend(strings(&[
+            "--sink",
+            "http",
+            "--http-url",
+            "https://siem.example.com",
+        ]));
+        args.extend(["--rlp-key".to_string(), key.clone()]);
+        args.extend(["--uaa-client-secret".to_string(), secret.clone()]);
         args.extend(["--http-header".to_string(), header.clone()]);
         let (code, text) = run(&args);
         assert_eq!(code, Some(2), "{text}");
-        assert!(!text.contains(&key_body), "the key leaked:\n{text}");
-        assert!(!text.contains(HEADER_SECRET), "the header leaked:\n{text}");
-        assert!(
-            text.contains("  - an argument that is not an option (not shown: it may be a secret, e.g. a key pasted where its file's path goes)\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("  - --signing-key: invalid value (not shown: it is a secret)\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("  - --http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)\n"),
-            "{text}"
-        );
+        for leak in [&key_body[..], UAA_SECRET, HEADER_SECRET] {
+            assert!(!text.contains(leak), "{leak} leaked:\n{text}");
+        }
+        for expected in [
+            "an argument that is not an option (not shown: it may be a secret, e.g. a key pasted where its file's path goes)",
+            "--uaa-client-secret: a value beginning with '-' (not shown: it is a secret); write it as --uaa-client-secret=VALUE",
+            "--http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)",
+        ] {
+            assert!(
+                text.contains(&format!("  - {expected}\n")),
+                "{expected} in\n{text}"
+            );
+        }
     }
-    // `--signing-key=<key>` is a path that does not exist, and commands
-    // that are not run-like mask it too.
-    let (code, text) = run(&[
-        "config".into(),
-        "check".into(),
-        format!("--signing-key={key}"),
-    ]);
-    assert_eq!(code, Some(2), "{text}");
-    assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+    // A command that is not run-like masks what may be a secret too.
     let (code, text) = run(&["keygen".into(), key.clone()]);
     assert_eq!(code, Some(2), "{text}");
     assert!(!text.contains(&key_body), "the key leaked:\n{text}");
-    assert!(text.contains("********"), "{text}");
+    assert!(text.contains("unexpected argument '********"), "{text}");
 }
 
 const URL_PASSWORD: &str = "url-pw-4d1a-SECRET";

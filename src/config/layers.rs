@@ -307,6 +307,10 @@ fn set_aside_parser_errors(
                         a == invalid_arg
                             || a.strip_prefix(invalid_arg.as_str())
                                 .is_some_and(|rest| rest.starts_with('='))
+                            // `-abc` is named by its first short flag, `-a`.
+                            || (invalid_arg.len() == 2
+                                && !a.starts_with("--")
+                                && a.starts_with(invalid_arg.as_str()))
                     })
                 })
                 .map(|i| i + start)
@@ -314,6 +318,26 @@ fn set_aside_parser_errors(
                 return Err(e);
             };
             argv.remove(at);
+            // A secret option's value that the parser took for an option
+            // (`--uaa-client-secret -x...`) is not shown either.
+            let after_secret = argv[..at]
+                .last()
+                .and_then(|a| a.to_str())
+                .and_then(|prev| prev.strip_prefix("--"))
+                .filter(|long| {
+                    find_path(&cmd, path)
+                        .get_arguments()
+                        .any(|a| is_secret(a) && a.get_long() == Some(*long))
+                })
+                .map(str::to_string);
+            if let Some(long) = after_secret {
+                // The option goes too: it has no value now.
+                argv.remove(at - 1);
+                errors.push(format!(
+                    "--{long}: a value beginning with '-' (not shown: it is a secret); write it as --{long}=VALUE"
+                ));
+                continue;
+            }
             let shown = flag_name(&invalid_arg);
             match shown {
                 Some(flag) => {
