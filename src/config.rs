@@ -387,6 +387,14 @@ impl RunArgs {
             // 0 s would drain nothing: every unbuffered record in a queue lost at each stop.
             errors.push("--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second".into());
         }
+        // 0 would answer 503 for every passing reconnect. (--alert-after is
+        // checked with the telemetry options.)
+        if self.telemetry.health_disconnect_threshold == 0 {
+            errors.push(
+                "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second"
+                    .into(),
+            );
+        }
         let streams = self.input.streams(&mut errors, &self.shard_id);
         let source = match self.input.source {
             SourceKind::Rlp => self

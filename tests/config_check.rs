@@ -442,6 +442,7 @@ fn zero_timeouts_and_duplicate_sinks_are_errors_plain_http_a_warning() {
             "--sink",
             "file,stdout,file,http,file",
         ])
+        .args(["--alert-after", "0", "--health-disconnect-threshold", "0"])
         .args([
             "--http-url",
             "https://siem.example.com",
@@ -468,10 +469,12 @@ fn zero_timeouts_and_duplicate_sinks_are_errors_plain_http_a_warning() {
         errors,
         [
             "--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second",
+            "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second",
             "--sink (SINK) names file more than once: list each sink once",
             "--http-timeout (HTTP_TIMEOUT) must be at least 1 second",
             "--hec-ack-interval (HEC_ACK_INTERVAL) must be at least 1 second",
             "--hec-ack-timeout (HEC_ACK_TIMEOUT) must be at least 1 second",
+            "--alert-after (ALERT_AFTER) must be at least 1 second",
         ],
         "{stderr}"
     );
