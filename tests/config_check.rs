@@ -286,6 +286,14 @@ fn parser_errors_are_listed_with_every_other_problem() {
     );
     // The effective configuration is still printed.
     assert_eq!(line(&stdout, "--rlp-addr"), "--rlp-addr no-port flag");
+    // A mistyped command is named (run is the default command).
+    let out = nozzle(tmp.path()).arg("stauts").output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("  - unknown command or argument \"stauts\" (commands: run, demo, emulator, keygen, validate, config, tail, help)\n"),
+        "{stderr}"
+    );
 }
 
 /// `config check 2>&1 | head -1`: the reader is gone. The command ends

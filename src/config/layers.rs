@@ -356,6 +356,18 @@ fn set_aside_parser_errors(
                     };
                     errors.push(format!("unknown option {flag}{hint}"));
                 }
+                // The first word: most likely a mistyped command.
+                None if at == start
+                    && invalid_arg.len() <= 32
+                    && invalid_arg
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+                {
+                    errors.push(format!(
+                        "unknown command or argument {invalid_arg:?} (commands: {})",
+                        super::COMMANDS.join(", ")
+                    ))
+                }
                 None => errors.push(
                     "an argument that is not an option (not shown: it may be a secret, e.g. a key pasted where its file's path goes)"
                         .to_string(),
