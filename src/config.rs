@@ -287,8 +287,23 @@ impl OutputArgs {
                 self.foundation
             ));
         }
-        let mut kinds = self.sink.clone();
-        kinds.dedup();
+        let mut kinds: Vec<SinkKind> = Vec::new();
+        for kind in &self.sink {
+            if kinds.contains(kind) {
+                // Two sinks of one kind would write every record twice to
+                // the same place (and race for the same file names).
+                let name = kind.to_possible_value().map(|v| v.get_name().to_string());
+                let message = format!(
+                    "--sink (SINK) names {} more than once: list each sink once",
+                    name.unwrap_or_default()
+                );
+                if !errors.contains(&message) {
+                    errors.push(message);
+                }
+            } else {
+                kinds.push(*kind);
+            }
+        }
         if kinds.is_empty() {
             errors.push(
                 "--sink (SINK) must name at least one sink: stdout, file, syslog, http or s3"
@@ -373,6 +388,18 @@ impl RunArgs {
     /// Validates every option (reading the TLS files) and reports all problems together.
     pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
         let mut errors = Vec::new();
+        if self.shutdown_timeout == 0 {
+            // 0 s would drain nothing: every unbuffered record in a queue lost at each stop.
+            errors.push("--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second".into());
+        }
+        // 0 would answer 503 for every passing reconnect. (--alert-after is
+        // checked with the telemetry options.)
+        if self.telemetry.health_disconnect_threshold == 0 {
+            errors.push(
+                "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second"
+                    .into(),
+            );
+        }
         let streams = self.input.streams(&mut errors, &self.shard_id);
         let source = match self.input.source {
             SourceKind::Rlp => self
@@ -473,6 +500,20 @@ impl RunArgs {
         }
         if self.cf.skip_tls_verify {
             w.push("TLS certificate verification of the CF API, UAA and RLP Gateway is off (--skip-tls-verify): anyone on the path can read the token and alter the firehose".to_string());
+        }
+        for (flag, url) in [
+            ("--cf-api (CF_API)", &self.cf.cf_api),
+            ("--uaa-url (UAA_URL)", &self.cf.uaa_url),
+            ("--gateway-url (GATEWAY_URL)", &self.input.gateway_url),
+        ] {
+            if url
+                .as_deref()
+                .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("http://"))
+            {
+                w.push(format!(
+                    "{flag} is plain http://: the UAA client secret, the tokens and the data cross the network unencrypted (use https://)"
+                ));
+            }
         }
         if self.output.sink.contains(&SinkKind::S3) && self.output.s3.s3_sse == SseArg::None {
             w.push(

@@ -46,6 +46,7 @@ pub mod integrity;
 pub mod logging;
 pub mod pipeline;
 pub mod record;
+pub mod redact;
 pub mod route;
 pub mod sink;
 pub mod source;
@@ -73,5 +74,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    parts.join(": ")
+    // Libraries write the URL they failed on into their errors (reqwest:
+    // "for url (...)"), credentials and all.
+    redact::urls_in(&parts.join(": "))
 }

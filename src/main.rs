@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use std::io::Write;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -69,13 +71,37 @@ fn tune_allocator() {
     }
 }
 
+/// Writes to standard output; a closed pipe (`config check | head -1`) is
+/// an error like any other (exit 2), not a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        write_stdout(&format!($($arg)*))?
+    };
+}
+
+/// [`out!`] with a newline.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        write_stdout(&format!("{}\n", format!($($arg)*)))?
+    };
+}
+
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .context("writing to standard output")
+}
+
 fn main() -> std::process::ExitCode {
     tune_allocator();
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // The chain in one message, without a backtrace: these are operator errors.
-            eprintln!("cf-audit-nozzle: {e:#}");
+            // Not eprintln!: with `2>&1 | head`, stderr is a closed pipe too.
+            let _ = writeln!(std::io::stderr(), "cf-audit-nozzle: {e:#}");
             std::process::ExitCode::from(2)
         }
     }
@@ -114,12 +140,21 @@ fn start() -> anyhow::Result<()> {
 fn parse_cli() -> (Loaded, bool) {
     use clap::CommandFactory;
     use clap::parser::ValueSource;
-    let mut loaded = cf_audit_nozzle::config::layers::load(
-        with_every_option_in_help(Cli::command()),
-        with_default_command(std::env::args_os().collect()),
-        &|k| std::env::var(k).ok(),
-    )
-    .unwrap_or_else(|e| e.exit());
+    let cmd = with_every_option_in_help(Cli::command());
+    let argv = with_default_command(std::env::args_os().collect());
+    let mut loaded = cf_audit_nozzle::config::layers::load(cmd.clone(), argv.clone(), &|k| {
+        std::env::var(k).ok()
+    })
+    .unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            // --help, --version: clap prints them (a closed pipe is not an error).
+            e.exit();
+        }
+        // A pasted key or a token must not come back in the message.
+        let text = cf_audit_nozzle::config::layers::masked_clap_error(&e, &cmd, &argv);
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+        std::process::exit(2);
+    });
     let mut out_dir_from_cargo = false;
     if let (Command::Run(args), Some(("run", sub))) =
         (&mut loaded.cli.command, loaded.matches.subcommand())
@@ -169,7 +204,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
             let shown =
                 cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)
                     .await;
-            eprintln!("tail: {shown} records shown");
+            let _ = writeln!(std::io::stderr(), "tail: {shown} records shown");
             Ok(())
         }
         Command::Run(args) => {
@@ -199,12 +234,12 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                 shutdown,
             )
             .await?;
-            println!("{}", demo::render(&report));
+            outln!("{}", demo::render(&report));
             Ok(())
         }
         Command::Keygen(args) => {
             let public = cf_audit_nozzle::integrity::keygen(&args.out, args.algorithm())?;
-            println!(
+            outln!(
                 "wrote {dir}/signing-key.pem ({alg}, readable by you only) and {dir}/public-key.pem; fingerprint {fp}",
                 dir = args.out.display(),
                 alg = public.algorithm().as_str(),
@@ -214,7 +249,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
         }
         Command::Validate(args) => {
             let report = validate(&args).await?;
-            print!("{}", report.render());
+            out!("{}", report.render());
             if !report.ok() {
                 // validate-logs' convention: 1 when anything is invalid (2 is an error).
                 std::process::exit(1);
@@ -237,7 +272,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                         },
                     )
                     .await?;
-                    println!(
+                    outln!(
                         "gateway listening on {} (RLP Gateway /v2/read, UAA /oauth/token and CF API root; any client id and secret)",
                         gateway.url()
                     );
@@ -259,7 +294,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            println!(
+            outln!(
                 "emulator listening on {} (server name reverselogproxy); client files in {}",
                 emulator.addr,
                 args.tls_dir.display()
@@ -267,9 +302,9 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
             shutdown.cancelled().await;
             let sent = emulator.envelopes_sent();
             emulator.stop().await;
-            println!("emulator sent {sent} envelopes");
+            outln!("emulator sent {sent} envelopes");
             if let Some(gateway) = gateway {
-                println!("gateway sent {} envelopes", gateway.envelopes_sent());
+                outln!("gateway sent {} envelopes", gateway.envelopes_sent());
             }
             Ok(())
         }
@@ -281,16 +316,16 @@ fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()
     match command {
         ConfigCommand::Docs => {
             use clap::CommandFactory;
-            print!("{}", reference::configuration_md(&Cli::command()));
+            out!("{}", reference::configuration_md(&Cli::command()));
             Ok(())
         }
         ConfigCommand::Check(args) => {
-            print!("{}", check::render_effective(loaded));
+            out!("{}", check::render_effective(loaded));
             let cfg = check::validated(args, &loaded.errors)?;
             for w in &cfg.warnings {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
-            println!("configuration is valid");
+            outln!("configuration is valid");
             Ok(())
         }
     }

@@ -173,6 +173,53 @@ pub fn human_line(json: &Value) -> String {
     }
 }
 
+/// Whether a terminal could act on `c` instead of showing it: C0 controls
+/// (ESC, CR, BS, NUL, newline, ...), DEL, C1 controls (U+0080 to U+009F;
+/// U+009B is a one-character CSI), the line and paragraph separators and the
+/// bidirectional overrides that reorder what is shown.
+fn is_terminal_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+/// Appends `line` with every character a terminal would act on written as
+/// a visible escape (`\n`, `\r`, `\t`, `\x1b`, `\u{9b}`), so no record can
+/// move the cursor, clear the screen, set the title or forge another line.
+pub fn push_escaped(out: &mut String, line: &str) {
+    use std::fmt::Write as _;
+    for c in line.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && is_terminal_control(c) => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if is_terminal_control(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// Appends a record's JSON with the characters JSON may carry raw but a
+/// terminal would act on (DEL, C1 controls, separators, bidi overrides)
+/// written as `\uXXXX`: the same JSON value, safe on a terminal. (JSON
+/// escapes C0 controls itself; outside strings JSON is ASCII.)
+pub fn push_json_for_terminal(out: &mut String, json: &str) {
+    use std::fmt::Write as _;
+    for c in json.chars() {
+        if is_terminal_control(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+}
+
 /// The sink of `tail`: prints what the filter keeps, counts the rest as
 /// delivered (they were looked at).
 struct Printer<W> {
@@ -199,9 +246,9 @@ impl<W: Write + Send + 'static> Sink for Printer<W> {
                 continue;
             }
             if self.json {
-                text.push_str(&line);
+                push_json_for_terminal(&mut text, &line);
             } else {
-                text.push_str(&human_line(&json));
+                push_escaped(&mut text, &human_line(&json));
             }
             text.push('\n');
             self.shown

@@ -26,6 +26,10 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("{what}: {reason}")]
     Invalid { what: &'static str, reason: String },
+    /// A client certificate and key that cannot work: each says which
+    /// files and why.
+    #[error("{0}")]
+    Identity(String),
 }
 
 /// The client side of mutual TLS: whom we trust and who we are, as PEM.
@@ -49,14 +53,91 @@ impl std::fmt::Debug for ClientTls {
 }
 
 impl ClientTls {
-    /// Reads the CA, certificate and key files, checking each holds PEM of the right kind.
+    /// Reads the CA, certificate and key files, checking each holds PEM of
+    /// the right kind, and that the certificate is valid now and belongs
+    /// to the key ([`check_identity`]).
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
-        Ok(Self {
+        let tls = Self {
             ca_pem: read_pem("CA certificate", ca, "CERTIFICATE")?,
             cert_pem: read_pem("client certificate", cert, "CERTIFICATE")?,
             key_pem: read_pem("client key", key, "PRIVATE KEY")?,
             ca_origin: ca.display().to_string(),
-        })
+        };
+        check_identity(
+            (cert, &tls.cert_pem),
+            (key, &tls.key_pem),
+            std::time::SystemTime::now(),
+        )?;
+        Ok(tls)
+    }
+}
+
+/// A client certificate (PEM, the first certificate is the client's) and
+/// its key, each with the file it came from: the certificate must be valid
+/// at `now` and its public key must be the key's. Either mistake would only
+/// show at the handshake, as a retry that never succeeds.
+pub fn check_identity(
+    (cert_path, cert_pem): (&Path, &[u8]),
+    (key_path, key_pem): (&Path, &[u8]),
+    now: std::time::SystemTime,
+) -> Result<(), TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let cert_name = format!("client certificate {}", cert_path.display());
+    let key_name = format!("client key {}", key_path.display());
+    let fail = |reason: String| Err(TlsError::Identity(reason));
+    let certs = match CertificateDer::pem_slice_iter(cert_pem).collect::<Result<Vec<_>, _>>() {
+        Ok(certs) if !certs.is_empty() => certs,
+        Ok(_) => return fail(format!("{cert_name} holds no certificate")),
+        Err(e) => return fail(format!("{cert_name} is not a readable certificate: {e}")),
+    };
+    let (_, parsed) = match x509_parser::parse_x509_certificate(&certs[0]) {
+        Ok(parsed) => parsed,
+        Err(e) => return fail(format!("{cert_name} is not a readable certificate: {e}")),
+    };
+    let validity = parsed.validity();
+    let (from, until) = (
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    );
+    let now_s = match now.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let date = |t: i64| {
+        chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+            .unwrap_or_else(|| t.to_string())
+    };
+    if now_s > until {
+        return fail(format!(
+            "{cert_name} expired on {} (valid from {}): the server will refuse it; issue a new one",
+            date(until),
+            date(from)
+        ));
+    }
+    if now_s < from {
+        return fail(format!(
+            "{cert_name} is not valid before {} (until {}): the server will refuse it (or this machine's clock is wrong)",
+            date(from),
+            date(until)
+        ));
+    }
+    let key = match PrivateKeyDer::from_pem_slice(key_pem) {
+        Ok(key) => key,
+        Err(e) => return fail(format!("{key_name} is not a readable private key: {e}")),
+    };
+    let provider = rustls::crypto::ring::default_provider();
+    let signing_key = match provider.key_provider.load_private_key(key) {
+        Ok(k) => k,
+        Err(e) => return fail(format!("{key_name} is not a usable private key: {e}")),
+    };
+    match rustls::sign::CertifiedKey::new(certs, signing_key).keys_match() {
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => fail(
+            format!("{key_name} does not belong to {cert_name} (their public keys differ)"),
+        ),
+        // Unknown (a key type that does not say its public key) is left to the handshake.
+        _ => Ok(()),
     }
 }
 

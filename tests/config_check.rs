@@ -252,3 +252,255 @@ fn run_parses_every_flag_when_the_platform_sets_defaults() {
         "{stderr}"
     );
 }
+
+/// Values the argument parser rejects (a flag's, an environment
+/// variable's, an unknown option) are listed with every other problem
+/// instead of hiding them.
+#[test]
+fn parser_errors_are_listed_with_every_other_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = nozzle(tmp.path())
+        .args(["config", "check", "--sink", "nosuchsink"])
+        .args(["--rlp-addr", "no-port", "--frobnicate", "3"])
+        .env("GZIP_LEVEL", "fast")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "--sink: invalid value 'nosuchsink' for '--sink <SINK>' (possible values: stdout, file, syslog, http, s3)",
+            "unknown option --frobnicate",
+            "--gzip-level (GZIP_LEVEL, from the environment): invalid value 'fast' for '--gzip-level <GZIP_LEVEL>': invalid digit found in string",
+            "--rlp-ca (RLP_CA) is required: the CA certificate file that signed the RLP's certificate",
+            "--rlp-cert (RLP_CERT) is required: the client certificate file",
+            "--rlp-key (RLP_KEY) is required: the client key file",
+            "--rlp-addr (RLP_ADDR) must be host:port, not \"no-port\"",
+        ],
+        "{stderr}"
+    );
+    // The effective configuration is still printed.
+    assert_eq!(line(&stdout, "--rlp-addr"), "--rlp-addr no-port flag");
+    // A mistyped command is named (run is the default command).
+    let out = nozzle(tmp.path()).arg("stauts").output().unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("  - unknown command or argument \"stauts\" (commands: run, demo, emulator, keygen, validate, config, tail, help)\n"),
+        "{stderr}"
+    );
+}
+
+/// `config check 2>&1 | head -1`: the reader is gone. The command ends
+/// with exit status 2, not a panic (101).
+#[test]
+fn a_closed_pipe_ends_config_check_with_status_2() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = nozzle(tmp.path())
+        .args(["config", "check", "--source", "gateway"])
+        .args(["--cf-api", "https://api.example.com"])
+        .args(["--uaa-client-id", "n", "--uaa-client-secret", "s"])
+        .stdout(writer.try_clone().unwrap())
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2), "{status}");
+}
+
+/// Writes `ca.pem` and a client certificate `<name>.pem` valid from
+/// `from` to `until` (years), with its key `<name>-key.pem`, into `dir`.
+fn client_files(dir: &std::path::Path, name: &str, from: i32, until: i32) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, date_time_ymd};
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    std::fs::write(
+        dir.join("ca.pem"),
+        ca.clone().self_signed(&ca_key).unwrap().pem(),
+    )
+    .unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.not_before = date_time_ymd(from, 1, 1);
+    leaf.not_after = date_time_ymd(until, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+/// A client key that is not the certificate's, an expired certificate and
+/// one not valid yet: each named at `config check` (RLP and sink alike),
+/// instead of a handshake retried forever by `run`.
+#[test]
+fn client_certificates_that_cannot_work_are_named_at_check() {
+    let tmp = tempfile::tempdir().unwrap();
+    client_files(tmp.path(), "good", 2000, 2999);
+    client_files(tmp.path(), "other", 2000, 2999);
+    client_files(tmp.path(), "expired", 2000, 2001);
+    client_files(tmp.path(), "future", 2998, 2999);
+    let check = |cert: &str, key: &str, sink: &[&str]| {
+        let out = nozzle(tmp.path())
+            .args(["config", "check", "--rlp-addr", "rlp:8082"])
+            .args(["--rlp-ca", "ca.pem", "--rlp-cert", cert, "--rlp-key", key])
+            .args(sink)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        let errors: Vec<String> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("  - "))
+            .map(str::to_string)
+            .collect();
+        (out.status.code(), errors, stdout)
+    };
+    let (code, errors, stdout) = check("good.pem", "good-key.pem", &[]);
+    assert_eq!((code, errors), (Some(0), vec![]), "{stdout}");
+    let (code, errors, _) = check("good.pem", "other-key.pem", &[]);
+    assert_eq!(code, Some(2));
+    assert_eq!(
+        errors,
+        [
+            "--rlp-ca/--rlp-cert/--rlp-key: client key other-key.pem does not belong to client certificate good.pem (their public keys differ)"
+        ]
+    );
+    let (_, errors, _) = check("expired.pem", "expired-key.pem", &[]);
+    assert_eq!(
+        errors,
+        [
+            "--rlp-ca/--rlp-cert/--rlp-key: client certificate expired.pem expired on 2001-01-01 00:00:00 UTC (valid from 2000-01-01 00:00:00 UTC): the server will refuse it; issue a new one"
+        ]
+    );
+    let (_, errors, _) = check("future.pem", "future-key.pem", &[]);
+    assert_eq!(
+        errors,
+        [
+            "--rlp-ca/--rlp-cert/--rlp-key: client certificate future.pem is not valid before 2998-01-01 00:00:00 UTC (until 2999-01-01 00:00:00 UTC): the server will refuse it (or this machine's clock is wrong)"
+        ]
+    );
+    let (_, errors, _) = check(
+        "good.pem",
+        "good-key.pem",
+        &[
+            "--sink",
+            "syslog",
+            "--syslog-addr",
+            "siem:6514",
+            "--syslog-cert",
+            "expired.pem",
+            "--syslog-key",
+            "good-key.pem",
+        ],
+    );
+    assert_eq!(
+        errors,
+        [
+            "--syslog-ca/--syslog-cert/--syslog-key: client certificate expired.pem expired on 2001-01-01 00:00:00 UTC (valid from 2000-01-01 00:00:00 UTC): the server will refuse it; issue a new one"
+        ]
+    );
+    let (_, errors, _) = check(
+        "good.pem",
+        "good-key.pem",
+        &[
+            "--sink",
+            "http",
+            "--http-url",
+            "https://siem.example.com",
+            "--http-format",
+            "json",
+            "--http-cert",
+            "good.pem",
+            "--http-key",
+            "other-key.pem",
+        ],
+    );
+    assert_eq!(
+        errors,
+        [
+            "--http-ca/--http-cert/--http-key: client key other-key.pem does not belong to client certificate good.pem (their public keys differ)"
+        ]
+    );
+}
+
+/// Timeouts of 0, a sink listed twice: errors. Plain http:// for the CF
+/// API, UAA or the gateway: a warning each.
+#[test]
+fn zero_timeouts_and_duplicate_sinks_are_errors_plain_http_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = |cmd: &mut Command| {
+        cmd.args(["config", "check", "--source", "gateway"])
+            .args(["--cf-api", "http://api.example.com"])
+            .args(["--uaa-url", "HTTP://uaa.example.com"])
+            .args(["--gateway-url", "http://log-stream.example.com"])
+            .args(["--uaa-client-id", "n", "--uaa-client-secret", "s"]);
+    };
+    let mut cmd = nozzle(tmp.path());
+    gateway(&mut cmd);
+    let out = cmd
+        .args([
+            "--shutdown-timeout",
+            "0",
+            "--sink",
+            "file,stdout,file,http,file",
+        ])
+        .args(["--alert-after", "0", "--health-disconnect-threshold", "0"])
+        .args([
+            "--http-url",
+            "https://siem.example.com",
+            "--http-format",
+            "json",
+        ])
+        .args([
+            "--http-timeout",
+            "0",
+            "--hec-ack-interval",
+            "0",
+            "--hec-ack-timeout",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("  - "))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second",
+            "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second",
+            "--sink (SINK) names file more than once: list each sink once",
+            "--http-timeout (HTTP_TIMEOUT) must be at least 1 second",
+            "--hec-ack-interval (HEC_ACK_INTERVAL) must be at least 1 second",
+            "--hec-ack-timeout (HEC_ACK_TIMEOUT) must be at least 1 second",
+            "--alert-after (ALERT_AFTER) must be at least 1 second",
+        ],
+        "{stderr}"
+    );
+    let mut cmd = nozzle(tmp.path());
+    gateway(&mut cmd);
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: --cf-api (CF_API) is plain http://: the UAA client secret, the tokens and the data cross the network unencrypted (use https://)",
+            "warning: --uaa-url (UAA_URL) is plain http://: the UAA client secret, the tokens and the data cross the network unencrypted (use https://)",
+            "warning: --gateway-url (GATEWAY_URL) is plain http://: the UAA client secret, the tokens and the data cross the network unencrypted (use https://)",
+        ]
+    );
+}

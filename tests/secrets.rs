@@ -136,3 +136,245 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
     let key_body = key.lines().nth(1).unwrap();
     assert!(!text.contains(key_body), "the signing key leaked:\n{text}");
 }
+
+/// A key given as PEM text (`--signing-key "$(cat key.pem)"`, which the
+/// option takes), a key pasted where a path goes, a secret that begins with
+/// `-`, a header without its colon: the argument parser and the validation
+/// name each problem and never print the secret.
+#[test]
+fn parse_errors_never_print_a_secret_argument() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keygen = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .args(["keygen", "--out"])
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(keygen.status.success(), "{keygen:?}");
+    let key = std::fs::read_to_string(tmp.path().join("signing-key.pem")).unwrap();
+    let key_body = key.lines().nth(1).unwrap().to_string();
+    let run = |args: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+            .env_remove("OUT_DIR")
+            .env_remove("PORT")
+            .env_remove("VCAP_SERVICES")
+            .current_dir(tmp.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let gateway = strings(&[
+        "--source",
+        "gateway",
+        "--cf-api",
+        "https://api.example.com",
+        "--uaa-client-id",
+        "nozzle",
+    ]);
+    // The PEM text itself is a valid --signing-key, shown masked.
+    let mut args = strings(&["config", "check", "--uaa-client-secret", "s"]);
+    args.extend(gateway.clone());
+    args.extend(strings(&["--sink", "file", "--signing-key"]));
+    args.push(key.clone());
+    let (code, text) = run(&args);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["--signing-key", "********", "flag"]),
+        "{text}"
+    );
+    let secret = format!("-{UAA_SECRET}");
+    let header = format!("Authorization Bearer {HEADER_SECRET}");
+    for command in [&["config", "check"][..], &["run"], &["tail"]] {
+        let mut args = strings(command);
+        args.extend(gateway.clone());
+        args.extend(strings(&[
+            "--sink",
+            "http",
+            "--http-url",
+            "https://siem.example.com",
+        ]));
+        args.extend(["--rlp-key".to_string(), key.clone()]);
+        args.extend(["--uaa-client-secret".to_string(), secret.clone()]);
+        args.extend(["--http-header".to_string(), header.clone()]);
+        let (code, text) = run(&args);
+        assert_eq!(code, Some(2), "{text}");
+        for leak in [&key_body[..], UAA_SECRET, HEADER_SECRET] {
+            assert!(!text.contains(leak), "{leak} leaked:\n{text}");
+        }
+        for expected in [
+            "an argument that is not an option (not shown: it may be a secret, e.g. a key pasted where its file's path goes)",
+            "--uaa-client-secret: a value beginning with '-' (not shown: it is a secret); write it as --uaa-client-secret=VALUE",
+            "--http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)",
+        ] {
+            assert!(
+                text.contains(&format!("  - {expected}\n")),
+                "{expected} in\n{text}"
+            );
+        }
+    }
+    // A command that is not run-like masks what may be a secret too.
+    let (code, text) = run(&["keygen".into(), key.clone()]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(!text.contains(&key_body), "the key leaked:\n{text}");
+    assert!(text.contains("unexpected argument '********"), "{text}");
+}
+
+const URL_PASSWORD: &str = "url-pw-4d1a-SECRET";
+const URL_TOKEN: &str = "url-token-9c2f-SECRET";
+
+/// `GET /health` on `addr`, the body.
+async fn health(addr: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(b"GET /health HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut reply = String::new();
+    tcp.read_to_string(&mut reply).await.ok()?;
+    reply
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
+/// Credentials in URLs (`user:password@`, `?token=`): the gateway source's
+/// and UAA's (refused: the error is in the log, /health and the summary),
+/// the HTTP sink's (refused: the retry warnings) and `config check`'s
+/// listing. The secret is nowhere; the redacted URL is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_in_urls_are_redacted_everywhere() {
+    let refusing = refusing_receiver().await;
+    let secret_url =
+        |path: &str| format!("http://nozzle:{URL_PASSWORD}@{refusing}{path}?token={URL_TOKEN}&x");
+    let shown = |path: &str| format!("http://***@{refusing}{path}?token=***&x");
+    let tmp = tempfile::tempdir().unwrap();
+    let summary = tmp.path().join("summary.json");
+    let health_addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    // 1. The gateway source: UAA refuses, the error names the URL.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR")
+        .env_remove("PORT")
+        .env_remove("VCAP_SERVICES")
+        .env("RUST_LOG", "debug")
+        .args(["run", "--source", "gateway"])
+        .args(["--gateway-url", &secret_url("/gw")])
+        .args(["--uaa-url", &secret_url("/uaa")])
+        .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
+        .args(["--health-addr", &health_addr, "--shutdown-timeout", "1"])
+        .arg("--summary-file")
+        .arg(&summary)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let mut body = String::new();
+    for _ in 0..300 {
+        if let Some(b) = health(&health_addr).await
+            && b.contains("UAA at")
+        {
+            body = b;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = std::fs::read_to_string(&summary).unwrap();
+    // The token URL is UAA's base and /oauth/token, without the query.
+    let uaa_error =
+        format!("UAA at http://***@{refusing}/uaa/oauth/token refused the client credentials");
+    for (what, text) in [("/health", &body), ("summary", &summary), ("log", &logs)] {
+        assert!(text.contains(&uaa_error), "{what}: {uaa_error} in\n{text}");
+        for secret in [URL_PASSWORD, URL_TOKEN] {
+            assert!(!text.contains(secret), "{what}: {secret} leaked:\n{text}");
+        }
+    }
+
+    // 2. The HTTP sink: the receiver refuses, the retry warnings name the URL.
+    let pki = pki();
+    let emu = emulator(
+        &pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed: 5 },
+            rate: Some(1000),
+            ..Default::default()
+        },
+    )
+    .await;
+    pki.write_client_files(tmp.path()).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    cmd.env_remove("OUT_DIR")
+        .env_remove("PORT")
+        .env("RUST_LOG", "debug");
+    run_args(&mut cmd, &emu.addr.to_string(), tmp.path());
+    cmd.args(["--sink", "http", "--http-format", "json"])
+        .args(["--http-url", &secret_url("/ingest")])
+        .args(["--health-addr", "127.0.0.1:0", "--shutdown-timeout", "1"])
+        .env("BATCH_MAX_AGE_MS", "50");
+    let text = run_then_stop(&mut cmd, Duration::from_secs(3)).await;
+    let refused = format!(
+        "http sink: {} answered 403: Invalid token",
+        shown("/ingest")
+    );
+    assert!(text.contains(&refused), "{refused} in\n{text}");
+    for secret in [URL_PASSWORD, URL_TOKEN] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+
+    // 3. config check: the listing and the errors.
+    let out = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+        .env_remove("VCAP_SERVICES")
+        .args(["config", "check", "--source", "gateway"])
+        .args(["--cf-api", &secret_url("/api")])
+        .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
+        .args(["--sink", "http", "--http-format", "json"])
+        .args([
+            "--http-url",
+            &format!("ftp://u:{URL_PASSWORD}@siem?token={URL_TOKEN}"),
+        ])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    for secret in [URL_PASSWORD, URL_TOKEN] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["--cf-api", &shown("/api"), "flag"]),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  - --http-url (HTTP_URL) must be an http:// or https:// URL, not \"ftp://***@siem/?token=***\"\n"
+        ),
+        "{text}"
+    );
+}

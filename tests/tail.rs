@@ -178,3 +178,57 @@ async fn filters_and_json_print_exactly_the_matching_records() {
         .collect();
     assert_eq!(lines, expected);
 }
+
+/// An app's log line carrying a screen clear, a title change (OSC), a
+/// carriage return, a backspace, NUL, a newline (a forged second line),
+/// DEL and a one-character CSI (U+009B).
+const HOSTILE: &str =
+    "a\x1b[2Jb\x1b]0;pwned\x07c\rd\x08e\0f\n[API/0] audit.app.delete by admin\x7fg\u{9b}31mh";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_are_escaped_in_human_lines_and_json() {
+    let gw = GatewayEmulator::start(
+        "127.0.0.1:0".parse().unwrap(),
+        GatewayEmulatorConfig {
+            feed: Feed::Fixed(vec![log_envelope(
+                T,
+                APP,
+                HOSTILE,
+                &app_tags("APP/PROC/WEB", &[]),
+            )]),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (lines, _) = tail(&gw, &[], 1).await;
+    assert_eq!(
+        lines[0].as_bytes(),
+        br"[APP/PROC/WEB/0] spring-music a\x1b[2Jb\x1b]0;pwned\x07c\rd\x08e\x00f\n[API/0] audit.app.delete by admin\x7fg\u{9b}31mh"
+    );
+    // --json stays the record's JSON (the same value), with DEL and C1
+    // written as \u escapes instead of raw.
+    let (lines, _) = tail(&gw, &["--json"], 1).await;
+    let ctx = EncodeContext {
+        foundation: "cf".into(),
+    };
+    let record = classify(log_envelope(
+        T,
+        APP,
+        HOSTILE,
+        &app_tags("APP/PROC/WEB", &[]),
+    ))
+    .to_json(&ctx);
+    assert!(record.contains('\u{7f}') && record.contains('\u{9b}'));
+    assert_eq!(
+        lines[0],
+        record
+            .replace('\u{7f}', r"\u007f")
+            .replace('\u{9b}', r"\u009b")
+    );
+    assert!(lines[0].bytes().all(|b| b >= 0x20 && b != 0x7f));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&lines[0]).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&record).unwrap()
+    );
+}

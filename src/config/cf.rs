@@ -192,11 +192,17 @@ pub(super) fn parse_url(
     match reqwest::Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "https" | "http") && url.host().is_some() => Some(url),
         Ok(_) => {
-            errors.push(format!("{flag} must be an http(s) URL, not {value:?}"));
+            errors.push(format!(
+                "{flag} must be an http(s) URL, not {:?}",
+                crate::redact::url(value)
+            ));
             None
         }
         Err(e) => {
-            errors.push(format!("{flag} is not a URL ({e}): {value:?}"));
+            errors.push(format!(
+                "{flag} is not a URL ({e}): {:?}",
+                crate::redact::url(value)
+            ));
             None
         }
     }

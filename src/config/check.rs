@@ -54,7 +54,8 @@ pub fn render_effective(loaded: &Loaded) -> String {
                 } else if values.iter().all(String::is_empty) {
                     "\"\"".to_string()
                 } else {
-                    values.join(",")
+                    // Credentials in a URL (user:password@, ?token=) are hidden.
+                    crate::redact::urls_in(&values.join(","))
                 };
                 (value, origin_text(&origin))
             }

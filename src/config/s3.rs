@@ -64,7 +64,12 @@ pub struct S3Args {
     #[arg(long, env = "ROLL_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub roll_bytes: u64,
     /// PKCS#8 PEM private key (file, or the PEM text) that signs digest files; no digests without it.
-    #[arg(long, env = "SIGNING_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "SIGNING_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub signing_key: Option<String>,
     /// Seconds between digest files.
     #[arg(long, env = "DIGEST_INTERVAL", default_value_t = 3600)]
@@ -255,7 +260,8 @@ impl S3Args {
         let url = self.notify_url.clone()?;
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             errors.push(format!(
-                "--notify-url (NOTIFY_URL) must be an http:// or https:// URL, not {url:?}"
+                "--notify-url (NOTIFY_URL) must be an http:// or https:// URL, not {:?}",
+                crate::redact::url(&url)
             ));
         }
         Some(url)

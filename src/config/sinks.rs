@@ -123,7 +123,8 @@ impl HttpArgs {
             }
             Some(u) if !(u.starts_with("https://") || u.starts_with("http://")) || u.len() < 10 => {
                 errors.push(format!(
-                    "--http-url (HTTP_URL) must be an http:// or https:// URL, not {u:?}"
+                    "--http-url (HTTP_URL) must be an http:// or https:// URL, not {:?}",
+                    crate::redact::url(u)
                 ));
                 String::new()
             }
@@ -147,6 +148,18 @@ impl HttpArgs {
                     .into(),
             );
         }
+        for (value, flag) in [
+            (self.http_timeout, "--http-timeout (HTTP_TIMEOUT)"),
+            (
+                self.hec_ack_interval,
+                "--hec-ack-interval (HEC_ACK_INTERVAL)",
+            ),
+            (self.hec_ack_timeout, "--hec-ack-timeout (HEC_ACK_TIMEOUT)"),
+        ] {
+            if value == 0 {
+                errors.push(format!("{flag} must be at least 1 second"));
+            }
+        }
         if self.http_concurrency == 0 {
             errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
         }
@@ -159,11 +172,22 @@ impl HttpArgs {
                 {
                     headers.push((name.trim().to_string(), value.trim().to_string()))
                 }
-                // The value may be a credential: name only the header's name.
-                _ => errors.push(format!(
-                    "--http-header (HTTP_HEADER) must look like 'Name: value', not {:?}",
-                    h.split(':').next().unwrap_or_default()
-                )),
+                // The value may be a credential: name only the header's
+                // name, and only when there is one (without a colon, the
+                // whole text may be the credential).
+                Some((name, _))
+                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                        .is_ok() =>
+                {
+                    errors.push(format!(
+                        "--http-header (HTTP_HEADER) {:?}: the value holds characters an HTTP header cannot carry (value not shown)",
+                        name.trim()
+                    ))
+                }
+                _ => errors.push(
+                    "--http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)"
+                        .to_string(),
+                ),
             }
         }
         let tls = tls_client(
@@ -439,6 +463,16 @@ fn tls_client(
     let key_pem = read(key, "PRIVATE KEY");
     if cert.1.is_some() != key.1.is_some() {
         errors.push(format!("{} and {} go together", cert.0, key.0));
+    }
+    if let (Some(cert_path), Some(key_path), Some(cert_pem), Some(key_pem)) =
+        (cert.1, key.1, &cert_pem, &key_pem)
+        && let Err(e) = crate::tls::check_identity(
+            (cert_path, cert_pem),
+            (key_path, key_pem),
+            std::time::SystemTime::now(),
+        )
+    {
+        errors.push(format!("{what}: {e}"));
     }
     if errors.len() > before {
         return None;

@@ -144,7 +144,7 @@ impl std::fmt::Debug for HttpSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("HttpSinkConfig")
-            .field("url", &self.url)
+            .field("url", &crate::redact::url(&self.url))
             .field("format", &self.format)
             .field("hec_token", &self.hec_token.as_ref().map(|_| "<redacted>"))
             .field("hec_index", &self.hec_index)

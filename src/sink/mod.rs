@@ -46,7 +46,7 @@ pub enum SinkError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{sink} sink: cannot connect to {addr}: {reason}")]
+    #[error("{sink} sink: cannot connect to {addr_shown}: {reason}", addr_shown = crate::redact::url(.addr))]
     Connect {
         sink: &'static str,
         addr: String,
@@ -54,7 +54,7 @@ pub enum SinkError {
     },
     #[error("{sink} sink: {what}")]
     Config { sink: &'static str, what: String },
-    #[error("{sink} sink: {url} answered {status}: {detail}")]
+    #[error("{sink} sink: {url_shown} answered {status}: {detail}", url_shown = crate::redact::url(.url))]
     Rejected {
         sink: &'static str,
         url: String,

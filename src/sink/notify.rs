@@ -105,7 +105,7 @@ async fn run(
                 Ok(r) => format!("answered {}", r.status()),
                 Err(e) => crate::error_chain(&e),
             };
-            tracing::warn!(url = %url, attempt, problem, "delivery notification failed");
+            tracing::warn!(url = %crate::redact::url(url.as_str()), attempt, problem, "delivery notification failed");
             if attempt < ATTEMPTS {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
@@ -114,7 +114,7 @@ async fn run(
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
             stats.dropped_write_error.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(url = %url, keys = ?keys, "delivery notification given up after {ATTEMPTS} attempts");
+            tracing::error!(url = %crate::redact::url(url.as_str()), keys = ?keys, "delivery notification given up after {ATTEMPTS} attempts");
         }
         stats.queued.fetch_sub(1, Ordering::Relaxed);
     }

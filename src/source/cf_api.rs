@@ -65,13 +65,12 @@ pub struct CfEndpoints {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CfApiError {
-    #[error("cannot reach the Cloud Foundry API at {url}: {reason}")]
+    #[error("cannot reach the Cloud Foundry API at {url_shown}: {reason}", url_shown = crate::redact::url(.url))]
     Request { url: String, reason: String },
     #[error(
-        "the Cloud Foundry API at {url} answered HTTP {status} to GET / (is this the API URL, e.g. https://api.<system domain>?)"
-    )]
+        "the Cloud Foundry API at {url_shown} answered HTTP {status} to GET / (is this the API URL, e.g. https://api.<system domain>?)", url_shown = crate::redact::url(.url))]
     Status { url: String, status: u16 },
-    #[error("the Cloud Foundry API root at {url} is not usable: {reason}")]
+    #[error("the Cloud Foundry API root at {url_shown} is not usable: {reason}", url_shown = crate::redact::url(.url))]
     BadRoot { url: String, reason: String },
 }
 

@@ -27,14 +27,13 @@ pub struct CloudController {
 pub enum CcError {
     #[error("cannot get a token for Cloud Controller: {0}")]
     Token(#[from] UaaError),
-    #[error("cannot reach Cloud Controller at {url}: {reason}")]
+    #[error("cannot reach Cloud Controller at {url_shown}: {reason}", url_shown = crate::redact::url(.url))]
     Request { url: String, reason: String },
     #[error(
-        "Cloud Controller answered HTTP {status} to GET {url}{}",
-        hint(*.status)
-    )]
+        "Cloud Controller answered HTTP {status} to GET {url_shown}{}",
+        hint(*.status), url_shown = crate::redact::url(.url))]
     Status { url: String, status: u16 },
-    #[error("Cloud Controller's answer to GET {url} is not the JSON expected: {reason}")]
+    #[error("Cloud Controller's answer to GET {url_shown} is not the JSON expected: {reason}", url_shown = crate::redact::url(.url))]
     Body { url: String, reason: String },
     #[error(
         "Cloud Controller's answer to GET {url} is larger than {limit} bytes (--cf-max-response-bytes); it was not read"

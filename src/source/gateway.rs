@@ -145,39 +145,36 @@ pub enum GatewayError {
     Token(#[from] UaaError),
     #[error("cannot discover the RLP Gateway and UAA: {0}")]
     Discover(#[from] cf_api::CfApiError),
-    #[error("the Cloud Foundry API at {0} links to no log_stream (RLP Gateway); set --gateway-url")]
+    #[error("the Cloud Foundry API at {} links to no log_stream (RLP Gateway); set --gateway-url", crate::redact::url(.0))]
     NoLogStream(String),
-    #[error("cannot reach the RLP Gateway at {url}: {reason}")]
+    #[error("cannot reach the RLP Gateway at {url_shown}: {reason}", url_shown = crate::redact::url(.url))]
     Connect { url: String, reason: String },
     #[error(
-        "the RLP Gateway at {url} refused a fresh token (HTTP {status}): the token lacks doppler.firehose or logs.admin{hint}"
-    )]
+        "the RLP Gateway at {url_shown} refused a fresh token (HTTP {status}): the token lacks doppler.firehose or logs.admin{hint}", url_shown = crate::redact::url(.url))]
     Unauthorized {
         url: String,
         status: u16,
         hint: &'static str,
     },
     #[error(
-        "the RLP Gateway at {url} refused the request as invalid (HTTP 400{detail}): a configuration error, check --source-ids and --envelope-types"
-    )]
+        "the RLP Gateway at {url_shown} refused the request as invalid (HTTP 400{detail}): a configuration error, check --source-ids and --envelope-types", url_shown = crate::redact::url(.url))]
     BadRequest { url: String, detail: String },
     #[error(
-        "the RLP Gateway at {url} cannot open a stream from the RLP (HTTP {status}{detail}); retrying"
-    )]
+        "the RLP Gateway at {url_shown} cannot open a stream from the RLP (HTTP {status}{detail}); retrying", url_shown = crate::redact::url(.url))]
     Unavailable {
         url: String,
         status: u16,
         detail: String,
     },
-    #[error("the RLP Gateway at {url} answered HTTP {status}{detail}")]
+    #[error("the RLP Gateway at {url_shown} answered HTTP {status}{detail}", url_shown = crate::redact::url(.url))]
     Status {
         url: String,
         status: u16,
         detail: String,
     },
-    #[error("no data or heartbeat from the RLP Gateway at {url} for {secs} s; reconnecting")]
+    #[error("no data or heartbeat from the RLP Gateway at {url_shown} for {secs} s; reconnecting", url_shown = crate::redact::url(.url))]
     Idle { url: String, secs: u64 },
-    #[error("the stream from the RLP Gateway at {url} failed: {reason}")]
+    #[error("the stream from the RLP Gateway at {url_shown} failed: {reason}", url_shown = crate::redact::url(.url))]
     Stream { url: String, reason: String },
     #[error(
         "the RLP Gateway at {url} answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying"
@@ -219,7 +216,7 @@ pub async fn run(
                 Some(t) => t,
                 None => match resolve(&cfg).await {
                     Ok(t) => {
-                        tracing::info!(url = %t.url, "RLP Gateway source");
+                        tracing::info!(url = %crate::redact::parsed_url(&t.url), "RLP Gateway source");
                         let t = Arc::new(t);
                         *resolved.lock().expect("target lock") = Some(Arc::clone(&t));
                         t

@@ -55,11 +55,10 @@ impl UaaConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UaaError {
-    #[error("cannot reach UAA at {url}: {reason}")]
+    #[error("cannot reach UAA at {url_shown}: {reason}", url_shown = crate::redact::url(.url))]
     Request { url: String, reason: String },
     #[error(
-        "UAA at {url} refused the client credentials of {client_id:?}: HTTP {status} {error}{description}"
-    )]
+        "UAA at {url_shown} refused the client credentials of {client_id:?}: HTTP {status} {error}{description}", url_shown = crate::redact::url(.url))]
     Rejected {
         url: String,
         client_id: String,
@@ -67,7 +66,7 @@ pub enum UaaError {
         error: String,
         description: String,
     },
-    #[error("UAA at {url} answered HTTP 200 with an unusable token response: {reason}")]
+    #[error("UAA at {url_shown} answered HTTP 200 with an unusable token response: {reason}", url_shown = crate::redact::url(.url))]
     BadResponse { url: String, reason: String },
 }
 
