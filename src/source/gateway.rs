@@ -177,7 +177,8 @@ pub enum GatewayError {
     #[error("the stream from the RLP Gateway at {url_shown} failed: {reason}", url_shown = crate::redact::url(.url))]
     Stream { url: String, reason: String },
     #[error(
-        "the RLP Gateway at {url} answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying"
+        "the RLP Gateway at {url_shown} answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying",
+        url_shown = crate::redact::url(.url)
     )]
     Empty { url: String },
 }
@@ -472,7 +473,7 @@ pub async fn stream_once(
             tokio::spawn(drain(reader, decoding, shutdown.clone()));
             let envelopes = status.envelopes.load(Ordering::Relaxed) - envelopes_before;
             tracing::info!(
-                url,
+                url = %crate::redact::url(url),
                 age_secs = started.elapsed().as_secs(),
                 "opening the next RLP Gateway stream before this one's expected end (handover)"
             );
@@ -520,7 +521,7 @@ async fn drain(
         _ = tokio::time::sleep(HANDOVER_DRAIN_MAX) => None,
         end = reader.read(None) => end,
     };
-    let url = reader.url.clone();
+    let url = crate::redact::url(&reader.url);
     drop(reader);
     let envelopes = match decoding {
         Some(d) => d.await.unwrap_or(0),
@@ -690,7 +691,7 @@ fn note_skipped(status: &SourceStatus, url: &str, bytes: usize, reason: &str) {
     let due = status.skip_log.lock().expect("skip log lock").note();
     if let Some(skipped_since_last_warning) = due {
         tracing::warn!(
-            url,
+            url = %crate::redact::url(url),
             bytes,
             reason,
             skipped_since_last_warning,
