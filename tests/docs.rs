@@ -120,7 +120,7 @@ fn every_variable_of_the_quick_start_is_an_option_or_the_platforms() {
             "the quick start names {v}, which is no option's variable"
         );
     }
-    for doc in ["docs/vm-operators.md", "docs/sizing.md"] {
+    for doc in ["docs/vm-operators.md", "docs/sizing.md", "docs/failures.md"] {
         for v in variables(&read(doc)) {
             assert!(
                 PLATFORM.contains(&v.as_str()) || option_for_key(run, &v).is_some(),
