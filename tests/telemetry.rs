@@ -436,6 +436,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
                 client_id: "audit-nozzle".into(),
                 client_secret: "secret".into(),
                 http: cf_audit_nozzle::config::http_client(None, false).unwrap(),
+                max_body: cf_audit_nozzle::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES,
             }),
             audit_events: Some(AuditEventsConfig {
                 per_page: 10,
