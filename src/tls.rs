@@ -241,6 +241,31 @@ impl Pki {
         }
     }
 
+    /// A TLS server with the server certificate that asks for no client
+    /// certificate: the tests' HTTPS peers (a private CA's S3, a platform
+    /// endpoint).
+    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |e: &dyn std::fmt::Display| TlsError::Invalid {
+            what: "generated server certificate",
+            reason: e.to_string(),
+        };
+        let certs = CertificateDer::pem_slice_iter(self.server_cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let key = PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .map_err(|e| invalid(&e))?;
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid(&e))
+    }
+
     /// Writes `ca.pem`, `client.pem` and `client-key.pem` into `dir` for a
     /// nozzle in another process.
     pub fn write_client_files(&self, dir: &Path) -> std::io::Result<()> {
@@ -368,24 +393,12 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use rustls_pki_types::ServerName;
 
     /// Handshakes with a TLS server whose certificate comes from a CA the client does not know.
     async fn handshake(mut client: rustls::ClientConfig) -> Result<(), std::io::Error> {
         let pki = Pki::generate("unknownCA", &["localhost"]).unwrap();
-        let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
-        let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
+        let server = pki.server_config().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {

@@ -719,23 +719,10 @@ async fn https_endpoints_are_verified_against_the_extra_ca_unless_told_not_to() 
     use cf_audit_nozzle::source::cf_api::discover;
     use cf_audit_nozzle::source::emulator::gateway::{http_response, read_request};
     use cf_audit_nozzle::tls::Pki;
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncWriteExt, BufReader};
 
     let pki = Pki::generate("platformCA", &["127.0.0.1"]).unwrap();
-    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let server = pki.server_config().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = reqwest::Url::parse(&format!("https://{}", listener.local_addr().unwrap())).unwrap();

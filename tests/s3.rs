@@ -697,6 +697,43 @@ async fn the_audit_cursor_is_kept_in_the_s3_bucket_unless_a_file_is_named() {
     assert!(matches!(file, CursorStore::File(p) if p == std::path::Path::new("/tmp/x.json")));
 }
 
+/// Puts a small object: whether the store takes this archive's credentials
+/// and trusts its endpoint.
+async fn put_probe(archive: &Archive) -> Result<(), String> {
+    archive
+        .put_json_gz(
+            &archive.logs,
+            "audit/probe.json.gz",
+            bytes::Bytes::from_static(b"{}"),
+            &[],
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Feeds `total` app-log records through an S3 sink on `archive` and asserts
+/// each of them landed in `bucket` exactly once.
+async fn every_record_lands_once(archive: &Archive, bucket: &str, total: u64) {
+    let sink = ObjectSink::new(
+        archive.clone(),
+        roll(256 << 10, 0),
+        ctx(),
+        Kind::AppLog,
+        None,
+        None,
+        "s3",
+    );
+    let report = feed(sink, total, fast_retries(1000), |_| {}).await;
+    let s = &report.stats;
+    assert_eq!(
+        (s.received, s.delivered, s.pending(), s.dropped()),
+        (total, total, 0, 0)
+    );
+    let keys = moto::moto().list(bucket, "audit/CFLogs/");
+    assert_each_once(&read_back(archive, &keys).await, total);
+}
+
 /// Temporary credentials (an assumed role's key, secret and session token):
 /// the server refuses the key without its token, and with
 /// `session_token` (`--s3-session-token`) every record lands once.
@@ -709,66 +746,23 @@ async fn temporary_credentials_are_sent_with_their_session_token() {
     cfg.access_key_id = Some(key);
     cfg.secret_access_key = Some(secret);
 
-    let without = archive(&cfg);
-    let refused = without
-        .put_json_gz(
-            &without.logs,
-            "audit/probe.json.gz",
-            bytes::Bytes::from_static(b"{}"),
-            &[],
-        )
-        .await;
+    let refused = put_probe(&archive(&cfg)).await;
     assert!(refused.is_err(), "the key was accepted without its token");
     assert!(m.list("temporary", "audit/").is_empty());
 
     cfg.session_token = Some(token);
     let archive = archive(&cfg);
-    archive
-        .put_json_gz(
-            &archive.logs,
-            "audit/probe.json.gz",
-            bytes::Bytes::from_static(b"{}"),
-            &[],
-        )
+    put_probe(&archive)
         .await
         .expect("the key with its token is accepted");
-    let sink = ObjectSink::new(
-        archive.clone(),
-        roll(256 << 10, 0),
-        ctx(),
-        Kind::AppLog,
-        None,
-        None,
-        "s3",
-    );
-    let report = feed(sink, TOTAL, fast_retries(1000), |_| {}).await;
-    let s = &report.stats;
-    assert_eq!(
-        (s.received, s.delivered, s.pending(), s.dropped()),
-        (TOTAL, TOTAL, 0, 0)
-    );
-    let keys = m.list("temporary", "audit/CFLogs/");
-    assert_each_once(&read_back(&archive, &keys).await, TOTAL);
+    every_record_lands_once(&archive, "temporary", TOTAL).await;
 }
 
 /// A TLS-terminating forwarder in front of moto whose certificate a private
 /// CA signed (for 127.0.0.1). Returns its address and the CA (PEM).
 async fn tls_in_front_of(target: SocketAddr) -> (SocketAddr, String) {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let pki = cf_audit_nozzle::tls::Pki::generate("privateS3CA", &["127.0.0.1"]).unwrap();
-    let certs = CertificateDer::pem_slice_iter(pki.server_cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(pki.server_key_pem.as_bytes()).unwrap();
-    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .unwrap();
+    let server = pki.server_config().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -801,46 +795,13 @@ async fn an_endpoint_signed_by_a_private_ca_is_trusted_with_s3_ca() {
     let (addr, ca) = tls_in_front_of(moto_addr).await;
     cfg.endpoint = Some(format!("https://{addr}"));
 
-    let untrusted = archive(&cfg);
-    let err = untrusted
-        .put_json_gz(
-            &untrusted.logs,
-            "audit/probe.json.gz",
-            bytes::Bytes::from_static(b"{}"),
-            &[],
-        )
-        .await
-        .unwrap_err();
-    assert!(format!("{err:?}").contains("UnknownIssuer"), "{err:?}");
+    let err = put_probe(&archive(&cfg)).await.unwrap_err();
+    assert!(err.contains("UnknownIssuer"), "{err}");
 
     cfg.ca_pem = Some(ca.into_bytes());
     let archive = archive(&cfg);
-    archive
-        .put_json_gz(
-            &archive.logs,
-            "audit/probe.json.gz",
-            bytes::Bytes::from_static(b"{}"),
-            &[],
-        )
-        .await
-        .expect("the private CA is trusted");
-    let sink = ObjectSink::new(
-        archive.clone(),
-        roll(256 << 10, 0),
-        ctx(),
-        Kind::AppLog,
-        None,
-        None,
-        "s3",
-    );
-    let report = feed(sink, TOTAL, fast_retries(1000), |_| {}).await;
-    let s = &report.stats;
-    assert_eq!(
-        (s.received, s.delivered, s.pending(), s.dropped()),
-        (TOTAL, TOTAL, 0, 0)
-    );
-    let keys = m.list("private-ca", "audit/CFLogs/");
-    assert_each_once(&read_back(&archive, &keys).await, TOTAL);
+    put_probe(&archive).await.expect("the private CA is trusted");
+    every_record_lands_once(&archive, "private-ca", TOTAL).await;
 }
 
 /// `--s3-ca` is read and checked with the other options; the session token
