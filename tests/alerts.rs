@@ -143,6 +143,44 @@ async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
         .unwrap()
 }
 
+/// Waits for the first error line of alert `reason` and returns its message.
+async fn first_alert_message(lines: &Mutex<Vec<String>>, reason: &str) -> String {
+    wait_for(&format!("the {reason} log line"), || {
+        !alert_lines(lines, reason).is_empty()
+    })
+    .await;
+    let line = &alert_lines(lines, reason)[0];
+    assert_eq!(line["level"], "ERROR", "{line}");
+    line["message"].as_str().unwrap().to_string()
+}
+
+/// Waits for the first alert record of `reason` and checks its kind and
+/// title; returns its body.
+async fn first_alert_body(lines: &Mutex<Vec<String>>, reason: &str) -> String {
+    wait_for("the alert record", || {
+        !alert_records(lines, reason).is_empty()
+    })
+    .await;
+    let record = &alert_records(lines, reason)[0];
+    assert_eq!(record["kind"], "event");
+    assert_eq!(record["title"], format!("cf-audit-nozzle alert: {reason}"));
+    record["body"].as_str().unwrap().to_string()
+}
+
+/// A nozzle of `pki`'s reading the RLP at `rlp` (its client files in `tmp`).
+fn nozzle_for(
+    pki: &cf_audit_nozzle::tls::Pki,
+    tmp: &std::path::Path,
+    rlp: &str,
+    health: std::net::SocketAddr,
+) -> Command {
+    let tls = tmp.join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let mut cmd = nozzle(health);
+    run_args(&mut cmd, rlp, &tls);
+    cmd
+}
+
 /// The RLP is not there: once the source has been disconnected for the
 /// threshold (when /health turns 503), one alert: a log line naming the
 /// source, the threshold and the last error, a count, and an alert record.
@@ -150,42 +188,21 @@ async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
 async fn a_disconnected_source_raises_an_alert() {
     let pki = pki();
     let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    pki.write_client_files(&tls).unwrap();
     let health = free_addr();
-    let mut cmd = nozzle(health);
-    run_args(&mut cmd, &free_addr().to_string(), &tls);
+    let mut cmd = nozzle_for(&pki, tmp.path(), &free_addr().to_string(), health);
     cmd.args(["--sink", "stdout", "--health-disconnect-threshold", "1"]);
     let n = start(cmd);
 
-    wait_for("the source_disconnected log line", || {
-        !alert_lines(&n.stderr, "source_disconnected").is_empty()
-    })
-    .await;
-    let line = &alert_lines(&n.stderr, "source_disconnected")[0];
-    assert_eq!(line["level"], "ERROR");
-    let text = line["message"].as_str().unwrap();
+    let text = first_alert_message(&n.stderr, "source_disconnected").await;
     assert!(
         text.starts_with("source rlp has been disconnected for ")
             && text.contains(" s (threshold 1 s); last error: "),
         "{text}"
     );
-    wait_for("the alert record", || {
-        !alert_records(&n.stdout, "source_disconnected").is_empty()
-    })
-    .await;
-    let record = &alert_records(&n.stdout, "source_disconnected")[0];
-    assert_eq!(record["kind"], "event");
-    assert_eq!(
-        record["title"],
-        "cf-audit-nozzle alert: source_disconnected"
-    );
+    let body = first_alert_body(&n.stdout, "source_disconnected").await;
     assert!(
-        record["body"]
-            .as_str()
-            .unwrap()
-            .starts_with("source rlp has been disconnected for "),
-        "{record}"
+        body.starts_with("source rlp has been disconnected for "),
+        "{body}"
     );
     assert_eq!(alerts_total(health, "source_disconnected").await, 1);
     // Once per disconnection, not once per check.
@@ -202,11 +219,8 @@ async fn a_failing_audit_events_poller_raises_an_alert() {
     let pki = pki();
     let cc = cc::start().await;
     let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    pki.write_client_files(&tls).unwrap();
     let health = free_addr();
-    let mut cmd = nozzle(health);
-    run_args(&mut cmd, &free_addr().to_string(), &tls);
+    let mut cmd = nozzle_for(&pki, tmp.path(), &free_addr().to_string(), health);
     let cc_url = cc.base.lock().unwrap().clone();
     cmd.env("CF_INSTANCE_INDEX", "0")
         .env("UAA_CLIENT_SECRET", "secret")
@@ -218,21 +232,13 @@ async fn a_failing_audit_events_poller_raises_an_alert() {
         .args(["--sink", "stdout"]);
     let n = start(cmd);
 
-    wait_for("the audit_events_failing log line", || {
-        !alert_lines(&n.stderr, "audit_events_failing").is_empty()
-    })
-    .await;
-    let line = &alert_lines(&n.stderr, "audit_events_failing")[0];
-    assert_eq!(line["level"], "ERROR");
-    let text = line["message"].as_str().unwrap();
+    let text = first_alert_message(&n.stderr, "audit_events_failing").await;
     assert!(
         text.starts_with("the audit-events poller has read no page for "),
         "{text}"
     );
-    wait_for("the alert record", || {
-        !alert_records(&n.stdout, "audit_events_failing").is_empty()
-    })
-    .await;
+    let body = first_alert_body(&n.stdout, "audit_events_failing").await;
+    assert_eq!(body, text);
     assert_eq!(alerts_total(health, "audit_events_failing").await, 1);
     assert_eq!(
         cc.event_requests.load(std::sync::atomic::Ordering::SeqCst),
@@ -260,11 +266,8 @@ async fn the_log_limit_is_per_alert_reason_and_sink() {
     )
     .await;
     let tmp = tempfile::tempdir().unwrap();
-    let tls = tmp.path().join("tls");
-    pki.write_client_files(&tls).unwrap();
     let health = free_addr();
-    let mut cmd = nozzle(health);
-    run_args(&mut cmd, &emu.addr.to_string(), &tls);
+    let mut cmd = nozzle_for(&pki, tmp.path(), &emu.addr.to_string(), health);
     cmd.args(["--sink", "syslog", "--syslog-transport", "tcp"])
         .args(["--syslog-addr", &free_addr().to_string()])
         .args(["--queue-capacity", "100", "--alert-after", "10"]);

@@ -843,7 +843,7 @@ async fn a_stream_that_ends_without_any_event_is_a_failure_with_backoff() {
     assert_eq!(
         s.previous_error.unwrap(),
         format!(
-            "the RLP Gateway at {}v2/read?log&counter&gauge&timer&event&shard_id=audit answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying",
+            "the RLP Gateway at {}v2/read?log&counter&gauge&timer&event&shard_id=*** answered 200 but ended the stream without any event (the RLP behind it is likely down); retrying",
             peers.url()
         )
     );

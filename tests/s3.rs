@@ -800,7 +800,9 @@ async fn an_endpoint_signed_by_a_private_ca_is_trusted_with_s3_ca() {
 
     cfg.ca_pem = Some(ca.into_bytes());
     let archive = archive(&cfg);
-    put_probe(&archive).await.expect("the private CA is trusted");
+    put_probe(&archive)
+        .await
+        .expect("the private CA is trusted");
     every_record_lands_once(&archive, "private-ca", TOTAL).await;
 }
 
