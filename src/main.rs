@@ -3,6 +3,7 @@
 // `deny`, not `forbid`: `tune_allocator` alone allows it, with its proof.
 #![deny(unsafe_code)]
 
+use std::process::ExitCode;
 use std::time::Duration;
 
 use std::io::Write;
@@ -94,20 +95,20 @@ fn write_stdout(text: &str) -> anyhow::Result<()> {
         .context("writing to standard output")
 }
 
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     tune_allocator();
     match start() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The chain in one message, without a backtrace: these are operator errors.
             // Not eprintln!: with `2>&1 | head`, stderr is a closed pipe too.
             let _ = writeln!(std::io::stderr(), "cf-audit-nozzle: {e:#}");
-            std::process::ExitCode::from(2)
+            ExitCode::from(2)
         }
     }
 }
 
-fn start() -> anyhow::Result<()> {
+fn start() -> anyhow::Result<ExitCode> {
     let (loaded, out_dir_from_cargo) = parse_cli();
     // `run` logs to stdout (as --log-format says) unless stdout carries the
     // records; the other commands print for a person, so they log text to stderr.
@@ -189,9 +190,9 @@ fn with_every_option_in_help(cmd: clap::Command) -> clap::Command {
     cmd.after_help(text)
 }
 
-async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
+async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
     if let Command::Config(config) = &loaded.cli.command {
-        return config_command(&config.command, &loaded);
+        return config_command(&config.command, &loaded).map(|()| ExitCode::SUCCESS);
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -205,7 +206,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                 cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)
                     .await;
             let _ = writeln!(std::io::stderr(), "tail: {shown} records shown");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
             let cfg = check::validated(&args, &loaded.errors)?;
@@ -216,11 +217,26 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                 std::fs::write(path, &json)
                     .with_context(|| format!("writing --summary-file {}", path.display()))?;
             }
-            anyhow::ensure!(
-                summary.complete,
-                "sinks did not drain before the shutdown deadline"
-            );
-            Ok(())
+            if !summary.complete {
+                // Invariant 4: records lost with the process make the exit
+                // status 1 (2 stays for errors that stopped the run).
+                let sinks: Vec<String> = summary
+                    .sinks
+                    .iter()
+                    .filter_map(|s| {
+                        let n = s.not_delivered.as_ref()?;
+                        Some(format!("{} {} ({})", s.stats.name, n.records, n.reason))
+                    })
+                    .collect();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "cf-audit-nozzle: {} records not delivered: {}",
+                    summary.not_delivered,
+                    sinks.join("; ")
+                );
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
             let report = demo::run(
@@ -235,7 +251,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
             )
             .await?;
             outln!("{}", demo::render(&report));
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Keygen(args) => {
             let public = cf_audit_nozzle::integrity::keygen(&args.out, args.algorithm())?;
@@ -245,7 +261,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                 alg = public.algorithm().as_str(),
                 fp = public.fingerprint()
             );
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => {
             let report = validate(&args).await?;
@@ -254,7 +270,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
                 // validate-logs' convention: 1 when anything is invalid (2 is an error).
                 std::process::exit(1);
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Emulator(args) => {
             // Printed first: the benchmark reads the first address a line names.
@@ -306,7 +322,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<()> {
             if let Some(gateway) = gateway {
                 outln!("gateway sent {} envelopes", gateway.envelopes_sent());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

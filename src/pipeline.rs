@@ -17,7 +17,9 @@ use crate::route::{IngressSnapshot, IngressStats, Router};
 use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::stdout::StdoutSink;
 use crate::sink::syslog::SyslogSink;
-use crate::sink::{BatchConfig, SinkError, SinkQueue, SinkReport, SinkStats, run_sink};
+use crate::sink::{
+    BatchConfig, NotDelivered, SinkError, SinkQueue, SinkReport, SinkStats, run_sink,
+};
 use crate::source::rlp::{self, RlpConfig, RlpStatus};
 
 #[derive(Clone, Debug)]
@@ -57,9 +59,14 @@ pub struct Pipeline {
 pub struct Summary {
     pub ingress: IngressSnapshot,
     pub sinks: Vec<SinkReport>,
-    /// False when a sink without a disk buffer had not finished draining by
-    /// the shutdown deadline (a buffered sink keeps what it holds on disk).
+    /// False when a sink without a disk buffer ended with records neither
+    /// delivered nor counted dropped: cut off by the shutdown deadline, or
+    /// stopped with them still in flight (files it could not upload); each
+    /// such sink's report says how many and why. A buffered sink keeps
+    /// what it holds on disk. The exit status is 1 when false.
     pub complete: bool,
+    /// Records lost that way, over all sinks.
+    pub not_delivered: u64,
     /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rlp: Option<crate::source::rlp::RlpSnapshot>,
@@ -203,44 +210,56 @@ impl Pipeline {
         let ingress = self.router.stats().snapshot();
         drop(self.router);
         let until = tokio::time::Instant::now() + deadline;
-        let mut complete = true;
         let mut reports = Vec::new();
         for (name, stats, mut task) in self.sinks {
+            let buffered = stats
+                .buffer_max_bytes
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0;
             match tokio::time::timeout_at(until, &mut task).await {
                 Ok(Ok(report)) => reports.push(report),
                 Ok(Err(join)) => {
                     tracing::error!(sink = %name, error = %join, "sink task failed");
-                    complete = false;
+                    let snapshot = stats.snapshot(&name);
                     reports.push(SinkReport {
-                        stats: stats.snapshot(&name),
+                        // Even with nothing pending: a sink that failed has not finished.
+                        not_delivered: (!buffered).then(|| NotDelivered {
+                            records: snapshot.pending(),
+                            reason: format!("the sink task failed: {join}"),
+                        }),
+                        stats: snapshot,
                         outputs: Vec::new(),
                     });
                 }
                 Err(_) => {
                     let snapshot = stats.snapshot(&name);
                     task.abort();
-                    if stats
-                        .buffer_max_bytes
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        > 0
-                    {
+                    let records = snapshot.pending();
+                    let not_delivered = if buffered {
                         // Everything it holds is in its disk buffer (write-through).
                         tracing::warn!(
                             sink = name,
-                            records = snapshot.pending(),
+                            records,
                             "sink did not drain before the shutdown deadline; its records stay in the disk buffer for the next start"
                         );
+                        None
                     } else {
+                        let reason = format!(
+                            "still queued or in flight at the shutdown deadline ({}s, --shutdown-timeout)",
+                            deadline.as_secs_f64()
+                        );
                         tracing::error!(
                             sink = name,
-                            queued = snapshot.queued,
-                            "sink did not drain before the shutdown deadline"
+                            records,
+                            reason = %reason,
+                            "sink did not drain before the shutdown deadline; its records are lost"
                         );
-                        complete = false;
-                    }
+                        Some(NotDelivered { records, reason })
+                    };
                     reports.push(SinkReport {
                         stats: snapshot,
                         outputs: Vec::new(),
+                        not_delivered,
                     });
                 }
             }
@@ -250,8 +269,13 @@ impl Pipeline {
         }
         Summary {
             ingress,
+            complete: reports.iter().all(|r| r.not_delivered.is_none()),
+            not_delivered: reports
+                .iter()
+                .filter_map(|r| r.not_delivered.as_ref())
+                .map(|n| n.records)
+                .sum(),
             sinks: reports,
-            complete,
             rlp: None,
             audit: None,
         }

@@ -378,3 +378,197 @@ fn demo_prints_every_kind_and_leaves_valid_gzip_files() {
     );
     assert!(stdout.contains("dropped 0"), "{stdout}");
 }
+
+/// The binary with the s3 sink at `endpoint` (which never stores anything),
+/// its open files completed only at shutdown, /health and /metrics on `health`.
+fn s3_nozzle(
+    emu: &str,
+    tls: &std::path::Path,
+    endpoint: &str,
+    health: std::net::SocketAddr,
+    summary_file: &std::path::Path,
+) -> Command {
+    let mut cmd = nozzle();
+    run_args(&mut cmd, emu, tls);
+    cmd.env("HEALTH_ADDR", health.to_string())
+        .args(["--sink", "s3", "--s3-bucket", "audit", "--s3-path-style"])
+        .args(["--s3-endpoint", endpoint, "--s3-region", "us-east-1"])
+        .args([
+            "--s3-access-key-id",
+            "AKIATEST",
+            "--s3-secret-access-key",
+            "s3cret",
+        ])
+        .args(["--roll-interval", "3600", "--foundation", "test"])
+        .args(["--shutdown-timeout", "3"])
+        .arg("--summary-file")
+        .arg(summary_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// `cf_nozzle_ingress_envelopes_total` from /metrics (0 until it answers).
+async fn ingress_envelopes(health: std::net::SocketAddr) -> u64 {
+    let Ok(resp) = cf_audit_nozzle::config::http_client(None, false)
+        .unwrap()
+        .get(format!("http://{health}/metrics"))
+        .send()
+        .await
+    else {
+        return 0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("cf_nozzle_ingress_envelopes_total "))
+        .map_or(0, |v| v.parse().unwrap())
+}
+
+/// Starts `cmd` once the RLP has sent `n` envelopes and the nozzle received
+/// them all; SIGTERM; the exit status, the summary and stderr.
+async fn run_until_received(
+    mut cmd: Command,
+    health: std::net::SocketAddr,
+    n: u64,
+    summary_file: &std::path::Path,
+) -> (std::process::ExitStatus, serde_json::Value, String) {
+    let mut child = cmd.spawn().unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while ingress_envelopes(health).await < n {
+        assert!(
+            Instant::now() < until,
+            "the nozzle never received {n} envelopes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    terminate(&child);
+    let mut stderr = child.stderr.take().unwrap();
+    let (status, stderr) = tokio::task::spawn_blocking(move || {
+        let status = wait_exit(&mut child, Duration::from_secs(30));
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        (status, text)
+    })
+    .await
+    .unwrap();
+    let summary = serde_json::from_slice(&std::fs::read(summary_file).unwrap()).unwrap();
+    (status, summary, stderr)
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Exactly 500 envelopes: five batches of 100, then a silent open stream.
+async fn five_hundred(
+    pki: &cf_audit_nozzle::tls::Pki,
+) -> cf_audit_nozzle::source::emulator::Emulator {
+    emulator(
+        pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed: 7 },
+            batch_size: 100,
+            silent_after: Some(5),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Each sink's not-delivered records equal what it received (nothing
+/// delivered, nothing dropped), all 500 over all sinks, and the reason
+/// contains `reason`.
+fn assert_all_500_not_delivered(summary: &serde_json::Value, reason: &str) {
+    assert_eq!(summary["ingress"]["envelopes"], 500);
+    assert_eq!(summary["complete"], false);
+    assert_eq!(summary["not_delivered"], 500);
+    let sinks = summary["sinks"].as_array().unwrap();
+    let names: Vec<&str> = sinks.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["s3:api", "s3:app_log", "s3:metric", "s3:event"]);
+    let mut total = 0;
+    for s in sinks {
+        let received = s["received"].as_u64().unwrap();
+        assert_eq!(s["delivered"], 0, "{s}");
+        assert_eq!(s["dropped_write_error"], 0, "{s}");
+        assert_eq!(s["outputs"].as_array().unwrap().len(), 0, "{s}");
+        if received == 0 {
+            assert!(s.get("not_delivered").is_none(), "{s}");
+            continue;
+        }
+        assert_eq!(
+            s["not_delivered"]["records"].as_u64(),
+            Some(received),
+            "{s}"
+        );
+        let why = s["not_delivered"]["reason"].as_str().unwrap();
+        assert!(why.contains(reason), "{why}");
+        total += received;
+    }
+    assert_eq!(total, 500);
+}
+
+/// An S3 store that refuses connections: the files completed at shutdown
+/// cannot be uploaded. The nozzle used to exit 0 with them reported only as
+/// `in_flight`; the records are lost with the process, so the exit status
+/// is 1 and the summary and stderr say how many and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_an_unbuffered_s3_sink_could_not_upload_make_the_exit_status_1() {
+    let pki = pki();
+    let emu = five_hundred(&pki).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let summary_file = tmp.path().join("summary.json");
+    // A port nothing listens on.
+    let closed = format!("http://{}", free_addr());
+    let health = free_addr();
+    let cmd = s3_nozzle(&emu.addr.to_string(), &tls, &closed, health, &summary_file);
+    let (status, summary, stderr) = run_until_received(cmd, health, 500, &summary_file).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_all_500_not_delivered(
+        &summary,
+        "completed file(s) not uploaded: PUT s3://audit/CFLogs/test/",
+    );
+    assert!(
+        stderr.contains("cf-audit-nozzle: 500 records not delivered: s3:api "),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+/// An S3 store that takes the connection and never answers: the sinks are
+/// still uploading at the shutdown deadline. Exit status 1 (it was 2, the
+/// status of an error that stopped the run), with the deadline as reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_an_unbuffered_sink_still_holds_at_the_deadline_make_the_exit_status_1() {
+    let pki = pki();
+    let emu = five_hundred(&pki).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let summary_file = tmp.path().join("summary.json");
+    // Connections complete in the backlog and are never answered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let health = free_addr();
+    let cmd = s3_nozzle(
+        &emu.addr.to_string(),
+        &tls,
+        &endpoint,
+        health,
+        &summary_file,
+    );
+    let (status, summary, stderr) = run_until_received(cmd, health, 500, &summary_file).await;
+    drop(silent);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_all_500_not_delivered(
+        &summary,
+        "still queued or in flight at the shutdown deadline (3s, --shutdown-timeout)",
+    );
+    assert!(
+        stderr.contains("cf-audit-nozzle: 500 records not delivered: s3:api "),
+        "{stderr}"
+    );
+}

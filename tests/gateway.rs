@@ -87,6 +87,7 @@ fn config(peers: &Peers, tokens: TokenProvider) -> GatewayConfig {
         idle_timeout: IDLE_TIMEOUT,
         max_frame_bytes: gateway::DEFAULT_MAX_FRAME_BYTES,
         handover: gateway::HANDOVER_LEAD,
+        max_response_bytes: cf_audit_nozzle::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES,
     }
 }
 
@@ -907,4 +908,104 @@ async fn a_line_over_the_frame_limit_is_skipped_and_counted_and_one_that_never_e
         "the first stream went on: {s:?}"
     );
     assert_eq!(s.disconnects["idle"], 1, "the endless line is cut: {s:?}");
+}
+
+/// A CF API root linking to itself as UAA and log stream, whose UAA answers
+/// a valid token response of about 70 KB (a token carrying many scopes).
+async fn cf_with_a_large_token_response() -> reqwest::Url {
+    use axum::routing::{get, post};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let root = serde_json::json!({"links": {
+        "uaa": {"href": base},
+        "log_stream": {"href": base},
+    }})
+    .to_string();
+    let token = serde_json::json!({
+        "access_token": "t".repeat(70_000),
+        "token_type": "bearer",
+        "expires_in": 600,
+    })
+    .to_string();
+    let app = axum::Router::new()
+        .route("/", get(move || async move { root }))
+        .route("/oauth/token", post(move || async move { token }));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    reqwest::Url::parse(&base).unwrap()
+}
+
+/// The gateway source's configuration from `run` arguments.
+fn gateway_config(args: &[&str]) -> GatewayConfig {
+    use cf_audit_nozzle::config::{Cli, Command};
+    use cf_audit_nozzle::pipeline::SourceConfig;
+    use clap::Parser;
+    let argv = ["cf-audit-nozzle", "run", "--source", "gateway"];
+    let creds = ["--uaa-client-id", "n", "--uaa-client-secret", "s"];
+    let cli = Cli::try_parse_from(argv.iter().chain(&creds).chain(args)).unwrap();
+    let Command::Run(run) = cli.command else {
+        unreachable!()
+    };
+    match run.validate().unwrap().source {
+        SourceConfig::Gateway(g) => *g,
+        SourceConfig::Rlp(_) => unreachable!("--source gateway"),
+    }
+}
+
+/// `--cf-max-response-bytes` caps the gateway's UAA token response as it
+/// does the audit-events poller's: given endpoints (the token provider the
+/// configuration builds) and discovered ones (the provider built after
+/// discovery). They used the fixed 16 MiB default.
+#[tokio::test]
+async fn the_gateways_uaa_token_response_is_capped_by_cf_max_response_bytes() {
+    let base = cf_with_a_large_token_response().await;
+    let cap = ["--cf-max-response-bytes", "65536"];
+    let given = ["--gateway-url", base.as_str(), "--uaa-url", base.as_str()];
+    let tokens = |cfg: GatewayConfig| match cfg.endpoints {
+        GatewayEndpoints::Given { tokens, .. } => tokens,
+        GatewayEndpoints::Discover { .. } => unreachable!("both URLs given"),
+    };
+    // The same answer is a good token under the default cap.
+    let token = tokens(gateway_config(&given))
+        .authorization()
+        .await
+        .unwrap();
+    assert!(
+        token == format!("bearer {}", "t".repeat(70_000)),
+        "{} bytes",
+        token.len()
+    );
+    let capped = gateway_config(&[&given[..], &cap[..]].concat());
+    assert_eq!(capped.max_response_bytes, 65536);
+    let err = match tokens(capped).authorization().await {
+        Ok(t) => panic!("a token of {} bytes was accepted", t.len()),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("the answer is larger than 65536 bytes (--cf-max-response-bytes)"),
+        "{err}"
+    );
+
+    // Discovered from --cf-api: the source reports the same refusal.
+    let cfg = gateway_config(&["--cf-api", base.as_str(), cap[0], cap[1]]);
+    assert!(matches!(cfg.endpoints, GatewayEndpoints::Discover { .. }));
+    assert_eq!(cfg.max_response_bytes, 65536);
+    let status = Arc::new(SourceStatus::default());
+    let stop = CancellationToken::new();
+    let router = Arc::new(Router::new(Vec::new(), false));
+    let source = tokio::spawn(gateway::run(cfg, router, Arc::clone(&status), stop.clone()));
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        if let Some(e) = status.snapshot().last_error {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < until, "no error reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.cancel();
+    source.await.unwrap();
+    assert!(
+        err.contains("the answer is larger than 65536 bytes (--cf-max-response-bytes)"),
+        "{err}"
+    );
+    assert!(err.contains("UAA"), "{err}");
 }

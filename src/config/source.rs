@@ -146,6 +146,7 @@ impl SourceArgs {
         let placeholder = reqwest::Url::parse("https://uaa.invalid").expect("static URL");
         let uaa = cf.uaa_config(errors, uaa_url.as_ref().unwrap_or(&placeholder));
         let http = cf.http_client(errors);
+        let max_body = cf.max_response_bytes(errors);
         if errors.len() > before {
             return None;
         }
@@ -153,7 +154,7 @@ impl SourceArgs {
         let endpoints = match (gateway_url, uaa_url, cf_api) {
             (Some(url), Some(_), _) => GatewayEndpoints::Given {
                 url,
-                tokens: TokenProvider::new(uaa, http.clone()),
+                tokens: TokenProvider::with_limit(uaa, http.clone(), max_body),
             },
             (gateway_url, uaa_url, Some(cf_api)) => GatewayEndpoints::Discover {
                 cf_api,
@@ -172,6 +173,7 @@ impl SourceArgs {
             idle_timeout: IDLE_TIMEOUT,
             max_frame_bytes: usize::try_from(self.gateway_max_frame_bytes).unwrap_or(usize::MAX),
             handover: Duration::from_secs(self.gateway_handover),
+            max_response_bytes: max_body,
         })
     }
 }

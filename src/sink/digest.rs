@@ -220,6 +220,7 @@ pub async fn run_digest_chain(
     SinkReport {
         stats: stats.snapshot(&name),
         outputs,
+        not_delivered: None,
     }
 }
 

@@ -159,6 +159,14 @@ pub trait Sink: Send + 'static {
     fn take_rejected(&mut self) -> Vec<(usize, SinkError)> {
         Vec::new()
     }
+
+    /// Why the records the sink still holds after its last roll at
+    /// shutdown were not delivered (e.g. the upload error of the files an
+    /// object sink could not upload), for the summary; `None` to say only
+    /// that they were still queued or in flight.
+    fn undelivered_reason(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The records of one outstanding request, counted `in_flight` instead of
@@ -669,4 +677,15 @@ pub struct SinkReport {
     #[serde(flatten)]
     pub stats: SinkSnapshot,
     pub outputs: Vec<Output>,
+    /// Records of a sink without a disk buffer that were neither delivered
+    /// nor counted dropped when the run ended: lost with the process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_delivered: Option<NotDelivered>,
+}
+
+/// Records a sink without a disk buffer still held at exit, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NotDelivered {
+    pub records: u64,
+    pub reason: String,
 }

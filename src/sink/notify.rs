@@ -121,5 +121,6 @@ async fn run(
     SinkReport {
         stats: stats.snapshot(&name),
         outputs: Vec::new(),
+        not_delivered: None,
     }
 }

@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
 
-use super::{BatchConfig, DeadLetter, Intake, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
+use super::{
+    BatchConfig, DeadLetter, Intake, NotDelivered, Sink, SinkError, SinkFailure, SinkReport,
+    SinkStats,
+};
 use crate::record::Record;
 use crate::source::Backoff;
 
@@ -91,10 +94,38 @@ pub async fn run_sink<S: Sink>(
     .await;
     roll(&mut sink, &stats, &mut intake, &mut stamps).await;
     intake.sync();
+    let snapshot = stats.snapshot(sink.name());
     SinkReport {
-        stats: stats.snapshot(sink.name()),
+        not_delivered: not_delivered(&sink, &stats, &snapshot),
+        stats: snapshot,
         outputs: sink.outputs(),
     }
+}
+
+/// After the last roll: what a sink without a disk buffer still holds is
+/// lost with the process (a buffered sink keeps it on disk for the next start).
+fn not_delivered<S: Sink>(
+    sink: &S,
+    stats: &SinkStats,
+    snapshot: &super::SinkSnapshot,
+) -> Option<NotDelivered> {
+    let records = snapshot.pending();
+    if records == 0 {
+        return None;
+    }
+    if stats.buffer_max_bytes.load(Ordering::Relaxed) > 0 {
+        tracing::warn!(
+            sink = sink.name(),
+            records,
+            "sink stopped with records not delivered; they stay in the disk buffer for the next start"
+        );
+        return None;
+    }
+    let reason = sink
+        .undelivered_reason()
+        .unwrap_or_else(|| "still queued or in flight when the sink stopped".to_string());
+    tracing::error!(sink = sink.name(), records, reason = %reason, "sink stopped with records not delivered; they are lost");
+    Some(NotDelivered { records, reason })
 }
 
 async fn write_pending<S: Sink>(

@@ -246,6 +246,8 @@ pub struct ObjectSink {
     /// body's size and an eighth (growing a 12 MB body by doubling from
     /// 1 MB copied it four times and faulted in fresh pages each time).
     body_capacity: usize,
+    /// The last upload's error, while completed files wait in `ready`.
+    last_error: Option<String>,
 }
 
 impl ObjectSink {
@@ -271,6 +273,7 @@ impl ObjectSink {
             notifier,
             written: Vec::new(),
             body_capacity: 1 << 20,
+            last_error: None,
         }
     }
 
@@ -306,9 +309,15 @@ impl ObjectSink {
     /// Uploads the completed files in order; stops at the first failure.
     async fn upload(&mut self) -> Result<(), ArchiveError> {
         while let Some(next) = self.ready.front() {
-            self.archive
+            if let Err(e) = self
+                .archive
                 .put_json_gz(&self.archive.logs, &next.key, next.body.clone(), &[])
-                .await?;
+                .await
+            {
+                self.last_error = Some(e.to_string());
+                return Err(e);
+            }
+            self.last_error = None;
             let done = self.ready.pop_front().expect("front exists");
             tracing::info!(kind = %self.kind, records = done.records, object = %self.archive.location(&done.key), "object delivered");
             self.delivered_unreported += done.records;
@@ -390,6 +399,17 @@ impl Sink for ObjectSink {
 
     fn outputs(&self) -> Vec<Output> {
         self.written.clone()
+    }
+
+    fn undelivered_reason(&self) -> Option<String> {
+        if self.ready.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} completed file(s) not uploaded: {}",
+            self.ready.len(),
+            self.last_error.as_deref().unwrap_or("no upload attempted")
+        ))
     }
 }
 

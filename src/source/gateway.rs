@@ -137,6 +137,10 @@ pub struct GatewayConfig {
     /// Open the next stream this long before the current one's expected
     /// end; zero turns the handover off.
     pub handover: Duration,
+    /// The largest UAA or CF API body read when discovering the endpoints
+    /// (`--cf-max-response-bytes`); a [`GatewayEndpoints::Given`] token
+    /// provider carries its own.
+    pub max_response_bytes: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,19 +273,21 @@ async fn resolve(cfg: &GatewayConfig) -> Result<Target, GatewayError> {
             client_id,
             client_secret,
         } => {
-            let found = cf_api::discover(&cfg.http, cf_api).await?;
+            let found =
+                cf_api::discover_with_limit(&cfg.http, cf_api, cfg.max_response_bytes).await?;
             let gateway = match (gateway_url.clone(), found.log_stream) {
                 (Some(u), _) | (None, Some(u)) => u,
                 (None, None) => return Err(GatewayError::NoLogStream(cf_api.to_string())),
             };
             let uaa = uaa_url.clone().unwrap_or(found.uaa);
-            let tokens = TokenProvider::new(
+            let tokens = TokenProvider::with_limit(
                 UaaConfig {
                     token_url: UaaConfig::token_url_of(&uaa),
                     client_id: client_id.clone(),
                     client_secret: client_secret.clone(),
                 },
                 cfg.http.clone(),
+                cfg.max_response_bytes,
             );
             Ok(Target::new(&gateway, &cfg.streams, tokens))
         }
