@@ -707,7 +707,7 @@ async fn temporary_credentials_are_sent_with_their_session_token() {
     let mut cfg = m.bucket("temporary");
     let (key, secret, token) = m.assume_role();
     cfg.access_key_id = Some(key);
-    cfg.secret_access_key = Some(secret);
+    cfg.secret_access_key = Some(secret.into());
 
     let without = archive(&cfg);
     let refused = without
@@ -721,7 +721,7 @@ async fn temporary_credentials_are_sent_with_their_session_token() {
     assert!(refused.is_err(), "the key was accepted without its token");
     assert!(m.list("temporary", "audit/").is_empty());
 
-    cfg.session_token = Some(token);
+    cfg.session_token = Some(token.into());
     let archive = archive(&cfg);
     archive
         .put_json_gz(
@@ -1106,9 +1106,9 @@ async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
         "{targets:?}"
     );
     let archive = archive(&S3Config {
-        session_token: Some(token),
+        session_token: Some(token.into()),
         access_key_id: Some(key),
-        secret_access_key: Some(secret),
+        secret_access_key: Some(secret.into()),
         ..m.config("proxied")
     });
     let body = archive.get(&archive.logs, &keys[0]).await.unwrap().body;
