@@ -600,7 +600,7 @@ fn s3_options_are_checked_with_the_others_and_secrets_stay_hidden() {
     let cfg = moto_free_config();
     let debug = format!("{cfg:?}");
     assert!(
-        !debug.contains("s3cr3t") && debug.contains("<hidden>"),
+        !debug.contains("s3cr3t") && debug.contains("Secret(********)"),
         "{debug}"
     );
 }
