@@ -501,18 +501,54 @@ impl RunArgs {
         if self.cf.skip_tls_verify {
             w.push("TLS certificate verification of the CF API, UAA and RLP Gateway is off (--skip-tls-verify): anyone on the path can read the token and alter the firehose".to_string());
         }
-        for (flag, url) in [
-            ("--cf-api (CF_API)", &self.cf.cf_api),
-            ("--uaa-url (UAA_URL)", &self.cf.uaa_url),
-            ("--gateway-url (GATEWAY_URL)", &self.input.gateway_url),
+        const PLATFORM: &str =
+            "the UAA client secret, the tokens and the data cross the network unencrypted";
+        let sinks = &self.output.sink;
+        let s3 = &self.output.s3;
+        // The S3 endpoint as the sink uses it: the flag, else a binding's.
+        let s3_endpoint = s3.s3_endpoint.clone().or_else(|| {
+            let vcap = std::env::var("VCAP_SERVICES").ok()?;
+            vcap_s3(&vcap)?.endpoint
+        });
+        // Notifications go out from the object writer: the s3 sink, or
+        // the file sink with a signing key.
+        let object_sink = sinks.contains(&SinkKind::S3)
+            || (sinks.contains(&SinkKind::File) && s3.signing_key.is_some());
+        let gateway = self.input.source == SourceKind::Gateway;
+        for (used, flag, url, what) in [
+            (true, "--cf-api (CF_API)", &self.cf.cf_api, PLATFORM),
+            (true, "--uaa-url (UAA_URL)", &self.cf.uaa_url, PLATFORM),
+            (
+                gateway,
+                "--gateway-url (GATEWAY_URL)",
+                &self.input.gateway_url,
+                PLATFORM,
+            ),
+            (
+                sinks.contains(&SinkKind::Http),
+                "--http-url (HTTP_URL)",
+                &self.output.http.http_url,
+                "the records, the HEC token and the --http-header values cross the network unencrypted",
+            ),
+            (
+                sinks.contains(&SinkKind::S3),
+                "--s3-endpoint (S3_ENDPOINT)",
+                &s3_endpoint,
+                "the log files, the digests and any session token cross the network unencrypted",
+            ),
+            (
+                object_sink,
+                "--notify-url (NOTIFY_URL)",
+                &s3.notify_url,
+                "the delivery notifications (bucket and object keys) cross the network unencrypted",
+            ),
         ] {
-            if url
-                .as_deref()
-                .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("http://"))
+            if used
+                && url
+                    .as_deref()
+                    .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("http://"))
             {
-                w.push(format!(
-                    "{flag} is plain http://: the UAA client secret, the tokens and the data cross the network unencrypted (use https://)"
-                ));
+                w.push(format!("{flag} is plain http://: {what} (use https://)"));
             }
         }
         if self.output.sink.contains(&SinkKind::S3) && self.output.s3.s3_sse == SseArg::None {

@@ -9,6 +9,83 @@
 /// What hidden parts of a URL are shown as.
 pub const HIDDEN: &str = "***";
 
+/// What a [`Secret`] (and a secret option's value in `config check`) is
+/// shown as.
+pub const MASK: &str = "********";
+
+/// A value that must never be shown: a client secret, a token, a password,
+/// a header value, private-key material. `Debug` prints `Secret(********)`
+/// and `Display` prints `********`, so a struct holding one can derive
+/// `Debug` and still never put the value in a log line; the value is used
+/// through [`Secret::expose`], a name that stands out where it is read.
+/// There is no `Serialize`: nothing writes a secret out by accident.
+///
+/// As a clap option's type (`Option<Secret>`), the value is taken as given
+/// (`From<String>`, no parse error that could echo it).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret<T = String>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+}
+
+impl Secret {
+    /// The value itself, for the one place that sends or checks it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Secret<Vec<u8>> {
+    /// The bytes themselves (e.g. a private key's PEM), for the TLS setup.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({MASK})")
+    }
+}
+
+impl<T> std::fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(MASK)
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl From<Vec<u8>> for Secret<Vec<u8>> {
+    fn from(value: Vec<u8>) -> Self {
+        Self(value)
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(s.into())
+    }
+}
+
 /// `text` (a URL, or what was given as one) with its user information and
 /// query values hidden: `https://***@host/path?token=***`.
 pub fn url(text: &str) -> String {
@@ -156,5 +233,147 @@ mod tests {
             urls_in("ftp://u:p@siem?token=t,s3://k@b/x s3://k@b/y ://x"),
             "ftp://***@siem/?token=*** s3://***@b/y ://x"
         );
+    }
+
+    #[test]
+    fn a_secret_shows_only_its_mask_and_is_used_through_expose() {
+        let s = Secret::from("hunter2-SECRET");
+        assert_eq!(format!("{s:?}"), "Secret(********)");
+        assert_eq!(format!("{s:#?}"), "Secret(********)");
+        assert_eq!(format!("{s}"), "********");
+        assert_eq!(s.expose(), "hunter2-SECRET");
+        assert_eq!("hunter2-SECRET".parse::<Secret>().unwrap(), s);
+        let key = Secret::from(b"-----BEGIN PRIVATE KEY-----".to_vec());
+        assert_eq!(format!("{key:?} {key}"), "Secret(********) ********");
+        assert_eq!(key.expose(), b"-----BEGIN PRIVATE KEY-----");
+    }
+
+    /// Every configuration struct that holds a secret, built the way `run`
+    /// builds it where it can be (from parsed options), in `Debug`: no
+    /// secret's text, no password of a URL, and each secret as the mask.
+    #[test]
+    fn no_configuration_struct_shows_a_secret_in_debug() {
+        use crate::config::{Cli, Command};
+        use clap::Parser;
+        use std::sync::Arc;
+        const SECRETS: [&str; 9] = [
+            "uaa-S1",
+            "hec-S2",
+            "hdr-S3",
+            "s3key-S4",
+            "s3tok-S5",
+            "pemkey-S6",
+            "metrics-S7",
+            "urlpw-S8",
+            "vcap-S9",
+        ];
+        let cli = Cli::try_parse_from([
+            "cf-audit-nozzle",
+            "run",
+            "--source",
+            "gateway",
+            "--cf-api",
+            "https://admin:urlpw-S8@api.example.com",
+            "--uaa-client-id",
+            "nozzle",
+            "--uaa-client-secret",
+            "uaa-S1",
+            "--http-url",
+            "https://siem.example.com",
+            "--hec-token",
+            "hec-S2",
+            "--http-header",
+            "Authorization: Bearer hdr-S3",
+            "--s3-bucket",
+            "b",
+            "--s3-access-key-id",
+            "AKID",
+            "--s3-secret-access-key",
+            "s3key-S4",
+            "--s3-session-token",
+            "s3tok-S5",
+            "--signing-key",
+            "-----BEGIN PRIVATE KEY-----\npemkey-S6\n-----END PRIVATE KEY-----",
+            "--metrics-auth",
+            "prom:metrics-S7",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("run")
+        };
+        let mut errors = Vec::new();
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        let uaa = run
+            .cf
+            .uaa_config(&mut errors, &url("https://u:urlpw-S8@uaa.example.com"))
+            .unwrap();
+        let streams = run.input.streams(&mut errors, "shard");
+        let gateway = run.input.gateway(&mut errors, &run.cf, streams).unwrap();
+        let s3 = run
+            .output
+            .s3
+            .s3_config_with(None, None, &mut errors)
+            .unwrap();
+        let vcap = crate::config::vcap_s3(
+            r#"{"s3":[{"credentials":{"bucket":"b","access_key_id":"AK","secret_access_key":"vcap-S9","session_token":"vcap-S9"}}]}"#,
+        )
+        .unwrap();
+        let (telemetry, _) = run.telemetry.config(None, &mut errors);
+        assert_eq!(errors, Vec::<String>::new());
+        let cc = crate::source::cloud_controller::CcAccess {
+            cf_api: url("https://api.example.com"),
+            uaa: None,
+            client_id: "nozzle".into(),
+            client_secret: "uaa-S1".into(),
+            http: gateway.http.clone(),
+            max_body: 1,
+        };
+        let http = crate::sink::http::HttpSinkConfig {
+            url: "https://u:urlpw-S8@siem.example.com/?token=urlpw-S8".into(),
+            format: crate::sink::http::HttpFormat::Hec,
+            hec_token: Some("hec-S2".into()),
+            hec_index: Default::default(),
+            headers: vec![("Authorization".into(), "Bearer hdr-S3".into())],
+            gzip: true,
+            tls: Arc::new(crate::tls::rustls_client_config("t", None, None).unwrap()),
+            tls_verify: true,
+            timeout: std::time::Duration::from_secs(1),
+            concurrency: 1,
+            max_request_bytes: 1,
+            acks: None,
+        };
+        let client_tls = crate::tls::ClientTls {
+            ca_pem: Vec::new(),
+            cert_pem: Vec::new(),
+            key_pem: b"pemkey-S6".to_vec().into(),
+            ca_origin: "ca.pem".into(),
+        };
+        // (struct, its Debug, secrets masked in it, URL passwords hidden
+        // too: the options keep URLs as given, the validated structs hide
+        // their user information).
+        let cases: Vec<(&str, String, usize, bool)> = vec![
+            ("RunArgs", format!("{run:?}"), 7, false),
+            ("UaaConfig", format!("{uaa:?}"), 1, true),
+            ("GatewayConfig", format!("{gateway:?}"), 1, true),
+            ("CcAccess", format!("{cc:?}"), 1, true),
+            ("HttpSinkConfig", format!("{http:?}"), 2, true),
+            ("S3Config", format!("{s3:?}"), 2, true),
+            ("VcapS3", format!("{vcap:?}"), 2, true),
+            ("TelemetryConfig", format!("{telemetry:?}"), 1, true),
+            ("ClientTls", format!("{client_tls:?}"), 1, true),
+        ];
+        for (name, text, masked, urls_hidden) in cases {
+            for secret in SECRETS {
+                if secret == "urlpw-S8" && !urls_hidden {
+                    continue;
+                }
+                assert!(!text.contains(secret), "{name} shows {secret}: {text}");
+            }
+            assert_eq!(
+                text.matches("Secret(********)").count(),
+                masked,
+                "{name}: {text}"
+            );
+        }
     }
 }

@@ -67,16 +67,10 @@ pub struct ListenerStats {
     pub accept_errors: AtomicU64,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BasicAuth {
     pub user: String,
-    pub password: String,
-}
-
-impl std::fmt::Debug for BasicAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BasicAuth({:?}, ****)", self.user)
-    }
+    pub password: crate::redact::Secret,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -902,8 +896,11 @@ fn router(view: Arc<View>, auth: Option<BasicAuth>) -> axum::Router {
 
 fn authorized(headers: &HeaderMap, auth: &BasicAuth) -> bool {
     use base64::Engine;
-    let expected = base64::engine::general_purpose::STANDARD
-        .encode(format!("{}:{}", auth.user, auth.password));
+    let expected = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        auth.user,
+        auth.password.expose()
+    ));
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -37,17 +37,18 @@ pub enum TlsError {
 pub struct ClientTls {
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
-    pub key_pem: Vec<u8>,
+    pub key_pem: crate::redact::Secret<Vec<u8>>,
     /// Where the CA came from, so errors can name it.
     pub ca_origin: String,
 }
 
 impl std::fmt::Debug for ClientTls {
-    // The private key never reaches a log line.
+    // Written out to keep the certificates' bytes out (they are public, but
+    // long); the key shows itself masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientTls")
             .field("ca_origin", &self.ca_origin)
-            .field("key_pem", &"<redacted>")
+            .field("key_pem", &self.key_pem)
             .finish_non_exhaustive()
     }
 }
@@ -60,12 +61,12 @@ impl ClientTls {
         let tls = Self {
             ca_pem: read_pem("CA certificate", ca, "CERTIFICATE")?,
             cert_pem: read_pem("client certificate", cert, "CERTIFICATE")?,
-            key_pem: read_pem("client key", key, "PRIVATE KEY")?,
+            key_pem: read_pem("client key", key, "PRIVATE KEY")?.into(),
             ca_origin: ca.display().to_string(),
         };
         check_identity(
             (cert, &tls.cert_pem),
-            (key, &tls.key_pem),
+            (key, tls.key_pem.expose()),
             std::time::SystemTime::now(),
         )?;
         Ok(tls)
@@ -236,7 +237,7 @@ impl Pki {
         ClientTls {
             ca_pem: self.ca_pem.clone().into_bytes(),
             cert_pem: self.client_cert_pem.clone().into_bytes(),
-            key_pem: self.client_key_pem.clone().into_bytes(),
+            key_pem: self.client_key_pem.clone().into_bytes().into(),
             ca_origin: "the generated demo CA".to_string(),
         }
     }

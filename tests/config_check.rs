@@ -504,3 +504,82 @@ fn zero_timeouts_and_duplicate_sinks_are_errors_plain_http_a_warning() {
         ]
     );
 }
+
+/// Plain `http://` in a sink's URL is a warning saying what crosses the
+/// network unencrypted, given only for what is in use: `--gateway-url`
+/// without the gateway source, `--http-url` without the http sink and the
+/// like say nothing.
+#[test]
+fn plain_http_urls_are_warnings_where_they_are_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let warnings = |cmd: &mut Command| -> Vec<String> {
+        let out = cmd
+            .args(["--gateway-url", "http://log-stream.example.com"])
+            .args(["--http-url", "http://siem.example.com:8088"])
+            .args(["--hec-token", "t", "--s3-bucket", "b"])
+            .args(["--s3-endpoint", "http://127.0.0.1:9000"])
+            .args(["--notify-url", "http://hooks.example.com/landed"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("warning: "))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let mut cmd = nozzle(tmp.path());
+    cmd.args(["config", "check", "--source", "gateway"])
+        .args(["--cf-api", "https://api.example.com"])
+        .args(["--uaa-client-id", "n", "--uaa-client-secret", "s"])
+        .args(["--sink", "http,s3"]);
+    assert_eq!(
+        warnings(&mut cmd),
+        [
+            "--gateway-url (GATEWAY_URL) is plain http://: the UAA client secret, the tokens and the data cross the network unencrypted (use https://)",
+            "--http-url (HTTP_URL) is plain http://: the records, the HEC token and the --http-header values cross the network unencrypted (use https://)",
+            "--s3-endpoint (S3_ENDPOINT) is plain http://: the log files, the digests and any session token cross the network unencrypted (use https://)",
+            "--notify-url (NOTIFY_URL) is plain http://: the delivery notifications (bucket and object keys) cross the network unencrypted (use https://)",
+        ]
+    );
+
+    // The RLP source and the stdout sink use none of those URLs.
+    let pki = cf_audit_nozzle::tls::Pki::generate("warnCA", &["reverselogproxy"]).unwrap();
+    let rlp = tmp.path().join("rlp");
+    pki.write_client_files(&rlp).unwrap();
+    let rlp_args = |cmd: &mut Command| {
+        cmd.args(["config", "check", "--rlp-addr", "rlp:8082"])
+            .arg("--rlp-ca")
+            .arg(rlp.join("ca.pem"))
+            .arg("--rlp-cert")
+            .arg(rlp.join("client.pem"))
+            .arg("--rlp-key")
+            .arg(rlp.join("client-key.pem"));
+    };
+    let mut cmd = nozzle(tmp.path());
+    rlp_args(&mut cmd);
+    cmd.args(["--sink", "stdout"]);
+    assert_eq!(warnings(&mut cmd), Vec::<String>::new());
+
+    // The file sink with a signing key notifies as the s3 sink does.
+    let keys = tmp.path().join("keys");
+    let out = nozzle(tmp.path())
+        .arg("keygen")
+        .arg("--out")
+        .arg(&keys)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", text(&out));
+    let mut cmd = nozzle(tmp.path());
+    rlp_args(&mut cmd);
+    cmd.args(["--sink", "file", "--signing-key"])
+        .arg(keys.join("signing-key.pem"));
+    assert_eq!(
+        warnings(&mut cmd),
+        [
+            "--notify-url (NOTIFY_URL) is plain http://: the delivery notifications (bucket and object keys) cross the network unencrypted (use https://)"
+        ]
+    );
+}

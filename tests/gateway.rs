@@ -66,7 +66,7 @@ fn uaa_tokens(peers: &Peers) -> TokenProvider {
         UaaConfig {
             token_url: UaaConfig::token_url_of(&peers.url()),
             client_id: peers.client_id.clone(),
-            client_secret: peers.client_secret.clone(),
+            client_secret: peers.client_secret.clone().into(),
         },
         http_client(None, false).unwrap(),
     )

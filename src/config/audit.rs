@@ -242,7 +242,7 @@ fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
         cf.cf_api_url(errors)
     };
     let uaa = cf.uaa_url.as_ref().and_then(|_| cf.uaa_url(errors));
-    let mut need = |v: &Option<String>, flag: &str| match v.as_deref() {
+    let mut need = |v: Option<&str>, flag: &str| match v {
         Some(s) if !s.is_empty() => Some(s.to_string()),
         _ => {
             errors.push(format!(
@@ -251,9 +251,12 @@ fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
             None
         }
     };
-    let client_id = need(&cf.uaa_client_id, "--uaa-client-id (UAA_CLIENT_ID)");
+    let client_id = need(
+        cf.uaa_client_id.as_deref(),
+        "--uaa-client-id (UAA_CLIENT_ID)",
+    );
     let client_secret = need(
-        &cf.uaa_client_secret,
+        cf.uaa_client_secret.as_ref().map(|s| s.expose()),
         "--uaa-client-secret (UAA_CLIENT_SECRET)",
     );
     let http = cf.http_client(errors);
@@ -262,7 +265,7 @@ fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
         cf_api: cf_api?,
         uaa,
         client_id: client_id?,
-        client_secret: client_secret?,
+        client_secret: client_secret?.into(),
         http: http?,
         max_body,
     })

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::redact::Secret;
 use crate::source::uaa::UaaConfig;
 
 /// Time to set up a TCP (and TLS) connection to UAA, CC or the gateway.
@@ -63,7 +64,7 @@ pub fn same_origin_redirects() -> reqwest::redirect::Policy {
     })
 }
 
-#[derive(Args)]
+#[derive(Debug, Args)]
 pub struct CfArgs {
     /// Cloud Foundry API URL (https://api.<system domain>); UAA and the RLP Gateway are discovered from it.
     #[arg(long, env = "CF_API")]
@@ -76,7 +77,7 @@ pub struct CfArgs {
     pub uaa_client_id: Option<String>,
     /// Secret of --uaa-client-id.
     #[arg(long, env = "UAA_CLIENT_SECRET", hide_env_values = true)]
-    pub uaa_client_secret: Option<String>,
+    pub uaa_client_secret: Option<Secret>,
     /// Extra CA certificate(s) (PEM) trusted for the CF API, UAA and the gateway, besides the Mozilla roots.
     #[arg(long, env = "CA_FILE")]
     pub ca_file: Option<PathBuf>,
@@ -86,24 +87,6 @@ pub struct CfArgs {
     /// Largest body read from Cloud Controller and UAA by the audit-events poller and enrichment; a larger answer is refused and counted (an audit-events page is asked for again in smaller pages).
     #[arg(long, env = "CF_MAX_RESPONSE_BYTES", default_value_t = crate::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES)]
     pub cf_max_response_bytes: usize,
-}
-
-impl std::fmt::Debug for CfArgs {
-    // The client secret never reaches a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CfArgs")
-            .field("cf_api", &self.cf_api)
-            .field("uaa_url", &self.uaa_url)
-            .field("uaa_client_id", &self.uaa_client_id)
-            .field(
-                "uaa_client_secret",
-                &self.uaa_client_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("ca_file", &self.ca_file)
-            .field("skip_tls_verify", &self.skip_tls_verify)
-            .field("cf_max_response_bytes", &self.cf_max_response_bytes)
-            .finish()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +110,7 @@ impl CfArgs {
 
     /// The UAA client for a UAA base URL, or a problem for each missing credential.
     pub fn uaa_config(&self, errors: &mut Vec<String>, uaa: &reqwest::Url) -> Option<UaaConfig> {
-        let mut need = |v: &Option<String>, flag: &str| match v.as_deref() {
+        let mut need = |v: Option<&str>, flag: &str| match v {
             Some(s) if !s.is_empty() => Some(s.to_string()),
             _ => {
                 errors.push(format!(
@@ -136,15 +119,18 @@ impl CfArgs {
                 None
             }
         };
-        let client_id = need(&self.uaa_client_id, "--uaa-client-id (UAA_CLIENT_ID)");
+        let client_id = need(
+            self.uaa_client_id.as_deref(),
+            "--uaa-client-id (UAA_CLIENT_ID)",
+        );
         let client_secret = need(
-            &self.uaa_client_secret,
+            self.uaa_client_secret.as_ref().map(|s| s.expose()),
             "--uaa-client-secret (UAA_CLIENT_SECRET)",
         );
         Some(UaaConfig {
             token_url: UaaConfig::token_url_of(uaa),
             client_id: client_id?,
-            client_secret: client_secret?,
+            client_secret: client_secret?.into(),
         })
     }
 

@@ -8,7 +8,7 @@ use super::{ConfigErrors, RunArgs};
 use crate::pipeline::RunConfig;
 
 /// What a secret's value is shown as.
-pub const MASK: &str = "********";
+pub const MASK: &str = crate::redact::MASK;
 
 /// Validates `args` like `run` does, with the layers' problems first.
 pub fn validated(args: &RunArgs, layer_errors: &[String]) -> Result<RunConfig, ConfigErrors> {

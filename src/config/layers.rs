@@ -836,7 +836,7 @@ mod tests {
             panic!()
         };
         assert_eq!(run.shard_id, "flag");
-        assert_eq!(run.cf.uaa_client_secret.as_deref(), Some("s"));
+        assert_eq!(run.cf.uaa_client_secret, Some("s".into()));
         assert_eq!(run.output.sink.len(), 2);
         assert_eq!(l.origin("shard_id"), Some(Origin::Flag));
         assert_eq!(

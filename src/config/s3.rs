@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::integrity::{Algorithm, SigningKey};
+use crate::redact::Secret;
 use crate::sink::digest::DigestSettings;
 use crate::sink::s3::{RollConfig, S3Config, Sse};
 
@@ -47,10 +48,10 @@ pub struct S3Args {
     pub s3_access_key_id: Option<String>,
     /// Secret access key (or from VCAP_SERVICES).
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub s3_secret_access_key: Option<String>,
+    pub s3_secret_access_key: Option<Secret>,
     /// Session token of temporary credentials (with --s3-access-key-id and --s3-secret-access-key); AWS_SESSION_TOKEN is read too.
     #[arg(long, env = "S3_SESSION_TOKEN", hide_env_values = true)]
-    pub s3_session_token: Option<String>,
+    pub s3_session_token: Option<Secret>,
     /// Extra CA certificate(s) (PEM) trusted for --s3-endpoint and --notify-url, besides the Mozilla roots.
     #[arg(long, env = "S3_CA")]
     pub s3_ca: Option<PathBuf>,
@@ -70,7 +71,7 @@ pub struct S3Args {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    pub signing_key: Option<String>,
+    pub signing_key: Option<Secret>,
     /// Seconds between digest files.
     #[arg(long, env = "DIGEST_INTERVAL", default_value_t = 3600)]
     pub digest_interval: u64,
@@ -86,8 +87,8 @@ pub struct VcapS3 {
     pub region: Option<String>,
     pub endpoint: Option<String>,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
-    pub session_token: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
 }
 
 /// The first service in `VCAP_SERVICES` (any label, user-provided included)
@@ -118,8 +119,9 @@ pub fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
             region: get(&["region", "aws_region", "s3_region"]),
             endpoint: get(&["endpoint", "s3_endpoint", "host"]),
             access_key_id: get(&["access_key_id", "aws_access_key_id", "access_key"]),
-            secret_access_key: get(&["secret_access_key", "aws_secret_access_key", "secret_key"]),
-            session_token: get(&["session_token", "aws_session_token"]),
+            secret_access_key: get(&["secret_access_key", "aws_secret_access_key", "secret_key"])
+                .map(Secret::from),
+            session_token: get(&["session_token", "aws_session_token"]).map(Secret::from),
         });
     }
     None
@@ -141,7 +143,9 @@ impl S3Args {
         errors: &mut Vec<String>,
     ) -> Option<S3Config> {
         let bound = vcap.and_then(vcap_s3).unwrap_or_default();
-        let pick = |flag: &Option<String>, bound: &Option<String>| flag.clone().or(bound.clone());
+        fn pick<T: Clone>(flag: &Option<T>, bound: &Option<T>) -> Option<T> {
+            flag.clone().or(bound.clone())
+        }
         let Some(bucket) = pick(&self.s3_bucket, &bound.bucket) else {
             errors.push(
                 "--s3-bucket (S3_BUCKET) is required for --sink s3 (or an S3 service binding in VCAP_SERVICES)".into(),
@@ -190,7 +194,7 @@ impl S3Args {
             access_key_id.as_ref()?;
             aws_session_token
                 .filter(|t| !t.is_empty())
-                .map(str::to_string)
+                .map(Secret::from)
         });
         let ca_pem = self.s3_ca.as_ref().and_then(|path| {
             let checked = crate::tls::read_pem_file("--s3-ca (S3_CA)", path, "CERTIFICATE")
@@ -244,7 +248,7 @@ impl S3Args {
             errors.push("--digest-interval (DIGEST_INTERVAL) must be at least 1 second".into());
         }
         let source = self.signing_key.as_ref()?;
-        match SigningKey::load(source) {
+        match SigningKey::load(source.expose()) {
             Ok(key) => Some(DigestSettings {
                 key: Arc::new(key),
                 interval: Duration::from_secs(self.digest_interval.max(1)),

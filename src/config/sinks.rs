@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::valid_host_port;
+use crate::redact::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum HttpFormatArg {
@@ -51,7 +52,7 @@ pub struct HttpArgs {
     pub http_format: HttpFormatArg,
     /// Splunk HEC token (sent as "Authorization: Splunk <token>").
     #[arg(long, env = "HEC_TOKEN", hide_env_values = true)]
-    pub hec_token: Option<String>,
+    pub hec_token: Option<Secret>,
     /// Splunk index for every event (must be allowed for the token); the token's default without it.
     #[arg(long, env = "HEC_INDEX")]
     pub hec_index: Option<String>,
@@ -84,7 +85,7 @@ pub struct HttpArgs {
     pub http_tls_verify: bool,
     /// Extra request header, 'Name: value' (repeatable), e.g. 'Authorization: Bearer ...'.
     #[arg(long, env = "HTTP_HEADER", hide_env_values = true)]
-    pub http_header: Vec<String>,
+    pub http_header: Vec<Secret>,
     /// gzip request bodies.
     #[arg(long, env = "HTTP_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
     pub http_gzip: bool,
@@ -135,12 +136,12 @@ impl HttpArgs {
             HttpFormatArg::Json => HttpFormat::Json,
             HttpFormatArg::JsonArray => HttpFormat::JsonArray,
         };
-        if format == HttpFormat::Hec && self.hec_token.as_deref().is_none_or(str::is_empty) {
+        if format == HttpFormat::Hec && self.hec_token.as_ref().is_none_or(Secret::is_empty) {
             errors.push("--hec-token (HEC_TOKEN) is required with --http-format hec".into());
         }
         let valid_value = |v: &str| reqwest::header::HeaderValue::from_str(v).is_ok();
         if let Some(token) = &self.hec_token
-            && !valid_value(token)
+            && !valid_value(token.expose())
         {
             // Never echo the token.
             errors.push(
@@ -165,12 +166,12 @@ impl HttpArgs {
         }
         let mut headers = Vec::new();
         for h in &self.http_header {
-            match h.split_once(':') {
+            match h.expose().split_once(':') {
                 Some((name, value))
                     if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
                         && valid_value(value.trim()) =>
                 {
-                    headers.push((name.trim().to_string(), value.trim().to_string()))
+                    headers.push((name.trim().to_string(), value.trim().into()))
                 }
                 // The value may be a credential: name only the header's
                 // name, and only when there is one (without a colon, the

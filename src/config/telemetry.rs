@@ -19,7 +19,7 @@ pub struct TelemetryArgs {
     pub health_disconnect_threshold: u64,
     /// `user:password` that /metrics requires (HTTP basic auth); none by default.
     #[arg(long, env = "METRICS_AUTH", hide_env_values = true)]
-    pub metrics_auth: Option<String>,
+    pub metrics_auth: Option<crate::redact::Secret>,
     /// Connections /health and /metrics serve at once; a new connection beyond
     /// it closes the oldest, so idle or slow clients can neither lock out a
     /// health check nor take the file descriptors the sinks need.
@@ -62,13 +62,13 @@ impl TelemetryArgs {
         if self.alert_after == 0 {
             errors.push("--alert-after (ALERT_AFTER) must be at least 1 second".into());
         }
-        let metrics_auth = match self.metrics_auth.as_deref() {
+        let metrics_auth = match self.metrics_auth.as_ref().map(|s| s.expose()) {
             None => None,
             Some(v) => match v.split_once(':') {
                 Some((user, password)) if !user.is_empty() && !password.is_empty() => {
                     Some(BasicAuth {
                         user: user.to_string(),
-                        password: password.to_string(),
+                        password: password.into(),
                     })
                 }
                 // The value is a secret: never echo it.

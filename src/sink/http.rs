@@ -45,6 +45,7 @@ use rand::Rng;
 
 use super::{Outstanding, Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::{EncodeContext, Kind, Record, put_digits, write_int};
+use crate::redact::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpFormat {
@@ -62,11 +63,11 @@ pub struct HttpSinkConfig {
     pub url: String,
     pub format: HttpFormat,
     /// HEC token, sent as `Authorization: Splunk <token>`.
-    pub hec_token: Option<String>,
+    pub hec_token: Option<Secret>,
     /// Which HEC index each event goes to.
     pub hec_index: HecIndex,
     /// Extra headers (e.g. `Authorization: Bearer ...` for a JSON receiver).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(String, Secret)>,
     pub gzip: bool,
     pub tls: Arc<rustls::ClientConfig>,
     /// False when the operator turned certificate verification off (`tls` then trusts anyone).
@@ -140,19 +141,21 @@ struct Unacked {
 }
 
 impl std::fmt::Debug for HttpSinkConfig {
-    // Tokens and header values (often credentials) never reach a log line.
+    // Written out for the URL (its credentials hidden) and to leave out the
+    // TLS settings; the token and header values show themselves masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
         f.debug_struct("HttpSinkConfig")
             .field("url", &crate::redact::url(&self.url))
             .field("format", &self.format)
-            .field("hec_token", &self.hec_token.as_ref().map(|_| "<redacted>"))
+            .field("hec_token", &self.hec_token)
             .field("hec_index", &self.hec_index)
-            .field("headers", &names)
+            .field("headers", &self.headers)
             .field("gzip", &self.gzip)
+            .field("tls_verify", &self.tls_verify)
             .field("timeout", &self.timeout)
             .field("concurrency", &self.concurrency)
             .field("max_request_bytes", &self.max_request_bytes)
+            .field("acks", &self.acks)
             .finish_non_exhaustive()
     }
 }
@@ -613,7 +616,10 @@ impl HttpSink {
     fn hec_identity(&self, mut req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         req = req.header("X-Splunk-Request-Channel", &self.channel);
         if let Some(token) = &self.cfg.hec_token {
-            req = req.header("Authorization", secret_header(&format!("Splunk {token}")));
+            req = req.header(
+                "Authorization",
+                secret_header(&format!("Splunk {}", token.expose())),
+            );
         }
         req
     }
@@ -632,7 +638,7 @@ impl HttpSink {
         }
         // Custom headers often carry credentials: all are kept out of debug output.
         for (name, value) in &self.cfg.headers {
-            req = req.header(name, secret_header(value));
+            req = req.header(name, secret_header(value.expose()));
         }
         if self.cfg.gzip {
             req = req.header("Content-Encoding", "gzip");

@@ -32,6 +32,7 @@ use super::object::{Archive, ArchiveError, RecordsFile, log_file_key};
 use super::{Output, Sink, SinkError, SinkFailure};
 use crate::integrity::LogFileEntry;
 use crate::record::{EncodeContext, Kind, Record};
+use crate::redact::Secret;
 
 /// Server-side encryption of log files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub enum Sse {
 }
 
 /// Where and how to reach the bucket. `Debug` never shows the secret.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct S3Config {
     pub bucket: String,
     pub prefix: String,
@@ -55,38 +56,14 @@ pub struct S3Config {
     /// `endpoint/bucket/key` instead of `bucket.endpoint/key`.
     pub path_style: bool,
     pub access_key_id: Option<String>,
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// The session token of temporary credentials (`x-amz-security-token`).
-    pub session_token: Option<String>,
+    pub session_token: Option<Secret>,
     pub sse: Sse,
     pub kms_key_id: Option<String>,
     /// Extra CA certificates (PEM, `--s3-ca`) trusted for the endpoint and
     /// the notification webhook, besides the Mozilla roots.
     pub ca_pem: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("region", &self.region)
-            .field("endpoint", &self.endpoint)
-            .field("path_style", &self.path_style)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<hidden>"),
-            )
-            .field(
-                "session_token",
-                &self.session_token.as_ref().map(|_| "<hidden>"),
-            )
-            .field("sse", &self.sse)
-            .field("kms_key_id", &self.kms_key_id)
-            .field("ca_pem", &self.ca_pem.as_ref().map(|p| p.len()))
-            .finish()
-    }
 }
 
 /// Where an [`ObjectSink`] stores its files.
@@ -176,10 +153,10 @@ fn store(
         b = b.with_access_key_id(id);
     }
     if let Some(secret) = &cfg.secret_access_key {
-        b = b.with_secret_access_key(secret);
+        b = b.with_secret_access_key(secret.expose());
     }
     if let Some(token) = &cfg.session_token {
-        b = b.with_token(token);
+        b = b.with_token(token.expose());
     }
     b = match sse {
         Sse::Aes256 => b.with_config(sse_key(), "AES256"),

@@ -77,7 +77,7 @@ pub struct CcAccess {
     /// UAA's base URL when given, else discovered from the API root.
     pub uaa: Option<Url>,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: crate::redact::Secret,
     pub http: reqwest::Client,
     /// The largest Cloud Controller or UAA body read (`--cf-max-response-bytes`).
     pub max_body: usize,

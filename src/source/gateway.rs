@@ -93,17 +93,20 @@ pub enum GatewayEndpoints {
         gateway_url: Option<Url>,
         uaa_url: Option<Url>,
         client_id: String,
-        client_secret: String,
+        client_secret: crate::redact::Secret,
     },
 }
 
 impl std::fmt::Debug for GatewayEndpoints {
-    // The client secret never reaches a log line.
+    // Written out for the URLs, shown as `redact::parsed_url` does (a
+    // derived `Debug` of a `Url` shows its password); the secret shows
+    // itself masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::redact::parsed_url;
         match self {
             Self::Given { url, tokens } => f
                 .debug_struct("Given")
-                .field("url", &url.as_str())
+                .field("url", &parsed_url(url))
                 .field("tokens", tokens)
                 .finish(),
             Self::Discover {
@@ -111,14 +114,14 @@ impl std::fmt::Debug for GatewayEndpoints {
                 gateway_url,
                 uaa_url,
                 client_id,
-                ..
+                client_secret,
             } => f
                 .debug_struct("Discover")
-                .field("cf_api", &cf_api.as_str())
-                .field("gateway_url", &gateway_url.as_ref().map(Url::as_str))
-                .field("uaa_url", &uaa_url.as_ref().map(Url::as_str))
+                .field("cf_api", &parsed_url(cf_api))
+                .field("gateway_url", &gateway_url.as_ref().map(parsed_url))
+                .field("uaa_url", &uaa_url.as_ref().map(parsed_url))
                 .field("client_id", client_id)
-                .field("client_secret", &"<redacted>")
+                .field("client_secret", client_secret)
                 .finish(),
         }
     }

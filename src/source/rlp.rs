@@ -256,7 +256,10 @@ pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Received>, Rl
         .tls_config(
             ClientTlsConfig::new()
                 .ca_certificate(Certificate::from_pem(&cfg.tls.ca_pem))
-                .identity(Identity::from_pem(&cfg.tls.cert_pem, &cfg.tls.key_pem))
+                .identity(Identity::from_pem(
+                    &cfg.tls.cert_pem,
+                    cfg.tls.key_pem.expose(),
+                ))
                 .domain_name(cfg.server_name.clone()),
         )
         .map_err(|e| RlpError::TlsConfig {

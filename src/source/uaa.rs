@@ -28,15 +28,18 @@ pub struct UaaConfig {
     /// `<uaa>/oauth/token`.
     pub token_url: reqwest::Url,
     pub client_id: String,
-    pub client_secret: String,
+    pub client_secret: crate::redact::Secret,
 }
 
 impl std::fmt::Debug for UaaConfig {
+    // Written out for the URL, shown as `redact::parsed_url` does (a
+    // derived `Debug` of a `Url` shows its password); the secret shows
+    // itself masked.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UaaConfig")
-            .field("token_url", &self.token_url.as_str())
+            .field("token_url", &crate::redact::parsed_url(&self.token_url))
             .field("client_id", &self.client_id)
-            .field("client_secret", &"<redacted>")
+            .field("client_secret", &self.client_secret)
             .finish()
     }
 }
@@ -258,7 +261,7 @@ async fn fetch(
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("grant_type", "client_credentials")
         .append_pair("client_id", &cfg.client_id)
-        .append_pair("client_secret", &cfg.client_secret)
+        .append_pair("client_secret", cfg.client_secret.expose())
         .finish();
     let started = Instant::now();
     let response = http

@@ -117,7 +117,7 @@ impl Moto {
             endpoint: Some(self.endpoint.clone()),
             path_style: true,
             access_key_id: Some(self.key.clone()),
-            secret_access_key: Some(self.secret.clone()),
+            secret_access_key: Some(self.secret.clone().into()),
             session_token: None,
             sse: Sse::Aes256,
             kms_key_id: None,
