@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::backoff::Backoff;
 use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig, SourceConfig};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
-use crate::source::Backoff;
 use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
-use crate::source::Backoff;
 use crate::source::emulator::{Emulator, EmulatorConfig, EmulatorError, Feed};
 use crate::source::rlp::{self, RlpConfig, RlpStatus};
 use crate::tls::{Pki, TlsError};

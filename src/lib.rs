@@ -37,6 +37,7 @@
 
 pub mod alert;
 pub mod audit;
+pub mod backoff;
 pub mod buffer;
 pub mod classify;
 pub mod config;

@@ -15,11 +15,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cf_audit_nozzle::backoff::Backoff;
 use cf_audit_nozzle::pipeline::{Pipeline, Summary};
 use cf_audit_nozzle::record::{ApiSource, Kind, Record};
 use cf_audit_nozzle::route::Router;
 use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
-use cf_audit_nozzle::source::Backoff;
 use cf_audit_nozzle::source::audit_events::{
     self, AuditEventsConfig, AuditStatus, CursorStore, load_cursor,
 };

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cf_audit_nozzle::backoff::Backoff;
 use cf_audit_nozzle::config::http_client;
 use cf_audit_nozzle::proto::Envelope;
 use cf_audit_nozzle::record::{Kind, Record};
@@ -19,7 +20,7 @@ use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink}
 use cf_audit_nozzle::source::emulator::gateway::{SSE_CLOSING, SSE_HEAD, sse_batch_frame};
 use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
-use cf_audit_nozzle::source::{Backoff, SourceStatus, Streams};
+use cf_audit_nozzle::source::{SourceStatus, Streams};
 use common::log_envelope;
 use peers::{Peers, Step, stream_of};
 use tokio_util::sync::CancellationToken;

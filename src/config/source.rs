@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::cf::CfArgs;
+use crate::backoff::Backoff;
 use crate::source::gateway::{GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
 use crate::source::uaa::TokenProvider;
-use crate::source::{Backoff, EnvelopeType, Streams};
+use crate::source::{EnvelopeType, Streams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SourceKind {

@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 use super::notify::Notifier;
 use super::object::{Archive, join_prefix};
 use super::{Output, SinkReport, SinkStats};
+use crate::backoff::Backoff;
 use crate::integrity::{
     DigestFile, LogFileEntry, META_SIGNATURE, META_SIGNATURE_ALGORITHM, SignatureSidecar,
     SigningKey, digest_time, sha256_hex, string_to_sign,
 };
-use crate::source::Backoff;
 
 /// Digest chain settings from the command line (`--signing-key`, `--digest-interval`).
 #[derive(Clone, Debug)]

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::{SinkReport, SinkStats};
-use crate::source::Backoff;
+use crate::backoff::Backoff;
 
 /// Notifications waiting to be sent; beyond this they are dropped and counted.
 const QUEUE: usize = 10_000;

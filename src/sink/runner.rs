@@ -17,8 +17,8 @@ use super::{
     BatchConfig, DeadLetter, Intake, NotDelivered, Sink, SinkError, SinkFailure, SinkReport,
     SinkStats,
 };
+use crate::backoff::Backoff;
 use crate::record::Record;
-use crate::source::Backoff;
 
 /// Runs a sink until its queue is closed (every [`SinkQueue`] dropped) and
 /// drained, then rolls it one last time and reports.

@@ -39,8 +39,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use super::Backoff;
 use super::cloud_controller::{CcError, CloudController};
+use crate::backoff::Backoff;
 use crate::record::{Kind, audit_event_record};
 use crate::route::Router;
 use crate::sink::SinkStats;

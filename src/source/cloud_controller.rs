@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
 
-use super::Backoff;
 use super::cf_api::{BodyError, discover_with_limit, read_capped};
 use super::uaa::{TokenProvider, UaaConfig, UaaError};
+use crate::backoff::Backoff;
 
 /// How long one Cloud Controller request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);

@@ -44,10 +44,11 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Streams;
 use super::cf_api;
 use super::status::{Attempt, Disconnect, SourceStatus, reconnect_loop};
 use super::uaa::{TokenProvider, UaaConfig, UaaError};
-use super::{Backoff, Streams};
+use crate::backoff::Backoff;
 use crate::route::Router;
 
 pub mod json;

@@ -23,8 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use super::Streams;
 use super::status::{Attempt, Disconnect, reconnect_loop};
-use super::{Backoff, Streams};
+use crate::backoff::Backoff;
 use crate::proto::EgressBatchRequest;
 use crate::record::{EnvelopeView, decode_batch};
 use crate::route::Router;

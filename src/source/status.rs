@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::Backoff;
+use crate::backoff::Backoff;
 
 /// Why a stream ended (or never started), for the disconnect counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

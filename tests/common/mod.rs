@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cf_audit_nozzle::backoff::Backoff;
 use cf_audit_nozzle::demo::read_records_file;
 use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
 use cf_audit_nozzle::proto::{Envelope, Log, envelope, log};
@@ -16,7 +17,6 @@ use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::route::IngressSnapshot;
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::file::FileSinkConfig;
-use cf_audit_nozzle::source::Backoff;
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig};
 use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
 use cf_audit_nozzle::tls::Pki;
