@@ -22,12 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::classify::classify;
 use crate::proto::envelope::Message;
 use crate::proto::{Envelope, Event};
-use crate::record::Record;
+use crate::record::{ALERT_SOURCE_ID, Record};
 use crate::route::Router;
 use crate::telemetry::View;
-
-/// `source_id` of the nozzle's own alert records.
-pub const ALERT_SOURCE_ID: &str = "cf-audit-nozzle";
 
 #[derive(Clone, Debug)]
 pub struct AlertConfig {
@@ -108,11 +105,6 @@ impl AlertStats {
             .copied()
             .unwrap_or(false)
     }
-}
-
-/// Whether a record is one of the nozzle's own alerts.
-pub fn is_alert(record: &Record) -> bool {
-    record.envelope.source_id() == ALERT_SOURCE_ID && record.tag("nozzle_alert").is_some()
 }
 
 /// What the watcher remembers of a sink between checks.
@@ -398,7 +390,7 @@ pub fn alert_record(reason: AlertReason, sink: Option<&str>, text: String) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::Kind;
+    use crate::record::{Kind, is_alert};
     use crate::sink::SinkQueue;
     use crate::telemetry::SinkView;
 

@@ -919,7 +919,7 @@ pub fn decode_record(b: &[u8]) -> Result<Record, String> {
         other => return Err(format!("unknown record form {other}")),
     };
     if names_len > 0 {
-        let names: crate::enrich::AppNames =
+        let names: crate::record::AppNames =
             serde_json::from_slice(names).map_err(|e| format!("names: {e}"))?;
         record.names = Some(Arc::new(names));
     }
@@ -957,7 +957,7 @@ mod tests {
                     ..Default::default()
                 });
                 if i % 2 == 0 {
-                    r.names = Some(Arc::new(crate::enrich::AppNames {
+                    r.names = Some(Arc::new(crate::record::AppNames {
                         app_guid: "g".into(),
                         app_name: Some(format!("app-{i}")),
                         ..Default::default()
@@ -1269,7 +1269,7 @@ mod tests {
             "target": {"type": "app", "guid": "a", "name": "web"},
             "data": {"request": {"state": "STOPPED"}}, "space": null, "organization": null}))
         .unwrap();
-        r.names = Some(Arc::new(crate::enrich::AppNames {
+        r.names = Some(Arc::new(crate::record::AppNames {
             app_guid: "a".into(),
             org_name: Some("org".into()),
             ..Default::default()

@@ -33,20 +33,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::classify::rules::app_guid;
-use crate::record::{Kind, Record};
+use crate::record::{AppNames, Kind, Record, app_guid};
 use crate::source::cloud_controller::{CcError, CloudController};
-
-/// The names of an app and where it lives.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AppNames {
-    pub app_guid: String,
-    pub app_name: Option<String>,
-    pub space_guid: Option<String>,
-    pub space_name: Option<String>,
-    pub org_guid: Option<String>,
-    pub org_name: Option<String>,
-}
 
 #[derive(Clone, Debug)]
 pub struct EnrichConfig {

@@ -86,7 +86,18 @@ pub struct Record {
     pub api: Option<Box<ApiCall>>,
     /// App, space and org names from Cloud Controller, for envelopes that do
     /// not carry them in tags (see [`crate::enrich`]).
-    pub names: Option<std::sync::Arc<crate::enrich::AppNames>>,
+    pub names: Option<std::sync::Arc<AppNames>>,
+}
+
+/// The names of an app and where it lives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppNames {
+    pub app_guid: String,
+    pub app_name: Option<String>,
+    pub space_guid: Option<String>,
+    pub space_name: Option<String>,
+    pub org_guid: Option<String>,
+    pub org_name: Option<String>,
 }
 
 /// Per-deployment values every record carries.
@@ -170,6 +181,51 @@ impl Record {
             }
         }
     }
+}
+
+/// The app a record is about: the `app_id` tag, else the source id of app
+/// logs and app metrics (which CF sets to the app guid), else an audit
+/// event's app target.
+pub fn app_guid(rec: &Record) -> Option<&str> {
+    if let Some(id) = rec.tag("app_id").filter(|s| !s.is_empty()) {
+        return Some(id);
+    }
+    match rec.kind {
+        Kind::AppLog | Kind::Metric if !rec.envelope.source_id().is_empty() => {
+            Some(rec.envelope.source_id())
+        }
+        _ => audit_resource(rec, |a| {
+            a.target
+                .as_ref()
+                .filter(|t| t.kind == "app")
+                .and_then(|t| t.guid.as_deref())
+        }),
+    }
+}
+
+pub(crate) fn audit_resource<'a>(
+    rec: &'a Record,
+    f: impl FnOnce(&'a ApiCall) -> Option<&'a str>,
+) -> Option<&'a str> {
+    rec.api.as_deref().and_then(f)
+}
+
+pub(crate) fn audit_space_org(rec: &Record, space: bool) -> Option<&str> {
+    match &rec.api.as_deref()?.source {
+        ApiSource::AuditEvents(a) => {
+            let r = if space { &a.space } else { &a.org };
+            r.as_ref()?.guid.as_deref()
+        }
+        ApiSource::Firehose => None,
+    }
+}
+
+/// `source_id` of the nozzle's own alert records.
+pub const ALERT_SOURCE_ID: &str = "cf-audit-nozzle";
+
+/// Whether a record is one of the nozzle's own alerts.
+pub fn is_alert(record: &Record) -> bool {
+    record.envelope.source_id() == ALERT_SOURCE_ID && record.tag("nozzle_alert").is_some()
 }
 
 /// RFC 3339 UTC with nanoseconds, from UNIX nanoseconds.

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cf_audit_nozzle::enrich::{self, AppNames, EnrichConfig, Enricher, Lookup};
+use cf_audit_nozzle::enrich::{self, EnrichConfig, Enricher, Lookup};
 use cf_audit_nozzle::pipeline::{Pipeline, Summary};
 use cf_audit_nozzle::proto::Envelope;
+use cf_audit_nozzle::record::AppNames;
 use common::*;
 use tokio_util::sync::CancellationToken;
 

@@ -23,12 +23,10 @@
 //!
 //! Matching reads the record in place: no allocation, no lock.
 
-use crate::record::{ApiSource, Kind, MessageRef, Record};
-
-/// The app label (seen as an envelope tag of the same name when Cloud
-/// Controller forwards app labels as metric tags) by which an app opts out
-/// of having its logs and metrics forwarded.
-pub const OPT_OUT_TAG: &str = "cf-audit-nozzle/opt-out";
+use crate::record::envelope::OPT_OUT_TAG;
+use crate::record::{
+    ApiSource, Kind, MessageRef, Record, app_guid, audit_resource, audit_space_org,
+};
 
 /// One `--include` or `--exclude` rule: all its conditions hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,43 +162,6 @@ impl Condition {
                 _ => false,
             },
         }
-    }
-}
-
-/// The app a record is about: the `app_id` tag, else the source id of app
-/// logs and app metrics (which CF sets to the app guid), else an audit
-/// event's app target.
-pub fn app_guid(rec: &Record) -> Option<&str> {
-    if let Some(id) = rec.tag("app_id").filter(|s| !s.is_empty()) {
-        return Some(id);
-    }
-    match rec.kind {
-        Kind::AppLog | Kind::Metric if !rec.envelope.source_id().is_empty() => {
-            Some(rec.envelope.source_id())
-        }
-        _ => audit_resource(rec, |a| {
-            a.target
-                .as_ref()
-                .filter(|t| t.kind == "app")
-                .and_then(|t| t.guid.as_deref())
-        }),
-    }
-}
-
-fn audit_resource<'a>(
-    rec: &'a Record,
-    f: impl FnOnce(&'a crate::record::ApiCall) -> Option<&'a str>,
-) -> Option<&'a str> {
-    rec.api.as_deref().and_then(f)
-}
-
-fn audit_space_org(rec: &Record, space: bool) -> Option<&str> {
-    match &rec.api.as_deref()?.source {
-        ApiSource::AuditEvents(a) => {
-            let r = if space { &a.space } else { &a.org };
-            r.as_ref()?.guid.as_deref()
-        }
-        ApiSource::Firehose => None,
     }
 }
 

@@ -56,6 +56,11 @@ pub struct EnvelopeView {
     message: Option<MessageSpan>,
 }
 
+/// The app label (seen as an envelope tag of the same name when Cloud
+/// Controller forwards app labels as metric tags) by which an app opts out
+/// of having its logs and metrics forwarded.
+pub const OPT_OUT_TAG: &str = "cf-audit-nozzle/opt-out";
+
 /// The tags the encoders and rules read for nearly every record, located
 /// once when the view is made: scanning the tags on each lookup was ~2.7k
 /// of the record JSON's ~15k instructions (callgrind, `examples/encode_cost`).
@@ -70,7 +75,7 @@ pub const KNOWN_TAGS: [&str; 11] = [
     "source_type",
     "space_id",
     "space_name",
-    crate::classify::rules::OPT_OUT_TAG,
+    OPT_OUT_TAG,
 ];
 /// In [`EnvelopeView::known`]: the tag is not in `tags`.
 const ABSENT: u16 = u16::MAX;

@@ -169,7 +169,7 @@ impl Severities {
     /// The severity of a record.
     pub fn of(&self, record: &Record) -> u8 {
         let s = match (&record.kind, record.envelope.message()) {
-            (Kind::Event, _) if crate::alert::is_alert(record) => 1, // alert
+            (Kind::Event, _) if crate::record::is_alert(record) => 1, // alert
             (Kind::Api, _) => self.api,
             (Kind::AppLog, Some(MessageRef::Log(l))) if l.is_err() => self.app_log_stderr,
             (Kind::AppLog, _) => self.app_log,
