@@ -12,8 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,7 +23,7 @@ use crate::proto::envelope::Message;
 use crate::proto::{Envelope, Event};
 use crate::record::{ALERT_SOURCE_ID, Record};
 use crate::route::Router;
-use crate::telemetry::View;
+use crate::stats::{AlertReason, View};
 
 #[derive(Clone, Debug)]
 pub struct AlertConfig {
@@ -43,67 +42,6 @@ impl Default for AlertConfig {
             records: true,
             check_every: Duration::from_secs(1),
         }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AlertReason {
-    /// A sink delivered nothing for `--alert-after` while records waited.
-    SinkStalled,
-    /// A sink dropped records (queue full or write error).
-    SinkDropped,
-    /// Doppler or the RLP dropped envelopes on the way to this nozzle.
-    LoggregatorDropped,
-    /// A source has been disconnected for `--health-disconnect-threshold`.
-    SourceDisconnected,
-    /// The audit-events poller failed (Cloud Controller, UAA or discovery)
-    /// and read no page for `--alert-after`.
-    AuditEventsFailing,
-    /// A sink's disk buffer reached `--buffer-warn-fill` of its size.
-    BufferFilling,
-}
-
-impl AlertReason {
-    pub const ALL: [AlertReason; 6] = [
-        AlertReason::SinkStalled,
-        AlertReason::SinkDropped,
-        AlertReason::LoggregatorDropped,
-        AlertReason::SourceDisconnected,
-        AlertReason::AuditEventsFailing,
-        AlertReason::BufferFilling,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AlertReason::SinkStalled => "sink_stalled",
-            AlertReason::SinkDropped => "sink_dropped",
-            AlertReason::LoggregatorDropped => "loggregator_dropped",
-            AlertReason::SourceDisconnected => "source_disconnected",
-            AlertReason::AuditEventsFailing => "audit_events_failing",
-            AlertReason::BufferFilling => "buffer_filling",
-        }
-    }
-}
-
-/// Alerts raised so far, and which sinks are stalled now.
-#[derive(Debug, Default)]
-pub struct AlertStats {
-    raised: [AtomicU64; AlertReason::ALL.len()],
-    stalled: Mutex<Vec<bool>>,
-}
-
-impl AlertStats {
-    pub fn raised(&self, reason: AlertReason) -> u64 {
-        self.raised[reason as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn is_stalled(&self, sink: usize) -> bool {
-        self.stalled
-            .lock()
-            .expect("alert lock")
-            .get(sink)
-            .copied()
-            .unwrap_or(false)
     }
 }
 
@@ -151,7 +89,7 @@ pub async fn watch(
             }
         })
         .collect();
-    *view.alerts.stalled.lock().expect("alert lock") = vec![false; sinks.len()];
+    view.alerts.track_sinks(sinks.len());
     let mut upstream = view.ingress.snapshot().upstream_dropped;
     // Per source: alerted for the current disconnection.
     let mut disconnected = vec![false; view.sources.len()];
@@ -179,12 +117,12 @@ pub async fn watch(
                 w.progress_at = now;
                 if w.stalled {
                     w.stalled = false;
-                    view.alerts.stalled.lock().expect("alert lock")[i] = false;
+                    view.alerts.set_stalled(i, false);
                     tracing::info!(sink = %s.name, "sink delivers again");
                 }
             } else if !w.stalled && now.duration_since(w.progress_at) >= cfg.after {
                 w.stalled = true;
-                view.alerts.stalled.lock().expect("alert lock")[i] = true;
+                view.alerts.set_stalled(i, true);
                 let text = format!(
                     "sink {} has delivered nothing for {} s while {} records wait",
                     s.name,
@@ -352,7 +290,7 @@ fn raise(
     sink: Option<usize>,
     text: String,
 ) {
-    view.alerts.raised[reason as usize].fetch_add(1, Ordering::Relaxed);
+    view.alerts.raise(reason);
     let sink_name = sink.map(|i| view.sinks[i].name.clone());
     // `alert` and `sink` key the log rate limit (logging::KEY_FIELDS): each
     // reason and sink has its own allowance at this one call site.
@@ -392,7 +330,7 @@ mod tests {
     use super::*;
     use crate::record::{Kind, is_alert};
     use crate::sink::SinkQueue;
-    use crate::telemetry::SinkView;
+    use crate::stats::SinkView;
 
     fn records(n: usize) -> crate::sink::Chunk {
         (0..n)

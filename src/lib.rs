@@ -51,6 +51,7 @@ pub mod redact;
 pub mod route;
 pub mod sink;
 pub mod source;
+pub mod stats;
 pub mod tail;
 pub mod telemetry;
 pub mod tls;

@@ -188,10 +188,10 @@ impl Pipeline {
     }
 
     /// Each sink's name and counters, in the router's order, for telemetry.
-    pub fn sink_views(&self, capacity: usize) -> Vec<crate::telemetry::SinkView> {
+    pub fn sink_views(&self, capacity: usize) -> Vec<crate::stats::SinkView> {
         self.sinks
             .iter()
-            .map(|(name, stats, _)| crate::telemetry::SinkView {
+            .map(|(name, stats, _)| crate::stats::SinkView {
                 name: name.clone(),
                 stats: Arc::clone(stats),
                 capacity: capacity as u64,
@@ -375,7 +375,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     let pipeline = Pipeline::start(&cfg.pipeline)?.with_filters(cfg.audit.filters.clone());
     let (pipeline, audit) = crate::audit::start(&cfg.audit, pipeline, shutdown.clone());
     let status = Arc::new(RlpStatus::default());
-    let view = Arc::new(crate::telemetry::View {
+    let view = Arc::new(crate::stats::View {
         ingress: pipeline.ingress_stats(),
         sinks: pipeline.sink_views(cfg.pipeline.queue_capacity),
         sources: vec![(cfg.source.name().to_string(), Arc::clone(&status))],

@@ -1,8 +1,8 @@
 //! Telemetry: `/health` (JSON status) and `/metrics` (Prometheus text) over
 //! HTTP, served by axum on `--health-addr`.
 //!
-//! Both read the counters the pipeline keeps anyway ([`IngressStats`],
-//! [`SinkStats`], [`RlpStatus`], [`AlertStats`]) at request time: nothing is
+//! Both read the counters the pipeline keeps anyway (gathered in
+//! [`View`], from [`crate::stats`]) at request time: nothing is
 //! counted twice, and a scrape costs the hot path nothing. Neither endpoint
 //! shows record content or secrets.
 //!
@@ -27,12 +27,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::alert::{AlertReason, AlertStats};
-use crate::enrich::Enricher;
-use crate::route::IngressStats;
-use crate::sink::SinkStats;
-use crate::source::audit_events::AuditStatus;
-use crate::source::rlp::RlpStatus;
+use crate::stats::{AlertReason, View};
 
 /// Where and how to serve.
 #[derive(Clone, Debug)]
@@ -52,21 +47,6 @@ pub struct TelemetryConfig {
     pub header_timeout: Duration,
 }
 
-/// What the telemetry listener did with connections (`/metrics` shows it).
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Connections closed to make room for a newer one (the cap was reached).
-    pub evicted: AtomicU64,
-    /// Connections closed because the request head did not arrive in time.
-    pub header_timeouts: AtomicU64,
-    /// `accept` failures (e.g. the process is out of file descriptors).
-    pub accept_errors: AtomicU64,
-}
-
 #[derive(Clone, Debug)]
 pub struct BasicAuth {
     pub user: String,
@@ -80,33 +60,6 @@ pub enum TelemetryError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-}
-
-/// A sink as telemetry sees it.
-#[derive(Clone, Debug)]
-pub struct SinkView {
-    pub name: String,
-    pub stats: Arc<SinkStats>,
-    pub capacity: u64,
-}
-
-/// Everything `/health` and `/metrics` read.
-#[derive(Debug)]
-pub struct View {
-    pub ingress: Arc<IngressStats>,
-    pub sinks: Vec<SinkView>,
-    pub sources: Vec<(String, Arc<RlpStatus>)>,
-    pub alerts: Arc<AlertStats>,
-    /// Configuration an operator should not forget, e.g. TLS verification off.
-    pub warnings: Vec<String>,
-    pub disconnect_threshold: Duration,
-    pub started: tokio::time::Instant,
-    /// The telemetry listener's own connection counts.
-    pub listener: Arc<ListenerStats>,
-    /// The audit-events poller, when this instance polls.
-    pub audit_events: Option<Arc<AuditStatus>>,
-    /// Enrichment, when on.
-    pub enrich: Option<Arc<Enricher>>,
 }
 
 /// The `/health` verdict and body.
@@ -928,6 +881,8 @@ pub async fn bind(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::SinkStats;
+    use crate::stats::SinkView;
 
     fn view(sinks: &[(&str, &Arc<SinkStats>)]) -> View {
         View {

@@ -273,7 +273,7 @@ async fn the_listener_keeps_its_cap_answers_health_and_closes_slow_heads() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let view = std::sync::Arc::new(cf_audit_nozzle::telemetry::View {
+    let view = std::sync::Arc::new(cf_audit_nozzle::stats::View {
         ingress: Default::default(),
         sinks: Vec::new(),
         sources: Vec::new(),
