@@ -72,7 +72,7 @@ fn main() -> std::io::Result<()> {
         .collect();
     let event = serde_json::from_str(events[0]).expect("seed event is JSON");
     records.push(cf_audit_nozzle::record::audit_event_record(event).expect("seed event is valid"));
-    let segment = cf_audit_nozzle::buffer::segment_bytes(&records);
+    let segment = cf_audit_nozzle::sink::buffer::segment_bytes(&records);
     write("buffer_replay", "segment".into(), &segment)?;
     write(
         "buffer_replay",

@@ -38,7 +38,6 @@
 pub mod alert;
 pub mod audit;
 pub mod backoff;
-pub mod buffer;
 pub mod classify;
 pub mod config;
 pub mod demo;

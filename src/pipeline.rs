@@ -43,7 +43,7 @@ pub struct PipelineConfig {
     /// Benchmark mode: receive and decode only.
     pub decode_only: bool,
     /// The disk buffer shared by every sink (`--buffer-dir`), if any.
-    pub buffer: Option<crate::buffer::BufferConfig>,
+    pub buffer: Option<crate::sink::buffer::BufferConfig>,
 }
 
 /// A running set of sinks and the router that feeds them.
@@ -51,7 +51,7 @@ pub struct Pipeline {
     router: Arc<Router>,
     sinks: Vec<(String, Arc<SinkStats>, JoinHandle<SinkReport>)>,
     /// Synced once more after the sinks stopped (also those cut off by the deadline).
-    buffers: Vec<Arc<crate::buffer::DiskBuffer>>,
+    buffers: Vec<Arc<crate::sink::buffer::DiskBuffer>>,
 }
 
 /// The account of a run.
@@ -286,7 +286,7 @@ impl Pipeline {
 type Spawned = Box<
     dyn FnOnce(
         &PipelineConfig,
-        Option<&crate::buffer::BufferConfig>,
+        Option<&crate::sink::buffer::BufferConfig>,
     ) -> Result<(JoinHandle<SinkReport>, SinkQueue), SinkError>,
 >;
 

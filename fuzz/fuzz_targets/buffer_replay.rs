@@ -4,7 +4,7 @@
 //! it keeps frames back to exactly the bytes it kept.
 #![no_main]
 
-use cf_audit_nozzle::buffer::{replay_segment, segment_bytes};
+use cf_audit_nozzle::sink::buffer::{replay_segment, segment_bytes};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,11 +1,11 @@
-//! Options of the disk buffer (`crate::buffer`).
+//! Options of the disk buffer (`crate::sink::buffer`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use crate::buffer::{BufferConfig, Fsync, WhenFull};
+use crate::sink::buffer::{BufferConfig, Fsync, WhenFull};
 
 /// 1 GiB: Cloud Foundry's default disk quota. Raise `disk_quota` in the
 /// manifest with it.
