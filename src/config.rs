@@ -26,9 +26,7 @@ mod sinks;
 mod source;
 mod telemetry;
 pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
-pub use cf::{
-    CfArgs, CrossOriginRedirect, HttpClientError, http_client, rustls_config, same_origin_redirects,
-};
+pub use cf::CfArgs;
 pub use layers::{LayerArgs, Loaded, Origin};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
 pub use sinks::{

@@ -42,6 +42,7 @@ pub mod classify;
 pub mod config;
 pub mod demo;
 pub mod enrich;
+pub mod http_client;
 pub mod integrity;
 pub mod logging;
 pub mod pipeline;

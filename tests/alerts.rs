@@ -126,7 +126,7 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// `cf_nozzle_alerts_total{reason=...}` from /metrics.
 async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
-    let text = cf_audit_nozzle::config::http_client(None, false)
+    let text = cf_audit_nozzle::http_client::http_client(None, false)
         .unwrap()
         .get(format!("http://{health}/metrics"))
         .send()

@@ -498,7 +498,7 @@ async fn bodies_over_the_cap_are_refused_whatever_they_announce() {
     use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
     const CAP: usize = 1 << 20;
     let base = large_answers().await;
-    let http = cf_audit_nozzle::config::http_client(None, false).unwrap();
+    let http = cf_audit_nozzle::http_client::http_client(None, false).unwrap();
     let cc = CloudController {
         base: base.parse().unwrap(),
         http: http.clone(),

@@ -410,7 +410,7 @@ fn s3_nozzle(
 
 /// `cf_nozzle_ingress_envelopes_total` from /metrics (0 until it answers).
 async fn ingress_envelopes(health: std::net::SocketAddr) -> u64 {
-    let Ok(resp) = cf_audit_nozzle::config::http_client(None, false)
+    let Ok(resp) = cf_audit_nozzle::http_client::http_client(None, false)
         .unwrap()
         .get(format!("http://{health}/metrics"))
         .send()

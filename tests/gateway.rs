@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cf_audit_nozzle::backoff::Backoff;
-use cf_audit_nozzle::config::http_client;
+use cf_audit_nozzle::http_client::http_client;
 use cf_audit_nozzle::proto::Envelope;
 use cf_audit_nozzle::record::{Kind, Record};
 use cf_audit_nozzle::route::Router;

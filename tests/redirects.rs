@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cf_audit_nozzle::classify::classify;
-use cf_audit_nozzle::config::http_client;
+use cf_audit_nozzle::http_client::http_client;
 use cf_audit_nozzle::record::{EncodeContext, Record};
 use cf_audit_nozzle::sink::Sink;
 use cf_audit_nozzle::sink::http::{HttpFormat, HttpSink, HttpSinkConfig};

@@ -435,7 +435,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
                 uaa: None,
                 client_id: "audit-nozzle".into(),
                 client_secret: "secret".into(),
-                http: cf_audit_nozzle::config::http_client(None, false).unwrap(),
+                http: cf_audit_nozzle::http_client::http_client(None, false).unwrap(),
                 max_body: cf_audit_nozzle::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES,
             }),
             audit_events: Some(AuditEventsConfig {

@@ -200,7 +200,7 @@ impl S3Args {
             let checked = crate::tls::read_pem_file("--s3-ca (S3_CA)", path, "CERTIFICATE")
                 .map_err(|e| e.to_string())
                 .and_then(|pem| {
-                    crate::config::rustls_config(Some(&pem))
+                    crate::http_client::rustls_config(Some(&pem))
                         .map(|_| pem)
                         .map_err(|e| format!("--s3-ca (S3_CA) {}: {e}", path.display()))
                 });

@@ -376,7 +376,7 @@ impl HttpSink {
             .timeout(cfg.timeout)
             // A batch and the --http-header values never follow a redirect
             // to another origin.
-            .redirect(crate::config::same_origin_redirects())
+            .redirect(crate::http_client::same_origin_redirects())
             .build()
             .map_err(|e| SinkError::Config {
                 sink: "http",

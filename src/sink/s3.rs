@@ -111,7 +111,7 @@ impl object_store::client::HttpConnector for Connector {
 /// `extra_ca_pem` (`--s3-ca`), timeouts, proxies from the environment
 /// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), redirects only within the origin.
 pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, SinkError> {
-    let tls = crate::config::rustls_config(extra_ca_pem).map_err(|e| SinkError::Config {
+    let tls = crate::http_client::rustls_config(extra_ca_pem).map_err(|e| SinkError::Config {
         sink: "s3",
         what: format!("--s3-ca (S3_CA): {e}"),
     })?;
@@ -119,7 +119,7 @@ pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, SinkE
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
-        .redirect(crate::config::same_origin_redirects())
+        .redirect(crate::http_client::same_origin_redirects())
         .build()
         .map_err(|e| SinkError::Config {
             sink: "s3",

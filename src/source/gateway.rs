@@ -131,7 +131,7 @@ impl std::fmt::Debug for GatewayEndpoints {
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub endpoints: GatewayEndpoints,
-    /// The client for UAA, the CF API and the gateway ([`crate::config::http_client`]).
+    /// The client for UAA, the CF API and the gateway ([`crate::http_client::http_client`]).
     pub http: reqwest::Client,
     pub streams: Streams,
     pub backoff: Backoff,

@@ -45,7 +45,7 @@ impl TestCc {
     pub fn client(&self) -> CloudController {
         CloudController {
             base: self.base.lock().unwrap().parse().unwrap(),
-            http: cf_audit_nozzle::config::http_client(None, false).unwrap(),
+            http: cf_audit_nozzle::http_client::http_client(None, false).unwrap(),
             token: TokenProvider::fixed(TOKEN),
             max_body: self
                 .max_body
