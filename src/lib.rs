@@ -28,10 +28,13 @@
 //! [`pipeline`] assembles these and shuts them down in order; [`audit`]
 //! starts the poller and enrichment; [`config`] is the
 //! command line; [`demo`] runs the emulator into the real pipeline.
-//! Beside the flow: [`telemetry`] serves `/health` and `/metrics` from the
-//! counters the stages keep; [`alert`] watches them for stalled sinks, drops
-//! and upstream loss; [`tail`] prints the firehose live for an operator;
-//! [`logging`] sets up the nozzle's own log lines.
+//! Beside the flow: [`stats`] gathers the counters the stages keep;
+//! [`telemetry`] serves `/health` and `/metrics` from them; [`alert`] watches
+//! them for stalled sinks, drops and upstream loss; [`tail`] prints the
+//! firehose live for an operator; [`logging`] sets up the nozzle's own log
+//! lines. Under every stage: [`backoff`] paces reconnects and retries, and
+//! [`http_client`] is the one HTTP client (trust roots, redirect policy).
+//! Which module may import which is in ARCHITECTURE.md ("Layers").
 
 #![forbid(unsafe_code)]
 

@@ -55,7 +55,7 @@ impl SinkQueue {
         )
     }
 
-    /// A queue backed by a disk buffer (see [`crate::buffer`]): the memory
+    /// A queue backed by a disk buffer (see [`super::buffer`]): the memory
     /// queue of `capacity` records reads ahead, the rest waits on disk.
     /// Records left on disk by an earlier run come first.
     pub fn with_buffer(

@@ -20,7 +20,7 @@ use super::{
 use crate::backoff::Backoff;
 use crate::record::Record;
 
-/// Runs a sink until its queue is closed (every [`SinkQueue`] dropped) and
+/// Runs a sink until its queue is closed (every [`SinkQueue`](super::SinkQueue) dropped) and
 /// drained, then rolls it one last time and reports.
 pub async fn run_sink<S: Sink>(
     mut sink: S,
