@@ -11,14 +11,11 @@
 //!
 //! A sink itself only implements [`Sink`]: write a batch, complete what is open.
 
-pub mod digest;
+pub mod archive;
 pub mod file;
 pub mod http;
 pub mod latency;
-pub mod notify;
-pub mod object;
 mod runner;
-pub mod s3;
 pub mod stdout;
 pub mod syslog;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{SinkReport, SinkStats};
+use crate::sink::{SinkReport, SinkStats};
 use crate::source::Backoff;
 
 /// Notifications waiting to be sent; beyond this they are dropped and counted.
