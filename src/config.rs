@@ -314,13 +314,14 @@ impl OutputArgs {
                 SinkKind::Stdout => SinkConfig::Stdout,
                 // With a signing key, the file sink is the object writer's
                 // local-folder backend, which feeds the digest chain.
-                SinkKind::File if self.s3.signing_key.is_some() => {
-                    self.object_sink(crate::sink::s3::Target::Dir(self.out_dir.clone()), errors)
-                }
+                SinkKind::File if self.s3.signing_key.is_some() => self.object_sink(
+                    crate::sink::archive::Target::Dir(self.out_dir.clone()),
+                    errors,
+                ),
                 SinkKind::S3 => {
                     let vcap = std::env::var("VCAP_SERVICES").ok();
                     match self.s3.s3_config(vcap.as_deref(), errors) {
-                        Some(s3) => self.object_sink(crate::sink::s3::Target::S3(s3), errors),
+                        Some(s3) => self.object_sink(crate::sink::archive::Target::S3(s3), errors),
                         None => continue,
                     }
                 }
@@ -367,8 +368,12 @@ impl OutputArgs {
 
 impl OutputArgs {
     /// An object sink (S3, or the signed local folder) writing to `target`.
-    fn object_sink(&self, target: crate::sink::s3::Target, errors: &mut Vec<String>) -> SinkConfig {
-        SinkConfig::Object(Box::new(crate::sink::s3::ObjectSinkConfig {
+    fn object_sink(
+        &self,
+        target: crate::sink::archive::Target,
+        errors: &mut Vec<String>,
+    ) -> SinkConfig {
+        SinkConfig::Object(Box::new(crate::sink::archive::ObjectSinkConfig {
             target,
             roll: self.s3.roll(
                 self.roll_interval,

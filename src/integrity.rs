@@ -6,7 +6,7 @@
 //! SHA-256 of its uncompressed content and its signature, and is signed over
 //! CloudTrail's four-line string ([`string_to_sign`]). Because each signature
 //! covers the previous one, changing or removing any digest breaks every later
-//! link. Writing the chain is [`crate::sink::digest`]; checking it is
+//! link. Writing the chain is [`crate::sink::archive::digest`]; checking it is
 //! [`crate::validate`].
 
 use std::path::Path;

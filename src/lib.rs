@@ -21,8 +21,8 @@
 //!    each sink its share without waiting, so ingress never waits on a sink.
 //! 4. **Sinks** ([`sink`]): a bounded queue, batching and exact accounting
 //!    shared by all; [`sink::stdout`] and [`sink::file`] (CloudTrail-style gzip files);
-//!    [`sink::s3`] writes the same files to S3 (or a local folder) through
-//!    [`sink::object`], feeding the signed digest chain ([`sink::digest`],
+//!    [`sink::archive::ObjectSink`] writes the same files to S3 (or a local
+//!    folder) through [`sink::archive`], feeding the signed digest chain ([`sink::archive::digest`],
 //!    formats in [`integrity`]) that [`validate`] checks.
 //!
 //! [`pipeline`] assembles these and shuts them down in order; [`audit`]

@@ -386,15 +386,16 @@ async fn validate(
         None => chrono::Utc::now(),
     };
     let archive = match &args.dir {
-        Some(dir) => cf_audit_nozzle::sink::object::Archive::local(dir, &args.s3.s3_prefix)?,
+        Some(dir) => cf_audit_nozzle::sink::archive::Archive::local(dir, &args.s3.s3_prefix)?,
         None => {
             let mut errors = Vec::new();
             let vcap = std::env::var("VCAP_SERVICES").ok();
             let s3 = args.s3.s3_config(vcap.as_deref(), &mut errors);
             match s3 {
                 Some(s3) if errors.is_empty() => {
-                    let client = cf_audit_nozzle::sink::s3::http_client(s3.ca_pem.as_deref())?;
-                    cf_audit_nozzle::sink::s3::s3_archive(&s3, &client)?
+                    let client =
+                        cf_audit_nozzle::sink::archive::s3::http_client(s3.ca_pem.as_deref())?;
+                    cf_audit_nozzle::sink::archive::s3::s3_archive(&s3, &client)?
                 }
                 _ => {
                     errors.insert(0, "validate needs --dir or --s3-bucket".into());

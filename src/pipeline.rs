@@ -28,8 +28,8 @@ pub enum SinkConfig {
     File(FileSinkConfig),
     Syslog(crate::sink::syslog::SyslogConfig),
     Http(Box<crate::sink::http::HttpSinkConfig>),
-    /// S3, or a local folder with a signed digest chain (`sink::s3`).
-    Object(Box<crate::sink::s3::ObjectSinkConfig>),
+    /// S3, or a local folder with a signed digest chain (`sink::archive`).
+    Object(Box<crate::sink::archive::ObjectSinkConfig>),
 }
 
 #[derive(Clone, Debug)]
@@ -130,9 +130,12 @@ impl Pipeline {
         for (sink_cfg, kinds) in &cfg.sinks {
             match sink_cfg {
                 SinkConfig::Object(o) => {
-                    for (sink, kinds) in
-                        crate::sink::s3::start_object_sinks(o, &cfg.encode, kinds, &mut followers)?
-                    {
+                    for (sink, kinds) in crate::sink::archive::start_object_sinks(
+                        o,
+                        &cfg.encode,
+                        kinds,
+                        &mut followers,
+                    )? {
                         add(spawner(sink), kinds)?;
                     }
                 }

@@ -15,13 +15,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::integrity::{DigestFile, PublicKey, sha256_hex, string_to_sign};
-use crate::sink::digest::{gunzip, read_signature};
-use crate::sink::object::{Archive, join_prefix};
+use crate::sink::archive::digest::{gunzip, read_signature};
+use crate::sink::archive::{Archive, join_prefix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
     #[error("cannot list the archive: {0}")]
-    List(#[from] crate::sink::object::ArchiveError),
+    List(#[from] crate::sink::archive::ArchiveError),
     #[error("--{flag} must be an RFC 3339 time such as 2026-11-27T00:00:00Z, not {value:?}")]
     Time { flag: &'static str, value: String },
 }

@@ -15,9 +15,9 @@ use cf_audit_nozzle::integrity::{
 use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
 use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::sink::BatchConfig;
-use cf_audit_nozzle::sink::digest::DigestSettings;
-use cf_audit_nozzle::sink::object::Archive;
-use cf_audit_nozzle::sink::s3::{ObjectSinkConfig, RollConfig, Target};
+use cf_audit_nozzle::sink::archive::Archive;
+use cf_audit_nozzle::sink::archive::digest::DigestSettings;
+use cf_audit_nozzle::sink::archive::{ObjectSinkConfig, RollConfig, Target};
 use cf_audit_nozzle::validate::{Report, validate};
 
 const RUNS: usize = 3;

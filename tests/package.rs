@@ -263,12 +263,12 @@ async fn the_packaged_app_runs_with_the_manifests_environment_and_cloud_foundrys
 
     // Every envelope is one record in the bucket.
     let cfg = m.config(BUCKET);
-    let archive = cf_audit_nozzle::sink::s3::s3_archive(
-        &cf_audit_nozzle::sink::s3::S3Config {
+    let archive = cf_audit_nozzle::sink::archive::s3::s3_archive(
+        &cf_audit_nozzle::sink::archive::s3::S3Config {
             prefix: String::new(),
             ..cfg
         },
-        &cf_audit_nozzle::sink::s3::http_client(None).unwrap(),
+        &cf_audit_nozzle::sink::archive::s3::http_client(None).unwrap(),
     )
     .unwrap();
     let keys = m.list(BUCKET, "CFLogs/");

@@ -18,10 +18,11 @@ use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::integrity::{Algorithm, SigningKey};
 use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
 use cf_audit_nozzle::record::{EncodeContext, Kind};
-use cf_audit_nozzle::sink::digest::{DigestSettings, gunzip};
-use cf_audit_nozzle::sink::object::Archive;
-use cf_audit_nozzle::sink::s3::{
-    ObjectSink, ObjectSinkConfig, RollConfig, S3Config, Sse, Target, http_client, s3_archive,
+use cf_audit_nozzle::sink::archive::Archive;
+use cf_audit_nozzle::sink::archive::digest::{DigestSettings, gunzip};
+use cf_audit_nozzle::sink::archive::{
+    ObjectSink, ObjectSinkConfig, RollConfig, Target,
+    s3::{S3Config, Sse, http_client, s3_archive},
 };
 use cf_audit_nozzle::sink::{BatchConfig, Chunk, Sink, SinkQueue, SinkReport, run_sink};
 

@@ -184,16 +184,16 @@ fn cursor_store(
     }
     let s3 = pipeline.sinks.iter().find_map(|(s, _)| match s {
         SinkConfig::Object(o) => match &o.target {
-            crate::sink::s3::Target::S3(s3) => Some(s3),
-            crate::sink::s3::Target::Dir(_) => None,
+            crate::sink::archive::Target::S3(s3) => Some(s3),
+            crate::sink::archive::Target::Dir(_) => None,
         },
         _ => None,
     });
     let Some(s3) = s3 else {
         return CursorStore::File(PathBuf::from(NAME));
     };
-    let archive = match crate::sink::s3::http_client(s3.ca_pem.as_deref())
-        .and_then(|client| crate::sink::s3::s3_archive(s3, &client))
+    let archive = match crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())
+        .and_then(|client| crate::sink::archive::s3::s3_archive(s3, &client))
     {
         Ok(a) => std::sync::Arc::new(a),
         Err(e) => {
@@ -273,7 +273,7 @@ fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
 
 /// The `--sink` name of a configured sink (`None`: a sink `--route` cannot name yet).
 fn sink_name(s: &SinkConfig) -> Option<SinkKind> {
-    use crate::sink::s3::Target;
+    use crate::sink::archive::Target;
     match s {
         SinkConfig::Stdout => Some(SinkKind::Stdout),
         SinkConfig::File(_) => Some(SinkKind::File),

@@ -11,8 +11,11 @@ use clap::{Args, ValueEnum};
 
 use crate::integrity::{Algorithm, SigningKey};
 use crate::redact::Secret;
-use crate::sink::digest::DigestSettings;
-use crate::sink::s3::{RollConfig, S3Config, Sse};
+use crate::sink::archive::digest::DigestSettings;
+use crate::sink::archive::{
+    RollConfig,
+    s3::{S3Config, Sse},
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SseArg {

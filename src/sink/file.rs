@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::object::{RecordsFile, unique_suffix};
+use super::archive::{RecordsFile, unique_suffix};
 use super::{Output, Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Kind, Record};
 
@@ -34,7 +34,7 @@ pub struct FileSinkConfig {
 
 struct OpenFile {
     partial: PathBuf,
-    /// The encoder shared with the s3 sink (`sink::object`).
+    /// The encoder shared with the s3 sink (`sink::archive`).
     file: RecordsFile<BufWriter<File>>,
 }
 

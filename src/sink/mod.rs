@@ -11,16 +11,13 @@
 //!
 //! A sink itself only implements [`Sink`]: write a batch, complete what is open.
 
+pub mod archive;
 pub mod buffer;
-pub mod digest;
 pub mod file;
 pub mod http;
 pub mod latency;
-pub mod notify;
-pub mod object;
 mod queue;
 mod runner;
-pub mod s3;
 pub mod stdout;
 pub mod syslog;
 

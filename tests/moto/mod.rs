@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-use cf_audit_nozzle::sink::s3::{S3Config, Sse};
+use cf_audit_nozzle::sink::archive::s3::{S3Config, Sse};
 
 pub struct Moto {
     pub endpoint: String,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{SinkReport, SinkStats};
 use crate::backoff::Backoff;
+use crate::sink::{SinkReport, SinkStats};
 
 /// Notifications waiting to be sent; beyond this they are dropped and counted.
 const QUEUE: usize = 10_000;

@@ -6,6 +6,17 @@
 //! A log file is gzip of `{"Records":[...]}`. While it is written, the
 //! SHA-256 of the *uncompressed* bytes and the oldest and newest event times
 //! are kept, because the digest chain lists each file with them.
+//!
+//! Beside it: the sink that writes and uploads the files ([`ObjectSink`],
+//! `sink.rs`), the S3 client half ([`s3`]), the signed digest chain
+//! ([`digest`]) and the upload notifications ([`notify`]).
+
+pub mod digest;
+pub mod notify;
+pub mod s3;
+mod sink;
+
+pub use sink::{Follower, ObjectSink, ObjectSinkConfig, RollConfig, Target, start_object_sinks};
 
 use std::io::Write;
 use std::sync::Arc;

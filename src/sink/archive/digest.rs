@@ -19,13 +19,13 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::notify::Notifier;
-use super::object::{Archive, join_prefix};
-use super::{Output, SinkReport, SinkStats};
+use super::{Archive, join_prefix};
 use crate::backoff::Backoff;
 use crate::integrity::{
     DigestFile, LogFileEntry, META_SIGNATURE, META_SIGNATURE_ALGORITHM, SignatureSidecar,
     SigningKey, digest_time, sha256_hex, string_to_sign,
 };
+use crate::sink::{Output, SinkReport, SinkStats};
 
 /// Digest chain settings from the command line (`--signing-key`, `--digest-interval`).
 #[derive(Clone, Debug)]
@@ -90,7 +90,7 @@ pub fn gunzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
 pub async fn read_signature(
     archive: &Archive,
     key: &str,
-    fetched: &super::object::Fetched,
+    fetched: &super::Fetched,
 ) -> Option<(String, String)> {
     if archive.local {
         let sidecar = archive
@@ -116,7 +116,7 @@ pub async fn find_previous(
     archive: &Archive,
     foundation: &str,
     instance: u32,
-) -> Result<Option<PreviousDigest>, super::object::ArchiveError> {
+) -> Result<Option<PreviousDigest>, super::ArchiveError> {
     let keys = archive
         .list(&archive.digests, &digest_folder(foundation))
         .await?;

@@ -1,0 +1,151 @@
+//! The S3 client half of the archive: how a bucket (or any S3-compatible
+//! store) is reached through `object_store`'s S3 client (SigV4, its own
+//! short retries) over our rustls configuration, with the configured
+//! server-side encryption.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+
+use super::Archive;
+use crate::redact::Secret;
+use crate::sink::SinkError;
+
+/// Server-side encryption of log files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sse {
+    /// SSE-S3 (`AES256`), the default.
+    Aes256,
+    /// SSE-KMS (`aws:kms`) with `--s3-kms-key-id` (or the bucket's default key).
+    Kms,
+    /// None: the bucket's default encryption, if any, applies.
+    None,
+}
+
+/// Where and how to reach the bucket. `Debug` never shows the secret.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    /// An S3-compatible endpoint (`http://127.0.0.1:9000`); AWS without it.
+    pub endpoint: Option<String>,
+    /// `endpoint/bucket/key` instead of `bucket.endpoint/key`.
+    pub path_style: bool,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    /// The session token of temporary credentials (`x-amz-security-token`).
+    pub session_token: Option<Secret>,
+    pub sse: Sse,
+    pub kms_key_id: Option<String>,
+    /// Extra CA certificates (PEM, `--s3-ca`) trusted for the endpoint and
+    /// the notification webhook, besides the Mozilla roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+/// Supplies our own reqwest client (rustls with the ring provider, as the
+/// rest of the crate) to `object_store`, instead of its default TLS stack.
+#[derive(Debug)]
+struct Connector(reqwest::Client);
+
+impl object_store::client::HttpConnector for Connector {
+    fn connect(
+        &self,
+        _options: &ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        Ok(object_store::client::HttpClient::new(self.0.clone()))
+    }
+}
+
+/// An HTTP client for S3 and webhooks: rustls, the Mozilla roots plus
+/// `extra_ca_pem` (`--s3-ca`), timeouts, proxies from the environment
+/// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), redirects only within the origin.
+pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, SinkError> {
+    let tls = crate::http_client::rustls_config(extra_ca_pem).map_err(|e| SinkError::Config {
+        sink: "s3",
+        what: format!("--s3-ca (S3_CA): {e}"),
+    })?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .redirect(crate::http_client::same_origin_redirects())
+        .build()
+        .map_err(|e| SinkError::Config {
+            sink: "s3",
+            what: crate::error_chain(&e),
+        })
+}
+
+fn store(
+    cfg: &S3Config,
+    client: &reqwest::Client,
+    sse: Sse,
+) -> Result<Arc<dyn ObjectStore>, SinkError> {
+    let mut b = AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_virtual_hosted_style_request(!cfg.path_style)
+        .with_http_connector(Connector(client.clone()))
+        // The sink's runner retries with its own backoff; object_store
+        // retries a failed request only briefly, so an outage surfaces.
+        .with_retry(RetryConfig {
+            max_retries: 2,
+            retry_timeout: Duration::from_secs(20),
+            ..RetryConfig::default()
+        });
+    if let Some(endpoint) = &cfg.endpoint {
+        b = b
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"));
+    }
+    if let Some(id) = &cfg.access_key_id {
+        b = b.with_access_key_id(id);
+    }
+    if let Some(secret) = &cfg.secret_access_key {
+        b = b.with_secret_access_key(secret.expose());
+    }
+    if let Some(token) = &cfg.session_token {
+        b = b.with_token(token.expose());
+    }
+    b = match sse {
+        Sse::Aes256 => b.with_config(sse_key(), "AES256"),
+        Sse::Kms => match &cfg.kms_key_id {
+            Some(id) => b.with_sse_kms_encryption(id),
+            None => b.with_config(sse_key(), "aws:kms"),
+        },
+        Sse::None => b,
+    };
+    let s = b.build().map_err(|e| SinkError::Config {
+        sink: "s3",
+        what: crate::error_chain(&e),
+    })?;
+    Ok(Arc::new(s))
+}
+
+fn sse_key() -> AmazonS3ConfigKey {
+    "aws_server_side_encryption"
+        .parse()
+        .expect("object_store knows this key")
+}
+
+/// The bucket as an [`Archive`]: log files with the configured encryption,
+/// digest files always SSE-S3 (as CloudTrail keeps them).
+pub fn s3_archive(cfg: &S3Config, client: &reqwest::Client) -> Result<Archive, SinkError> {
+    let logs = store(cfg, client, cfg.sse)?;
+    let digests = if cfg.sse == Sse::Aes256 {
+        Arc::clone(&logs)
+    } else {
+        store(cfg, client, Sse::Aes256)?
+    };
+    Ok(Archive {
+        logs,
+        digests,
+        bucket: cfg.bucket.clone(),
+        prefix: cfg.prefix.trim_matches('/').to_string(),
+        display_root: format!("s3://{}/", cfg.bucket),
+        local: false,
+    })
+}
