@@ -35,7 +35,7 @@ pub enum DemoError {
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
     #[error(transparent)]
-    Sink(#[from] crate::sink::SinkError),
+    Sink(#[from] crate::sink::BuildError),
     #[error("demo file {path} is not a valid gzip JSON Records file: {reason}")]
     BadFile { path: String, reason: String },
 }

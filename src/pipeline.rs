@@ -18,7 +18,7 @@ use crate::sink::file::{FileSink, FileSinkConfig};
 use crate::sink::stdout::StdoutSink;
 use crate::sink::syslog::SyslogSink;
 use crate::sink::{
-    BatchConfig, NotDelivered, SinkError, SinkQueue, SinkReport, SinkStats, run_sink,
+    BatchConfig, BuildError, NotDelivered, SinkQueue, SinkReport, SinkStats, run_sink,
 };
 use crate::source::rlp::{self, RlpConfig, RlpStatus};
 
@@ -109,14 +109,14 @@ impl Summary {
 impl Pipeline {
     /// Starts one task per sink. Fails only on what the sinks need at start
     /// (a folder that cannot be created).
-    pub fn start(cfg: &PipelineConfig) -> Result<Self, SinkError> {
+    pub fn start(cfg: &PipelineConfig) -> Result<Self, BuildError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
         let mut buffers = Vec::new();
         // The buffer's size is shared evenly: one sink that is down fills
         // its own share, never the others'.
         let buffer = cfg.buffer.as_ref().map(|b| b.per_sink(sink_count(cfg)));
-        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), SinkError> {
+        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), BuildError> {
             let (task, queue) = sink(cfg, buffer.as_ref())?;
             if let Some(b) = queue.buffer() {
                 buffers.push(Arc::clone(b));
@@ -290,7 +290,7 @@ type Spawned = Box<
     dyn FnOnce(
         &PipelineConfig,
         Option<&crate::sink::buffer::BufferConfig>,
-    ) -> Result<(JoinHandle<SinkReport>, SinkQueue), SinkError>,
+    ) -> Result<(JoinHandle<SinkReport>, SinkQueue), BuildError>,
 >;
 
 /// `sink` behind its queue, batching by the pipeline's batch limits.
@@ -298,12 +298,7 @@ fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
     Box::new(move |cfg, buffer| {
         let (queue, intake) = match buffer {
             None => SinkQueue::new(sink.name(), cfg.queue_capacity),
-            Some(b) => SinkQueue::with_buffer(sink.name(), cfg.queue_capacity, b).map_err(|e| {
-                SinkError::Config {
-                    sink: "buffer",
-                    what: e.to_string(),
-                }
-            })?,
+            Some(b) => SinkQueue::with_buffer(sink.name(), cfg.queue_capacity, b)?,
         };
         let task = tokio::spawn(run_sink(
             sink,
@@ -361,7 +356,7 @@ pub struct RunConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Sink(#[from] BuildError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
 }

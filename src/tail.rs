@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RunArgs;
 use crate::pipeline::{RunConfig, SourceConfig};
-use crate::record::{EncodeContext, Kind, Record};
+use crate::record::{EncodeContext, Kind};
 use crate::route::Router;
-use crate::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
+use crate::sink::{Batch, BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
 use crate::source::SourceStatus;
 
 #[derive(Debug, Args)]
@@ -235,9 +235,9 @@ impl<W: Write + Send + 'static> Sink for Printer<W> {
         "tail"
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         let mut text = String::new();
-        for record in batch {
+        for record in batch.records {
             let line = record.to_json(&self.ctx);
             let Ok(json) = serde_json::from_str::<Value>(&line) else {
                 continue;
@@ -257,7 +257,7 @@ impl<W: Write + Send + 'static> Sink for Printer<W> {
         // A closed stdout (`tail | head`) ends nothing upstream: the lines are dropped.
         let _ = self.out.write_all(text.as_bytes());
         let _ = self.out.flush();
-        Ok(batch.len() as u64)
+        Ok(batch.records.len() as u64)
     }
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {

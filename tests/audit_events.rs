@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use cf_audit_nozzle::backoff::Backoff;
 use cf_audit_nozzle::pipeline::{Pipeline, Summary};
-use cf_audit_nozzle::record::{ApiSource, Kind, Record};
+use cf_audit_nozzle::record::{ApiSource, Kind};
 use cf_audit_nozzle::route::Router;
-use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
+use cf_audit_nozzle::sink::{Batch, BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
 use cf_audit_nozzle::source::audit_events::{
     self, AuditEventsConfig, AuditStatus, CursorStore, load_cursor,
 };
@@ -194,15 +194,15 @@ impl Sink for GateSink {
         "gate"
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         let _ = self.open.wait_for(|open| *open).await;
         let mut d = self.delivered.lock().unwrap();
-        for r in batch {
+        for r in batch.records {
             if let Some(ApiSource::AuditEvents(a)) = r.api.as_deref().map(|a| &a.source) {
                 d.push(a.guid.clone());
             }
         }
-        Ok(batch.len() as u64)
+        Ok(batch.records.len() as u64)
     }
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {

@@ -14,9 +14,9 @@ use std::time::Duration;
 use cf_audit_nozzle::backoff::Backoff;
 use cf_audit_nozzle::http_client::http_client;
 use cf_audit_nozzle::proto::Envelope;
-use cf_audit_nozzle::record::{Kind, Record};
+use cf_audit_nozzle::record::Kind;
 use cf_audit_nozzle::route::Router;
-use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
+use cf_audit_nozzle::sink::{Batch, BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
 use cf_audit_nozzle::source::emulator::gateway::{SSE_CLOSING, SSE_HEAD, sse_batch_frame};
 use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
@@ -33,10 +33,10 @@ impl Sink for Collect {
     fn name(&self) -> &str {
         "collect"
     }
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         let mut got = self.0.lock().unwrap();
-        got.extend(batch.iter().map(|r| r.envelope.to_prost()));
-        Ok(batch.len() as u64)
+        got.extend(batch.records.iter().map(|r| r.envelope.to_prost()));
+        Ok(batch.records.len() as u64)
     }
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
         Ok(0)

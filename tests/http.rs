@@ -18,7 +18,7 @@ use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::Envelope;
 use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
 use cf_audit_nozzle::sink::http::{AckConfig, HecIndex, HttpFormat, HttpSink, HttpSinkConfig};
-use cf_audit_nozzle::sink::{BatchConfig, DeadLetter, Sink, SinkQueue, run_sink};
+use cf_audit_nozzle::sink::{Batch, BatchConfig, DeadLetter, Sink, SinkQueue, run_sink};
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use cf_audit_nozzle::source::rlp::{self, RlpStatus};
 use common::*;
@@ -277,7 +277,7 @@ async fn hec_requests_carry_what_splunk_expects() {
     let mut labelled = app_line(2);
     labelled.tags.insert("splunk_index".into(), "team_a".into());
     let batch = records(vec![api, app_line(1), labelled]);
-    assert_eq!(sink.write(&batch).await.unwrap(), 3);
+    assert_eq!(sink.write(Batch::new(1, &batch)).await.unwrap(), 3);
 
     let headers = hec.headers.lock().unwrap()[0].clone();
     assert_eq!(
@@ -336,14 +336,14 @@ async fn json_formats_send_the_records_and_custom_headers() {
     cfg.headers = vec![("Authorization".into(), "Bearer s3cret".into())];
     HttpSink::new(cfg, ctx())
         .unwrap()
-        .write(&batch)
+        .write(Batch::new(1, &batch))
         .await
         .unwrap();
     let mut cfg = http_config(&format!("{url}/ingest"), HttpFormat::JsonArray);
     cfg.gzip = false;
     HttpSink::new(cfg, ctx())
         .unwrap()
-        .write(&batch)
+        .write(Batch::new(1, &batch))
         .await
         .unwrap();
 
@@ -536,10 +536,9 @@ async fn with_indexer_acks_records_are_delivered_only_once_splunk_indexed_them()
     .await;
     let mut sink = HttpSink::new(with_acks(&url, Duration::from_secs(300)), ctx()).unwrap();
     assert_eq!(sink.roll_interval(), Some(Duration::from_millis(50)));
+    let batch = records((0..5).map(app_line).collect());
     assert_eq!(
-        sink.write(&records((0..5).map(app_line).collect()))
-            .await
-            .unwrap(),
+        sink.write(Batch::new(1, &batch)).await.unwrap(),
         0,
         "in flight"
     );
@@ -559,12 +558,8 @@ async fn a_request_splunk_never_acknowledges_is_sent_again_after_the_timeout() {
     })
     .await;
     let mut sink = HttpSink::new(with_acks(&url, Duration::from_millis(200)), ctx()).unwrap();
-    assert_eq!(
-        sink.write(&records((0..5).map(app_line).collect()))
-            .await
-            .unwrap(),
-        0
-    );
+    let batch = records((0..5).map(app_line).collect());
+    assert_eq!(sink.write(Batch::new(1, &batch)).await.unwrap(), 0);
     assert_eq!(sink.roll().await.unwrap(), 0, "not indexed yet");
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(

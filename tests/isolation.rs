@@ -6,9 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use cf_audit_nozzle::proto::{Envelope, Log, envelope};
-use cf_audit_nozzle::record::{Kind, Record};
+use cf_audit_nozzle::record::Kind;
 use cf_audit_nozzle::route::Router;
-use cf_audit_nozzle::sink::{BatchConfig, Sink, SinkError, SinkFailure, SinkQueue, run_sink};
+use cf_audit_nozzle::sink::{
+    Batch, BatchConfig, Sink, SinkError, SinkFailure, SinkQueue, run_sink,
+};
 
 /// A receiver that is down: every write fails retryably.
 struct Down(Arc<AtomicU64>);
@@ -17,16 +19,15 @@ impl Sink for Down {
     fn name(&self) -> &str {
         "down"
     }
-    async fn write(&mut self, _batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, _batch: Batch<'_>) -> Result<u64, SinkFailure> {
         self.0.fetch_add(1, Ordering::SeqCst);
-        Err(SinkFailure::retryable(
-            SinkError::Connect {
-                sink: "down",
+        Err(SinkFailure::Retry {
+            error: SinkError::Connect {
                 addr: "siem:6514".into(),
                 reason: "connection refused".into(),
             },
-            None,
-        ))
+            after: None,
+        })
     }
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
         Ok(0)
@@ -40,9 +41,10 @@ impl Sink for Up {
     fn name(&self) -> &str {
         "up"
     }
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
-        self.0.fetch_add(batch.len() as u64, Ordering::SeqCst);
-        Ok(batch.len() as u64)
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
+        self.0
+            .fetch_add(batch.records.len() as u64, Ordering::SeqCst);
+        Ok(batch.records.len() as u64)
     }
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
         Ok(0)

@@ -15,8 +15,8 @@ use std::time::Duration;
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::http_client::http_client;
 use cf_audit_nozzle::record::{EncodeContext, Record};
-use cf_audit_nozzle::sink::Sink;
 use cf_audit_nozzle::sink::http::{HttpFormat, HttpSink, HttpSinkConfig};
+use cf_audit_nozzle::sink::{Batch, Sink, SinkFailure};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
 use peer::{Peer, Reply};
 
@@ -111,10 +111,11 @@ async fn the_http_sink_never_sends_a_batch_or_its_headers_to_another_origin() {
     let hec = Peer::start(Reply::Redirect(format!("{}{{path}}", elsewhere.url))).await;
     let mut sink = HttpSink::new(hec_config(&hec.url), ctx.clone()).unwrap();
 
-    let failure = sink.write(&batch(5)).await.unwrap_err();
+    let records = batch(5);
+    let failure = sink.write(Batch::new(1, &records)).await.unwrap_err();
     // Not delivered, not dropped: the runner keeps the batch and retries.
-    assert!(failure.retry.is_some() && !failure.rejected, "{failure:?}");
-    let text = failure.error.to_string();
+    assert!(matches!(failure, SinkFailure::Retry { .. }), "{failure:?}");
+    let text = failure.error().to_string();
     assert!(
         text.contains(&format!(
             "refused a redirect from {} to {}: credentials and records are sent only to the configured origin",
@@ -133,7 +134,7 @@ async fn the_http_sink_never_sends_a_batch_or_its_headers_to_another_origin() {
         ctx,
     )
     .unwrap();
-    assert_eq!(sink.write(&batch(5)).await.unwrap(), 5);
+    assert_eq!(sink.write(Batch::new(1, &records)).await.unwrap(), 5);
     let got = same.seen();
     let targets: Vec<&str> = got.iter().map(|s| s.target.as_str()).collect();
     assert_eq!(

@@ -24,7 +24,9 @@ use cf_audit_nozzle::sink::archive::{
     ObjectSink, ObjectSinkConfig, RollConfig, Target,
     s3::{S3Config, Sse, http_client, s3_archive},
 };
-use cf_audit_nozzle::sink::{BatchConfig, Chunk, Sink, SinkQueue, SinkReport, run_sink};
+use cf_audit_nozzle::sink::{
+    Batch, BatchConfig, Chunk, Sink, SinkFailure, SinkQueue, SinkReport, run_sink,
+};
 
 fn ctx() -> EncodeContext {
     EncodeContext {
@@ -328,13 +330,19 @@ async fn a_wrong_secret_is_a_clear_403_and_the_records_wait_in_memory() {
         None,
         "s3",
     );
-    assert_eq!(sink.write(&records(0..10)).await.unwrap(), 0, "in flight");
+    let batch = records(0..10);
+    assert_eq!(
+        sink.write(Batch::new(1, &batch)).await.unwrap(),
+        0,
+        "in flight"
+    );
     // The roll completes the file; its upload fails and it is kept.
     assert_eq!(sink.roll().await.unwrap(), 0);
     // Until it is uploaded, new batches are refused retryably, with the reason.
-    let failure = sink.write(&records(10..20)).await.unwrap_err();
-    assert!(failure.retry.is_some(), "retryable");
-    let text = failure.error.to_string();
+    let batch = records(10..20);
+    let failure = sink.write(Batch::new(2, &batch)).await.unwrap_err();
+    assert!(matches!(failure, SinkFailure::Retry { .. }), "retryable");
+    let text = failure.error().to_string();
     assert!(
         text.contains("403") && text.contains("SignatureDoesNotMatch"),
         "{text}"

@@ -17,7 +17,7 @@ use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
 use cf_audit_nozzle::sink::syslog::{
     Framing, MsgFormat, SyslogConfig, SyslogFormat, SyslogSink, Transport,
 };
-use cf_audit_nozzle::sink::{BatchConfig, Sink};
+use cf_audit_nozzle::sink::{Batch, BatchConfig, Sink, SinkFailure};
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::{Pki, rustls_client_config};
 use common::*;
@@ -404,7 +404,8 @@ async fn a_connection_the_receiver_closed_is_replaced_before_the_next_batch() {
         },
     );
 
-    assert_eq!(sink.write(&app_records(0..3)).await.unwrap(), 3);
+    let batch = app_records(0..3);
+    assert_eq!(sink.write(Batch::new(1, &batch)).await.unwrap(), 3);
     let (first, _) = listener.accept().await.unwrap();
     assert_eq!(
         read_messages(first, 3).await,
@@ -414,7 +415,8 @@ async fn a_connection_the_receiver_closed_is_replaced_before_the_next_batch() {
     tokio::time::sleep(Duration::from_millis(50)).await;
 
     // Without the check, this batch would go into a socket nobody reads.
-    assert_eq!(sink.write(&app_records(3..5)).await.unwrap(), 2);
+    let batch = app_records(3..5);
+    assert_eq!(sink.write(Batch::new(2, &batch)).await.unwrap(), 2);
     let (second, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
         .await
         .expect("the sink reconnected for the second batch")
@@ -617,13 +619,17 @@ async fn a_tls_receiver_that_never_answers_the_handshake_times_out() {
             foundation: "t".into(),
         },
     );
-    let failure = tokio::time::timeout(Duration::from_secs(30), sink.write(&app_records(0..1)))
+    let batch = app_records(0..1);
+    let failure = tokio::time::timeout(Duration::from_secs(30), sink.write(Batch::new(1, &batch)))
         .await
         .expect("the handshake waits for good")
         .unwrap_err();
-    assert!(failure.retry.is_some(), "retried by the runner");
+    assert!(
+        matches!(failure, SinkFailure::Retry { .. }),
+        "retried by the runner"
+    );
     assert_eq!(
-        failure.error.to_string(),
+        failure.error().in_sink("syslog").to_string(),
         format!(
             "syslog sink: cannot connect to 127.0.0.1:{port}: TLS handshake: the receiver took no data for 300ms (--syslog-write-timeout)"
         )

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::archive::{RecordsFile, unique_suffix};
-use super::{Output, Sink, SinkError, SinkFailure};
+use super::{Batch, BuildError, Output, Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Kind, Record};
 
 #[derive(Clone, Debug)]
@@ -50,12 +50,16 @@ pub struct FileSink {
 impl FileSink {
     /// A writer of `kind` records. Creates the folder; warns about incomplete
     /// files of this kind that an earlier run left.
-    pub fn new(cfg: FileSinkConfig, ctx: EncodeContext, kind: Kind) -> Result<Self, SinkError> {
+    pub fn new(cfg: FileSinkConfig, ctx: EncodeContext, kind: Kind) -> Result<Self, BuildError> {
         let partial_dir = cfg.dir.join(".partial");
-        std::fs::create_dir_all(&partial_dir).map_err(|e| io(&partial_dir, e))?;
+        let unusable = |source| BuildError::FileDir {
+            path: partial_dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&partial_dir).map_err(unusable)?;
         let prefix = format!("{kind}_");
         let leftovers = std::fs::read_dir(&partial_dir)
-            .map_err(|e| io(&partial_dir, e))?
+            .map_err(unusable)?
             .filter(|e| {
                 e.as_ref()
                     .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&prefix))
@@ -149,9 +153,8 @@ impl FileSink {
 
 fn io(path: &Path, source: std::io::Error) -> SinkError {
     SinkError::Io {
-        sink: "file",
         path: path.display().to_string(),
-        source,
+        source: Arc::new(source),
     }
 }
 
@@ -163,18 +166,18 @@ impl Sink for FileSink {
         &self.name
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         let in_flight_before = self.open.as_ref().map_or(0, |f| f.file.records());
-        if let Err(error) = self.append(batch) {
+        if let Err(error) = self.append(batch.records) {
             // A file that failed a write cannot be trusted to complete: abandon
             // it (it stays under .partial/ for inspection); the next batch
             // starts a new one.
             if let Some(f) = self.open.take() {
                 tracing::warn!(path = %f.partial.display(), "abandoning a file after a failed write");
             }
-            return Err(SinkFailure {
-                lost_in_flight: in_flight_before,
-                ..error.into()
+            return Err(SinkFailure::Lost {
+                error,
+                in_flight: in_flight_before,
             });
         }
         // Nothing is delivered until the file is completed by a roll.
@@ -186,9 +189,9 @@ impl Sink for FileSink {
             return Ok(0);
         };
         let records = file.file.records();
-        self.close(file).map_err(|error| SinkFailure {
-            lost_in_flight: records,
-            ..error.into()
+        self.close(file).map_err(|error| SinkFailure::Lost {
+            error,
+            in_flight: records,
         })?;
         Ok(records)
     }
@@ -242,17 +245,23 @@ mod tests {
         // A file where the CFLogs folder must go: completing a file fails.
         std::fs::write(tmp.path().join("CFLogs"), "").unwrap();
         let mut sink = sink(tmp.path());
-        assert_eq!(sink.write(&app_logs(3)).await.unwrap(), 0, "in flight");
+        let batch = app_logs(3);
+        assert_eq!(
+            sink.write(Batch::new(1, &batch)).await.unwrap(),
+            0,
+            "in flight"
+        );
         let failure = sink.roll().await.unwrap_err();
-        assert_eq!(failure.lost_in_flight, 3);
+        assert_eq!(failure.lost_in_flight(), 3);
         assert!(
-            failure.error.to_string().contains("CFLogs"),
+            failure.error().to_string().contains("CFLogs"),
             "{}",
-            failure.error
+            failure.error()
         );
 
         std::fs::remove_file(tmp.path().join("CFLogs")).unwrap();
-        assert_eq!(sink.write(&app_logs(2)).await.unwrap(), 0);
+        let batch = app_logs(2);
+        assert_eq!(sink.write(Batch::new(2, &batch)).await.unwrap(), 0);
         assert_eq!(sink.roll().await.unwrap(), 2, "delivered at completion");
         let outputs = sink.outputs();
         assert_eq!(outputs.len(), 1);

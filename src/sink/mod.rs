@@ -36,75 +36,168 @@ use crate::record::Record;
 /// routed to one sink. Records are shared between the sinks they go to.
 pub type Chunk = Vec<Arc<Record>>;
 
-#[derive(Debug, thiserror::Error)]
+/// One batch as the runner hands it to [`Sink::write`]: which batch it is
+/// and which attempt at it. A retry of the same batch carries the same `id`
+/// and the same records, with `attempt` one higher, so a sink that delivers
+/// a batch in parts (the HTTP sink's requests) knows what already went
+/// through; the next batch has a new `id`.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// Unique per batch among those the runner hands this sink.
+    pub id: u64,
+    /// 1 for the first write of the batch, then 2, 3, ... for its retries.
+    pub attempt: u32,
+    pub records: &'a [Arc<Record>],
+}
+
+impl<'a> Batch<'a> {
+    /// The first attempt at batch `id`.
+    pub fn new(id: u64, records: &'a [Arc<Record>]) -> Self {
+        Self {
+            id,
+            attempt: 1,
+            records,
+        }
+    }
+
+    /// The next attempt at the same batch.
+    pub fn retry(self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self
+        }
+    }
+}
+
+/// Why a sink could not write or complete records, as it happened. The
+/// runner names the sink where it reports one ([`SinkError::in_sink`]):
+/// `http sink: <url> answered 400: ...`.
+/// Cloned for each record a refusal concerns (the HTTP sink's refused
+/// records), hence the shared I/O error.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("{sink} sink: cannot write {path}: {source}")]
+    /// A local write failed: a file, stdout, a connection's stream.
+    #[error("cannot write {path}: {source}")]
     Io {
-        sink: &'static str,
         path: String,
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
-    #[error("{sink} sink: cannot connect to {addr_shown}: {reason}", addr_shown = crate::redact::url(.addr))]
-    Connect {
-        sink: &'static str,
-        addr: String,
-        reason: String,
-    },
-    #[error("{sink} sink: {what}")]
-    Config { sink: &'static str, what: String },
-    #[error("{sink} sink: {url_shown} answered {status}: {detail}", url_shown = crate::redact::url(.url))]
+    /// No connection to the receiver, or no reply from it.
+    #[error("cannot connect to {addr_shown}: {reason}", addr_shown = crate::redact::url(.addr))]
+    Connect { addr: String, reason: String },
+    /// The receiver answered with a failure status.
+    #[error("{url_shown} answered {status}: {detail}", url_shown = crate::redact::url(.url))]
     Rejected {
-        sink: &'static str,
         url: String,
         status: u16,
         detail: String,
     },
+    /// Records could not be encoded (compressed) into a request body.
+    #[error("cannot write <gzip>: {reason}")]
+    Encode { reason: String },
+    /// Completed files could not be uploaded; they are kept and retried.
+    #[error("{reason} ({kept} completed file(s) kept in memory and retried)")]
+    Upload { reason: String, kept: usize },
+    /// Too many requests await the receiver's acknowledgement to send more.
+    #[error("{requests} requests await HEC acknowledgement; waiting")]
+    Unacknowledged { requests: usize },
 }
 
-/// A write or roll that failed: whether to try the batch again, or what it cost.
+impl SinkError {
+    /// The error as reported for the sink named `sink` (`file:app_log`
+    /// reports as `file sink: ...`: the name up to its first `:` is the
+    /// sink's type).
+    pub fn in_sink<'a>(&'a self, sink: &'a str) -> InSink<'a> {
+        InSink {
+            sink: sink.split(':').next().unwrap_or(sink),
+            error: self,
+        }
+    }
+}
+
+/// A [`SinkError`] with the sink it happened in: `<type> sink: <error>`.
+pub struct InSink<'a> {
+    sink: &'a str,
+    error: &'a SinkError,
+}
+
+impl std::fmt::Display for InSink<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} sink: {}", self.sink, self.error)
+    }
+}
+
+/// Why a sink could not be built from its (validated) configuration: what
+/// it needs at start is missing or refused. Reported before anything runs,
+/// naming the option where the sink knows which one it was.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The folder a file sink writes to cannot be created or read (`--out-dir`).
+    #[error("file sink: cannot write {path}: {source}")]
+    FileDir {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The folder the signed file sink archives to cannot be used.
+    #[error("file sink: {0}")]
+    ArchiveDir(archive::ArchiveError),
+    /// The HTTP sink's client cannot be built from its TLS settings.
+    #[error("http sink: cannot build the HTTP client: {0}")]
+    HttpClient(String),
+    /// `--s3-ca` is not a usable CA bundle.
+    #[error("s3 sink: --s3-ca (S3_CA): {0}")]
+    S3Ca(String),
+    /// The S3 sink's HTTP client cannot be built.
+    #[error("s3 sink: {0}")]
+    S3Client(String),
+    /// The bucket settings are refused by the S3 client.
+    #[error("s3 sink: {0}")]
+    S3Store(String),
+    /// The sink's disk buffer cannot be opened (`--buffer-dir`).
+    #[error("buffer sink: {0}")]
+    Buffer(#[from] buffer::BufferError),
+}
+
+/// A write or roll that failed: what becomes of the batch, and what it cost.
 #[derive(Debug)]
-pub struct SinkFailure {
-    pub error: SinkError,
-    /// Records written earlier (in flight) that this failure lost too, such as
-    /// those in a file that can no longer be completed. The failed batch itself
-    /// counts as lost unless the failure is retryable.
-    pub lost_in_flight: u64,
-    /// `Some` when the same batch should be written again (a receiver that is
-    /// down or busy), after the given delay or the runner's backoff.
-    pub retry: Option<Option<Duration>>,
+pub enum SinkFailure {
+    /// Worth retrying (a receiver that is down or busy): the runner writes
+    /// the same batch again after `after` (a receiver's Retry-After) or
+    /// its own backoff.
+    Retry {
+        error: SinkError,
+        after: Option<Duration>,
+    },
     /// The receiver refused the data itself and would refuse it again (HEC
     /// "invalid data format"): the batch goes to the dead-letter file.
-    pub rejected: bool,
+    Reject { error: SinkError },
+    /// The batch is lost, and with it `in_flight` records written earlier
+    /// (such as those in a file that can no longer be completed).
+    Lost { error: SinkError, in_flight: u64 },
 }
 
 impl SinkFailure {
-    /// A failure worth retrying: the runner writes the same batch again after
-    /// `after` (a receiver's Retry-After) or its own backoff.
-    pub fn retryable(error: SinkError, after: Option<Duration>) -> Self {
-        Self {
-            error,
-            lost_in_flight: 0,
-            retry: Some(after),
-            rejected: false,
+    pub fn error(&self) -> &SinkError {
+        match self {
+            Self::Retry { error, .. } | Self::Reject { error } | Self::Lost { error, .. } => error,
         }
     }
 
-    /// The receiver refused the batch's content: dead-letter it, do not retry.
-    pub fn rejected(error: SinkError) -> Self {
-        Self {
-            rejected: true,
-            ..error.into()
+    /// Records written earlier that this failure lost too.
+    pub fn lost_in_flight(&self) -> u64 {
+        match self {
+            Self::Lost { in_flight, .. } => *in_flight,
+            Self::Retry { .. } | Self::Reject { .. } => 0,
         }
     }
 }
 
+/// The batch is lost, nothing else.
 impl From<SinkError> for SinkFailure {
     fn from(error: SinkError) -> Self {
-        Self {
+        Self::Lost {
             error,
-            lost_in_flight: 0,
-            retry: None,
-            rejected: false,
+            in_flight: 0,
         }
     }
 }
@@ -119,10 +212,12 @@ pub trait Sink: Send + 'static {
     fn name(&self) -> &str;
 
     /// Writes one batch of records; returns how many of them are delivered
-    /// now (the rest are in flight until a roll confirms them).
+    /// now (the rest are in flight until a roll confirms them). After a
+    /// [`SinkFailure::Retry`] the runner writes the same batch again, with
+    /// the same [`Batch::id`], before any other.
     fn write(
         &mut self,
-        batch: &[Arc<Record>],
+        batch: Batch<'_>,
     ) -> impl std::future::Future<Output = Result<u64, SinkFailure>> + Send;
 
     /// Completes whatever the sink has open (closes files); returns how many

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::time::{Instant, sleep_until};
 
 use super::{
-    BatchConfig, DeadLetter, Intake, NotDelivered, Sink, SinkError, SinkFailure, SinkReport,
+    Batch, BatchConfig, DeadLetter, Intake, NotDelivered, Sink, SinkError, SinkFailure, SinkReport,
     SinkStats,
 };
 use crate::backoff::Backoff;
@@ -36,6 +36,8 @@ pub async fn run_sink<S: Sink>(
     let roll_every = sink.roll_interval();
     let mut next_roll = roll_every.map(|d| Instant::now() + d);
     let mut stamps = Stamps::default();
+    // Batches handed to the sink so far: the next one's id.
+    let mut batches: u64 = 0;
     loop {
         let due = [batch_deadline, next_roll].into_iter().flatten().min();
         tokio::select! {
@@ -50,7 +52,7 @@ pub async fn run_sink<S: Sink>(
                     pending_bytes += chunk.iter().map(|r| r.approx_size()).sum::<usize>();
                     pending.extend(chunk);
                     if pending.len() >= max_records || pending_bytes >= batch.max_bytes {
-                        write_pending(&mut sink, &mut pending, &stats, &batch, &mut intake, &mut stamps).await;
+                        write_pending(&mut sink, &mut pending, &mut batches, &stats, &batch, &mut intake, &mut stamps).await;
                         batch_deadline = None;
                         pending_bytes = 0;
                     }
@@ -69,6 +71,7 @@ pub async fn run_sink<S: Sink>(
             write_pending(
                 &mut sink,
                 &mut pending,
+                &mut batches,
                 &stats,
                 &batch,
                 &mut intake,
@@ -86,6 +89,7 @@ pub async fn run_sink<S: Sink>(
     write_pending(
         &mut sink,
         &mut pending,
+        &mut batches,
         &stats,
         &batch,
         &mut intake,
@@ -128,9 +132,12 @@ fn not_delivered<S: Sink>(
     Some(NotDelivered { records, reason })
 }
 
+/// Writes the gathered records as batch `*batches + 1` until it succeeds or
+/// fails for good, then accounts for it.
 async fn write_pending<S: Sink>(
     sink: &mut S,
     pending: &mut Vec<Arc<Record>>,
+    batches: &mut u64,
     stats: &SinkStats,
     batch: &BatchConfig,
     intake: &mut Intake,
@@ -143,22 +150,20 @@ async fn write_pending<S: Sink>(
     let in_flight_before = stats.in_flight.load(Ordering::Acquire);
     let started = Instant::now();
     let mut backoff = Backoff::full_jitter(batch.retry_initial, batch.retry_max);
-    let mut attempt: u64 = 0;
+    *batches += 1;
+    let mut attempt = Batch::new(*batches, pending);
     let result = loop {
-        match sink.write(pending).await {
-            Err(SinkFailure {
-                error,
-                retry: Some(after),
-                ..
-            }) => {
-                attempt += 1;
+        match sink.write(attempt).await {
+            Err(SinkFailure::Retry { error, after }) => {
                 stats.retries.fetch_add(1, Ordering::Relaxed);
                 let delay = after.map_or_else(|| backoff.next_delay(), |a| a.min(batch.retry_max));
                 // Logged on attempts 1, 2, 4, 8, ...: visible, not a flood.
-                if attempt.is_power_of_two() {
-                    tracing::warn!(sink = sink.name(), records = n, attempt, ?delay, %error, "write failed; retrying the batch");
+                if attempt.attempt.is_power_of_two() {
+                    let (sink, attempt) = (sink.name(), attempt.attempt);
+                    tracing::warn!(sink, records = n, attempt, ?delay, error = %error.in_sink(sink), "write failed; retrying the batch");
                 }
                 tokio::time::sleep(delay).await;
+                attempt = attempt.retry();
             }
             other => break other,
         }
@@ -185,30 +190,31 @@ async fn write_pending<S: Sink>(
             }
             stamps.delivered(delivered, stats);
         }
-        Err(failure) if failure.rejected && batch.dead_letter.is_some() => {
+        Err(SinkFailure::Reject { error }) if batch.dead_letter.is_some() => {
             stamps.pending.clear();
             if in_flight_before > 0 {
                 // Settled while earlier records still await confirmation.
                 intake.settled_out_of_order(n);
             }
             let dl = batch.dead_letter.as_ref().expect("checked above");
-            match dead_letter(dl, sink.name(), pending.iter().map(|r| (r, &failure.error))) {
+            let sink = sink.name();
+            match dead_letter(dl, sink, pending.iter().map(|r| (r, &error))) {
                 Ok(path) => {
                     stats.dead_lettered.fetch_add(n, Ordering::Relaxed);
-                    tracing::error!(sink = sink.name(), records = n, error = %failure.error, path = %path.display(), "receiver rejected a batch; kept in the dead-letter file");
+                    tracing::error!(sink, records = n, error = %error.in_sink(sink), path = %path.display(), "receiver rejected a batch; kept in the dead-letter file");
                 }
                 Err(e) => {
-                    tracing::error!(sink = sink.name(), error = %e, "cannot write the dead-letter file");
-                    account_loss(sink.name(), stats, n, &failure);
+                    tracing::error!(sink, error = %e, "cannot write the dead-letter file");
+                    account_loss(sink, stats, n, &SinkFailure::Reject { error });
                 }
             }
         }
         Err(failure) => {
-            if in_flight_before > failure.lost_in_flight {
+            if in_flight_before > failure.lost_in_flight() {
                 intake.settled_out_of_order(n);
             }
             stamps.pending.clear();
-            stamps.lost(failure.lost_in_flight);
+            stamps.lost(failure.lost_in_flight());
             account_loss(sink.name(), stats, n, &failure);
         }
     }
@@ -228,7 +234,7 @@ fn settle_rejected(
     rejected: &[(usize, SinkError)],
 ) {
     let r = rejected.len() as u64;
-    let first = &rejected[0].1;
+    let first = rejected[0].1.in_sink(sink);
     let records = rejected.iter().map(|(i, e)| (&pending[*i], e));
     let kept = match &batch.dead_letter {
         Some(dl) => dead_letter(dl, sink, records)
@@ -269,15 +275,15 @@ fn dead_letter<'a>(
         })
         .collect();
     let path = dl.dir.join(format!("{name}.dead-letter.jsonl"));
-    let (time, sink) = (
+    let (time, sink_json) = (
         serde_json::to_string(&chrono::Utc::now().to_rfc3339()).expect("string"),
         serde_json::to_string(sink).expect("string"),
     );
     let mut buf = Vec::new();
     for (r, reason) in records {
-        let reason = serde_json::to_string(&reason.to_string()).expect("string");
+        let reason = serde_json::to_string(&reason.in_sink(sink).to_string()).expect("string");
         buf.extend_from_slice(
-            format!(r#"{{"time":{time},"sink":{sink},"reason":{reason},"record":"#).as_bytes(),
+            format!(r#"{{"time":{time},"sink":{sink_json},"reason":{reason},"record":"#).as_bytes(),
         );
         r.write_json(&dl.encode, &mut buf);
         buf.extend_from_slice(b"}\n");
@@ -300,7 +306,7 @@ async fn roll<S: Sink>(sink: &mut S, stats: &SinkStats, intake: &mut Intake, sta
             stamps.delivered(delivered, stats);
         }
         Err(failure) => {
-            stamps.lost(failure.lost_in_flight);
+            stamps.lost(failure.lost_in_flight());
             account_loss(sink.name(), stats, 0, &failure);
         }
     }
@@ -391,12 +397,12 @@ impl Stamps {
 /// Counts what a failure cost: the failed batch (`batch` records, still
 /// counted as queued by the caller) and the in-flight records it took along.
 fn account_loss(sink: &str, stats: &SinkStats, batch: u64, failure: &SinkFailure) {
-    let lost = batch + failure.lost_in_flight;
+    let lost = batch + failure.lost_in_flight();
     stats.dropped_write_error.fetch_add(lost, Ordering::Relaxed);
     stats
         .in_flight
-        .fetch_sub(failure.lost_in_flight, Ordering::Relaxed);
-    tracing::error!(sink, records = lost, error = %failure.error, "sink failed; records lost");
+        .fetch_sub(failure.lost_in_flight(), Ordering::Relaxed);
+    tracing::error!(sink, records = lost, error = %failure.error().in_sink(sink), "sink failed; records lost");
 }
 
 #[cfg(test)]
@@ -428,17 +434,16 @@ mod tests {
                 n => n,
             }
         }
-        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
-            self.writes.lock().unwrap().push(batch.len());
+        async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
+            self.writes.lock().unwrap().push(batch.records.len());
             if self.fail {
                 return Err(SinkError::Io {
-                    sink: "recorder",
                     path: "x".into(),
-                    source: std::io::Error::other("disk full"),
+                    source: Arc::new(std::io::Error::other("disk full")),
                 }
                 .into());
             }
-            Ok(batch.len() as u64)
+            Ok(batch.records.len() as u64)
         }
         async fn roll(&mut self) -> Result<u64, SinkFailure> {
             self.rolls.fetch_add(1, Ordering::SeqCst);
@@ -546,10 +551,10 @@ mod tests {
         fn name(&self) -> &str {
             "slow"
         }
-        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
             tokio::time::sleep(Duration::from_secs(1)).await;
             self.0.lock().unwrap().push("write");
-            Ok(batch.len() as u64)
+            Ok(batch.records.len() as u64)
         }
         async fn roll(&mut self) -> Result<u64, SinkFailure> {
             self.0.lock().unwrap().push("roll");
@@ -595,20 +600,22 @@ mod tests {
         fn name(&self) -> &str {
             "flaky"
         }
-        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
             self.0 += 1;
             let unavailable = || SinkError::Connect {
-                sink: "flaky",
                 addr: "x".into(),
                 reason: "refused".into(),
             };
             match self.0 {
-                1 => Err(SinkFailure::retryable(
-                    unavailable(),
-                    Some(Duration::from_secs(7)),
-                )),
-                2 => Err(SinkFailure::retryable(unavailable(), None)),
-                _ => Ok(batch.len() as u64),
+                1 => Err(SinkFailure::Retry {
+                    error: unavailable(),
+                    after: Some(Duration::from_secs(7)),
+                }),
+                2 => Err(SinkFailure::Retry {
+                    error: unavailable(),
+                    after: None,
+                }),
+                _ => Ok(batch.records.len() as u64),
             }
         }
         async fn roll(&mut self) -> Result<u64, SinkFailure> {
@@ -646,8 +653,8 @@ mod tests {
         fn name(&self) -> &str {
             "four"
         }
-        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
-            self.0 += batch.len() as u64;
+        async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
+            self.0 += batch.records.len() as u64;
             Ok(0)
         }
         async fn roll(&mut self) -> Result<u64, SinkFailure> {
@@ -760,19 +767,20 @@ mod tests {
         fn name(&self) -> &str {
             "refuses"
         }
-        async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+        async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
             self.1 = self
                 .0
                 .iter()
                 .map(|&i| {
-                    let e = SinkError::Config {
-                        sink: "refuses",
-                        what: format!("record {i}"),
+                    let e = SinkError::Rejected {
+                        url: "x".into(),
+                        status: 400,
+                        detail: format!("record {i}"),
                     };
                     (i, e)
                 })
                 .collect();
-            Ok((batch.len() - self.0.len()) as u64)
+            Ok((batch.records.len() - self.0.len()) as u64)
         }
         async fn roll(&mut self) -> Result<u64, SinkFailure> {
             Ok(0)
@@ -821,7 +829,10 @@ mod tests {
             .collect();
         assert_eq!(
             reasons,
-            [r#""refuses sink: record 1""#, r#""refuses sink: record 3""#]
+            [
+                r#""refuses sink: x answered 400: record 1""#,
+                r#""refuses sink: x answered 400: record 3""#
+            ]
         );
     }
 

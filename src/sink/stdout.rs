@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use super::{Sink, SinkError, SinkFailure};
+use super::{Batch, Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Record};
 
 pub struct StdoutSink {
@@ -37,16 +37,15 @@ impl Sink for StdoutSink {
         "stdout"
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
-        encode_lines(&self.ctx, batch, &mut self.buf);
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
+        encode_lines(&self.ctx, batch.records, &mut self.buf);
         let io = |source| SinkError::Io {
-            sink: "stdout",
             path: "<stdout>".to_string(),
-            source,
+            source: Arc::new(source),
         };
         self.out.write_all(&self.buf).await.map_err(io)?;
         self.out.flush().await.map_err(io)?;
-        Ok(batch.len() as u64)
+        Ok(batch.records.len() as u64)
     }
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {

@@ -11,7 +11,7 @@ use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use super::Archive;
 use crate::redact::Secret;
-use crate::sink::SinkError;
+use crate::sink::BuildError;
 
 /// Server-side encryption of log files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,28 +62,23 @@ impl object_store::client::HttpConnector for Connector {
 /// An HTTP client for S3 and webhooks: rustls, the Mozilla roots plus
 /// `extra_ca_pem` (`--s3-ca`), timeouts, proxies from the environment
 /// (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), redirects only within the origin.
-pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, SinkError> {
-    let tls = crate::http_client::rustls_config(extra_ca_pem).map_err(|e| SinkError::Config {
-        sink: "s3",
-        what: format!("--s3-ca (S3_CA): {e}"),
-    })?;
+pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, BuildError> {
+    let tls = crate::http_client::rustls_config(extra_ca_pem)
+        .map_err(|e| BuildError::S3Ca(e.to_string()))?;
     reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(120))
         .redirect(crate::http_client::same_origin_redirects())
         .build()
-        .map_err(|e| SinkError::Config {
-            sink: "s3",
-            what: crate::error_chain(&e),
-        })
+        .map_err(|e| BuildError::S3Client(crate::error_chain(&e)))
 }
 
 fn store(
     cfg: &S3Config,
     client: &reqwest::Client,
     sse: Sse,
-) -> Result<Arc<dyn ObjectStore>, SinkError> {
+) -> Result<Arc<dyn ObjectStore>, BuildError> {
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&cfg.bucket)
         .with_region(&cfg.region)
@@ -118,10 +113,9 @@ fn store(
         },
         Sse::None => b,
     };
-    let s = b.build().map_err(|e| SinkError::Config {
-        sink: "s3",
-        what: crate::error_chain(&e),
-    })?;
+    let s = b
+        .build()
+        .map_err(|e| BuildError::S3Store(crate::error_chain(&e)))?;
     Ok(Arc::new(s))
 }
 
@@ -133,7 +127,7 @@ fn sse_key() -> AmazonS3ConfigKey {
 
 /// The bucket as an [`Archive`]: log files with the configured encryption,
 /// digest files always SSE-S3 (as CloudTrail keeps them).
-pub fn s3_archive(cfg: &S3Config, client: &reqwest::Client) -> Result<Archive, SinkError> {
+pub fn s3_archive(cfg: &S3Config, client: &reqwest::Client) -> Result<Archive, BuildError> {
     let logs = store(cfg, client, cfg.sse)?;
     let digests = if cfg.sse == Sse::Aes256 {
         Arc::clone(&logs)

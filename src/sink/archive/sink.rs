@@ -28,8 +28,8 @@ use super::notify::Notifier;
 use super::s3::{S3Config, http_client, s3_archive};
 use super::{Archive, ArchiveError, RecordsFile, log_file_key};
 use crate::integrity::LogFileEntry;
-use crate::record::{EncodeContext, Kind, Record};
-use crate::sink::{Output, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
+use crate::record::{EncodeContext, Kind};
+use crate::sink::{Batch, BuildError, Output, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
 
 /// Where an [`ObjectSink`] stores its files.
 #[derive(Clone, Debug)]
@@ -176,16 +176,13 @@ impl ObjectSink {
     }
 
     fn failure(&self, e: ArchiveError) -> SinkFailure {
-        SinkFailure::retryable(
-            SinkError::Config {
-                sink: "s3",
-                what: format!(
-                    "{e} ({} completed file(s) kept in memory and retried)",
-                    self.ready.len()
-                ),
+        SinkFailure::Retry {
+            error: SinkError::Upload {
+                reason: e.to_string(),
+                kept: self.ready.len(),
             },
-            None,
-        )
+            after: None,
+        }
     }
 }
 
@@ -194,12 +191,12 @@ impl Sink for ObjectSink {
         &self.name
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         // Earlier files first: until they are up, take nothing new.
         if let Err(e) = self.upload().await {
             return Err(self.failure(e));
         }
-        for record in batch {
+        for record in batch.records {
             debug_assert_eq!(record.kind, self.kind, "routing sends a sink only its kind");
             let file = match &mut self.open {
                 Some(f) => f,
@@ -261,7 +258,7 @@ pub fn start_object_sinks(
     encode: &EncodeContext,
     kinds: &[Kind],
     followers: &mut Vec<Follower>,
-) -> Result<Vec<(ObjectSink, Vec<Kind>)>, SinkError> {
+) -> Result<Vec<(ObjectSink, Vec<Kind>)>, BuildError> {
     let ca = match &cfg.target {
         Target::S3(s3) => s3.ca_pem.as_deref(),
         Target::Dir(_) => None,
@@ -272,10 +269,7 @@ pub fn start_object_sinks(
         // operator must not forget (config: RunArgs::warnings).
         Target::S3(s3) => (s3_archive(s3, &client)?, "s3"),
         Target::Dir(dir) => (
-            Archive::local(dir, "").map_err(|e| SinkError::Config {
-                sink: "file",
-                what: e.to_string(),
-            })?,
+            Archive::local(dir, "").map_err(BuildError::ArchiveDir)?,
             "file",
         ),
     };

@@ -45,14 +45,10 @@ impl HttpSink {
         if self.unacked.len() >= max_pending {
             self.poll_acks().await;
             if self.unacked.len() >= max_pending {
-                let error = SinkError::Config {
-                    sink: "http",
-                    what: format!(
-                        "{} requests await HEC acknowledgement; waiting",
-                        self.unacked.len()
-                    ),
+                let error = SinkError::Unacknowledged {
+                    requests: self.unacked.len(),
                 };
-                return Err(SinkFailure::retryable(error, None));
+                return Err(SinkFailure::Retry { error, after: None });
             }
         }
         Ok(())
@@ -121,7 +117,7 @@ impl HttpSink {
                 }
                 Ok(None) => self.unacked[i].acked = true,
                 Err(f) => {
-                    tracing::warn!(error = %f.failure.error, "resending an unacknowledged HEC request failed")
+                    tracing::warn!(error = %f.failure.error().in_sink("http"), "resending an unacknowledged HEC request failed")
                 }
             }
         }

@@ -246,12 +246,7 @@ impl HttpSink {
                 encoded.sort_unstable_by_key(|(i, _)| *i);
                 Ok(encoded.into_iter().flat_map(|(_, bodies)| bodies).collect())
             }
-            Some(reason) => Err(SinkError::Io {
-                sink: "http",
-                path: "<gzip>".into(),
-                source: std::io::Error::other(reason),
-            }
-            .into()),
+            Some(reason) => Err(SinkError::Encode { reason }.into()),
         }
     }
 
@@ -270,10 +265,8 @@ impl HttpSink {
             .map_err(|e| std::io::Error::other(e.to_string()))
             .and_then(|r| r);
         encoded.map(|(parts, _)| parts).map_err(|e| {
-            SinkError::Io {
-                sink: "http",
-                path: "<gzip>".into(),
-                source: e,
+            SinkError::Encode {
+                reason: e.to_string(),
             }
             .into()
         })

@@ -52,8 +52,8 @@ pub use acks::{AckConfig, ack_endpoint};
 use encode::{Encoder, encode_tasks};
 pub use encode::{HecIndex, encode_hec, endpoint, sourcetype};
 
-use super::{Outstanding, Sink, SinkError, SinkFailure, SinkStats};
-use crate::record::{EncodeContext, Record};
+use super::{Batch, BuildError, Outstanding, Sink, SinkError, SinkFailure, SinkStats};
+use crate::record::EncodeContext;
 use crate::redact::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,8 +135,8 @@ struct Refused {
 
 /// What is left of a batch the runner will write again.
 struct Progress {
-    /// The batch's address and length.
-    id: (usize, usize),
+    /// The runner's id of the batch ([`Batch::id`]).
+    batch: u64,
     /// Requests not yet accepted (sent again on the retry).
     todo: Vec<Piece>,
     /// Records whose requests await an acknowledgement.
@@ -170,7 +170,7 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    pub fn new(cfg: HttpSinkConfig, ctx: EncodeContext) -> Result<Self, SinkError> {
+    pub fn new(cfg: HttpSinkConfig, ctx: EncodeContext) -> Result<Self, BuildError> {
         // Verification off is warned about at start and in /health
         // (config: RunArgs::warnings), not once more here.
         let client = reqwest::Client::builder()
@@ -180,10 +180,7 @@ impl HttpSink {
             // to another origin.
             .redirect(crate::http_client::same_origin_redirects())
             .build()
-            .map_err(|e| SinkError::Config {
-                sink: "http",
-                what: format!("cannot build the HTTP client: {e}"),
-            })?;
+            .map_err(|e| BuildError::HttpClient(e.to_string()))?;
         let channel = crate::record::guid(rand::rng().random());
         let encoder = Arc::new(Encoder {
             format: cfg.format,
@@ -219,14 +216,13 @@ impl HttpSink {
                 crate::error_chain(&e)
             };
             Refused {
-                failure: SinkFailure::retryable(
-                    SinkError::Connect {
-                        sink: "http",
+                failure: SinkFailure::Retry {
+                    error: SinkError::Connect {
                         addr: self.endpoint.clone(),
                         reason,
                     },
-                    None,
-                ),
+                    after: None,
+                },
                 status: None,
                 invalid_event: None,
             }
@@ -324,15 +320,20 @@ fn classify_reply(
         _ => "",
     };
     let error = SinkError::Rejected {
-        sink: "http",
         url: url.to_string(),
         status,
         detail: format!("{detail}{hint}"),
     };
     match status {
-        408 | 429 | 401 | 403 => Err(SinkFailure::retryable(error, retry_after)),
-        500..=599 if status != 501 => Err(SinkFailure::retryable(error, retry_after)),
-        _ => Err(SinkFailure::rejected(error)),
+        408 | 429 | 401 | 403 => Err(SinkFailure::Retry {
+            error,
+            after: retry_after,
+        }),
+        500..=599 if status != 501 => Err(SinkFailure::Retry {
+            error,
+            after: retry_after,
+        }),
+        _ => Err(SinkFailure::Reject { error }),
     }
 }
 
@@ -352,17 +353,16 @@ impl Sink for HttpSink {
         BATCH_RECORDS
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         // A retry of the same batch (the runner retries until success or a
         // final failure) skips the requests that already went through.
-        let id = (batch.as_ptr() as usize, batch.len());
         self.wait_for_acks().await?;
         let mut progress = match self.progress.take() {
-            Some(p) if p.id == id => p,
+            Some(p) if p.batch == batch.id => p,
             _ => {
-                let parts = self.encode(batch).await?;
+                let parts = self.encode(batch.records).await?;
                 Progress {
-                    id,
+                    batch: batch.id,
                     todo: pieces(0, parts),
                     awaiting: 0,
                     rejected: Vec::new(),
@@ -407,11 +407,17 @@ impl Sink for HttpSink {
                             );
                         }
                     }
-                    Err(r) if r.failure.retry.is_some() => {
+                    Err(Refused {
+                        failure: failure @ SinkFailure::Retry { .. },
+                        ..
+                    }) => {
                         // Keep the longest Retry-After any request was given.
-                        let after = |f: &SinkFailure| f.retry.flatten().unwrap_or_default();
-                        if retry.as_ref().is_none_or(|k| after(&r.failure) > after(k)) {
-                            retry = Some(r.failure);
+                        let after = |f: &SinkFailure| match f {
+                            SinkFailure::Retry { after, .. } => after.unwrap_or_default(),
+                            _ => Duration::ZERO,
+                        };
+                        if retry.as_ref().is_none_or(|k| after(&failure) > after(k)) {
+                            retry = Some(failure);
                         }
                         progress.todo.push(piece);
                     }
@@ -421,11 +427,11 @@ impl Sink for HttpSink {
             for (start, end) in split {
                 // Some of the batch already went through: a range that
                 // cannot be encoded is refused on its own, not the batch.
-                match self.encode_range(batch, start, end).await {
+                match self.encode_range(batch.records, start, end).await {
                     Ok(parts) => progress.todo.extend(pieces(start, parts)),
                     Err(f) => progress
                         .rejected
-                        .extend((start..end).map(|i| (i, clone_error(&f.error)))),
+                        .extend((start..end).map(|i| (i, f.error().clone()))),
                 }
             }
         }
@@ -437,7 +443,7 @@ impl Sink for HttpSink {
         // requests await an acknowledgement stay in flight.
         let rejected = progress.rejected.len() as u64;
         self.rejected = progress.rejected;
-        Ok(batch.len() as u64 - progress.awaiting - rejected)
+        Ok(batch.records.len() as u64 - progress.awaiting - rejected)
     }
 
     async fn roll(&mut self) -> Result<u64, SinkFailure> {
@@ -484,7 +490,7 @@ fn isolate(
     again: &mut Vec<(usize, usize)>,
 ) {
     let (start, n) = (piece.start, piece.records as usize);
-    let error = refused.failure.error;
+    let error = refused.failure.error().clone();
     let content = matches!(refused.status, Some(400 | 413 | 422));
     if !content || progress.isolation_requests >= MAX_ISOLATION_REQUESTS {
         if content {
@@ -496,7 +502,7 @@ fn isolate(
         }
         progress
             .rejected
-            .extend((start..start + n).map(|i| (i, clone_error(&error))));
+            .extend((start..start + n).map(|i| (i, error.clone())));
         return;
     }
     let mut send = |from: usize, to: usize| {
@@ -519,27 +525,6 @@ fn isolate(
     }
 }
 
-/// The same error again, for each record it refused.
-fn clone_error(e: &SinkError) -> SinkError {
-    match e {
-        SinkError::Rejected {
-            sink,
-            url,
-            status,
-            detail,
-        } => SinkError::Rejected {
-            sink,
-            url: url.clone(),
-            status: *status,
-            detail: detail.clone(),
-        },
-        other => SinkError::Config {
-            sink: "http",
-            what: other.to_string(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,7 +538,7 @@ mod tests {
         spent: usize,
     ) -> (Vec<usize>, Vec<(usize, usize)>, usize) {
         let mut progress = Progress {
-            id: (0, 0),
+            batch: 0,
             todo: Vec::new(),
             awaiting: 0,
             rejected: Vec::new(),
@@ -604,9 +589,9 @@ mod tests {
     fn replies_are_retried_rejected_or_accepted_as_hec_means_them() {
         let retry = |status, body: &str| match classify_reply(status, None, body, "u") {
             Ok(()) => "ok",
-            Err(f) if f.retry.is_some() => "retry",
-            Err(f) if f.rejected => "dead-letter",
-            Err(_) => "drop",
+            Err(SinkFailure::Retry { .. }) => "retry",
+            Err(SinkFailure::Reject { .. }) => "dead-letter",
+            Err(SinkFailure::Lost { .. }) => "drop",
         };
         assert_eq!(retry(200, r#"{"text":"Success","code":0}"#), "ok");
         assert_eq!(retry(503, r#"{"text":"Server is busy","code":9}"#), "retry");
@@ -634,10 +619,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(
-            f.error.to_string(),
+            f.error().in_sink("http").to_string(),
             "http sink: https://s/e answered 400: Invalid data format (HEC code 6)"
         );
         let f = classify_reply(429, Some(Duration::from_secs(7)), "", "u").unwrap_err();
-        assert_eq!(f.retry, Some(Some(Duration::from_secs(7))));
+        assert!(
+            matches!(f, SinkFailure::Retry { after: Some(a), .. } if a == Duration::from_secs(7)),
+            "{f:?}"
+        );
     }
 }

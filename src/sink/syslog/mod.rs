@@ -26,7 +26,7 @@ pub use rfc5424::{
     Severities, SyslogFormat, encode,
 };
 
-use super::{Sink, SinkError, SinkFailure, SinkStats};
+use super::{Batch, Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::{EncodeContext, Record};
 
 /// How long a write (a piece of [`WRITE_CHUNK`], the TLS handshake) may
@@ -167,7 +167,6 @@ impl SyslogSink {
     async fn connect(&self) -> Result<Connection, SinkError> {
         let addr = &self.cfg.addr;
         let failed = |reason: String| SinkError::Connect {
-            sink: "syslog",
             addr: addr.clone(),
             reason,
         };
@@ -229,9 +228,8 @@ impl SyslogSink {
             self.conn = Some(self.connect().await?);
         }
         let io = |source| SinkError::Io {
-            sink: "syslog",
             path: self.cfg.addr.clone(),
-            source,
+            source: Arc::new(source),
         };
         let (cfg, ctx) = (&self.cfg, &self.ctx);
         let limit = cfg.write_timeout;
@@ -280,9 +278,9 @@ impl Sink for SyslogSink {
         "syslog"
     }
 
-    async fn write(&mut self, batch: &[Arc<Record>]) -> Result<u64, SinkFailure> {
+    async fn write(&mut self, batch: Batch<'_>) -> Result<u64, SinkFailure> {
         let truncated_before = self.truncated;
-        match self.send(batch).await {
+        match self.send(batch.records).await {
             Ok(()) => {
                 let truncated = self.truncated - truncated_before;
                 if truncated > 0 {
@@ -292,7 +290,7 @@ impl Sink for SyslogSink {
                         "syslog messages longer than the limit were truncated"
                     );
                 }
-                Ok(batch.len() as u64)
+                Ok(batch.records.len() as u64)
             }
             Err(error) => {
                 // The stream's state is unknown: start a new connection and
@@ -303,10 +301,10 @@ impl Sink for SyslogSink {
                     if timed_out {
                         tracing::warn!(addr = %self.cfg.addr, timeout = ?self.cfg.write_timeout, "syslog receiver takes no data (--syslog-write-timeout); reconnecting");
                     } else {
-                        tracing::warn!(addr = %self.cfg.addr, %error, "syslog write failed; reconnecting");
+                        tracing::warn!(addr = %self.cfg.addr, error = %error.in_sink(self.name()), "syslog write failed; reconnecting");
                     }
                 }
-                Err(SinkFailure::retryable(error, None))
+                Err(SinkFailure::Retry { error, after: None })
             }
         }
     }
