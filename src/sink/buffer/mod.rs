@@ -42,24 +42,33 @@
 //! killed process loses nothing) and `fsync`ed per `--buffer-fsync`: after
 //! every append (`batch`) or every N ms (default 100), so a machine crash
 //! loses at most that interval.
+//!
+//! ## Code
+//!
+//! Here: the configuration, [`DiskBuffer`]'s state and appends. `recover.rs`:
+//! [`DiskBuffer::open`] (what an earlier run left). `ack.rs`:
+//! [`DiskBuffer::ack`] and the `ack` file. `read.rs`: [`BufferReader`].
+//! `segment.rs`: the record format and reading a segment.
+
+mod ack;
+mod read;
+mod recover;
+mod segment;
+
+pub use read::BufferReader;
+pub use segment::{decode_record, encode_record, replay_segment, segment_bytes};
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::record::{ApiSource, Record};
+use crate::record::Record;
 use crate::sink::{Chunk, SinkStats};
-
-/// A length above this is corruption, not a record (the RLP's own limit on a
-/// batch is 16 MiB).
-const MAX_RECORD: u32 = 64 * 1024 * 1024;
-const HEADER: usize = 8;
-const SEGMENT_EXT: &str = "seg";
+use segment::{append_framed, create_segment, segment_path};
 
 /// What a full buffer does with new records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -156,12 +165,12 @@ pub enum BufferError {
     },
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BufferError {
+pub(super) fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> BufferError {
     let path = path.display().to_string();
     move |source| BufferError::Io { what, path, source }
 }
 
-struct Segment {
+pub(super) struct Segment {
     seq: u64,
     path: PathBuf,
     bytes: u64,
@@ -172,7 +181,7 @@ struct Segment {
     skip: u64,
 }
 
-struct State {
+pub(super) struct State {
     /// Oldest first; the last one is written to.
     segments: VecDeque<Segment>,
     active: File,
@@ -240,144 +249,6 @@ pub enum Backlog {
 }
 
 impl DiskBuffer {
-    /// Opens (or creates) `sink`'s buffer, truncating a torn tail. Records
-    /// left from an earlier run and not acknowledged are counted into
-    /// `stats` as received and buffered; the reader replays them first.
-    pub fn open(
-        cfg: &BufferConfig,
-        sink: &str,
-        stats: Arc<SinkStats>,
-    ) -> Result<(Arc<Self>, BufferReader), BufferError> {
-        let dir = cfg.dir.join(folder_name(sink));
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let mut seqs: Vec<u64> = std::fs::read_dir(&dir)
-            .map_err(io("list", &dir))?
-            .filter_map(|e| {
-                let name = e.ok()?.file_name().into_string().ok()?;
-                let stem = name.strip_suffix(&format!(".{SEGMENT_EXT}"))?;
-                stem.parse().ok()
-            })
-            .collect();
-        seqs.sort_unstable();
-        let ack_path = dir.join("ack");
-        let start = read_ack(&ack_path);
-        let mut segments = VecDeque::new();
-        let mut ord = 0u64;
-        let mut disk_bytes = 0u64;
-        for seq in &seqs {
-            let path = segment_path(&dir, *seq);
-            if start.is_some_and(|(s, _)| *seq < s) {
-                // Acknowledged in full before the last stop.
-                std::fs::remove_file(&path).map_err(io("remove", &path))?;
-                continue;
-            }
-            let (records, valid_bytes, len) = scan(&path)?;
-            if valid_bytes < len {
-                tracing::warn!(
-                    segment = %path.display(),
-                    kept_records = records,
-                    cut_bytes = len - valid_bytes,
-                    "disk buffer: a torn or damaged record ends this segment; truncated there"
-                );
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io("open", &path))?;
-                f.set_len(valid_bytes).map_err(io("truncate", &path))?;
-                f.sync_all().map_err(io("sync", &path))?;
-            }
-            let skip = match start {
-                Some((s, idx)) if s == *seq => idx.min(records),
-                _ => 0,
-            };
-            if skip == records {
-                // Nothing in it to replay (acknowledged in full, or empty):
-                // its space must not stay taken, or a disk that was full
-                // when the last run stopped stays full.
-                std::fs::remove_file(&path).map_err(io("remove", &path))?;
-                continue;
-            }
-            segments.push_back(Segment {
-                seq: *seq,
-                path,
-                bytes: valid_bytes,
-                first_ord: ord,
-                records: records - skip,
-                skip,
-            });
-            ord += records - skip;
-            disk_bytes += valid_bytes;
-        }
-        let backlog = ord;
-        // New records go to a new segment; the old ones are only read. Its
-        // number is above every one seen and above the ack's, so a later
-        // start never takes it for an acknowledged one.
-        let seq = seqs
-            .last()
-            .copied()
-            .max(start.map(|(s, _)| s))
-            .map_or(0, |s| s + 1);
-        let path = segment_path(&dir, seq);
-        let active = create_segment(&path)?;
-        segments.push_back(Segment {
-            seq,
-            path,
-            bytes: 0,
-            first_ord: ord,
-            records: 0,
-            skip: 0,
-        });
-        let ack_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&ack_path)
-            .map_err(io("open", &ack_path))?;
-        stats.received.fetch_add(backlog, Ordering::Relaxed);
-        stats.buffered.fetch_add(backlog, Ordering::Relaxed);
-        stats.buffer_bytes.store(disk_bytes, Ordering::Relaxed);
-        stats
-            .buffer_max_bytes
-            .store(cfg.max_bytes, Ordering::Relaxed);
-        stats
-            .buffer_health
-            .warn_bytes
-            .store(warn_bytes(cfg), Ordering::Relaxed);
-        if backlog > 0 {
-            tracing::info!(sink, records = backlog, bytes = disk_bytes, dir = %dir.display(), "disk buffer: replaying records not delivered before the last stop");
-        }
-        let buffer = Arc::new(Self {
-            dir,
-            cfg: cfg.clone(),
-            state: Mutex::new(State {
-                segments,
-                active,
-                next_ord: ord,
-                memory_end: 0,
-                memory_ok: backlog == 0,
-                disk_bytes,
-                acked: 0,
-                ack_file,
-                to_sync: Vec::new(),
-                broken: false,
-                refusal: RefusalShare::default(),
-                scratch: Vec::new(),
-            }),
-            stats,
-            on_disk: tokio::sync::Notify::new(),
-        });
-        if let Fsync::Every(every) = cfg.fsync {
-            tokio::spawn(sync_every(Arc::downgrade(&buffer), every));
-        }
-        let reader = BufferReader {
-            buffer: Arc::clone(&buffer),
-            next_ord: 0,
-            open: None,
-        };
-        Ok((buffer, reader))
-    }
-
     fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent files (every
         // write is restored or rotated away); carry on with the state.
@@ -408,10 +279,7 @@ impl DiskBuffer {
         let n = chunk.len() as u64;
         s.scratch.clear();
         for r in &chunk {
-            let at = s.scratch.len();
-            s.scratch.extend_from_slice(&[0; HEADER]);
-            encode_record(r, &mut s.scratch);
-            frame(&mut s.scratch, at);
+            append_framed(r, &mut s.scratch);
         }
         let bytes = s.scratch.len() as u64;
         if s.disk_bytes + bytes > self.cfg.max_bytes {
@@ -504,85 +372,6 @@ impl DiskBuffer {
         Ok(())
     }
 
-    /// Records `settled` (counted from the start of this run, in order) as
-    /// done: moves the replay start past them, deletes segments that hold
-    /// nothing else, and empties the active segment once every record in it
-    /// is settled (else its space would stay taken for as long as it is
-    /// written to: on a disk smaller than a segment, for good).
-    pub fn ack(&self, settled: u64) {
-        let mut guard = self.state();
-        let s = &mut *guard;
-        if settled <= s.acked {
-            return;
-        }
-        s.acked = settled.min(s.next_ord);
-        let held = s.disk_bytes;
-        while s.segments.len() > 1 {
-            let first = &s.segments[0];
-            if first.first_ord + first.records > s.acked {
-                break;
-            }
-            let first = s.segments.pop_front().expect("checked");
-            if let Err(e) = std::fs::remove_file(&first.path) {
-                tracing::warn!(segment = %first.path.display(), error = %e, "disk buffer: cannot remove a delivered segment");
-            }
-            s.disk_bytes -= first.bytes;
-        }
-        if s.acked == s.next_ord {
-            let active = s.segments.back_mut().expect("active");
-            if active.bytes > 0 {
-                // Truncated in place (appends write at the segment's length,
-                // so the next one starts at 0). The ack written below then
-                // says "this segment from its start". A kill between the two
-                // leaves the old ack, which skips at most the records of an
-                // empty file: nothing.
-                match s.active.set_len(0) {
-                    Ok(()) => {
-                        s.disk_bytes -= active.bytes;
-                        active.bytes = 0;
-                        active.records = 0;
-                        active.skip = 0;
-                        active.first_ord = s.next_ord;
-                    }
-                    Err(e) => {
-                        tracing::warn!(segment = %active.path.display(), error = %e, "disk buffer: cannot empty the delivered segment; starting a new one");
-                        s.broken = true;
-                    }
-                }
-            }
-        }
-        if s.disk_bytes < held {
-            // Space came back: what the disk refused before says nothing
-            // about the next write.
-            s.refusal = RefusalShare::default();
-            self.stats
-                .buffer_health
-                .refusing
-                .store(false, Ordering::Relaxed);
-        }
-        self.stats
-            .buffer_bytes
-            .store(s.disk_bytes, Ordering::Relaxed);
-        let seg = s
-            .segments
-            .iter()
-            .find(|g| s.acked < g.first_ord + g.records)
-            .or(s.segments.back())
-            .expect("active");
-        let index = seg.skip + (s.acked - seg.first_ord);
-        let mut buf = [0u8; 20];
-        buf[..8].copy_from_slice(&seg.seq.to_le_bytes());
-        buf[8..16].copy_from_slice(&index.to_le_bytes());
-        let crc = crc32fast::hash(&buf[..16]);
-        buf[16..].copy_from_slice(&crc.to_le_bytes());
-        if let Err(e) = s.ack_file.write_all_at(&buf, 0) {
-            tracing::warn!(dir = %self.dir.display(), error = %e, "disk buffer: cannot record delivered records; they will be sent again after a restart");
-        }
-        if self.cfg.fsync == Fsync::Batch {
-            let _ = s.ack_file.sync_data();
-        }
-    }
-
     /// Forces what was written to disk (rotated segments, the active one and
     /// the ack file). Called on the fsync interval and at shutdown.
     pub fn sync(&self) {
@@ -606,6 +395,7 @@ impl DiskBuffer {
     }
 }
 
+/// Forces the buffer to disk every `every` until it is dropped.
 async fn sync_every(buffer: std::sync::Weak<DiskBuffer>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
@@ -616,321 +406,10 @@ async fn sync_every(buffer: std::sync::Weak<DiskBuffer>, every: Duration) {
     }
 }
 
-/// The runner's side: reads back what went to disk only.
-pub struct BufferReader {
-    buffer: Arc<DiskBuffer>,
-    /// Ordinal of the next record the sink gets.
-    next_ord: u64,
-    open: Option<OpenSegment>,
-}
-
-struct OpenSegment {
-    /// Which segment: its number and the ordinal of its first record (an
-    /// emptied active segment keeps its number and starts again).
-    seq: u64,
-    first_ord: u64,
-    reader: BufReader<File>,
-    /// Ordinal of the record the reader is at.
-    ord: u64,
-}
-
-impl BufferReader {
-    pub fn buffer(&self) -> &Arc<DiskBuffer> {
-        &self.buffer
-    }
-
-    /// The memory queue delivered `n` records numbered from `first`.
-    pub fn took_from_memory(&mut self, first: u64, n: u64) {
-        self.next_ord = first + n;
-    }
-
-    /// Waits until records go to disk only (or is woken spuriously).
-    pub async fn on_disk(&self) {
-        self.buffer.on_disk.notified().await;
-    }
-
-    /// Up to `max` records the memory queue does not carry, oldest first.
-    /// Records that cannot be decoded (damaged on disk with a valid CRC, or
-    /// written by an incompatible version) are skipped, logged and counted
-    /// as lost to a write error.
-    pub fn read(&mut self, max: usize) -> Result<Backlog, BufferError> {
-        let (seq, path, skip, first_ord, end) = {
-            let mut s = self.buffer.state();
-            if s.memory_ok || self.next_ord < s.memory_end {
-                if self.next_ord < s.memory_end {
-                    return Ok(Backlog::MemoryFirst);
-                }
-                // Nothing to read: let go of the file, so a segment that
-                // is deleted gives its space back now.
-                self.open = None;
-                return Ok(Backlog::CaughtUp);
-            }
-            if self.next_ord >= s.next_ord {
-                s.memory_ok = true;
-                s.memory_end = s.next_ord;
-                self.open = None;
-                return Ok(Backlog::CaughtUp);
-            }
-            let seg = s
-                .segments
-                .iter()
-                .find(|g| self.next_ord < g.first_ord + g.records)
-                .expect("an ordinal below next_ord lies in a segment");
-            (
-                seg.seq,
-                seg.path.clone(),
-                seg.skip,
-                seg.first_ord,
-                seg.first_ord + seg.records,
-            )
-        };
-        let open = match self.open.take() {
-            Some(o) if o.seq == seq && o.first_ord == first_ord && o.ord == self.next_ord => o,
-            _ => {
-                let file = File::open(&path).map_err(io("open", &path))?;
-                let mut o = OpenSegment {
-                    seq,
-                    first_ord,
-                    reader: BufReader::with_capacity(256 * 1024, file),
-                    ord: self.next_ord,
-                };
-                // Skip the acknowledged head and what was already read.
-                let mut at = 0u64;
-                let target = skip + (self.next_ord - first_ord);
-                while at < target {
-                    let mut head = [0u8; HEADER];
-                    o.reader.read_exact(&mut head).map_err(io("read", &path))?;
-                    let len = u32::from_le_bytes(head[..4].try_into().expect("4")) as i64;
-                    o.reader.seek_relative(len).map_err(io("read", &path))?;
-                    at += 1;
-                }
-                o
-            }
-        };
-        let mut open = open;
-        let want = (end - self.next_ord).min(max as u64);
-        let mut out = Vec::with_capacity(want as usize);
-        let mut payload = Vec::new();
-        for _ in 0..want {
-            let mut head = [0u8; HEADER];
-            open.reader
-                .read_exact(&mut head)
-                .map_err(io("read", &path))?;
-            let len = u32::from_le_bytes(head[..4].try_into().expect("4"));
-            let crc = u32::from_le_bytes(head[4..].try_into().expect("4"));
-            payload.resize(len as usize, 0);
-            open.reader
-                .read_exact(&mut payload)
-                .map_err(io("read", &path))?;
-            open.ord += 1;
-            self.next_ord += 1;
-            let decoded = if crc32fast::hash(&payload) == crc {
-                decode_record(&payload)
-            } else {
-                Err("CRC mismatch".to_string())
-            };
-            match decoded {
-                Ok(r) => out.push(r),
-                Err(why) => {
-                    tracing::error!(segment = %path.display(), reason = %why, "disk buffer: a record cannot be read back; counted as lost");
-                    let st = &self.buffer.stats;
-                    st.buffered.fetch_sub(1, Ordering::Relaxed);
-                    st.dropped_write_error.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }
-        self.open = Some(open);
-        // Caught up: new records may travel through memory again at once.
-        let mut s = self.buffer.state();
-        if self.next_ord >= s.next_ord {
-            s.memory_ok = true;
-            s.memory_end = s.next_ord;
-            self.open = None;
-        }
-        Ok(Backlog::Records(out))
-    }
-}
-
-/// The fill in bytes at which `cfg`'s buffer counts as filling; 0 for never.
-fn warn_bytes(cfg: &BufferConfig) -> u64 {
-    if cfg.warn_fill > 0.0 {
-        ((cfg.max_bytes as f64 * cfg.warn_fill.min(1.0)) as u64).max(1)
-    } else {
-        0
-    }
-}
-
-fn folder_name(sink: &str) -> String {
-    sink.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
-    dir.join(format!("{seq:020}.{SEGMENT_EXT}"))
-}
-
-fn create_segment(path: &Path) -> Result<File, BufferError> {
-    OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .open(path)
-        .map_err(io("create", path))
-}
-
-/// The replay start written by [`DiskBuffer::ack`]; `None` when missing or
-/// damaged (then everything on disk is replayed: duplicates, never loss).
-fn read_ack(path: &Path) -> Option<(u64, u64)> {
-    let bytes = std::fs::read(path).ok()?;
-    let b: &[u8; 20] = bytes.get(..20)?.try_into().ok()?;
-    let crc = u32::from_le_bytes(b[16..].try_into().ok()?);
-    if crc32fast::hash(&b[..16]) != crc {
-        tracing::warn!(path = %path.display(), "disk buffer: the ack file is damaged; replaying every buffered record");
-        return None;
-    }
-    Some((
-        u64::from_le_bytes(b[..8].try_into().ok()?),
-        u64::from_le_bytes(b[8..16].try_into().ok()?),
-    ))
-}
-
-/// Counts the whole records at the start of a segment: (records, bytes
-/// they span, the file's length).
-fn scan(path: &Path) -> Result<(u64, u64, u64), BufferError> {
-    let file = File::open(path).map_err(io("open", path))?;
-    let len = file.metadata().map_err(io("read", path))?.len();
-    let mut r = BufReader::with_capacity(256 * 1024, file);
-    let mut records = 0;
-    let at = walk(&mut r, len, |_| records += 1).map_err(io("read", path))?;
-    Ok((records, at, len))
-}
-
-/// Calls `each` with the payload of every whole record at the start of a
-/// segment of `len` bytes; returns the bytes they span. A short header, a
-/// length beyond [`MAX_RECORD`] or past the end, or a CRC mismatch ends it.
-fn walk(r: &mut impl Read, len: u64, mut each: impl FnMut(&[u8])) -> std::io::Result<u64> {
-    let mut at = 0u64;
-    let mut payload = Vec::new();
-    loop {
-        if len - at < HEADER as u64 {
-            return Ok(at);
-        }
-        let mut head = [0u8; HEADER];
-        r.read_exact(&mut head)?;
-        let n = u32::from_le_bytes(head[..4].try_into().expect("4"));
-        let crc = u32::from_le_bytes(head[4..].try_into().expect("4"));
-        if n > MAX_RECORD || len - at - (HEADER as u64) < u64::from(n) {
-            return Ok(at);
-        }
-        payload.resize(n as usize, 0);
-        r.read_exact(&mut payload)?;
-        if crc32fast::hash(&payload) != crc {
-            return Ok(at);
-        }
-        each(&payload);
-        at += HEADER as u64 + u64::from(n);
-    }
-}
-
-/// What a replay makes of a segment's bytes: each whole record rebuilt (or
-/// why it cannot be), and how many bytes they span (the rest is cut). For
-/// the fuzz target and tests; [`DiskBuffer::open`] does the same on files.
-pub fn replay_segment(bytes: &[u8]) -> (Vec<Result<Record, String>>, u64) {
-    let mut out = Vec::new();
-    let at = walk(&mut &bytes[..], bytes.len() as u64, |p| {
-        out.push(decode_record(p))
-    })
-    .expect("reading a slice within its length cannot fail");
-    (out, at)
-}
-
-/// Frames `records` as a segment holds them (tests, fuzz seeds).
-pub fn segment_bytes(records: &[Record]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for r in records {
-        let at = out.len();
-        out.extend_from_slice(&[0; HEADER]);
-        encode_record(r, &mut out);
-        frame(&mut out, at);
-    }
-    out
-}
-
-/// Fills in the header at `at` for the payload after it.
-fn frame(buf: &mut [u8], at: usize) {
-    let len = (buf.len() - at - HEADER) as u32;
-    let crc = crc32fast::hash(&buf[at + HEADER..]);
-    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// A record on disk: one byte for its origin, the enrichment names as JSON
-/// (length-prefixed, 0 for none), then what the record is rebuilt from:
-/// - `0`: a firehose record: the envelope's protobuf; classification is
-///   redone on replay (it depends on the envelope alone);
-/// - `1`: an audit-events record: Cloud Controller's event JSON.
-pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
-    let audit = match r.api.as_deref().map(|a| &a.source) {
-        Some(ApiSource::AuditEvents(f)) => Some(&f.original),
-        _ => None,
-    };
-    out.push(u8::from(audit.is_some()));
-    let at = out.len();
-    out.extend_from_slice(&[0; 4]);
-    if let Some(names) = &r.names {
-        serde_json::to_writer(&mut *out, &**names).expect("names serialise");
-    }
-    let names_len = (out.len() - at - 4) as u32;
-    out[at..at + 4].copy_from_slice(&names_len.to_le_bytes());
-    match audit {
-        Some(event) => serde_json::to_writer(&mut *out, event).expect("JSON values serialise"),
-        None => out.extend_from_slice(r.wire_bytes()),
-    }
-}
-
-/// Rebuilds a record written by [`encode_record`].
-pub fn decode_record(b: &[u8]) -> Result<Record, String> {
-    let (&form, rest) = b.split_first().ok_or("empty record")?;
-    let names_len = rest
-        .get(..4)
-        .ok_or("short record")?
-        .try_into()
-        .map(u32::from_le_bytes)
-        .map_err(|_| "short record")? as usize;
-    let names = rest.get(4..4 + names_len).ok_or("short record")?;
-    let body = &rest[4 + names_len..];
-    let mut record = match form {
-        0 => crate::classify::classify(
-            crate::record::envelope::EnvelopeView::from_wire(bytes::Bytes::copy_from_slice(body))
-                .map_err(|e| format!("envelope: {e}"))?,
-        ),
-        1 => {
-            let event: serde_json::Value =
-                serde_json::from_slice(body).map_err(|e| format!("audit event: {e}"))?;
-            crate::record::audit_event_record(event).map_err(|e| format!("audit event: {e}"))?
-        }
-        other => return Err(format!("unknown record form {other}")),
-    };
-    if names_len > 0 {
-        let names: crate::record::AppNames =
-            serde_json::from_slice(names).map_err(|e| format!("names: {e}"))?;
-        record.names = Some(Arc::new(names));
-    }
-    Ok(record)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::sink::{Intake, SinkQueue};
-    use std::io::{Seek, SeekFrom, Write};
 
     fn cfg(dir: &Path) -> BufferConfig {
         BufferConfig {
@@ -1258,53 +737,5 @@ mod tests {
             RefusalShare::default().offered(1000, false),
             RefusalShare(0.0)
         );
-    }
-
-    #[test]
-    fn audit_event_records_and_names_survive_the_disk() {
-        let mut r = crate::record::audit_event_record(serde_json::json!({
-            "guid": "44444444-5555-4666-8777-888888888888",
-            "type": "audit.app.update", "created_at": "2020-01-01T00:00:00Z",
-            "actor": {"type": "user", "guid": "u", "name": "admin"},
-            "target": {"type": "app", "guid": "a", "name": "web"},
-            "data": {"request": {"state": "STOPPED"}}, "space": null, "organization": null}))
-        .unwrap();
-        r.names = Some(Arc::new(crate::record::AppNames {
-            app_guid: "a".into(),
-            org_name: Some("org".into()),
-            ..Default::default()
-        }));
-        let mut buf = Vec::new();
-        encode_record(&r, &mut buf);
-        assert_eq!(decode_record(&buf).unwrap(), r);
-        assert!(decode_record(&buf[..3]).is_err());
-        buf[0] = 9;
-        assert_eq!(decode_record(&buf).unwrap_err(), "unknown record form 9");
-    }
-
-    #[test]
-    fn a_torn_tail_is_cut_and_not_replayed() {
-        let tmp = tempfile::tempdir().unwrap();
-        let path = tmp.path().join("s.seg");
-        let mut f = File::create(&path).unwrap();
-        let rec = |p: &[u8]| {
-            let mut v = (p.len() as u32).to_le_bytes().to_vec();
-            v.extend_from_slice(&crc32fast::hash(p).to_le_bytes());
-            v.extend_from_slice(p);
-            v
-        };
-        f.write_all(&rec(b"one")).unwrap();
-        f.write_all(&rec(b"two")).unwrap();
-        let whole = 2 * (HEADER as u64 + 3);
-        // Torn: a header that promises more than is there.
-        f.write_all(&rec(b"three")[..10]).unwrap();
-        assert_eq!(scan(&path).unwrap(), (2, whole, whole + 10));
-        // Damaged: a whole record with a wrong CRC.
-        let mut bad = rec(b"four");
-        *bad.last_mut().unwrap() ^= 1;
-        f.set_len(whole).unwrap();
-        f.seek(SeekFrom::End(0)).unwrap();
-        f.write_all(&bad).unwrap();
-        assert_eq!(scan(&path).unwrap(), (2, whole, whole + 12));
     }
 }
