@@ -325,11 +325,7 @@ fn classify_reply(
         detail: format!("{detail}{hint}"),
     };
     match status {
-        408 | 429 | 401 | 403 => Err(SinkFailure::Retry {
-            error,
-            after: retry_after,
-        }),
-        500..=599 if status != 501 => Err(SinkFailure::Retry {
+        408 | 429 | 401 | 403 | 500 | 502..=599 => Err(SinkFailure::Retry {
             error,
             after: retry_after,
         }),
@@ -370,7 +366,8 @@ impl Sink for HttpSink {
                 }
             }
         };
-        let mut retry: Option<SinkFailure> = None;
+        // The failure to retry the batch with and its Retry-After.
+        let mut retry: Option<(SinkError, Option<Duration>)> = None;
         // Rounds: every request left, then those isolating refused records.
         while !progress.todo.is_empty() && retry.is_none() {
             let todo = std::mem::take(&mut progress.todo);
@@ -408,16 +405,15 @@ impl Sink for HttpSink {
                         }
                     }
                     Err(Refused {
-                        failure: failure @ SinkFailure::Retry { .. },
+                        failure: SinkFailure::Retry { error, after },
                         ..
                     }) => {
                         // Keep the longest Retry-After any request was given.
-                        let after = |f: &SinkFailure| match f {
-                            SinkFailure::Retry { after, .. } => after.unwrap_or_default(),
-                            _ => Duration::ZERO,
+                        let longer = |(_, kept): &(SinkError, Option<Duration>)| {
+                            after.unwrap_or_default() > kept.unwrap_or_default()
                         };
-                        if retry.as_ref().is_none_or(|k| after(&failure) > after(k)) {
-                            retry = Some(failure);
+                        if retry.as_ref().is_none_or(longer) {
+                            retry = Some((error, after));
                         }
                         progress.todo.push(piece);
                     }
@@ -435,9 +431,9 @@ impl Sink for HttpSink {
                 }
             }
         }
-        if let Some(f) = retry {
+        if let Some((error, after)) = retry {
             self.progress = Some(progress);
-            return Err(f);
+            return Err(SinkFailure::Retry { error, after });
         }
         // Refused records go to the dead-letter file; records whose
         // requests await an acknowledgement stay in flight.
