@@ -132,7 +132,8 @@ impl std::fmt::Display for InSink<'_> {
 /// naming the option where the sink knows which one it was.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The folder a file sink writes to cannot be created or read (`--out-dir`).
+    /// The folder a file sink writes to (`--out-dir`, the demo's folder)
+    /// cannot be created or read.
     #[error("file sink: cannot write {path}: {source}")]
     FileDir {
         path: String,
