@@ -72,6 +72,7 @@ impl<'a> Batch<'a> {
 /// Why a sink could not write or complete records, as it happened. The
 /// runner names the sink where it reports one ([`SinkError::in_sink`]):
 /// `http sink: <url> answered 400: ...`.
+///
 /// Cloned for each record a refusal concerns (the HTTP sink's refused
 /// records), hence the shared I/O error.
 #[derive(Clone, Debug, thiserror::Error)]
