@@ -5,8 +5,6 @@
 //! `sink_stalled` one). Each alert is an error log line, a count on
 //! `/metrics` and an alert record on the other sinks.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -2,11 +2,7 @@
 //! audit events and app names from a test Cloud Controller discovered from
 //! --cf-api with a UAA token, rules and routes, and the cursor at exit.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
-#[path = "support/schema.rs"]
-mod schema;
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;

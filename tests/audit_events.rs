@@ -3,13 +3,7 @@
 //! way, and a restart in the middle of pagination with the cursor in a file.
 //! Every event must arrive exactly once, as a schema-valid record.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
-#[path = "support/peer.rs"]
-mod peer;
-#[path = "support/schema.rs"]
-mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -1,8 +1,6 @@
 //! Enrichment: names from Cloud Controller for envelopes without name tags,
 //! through a bounded cache that never holds ingress up.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
 
 use std::sync::Arc;

@@ -4,8 +4,6 @@
 //! UAA client itself. Time-based cases run on tokio's paused clock.
 
 mod common;
-#[path = "common/gateway.rs"]
-mod peers;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,8 +19,8 @@ use cf_audit_nozzle::source::emulator::gateway::{SSE_CLOSING, SSE_HEAD, sse_batc
 use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
 use cf_audit_nozzle::source::{SourceStatus, Streams};
+use common::gateway::{Peers, Step, stream_of};
 use common::log_envelope;
-use peers::{Peers, Step, stream_of};
 use tokio_util::sync::CancellationToken;
 
 /// A sink that keeps every envelope it is given, in order.

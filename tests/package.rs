@@ -7,8 +7,7 @@
 //!
 //! This test builds the release binary (through `scripts/package`).
 
-#[path = "moto/mod.rs"]
-mod moto;
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -21,6 +20,7 @@ use cf_audit_nozzle::config::layers::{is_secret, option_for_key};
 use cf_audit_nozzle::source::emulator::Feed;
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
 use clap::CommandFactory;
+use common::moto;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const ENVELOPES: u64 = 1000;

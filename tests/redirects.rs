@@ -6,8 +6,6 @@
 //! `pagination.next.href` is held to the same rule in tests/audit_events.rs.)
 
 mod common;
-#[path = "support/peer.rs"]
-mod peer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +16,7 @@ use cf_audit_nozzle::record::{EncodeContext, Record};
 use cf_audit_nozzle::sink::Sink;
 use cf_audit_nozzle::sink::http::{HttpFormat, HttpSink, HttpSinkConfig};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
-use peer::{Peer, Reply};
+use common::peer::{Peer, Reply};
 
 const SECRET: &str = "s3cret&not-for-others";
 const TOKEN_REPLY: &str = r#"{"access_token":"tok","token_type":"bearer","expires_in":3600}"#;

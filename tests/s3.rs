@@ -6,7 +6,6 @@
 //! that never overwrite each other.
 
 mod common;
-mod moto;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -25,6 +24,7 @@ use cf_audit_nozzle::sink::archive::{
     s3::{S3Config, Sse, http_client, s3_archive},
 };
 use cf_audit_nozzle::sink::{BatchConfig, Chunk, Sink, SinkQueue, SinkReport, run_sink};
+use common::moto;
 
 fn ctx() -> EncodeContext {
     EncodeContext {

@@ -1,7 +1,26 @@
 //! Shared helpers of the black-box tests: a test RLP (the emulator) on port 0
 //! with its own CA, the nozzle pipeline writing files to a temporary folder,
-//! and readers for what landed there.
+//! and readers for what landed there. Each test file takes them with
+//! `mod common;`; the peers and the process helpers are its submodules:
+//!
+//! - `process`: the nozzle binary (and other processes) started, signalled,
+//!   read and waited for; re-exported here;
+//! - `cc`: a test Cloud Controller (audit events, apps) and UAA;
+//! - `gateway`: a scripted RLP Gateway and UAA for the gateway source;
+//! - `moto`: the S3 peer (moto with SigV4 checking, via `moto_peer.py`);
+//! - `peer`: an HTTP peer that records requests and answers one way;
+//! - `schema`: the ApiInvocation JSON Schema check.
 #![allow(dead_code)]
+
+pub mod cc;
+pub mod gateway;
+pub mod moto;
+pub mod peer;
+pub mod process;
+pub mod schema;
+
+#[allow(unused_imports)] // not every test starts a process
+pub use process::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
