@@ -20,7 +20,7 @@ use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, ID
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
 use cf_audit_nozzle::source::{SourceStatus, Streams};
 use common::gateway::{Peers, Step, stream_of};
-use common::log_envelope;
+use common::{log_envelope, nozzle, spawn};
 use tokio_util::sync::CancellationToken;
 
 /// A sink that keeps every envelope it is given, in order.
@@ -501,7 +501,6 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     use cf_audit_nozzle::record::EncodeContext;
     use cf_audit_nozzle::source::emulator::Feed;
     use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
     let envelopes = numbered(1_700_000_000_000_000_000, 250);
@@ -518,8 +517,8 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let summary_file = tmp.path().join("summary.json");
-    let mut child = nozzle()
-        .args(["run", "--source", "gateway", "--cf-api", &gw.url()])
+    let mut cmd = nozzle();
+    cmd.args(["run", "--source", "gateway", "--cf-api", &gw.url()])
         .args([
             "--uaa-client-id",
             "nozzle",
@@ -537,21 +536,9 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
         .arg("--summary-file")
         .arg(&summary_file)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(250)
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap()
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("250 lines within 30 s")
-        .unwrap();
+        .stderr(Stdio::null());
+    let mut child = spawn(&mut cmd);
+    let lines = child.lines(250, Duration::from_secs(30)).await;
     // Let at least one routine reconnect happen before stopping.
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while gw.streams_opened() < 2 {
@@ -561,7 +548,7 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = terminate(child).await;
+    let status = child.stop().await.status;
     assert!(status.success(), "exit status {status}");
 
     let ctx = EncodeContext {
@@ -635,28 +622,6 @@ fn gateway_options_are_checked_together_and_rlp_options_are_not_required() {
     );
 }
 
-/// The binary, with no proxy settings from the test's environment.
-fn nozzle() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR").env("RUST_LOG", "warn");
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
-        cmd.env_remove(var).env_remove(var.to_lowercase());
-    }
-    cmd
-}
-
-/// SIGTERM, then the exit status.
-async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
-}
-
 /// Behind a corporate proxy: every request (CF API, UAA, gateway) goes
 /// through `HTTP_PROXY`. The emulator plays the proxy (and the origin
 /// behind it); `cf-api.invalid` resolves nowhere, so nothing arrives unless
@@ -665,7 +630,6 @@ async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
 async fn every_request_goes_through_the_proxy_from_the_environment() {
     use cf_audit_nozzle::source::emulator::Feed;
     use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
     let gw = GatewayEmulator::start(
@@ -677,8 +641,8 @@ async fn every_request_goes_through_the_proxy_from_the_environment() {
     )
     .await
     .unwrap();
-    let mut child = nozzle()
-        .env("HTTP_PROXY", gw.url())
+    let mut cmd = nozzle();
+    cmd.env("HTTP_PROXY", gw.url())
         .args([
             "run",
             "--source",
@@ -689,18 +653,11 @@ async fn every_request_goes_through_the_proxy_from_the_environment() {
         .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
         .args(["--sink", "stdout", "--batch-max-age-ms", "10"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines =
-        tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().take(10).count());
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("10 records within 30 s")
-        .unwrap();
+        .stderr(Stdio::null());
+    let mut child = spawn(&mut cmd);
+    let lines = child.lines(10, Duration::from_secs(30)).await.len();
     assert_eq!(lines, 10);
-    assert!(terminate(child).await.success());
+    assert!(child.stop().await.status.success());
     let targets = gw.targets();
     let origin = gw.url();
     assert_eq!(targets[0], "http://cf-api.invalid/");

@@ -19,11 +19,12 @@ pub const EXIT_WITHIN: Duration = Duration::from_secs(60);
 
 /// The binary, with nothing of the test's environment that the nozzle would
 /// take for configuration: cargo's `OUT_DIR` (the file sink's folder to the
-/// nozzle), Cloud Foundry's `PORT` and `VCAP_*`, and the developer's proxy.
-/// `/health` is on a port of its own, as tests run in parallel. A test sets
-/// what it needs on top.
+/// nozzle), Cloud Foundry's `PORT` and `VCAP_*`, and the developer's proxy
+/// and `RUST_LOG` (the default, `info`, is set). `/health` is on a port of
+/// its own, as tests run in parallel. A test sets what it needs on top.
 pub fn nozzle() -> Command {
     let mut cmd = Command::new(BIN);
+    cmd.env("RUST_LOG", "info");
     for var in ["OUT_DIR", "PORT", "VCAP_SERVICES", "VCAP_APPLICATION"] {
         cmd.env_remove(var);
     }
@@ -47,6 +48,11 @@ pub fn printed(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The exit status of `out`, and everything it printed ([`printed`]).
+pub fn status_text(out: &Output) -> (ExitStatus, String) {
+    (out.status, printed(out))
 }
 
 /// Polls `cond` (every 10 ms of tokio's clock, so paused clocks work) until
