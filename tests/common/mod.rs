@@ -36,6 +36,7 @@ use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::route::IngressSnapshot;
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::file::FileSinkConfig;
+use cf_audit_nozzle::sink::http::{HttpFormat, HttpSinkConfig};
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig};
 use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
 use cf_audit_nozzle::tls::Pki;
@@ -84,16 +85,18 @@ pub fn run_args(cmd: &mut std::process::Command, addr: &str, tls: &Path) {
 }
 
 pub fn file_pipeline(dir: &Path) -> PipelineConfig {
+    one_sink_pipeline(SinkConfig::File(FileSinkConfig {
+        dir: dir.to_path_buf(),
+        instance_index: 3,
+        roll_interval: Duration::from_secs(3600),
+        gzip_level: 1,
+    }))
+}
+
+/// A pipeline of `sink` alone, taking every kind.
+pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
     PipelineConfig {
-        sinks: vec![(
-            SinkConfig::File(FileSinkConfig {
-                dir: dir.to_path_buf(),
-                instance_index: 3,
-                roll_interval: Duration::from_secs(3600),
-                gzip_level: 1,
-            }),
-            Kind::ALL.to_vec(),
-        )],
+        sinks: vec![(sink, Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
         batch: BatchConfig::default(),
         encode: EncodeContext {
@@ -101,6 +104,25 @@ pub fn file_pipeline(dir: &Path) -> PipelineConfig {
         },
         decode_only: false,
         buffer: None,
+    }
+}
+
+/// The HTTP sink's settings for `url` in `format`: a HEC token, gzip, the
+/// platform's roots, one request at a time.
+pub fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
+    HttpSinkConfig {
+        url: url.to_string(),
+        format,
+        hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
+        hec_index: Default::default(),
+        headers: Vec::new(),
+        gzip: true,
+        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
+        tls_verify: true,
+        timeout: Duration::from_secs(10),
+        concurrency: 1,
+        max_request_bytes: 10_000_000,
+        acks: None,
     }
 }
 
