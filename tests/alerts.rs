@@ -11,7 +11,6 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
 /// The binary, logging JSON at info, /health and /metrics on `health`.
@@ -178,15 +177,7 @@ async fn a_failing_audit_events_poller_raises_an_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_limit_is_per_alert_reason_and_sink() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 7 },
-            rate: Some(2000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 7, 2000).await;
     let tmp = tempfile::tempdir().unwrap();
     let health = free_addr();
     let mut cmd = nozzle_for(&pki, tmp.path(), &emu.addr.to_string(), health);

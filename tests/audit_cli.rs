@@ -10,21 +10,12 @@ use std::time::Duration;
 
 use cf_audit_nozzle::demo::read_records_file;
 use cf_audit_nozzle::source::audit_events::load_cursor;
-use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_enrichment_rules_and_routes_in_the_running_nozzle() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 5 },
-            rate: Some(2000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 5, 2000).await;
     let cc = cc::start().await;
     let base = chrono::Utc::now() - chrono::Duration::minutes(10);
     let events: Vec<serde_json::Value> = (0..2500u64)

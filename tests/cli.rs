@@ -6,24 +6,14 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::demo::read_records_file;
-use cf_audit_nozzle::record::EncodeContext;
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_completes_the_open_files_and_exits_zero() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 3 },
-            rate: Some(5000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 3, 5000).await;
     let tmp = tempfile::tempdir().unwrap();
     let tls = tmp.path().join("tls");
     pki.write_client_files(&tls).unwrap();
@@ -145,13 +135,7 @@ async fn stdout_sink_writes_exactly_one_json_line_per_record() {
     let status = child.finish_within(Duration::from_secs(15)).await.status;
     assert!(status.success());
 
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
-    let expected: Vec<String> = envelopes
-        .into_iter()
-        .map(|e| classify(e).to_json(&ctx))
-        .collect();
+    let expected = json_lines(envelopes, "cf");
     assert_eq!(lines, expected);
     assert!(lines[0].starts_with(r#"{"kind":"app_log","time":"2023-11-14T22:13:20.000000000Z","foundation":"cf","source_id":"app-guid""#));
 }

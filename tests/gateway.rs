@@ -20,7 +20,7 @@ use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, ID
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
 use cf_audit_nozzle::source::{SourceStatus, Streams};
 use common::gateway::{Peers, Step, stream_of};
-use common::{log_envelope, nozzle, spawn};
+use common::{json_lines, log_envelope, nozzle, spawn};
 use tokio_util::sync::CancellationToken;
 
 /// A sink that keeps every envelope it is given, in order.
@@ -497,8 +497,6 @@ async fn uaa_gets_a_secret_with_special_characters_form_encoded_and_one_token_fo
 /// CF API URL and UAA credentials given, everything else discovered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
-    use cf_audit_nozzle::classify::classify;
-    use cf_audit_nozzle::record::EncodeContext;
     use cf_audit_nozzle::source::emulator::Feed;
     use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
     use std::process::Stdio;
@@ -551,13 +549,7 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     let status = child.stop().await.status;
     assert!(status.success(), "exit status {status}");
 
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
-    let expected: Vec<String> = envelopes
-        .into_iter()
-        .map(|e| classify(e).to_json(&ctx))
-        .collect();
+    let expected = json_lines(envelopes, "cf");
     assert_eq!(lines, expected, "exact records, in order");
     assert_eq!(
         gw.reads()[0],

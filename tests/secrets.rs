@@ -7,7 +7,6 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
 const HEC_TOKEN: &str = "hec-token-7f3a9c1e-SECRET";
@@ -41,15 +40,7 @@ async fn run_then_stop(cmd: &mut Command, for_: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_any_output() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 5 },
-            rate: Some(2000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 5, 2000).await;
     let receiver = refusing_receiver().await;
     let tmp = tempfile::tempdir().unwrap();
     pki.write_client_files(tmp.path()).unwrap();
@@ -268,15 +259,7 @@ async fn credentials_in_urls_are_redacted_everywhere() {
 
     // 2. The HTTP sink: the receiver refuses, the retry warnings name the URL.
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 5 },
-            rate: Some(1000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 5, 1000).await;
     pki.write_client_files(tmp.path()).unwrap();
     let mut cmd = nozzle();
     cmd.env("RUST_LOG", "debug");

@@ -37,7 +37,7 @@ use cf_audit_nozzle::route::IngressSnapshot;
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::file::FileSinkConfig;
 use cf_audit_nozzle::sink::http::{HttpFormat, HttpSinkConfig};
-use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig};
+use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
 use cf_audit_nozzle::tls::Pki;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +52,30 @@ pub async fn emulator(pki: &Pki, cfg: EmulatorConfig) -> Emulator {
     Emulator::start("127.0.0.1:0".parse().unwrap(), pki, cfg)
         .await
         .expect("start emulator")
+}
+
+/// A test RLP sending generated traffic from `seed` at `rate` envelopes a second.
+pub async fn generated_emulator(pki: &Pki, seed: u64, rate: u64) -> Emulator {
+    emulator(
+        pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed },
+            rate: Some(rate),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The JSON lines the stdout sink prints for `envelopes` in `foundation`.
+pub fn json_lines(envelopes: Vec<Envelope>, foundation: &str) -> Vec<String> {
+    let ctx = EncodeContext {
+        foundation: foundation.to_string(),
+    };
+    envelopes
+        .into_iter()
+        .map(|e| cf_audit_nozzle::classify::classify(e).to_json(&ctx))
+        .collect()
 }
 
 /// The nozzle's RLP settings for a test RLP, with short backoff so reconnect tests are quick.
