@@ -5,93 +5,20 @@
 //! `sink_stalled` one). Each alert is an error log line, a count on
 //! `/metrics` and an alert record on the other sinks.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
-fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// The binary, logging JSON at info, /health and /metrics on `health`.
-fn nozzle(health: std::net::SocketAddr) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env("RUST_LOG", "info")
-        .env("LOG_FORMAT", "json")
+fn nozzle_at(health: std::net::SocketAddr) -> Command {
+    let mut cmd = nozzle();
+    cmd.env("LOG_FORMAT", "json")
         .env("HEALTH_ADDR", health.to_string());
     cmd
-}
-
-/// A running nozzle with its stdout and stderr lines collected.
-struct Running {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-fn start(mut cmd: Command) -> Running {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the nozzle");
-    let collect = |r: Box<dyn std::io::Read + Send>| {
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let l = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(r).lines() {
-                let Ok(line) = line else { break };
-                l.lock().unwrap().push(line);
-            }
-        });
-        lines
-    };
-    let stdout = collect(Box::new(child.stdout.take().unwrap()));
-    let stderr = collect(Box::new(child.stderr.take().unwrap()));
-    Running {
-        child,
-        stdout,
-        stderr,
-    }
-}
-
-impl Running {
-    /// SIGTERM, and the exit status within 30 s.
-    fn stop(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .expect("send SIGTERM");
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            if Instant::now() > until {
-                let _ = self.child.kill();
-                panic!("the nozzle did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-    }
 }
 
 /// The JSON log lines among `lines` whose `alert` field is `reason`.
@@ -116,14 +43,6 @@ fn alert_records(lines: &Mutex<Vec<String>>, reason: &str) -> Vec<serde_json::Va
         .collect()
 }
 
-async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(40);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// `cf_nozzle_alerts_total{reason=...}` from /metrics.
 async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
     let text = cf_audit_nozzle::http_client::http_client(None, false)
@@ -145,9 +64,11 @@ async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
 
 /// Waits for the first error line of alert `reason` and returns its message.
 async fn first_alert_message(lines: &Mutex<Vec<String>>, reason: &str) -> String {
-    wait_for(&format!("the {reason} log line"), || {
-        !alert_lines(lines, reason).is_empty()
-    })
+    wait_for(
+        &format!("the {reason} log line"),
+        Duration::from_secs(40),
+        || !alert_lines(lines, reason).is_empty(),
+    )
     .await;
     let line = &alert_lines(lines, reason)[0];
     assert_eq!(line["level"], "ERROR", "{line}");
@@ -157,7 +78,7 @@ async fn first_alert_message(lines: &Mutex<Vec<String>>, reason: &str) -> String
 /// Waits for the first alert record of `reason` and checks its kind and
 /// title; returns its body.
 async fn first_alert_body(lines: &Mutex<Vec<String>>, reason: &str) -> String {
-    wait_for("the alert record", || {
+    wait_for("the alert record", Duration::from_secs(40), || {
         !alert_records(lines, reason).is_empty()
     })
     .await;
@@ -176,7 +97,7 @@ fn nozzle_for(
 ) -> Command {
     let tls = tmp.join("tls");
     pki.write_client_files(&tls).unwrap();
-    let mut cmd = nozzle(health);
+    let mut cmd = nozzle_at(health);
     run_args(&mut cmd, rlp, &tls);
     cmd
 }
@@ -191,7 +112,7 @@ async fn a_disconnected_source_raises_an_alert() {
     let health = free_addr();
     let mut cmd = nozzle_for(&pki, tmp.path(), &free_addr().to_string(), health);
     cmd.args(["--sink", "stdout", "--health-disconnect-threshold", "1"]);
-    let n = start(cmd);
+    let n = spawn_collected(&mut cmd);
 
     let text = first_alert_message(&n.stderr, "source_disconnected").await;
     assert!(
@@ -209,7 +130,7 @@ async fn a_disconnected_source_raises_an_alert() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(alerts_total(health, "source_disconnected").await, 1);
     assert_eq!(alert_lines(&n.stderr, "source_disconnected").len(), 1);
-    assert!(n.stop().success());
+    assert!(n.stop(Duration::from_secs(30)).await.success());
 }
 
 /// Cloud Controller answers discovery but UAA is down: every poll fails.
@@ -230,7 +151,7 @@ async fn a_failing_audit_events_poller_raises_an_alert() {
         .arg("--audit-cursor-file")
         .arg(tmp.path().join("cursor.json"))
         .args(["--sink", "stdout"]);
-    let n = start(cmd);
+    let n = spawn_collected(&mut cmd);
 
     let text = first_alert_message(&n.stderr, "audit_events_failing").await;
     assert!(
@@ -245,7 +166,7 @@ async fn a_failing_audit_events_poller_raises_an_alert() {
         0,
         "no request reached Cloud Controller without a token"
     );
-    assert!(n.stop().success());
+    assert!(n.stop(Duration::from_secs(30)).await.success());
 }
 
 /// A syslog receiver that is not there: the sink's small queue overflows
@@ -256,24 +177,16 @@ async fn a_failing_audit_events_poller_raises_an_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_limit_is_per_alert_reason_and_sink() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 7 },
-            rate: Some(2000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 7, 2000).await;
     let tmp = tempfile::tempdir().unwrap();
     let health = free_addr();
     let mut cmd = nozzle_for(&pki, tmp.path(), &emu.addr.to_string(), health);
     cmd.args(["--sink", "syslog", "--syslog-transport", "tcp"])
         .args(["--syslog-addr", &free_addr().to_string()])
         .args(["--queue-capacity", "100", "--alert-after", "10"]);
-    let n = start(cmd);
+    let n = spawn_collected(&mut cmd);
 
-    wait_for("the sink_stalled log line", || {
+    wait_for("the sink_stalled log line", Duration::from_secs(40), || {
         !alert_lines(&n.stdout, "sink_stalled").is_empty()
     })
     .await;
@@ -292,5 +205,5 @@ async fn the_log_limit_is_per_alert_reason_and_sink() {
     assert!(dropped_lines.iter().all(|l| l["sink"] == "syslog"));
     assert!(alerts_total(health, "sink_dropped").await >= 6);
     assert_eq!(alerts_total(health, "sink_stalled").await, 1);
-    n.stop();
+    n.stop(Duration::from_secs(30)).await;
 }

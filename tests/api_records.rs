@@ -3,15 +3,14 @@
 //! describes, each checked field by field and validated against the
 //! published JSON Schema.
 
-#[path = "support/schema.rs"]
-mod schema;
+mod common;
 
 use std::collections::BTreeMap;
 
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::proto::{Envelope, Log, envelope, log};
 use cf_audit_nozzle::record::{EncodeContext, audit_event_record};
-use schema::assert_valid_api_record;
+use common::schema::assert_valid_api_record;
 use serde_json::{Value, json};
 
 const G: &str = "cdabc600-0b73-48e1-b7d2-26af2c63f933";

@@ -2,33 +2,20 @@
 //! audit events and app names from a test Cloud Controller discovered from
 //! --cf-api with a UAA token, rules and routes, and the cursor at exit.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
-#[path = "support/schema.rs"]
-mod schema;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cf_audit_nozzle::demo::read_records_file;
 use cf_audit_nozzle::source::audit_events::load_cursor;
-use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_events_enrichment_rules_and_routes_in_the_running_nozzle() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 5 },
-            rate: Some(2000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 5, 2000).await;
     let cc = cc::start().await;
     let base = chrono::Utc::now() - chrono::Duration::minutes(10);
     let events: Vec<serde_json::Value> = (0..2500u64)
@@ -48,13 +35,11 @@ async fn audit_events_enrichment_rules_and_routes_in_the_running_nozzle() {
     let cursor = tmp.path().join("cursor.json");
     let summary_file = tmp.path().join("summary.json");
     let cc_url = cc.base.lock().unwrap().clone();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env("CF_INSTANCE_INDEX", "0")
+    let mut cmd = nozzle();
+    cmd.env("CF_INSTANCE_INDEX", "0")
         .env("UAA_CLIENT_SECRET", "s3cr&t=+%");
     run_args(&mut cmd, &emu.addr.to_string(), &tls);
-    let mut child = cmd
-        .args(["--cf-api", &cc_url, "--uaa-client-id", "audit-nozzle"])
+    cmd.args(["--cf-api", &cc_url, "--uaa-client-id", "audit-nozzle"])
         .args([
             "--audit-events",
             "on",
@@ -82,26 +67,16 @@ async fn audit_events_enrichment_rules_and_routes_in_the_running_nozzle() {
         .arg("--summary-file")
         .arg(&summary_file)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::null());
+    let child = spawn(&mut cmd);
     // Three pages, a second poll (its answer is handled once a third poll asks).
-    let until = Instant::now() + Duration::from_secs(30);
-    while cc.event_requests.load(Ordering::SeqCst) < 5 {
-        assert!(
-            Instant::now() < until,
-            "the poller did not poll three times"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
+    wait_for(
+        "the poller to poll three times",
+        Duration::from_secs(30),
+        || cc.event_requests.load(Ordering::SeqCst) >= 5,
     )
-    .unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    .await;
+    let status = child.stop().await.status;
     assert!(status.success(), "exit status {status}");
 
     // UAA got the client credentials form-encoded.

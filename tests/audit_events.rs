@@ -3,13 +3,7 @@
 //! way, and a restart in the middle of pagination with the cursor in a file.
 //! Every event must arrive exactly once, as a schema-valid record.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
-#[path = "support/peer.rs"]
-mod peer;
-#[path = "support/schema.rs"]
-mod schema;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -250,18 +244,11 @@ async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
         stop.clone(),
     ));
 
-    let wait = |what: &'static str, cond: Box<dyn Fn() -> bool + Send>| async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !cond() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {what}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
     let s = Arc::clone(&status);
-    wait("two rewinds", Box::new(move || s.snapshot().rewinds >= 2)).await;
+    wait_for("two rewinds", Duration::from_secs(30), move || {
+        s.snapshot().rewinds >= 2
+    })
+    .await;
     assert!(
         stats
             .dropped_queue_full
@@ -279,9 +266,10 @@ async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let c = cursor.clone();
     let l = last.clone();
-    wait(
+    wait_for(
         "the cursor at the last event",
-        Box::new(move || load_cursor(&c).unwrap().is_some_and(|k| k.created_at == l)),
+        Duration::from_secs(30),
+        move || load_cursor(&c).unwrap().is_some_and(|k| k.created_at == l),
     )
     .await;
     stop.cancel();

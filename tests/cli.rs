@@ -3,67 +3,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::demo::read_records_file;
-use cf_audit_nozzle::record::EncodeContext;
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
-
-fn nozzle() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    // cargo exports its own OUT_DIR to test processes; the nozzle's OUT_DIR is the file sink's folder.
-    cmd.env_remove("OUT_DIR").env("RUST_LOG", "info");
-    // Tests run in parallel: each nozzle's /health on a port of its own.
-    cmd.env_remove("PORT").env("HEALTH_ADDR", "127.0.0.1:0");
-    cmd
-}
-
-fn terminate(child: &Child) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("send SIGTERM");
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > until {
-            let _ = child.kill();
-            panic!("the nozzle did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_completes_the_open_files_and_exits_zero() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 3 },
-            rate: Some(5000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 3, 5000).await;
     let tmp = tempfile::tempdir().unwrap();
     let tls = tmp.path().join("tls");
     pki.write_client_files(&tls).unwrap();
@@ -85,19 +35,21 @@ async fn sigterm_completes_the_open_files_and_exits_zero() {
     .arg(&summary_file)
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
+    let child = spawn(&mut cmd);
 
     let partial = out.join(".partial");
-    wait_for("records written to open files", || {
-        std::fs::read_dir(&partial)
-            .map(|d| d.count() >= 4)
-            .unwrap_or(false)
-    });
-    terminate(&child);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-            .await
-            .unwrap();
+    wait_for(
+        "records written to open files",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_dir(&partial)
+                .map(|d| d.count() >= 4)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    child.terminate();
+    let status = child.finish_within(Duration::from_secs(15)).await.status;
     assert!(status.success(), "exit status {status}");
 
     let summary: serde_json::Value =
@@ -177,33 +129,13 @@ async fn stdout_sink_writes_exactly_one_json_line_per_record() {
         .env("BATCH_MAX_AGE_MS", "10")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(3)
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap()
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("three lines within 30 s")
-        .unwrap();
-    terminate(&child);
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
-            .await
-            .unwrap();
+    let mut child = spawn(&mut cmd);
+    let lines = child.lines(3, Duration::from_secs(30)).await;
+    child.terminate();
+    let status = child.finish_within(Duration::from_secs(15)).await.status;
     assert!(status.success());
 
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
-    let expected: Vec<String> = envelopes
-        .into_iter()
-        .map(|e| classify(e).to_json(&ctx))
-        .collect();
+    let expected = json_lines(envelopes, "cf");
     assert_eq!(lines, expected);
     assert!(lines[0].starts_with(r#"{"kind":"app_log","time":"2023-11-14T22:13:20.000000000Z","foundation":"cf","source_id":"app-guid""#));
 }
@@ -432,32 +364,23 @@ async fn run_until_received(
     n: u64,
     summary_file: &std::path::Path,
 ) -> (std::process::ExitStatus, serde_json::Value, String) {
-    let mut child = cmd.spawn().unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
+    let child = spawn(&mut cmd);
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
     while ingress_envelopes(health).await < n {
         assert!(
-            Instant::now() < until,
+            tokio::time::Instant::now() < until,
             "the nozzle never received {n} envelopes"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    terminate(&child);
-    let mut stderr = child.stderr.take().unwrap();
-    let (status, stderr) = tokio::task::spawn_blocking(move || {
-        let status = wait_exit(&mut child, Duration::from_secs(30));
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
-        (status, text)
-    })
-    .await
-    .unwrap();
+    child.terminate();
+    let out = child.finish_within(Duration::from_secs(30)).await;
+    let (status, stderr) = (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     let summary = serde_json::from_slice(&std::fs::read(summary_file).unwrap()).unwrap();
     (status, summary, stderr)
-}
-
-fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// Exactly 500 envelopes: five batches of 100, then a silent open stream.

@@ -3,14 +3,16 @@
 //! precedence flag > env > platform > VCAP_SERVICES > file > default, and
 //! secrets masked.
 
+mod common;
+
 use std::process::{Command, Output};
 
 const SECRET: &str = "hec-token-c0ffee-SECRET";
 
 /// The binary with none of the variables these tests set inherited from the
-/// test's own environment.
+/// test's own environment (not even the /health address the others get).
 fn nozzle(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
+    let mut cmd = common::nozzle();
     cmd.current_dir(dir);
     for var in [
         "OUT_DIR",

@@ -1,8 +1,6 @@
 //! Enrichment: names from Cloud Controller for envelopes without name tags,
 //! through a bounded cache that never holds ingress up.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
 
 use std::sync::Arc;
@@ -75,17 +73,6 @@ async fn finish(r: Running) -> (Summary, tempfile::TempDir) {
     (s, r.dir)
 }
 
-async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousand_lookups() {
     let cc = cc::start().await;
@@ -107,14 +94,17 @@ async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousan
         tokio::task::yield_now().await;
     }
     let stats = Arc::clone(r.enricher.stats());
-    wait_for("every app looked up", || {
+    wait_for("every app looked up", Duration::from_secs(30), || {
         stats.snapshot().lookups == 1000 && cc.app_requests.load(Ordering::SeqCst) == 1000
     })
     .await;
     // Once the table the router reads has every answer, every known app's
     // records get names, and nothing is looked up again.
     let e = Arc::clone(&r.enricher);
-    wait_for("the answers published", || e.table_counts() == (950, 50, 0)).await;
+    wait_for("the answers published", Duration::from_secs(30), || {
+        e.table_counts() == (950, 50, 0)
+    })
+    .await;
     let before = stats.snapshot();
     drop(router);
     let (summary, _dir) = finish_pipeline(r.pipeline).await;

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -131,18 +131,10 @@ async fn health_of(health: std::net::SocketAddr) -> (u16, serde_json::Value) {
     )
 }
 
-fn free_addr() -> std::net::SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// The nozzle against `emu`, delivering to `url` as JSON lines, with
 /// `/metrics` on `health`.
-fn nozzle(emu: &Emulator, tls: &Path, url: &str, health: std::net::SocketAddr) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env("RUST_LOG", "info");
+fn http_nozzle(emu: &Emulator, tls: &Path, url: &str, health: std::net::SocketAddr) -> Command {
+    let mut cmd = nozzle();
     run_args(&mut cmd, &emu.addr.to_string(), tls);
     cmd.args(["--sink", "http", "--http-format", "json", "--http-url", url])
         .args(["--health-addr", &health.to_string()])
@@ -213,50 +205,6 @@ async fn wait_metrics(
     }
 }
 
-async fn wait_until(what: &str, done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A nozzle process, killed if a failing test leaves it behind.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn spawn(cmd: &mut Command) -> Running {
-    Running(Some(cmd.spawn().unwrap()))
-}
-
-fn signal(child: &Running, sig: nix::sys::signal::Signal) {
-    let id = child.0.as_ref().expect("running").id();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(id as i32), sig).unwrap();
-}
-
-/// Waits for the process to end; its exit status and everything it printed.
-async fn finish(mut child: Running) -> (std::process::ExitStatus, String) {
-    let child = child.0.take().expect("running");
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status, text)
-}
-
 /// A test RLP sending `n` numbered lines (each once), a receiver, and
 /// folders for the nozzle's TLS files and disk buffer.
 struct Setup {
@@ -292,7 +240,7 @@ impl Setup {
 
     /// The nozzle with `/metrics` on `health` and `extra` options.
     fn nozzle(&self, health: std::net::SocketAddr, extra: &[&str]) -> Command {
-        let mut cmd = nozzle(&self.emu, self.tmp.path(), &self.url, health);
+        let mut cmd = http_nozzle(&self.emu, self.tmp.path(), &self.url, health);
         cmd.args(extra);
         cmd
     }
@@ -324,8 +272,8 @@ async fn kill_9_with_the_siem_down_loses_nothing_the_disk_buffer_accepted() {
     assert_eq!(m.get("delivered_total"), Some(&0.0), "{m:?}");
     assert!(m["buffered"] >= (N - 1000) as f64, "{m:?}");
     assert!(rx.refused.load(Ordering::SeqCst) > 0, "the SIEM was asked");
-    signal(&first, nix::sys::signal::Signal::SIGKILL);
-    let (status, _) = finish(first).await;
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    let status = first.finish().await.status;
     assert!(!status.success());
     assert_eq!(emu.envelopes_sent(), N, "the RLP sent each envelope once");
 
@@ -339,8 +287,7 @@ async fn kill_9_with_the_siem_down_loses_nothing_the_disk_buffer_accepted() {
     // The replayed records count as received by this process.
     assert_eq!(m.get("received_total"), Some(&(N as f64)), "{m:?}");
     assert_eq!(m.get("dropped_total{buffer_full}"), Some(&0.0), "{m:?}");
-    signal(&second, nix::sys::signal::Signal::SIGTERM);
-    let (status, err) = finish(second).await;
+    let (status, err) = status_text(&second.stop().await);
     assert!(status.success(), "{err}");
     assert_eq!(rx.tally(N), (N, 0, true));
     // Everything was acknowledged: the buffer is empty and a third start
@@ -349,8 +296,7 @@ async fn kill_9_with_the_siem_down_loses_nothing_the_disk_buffer_accepted() {
     let third = spawn(&mut run(health));
     let m = wait_metrics(health, "the third start", |_| true).await;
     assert_eq!(m.get("received_total"), Some(&0.0), "{m:?}");
-    signal(&third, nix::sys::signal::Signal::SIGTERM);
-    assert!(finish(third).await.0.success());
+    assert!(third.stop().await.status.success());
     assert_eq!(rx.tally(N).1, 0);
 }
 
@@ -367,21 +313,23 @@ async fn kill_9_while_delivering_repeats_at_most_one_batch() {
     let run = |health| s.buffered(health, &[]);
     let health = free_addr();
     let first = spawn(&mut run(health));
-    wait_until("some records delivered", || {
+    wait_for("some records delivered", Duration::from_secs(60), || {
         rx.seqs.lock().unwrap().len() >= 3000
     })
     .await;
-    signal(&first, nix::sys::signal::Signal::SIGKILL);
-    finish(first).await;
+    first.signal(nix::sys::signal::Signal::SIGKILL);
+    first.finish().await;
     let before = rx.seqs.lock().unwrap().len() as u64;
     assert!(before < N, "killed mid-way: {before}");
 
     rx.delay_ms.store(0, Ordering::SeqCst);
     let health = free_addr();
     let second = spawn(&mut run(health));
-    wait_until("every number delivered", || rx.tally(N).0 == N).await;
-    signal(&second, nix::sys::signal::Signal::SIGTERM);
-    let (status, err) = finish(second).await;
+    wait_for("every number delivered", Duration::from_secs(60), || {
+        rx.tally(N).0 == N
+    })
+    .await;
+    let (status, err) = status_text(&second.stop().await);
     assert!(status.success(), "{err}");
     let (distinct, dups, exact) = rx.tally(N);
     assert_eq!((distinct, exact), (N, true));
@@ -406,8 +354,7 @@ async fn sigterm_at_full_load_exits_in_time_and_keeps_the_rest_on_disk() {
     })
     .await;
     let stopped = tokio::time::Instant::now();
-    signal(&first, nix::sys::signal::Signal::SIGTERM);
-    let (status, err) = finish(first).await;
+    let (status, err) = status_text(&first.stop().await);
     assert!(status.success(), "exit status {status}: {err}");
     // Not a timed assertion of speed: the deadline is the contract (2 s,
     // plus process start-up and exit).
@@ -422,9 +369,11 @@ async fn sigterm_at_full_load_exits_in_time_and_keeps_the_rest_on_disk() {
     rx.delay_ms.store(0, Ordering::SeqCst);
     let health = free_addr();
     let second = spawn(&mut run(health));
-    wait_until("every number delivered", || rx.tally(N).0 == N).await;
-    signal(&second, nix::sys::signal::Signal::SIGTERM);
-    assert!(finish(second).await.0.success());
+    wait_for("every number delivered", Duration::from_secs(60), || {
+        rx.tally(N).0 == N
+    })
+    .await;
+    assert!(second.stop().await.status.success());
     let (distinct, dups, exact) = rx.tally(N);
     assert_eq!((distinct, exact), (N, true));
     assert!(dups <= 500, "{dups} duplicates");
@@ -454,8 +403,7 @@ async fn an_rlp_that_keeps_restarting_and_a_503_storm_lose_nothing() {
         m.get("delivered_total") == Some(&(N as f64))
     })
     .await;
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let (status, err) = finish(child).await;
+    let (status, err) = status_text(&child.stop().await);
     assert!(status.success(), "{err}");
     assert_eq!(rx.tally(N), (N, 0, true));
     assert!(emu.streams_opened() >= N / 100 / 2, "the RLP restarted");
@@ -548,8 +496,7 @@ async fn a_full_disk_under_the_buffer_is_counted_and_recovered_from() {
     assert_eq!(m["dropped_total{buffer_error}"], lost, "{m:?}");
     assert_eq!(m["delivered_total"], delivered + MORE as f64, "{m:?}");
     assert_eq!(rx.counts(N..N + MORE), vec![1; MORE as usize]);
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let (status, err) = finish(child).await;
+    let (status, err) = status_text(&child.stop().await);
     assert!(status.success(), "{err}");
     assert!(err.contains("cannot write the disk buffer"), "{err}");
 
@@ -564,8 +511,7 @@ async fn a_full_disk_under_the_buffer_is_counted_and_recovered_from() {
     })
     .await;
     assert_eq!(m["dropped_total{buffer_error}"], 0.0, "{m:?}");
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let (status, err) = finish(child).await;
+    let (status, err) = status_text(&child.stop().await);
     assert!(status.success(), "{err}");
     assert_eq!(rx.counts(N + MORE..N + 2 * MORE), vec![1; MORE as usize]);
     assert_eq!(rx.tally(N + 2 * MORE).1, 0, "nothing arrived twice");
@@ -606,8 +552,7 @@ async fn a_filling_disk_buffer_raises_buffer_filling_once() {
     }
     let (code, body) = health_of(health).await;
     assert_eq!(code, 200, "a filling buffer is not a failure: {body}");
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let (status, out) = finish(child).await;
+    let (status, out) = status_text(&child.stop().await);
     assert!(status.success(), "{out}");
     let alerts: Vec<&str> = out
         .lines()

@@ -4,8 +4,6 @@
 //! UAA client itself. Time-based cases run on tokio's paused clock.
 
 mod common;
-#[path = "common/gateway.rs"]
-mod peers;
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -21,8 +19,8 @@ use cf_audit_nozzle::source::emulator::gateway::{SSE_CLOSING, SSE_HEAD, sse_batc
 use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
 use cf_audit_nozzle::source::{SourceStatus, Streams};
-use common::log_envelope;
-use peers::{Peers, Step, stream_of};
+use common::gateway::{Peers, Step, stream_of};
+use common::{json_lines, log_envelope, nozzle, spawn};
 use tokio_util::sync::CancellationToken;
 
 /// A sink that keeps every envelope it is given, in order.
@@ -499,11 +497,8 @@ async fn uaa_gets_a_secret_with_special_characters_form_encoded_and_one_token_fo
 /// CF API URL and UAA credentials given, everything else discovered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
-    use cf_audit_nozzle::classify::classify;
-    use cf_audit_nozzle::record::EncodeContext;
     use cf_audit_nozzle::source::emulator::Feed;
     use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
     let envelopes = numbered(1_700_000_000_000_000_000, 250);
@@ -520,8 +515,8 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let summary_file = tmp.path().join("summary.json");
-    let mut child = nozzle()
-        .args(["run", "--source", "gateway", "--cf-api", &gw.url()])
+    let mut cmd = nozzle();
+    cmd.args(["run", "--source", "gateway", "--cf-api", &gw.url()])
         .args([
             "--uaa-client-id",
             "nozzle",
@@ -539,21 +534,9 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
         .arg("--summary-file")
         .arg(&summary_file)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        BufReader::new(stdout)
-            .lines()
-            .take(250)
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap()
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("250 lines within 30 s")
-        .unwrap();
+        .stderr(Stdio::null());
+    let mut child = spawn(&mut cmd);
+    let lines = child.lines(250, Duration::from_secs(30)).await;
     // Let at least one routine reconnect happen before stopping.
     let until = std::time::Instant::now() + Duration::from_secs(30);
     while gw.streams_opened() < 2 {
@@ -563,16 +546,10 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let status = terminate(child).await;
+    let status = child.stop().await.status;
     assert!(status.success(), "exit status {status}");
 
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
-    let expected: Vec<String> = envelopes
-        .into_iter()
-        .map(|e| classify(e).to_json(&ctx))
-        .collect();
+    let expected = json_lines(envelopes, "cf");
     assert_eq!(lines, expected, "exact records, in order");
     assert_eq!(
         gw.reads()[0],
@@ -637,28 +614,6 @@ fn gateway_options_are_checked_together_and_rlp_options_are_not_required() {
     );
 }
 
-/// The binary, with no proxy settings from the test's environment.
-fn nozzle() -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR").env("RUST_LOG", "warn");
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
-        cmd.env_remove(var).env_remove(var.to_lowercase());
-    }
-    cmd
-}
-
-/// SIGTERM, then the exit status.
-async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap()
-}
-
 /// Behind a corporate proxy: every request (CF API, UAA, gateway) goes
 /// through `HTTP_PROXY`. The emulator plays the proxy (and the origin
 /// behind it); `cf-api.invalid` resolves nowhere, so nothing arrives unless
@@ -667,7 +622,6 @@ async fn terminate(mut child: std::process::Child) -> std::process::ExitStatus {
 async fn every_request_goes_through_the_proxy_from_the_environment() {
     use cf_audit_nozzle::source::emulator::Feed;
     use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
 
     let gw = GatewayEmulator::start(
@@ -679,8 +633,8 @@ async fn every_request_goes_through_the_proxy_from_the_environment() {
     )
     .await
     .unwrap();
-    let mut child = nozzle()
-        .env("HTTP_PROXY", gw.url())
+    let mut cmd = nozzle();
+    cmd.env("HTTP_PROXY", gw.url())
         .args([
             "run",
             "--source",
@@ -691,18 +645,11 @@ async fn every_request_goes_through_the_proxy_from_the_environment() {
         .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
         .args(["--sink", "stdout", "--batch-max-age-ms", "10"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let lines =
-        tokio::task::spawn_blocking(move || BufReader::new(stdout).lines().take(10).count());
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("10 records within 30 s")
-        .unwrap();
+        .stderr(Stdio::null());
+    let mut child = spawn(&mut cmd);
+    let lines = child.lines(10, Duration::from_secs(30)).await.len();
     assert_eq!(lines, 10);
-    assert!(terminate(child).await.success());
+    assert!(child.stop().await.status.success());
     let targets = gw.targets();
     let origin = gw.url();
     assert_eq!(targets[0], "http://cf-api.invalid/");

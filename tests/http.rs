@@ -214,23 +214,6 @@ async fn start_hec(behaviour: Behaviour) -> (Arc<Hec>, String) {
     (hec, url)
 }
 
-fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
-    HttpSinkConfig {
-        url: url.to_string(),
-        format,
-        hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
-        hec_index: Default::default(),
-        headers: Vec::new(),
-        gzip: true,
-        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
-        tls_verify: true,
-        timeout: Duration::from_secs(10),
-        concurrency: 1,
-        max_request_bytes: 10_000_000,
-        acks: None,
-    }
-}
-
 fn ctx() -> EncodeContext {
     EncodeContext {
         foundation: FOUNDATION.into(),

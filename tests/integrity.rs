@@ -382,8 +382,7 @@ async fn validate_reports_every_kind_of_tampering_precisely() {
 #[test]
 fn keygen_and_validate_through_the_binary_exit_0_then_1() {
     let tmp = tempfile::tempdir().unwrap();
-    let bin = env!("CARGO_BIN_EXE_cf-audit-nozzle");
-    let out = std::process::Command::new(bin)
+    let out = common::nozzle()
         .args(["keygen", "--out"])
         .arg(tmp.path().join("keys"))
         .output()
@@ -406,7 +405,7 @@ fn keygen_and_validate_through_the_binary_exit_0_then_1() {
         .unwrap()
         .block_on(build_archive(&archive, &key));
     let validate = || {
-        std::process::Command::new(bin)
+        common::nozzle()
             .args(["validate", "--dir"])
             .arg(&archive)
             .arg("--public-key")

@@ -7,20 +7,20 @@
 //!
 //! This test builds the release binary (through `scripts/package`).
 
-#[path = "moto/mod.rs"]
-mod moto;
+mod common;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cf_audit_nozzle::config::Cli;
 use cf_audit_nozzle::config::layers::{is_secret, option_for_key};
 use cf_audit_nozzle::source::emulator::Feed;
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
 use clap::CommandFactory;
+use common::moto;
 use yaml_rust2::{Yaml, YamlLoader};
 
 const ENVELOPES: u64 = 1000;
@@ -89,22 +89,6 @@ fn ingress(port: u16) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + Duration::from_secs(60);
-    while !cond() {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,11 +183,11 @@ async fn the_packaged_app_runs_with_the_manifests_environment_and_cloud_foundrys
         "instance_index": 0,
         "space_name": "system",
     });
-    let port = free_port();
+    let port = common::free_addr().port();
     let mut command = string(app, "command").split_whitespace();
     let program = dist.join(command.next().unwrap());
-    let mut child = Command::new(program)
-        .args(command)
+    let mut cmd = Command::new(program);
+    cmd.args(command)
         .current_dir(&dist)
         .env_clear()
         .envs(&env)
@@ -212,36 +196,21 @@ async fn the_packaged_app_runs_with_the_manifests_environment_and_cloud_foundrys
         .env("CF_INSTANCE_INDEX", "0")
         .env("PORT", port.to_string())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let sent = tokio::task::spawn_blocking({
-        move || {
-            wait_for("/health on $PORT", || {
-                get(port, "/health").is_some_and(|(status, _)| status == 200)
-            });
-            // Taken in by the nozzle (not only sent): SIGTERM then drains them.
-            wait_for("every envelope taken in", || {
-                ingress(port) == Some(ENVELOPES)
-            });
-            gw
-        }
+        .stderr(Stdio::piped());
+    let child = common::spawn(&mut cmd);
+    common::wait_for("/health on $PORT", Duration::from_secs(60), || {
+        get(port, "/health").is_some_and(|(status, _)| status == 200)
     })
-    .await
-    .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    let status = child.wait().unwrap();
+    .await;
+    // Taken in by the nozzle (not only sent): SIGTERM then drains them.
+    common::wait_for("every envelope taken in", Duration::from_secs(60), || {
+        ingress(port) == Some(ENVELOPES)
+    })
+    .await;
+    // What the platform side was sent, read below.
+    let sent = gw;
+    let out = child.stop().await;
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(status.success(), "exit {status}:\n{stderr}");
 
     // Discovery through the CF API from VCAP_APPLICATION, a UAA token, the

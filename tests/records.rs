@@ -2,8 +2,6 @@
 //! to the exact records in the files (DESIGN.md §4 shapes).
 
 mod common;
-#[path = "support/schema.rs"]
-mod schema;
 
 use std::collections::BTreeMap;
 

@@ -6,11 +6,8 @@
 //! `pagination.next.href` is held to the same rule in tests/audit_events.rs.)
 
 mod common;
-#[path = "support/peer.rs"]
-mod peer;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::http_client::http_client;
@@ -18,7 +15,7 @@ use cf_audit_nozzle::record::{EncodeContext, Record};
 use cf_audit_nozzle::sink::http::{HttpFormat, HttpSink, HttpSinkConfig};
 use cf_audit_nozzle::sink::{Batch, Sink, SinkFailure};
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
-use peer::{Peer, Reply};
+use common::peer::{Peer, Reply};
 
 const SECRET: &str = "s3cret&not-for-others";
 const TOKEN_REPLY: &str = r#"{"access_token":"tok","token_type":"bearer","expires_in":3600}"#;
@@ -74,18 +71,9 @@ async fn uaa_never_reposts_the_client_secret_to_another_origin() {
 
 fn hec_config(url: &str) -> HttpSinkConfig {
     HttpSinkConfig {
-        url: url.to_string(),
-        format: HttpFormat::Hec,
-        hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
-        hec_index: Default::default(),
         headers: vec![("X-Api-Key".into(), "header-secret".into())],
         gzip: false,
-        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
-        tls_verify: true,
-        timeout: Duration::from_secs(10),
-        concurrency: 1,
-        max_request_bytes: 10_000_000,
-        acks: None,
+        ..common::http_config(url, HttpFormat::Hec)
     }
 }
 

@@ -1,12 +1,11 @@
 //! The s3 sink against a real S3-compatible server that checks SigV4 and
-//! keeps SSE headers (moto, see tests/moto): every record once, objects
+//! keeps SSE headers (moto, see tests/common/moto.rs): every record once, objects
 //! within the roll limits, encryption as configured (asserted by the server's
 //! HEAD), signed digests that validate, delivery notifications, a wrong
 //! secret surfaced without loss, an outage without loss, and two instances
 //! that never overwrite each other.
 
 mod common;
-mod moto;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -27,6 +26,7 @@ use cf_audit_nozzle::sink::archive::{
 use cf_audit_nozzle::sink::{
     Batch, BatchConfig, Chunk, Sink, SinkFailure, SinkQueue, SinkReport, run_sink,
 };
+use common::moto;
 
 fn ctx() -> EncodeContext {
     EncodeContext {
@@ -550,7 +550,7 @@ async fn two_instances_never_overwrite_each_other_and_the_cursor_round_trips() {
 
 #[test]
 fn s3_options_are_checked_with_the_others_and_secrets_stay_hidden() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+    let out = common::nozzle()
         .args([
             "run",
             "--sink",
@@ -566,7 +566,6 @@ fn s3_options_are_checked_with_the_others_and_secrets_stay_hidden() {
             "--roll-bytes",
             "10",
         ])
-        .env_remove("VCAP_SERVICES")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -578,7 +577,7 @@ fn s3_options_are_checked_with_the_others_and_secrets_stay_hidden() {
         assert!(err.contains(line), "{line} in {err}");
     }
     // With a bucket, the remaining s3 problems are listed together.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+    let out = common::nozzle()
         .args([
             "run",
             "--sink",
@@ -594,7 +593,6 @@ fn s3_options_are_checked_with_the_others_and_secrets_stay_hidden() {
             "--roll-bytes",
             "10",
         ])
-        .env_remove("VCAP_SERVICES")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -867,12 +865,11 @@ fn s3_ca_and_session_token_options() {
         ]
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+    let out = common::nozzle()
         .args(["config", "check", "--sink", "s3", "--s3-bucket", "b"])
         .args(["--s3-access-key-id", "AK", "--s3-secret-access-key", "SK"])
         .args(["--rlp-addr", "rlp.service.cf.internal"])
         .env("S3_SESSION_TOKEN", "tok-SECRET")
-        .env_remove("VCAP_SERVICES")
         .output()
         .unwrap();
     let (stdout, stderr) = (
@@ -997,14 +994,8 @@ async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
     )
     .await
     .unwrap();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
-        cmd.env_remove(var).env_remove(var.to_lowercase());
-    }
-    let child = cmd
-        .env_remove("OUT_DIR")
-        .env_remove("VCAP_SERVICES")
-        .env("RUST_LOG", "warn")
+    let mut cmd = common::nozzle();
+    cmd.env("RUST_LOG", "warn")
         .env("HTTP_PROXY", &proxy.url)
         .env("NO_PROXY", "127.0.0.1")
         .env("AWS_SESSION_TOKEN", &token)
@@ -1023,9 +1014,8 @@ async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
         ])
         .args(["--notify-url", "http://notify-behind-proxy/landed"])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    let child = common::spawn(&mut cmd);
     let hec = "POST http://hec-behind-proxy/services/collector/event";
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !proxy.targets().iter().any(|t| t == hec) {
@@ -1037,14 +1027,7 @@ async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // At shutdown the s3 sink completes its file, uploads it and notifies.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = child.stop().await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

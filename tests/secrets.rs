@@ -7,7 +7,6 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
 use common::*;
 
 const HEC_TOKEN: &str = "hec-token-7f3a9c1e-SECRET";
@@ -33,44 +32,20 @@ async fn refusing_receiver() -> std::net::SocketAddr {
 /// Runs the nozzle for `for_`, stops it with SIGTERM, and returns all it
 /// printed (stdout and stderr).
 async fn run_then_stop(cmd: &mut Command, for_: Duration) -> String {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let child = spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
     tokio::time::sleep(for_).await;
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    printed(&child.stop().await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_appears_in_any_output() {
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 5 },
-            rate: Some(2000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 5, 2000).await;
     let receiver = refusing_receiver().await;
     let tmp = tempfile::tempdir().unwrap();
     pki.write_client_files(tmp.path()).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env("RUST_LOG", "debug");
+    let mut cmd = nozzle();
+    cmd.env("RUST_LOG", "debug");
     run_args(&mut cmd, &emu.addr.to_string(), tmp.path());
     cmd.args(["--sink", "http", "--http-format", "hec"])
         .args(["--http-url", &format!("http://{receiver}")])
@@ -97,17 +72,14 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
     let refusing = refusing_receiver().await;
     let url = format!("http://{refusing}");
     let tmp = tempfile::tempdir().unwrap();
-    let keygen = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+    let keygen = nozzle()
         .args(["keygen", "--out"])
         .arg(tmp.path())
         .output()
         .unwrap();
     assert!(keygen.status.success(), "{keygen:?}");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env_remove("VCAP_SERVICES")
-        .env("RUST_LOG", "debug")
+    let mut cmd = nozzle();
+    cmd.env("RUST_LOG", "debug")
         .args(["run", "--source", "gateway"])
         .args(["--gateway-url", &url, "--uaa-url", &url])
         .args(["--uaa-client-id", "nozzle"])
@@ -144,7 +116,7 @@ async fn no_uaa_or_s3_secret_appears_when_both_refuse() {
 #[test]
 fn parse_errors_never_print_a_secret_argument() {
     let tmp = tempfile::tempdir().unwrap();
-    let keygen = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
+    let keygen = nozzle()
         .args(["keygen", "--out"])
         .arg(tmp.path())
         .output()
@@ -153,20 +125,12 @@ fn parse_errors_never_print_a_secret_argument() {
     let key = std::fs::read_to_string(tmp.path().join("signing-key.pem")).unwrap();
     let key_body = key.lines().nth(1).unwrap().to_string();
     let run = |args: &[String]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
-            .env_remove("OUT_DIR")
-            .env_remove("PORT")
-            .env_remove("VCAP_SERVICES")
+        let out = nozzle()
             .current_dir(tmp.path())
             .args(args)
             .output()
             .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code(), text)
+        (out.status.code(), printed(&out))
     };
     let strings = |args: &[&str]| args.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let gateway = strings(&[
@@ -257,16 +221,10 @@ async fn credentials_in_urls_are_redacted_everywhere() {
     let shown = |path: &str| format!("http://***@{refusing}{path}?token=***&x");
     let tmp = tempfile::tempdir().unwrap();
     let summary = tmp.path().join("summary.json");
-    let health_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().to_string()
-    };
+    let health_addr = free_addr().to_string();
     // 1. The gateway source: UAA refuses, the error names the URL.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env_remove("VCAP_SERVICES")
-        .env("RUST_LOG", "debug")
+    let mut cmd = nozzle();
+    cmd.env("RUST_LOG", "debug")
         .args(["run", "--source", "gateway"])
         .args(["--gateway-url", &secret_url("/gw")])
         .args(["--uaa-url", &secret_url("/uaa")])
@@ -276,7 +234,7 @@ async fn credentials_in_urls_are_redacted_everywhere() {
         .arg(&summary)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap();
+    let child = spawn(&mut cmd);
     let mut body = String::new();
     for _ in 0..300 {
         if let Some(b) = health(&health_addr).await
@@ -287,20 +245,7 @@ async fn credentials_in_urls_are_redacted_everywhere() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let logs = printed(&child.stop().await);
     let summary = std::fs::read_to_string(&summary).unwrap();
     // The token URL is UAA's base and /oauth/token, without the query.
     let uaa_error =
@@ -314,20 +259,10 @@ async fn credentials_in_urls_are_redacted_everywhere() {
 
     // 2. The HTTP sink: the receiver refuses, the retry warnings name the URL.
     let pki = pki();
-    let emu = emulator(
-        &pki,
-        EmulatorConfig {
-            feed: Feed::Generated { seed: 5 },
-            rate: Some(1000),
-            ..Default::default()
-        },
-    )
-    .await;
+    let emu = generated_emulator(&pki, 5, 1000).await;
     pki.write_client_files(tmp.path()).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"));
-    cmd.env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env("RUST_LOG", "debug");
+    let mut cmd = nozzle();
+    cmd.env("RUST_LOG", "debug");
     run_args(&mut cmd, &emu.addr.to_string(), tmp.path());
     cmd.args(["--sink", "http", "--http-format", "json"])
         .args(["--http-url", &secret_url("/ingest")])
@@ -344,8 +279,7 @@ async fn credentials_in_urls_are_redacted_everywhere() {
     }
 
     // 3. config check: the listing and the errors.
-    let out = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
-        .env_remove("VCAP_SERVICES")
+    let out = nozzle()
         .args(["config", "check", "--source", "gateway"])
         .args(["--cf-api", &secret_url("/api")])
         .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
@@ -356,11 +290,7 @@ async fn credentials_in_urls_are_redacted_everywhere() {
         ])
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = printed(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     for secret in [URL_PASSWORD, URL_TOKEN] {
         assert!(!text.contains(secret), "{secret} leaked:\n{text}");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::pipeline::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::{Counter, Envelope, Event, envelope};
-use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
+use cf_audit_nozzle::record::{EncodeContext, Record};
 use cf_audit_nozzle::sink::syslog::{
     Framing, MsgFormat, SyslogConfig, SyslogFormat, SyslogSink, Transport,
 };
@@ -153,16 +153,7 @@ fn syslog_config(pki: &Pki, port: u16, msg: MsgFormat) -> SyslogConfig {
 }
 
 fn syslog_pipeline(cfg: SyslogConfig) -> PipelineConfig {
-    PipelineConfig {
-        sinks: vec![(SinkConfig::Syslog(cfg), Kind::ALL.to_vec())],
-        queue_capacity: 1_000_000,
-        batch: BatchConfig::default(),
-        encode: EncodeContext {
-            foundation: FOUNDATION.to_string(),
-        },
-        decode_only: false,
-        buffer: None,
-    }
+    one_sink_pipeline(SinkConfig::Syslog(cfg))
 }
 
 const APP: &str = "cdabc600-0b73-48e1-b7d2-26af2c63f933";

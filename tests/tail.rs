@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use cf_audit_nozzle::classify::classify;
@@ -13,7 +12,7 @@ use cf_audit_nozzle::proto::{Counter, Envelope, envelope};
 use cf_audit_nozzle::record::EncodeContext;
 use cf_audit_nozzle::source::emulator::Feed;
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
-use common::log_envelope;
+use common::{log_envelope, nozzle, spawn};
 
 const APP: &str = "cdabc600-0b73-48e1-b7d2-26af2c63f933";
 const T: i64 = 1_700_000_000_000_000_000;
@@ -79,46 +78,19 @@ async fn gateway() -> GatewayEmulator {
 /// Runs `tail` with `args` until it printed `n` lines, then Ctrl-C; returns
 /// the lines and what it wrote to stderr.
 async fn tail(gw: &GatewayEmulator, args: &[&str], n: usize) -> (Vec<String>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cf-audit-nozzle"))
-        .env_remove("OUT_DIR")
-        .env_remove("PORT")
-        .env_remove("VCAP_SERVICES")
-        .env_remove("VCAP_APPLICATION")
-        .env("HEALTH_ADDR", "off")
+    let mut cmd = nozzle();
+    cmd.env("HEALTH_ADDR", "off")
         .args(["tail", "--source", "gateway", "--cf-api", &gw.url()])
         .args(["--uaa-client-id", "nozzle", "--uaa-client-secret", "s"])
         .args(["--shard-id", "cf-audit-nozzle"])
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let read = tokio::task::spawn_blocking(move || {
-        let mut reader = BufReader::new(stdout);
-        let lines: Vec<String> = (&mut reader)
-            .lines()
-            .take(n)
-            .collect::<Result<_, _>>()
-            .unwrap();
-        (lines, reader)
-    });
-    let (lines, mut reader) = tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("lines within 30 s")
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let (rest, out) = tokio::task::spawn_blocking(move || {
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
-        (rest, child.wait_with_output().unwrap())
-    })
-    .await
-    .unwrap();
+        .stderr(Stdio::piped());
+    let mut child = spawn(&mut cmd);
+    let lines = child.lines(n, Duration::from_secs(30)).await;
+    child.signal(nix::sys::signal::Signal::SIGINT);
+    let out = child.finish().await;
+    let rest = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "exit {}: {stderr}", out.status);
     assert_eq!(rest, "", "more lines than expected");

@@ -4,8 +4,6 @@
 //! can require basic auth; the listener holds at most its cap of connections
 //! and closes clients that do not send a request head in time.
 
-#[path = "support/cc.rs"]
-mod cc;
 mod common;
 
 use std::collections::HashMap;

@@ -3,7 +3,6 @@
 //! connection plays a script (bytes, pauses, stalls), so a test can split
 //! frames across reads, stall, send garbage or close at will. One HTTP/1.1
 //! listener on 127.0.0.1 serves both.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

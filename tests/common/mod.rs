@@ -1,7 +1,26 @@
 //! Shared helpers of the black-box tests: a test RLP (the emulator) on port 0
 //! with its own CA, the nozzle pipeline writing files to a temporary folder,
-//! and readers for what landed there.
+//! and readers for what landed there. Each test file takes them with
+//! `mod common;`; the peers and the process helpers are its submodules:
+//!
+//! - `process`: the nozzle binary (and other processes) started, signalled,
+//!   read and waited for; re-exported here;
+//! - `cc`: a test Cloud Controller (audit events, apps) and UAA;
+//! - `gateway`: a scripted RLP Gateway and UAA for the gateway source;
+//! - `moto`: the S3 peer (moto with SigV4 checking, via `moto_peer.py`);
+//! - `peer`: an HTTP peer that records requests and answers one way;
+//! - `schema`: the ApiInvocation JSON Schema check.
 #![allow(dead_code)]
+
+pub mod cc;
+pub mod gateway;
+pub mod moto;
+pub mod peer;
+pub mod process;
+pub mod schema;
+
+#[allow(unused_imports)] // not every test starts a process
+pub use process::*;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,7 +36,8 @@ use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::route::IngressSnapshot;
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::file::FileSinkConfig;
-use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig};
+use cf_audit_nozzle::sink::http::{HttpFormat, HttpSinkConfig};
+use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
 use cf_audit_nozzle::tls::Pki;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +52,30 @@ pub async fn emulator(pki: &Pki, cfg: EmulatorConfig) -> Emulator {
     Emulator::start("127.0.0.1:0".parse().unwrap(), pki, cfg)
         .await
         .expect("start emulator")
+}
+
+/// A test RLP sending generated traffic from `seed` at `rate` envelopes a second.
+pub async fn generated_emulator(pki: &Pki, seed: u64, rate: u64) -> Emulator {
+    emulator(
+        pki,
+        EmulatorConfig {
+            feed: Feed::Generated { seed },
+            rate: Some(rate),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// The JSON lines the stdout sink prints for `envelopes` in `foundation`.
+pub fn json_lines(envelopes: Vec<Envelope>, foundation: &str) -> Vec<String> {
+    let ctx = EncodeContext {
+        foundation: foundation.to_string(),
+    };
+    envelopes
+        .into_iter()
+        .map(|e| cf_audit_nozzle::classify::classify(e).to_json(&ctx))
+        .collect()
 }
 
 /// The nozzle's RLP settings for a test RLP, with short backoff so reconnect tests are quick.
@@ -65,16 +109,18 @@ pub fn run_args(cmd: &mut std::process::Command, addr: &str, tls: &Path) {
 }
 
 pub fn file_pipeline(dir: &Path) -> PipelineConfig {
+    one_sink_pipeline(SinkConfig::File(FileSinkConfig {
+        dir: dir.to_path_buf(),
+        instance_index: 3,
+        roll_interval: Duration::from_secs(3600),
+        gzip_level: 1,
+    }))
+}
+
+/// A pipeline of `sink` alone, taking every kind.
+pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
     PipelineConfig {
-        sinks: vec![(
-            SinkConfig::File(FileSinkConfig {
-                dir: dir.to_path_buf(),
-                instance_index: 3,
-                roll_interval: Duration::from_secs(3600),
-                gzip_level: 1,
-            }),
-            Kind::ALL.to_vec(),
-        )],
+        sinks: vec![(sink, Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
         batch: BatchConfig::default(),
         encode: EncodeContext {
@@ -82,6 +128,25 @@ pub fn file_pipeline(dir: &Path) -> PipelineConfig {
         },
         decode_only: false,
         buffer: None,
+    }
+}
+
+/// The HTTP sink's settings for `url` in `format`: a HEC token, gzip, the
+/// platform's roots, one request at a time.
+pub fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
+    HttpSinkConfig {
+        url: url.to_string(),
+        format,
+        hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
+        hec_index: Default::default(),
+        headers: Vec::new(),
+        gzip: true,
+        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
+        tls_verify: true,
+        timeout: Duration::from_secs(10),
+        concurrency: 1,
+        max_request_bytes: 10_000_000,
+        acks: None,
     }
 }
 

@@ -1,7 +1,6 @@
 //! A test Cloud Controller: paginated `/v3/audit_events` (with events that
 //! arrive while a poll is under way) and `/v3/apps/:guid?include=space.organization`,
 //! counting the requests it serves and refusing other tokens than `bearer test-token`.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,4 @@
 //! Validation of records against the published ApiInvocation JSON Schema.
-#![allow(dead_code)]
 
 use std::sync::OnceLock;
 

@@ -2,7 +2,6 @@
 //! headers, body) and answers each with the same reply: a redirect, or a
 //! fixed status and body. Another port is another origin. A request for
 //! `/moved/<rest>` is redirected (307) to `/<rest>` on the same origin.
-#![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 

@@ -3,7 +3,6 @@
 //! /opt/cf-audit-nozzle/moto-5.2.5), with IAM access control so SigV4 is
 //! checked, driven through `moto_peer.py`. The server lives until the test
 //! process exits (it stops when its stdin closes).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -36,7 +35,7 @@ pub fn moto() -> &'static Moto {
             "moto is missing: {} not found. Run scripts/test (it installs moto==5.2.5 into that virtualenv) or set MOTO_VENV",
             python.display()
         );
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/moto/moto_peer.py");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/moto_peer.py");
         let mut child = Command::new(&python)
             .arg(script)
             .stdin(Stdio::piped())
