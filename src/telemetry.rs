@@ -906,6 +906,158 @@ mod tests {
         }
     }
 
+    /// Every family `/metrics` shows, with values that are not zero where a
+    /// test can set them, against the text captured before the counters
+    /// were declared once (`telemetry/metrics.golden.txt`): names, help,
+    /// types, labels and order stay byte for byte. The process's own
+    /// families (memory, CPU) vary and are cut off.
+    #[tokio::test(start_paused = true)]
+    async fn metrics_text_stays_byte_for_byte() {
+        use crate::backoff::Backoff;
+        use crate::source::SourceStatus;
+        use crate::source::status::{Attempt, Disconnect, reconnect_loop};
+
+        let (a, b) = (
+            Arc::new(SinkStats::default()),
+            Arc::new(SinkStats::default()),
+        );
+        let mut n = 1;
+        for s in [&a, &b] {
+            for c in [
+                &s.received,
+                &s.delivered,
+                &s.queued,
+                &s.in_flight,
+                &s.buffered,
+                &s.buffer_bytes,
+                &s.buffer_max_bytes,
+                &s.dropped_queue_full,
+                &s.dropped_buffer_full,
+                &s.dropped_buffer_error,
+                &s.dropped_write_error,
+                &s.dead_lettered,
+                &s.retries,
+                &s.reconnects,
+            ] {
+                c.store(n, Ordering::Relaxed);
+                n += 1;
+            }
+            s.batch_seconds.observe(0.25 * n as f64);
+            s.delivery_latency.observe(Duration::from_millis(3 * n), n);
+        }
+        a.buffer_health.refusing.store(true, Ordering::Relaxed);
+        let mut v = view(&[("http", &a), ("syslog", &b)]);
+        for (i, c) in [
+            &v.ingress.batches,
+            &v.ingress.envelopes,
+            &v.ingress.by_kind[0],
+            &v.ingress.by_kind[1],
+            &v.ingress.by_kind[2],
+            &v.ingress.by_kind[3],
+            &v.ingress.unrouted,
+            &v.ingress.upstream_dropped,
+            &v.ingress.filtered,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.store(100 + i as u64, Ordering::Relaxed);
+        }
+        let (rlp, gateway) = (
+            Arc::new(SourceStatus::default()),
+            Arc::new(SourceStatus::default()),
+        );
+        let stop = CancellationToken::new();
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        reconnect_loop("test", backoff, &rlp, &stop, || async {
+            stop.cancel();
+            Attempt::failed(Disconnect::Refused, "refused".into())
+        })
+        .await;
+        rlp.backoff_ms.store(1500, Ordering::Relaxed);
+        gateway.opened("gateway", "gw:443");
+        gateway.received(3);
+        gateway
+            .last_envelope_unix_ms
+            .store(1_700_000_000_123, Ordering::Relaxed);
+        for (i, s) in [&rlp, &gateway].into_iter().enumerate() {
+            for (j, c) in [
+                &s.attempts,
+                &s.connects,
+                &s.failures,
+                &s.envelopes,
+                &s.malformed_frames,
+                &s.token_renewals,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                c.fetch_add(200 + 10 * i as u64 + j as u64, Ordering::Relaxed);
+            }
+        }
+        v.sources = vec![("rlp".into(), rlp), ("gateway".into(), gateway)];
+        let audit = Arc::new(crate::source::audit_events::AuditStatus::default());
+        for (i, c) in [
+            &audit.pages,
+            &audit.events,
+            &audit.duplicates_skipped,
+            &audit.invalid,
+            &audit.oversized_pages,
+            &audit.refused_links,
+            &audit.polls_completed,
+            &audit.rewinds,
+            &audit.cursor_writes,
+            &audit.errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.store(300 + i as u64, Ordering::Relaxed);
+        }
+        v.audit_events = Some(audit);
+        let (enricher, _requests) = crate::enrich::Enricher::new(&Default::default());
+        let es = enricher.stats();
+        for (i, c) in [
+            &es.enriched,
+            &es.pending,
+            &es.not_guid,
+            &es.lookups,
+            &es.misses,
+            &es.errors,
+            &es.queue_full,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.store(400 + i as u64, Ordering::Relaxed);
+        }
+        v.enrich = Some(enricher);
+        v.alerts.track_sinks(2);
+        v.alerts.set_stalled(1, true);
+        v.alerts.raise(AlertReason::SinkDropped);
+        v.alerts.raise(AlertReason::SinkDropped);
+        v.alerts.raise(AlertReason::BufferFilling);
+        for (i, c) in [
+            &v.listener.accepted,
+            &v.listener.open,
+            &v.listener.evicted,
+            &v.listener.header_timeouts,
+            &v.listener.accept_errors,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            c.store(500 + i as u64, Ordering::Relaxed);
+        }
+
+        let text = metrics(&Arc::new(v));
+        let text = &text[..text
+            .find("# HELP cf_nozzle_process_")
+            .expect("process families on Linux")];
+        let golden = include_str!("telemetry/metrics.golden.txt");
+        assert_eq!(text, golden);
+    }
+
     /// A sink whose disk refuses its buffer's writes fails `/health`, named;
     /// one that only drops because it is full (its receiver is slow) does not.
     #[test]
