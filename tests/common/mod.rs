@@ -17,8 +17,9 @@ use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::route::IngressSnapshot;
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::file::FileSinkConfig;
+use cf_audit_nozzle::source::SourceStatus;
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig};
-use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
+use cf_audit_nozzle::source::rlp::{self, RlpConfig};
 use cf_audit_nozzle::tls::Pki;
 use tokio_util::sync::CancellationToken;
 
@@ -101,7 +102,7 @@ pub async fn run_until(
             tokio::spawn(rlp::run(
                 cfg,
                 pipeline.router(),
-                Arc::new(RlpStatus::default()),
+                Arc::new(SourceStatus::default()),
                 stop.clone(),
             ))
         })
