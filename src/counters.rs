@@ -51,11 +51,16 @@ impl<S> Metric<S> {
         }
     }
 
-    /// The same, labelled `key=value` in its family.
-    pub const fn labelled(self, key: &'static str, value: &'static str) -> Self {
+    /// A counter labelled `label` (key, value) in its family.
+    pub const fn labelled(
+        name: &'static str,
+        help: &'static str,
+        label: (&'static str, &'static str),
+        value: fn(&S) -> u64,
+    ) -> Self {
         Self {
-            label: Some((key, value)),
-            ..self
+            label: Some(label),
+            ..Self::counter(name, help, value)
         }
     }
 }
