@@ -1,4 +1,4 @@
-//! Counters declared once: [`counters!`] turns one list of counters (field,
+//! Counters declared once: `counters!` turns one list of counters (field,
 //! kind, metric name, help, optional label) into the struct of atomics a
 //! stage bumps, the snapshot the summary serializes, the copy between them
 //! ([`load`](SourceStatus::load)), the sum of two snapshots (`AddAssign`)

@@ -4,8 +4,12 @@
 //! writes and telemetry shows. Both readers import this module and neither
 //! imports the other.
 //!
-//! It sits above the stages whose counters it holds (route, sink, source,
-//! enrich) and below every reader and the assembly.
+//! It sits above the stages whose counters it gathers (route, sink, the
+//! audit-events poller, enrich) and below every reader and the assembly.
+//! The counters themselves are declared once with
+//! [`counters!`](crate::counters) where each stage keeps them (the
+//! sources' [`SourceStatus`] in [`crate::counters`] itself, the listener's
+//! [`ListenerStats`] here).
 
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -612,6 +612,13 @@ mod tests {
         }
     }
 
+    /// Sets `counters` to `from`, `from + 1`, … in turn.
+    fn count_from(from: u64, counters: &[&std::sync::atomic::AtomicU64]) {
+        for (i, c) in counters.iter().enumerate() {
+            c.store(from + i as u64, Ordering::Relaxed);
+        }
+    }
+
     /// Every family `/metrics` shows, with values that are not zero where a
     /// test can set them, against the text captured before the counters
     /// were declared once (`telemetry/metrics.golden.txt`): names, help,
@@ -654,22 +661,20 @@ mod tests {
         }
         a.buffer_health.refusing.store(true, Ordering::Relaxed);
         let mut v = view(&[("http", &a), ("syslog", &b)]);
-        for (i, c) in [
-            &v.ingress.batches,
-            &v.ingress.envelopes,
-            &v.ingress.by_kind[0],
-            &v.ingress.by_kind[1],
-            &v.ingress.by_kind[2],
-            &v.ingress.by_kind[3],
-            &v.ingress.unrouted,
-            &v.ingress.upstream_dropped,
-            &v.ingress.filtered,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            c.store(100 + i as u64, Ordering::Relaxed);
-        }
+        count_from(
+            100,
+            &[
+                &v.ingress.batches,
+                &v.ingress.envelopes,
+                &v.ingress.by_kind[0],
+                &v.ingress.by_kind[1],
+                &v.ingress.by_kind[2],
+                &v.ingress.by_kind[3],
+                &v.ingress.unrouted,
+                &v.ingress.upstream_dropped,
+                &v.ingress.filtered,
+            ],
+        );
         let (rlp, gateway) = (
             Arc::new(SourceStatus::default()),
             Arc::new(SourceStatus::default()),
@@ -704,58 +709,52 @@ mod tests {
         }
         v.sources = vec![("rlp".into(), rlp), ("gateway".into(), gateway)];
         let audit = Arc::new(crate::source::audit_events::AuditStatus::default());
-        for (i, c) in [
-            &audit.pages,
-            &audit.events,
-            &audit.duplicates_skipped,
-            &audit.invalid,
-            &audit.oversized_pages,
-            &audit.refused_links,
-            &audit.polls_completed,
-            &audit.rewinds,
-            &audit.cursor_writes,
-            &audit.errors,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            c.store(300 + i as u64, Ordering::Relaxed);
-        }
+        count_from(
+            300,
+            &[
+                &audit.pages,
+                &audit.events,
+                &audit.duplicates_skipped,
+                &audit.invalid,
+                &audit.oversized_pages,
+                &audit.refused_links,
+                &audit.polls_completed,
+                &audit.rewinds,
+                &audit.cursor_writes,
+                &audit.errors,
+            ],
+        );
         v.audit_events = Some(audit);
         let (enricher, _requests) = crate::enrich::Enricher::new(&Default::default());
         let es = enricher.stats();
-        for (i, c) in [
-            &es.enriched,
-            &es.pending,
-            &es.not_guid,
-            &es.lookups,
-            &es.misses,
-            &es.errors,
-            &es.queue_full,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            c.store(400 + i as u64, Ordering::Relaxed);
-        }
+        count_from(
+            400,
+            &[
+                &es.enriched,
+                &es.pending,
+                &es.not_guid,
+                &es.lookups,
+                &es.misses,
+                &es.errors,
+                &es.queue_full,
+            ],
+        );
         v.enrich = Some(enricher);
         v.alerts.track_sinks(2);
         v.alerts.set_stalled(1, true);
         v.alerts.raise(AlertReason::SinkDropped);
         v.alerts.raise(AlertReason::SinkDropped);
         v.alerts.raise(AlertReason::BufferFilling);
-        for (i, c) in [
-            &v.listener.accepted,
-            &v.listener.open,
-            &v.listener.evicted,
-            &v.listener.header_timeouts,
-            &v.listener.accept_errors,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            c.store(500 + i as u64, Ordering::Relaxed);
-        }
+        count_from(
+            500,
+            &[
+                &v.listener.accepted,
+                &v.listener.open,
+                &v.listener.evicted,
+                &v.listener.header_timeouts,
+                &v.listener.accept_errors,
+            ],
+        );
 
         let text = metrics(&Arc::new(v));
         let text = &text[..text
