@@ -19,10 +19,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::classify::classify;
+use crate::counters::SourceStatus;
 use crate::proto::envelope::Message;
 use crate::proto::{Envelope, Event};
 use crate::record::{ALERT_SOURCE_ID, Record};
 use crate::route::Router;
+use crate::source::audit_events::AuditSnapshot;
 use crate::stats::{AlertReason, View};
 
 #[derive(Clone, Debug)]
@@ -102,6 +104,7 @@ pub async fn watch(
             alerted: false,
         }
     });
+    let raise = |reason, sink, text| raise(&view, &router, &cfg, reason, sink, text);
     let mut tick = tokio::time::interval(cfg.check_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -110,126 +113,14 @@ pub async fn watch(
             _ = tick.tick() => {}
         }
         let now = Instant::now();
-        for (i, (s, w)) in view.sinks.iter().zip(&mut sinks).enumerate() {
-            let snap = s.stats.snapshot(&s.name);
-            if snap.delivered != w.delivered || snap.pending() == 0 {
-                w.delivered = snap.delivered;
-                w.progress_at = now;
-                if w.stalled {
-                    w.stalled = false;
-                    view.alerts.set_stalled(i, false);
-                    tracing::info!(sink = %s.name, "sink delivers again");
-                }
-            } else if !w.stalled && now.duration_since(w.progress_at) >= cfg.after {
-                w.stalled = true;
-                view.alerts.set_stalled(i, true);
-                let text = format!(
-                    "sink {} has delivered nothing for {} s while {} records wait",
-                    s.name,
-                    now.duration_since(w.progress_at).as_secs(),
-                    snap.pending()
-                );
-                raise(
-                    &view,
-                    &router,
-                    &cfg,
-                    AlertReason::SinkStalled,
-                    Some(i),
-                    text,
-                );
-            }
-            if let Some(text) = buffer_filling(&s.name, &s.stats, snap.buffer_bytes, &mut w.filling)
-            {
-                raise(
-                    &view,
-                    &router,
-                    &cfg,
-                    AlertReason::BufferFilling,
-                    Some(i),
-                    text,
-                );
-            }
-            let dropped = snap.dropped();
-            if dropped > w.dropped {
-                let text = format!(
-                    "sink {} dropped {} records (queue full: {}, buffer full: {}, buffer write errors: {}, write errors: {} in all)",
-                    s.name,
-                    dropped - w.dropped,
-                    snap.dropped_queue_full,
-                    snap.dropped_buffer_full,
-                    snap.dropped_buffer_error,
-                    snap.dropped_write_error
-                );
-                w.dropped = dropped;
-                raise(
-                    &view,
-                    &router,
-                    &cfg,
-                    AlertReason::SinkDropped,
-                    Some(i),
-                    text,
-                );
-            }
+        for (i, w) in sinks.iter_mut().enumerate() {
+            check_sink(&view, &cfg, i, w, now, &raise);
         }
         for ((name, status), alerted) in view.sources.iter().zip(&mut disconnected) {
-            let (connected, since) = status.connection();
-            let since = since.unwrap_or_else(|| view.started.elapsed());
-            if connected {
-                if *alerted {
-                    *alerted = false;
-                    tracing::info!(source = %name, "source connected again");
-                }
-            } else if !*alerted && since >= view.disconnect_threshold {
-                *alerted = true;
-                let snap = status.snapshot();
-                let text = format!(
-                    "source {name} has been disconnected for {} s (threshold {} s); last error: {}",
-                    since.as_secs(),
-                    view.disconnect_threshold.as_secs(),
-                    snap.last_error.as_deref().unwrap_or("none")
-                );
-                raise(
-                    &view,
-                    &router,
-                    &cfg,
-                    AlertReason::SourceDisconnected,
-                    None,
-                    text,
-                );
-            }
+            check_source(&view, name, status, alerted, &raise);
         }
         if let (Some(w), Some(status)) = (&mut poller, &view.audit_events) {
-            let snap = status.snapshot();
-            if snap.pages > w.pages {
-                w.failing_since = None;
-                if w.alerted {
-                    w.alerted = false;
-                    tracing::info!("audit events: the poller reads pages again");
-                }
-            } else if snap.errors > w.errors && w.failing_since.is_none() {
-                w.failing_since = Some(now);
-            }
-            if let Some(since) = w.failing_since
-                && !w.alerted
-                && now.duration_since(since) >= cfg.after
-            {
-                w.alerted = true;
-                let text = format!(
-                    "the audit-events poller has read no page for {} s and failed {} times in all (Cloud Controller, UAA or discovery; see the poller's warnings); audit events wait in Cloud Controller and are read once it recovers",
-                    now.duration_since(since).as_secs(),
-                    snap.errors
-                );
-                raise(
-                    &view,
-                    &router,
-                    &cfg,
-                    AlertReason::AuditEventsFailing,
-                    None,
-                    text,
-                );
-            }
-            w.pages = snap.pages;
-            w.errors = snap.errors;
+            check_poller(&cfg, w, &status.snapshot(), now, &raise);
         }
         let now_upstream = view.ingress.snapshot().upstream_dropped;
         if now_upstream > upstream {
@@ -238,16 +129,122 @@ pub async fn watch(
                 now_upstream - upstream
             );
             upstream = now_upstream;
-            raise(
-                &view,
-                &router,
-                &cfg,
-                AlertReason::LoggregatorDropped,
-                None,
-                text,
-            );
+            raise(AlertReason::LoggregatorDropped, None, text);
         }
     }
+}
+
+/// Raises an alert: its reason, the index of the sink it is about, its text.
+type Raise<'a> = dyn Fn(AlertReason, Option<usize>, String) + 'a;
+
+/// Sink `i`: stalled (or delivering again), its disk buffer filling, drops.
+fn check_sink(
+    view: &View,
+    cfg: &AlertConfig,
+    i: usize,
+    w: &mut SinkWatch,
+    now: Instant,
+    raise: &Raise<'_>,
+) {
+    let s = &view.sinks[i];
+    let snap = s.stats.snapshot(&s.name);
+    if snap.delivered != w.delivered || snap.pending() == 0 {
+        w.delivered = snap.delivered;
+        w.progress_at = now;
+        if w.stalled {
+            w.stalled = false;
+            view.alerts.set_stalled(i, false);
+            tracing::info!(sink = %s.name, "sink delivers again");
+        }
+    } else if !w.stalled && now.duration_since(w.progress_at) >= cfg.after {
+        w.stalled = true;
+        view.alerts.set_stalled(i, true);
+        let text = format!(
+            "sink {} has delivered nothing for {} s while {} records wait",
+            s.name,
+            now.duration_since(w.progress_at).as_secs(),
+            snap.pending()
+        );
+        raise(AlertReason::SinkStalled, Some(i), text);
+    }
+    if let Some(text) = buffer_filling(&s.name, &s.stats, snap.buffer_bytes, &mut w.filling) {
+        raise(AlertReason::BufferFilling, Some(i), text);
+    }
+    let dropped = snap.dropped();
+    if dropped > w.dropped {
+        let text = format!(
+            "sink {} dropped {} records (queue full: {}, buffer full: {}, buffer write errors: {}, write errors: {} in all)",
+            s.name,
+            dropped - w.dropped,
+            snap.dropped_queue_full,
+            snap.dropped_buffer_full,
+            snap.dropped_buffer_error,
+            snap.dropped_write_error
+        );
+        w.dropped = dropped;
+        raise(AlertReason::SinkDropped, Some(i), text);
+    }
+}
+
+/// A source disconnected past the threshold (once per disconnection).
+fn check_source(
+    view: &View,
+    name: &str,
+    status: &SourceStatus,
+    alerted: &mut bool,
+    raise: &Raise<'_>,
+) {
+    let (connected, since) = status.connection();
+    let since = since.unwrap_or_else(|| view.started.elapsed());
+    if connected {
+        if *alerted {
+            *alerted = false;
+            tracing::info!(source = %name, "source connected again");
+        }
+    } else if !*alerted && since >= view.disconnect_threshold {
+        *alerted = true;
+        let snap = status.snapshot();
+        let text = format!(
+            "source {name} has been disconnected for {} s (threshold {} s); last error: {}",
+            since.as_secs(),
+            view.disconnect_threshold.as_secs(),
+            snap.last_error.as_deref().unwrap_or("none")
+        );
+        raise(AlertReason::SourceDisconnected, None, text);
+    }
+}
+
+/// The audit-events poller failing and reading no page for `cfg.after`.
+fn check_poller(
+    cfg: &AlertConfig,
+    w: &mut PollerWatch,
+    snap: &AuditSnapshot,
+    now: Instant,
+    raise: &Raise<'_>,
+) {
+    if snap.pages > w.pages {
+        w.failing_since = None;
+        if w.alerted {
+            w.alerted = false;
+            tracing::info!("audit events: the poller reads pages again");
+        }
+    } else if snap.errors > w.errors && w.failing_since.is_none() {
+        w.failing_since = Some(now);
+    }
+    if let Some(since) = w.failing_since
+        && !w.alerted
+        && now.duration_since(since) >= cfg.after
+    {
+        w.alerted = true;
+        let text = format!(
+            "the audit-events poller has read no page for {} s and failed {} times in all (Cloud Controller, UAA or discovery; see the poller's warnings); audit events wait in Cloud Controller and are read once it recovers",
+            now.duration_since(since).as_secs(),
+            snap.errors
+        );
+        raise(AlertReason::AuditEventsFailing, None, text);
+    }
+    w.pages = snap.pages;
+    w.errors = snap.errors;
 }
 
 /// The alert text when a sink's disk buffer, holding `bytes`, has just

@@ -15,8 +15,9 @@ use crate::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
+use crate::source::SourceStatus;
 use crate::source::emulator::{Emulator, EmulatorConfig, EmulatorError, Feed};
-use crate::source::rlp::{self, RlpConfig, RlpStatus};
+use crate::source::rlp::{self, RlpConfig};
 use crate::tls::{Pki, TlsError};
 
 #[derive(Clone, Debug)]
@@ -96,7 +97,7 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
     let source = tokio::spawn(rlp::run(
         rlp_cfg,
         pipeline.router(),
-        Arc::new(RlpStatus::default()),
+        Arc::new(SourceStatus::default()),
         stop_source.clone(),
     ));
     tokio::select! {

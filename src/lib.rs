@@ -43,6 +43,7 @@ pub mod audit;
 pub mod backoff;
 pub mod classify;
 pub mod config;
+pub mod counters;
 pub mod demo;
 pub mod enrich;
 pub mod http_client;

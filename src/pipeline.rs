@@ -20,7 +20,8 @@ use crate::sink::syslog::SyslogSink;
 use crate::sink::{
     BatchConfig, BuildError, NotDelivered, SinkQueue, SinkReport, SinkStats, run_sink,
 };
-use crate::source::rlp::{self, RlpConfig, RlpStatus};
+use crate::source::SourceStatus;
+use crate::source::rlp::{self, RlpConfig};
 
 #[derive(Clone, Debug)]
 pub enum SinkConfig {
@@ -69,7 +70,7 @@ pub struct Summary {
     pub not_delivered: u64,
     /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rlp: Option<crate::source::rlp::RlpSnapshot>,
+    pub rlp: Option<crate::source::SourceSnapshot>,
     /// The audit-events poller's and enrichment's counters, when they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit: Option<crate::audit::AuditReport>,
@@ -87,20 +88,7 @@ impl Summary {
             ..Default::default()
         };
         for s in &self.sinks {
-            let s = &s.stats;
-            t.received += s.received;
-            t.delivered += s.delivered;
-            t.queued += s.queued;
-            t.in_flight += s.in_flight;
-            t.dead_lettered += s.dead_lettered;
-            t.retries += s.retries;
-            t.reconnects += s.reconnects;
-            t.buffered += s.buffered;
-            t.buffer_bytes += s.buffer_bytes;
-            t.dropped_queue_full += s.dropped_queue_full;
-            t.dropped_buffer_full += s.dropped_buffer_full;
-            t.dropped_buffer_error += s.dropped_buffer_error;
-            t.dropped_write_error += s.dropped_write_error;
+            t += &s.stats;
         }
         t
     }
@@ -372,7 +360,7 @@ pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary,
     };
     let pipeline = Pipeline::start(&cfg.pipeline)?.with_filters(cfg.audit.filters.clone());
     let (pipeline, audit) = crate::audit::start(&cfg.audit, pipeline, shutdown.clone());
-    let status = Arc::new(RlpStatus::default());
+    let status = Arc::new(SourceStatus::default());
     let view = Arc::new(crate::stats::View {
         ingress: pipeline.ingress_stats(),
         sinks: pipeline.sink_views(cfg.pipeline.queue_capacity),

@@ -4,19 +4,23 @@
 //! writes and telemetry shows. Both readers import this module and neither
 //! imports the other.
 //!
-//! It sits above the stages whose counters it holds (route, sink, source,
-//! enrich) and below every reader and the assembly.
+//! It sits above the stages whose counters it gathers (route, sink, the
+//! audit-events poller, enrich) and below every reader and the assembly.
+//! The counters themselves are declared once with
+//! [`counters!`](crate::counters) where each stage keeps them (the
+//! sources' [`SourceStatus`] in [`crate::counters`] itself, the listener's
+//! [`ListenerStats`] here).
 
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::counters::SourceStatus;
 use crate::enrich::Enricher;
 use crate::route::IngressStats;
 use crate::sink::SinkStats;
 use crate::source::audit_events::AuditStatus;
-use crate::source::rlp::RlpStatus;
 
 /// A sink as telemetry sees it.
 #[derive(Clone, Debug)]
@@ -31,7 +35,7 @@ pub struct SinkView {
 pub struct View {
     pub ingress: Arc<IngressStats>,
     pub sinks: Vec<SinkView>,
-    pub sources: Vec<(String, Arc<RlpStatus>)>,
+    pub sources: Vec<(String, Arc<SourceStatus>)>,
     pub alerts: Arc<AlertStats>,
     /// Configuration an operator should not forget, e.g. TLS verification off.
     pub warnings: Vec<String>,
@@ -45,19 +49,39 @@ pub struct View {
     pub enrich: Option<Arc<Enricher>>,
 }
 
-/// What the telemetry listener did with connections (`/metrics` shows it).
-#[derive(Debug, Default)]
-pub struct ListenerStats {
-    /// Connections accepted.
-    pub accepted: AtomicU64,
-    /// Connections open now.
-    pub open: AtomicU64,
-    /// Connections closed to make room for a newer one (the cap was reached).
-    pub evicted: AtomicU64,
-    /// Connections closed because the request head did not arrive in time.
-    pub header_timeouts: AtomicU64,
-    /// `accept` failures (e.g. the process is out of file descriptors).
-    pub accept_errors: AtomicU64,
+crate::counters::counters! {
+    /// What the telemetry listener did with connections (`/metrics` shows it).
+    #[derive(Debug)]
+    pub struct ListenerStats {
+        /// Connections accepted.
+        accepted: Counter(
+            "telemetry_connections_accepted",
+            "Connections the /health and /metrics listener accepted."
+        ),
+        /// Connections closed to make room for a newer one (the cap was reached).
+        evicted: Counter(
+            "telemetry_connections_evicted",
+            "Connections closed to make room for a newer one (--health-max-connections reached)."
+        ),
+        /// Connections closed because the request head did not arrive in time.
+        header_timeouts: Counter(
+            "telemetry_header_timeouts",
+            "Connections closed because no whole request head arrived within --health-header-timeout."
+        ),
+        /// `accept` failures (e.g. the process is out of file descriptors).
+        accept_errors: Counter(
+            "telemetry_accept_errors",
+            "Connections the listener could not accept (e.g. out of file descriptors)."
+        ),
+        /// Connections open now.
+        open: Gauge(
+            "telemetry_connections",
+            "Connections open to the /health and /metrics listener."
+        ),
+    }
+    /// A copy of [`ListenerStats`] for `/metrics`.
+    #[derive(Clone, Debug, Default)]
+    pub struct ListenerSnapshot {}
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

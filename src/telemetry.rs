@@ -16,18 +16,25 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
-use crate::stats::{AlertReason, View};
+mod listener;
+
+pub use listener::{bind, serve};
+
+use crate::counters::{Metric, MetricKind};
+use crate::enrich::EnrichSnapshot;
+use crate::route::IngressSnapshot;
+use crate::sink::SinkSnapshot;
+use crate::source::SourceSnapshot;
+use crate::source::audit_events::AuditSnapshot;
+use crate::stats::{AlertReason, ListenerSnapshot, SinkView, View};
 
 /// Where and how to serve.
 #[derive(Clone, Debug)]
@@ -167,6 +174,58 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
+/// Each family of `table` (its consecutive entries of one name) with a
+/// sample per row and entry: the row's labels (e.g. `sink="http"`), then the
+/// entry's own (e.g. `reason="queue_full"`).
+fn families<S>(
+    encoder: &mut DescriptorEncoder,
+    table: &[Metric<S>],
+    rows: &[(Labels, S)],
+) -> std::fmt::Result {
+    for group in table.chunk_by(|a, b| a.name == b.name) {
+        let samples = rows.iter().flat_map(|(labels, snap)| {
+            group.iter().map(move |m| {
+                let mut labels = labels.clone();
+                labels.extend(m.label.map(|(k, v)| (k, v.to_string())));
+                (labels, Sample::of(m.kind, (m.value)(snap)))
+            })
+        });
+        family(encoder, group[0].name, group[0].help, samples)?;
+    }
+    Ok(())
+}
+
+/// A value of a [`Metric`] table, typed as its kind says.
+#[derive(Debug)]
+enum Sample {
+    Counter(ConstCounter<u64>),
+    Gauge(ConstGauge<i64>),
+}
+
+impl Sample {
+    fn of(kind: MetricKind, value: u64) -> Self {
+        match kind {
+            MetricKind::Counter => Sample::Counter(ConstCounter::new(value)),
+            MetricKind::Gauge => Sample::Gauge(ConstGauge::new(value as i64)),
+        }
+    }
+}
+
+impl EncodeMetric for Sample {
+    fn encode(&self, encoder: prometheus_client::encoding::MetricEncoder) -> std::fmt::Result {
+        match self {
+            Sample::Counter(c) => c.encode(encoder),
+            Sample::Gauge(g) => g.encode(encoder),
+        }
+    }
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        match self {
+            Sample::Counter(c) => c.metric_type(),
+            Sample::Gauge(g) => g.metric_type(),
+        }
+    }
+}
+
 /// Encodes a histogram the sink owns (the crate encodes owned metrics only).
 #[derive(Debug)]
 struct HistogramRef<'a>(&'a prometheus_client::metrics::histogram::Histogram);
@@ -180,460 +239,145 @@ impl EncodeMetric for HistogramRef<'_> {
     }
 }
 
-fn counter(v: u64) -> ConstCounter<u64> {
-    ConstCounter::new(v)
-}
+const RECORDS: &str = "Records classified, by kind.";
+
+/// What enters the pipeline (declared in [`crate::route`]).
+const INGRESS: &[Metric<IngressSnapshot>] = &[
+    Metric::counter(
+        "ingress_envelopes",
+        "Envelopes received from Loggregator.",
+        |s| s.envelopes,
+    ),
+    Metric::counter(
+        "ingress_batches",
+        "Envelope batches received from Loggregator.",
+        |s| s.batches,
+    ),
+    Metric::labelled("records", RECORDS, ("kind", "api"), |s| s.api),
+    Metric::labelled("records", RECORDS, ("kind", "app_log"), |s| s.app_log),
+    Metric::labelled("records", RECORDS, ("kind", "metric"), |s| s.metric),
+    Metric::labelled("records", RECORDS, ("kind", "event"), |s| s.event),
+    Metric::counter(
+        "unrouted_records",
+        "Records of a kind no sink is configured for.",
+        |s| s.unrouted,
+    ),
+    Metric::counter(
+        "loggregator_dropped",
+        "Envelopes Doppler and the RLP report dropped on egress to slow consumers (dropped{direction=egress} deltas).",
+        |s| s.upstream_dropped,
+    ),
+];
+
+/// The audit-events poller's counters (declared in `source::audit_events`).
+const AUDIT_EVENTS: &[Metric<AuditSnapshot>] = &[
+    Metric::counter(
+        "audit_events_pages",
+        "Pages of /v3/audit_events read.",
+        |s| s.pages,
+    ),
+    Metric::counter(
+        "audit_events_events",
+        "Audit events handed to the sinks as api records.",
+        |s| s.events,
+    ),
+    Metric::counter(
+        "audit_events_duplicates_skipped",
+        "Audit events of the cursor's second read again and skipped.",
+        |s| s.duplicates_skipped,
+    ),
+    Metric::counter(
+        "audit_events_invalid",
+        "Audit events Cloud Controller sent that could not be read (skipped, logged).",
+        |s| s.invalid,
+    ),
+    Metric::counter(
+        "audit_events_polls_completed",
+        "Polls that reached the last page.",
+        |s| s.polls_completed,
+    ),
+    Metric::counter(
+        "audit_events_rewinds",
+        "Times the poller read again from the confirmed cursor because a sink lost or turned away records.",
+        |s| s.rewinds,
+    ),
+    Metric::counter(
+        "audit_events_cursor_writes",
+        "Times the confirmed cursor was stored.",
+        |s| s.cursor_writes,
+    ),
+    Metric::counter(
+        "audit_events_errors",
+        "Cloud Controller, UAA, discovery and cursor-store failures of the poller.",
+        |s| s.errors,
+    ),
+    Metric::counter(
+        "audit_events_oversized_pages",
+        "Pages larger than --cf-max-response-bytes, not read (asked for again in smaller pages).",
+        |s| s.oversized_pages,
+    ),
+    Metric::counter(
+        "audit_events_refused_links",
+        "pagination.next.href links not followed: to another origin than the API's, or not a URL.",
+        |s| s.refused_links,
+    ),
+];
+
+/// Enrichment's counters (declared in [`crate::enrich`]).
+const ENRICH: &[Metric<EnrichSnapshot>] = &[
+    Metric::counter(
+        "enrich_cache_hits",
+        "Records given app, space and org names from the names table.",
+        |s| s.enriched,
+    ),
+    Metric::counter(
+        "enrich_cache_misses",
+        "Records delivered without names because their app's lookup had not answered yet.",
+        |s| s.pending,
+    ),
+    Metric::counter(
+        "enrich_not_guid",
+        "Records whose app id is not a GUID (never looked up).",
+        |s| s.not_guid,
+    ),
+    Metric::counter(
+        "enrich_lookups",
+        "App lookups sent to Cloud Controller.",
+        |s| s.lookups,
+    ),
+    Metric::counter(
+        "enrich_lookups_not_found",
+        "App lookups Cloud Controller answered 404 (remembered as missing).",
+        |s| s.misses,
+    ),
+    Metric::counter(
+        "enrich_lookup_errors",
+        "App lookups that failed otherwise (remembered as missing for a while).",
+        |s| s.errors,
+    ),
+    Metric::counter(
+        "enrich_queue_full",
+        "App ids not queued for lookup because the lookup queue was full.",
+        |s| s.queue_full,
+    ),
+];
 
 impl prometheus_client::collector::Collector for ViewCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let v = &*self.0;
-        let ingress = v.ingress.snapshot();
-        family(
+        families(&mut e, INGRESS, &[(vec![], v.ingress.snapshot())])?;
+        encode_sinks(&mut e, v)?;
+        encode_sources(&mut e, v)?;
+        families(
             &mut e,
-            "ingress_envelopes",
-            "Envelopes received from Loggregator.",
-            [(vec![], counter(ingress.envelopes))],
+            ListenerSnapshot::METRICS,
+            &[(vec![], v.listener.load())],
         )?;
-        family(
-            &mut e,
-            "ingress_batches",
-            "Envelope batches received from Loggregator.",
-            [(vec![], counter(ingress.batches))],
-        )?;
-        family(
-            &mut e,
-            "records",
-            "Records classified, by kind.",
-            [
-                ("api", ingress.api),
-                ("app_log", ingress.app_log),
-                ("metric", ingress.metric),
-                ("event", ingress.event),
-            ]
-            .map(|(k, n)| (vec![("kind", k.to_string())], counter(n))),
-        )?;
-        family(
-            &mut e,
-            "unrouted_records",
-            "Records of a kind no sink is configured for.",
-            [(vec![], counter(ingress.unrouted))],
-        )?;
-        family(
-            &mut e,
-            "loggregator_dropped",
-            "Envelopes Doppler and the RLP report dropped on egress to slow consumers (dropped{direction=egress} deltas).",
-            [(vec![], counter(ingress.upstream_dropped))],
-        )?;
-
-        let snaps: Vec<_> = v
-            .sinks
-            .iter()
-            .map(|s| (s, s.stats.snapshot(&s.name)))
-            .collect();
-        let per_sink = |f: fn(&crate::sink::SinkSnapshot) -> u64| {
-            snaps
-                .iter()
-                .map(move |(s, snap)| (vec![("sink", s.name.clone())], counter(f(snap))))
-        };
-        family(
-            &mut e,
-            "sink_received",
-            "Records offered to the sink.",
-            per_sink(|s| s.received),
-        )?;
-        family(
-            &mut e,
-            "sink_delivered",
-            "Records the sink's destination confirmed.",
-            per_sink(|s| s.delivered),
-        )?;
-        family(
-            &mut e,
-            "sink_dead_lettered",
-            "Records the receiver rejected, kept in the dead-letter file.",
-            per_sink(|s| s.dead_lettered),
-        )?;
-        family(
-            &mut e,
-            "sink_retries",
-            "Batch writes retried.",
-            per_sink(|s| s.retries),
-        )?;
-        family(
-            &mut e,
-            "sink_reconnects",
-            "Connections to the receiver replaced: closed by it, failed, or not taking data within the write timeout.",
-            per_sink(|s| s.reconnects),
-        )?;
-        family(
-            &mut e,
-            "sink_dropped",
-            "Records lost, by reason.",
-            snaps.iter().flat_map(|(s, snap)| {
-                [
-                    ("queue_full", snap.dropped_queue_full),
-                    ("buffer_full", snap.dropped_buffer_full),
-                    ("buffer_error", snap.dropped_buffer_error),
-                    ("write_error", snap.dropped_write_error),
-                ]
-                .map(|(reason, n)| {
-                    (
-                        vec![("sink", s.name.clone()), ("reason", reason.to_string())],
-                        counter(n),
-                    )
-                })
-            }),
-        )?;
-        let gauge = |f: fn(&crate::sink::SinkSnapshot) -> u64| {
-            snaps.iter().map(move |(s, snap)| {
-                (
-                    vec![("sink", s.name.clone())],
-                    ConstGauge::new(f(snap) as i64),
-                )
-            })
-        };
-        family(
-            &mut e,
-            "sink_queued",
-            "Records waiting in the sink's queue or batch.",
-            gauge(|s| s.queued),
-        )?;
-        family(
-            &mut e,
-            "sink_in_flight",
-            "Records written, awaiting confirmation.",
-            gauge(|s| s.in_flight),
-        )?;
-        family(
-            &mut e,
-            "sink_buffered",
-            "Records in the sink's disk buffer and not in memory (--buffer-dir).",
-            gauge(|s| s.buffered),
-        )?;
-        family(
-            &mut e,
-            "sink_buffer_bytes",
-            "Bytes the sink's disk buffer holds.",
-            gauge(|s| s.buffer_bytes),
-        )?;
-        family(
-            &mut e,
-            "sink_buffer_capacity_bytes",
-            "Bytes the sink's disk buffer may hold (its share of --buffer-max-bytes); 0 without one. Fill: sink_buffer_bytes / this.",
-            snaps.iter().map(|(s, _)| {
-                (
-                    vec![("sink", s.name.clone())],
-                    ConstGauge::new(s.stats.buffer_max_bytes.load(Ordering::Relaxed) as i64),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "sink_buffer_refusing",
-            "1 while the disk under the sink's buffer refuses (nearly) every record offered: /health fails.",
-            snaps.iter().map(|(s, _)| {
-                (
-                    vec![("sink", s.name.clone())],
-                    ConstGauge::new(i64::from(
-                        s.stats.buffer_health.refusing.load(Ordering::Relaxed),
-                    )),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "sink_queue_capacity",
-            "Records the sink's queue holds before dropping.",
-            v.sinks.iter().map(|s| {
-                (
-                    vec![("sink", s.name.clone())],
-                    ConstGauge::new(s.capacity as i64),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "sink_stalled",
-            "1 while the sink has delivered nothing for --alert-after with records waiting.",
-            v.sinks.iter().enumerate().map(|(i, s)| {
-                (
-                    vec![("sink", s.name.clone())],
-                    ConstGauge::new(i64::from(v.alerts.is_stalled(i))),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "sink_batch_seconds",
-            "Time from a batch's first write attempt to its outcome, retries included.",
-            v.sinks.iter().map(|s| {
-                (
-                    vec![("sink", s.name.clone())],
-                    HistogramRef(&s.stats.batch_seconds),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "sink_delivery_latency_seconds",
-            "Time from the sink's queue accepting a record to the sink delivering it (records read back from the disk buffer: from reading them back).",
-            v.sinks
-                .iter()
-                .map(|s| (vec![("sink", s.name.clone())], &s.stats.delivery_latency)),
-        )?;
-
-        let sources: Vec<_> = v
-            .sources
-            .iter()
-            .map(|(n, s)| {
-                (
-                    n,
-                    s.snapshot(),
-                    s.connection().0,
-                    s.last_envelope_unix_ms.load(Ordering::Relaxed).max(0) as u64,
-                )
-            })
-            .collect();
-        let per_source = |f: fn(&crate::source::SourceSnapshot) -> u64| {
-            sources
-                .iter()
-                .map(move |(n, s, ..)| (vec![("source", n.to_string())], counter(f(s))))
-        };
-        family(
-            &mut e,
-            "source_attempts",
-            "Connection attempts.",
-            per_source(|s| s.attempts),
-        )?;
-        family(
-            &mut e,
-            "source_connects",
-            "Streams opened.",
-            per_source(|s| s.connects),
-        )?;
-        family(
-            &mut e,
-            "source_failures",
-            "Attempts and streams that ended in an error.",
-            per_source(|s| s.failures),
-        )?;
-        family(
-            &mut e,
-            "source_envelopes",
-            "Envelopes the source received.",
-            per_source(|s| s.envelopes),
-        )?;
-        family(
-            &mut e,
-            "source_malformed_frames",
-            "What a source skipped while its stream went on: RLP envelopes that do not decode, RLP Gateway frames that do not decode or exceed --gateway-max-frame-bytes.",
-            per_source(|s| s.malformed_frames),
-        )?;
-        family(
-            &mut e,
-            "source_token_renewals",
-            "UAA tokens fetched.",
-            per_source(|s| s.token_renewals),
-        )?;
-        family(
-            &mut e,
-            "source_disconnects",
-            "Streams and attempts that ended, by reason.",
-            sources.iter().flat_map(|(n, s, ..)| {
-                s.disconnects.iter().map(|(reason, count)| {
-                    (
-                        vec![("source", n.to_string()), ("reason", reason.to_string())],
-                        counter(*count),
-                    )
-                })
-            }),
-        )?;
-        family(
-            &mut e,
-            "source_backoff_seconds",
-            "The wait before the next attempt; 0 while connected or trying.",
-            sources.iter().map(|(n, s, ..)| {
-                (
-                    vec![("source", n.to_string())],
-                    ConstGauge::new(s.backoff_ms as f64 / 1000.0),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "source_connected",
-            "1 while a stream is open.",
-            sources.iter().map(|(n, _, c, _)| {
-                (
-                    vec![("source", n.to_string())],
-                    ConstGauge::new(i64::from(*c)),
-                )
-            }),
-        )?;
-        family(
-            &mut e,
-            "source_last_envelope_timestamp_seconds",
-            "When the last envelope arrived (Unix time); 0 before the first.",
-            sources.iter().map(|(n, _, _, ms)| {
-                (
-                    vec![("source", n.to_string())],
-                    ConstGauge::new(*ms as f64 / 1000.0),
-                )
-            }),
-        )?;
-
-        let l = &v.listener;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        for (name, help, n) in [
-            (
-                "telemetry_connections_accepted",
-                "Connections the /health and /metrics listener accepted.",
-                load(&l.accepted),
-            ),
-            (
-                "telemetry_connections_evicted",
-                "Connections closed to make room for a newer one (--health-max-connections reached).",
-                load(&l.evicted),
-            ),
-            (
-                "telemetry_header_timeouts",
-                "Connections closed because no whole request head arrived within --health-header-timeout.",
-                load(&l.header_timeouts),
-            ),
-            (
-                "telemetry_accept_errors",
-                "Connections the listener could not accept (e.g. out of file descriptors).",
-                load(&l.accept_errors),
-            ),
-        ] {
-            family(&mut e, name, help, [(vec![], counter(n))])?;
-        }
-        family(
-            &mut e,
-            "telemetry_connections",
-            "Connections open to the /health and /metrics listener.",
-            [(vec![], ConstGauge::new(load(&l.open) as i64))],
-        )?;
-
         if let Some(a) = &v.audit_events {
-            let a = a.snapshot();
-            for (name, help, n) in [
-                (
-                    "audit_events_pages",
-                    "Pages of /v3/audit_events read.",
-                    a.pages,
-                ),
-                (
-                    "audit_events_events",
-                    "Audit events handed to the sinks as api records.",
-                    a.events,
-                ),
-                (
-                    "audit_events_duplicates_skipped",
-                    "Audit events of the cursor's second read again and skipped.",
-                    a.duplicates_skipped,
-                ),
-                (
-                    "audit_events_invalid",
-                    "Audit events Cloud Controller sent that could not be read (skipped, logged).",
-                    a.invalid,
-                ),
-                (
-                    "audit_events_polls_completed",
-                    "Polls that reached the last page.",
-                    a.polls_completed,
-                ),
-                (
-                    "audit_events_rewinds",
-                    "Times the poller read again from the confirmed cursor because a sink lost or turned away records.",
-                    a.rewinds,
-                ),
-                (
-                    "audit_events_cursor_writes",
-                    "Times the confirmed cursor was stored.",
-                    a.cursor_writes,
-                ),
-                (
-                    "audit_events_errors",
-                    "Cloud Controller, UAA, discovery and cursor-store failures of the poller.",
-                    a.errors,
-                ),
-                (
-                    "audit_events_oversized_pages",
-                    "Pages larger than --cf-max-response-bytes, not read (asked for again in smaller pages).",
-                    a.oversized_pages,
-                ),
-                (
-                    "audit_events_refused_links",
-                    "pagination.next.href links not followed: to another origin than the API's, or not a URL.",
-                    a.refused_links,
-                ),
-            ] {
-                family(&mut e, name, help, [(vec![], counter(n))])?;
-            }
-            let cursor = a.cursor_unix;
-            family(
-                &mut e,
-                "audit_events_cursor_timestamp_seconds",
-                "created_at of the newest audit event the sinks confirmed (Unix time; the look-back start before the first); 0 before the poller starts.",
-                [(vec![], ConstGauge::new(cursor))],
-            )?;
-            family(
-                &mut e,
-                "audit_events_cursor_age_seconds",
-                "Seconds from the confirmed cursor to now: how far behind Cloud Controller the confirmed audit trail is; 0 before the poller starts.",
-                [(
-                    vec![],
-                    ConstGauge::new(if cursor == 0 {
-                        0
-                    } else {
-                        (chrono::Utc::now().timestamp() - cursor).max(0)
-                    }),
-                )],
-            )?;
+            encode_audit_events(&mut e, a.snapshot())?;
         }
-
         if let Some(en) = &v.enrich {
-            let s = en.stats().snapshot();
-            for (name, help, n) in [
-                (
-                    "enrich_cache_hits",
-                    "Records given app, space and org names from the names table.",
-                    s.enriched,
-                ),
-                (
-                    "enrich_cache_misses",
-                    "Records delivered without names because their app's lookup had not answered yet.",
-                    s.pending,
-                ),
-                (
-                    "enrich_not_guid",
-                    "Records whose app id is not a GUID (never looked up).",
-                    s.not_guid,
-                ),
-                (
-                    "enrich_lookups",
-                    "App lookups sent to Cloud Controller.",
-                    s.lookups,
-                ),
-                (
-                    "enrich_lookups_not_found",
-                    "App lookups Cloud Controller answered 404 (remembered as missing).",
-                    s.misses,
-                ),
-                (
-                    "enrich_lookup_errors",
-                    "App lookups that failed otherwise (remembered as missing for a while).",
-                    s.errors,
-                ),
-                (
-                    "enrich_queue_full",
-                    "App ids not queued for lookup because the lookup queue was full.",
-                    s.queue_full,
-                ),
-            ] {
-                family(&mut e, name, help, [(vec![], counter(n))])?;
-            }
+            families(&mut e, ENRICH, &[(vec![], en.stats().snapshot())])?;
             let (named, missing, pending) = en.table_counts();
             family(
                 &mut e,
@@ -643,7 +387,6 @@ impl prometheus_client::collector::Collector for ViewCollector {
                     .map(|(k, n)| (vec![("state", k.to_string())], ConstGauge::new(n as i64))),
             )?;
         }
-
         family(
             &mut e,
             "alerts",
@@ -651,11 +394,10 @@ impl prometheus_client::collector::Collector for ViewCollector {
             AlertReason::ALL.map(|r| {
                 (
                     vec![("reason", r.as_str().to_string())],
-                    counter(v.alerts.raised(r)),
+                    ConstCounter::new(v.alerts.raised(r)),
                 )
             }),
         )?;
-
         if let Some(p) = process_stats() {
             family(
                 &mut e,
@@ -672,6 +414,143 @@ impl prometheus_client::collector::Collector for ViewCollector {
         }
         Ok(())
     }
+}
+
+/// Every sink's counters, then what the sink holds besides them.
+fn encode_sinks(e: &mut DescriptorEncoder, v: &View) -> std::fmt::Result {
+    let rows: Vec<(Labels, SinkSnapshot)> = v
+        .sinks
+        .iter()
+        .map(|s| (vec![("sink", s.name.clone())], s.stats.snapshot(&s.name)))
+        .collect();
+    families(e, SinkSnapshot::METRICS, &rows)?;
+    // One sample per sink, labelled with its name.
+    fn per_sink<'v, M: EncodeMetric>(
+        e: &mut DescriptorEncoder,
+        v: &'v View,
+        name: &str,
+        help: &str,
+        value: impl Fn(usize, &'v SinkView) -> M,
+    ) -> std::fmt::Result {
+        let samples = v.sinks.iter().enumerate();
+        let samples = samples.map(|(i, s)| (vec![("sink", s.name.clone())], value(i, s)));
+        family(e, name, help, samples)
+    }
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as i64;
+    per_sink(
+        e,
+        v,
+        "sink_buffer_capacity_bytes",
+        "Bytes the sink's disk buffer may hold (its share of --buffer-max-bytes); 0 without one. Fill: sink_buffer_bytes / this.",
+        |_, s| ConstGauge::new(load(&s.stats.buffer_max_bytes)),
+    )?;
+    per_sink(
+        e,
+        v,
+        "sink_buffer_refusing",
+        "1 while the disk under the sink's buffer refuses (nearly) every record offered: /health fails.",
+        |_, s| {
+            let refusing = s.stats.buffer_health.refusing.load(Ordering::Relaxed);
+            ConstGauge::new(i64::from(refusing))
+        },
+    )?;
+    per_sink(
+        e,
+        v,
+        "sink_queue_capacity",
+        "Records the sink's queue holds before dropping.",
+        |_, s| ConstGauge::new(s.capacity as i64),
+    )?;
+    per_sink(
+        e,
+        v,
+        "sink_stalled",
+        "1 while the sink has delivered nothing for --alert-after with records waiting.",
+        |i, _| ConstGauge::new(i64::from(v.alerts.is_stalled(i))),
+    )?;
+    per_sink(
+        e,
+        v,
+        "sink_batch_seconds",
+        "Time from a batch's first write attempt to its outcome, retries included.",
+        |_, s| HistogramRef(&s.stats.batch_seconds),
+    )?;
+    per_sink(
+        e,
+        v,
+        "sink_delivery_latency_seconds",
+        "Time from the sink's queue accepting a record to the sink delivering it (records read back from the disk buffer: from reading them back).",
+        |_, s| &s.stats.delivery_latency,
+    )
+}
+
+/// Every source's counters, then its disconnects by reason and its state.
+fn encode_sources(e: &mut DescriptorEncoder, v: &View) -> std::fmt::Result {
+    let rows: Vec<(Labels, SourceSnapshot)> = v
+        .sources
+        .iter()
+        .map(|(n, s)| (vec![("source", n.clone())], s.snapshot()))
+        .collect();
+    families(e, SourceSnapshot::METRICS, &rows)?;
+    family(
+        e,
+        "source_disconnects",
+        "Streams and attempts that ended, by reason.",
+        rows.iter().flat_map(|(labels, s)| {
+            s.disconnects.iter().map(|(reason, count)| {
+                let mut labels = labels.clone();
+                labels.push(("reason", reason.to_string()));
+                (labels, ConstCounter::new(*count))
+            })
+        }),
+    )?;
+    family(
+        e,
+        "source_backoff_seconds",
+        "The wait before the next attempt; 0 while connected or trying.",
+        rows.iter()
+            .map(|(l, s)| (l.clone(), ConstGauge::new(s.backoff_ms as f64 / 1000.0))),
+    )?;
+    family(
+        e,
+        "source_connected",
+        "1 while a stream is open.",
+        rows.iter()
+            .zip(&v.sources)
+            .map(|((l, _), (_, s))| (l.clone(), ConstGauge::new(i64::from(s.connection().0)))),
+    )?;
+    family(
+        e,
+        "source_last_envelope_timestamp_seconds",
+        "When the last envelope arrived (Unix time); 0 before the first.",
+        rows.iter().map(|(l, s)| {
+            let ms = s.last_envelope_unix_ms.unwrap_or(0).max(0) as u64;
+            (l.clone(), ConstGauge::new(ms as f64 / 1000.0))
+        }),
+    )
+}
+
+/// The audit-events poller's counters and its cursor.
+fn encode_audit_events(e: &mut DescriptorEncoder, a: AuditSnapshot) -> std::fmt::Result {
+    let cursor = a.cursor_unix;
+    families(e, AUDIT_EVENTS, &[(vec![], a)])?;
+    family(
+        e,
+        "audit_events_cursor_timestamp_seconds",
+        "created_at of the newest audit event the sinks confirmed (Unix time; the look-back start before the first); 0 before the poller starts.",
+        [(vec![], ConstGauge::new(cursor))],
+    )?;
+    let age = if cursor == 0 {
+        0
+    } else {
+        (chrono::Utc::now().timestamp() - cursor).max(0)
+    };
+    family(
+        e,
+        "audit_events_cursor_age_seconds",
+        "Seconds from the confirmed cursor to now: how far behind Cloud Controller the confirmed audit trail is; 0 before the poller starts.",
+        [(vec![], ConstGauge::new(age))],
+    )
 }
 
 struct ProcessStats {
@@ -705,179 +584,6 @@ fn process_stats() -> Option<ProcessStats> {
     })
 }
 
-/// Serves `/health` and `/metrics` until `shutdown` is cancelled.
-///
-/// The accept loop is our own so that the listener can never take the file
-/// descriptors the sinks need: at most `cfg.max_connections` connections are
-/// open at once, and a new connection beyond that closes the oldest one (a
-/// health check still gets through while idle or slow clients hold every
-/// slot; the clients that lose their slot are the ones that held it
-/// longest). A connection that does not send a whole request head within
-/// `cfg.header_timeout` of connecting, or of its previous response, is
-/// closed (hyper's header-read timeout, on tokio's clock).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    view: Arc<View>,
-    cfg: TelemetryConfig,
-    shutdown: CancellationToken,
-) {
-    let app = router(Arc::clone(&view), cfg.metrics_auth.clone());
-    let stats = Arc::clone(&view.listener);
-    let max = cfg.max_connections.max(1);
-    let mut conns = tokio::task::JoinSet::new();
-    // Open connections, oldest first.
-    let mut order: std::collections::VecDeque<(tokio::task::Id, tokio::task::AbortHandle)> =
-        std::collections::VecDeque::new();
-    let forget = |order: &mut std::collections::VecDeque<(tokio::task::Id, _)>,
-                  id: tokio::task::Id| {
-        order.retain(|(i, _)| *i != id);
-        stats.open.fetch_sub(1, Ordering::Relaxed);
-    };
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(done) = conns.join_next_with_id(), if !conns.is_empty() => {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => e.id(),
-                };
-                forget(&mut order, id);
-                continue;
-            }
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "the /health and /metrics listener cannot accept a connection");
-                // Out of file descriptors, most likely: do not spin.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
-        // Make room: close the oldest connection and wait until its socket
-        // is closed, so that no more than `max` are ever open.
-        while conns.len() >= max {
-            if let Some((_, oldest)) = order.front() {
-                oldest.abort();
-            }
-            if let Some(done) = conns.join_next_with_id().await {
-                let id = match done {
-                    Ok((id, ())) => id,
-                    Err(e) => {
-                        if e.is_cancelled() {
-                            stats.evicted.fetch_add(1, Ordering::Relaxed);
-                        }
-                        e.id()
-                    }
-                };
-                forget(&mut order, id);
-            }
-        }
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let header_timeout = cfg.header_timeout;
-        let conn_stats = Arc::clone(&stats);
-        let handle = conns.spawn(async move {
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                if e.is_timeout() {
-                    conn_stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
-                }
-                tracing::debug!(error = %e, "a /health or /metrics connection ended with an error");
-            }
-        });
-        order.push_back((handle.id(), handle));
-    }
-    conns.shutdown().await;
-    stats.open.store(0, Ordering::Relaxed);
-}
-
-/// The routes: `/health` and `/metrics` (behind `auth` when set).
-fn router(view: Arc<View>, auth: Option<BasicAuth>) -> axum::Router {
-    let auth = Arc::new(auth);
-    axum::Router::new()
-        .route(
-            "/health",
-            axum::routing::get({
-                let view = Arc::clone(&view);
-                move || async move {
-                    let (healthy, body) = health(&view);
-                    let code = if healthy {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    (
-                        code,
-                        [(header::CONTENT_TYPE, "application/json")],
-                        body.to_string(),
-                    )
-                        .into_response()
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            axum::routing::get(move |headers: HeaderMap| async move {
-                if let Some(auth) = &*auth
-                    && !authorized(&headers, auth)
-                {
-                    return Response::builder()
-                        .status(StatusCode::UNAUTHORIZED)
-                        .header(header::WWW_AUTHENTICATE, "Basic realm=\"metrics\"")
-                        .body(axum::body::Body::empty())
-                        .expect("static response");
-                }
-                (
-                    [(
-                        header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    metrics(&view),
-                )
-                    .into_response()
-            }),
-        )
-}
-
-fn authorized(headers: &HeaderMap, auth: &BasicAuth) -> bool {
-    use base64::Engine;
-    let expected = base64::engine::general_purpose::STANDARD.encode(format!(
-        "{}:{}",
-        auth.user,
-        auth.password.expose()
-    ));
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Basic "))
-        .is_some_and(|v| v.trim() == expected)
-}
-
-/// Binds the telemetry address. A taken default address is not fatal.
-pub async fn bind(
-    cfg: &TelemetryConfig,
-) -> Result<Option<tokio::net::TcpListener>, TelemetryError> {
-    match tokio::net::TcpListener::bind(cfg.addr).await {
-        Ok(l) => Ok(Some(l)),
-        Err(e) if cfg.addr_is_default => {
-            tracing::error!(addr = %cfg.addr, error = %e, "cannot listen on the default --health-addr; running without /health and /metrics (set --health-addr)");
-            Ok(None)
-        }
-        Err(source) => Err(TelemetryError::Listen {
-            addr: cfg.addr,
-            source,
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -904,6 +610,158 @@ mod tests {
             audit_events: None,
             enrich: None,
         }
+    }
+
+    /// Sets `counters` to `from`, `from + 1`, … in turn.
+    fn count_from(from: u64, counters: &[&std::sync::atomic::AtomicU64]) {
+        for (i, c) in counters.iter().enumerate() {
+            c.store(from + i as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Every family `/metrics` shows, with values that are not zero where a
+    /// test can set them, against the text captured before the counters
+    /// were declared once (`telemetry/metrics.golden.txt`): names, help,
+    /// types, labels and order stay byte for byte. The process's own
+    /// families (memory, CPU) vary and are cut off.
+    #[tokio::test(start_paused = true)]
+    async fn metrics_text_stays_byte_for_byte() {
+        use crate::backoff::Backoff;
+        use crate::source::SourceStatus;
+        use crate::source::status::{Attempt, Disconnect, reconnect_loop};
+        use tokio_util::sync::CancellationToken;
+
+        let (a, b) = (
+            Arc::new(SinkStats::default()),
+            Arc::new(SinkStats::default()),
+        );
+        let mut n = 1;
+        for s in [&a, &b] {
+            for c in [
+                &s.received,
+                &s.delivered,
+                &s.queued,
+                &s.in_flight,
+                &s.buffered,
+                &s.buffer_bytes,
+                &s.buffer_max_bytes,
+                &s.dropped_queue_full,
+                &s.dropped_buffer_full,
+                &s.dropped_buffer_error,
+                &s.dropped_write_error,
+                &s.dead_lettered,
+                &s.retries,
+                &s.reconnects,
+            ] {
+                c.store(n, Ordering::Relaxed);
+                n += 1;
+            }
+            s.batch_seconds.observe(0.25 * n as f64);
+            s.delivery_latency.observe(Duration::from_millis(3 * n), n);
+        }
+        a.buffer_health.refusing.store(true, Ordering::Relaxed);
+        let mut v = view(&[("http", &a), ("syslog", &b)]);
+        count_from(
+            100,
+            &[
+                &v.ingress.batches,
+                &v.ingress.envelopes,
+                &v.ingress.by_kind[0],
+                &v.ingress.by_kind[1],
+                &v.ingress.by_kind[2],
+                &v.ingress.by_kind[3],
+                &v.ingress.unrouted,
+                &v.ingress.upstream_dropped,
+                &v.ingress.filtered,
+            ],
+        );
+        let (rlp, gateway) = (
+            Arc::new(SourceStatus::default()),
+            Arc::new(SourceStatus::default()),
+        );
+        let stop = CancellationToken::new();
+        let backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        reconnect_loop("test", backoff, &rlp, &stop, || async {
+            stop.cancel();
+            Attempt::failed(Disconnect::Refused, "refused".into())
+        })
+        .await;
+        rlp.backoff_ms.store(1500, Ordering::Relaxed);
+        gateway.opened("gateway", "gw:443");
+        gateway.received(3);
+        gateway
+            .last_envelope_unix_ms
+            .store(1_700_000_000_123, Ordering::Relaxed);
+        for (i, s) in [&rlp, &gateway].into_iter().enumerate() {
+            for (j, c) in [
+                &s.attempts,
+                &s.connects,
+                &s.failures,
+                &s.envelopes,
+                &s.malformed_frames,
+                &s.token_renewals,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                c.fetch_add(200 + 10 * i as u64 + j as u64, Ordering::Relaxed);
+            }
+        }
+        v.sources = vec![("rlp".into(), rlp), ("gateway".into(), gateway)];
+        let audit = Arc::new(crate::source::audit_events::AuditStatus::default());
+        count_from(
+            300,
+            &[
+                &audit.pages,
+                &audit.events,
+                &audit.duplicates_skipped,
+                &audit.invalid,
+                &audit.oversized_pages,
+                &audit.refused_links,
+                &audit.polls_completed,
+                &audit.rewinds,
+                &audit.cursor_writes,
+                &audit.errors,
+            ],
+        );
+        v.audit_events = Some(audit);
+        let (enricher, _requests) = crate::enrich::Enricher::new(&Default::default());
+        let es = enricher.stats();
+        count_from(
+            400,
+            &[
+                &es.enriched,
+                &es.pending,
+                &es.not_guid,
+                &es.lookups,
+                &es.misses,
+                &es.errors,
+                &es.queue_full,
+            ],
+        );
+        v.enrich = Some(enricher);
+        v.alerts.track_sinks(2);
+        v.alerts.set_stalled(1, true);
+        v.alerts.raise(AlertReason::SinkDropped);
+        v.alerts.raise(AlertReason::SinkDropped);
+        v.alerts.raise(AlertReason::BufferFilling);
+        count_from(
+            500,
+            &[
+                &v.listener.accepted,
+                &v.listener.open,
+                &v.listener.evicted,
+                &v.listener.header_timeouts,
+                &v.listener.accept_errors,
+            ],
+        );
+
+        let text = metrics(&Arc::new(v));
+        let text = &text[..text
+            .find("# HELP cf_nozzle_process_")
+            .expect("process families on Linux")];
+        let golden = include_str!("telemetry/metrics.golden.txt");
+        assert_eq!(text, golden);
     }
 
     /// A sink whose disk refuses its buffer's writes fails `/health`, named;

@@ -19,8 +19,9 @@ use cf_audit_nozzle::proto::Envelope;
 use cf_audit_nozzle::record::{EncodeContext, Kind, Record};
 use cf_audit_nozzle::sink::http::{AckConfig, HecIndex, HttpFormat, HttpSink, HttpSinkConfig};
 use cf_audit_nozzle::sink::{Batch, BatchConfig, DeadLetter, Sink, SinkQueue, run_sink};
+use cf_audit_nozzle::source::SourceStatus;
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed};
-use cf_audit_nozzle::source::rlp::{self, RlpStatus};
+use cf_audit_nozzle::source::rlp;
 use common::*;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -466,7 +467,7 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once_
     let source = tokio::spawn(rlp::run(
         rlp_config(&emu, &pki, "s"),
         pipeline.router(),
-        Arc::new(RlpStatus::default()),
+        Arc::new(SourceStatus::default()),
         stop.clone(),
     ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);

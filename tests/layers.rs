@@ -54,6 +54,11 @@ const NEVER: &[(&str, &[&str], &str)] = &[
         "a floor mechanism every stage paces its retries with",
     ),
     (
+        "counters",
+        STAGES,
+        "a floor mechanism: each counter declared once, and the counters every source keeps",
+    ),
+    (
         "http_client",
         STAGES,
         "a floor mechanism: the one HTTP client, trust roots and redirect policy",

@@ -11,6 +11,7 @@ use cf_audit_nozzle::proto::selector::Message as Sel;
 use cf_audit_nozzle::proto::{EgressBatchRequest, egress_client::EgressClient};
 use cf_audit_nozzle::source::emulator::{EmulatorConfig, Feed, Traffic};
 use cf_audit_nozzle::source::rlp::{self, RlpError};
+use cf_audit_nozzle::source::{SourceSnapshot, SourceStatus};
 use common::*;
 
 #[tokio::test]
@@ -203,7 +204,7 @@ async fn connections_sharing_a_shard_id_split_the_stream() {
         tasks.push(tokio::spawn(rlp::run(
             rlp_config(&emu, &pki, shard),
             p.router(),
-            Arc::new(rlp::RlpStatus::default()),
+            Arc::new(SourceStatus::default()),
             stop.clone(),
         )));
         pipelines.push(p);
@@ -321,7 +322,7 @@ async fn a_refused_source_keeps_retrying_with_backoff_and_stops_on_shutdown() {
     let cfg = rlp_config(&emu, &pki(), "s");
     let dir = tempfile::tempdir().unwrap();
     let pipeline = cf_audit_nozzle::pipeline::Pipeline::start(&file_pipeline(dir.path())).unwrap();
-    let status = std::sync::Arc::new(rlp::RlpStatus::default());
+    let status = std::sync::Arc::new(SourceStatus::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(rlp::run(
         cfg,
@@ -382,10 +383,10 @@ async fn the_test_rlp_rejects_subscriptions_without_selectors_as_the_rlp_does() 
 /// `done` holds (or panics after 60 s).
 async fn run_watching(
     cfg: rlp::RlpConfig,
-    done: impl Fn(&cf_audit_nozzle::route::IngressSnapshot, &rlp::RlpSnapshot) -> bool,
+    done: impl Fn(&cf_audit_nozzle::route::IngressSnapshot, &SourceSnapshot) -> bool,
 ) -> (
     cf_audit_nozzle::pipeline::Summary,
-    rlp::RlpSnapshot,
+    SourceSnapshot,
     tempfile::TempDir,
 ) {
     use cf_audit_nozzle::pipeline::Pipeline;
@@ -393,7 +394,7 @@ async fn run_watching(
     let dir = tempfile::tempdir().unwrap();
     let pipeline = Pipeline::start(&file_pipeline(dir.path())).unwrap();
     let stats = pipeline.ingress_stats();
-    let status = Arc::new(rlp::RlpStatus::default());
+    let status = Arc::new(SourceStatus::default());
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(rlp::run(
         cfg,

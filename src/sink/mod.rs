@@ -366,98 +366,76 @@ impl Default for BatchConfig {
     }
 }
 
-/// Counters of one sink. Always (between updates),
-/// `received = delivered + queued + buffered + in_flight + dead_lettered + dropped_*`.
-#[derive(Debug)]
-pub struct SinkStats {
-    pub received: AtomicU64,
-    pub delivered: AtomicU64,
-    /// In the queue or in the batch being written (what the queue bound
-    /// limits), except the records of requests outstanding.
-    pub queued: AtomicU64,
-    /// Written, awaiting confirmation (e.g. in a file not yet completed, a
-    /// HEC request awaiting its acknowledgement), or in a request still
-    /// outstanding ([`Outstanding`]).
-    pub in_flight: AtomicU64,
-    /// Accepted into the disk buffer and not in memory: the runner reads
-    /// them back (`--buffer-dir`).
-    pub buffered: AtomicU64,
-    /// Bytes the sink's disk buffer holds (a gauge, not in the identity).
-    pub buffer_bytes: AtomicU64,
-    /// The most it may hold; 0 without a disk buffer.
-    pub buffer_max_bytes: AtomicU64,
-    /// The disk buffer's fill warning and whether its disk refuses writes.
-    pub buffer_health: buffer::BufferHealth,
-    /// Turned away because the queue was full.
-    pub dropped_queue_full: AtomicU64,
-    /// Turned away because the disk buffer was at `--buffer-max-bytes`.
-    pub dropped_buffer_full: AtomicU64,
-    /// Turned away because the disk buffer could not be written (disk full).
-    pub dropped_buffer_error: AtomicU64,
-    /// Lost because the sink failed to write them.
-    pub dropped_write_error: AtomicU64,
-    /// Rejected by the receiver and kept in the dead-letter file.
-    pub dead_lettered: AtomicU64,
-    /// Retried writes (not part of the accounting identity: a retried batch
-    /// is still queued).
-    pub retries: AtomicU64,
-    /// Connections to the receiver the sink replaced: closed by the
-    /// receiver, failed, or not taking data within the write timeout.
-    pub reconnects: AtomicU64,
-    /// Seconds from the first write attempt of a batch to its outcome
-    /// (retries included), for `/metrics`.
-    pub batch_seconds: prometheus_client::metrics::histogram::Histogram,
-    /// Time from admission into the queue to delivery, per delivered record
-    /// (see [`latency`]).
-    pub delivery_latency: latency::LatencyHistogram,
-}
-
-impl Default for SinkStats {
-    fn default() -> Self {
-        Self {
-            received: AtomicU64::default(),
-            delivered: AtomicU64::default(),
-            queued: AtomicU64::default(),
-            in_flight: AtomicU64::default(),
-            buffered: AtomicU64::default(),
-            buffer_bytes: AtomicU64::default(),
-            buffer_max_bytes: AtomicU64::default(),
-            buffer_health: buffer::BufferHealth::default(),
-            dropped_queue_full: AtomicU64::default(),
-            dropped_buffer_full: AtomicU64::default(),
-            dropped_buffer_error: AtomicU64::default(),
-            dropped_write_error: AtomicU64::default(),
-            dead_lettered: AtomicU64::default(),
-            retries: AtomicU64::default(),
-            reconnects: AtomicU64::default(),
+crate::counters::counters! {
+    /// Counters of one sink. Always (between updates),
+    /// `received = delivered + queued + buffered + in_flight + dead_lettered + dropped_*`.
+    #[derive(Debug)]
+    pub struct SinkStats {
+        received: Counter("sink_received", "Records offered to the sink."),
+        delivered: Counter("sink_delivered", "Records the sink's destination confirmed."),
+        /// Rejected by the receiver and kept in the dead-letter file.
+        dead_lettered: Counter(
+            "sink_dead_lettered",
+            "Records the receiver rejected, kept in the dead-letter file."
+        ),
+        /// Retried writes (not part of the accounting identity: a retried batch
+        /// is still queued).
+        retries: Counter("sink_retries", "Batch writes retried."),
+        /// Connections to the receiver the sink replaced: closed by the
+        /// receiver, failed, or not taking data within the write timeout.
+        reconnects: Counter(
+            "sink_reconnects",
+            "Connections to the receiver replaced: closed by it, failed, or not taking data within the write timeout."
+        ),
+        /// Turned away because the queue was full.
+        dropped_queue_full: Counter("sink_dropped", "Records lost, by reason.", "reason" = "queue_full"),
+        /// Turned away because the disk buffer was at `--buffer-max-bytes`.
+        dropped_buffer_full: Counter("sink_dropped", "Records lost, by reason.", "reason" = "buffer_full"),
+        /// Turned away because the disk buffer could not be written (disk full).
+        dropped_buffer_error: Counter("sink_dropped", "Records lost, by reason.", "reason" = "buffer_error"),
+        /// Lost because the sink failed to write them.
+        dropped_write_error: Counter("sink_dropped", "Records lost, by reason.", "reason" = "write_error"),
+        /// In the queue or in the batch being written (what the queue bound
+        /// limits), except the records of requests outstanding.
+        queued: Gauge("sink_queued", "Records waiting in the sink's queue or batch."),
+        /// Written, awaiting confirmation (e.g. in a file not yet completed, a
+        /// HEC request awaiting its acknowledgement), or in a request still
+        /// outstanding ([`Outstanding`]).
+        in_flight: Gauge("sink_in_flight", "Records written, awaiting confirmation."),
+        /// Accepted into the disk buffer and not in memory: the runner reads
+        /// them back (`--buffer-dir`).
+        buffered: Gauge(
+            "sink_buffered",
+            "Records in the sink's disk buffer and not in memory (--buffer-dir)."
+        ),
+        /// Bytes the sink's disk buffer holds (a gauge, not in the identity).
+        buffer_bytes: Gauge("sink_buffer_bytes", "Bytes the sink's disk buffer holds."),
+    }
+    extra {
+        /// The most it may hold; 0 without a disk buffer.
+        pub buffer_max_bytes: AtomicU64,
+        /// The disk buffer's fill warning and whether its disk refuses writes.
+        pub buffer_health: buffer::BufferHealth,
+        /// Seconds from the first write attempt of a batch to its outcome
+        /// (retries included), for `/metrics`.
+        pub batch_seconds: prometheus_client::metrics::histogram::Histogram =
             // 1 ms … ~65 s.
-            batch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17),
             ),
-            delivery_latency: latency::LatencyHistogram::default(),
-        }
+        /// Time from admission into the queue to delivery, per delivered record
+        /// (see [`latency`]).
+        pub delivery_latency: latency::LatencyHistogram,
     }
-}
-
-/// A copy of [`SinkStats`] at one moment, for summaries and metrics.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct SinkSnapshot {
-    pub name: String,
-    pub received: u64,
-    pub delivered: u64,
-    pub queued: u64,
-    pub in_flight: u64,
-    pub buffered: u64,
-    pub buffer_bytes: u64,
-    pub dropped_queue_full: u64,
-    pub dropped_buffer_full: u64,
-    pub dropped_buffer_error: u64,
-    pub dropped_write_error: u64,
-    pub dead_lettered: u64,
-    pub retries: u64,
-    pub reconnects: u64,
-    /// p50, p99 and max of the delivery latency so far, in milliseconds.
-    pub delivery_latency_ms: latency::LatencyQuantiles,
+    /// A copy of [`SinkStats`] at one moment, for summaries and metrics.
+    #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+    pub struct SinkSnapshot {
+        pub name: String,
+    }
+    then {
+        /// p50, p99 and max of the delivery latency so far, in milliseconds.
+        pub delivery_latency_ms: latency::LatencyQuantiles,
+    }
 }
 
 impl SinkSnapshot {
@@ -466,11 +444,9 @@ impl SinkSnapshot {
         self.queued + self.buffered + self.in_flight
     }
 
+    /// Records lost, every reason of `sink_dropped` added up.
     pub fn dropped(&self) -> u64 {
-        self.dropped_queue_full
-            + self.dropped_buffer_full
-            + self.dropped_buffer_error
-            + self.dropped_write_error
+        crate::counters::family_sum(Self::METRICS, self, "sink_dropped")
     }
 }
 
@@ -478,20 +454,8 @@ impl SinkStats {
     pub fn snapshot(&self, name: &str) -> SinkSnapshot {
         SinkSnapshot {
             name: name.to_string(),
-            received: self.received.load(Ordering::Relaxed),
-            delivered: self.delivered.load(Ordering::Relaxed),
-            queued: self.queued.load(Ordering::Relaxed),
-            in_flight: self.in_flight.load(Ordering::Relaxed),
-            buffered: self.buffered.load(Ordering::Relaxed),
-            buffer_bytes: self.buffer_bytes.load(Ordering::Relaxed),
-            dropped_queue_full: self.dropped_queue_full.load(Ordering::Relaxed),
-            dropped_buffer_full: self.dropped_buffer_full.load(Ordering::Relaxed),
-            dropped_buffer_error: self.dropped_buffer_error.load(Ordering::Relaxed),
-            dropped_write_error: self.dropped_write_error.load(Ordering::Relaxed),
-            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
-            retries: self.retries.load(Ordering::Relaxed),
-            reconnects: self.reconnects.load(Ordering::Relaxed),
             delivery_latency_ms: self.delivery_latency.quantiles(),
+            ..self.load()
         }
     }
 }

@@ -24,7 +24,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::Streams;
-use super::status::{Attempt, Disconnect, reconnect_loop};
+use super::status::{Attempt, Disconnect, SourceStatus, reconnect_loop};
 use crate::backoff::Backoff;
 use crate::proto::EgressBatchRequest;
 use crate::record::{EnvelopeView, decode_batch};
@@ -76,13 +76,6 @@ pub enum RlpError {
     #[error("no envelope from the RLP at {addr} for {idle:?}; replacing the stream")]
     Idle { addr: String, idle: Duration },
 }
-
-/// The RLP source's health: the status every source reports (kept under
-/// this name for its existing users).
-pub type RlpStatus = super::SourceStatus;
-
-/// A copy of [`RlpStatus`] for the summary.
-pub type RlpSnapshot = super::SourceSnapshot;
 
 /// How long to wait at least after the RLP refused a stream for its stream
 /// limit (`ResourceExhausted`): hammering a full RLP keeps it full.
@@ -305,7 +298,7 @@ pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Received>, Rl
 }
 
 /// Subscribes once and forwards batches until the stream ends.
-pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -> Attempt {
+pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &SourceStatus) -> Attempt {
     let mut stream = match subscribe(cfg).await {
         Ok(s) => {
             status.opened("rlp", &cfg.addr);
@@ -378,7 +371,7 @@ pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &RlpStatus) -
 }
 
 /// Counts skipped envelopes and warns (at most once per interval).
-fn note_skipped(cfg: &RlpConfig, status: &RlpStatus, received: &Received) {
+fn note_skipped(cfg: &RlpConfig, status: &SourceStatus, received: &Received) {
     status
         .malformed_frames
         .fetch_add(received.skipped, Ordering::Relaxed);
@@ -398,7 +391,7 @@ fn note_skipped(cfg: &RlpConfig, status: &RlpStatus, received: &Received) {
 pub async fn run(
     cfg: RlpConfig,
     router: Arc<Router>,
-    status: Arc<RlpStatus>,
+    status: Arc<SourceStatus>,
     shutdown: CancellationToken,
 ) {
     reconnect_loop("rlp", cfg.backoff.clone(), &status, &shutdown, || {

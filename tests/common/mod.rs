@@ -37,8 +37,9 @@ use cf_audit_nozzle::route::IngressSnapshot;
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::file::FileSinkConfig;
 use cf_audit_nozzle::sink::http::{HttpFormat, HttpSinkConfig};
+use cf_audit_nozzle::source::SourceStatus;
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
-use cf_audit_nozzle::source::rlp::{self, RlpConfig, RlpStatus};
+use cf_audit_nozzle::source::rlp::{self, RlpConfig};
 use cf_audit_nozzle::tls::Pki;
 use tokio_util::sync::CancellationToken;
 
@@ -166,7 +167,7 @@ pub async fn run_until(
             tokio::spawn(rlp::run(
                 cfg,
                 pipeline.router(),
-                Arc::new(RlpStatus::default()),
+                Arc::new(SourceStatus::default()),
                 stop.clone(),
             ))
         })
