@@ -8,10 +8,10 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::backoff::Backoff;
-use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig, SourceConfig};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
+use crate::source::SourceConfig;
 use crate::source::rlp::RlpConfig;
 use crate::tls::ClientTls;
 
@@ -21,18 +21,22 @@ mod cf;
 pub mod check;
 pub mod layers;
 pub mod reference;
+mod run;
 mod s3;
 mod sinks;
 mod source;
+mod tail;
 mod telemetry;
 pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::CfArgs;
 pub use layers::{LayerArgs, Loaded, Origin};
+pub use run::{PipelineConfig, RunConfig, SinkConfig};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
 pub use source::{SourceArgs, SourceKind};
+pub use tail::TailArgs;
 pub use telemetry::TelemetryArgs;
 
 #[derive(Debug, Parser)]
@@ -64,7 +68,7 @@ pub enum Command {
     /// Check the configuration: `config check` takes run's flags and environment.
     Config(ConfigArgs),
     /// Show the firehose live, filtered, as human lines or JSON (run's source options; a shard id of its own).
-    Tail(Box<crate::tail::TailArgs>),
+    Tail(Box<TailArgs>),
 }
 
 /// The command names, for making `run` the default.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
+use crate::config::{PipelineConfig, SinkConfig};
+use crate::pipeline::{Pipeline, Summary};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;

@@ -200,7 +200,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
         Command::Config(_) => unreachable!("handled above"),
         Command::Tail(args) => {
             let mut errors = loaded.errors.clone();
-            let filter = args.filter(&mut errors);
+            let filter = cf_audit_nozzle::tail::TailFilter::from_args(&args, &mut errors);
             let cfg = check::validated(&args.run, &errors)?;
             let shown =
                 cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)

@@ -12,39 +12,15 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::record::{EncodeContext, Kind};
+use crate::config::{PipelineConfig, RunConfig, SinkConfig};
+use crate::record::Kind;
 use crate::route::{IngressSnapshot, IngressStats, Router};
-use crate::sink::file::{FileSink, FileSinkConfig};
+use crate::sink::file::FileSink;
 use crate::sink::stdout::StdoutSink;
 use crate::sink::syslog::SyslogSink;
-use crate::sink::{
-    BatchConfig, NotDelivered, SinkError, SinkQueue, SinkReport, SinkStats, run_sink,
-};
-use crate::source::rlp::{self, RlpConfig, RlpStatus};
-
-#[derive(Clone, Debug)]
-pub enum SinkConfig {
-    Stdout,
-    File(FileSinkConfig),
-    Syslog(crate::sink::syslog::SyslogConfig),
-    Http(Box<crate::sink::http::HttpSinkConfig>),
-    /// S3, or a local folder with a signed digest chain (`sink::archive`).
-    Object(Box<crate::sink::archive::ObjectSinkConfig>),
-}
-
-#[derive(Clone, Debug)]
-pub struct PipelineConfig {
-    /// Each sink with the kinds routed to it.
-    pub sinks: Vec<(SinkConfig, Vec<Kind>)>,
-    /// Records each sink's queue holds before it drops the newest.
-    pub queue_capacity: usize,
-    pub batch: BatchConfig,
-    pub encode: EncodeContext,
-    /// Benchmark mode: receive and decode only.
-    pub decode_only: bool,
-    /// The disk buffer shared by every sink (`--buffer-dir`), if any.
-    pub buffer: Option<crate::sink::buffer::BufferConfig>,
-}
+use crate::sink::{NotDelivered, SinkError, SinkQueue, SinkReport, SinkStats, run_sink};
+use crate::source::SourceConfig;
+use crate::source::rlp::{self, RlpStatus};
 
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
@@ -324,38 +300,6 @@ fn sink_count(cfg: &PipelineConfig) -> usize {
             _ => 1,
         })
         .sum()
-}
-
-/// Where `run` reads envelopes from.
-#[derive(Clone, Debug)]
-pub enum SourceConfig {
-    Rlp(Box<RlpConfig>),
-    Gateway(Box<crate::source::gateway::GatewayConfig>),
-}
-
-impl SourceConfig {
-    /// The source's name in /health and /metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SourceConfig::Rlp(_) => "rlp",
-            SourceConfig::Gateway(_) => "gateway",
-        }
-    }
-}
-
-/// Everything `run` needs, validated.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub source: SourceConfig,
-    pub pipeline: PipelineConfig,
-    pub shutdown_timeout: Duration,
-    /// `/health` and `/metrics`; `None` when turned off.
-    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
-    pub alerts: crate::alert::AlertConfig,
-    /// Shown in `/health` (they were logged at start).
-    pub warnings: Vec<String>,
-    /// Rules, the audit-events poller and enrichment.
-    pub audit: crate::config::AuditSetup,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -938,7 +938,7 @@ async fn cf_with_a_large_token_response() -> reqwest::Url {
 /// The gateway source's configuration from `run` arguments.
 fn gateway_config(args: &[&str]) -> GatewayConfig {
     use cf_audit_nozzle::config::{Cli, Command};
-    use cf_audit_nozzle::pipeline::SourceConfig;
+    use cf_audit_nozzle::source::SourceConfig;
     use clap::Parser;
     let argv = ["cf-audit-nozzle", "run", "--source", "gateway"];
     let creds = ["--uaa-client-id", "n", "--uaa-client-secret", "s"];

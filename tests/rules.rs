@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::classify::rules::{Filters, Rule, own_app_guid};
 use cf_audit_nozzle::config::{Cli, Command, apply_routes};
-use cf_audit_nozzle::pipeline::{PipelineConfig, SinkConfig};
+use cf_audit_nozzle::config::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::{Counter, Envelope, Gauge, GaugeValue, envelope};
 use cf_audit_nozzle::record::{Kind, Record, audit_event_record};
 use cf_audit_nozzle::route::Router;

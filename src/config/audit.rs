@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::{CfArgs, SinkKind};
+use super::{CfArgs, PipelineConfig, SinkConfig, SinkKind};
 use crate::classify::rules::{Filters, Rule, own_app_guid};
 use crate::enrich::EnrichConfig;
-use crate::pipeline::{PipelineConfig, SinkConfig};
 use crate::record::Kind;
 use crate::source::audit_events::{AuditEventsConfig, CursorStore, MAX_LOOKBACK, MAX_PER_PAGE};
 use crate::source::cloud_controller::CcAccess;

@@ -4,8 +4,7 @@
 //! [`crate::config`].
 
 use super::layers::{Loaded, Origin, is_secret};
-use super::{ConfigErrors, RunArgs};
-use crate::pipeline::RunConfig;
+use super::{ConfigErrors, RunArgs, RunConfig};
 
 /// What a secret's value is shown as.
 pub const MASK: &str = crate::redact::MASK;

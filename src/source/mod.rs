@@ -24,3 +24,20 @@ pub mod uaa;
 
 pub use status::{SourceSnapshot, SourceStatus};
 pub use streams::{EnvelopeType, Streams};
+
+/// Where `run` reads envelopes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    Rlp(Box<rlp::RlpConfig>),
+    Gateway(Box<gateway::GatewayConfig>),
+}
+
+impl SourceConfig {
+    /// The source's name in /health and /metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceConfig::Rlp(_) => "rlp",
+            SourceConfig::Gateway(_) => "gateway",
+        }
+    }
+}
