@@ -402,6 +402,8 @@ mod tests {
                 (dead.clone(), Kind::ALL.to_vec()),
                 (other, vec![Kind::Event]),
             ],
+            Default::default(),
+            None,
             false,
         ));
         let stop = CancellationToken::new();

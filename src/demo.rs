@@ -17,7 +17,8 @@ use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
 use crate::source::emulator::{Emulator, EmulatorConfig, EmulatorError, Feed};
-use crate::source::rlp::{self, RlpConfig, RlpStatus};
+use crate::source::rlp::{self, RlpConfig};
+use crate::source::{SourceConfig, SourceStatus};
 use crate::tls::{Pki, TlsError};
 
 #[derive(Clone, Debug)]
@@ -94,12 +95,12 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
         idle_timeout: Some(rlp::DEFAULT_IDLE_TIMEOUT),
     };
     let stop_source = CancellationToken::new();
-    let source = tokio::spawn(rlp::run(
-        rlp_cfg,
+    let source = crate::source::spawn(
+        SourceConfig::Rlp(Box::new(rlp_cfg)),
         pipeline.router(),
-        Arc::new(RlpStatus::default()),
+        Arc::new(SourceStatus::default()),
         stop_source.clone(),
-    ));
+    );
     tokio::select! {
         _ = tokio::time::sleep(cfg.duration) => {}
         _ = shutdown.cancelled() => tracing::info!("interrupted; finishing the demo"),

@@ -19,7 +19,7 @@ use cf_audit_nozzle::logging::{self, LogFormat};
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
 use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
 use cf_audit_nozzle::tls::Pki;
-use cf_audit_nozzle::{demo, pipeline};
+use cf_audit_nozzle::{demo, run};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -210,7 +210,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
         }
         Command::Run(args) => {
             let cfg = check::validated(&args, &loaded.errors)?;
-            let summary = pipeline::run(cfg, shutdown).await?;
+            let summary = run::run(cfg, shutdown).await?;
             let json = serde_json::to_string(&summary)?;
             tracing::info!(summary = %json, "stopped");
             if let Some(path) = &args.summary_file {

@@ -1,26 +1,29 @@
-//! Assembly: sinks behind their queues, the router in front of them, and the
-//! sources feeding the router; plus the orderly end of it all.
+//! Sinks behind their queues and the router in front of them; the account
+//! of a run ([`Summary`]). [`crate::run`] puts the sources in front and
+//! shuts everything down in order.
 //!
-//! Shutdown order (DESIGN.md §2, invariant 4): cancel the sources, wait for
-//! them to stop, drop the router (which closes every sink queue), and let each
-//! sink drain its queue, write its last batch and complete its open files.
+//! The pipeline's part of the shutdown order (DESIGN.md §2, invariant 4):
+//! once the sources stopped, drop the router (which closes every sink
+//! queue), and let each sink drain its queue, write its last batch and
+//! complete its open files.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::config::{PipelineConfig, RunConfig, SinkConfig};
+use crate::classify::rules::Filters;
+use crate::config::{PipelineConfig, SinkConfig};
+use crate::enrich::{EnrichSnapshot, Enricher};
 use crate::record::Kind;
 use crate::route::{IngressSnapshot, IngressStats, Router};
 use crate::sink::file::FileSink;
 use crate::sink::stdout::StdoutSink;
 use crate::sink::syslog::SyslogSink;
 use crate::sink::{NotDelivered, SinkError, SinkQueue, SinkReport, SinkStats, run_sink};
-use crate::source::SourceConfig;
-use crate::source::rlp::{self, RlpStatus};
+use crate::source::SourceSnapshot;
+use crate::source::audit_events::AuditSnapshot;
 
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
@@ -45,10 +48,19 @@ pub struct Summary {
     pub not_delivered: u64,
     /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rlp: Option<crate::source::rlp::RlpSnapshot>,
+    pub rlp: Option<SourceSnapshot>,
     /// The audit-events poller's and enrichment's counters, when they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit: Option<crate::audit::AuditReport>,
+    pub audit: Option<AuditReport>,
+}
+
+/// The counters of the audit tasks that ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_events: Option<AuditSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrich: Option<EnrichSnapshot>,
 }
 
 impl Summary {
@@ -83,9 +95,20 @@ impl Summary {
 }
 
 impl Pipeline {
-    /// Starts one task per sink. Fails only on what the sinks need at start
-    /// (a folder that cannot be created).
+    /// Starts one task per sink, routing every record that reaches the
+    /// router (no rules, no enrichment). Fails only on what the sinks need at
+    /// start (a folder that cannot be created).
     pub fn start(cfg: &PipelineConfig) -> Result<Self, SinkError> {
+        Self::start_with(cfg, Filters::default(), None)
+    }
+
+    /// [`Pipeline::start`] with the router keeping what `filters` let
+    /// through and naming apps through `enricher`.
+    pub fn start_with(
+        cfg: &PipelineConfig,
+        filters: Filters,
+        enricher: Option<Arc<Enricher>>,
+    ) -> Result<Self, SinkError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
         let mut buffers = Vec::new();
@@ -140,26 +163,10 @@ impl Pipeline {
         }
         sinks.extend(followers);
         Ok(Self {
-            router: Arc::new(Router::new(queues, cfg.decode_only)),
+            router: Arc::new(Router::new(queues, filters, enricher, cfg.decode_only)),
             sinks,
             buffers,
         })
-    }
-
-    /// Applies include/exclude rules; call before handing the router to sources.
-    pub fn with_filters(mut self, filters: crate::classify::rules::Filters) -> Self {
-        Arc::get_mut(&mut self.router)
-            .expect("filters are set before the router is shared")
-            .set_filters(filters);
-        self
-    }
-
-    /// Turns enrichment on; call before handing the router to sources.
-    pub fn with_enricher(mut self, enricher: Arc<crate::enrich::Enricher>) -> Self {
-        Arc::get_mut(&mut self.router)
-            .expect("the enricher is set before the router is shared")
-            .set_enricher(enricher);
-        self
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -300,88 +307,4 @@ fn sink_count(cfg: &PipelineConfig) -> usize {
             _ => 1,
         })
         .sum()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error(transparent)]
-    Telemetry(#[from] crate::telemetry::TelemetryError),
-}
-
-/// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, RunError> {
-    for w in &cfg.warnings {
-        tracing::warn!("{w}");
-    }
-    let listener = match &cfg.telemetry {
-        Some(t) => crate::telemetry::bind(t).await?,
-        None => None,
-    };
-    let pipeline = Pipeline::start(&cfg.pipeline)?.with_filters(cfg.audit.filters.clone());
-    let (pipeline, audit) = crate::audit::start(&cfg.audit, pipeline, shutdown.clone());
-    let status = Arc::new(RlpStatus::default());
-    let view = Arc::new(crate::stats::View {
-        ingress: pipeline.ingress_stats(),
-        sinks: pipeline.sink_views(cfg.pipeline.queue_capacity),
-        sources: vec![(cfg.source.name().to_string(), Arc::clone(&status))],
-        alerts: Arc::default(),
-        warnings: cfg.warnings.clone(),
-        disconnect_threshold: cfg
-            .telemetry
-            .as_ref()
-            .map_or(Duration::from_secs(60), |t| t.disconnect_threshold),
-        started: tokio::time::Instant::now(),
-        listener: Arc::default(),
-        audit_events: audit.poller_status(),
-        enrich: audit.enricher(),
-    });
-    // The server outlives the sources so /health answers during the drain.
-    let server_stop = CancellationToken::new();
-    let server = listener.zip(cfg.telemetry.clone()).map(|(l, t)| {
-        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /health and /metrics");
-        tokio::spawn(crate::telemetry::serve(
-            l,
-            Arc::clone(&view),
-            t,
-            server_stop.clone(),
-        ))
-    });
-    let alerts = tokio::spawn(crate::alert::watch(
-        Arc::clone(&view),
-        pipeline.router(),
-        cfg.alerts.clone(),
-        shutdown.clone(),
-    ));
-    let source = match &cfg.source {
-        SourceConfig::Rlp(rlp) => tokio::spawn(rlp::run(
-            (**rlp).clone(),
-            pipeline.router(),
-            Arc::clone(&status),
-            shutdown.clone(),
-        )),
-        SourceConfig::Gateway(gateway) => tokio::spawn(crate::source::gateway::run(
-            (**gateway).clone(),
-            pipeline.router(),
-            Arc::clone(&status),
-            shutdown.clone(),
-        )),
-    };
-    shutdown.cancelled().await;
-    if let Err(e) = source.await {
-        tracing::error!(error = %e, "source task failed");
-    }
-    if let Err(e) = alerts.await {
-        tracing::error!(error = %e, "alert watcher failed");
-    }
-    // The poller confirms its last pages while the sinks drain.
-    let (mut summary, audit) = tokio::join!(pipeline.finish(cfg.shutdown_timeout), audit.finish());
-    summary.rlp = Some(status.snapshot());
-    summary.audit = audit;
-    server_stop.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    Ok(summary)
 }

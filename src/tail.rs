@@ -273,24 +273,14 @@ pub async fn run<W: Write + Send + 'static>(
         ..BatchConfig::default()
     };
     let sink = tokio::spawn(run_sink(printer, rx, Arc::clone(queue.stats()), batch));
-    let mut router = Router::new(vec![(queue, Kind::ALL.to_vec())], false);
-    router.set_filters(cfg.audit.filters.clone());
-    let router = Arc::new(router);
+    let router = Arc::new(Router::new(
+        vec![(queue, Kind::ALL.to_vec())],
+        cfg.audit.filters.clone(),
+        None,
+        false,
+    ));
     let status = Arc::new(SourceStatus::default());
-    let source = match cfg.source {
-        SourceConfig::Rlp(r) => tokio::spawn(crate::source::rlp::run(
-            *r,
-            router,
-            status,
-            shutdown.clone(),
-        )),
-        SourceConfig::Gateway(g) => tokio::spawn(crate::source::gateway::run(
-            *g,
-            router,
-            status,
-            shutdown.clone(),
-        )),
-    };
+    let source = crate::source::spawn(cfg.source, router, status, shutdown);
     // The source drops its router when it stops, which closes the queue and
     // lets the printer drain.
     let _ = source.await;

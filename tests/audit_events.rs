@@ -239,7 +239,12 @@ async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
             ..BatchConfig::default()
         },
     ));
-    let router = Arc::new(Router::new(vec![(queue, vec![Kind::Api])], false));
+    let router = Arc::new(Router::new(
+        vec![(queue, vec![Kind::Api])],
+        Default::default(),
+        None,
+        false,
+    ));
     let status = Arc::new(AuditStatus::default());
     let stop = CancellationToken::new();
     let poller = tokio::spawn(audit_events::run(

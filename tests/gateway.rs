@@ -109,7 +109,12 @@ fn start(cfg: GatewayConfig) -> Running {
         Arc::clone(queue.stats()),
         batch,
     ));
-    let router = Arc::new(Router::new(vec![(queue, Kind::ALL.to_vec())], false));
+    let router = Arc::new(Router::new(
+        vec![(queue, Kind::ALL.to_vec())],
+        Default::default(),
+        None,
+        false,
+    ));
     let status = Arc::new(SourceStatus::default());
     let stop = CancellationToken::new();
     let source = tokio::spawn(gateway::run(cfg, router, Arc::clone(&status), stop.clone()));
@@ -992,7 +997,7 @@ async fn the_gateways_uaa_token_response_is_capped_by_cf_max_response_bytes() {
     assert_eq!(cfg.max_response_bytes, 65536);
     let status = Arc::new(SourceStatus::default());
     let stop = CancellationToken::new();
-    let router = Arc::new(Router::new(Vec::new(), false));
+    let router = Arc::new(Router::new(Vec::new(), Default::default(), None, false));
     let source = tokio::spawn(gateway::run(cfg, router, Arc::clone(&status), stop.clone()));
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     let err = loop {

@@ -217,14 +217,15 @@ fn include_exclude_own_app_and_opt_out() {
 fn the_router_counts_what_rules_leave_out_and_routes_the_rest() {
     let (api_q, mut api_rx) = SinkQueue::new("syslog", 100);
     let (all_q, mut all_rx) = SinkQueue::new("file", 100);
-    let mut router = Router::new(
+    let router = Router::new(
         vec![(api_q, vec![Kind::Api]), (all_q, Kind::ALL.to_vec())],
+        Filters {
+            exclude: vec![rule("source_type=RTR")],
+            ..Filters::default()
+        },
+        None,
         false,
     );
-    router.set_filters(Filters {
-        exclude: vec![rule("source_type=RTR")],
-        ..Filters::default()
-    });
     router.dispatch(vec![
         log_envelope(1, APP, "Created app with guid x", &[("source_type", "API")]),
         log_envelope(2, APP, "GET /", &[("source_type", "RTR")]),

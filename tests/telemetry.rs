@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use cf_audit_nozzle::alert::AlertConfig;
 use cf_audit_nozzle::config::{RunConfig, SinkConfig};
-use cf_audit_nozzle::pipeline;
+use cf_audit_nozzle::run;
 use cf_audit_nozzle::source::SourceConfig;
 use cf_audit_nozzle::source::emulator::EmulatorConfig;
 use cf_audit_nozzle::telemetry::{BasicAuth, TelemetryConfig};
@@ -104,7 +104,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         audit: Default::default(),
     };
     let stop = CancellationToken::new();
-    let nozzle = tokio::spawn(pipeline::run(cfg, stop.clone()));
+    let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
     let health = format!("http://{addr}/health");
 
@@ -452,7 +452,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
         },
     };
     let stop = CancellationToken::new();
-    let nozzle = tokio::spawn(pipeline::run(cfg, stop.clone()));
+    let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/metrics");
 
