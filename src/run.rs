@@ -162,7 +162,7 @@ fn start_audit(
                 cfg,
                 enricher,
                 requests,
-                enrich::cc_lookup(cc.clone()),
+                crate::source::cloud_controller::app_lookup(cc.clone()),
                 shutdown.clone(),
             ))
         });

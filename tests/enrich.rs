@@ -103,7 +103,9 @@ async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousan
         ];
         cc.apps.lock().unwrap().insert(app_guid(i), names);
     }
-    let r = start(enrich::cc_lookup(cc.client()));
+    let r = start(cf_audit_nozzle::source::cloud_controller::app_lookup(
+        cc.client(),
+    ));
     let router = r.pipeline.router();
     for b in 0..100 {
         router.dispatch(batch(b * 1000, 1000, 1000, app_guid));
