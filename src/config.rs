@@ -19,6 +19,7 @@ mod audit;
 mod buffer;
 mod cf;
 pub mod check;
+pub mod env;
 pub mod layers;
 pub mod reference;
 mod run;
@@ -29,6 +30,7 @@ mod tail;
 mod telemetry;
 pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::CfArgs;
+pub use env::{Env, MapEnv, ProcessEnv};
 pub use layers::{LayerArgs, Loaded, Origin};
 pub use run::{PipelineConfig, RunConfig, SinkConfig};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
@@ -260,8 +262,14 @@ pub struct EmulatorArgs {
 pub struct ConfigErrors(pub Vec<String>);
 
 impl OutputArgs {
-    /// The pipeline these options describe, plus any problems in them.
-    pub fn pipeline(&self, errors: &mut Vec<String>, decode_only: bool) -> PipelineConfig {
+    /// The pipeline these options describe, plus any problems in them
+    /// (`env` for an S3 binding in `VCAP_SERVICES`).
+    pub fn pipeline(
+        &self,
+        errors: &mut Vec<String>,
+        decode_only: bool,
+        env: &dyn Env,
+    ) -> PipelineConfig {
         if self.roll_interval == 0 {
             errors.push("--roll-interval (ROLL_INTERVAL) must be at least 1 second".into());
         }
@@ -322,13 +330,10 @@ impl OutputArgs {
                     crate::sink::archive::Target::Dir(self.out_dir.clone()),
                     errors,
                 ),
-                SinkKind::S3 => {
-                    let vcap = std::env::var("VCAP_SERVICES").ok();
-                    match self.s3.s3_config(vcap.as_deref(), errors) {
-                        Some(s3) => self.object_sink(crate::sink::archive::Target::S3(s3), errors),
-                        None => continue,
-                    }
-                }
+                SinkKind::S3 => match self.s3.s3_config(env, errors) {
+                    Some(s3) => self.object_sink(crate::sink::archive::Target::S3(s3), errors),
+                    None => continue,
+                },
                 SinkKind::File => SinkConfig::File(FileSinkConfig {
                     dir: self.out_dir.clone(),
                     instance_index: self.instance_index,
@@ -392,55 +397,9 @@ impl OutputArgs {
 }
 
 impl RunArgs {
-    /// Validates every option (reading the TLS files) and reports all problems together.
+    /// [`validate`] against the process environment.
     pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
-        let mut errors = Vec::new();
-        if self.shutdown_timeout == 0 {
-            // 0 s would drain nothing: every unbuffered record in a queue lost at each stop.
-            errors.push("--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second".into());
-        }
-        // 0 would answer 503 for every passing reconnect. (--alert-after is
-        // checked with the telemetry options.)
-        if self.telemetry.health_disconnect_threshold == 0 {
-            errors.push(
-                "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second"
-                    .into(),
-            );
-        }
-        let streams = self.input.streams(&mut errors, &self.shard_id);
-        let source = match self.input.source {
-            SourceKind::Rlp => self
-                .rlp(&mut errors, streams)
-                .map(|r| SourceConfig::Rlp(Box::new(r))),
-            SourceKind::Gateway => self
-                .input
-                .gateway(&mut errors, &self.cf, streams)
-                .map(|g| SourceConfig::Gateway(Box::new(g))),
-        };
-        let mut pipeline = self.output.pipeline(&mut errors, self.decode_only);
-        let audit = self.audit.setup(
-            &mut errors,
-            &self.cf,
-            self.output.instance_index,
-            Duration::from_secs(self.shutdown_timeout),
-            &mut pipeline,
-            &|k| std::env::var(k).ok(),
-        );
-        let (telemetry, alerts) = self
-            .telemetry
-            .config(std::env::var("PORT").ok(), &mut errors);
-        match (errors.is_empty(), source) {
-            (true, Some(source)) => Ok(RunConfig {
-                source,
-                pipeline,
-                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
-                telemetry,
-                alerts,
-                warnings: self.warnings(),
-                audit,
-            }),
-            _ => Err(ConfigErrors(errors)),
-        }
+        validate(self, &ProcessEnv)
     }
 
     /// The RLP source's options (reading the TLS files), with problems added to `errors`.
@@ -500,7 +459,7 @@ impl RunArgs {
 
 impl RunArgs {
     /// Settings an operator must not forget, for the start-up log and /health.
-    pub fn warnings(&self) -> Vec<String> {
+    pub fn warnings(&self, env: &dyn Env) -> Vec<String> {
         let mut w = Vec::new();
         if self.output.sink.contains(&SinkKind::Http) && !self.output.http.http_tls_verify {
             w.push("TLS certificate verification of the HTTP sink is off (--http-tls-verify false): anyone on the path can read and alter the audit trail".to_string());
@@ -514,7 +473,7 @@ impl RunArgs {
         let s3 = &self.output.s3;
         // The S3 endpoint as the sink uses it: the flag, else a binding's.
         let s3_endpoint = s3.s3_endpoint.clone().or_else(|| {
-            let vcap = std::env::var("VCAP_SERVICES").ok()?;
+            let vcap = env.var("VCAP_SERVICES")?;
             vcap_s3(&vcap)?.endpoint
         });
         // Notifications go out from the object writer: the s3 sink, or
@@ -564,6 +523,56 @@ impl RunArgs {
             );
         }
         w
+    }
+}
+
+/// Validates every option of `args` (reading the TLS files), with `env` for
+/// the variables a platform sets, and reports all problems together.
+pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors> {
+    let mut errors = Vec::new();
+    if args.shutdown_timeout == 0 {
+        // 0 s would drain nothing: every unbuffered record in a queue lost at each stop.
+        errors.push("--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second".into());
+    }
+    // 0 would answer 503 for every passing reconnect. (--alert-after is
+    // checked with the telemetry options.)
+    if args.telemetry.health_disconnect_threshold == 0 {
+        errors.push(
+            "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second"
+                .into(),
+        );
+    }
+    let streams = args.input.streams(&mut errors, &args.shard_id);
+    let source = match args.input.source {
+        SourceKind::Rlp => args
+            .rlp(&mut errors, streams)
+            .map(|r| SourceConfig::Rlp(Box::new(r))),
+        SourceKind::Gateway => args
+            .input
+            .gateway(&mut errors, &args.cf, streams)
+            .map(|g| SourceConfig::Gateway(Box::new(g))),
+    };
+    let mut pipeline = args.output.pipeline(&mut errors, args.decode_only, env);
+    let audit = args.audit.setup(
+        &mut errors,
+        &args.cf,
+        args.output.instance_index,
+        Duration::from_secs(args.shutdown_timeout),
+        &mut pipeline,
+        env,
+    );
+    let (telemetry, alerts) = args.telemetry.config(env.var("PORT"), &mut errors);
+    match (errors.is_empty(), source) {
+        (true, Some(source)) => Ok(RunConfig {
+            source,
+            pipeline,
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
+            telemetry,
+            alerts,
+            warnings: args.warnings(env),
+            audit,
+        }),
+        _ => Err(ConfigErrors(errors)),
     }
 }
 

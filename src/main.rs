@@ -12,8 +12,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use cf_audit_nozzle::config::{
-    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Loaded, SinkKind, check, reference,
-    with_default_command,
+    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Env, Loaded, ProcessEnv, SinkKind, check,
+    reference, with_default_command,
 };
 use cf_audit_nozzle::logging::{self, LogFormat};
 use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
@@ -143,19 +143,18 @@ fn parse_cli() -> (Loaded, bool) {
     use clap::parser::ValueSource;
     let cmd = with_every_option_in_help(Cli::command());
     let argv = with_default_command(std::env::args_os().collect());
-    let mut loaded = cf_audit_nozzle::config::layers::load(cmd.clone(), argv.clone(), &|k| {
-        std::env::var(k).ok()
-    })
-    .unwrap_or_else(|e| {
-        if !e.use_stderr() {
-            // --help, --version: clap prints them (a closed pipe is not an error).
-            e.exit();
-        }
-        // A pasted key or a token must not come back in the message.
-        let text = cf_audit_nozzle::config::layers::masked_clap_error(&e, &cmd, &argv);
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
-        std::process::exit(2);
-    });
+    let mut loaded =
+        cf_audit_nozzle::config::layers::load(cmd.clone(), argv.clone(), &|k| ProcessEnv.var(k))
+            .unwrap_or_else(|e| {
+                if !e.use_stderr() {
+                    // --help, --version: clap prints them (a closed pipe is not an error).
+                    e.exit();
+                }
+                // A pasted key or a token must not come back in the message.
+                let text = cf_audit_nozzle::config::layers::masked_clap_error(&e, &cmd, &argv);
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+                std::process::exit(2);
+            });
     let mut out_dir_from_cargo = false;
     if let (Command::Run(args), Some(("run", sub))) =
         (&mut loaded.cli.command, loaded.matches.subcommand())
@@ -201,7 +200,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => {
             let mut errors = loaded.errors.clone();
             let filter = cf_audit_nozzle::tail::TailFilter::from_args(&args, &mut errors);
-            let cfg = check::validated(&args.run, &errors)?;
+            let cfg = check::validated(&args.run, &ProcessEnv, &errors)?;
             let shown =
                 cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)
                     .await;
@@ -209,7 +208,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            let cfg = check::validated(&args, &loaded.errors)?;
+            let cfg = check::validated(&args, &ProcessEnv, &loaded.errors)?;
             let summary = run::run(cfg, shutdown).await?;
             let json = serde_json::to_string(&summary)?;
             tracing::info!(summary = %json, "stopped");
@@ -337,7 +336,7 @@ fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()
         }
         ConfigCommand::Check(args) => {
             out!("{}", check::render_effective(loaded));
-            let cfg = check::validated(args, &loaded.errors)?;
+            let cfg = check::validated(args, &ProcessEnv, &loaded.errors)?;
             for w in &cfg.warnings {
                 outln!("warning: {w}");
             }
@@ -389,8 +388,7 @@ async fn validate(
         Some(dir) => cf_audit_nozzle::sink::archive::Archive::local(dir, &args.s3.s3_prefix)?,
         None => {
             let mut errors = Vec::new();
-            let vcap = std::env::var("VCAP_SERVICES").ok();
-            let s3 = args.s3.s3_config(vcap.as_deref(), &mut errors);
+            let s3 = args.s3.s3_config(&ProcessEnv, &mut errors);
             match s3 {
                 Some(s3) if errors.is_empty() => {
                     let client =

@@ -302,7 +302,11 @@ fn routes_send_each_kind_to_its_sinks() {
         "event=none",
     ]);
     let mut errors = Vec::new();
-    let mut cfg = a.output.pipeline(&mut errors, false);
+    let mut cfg = a.output.pipeline(
+        &mut errors,
+        false,
+        &cf_audit_nozzle::config::MapEnv::default(),
+    );
     apply_routes(&a.audit.route, &mut cfg, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(
