@@ -37,7 +37,7 @@ pub enum DemoError {
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
     #[error(transparent)]
-    Sink(#[from] crate::sink::SinkError),
+    Build(#[from] crate::pipeline::BuildError),
     #[error("demo file {path} is not a valid gzip JSON Records file: {reason}")]
     BadFile { path: String, reason: String },
 }

@@ -54,6 +54,33 @@ pub struct Summary {
     pub audit: Option<AuditReport>,
 }
 
+/// A sink that could not start (a folder that cannot be created, a client
+/// that cannot be built), with the options that configure it.
+#[derive(Debug, thiserror::Error)]
+#[error("{options}: {error}")]
+pub struct BuildError {
+    /// Where to look, e.g. `--out-dir (OUT_DIR)`.
+    pub options: &'static str,
+    pub error: SinkError,
+}
+
+impl SinkConfig {
+    /// The options that configure this sink, for errors at start.
+    fn options(&self) -> &'static str {
+        use crate::sink::archive::Target;
+        match self {
+            SinkConfig::Stdout => "--sink stdout",
+            SinkConfig::File(_) => "--out-dir (OUT_DIR)",
+            SinkConfig::Syslog(_) => "--sink syslog (the --syslog-* options)",
+            SinkConfig::Http(_) => "--sink http (the --http-* and --hec-* options)",
+            SinkConfig::Object(o) => match o.target {
+                Target::S3(_) => "--sink s3 (the --s3-* options)",
+                Target::Dir(_) => "--out-dir (OUT_DIR) with --signing-key (SIGNING_KEY)",
+            },
+        }
+    }
+}
+
 /// The counters of the audit tasks that ran.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AuditReport {
@@ -97,8 +124,8 @@ impl Summary {
 impl Pipeline {
     /// Starts one task per sink, routing every record that reaches the
     /// router (no rules, no enrichment). Fails only on what the sinks need at
-    /// start (a folder that cannot be created).
-    pub fn start(cfg: &PipelineConfig) -> Result<Self, SinkError> {
+    /// start (a folder that cannot be created), naming the options at fault.
+    pub fn start(cfg: &PipelineConfig) -> Result<Self, BuildError> {
         Self::start_with(cfg, Filters::default(), None)
     }
 
@@ -108,15 +135,18 @@ impl Pipeline {
         cfg: &PipelineConfig,
         filters: Filters,
         enricher: Option<Arc<Enricher>>,
-    ) -> Result<Self, SinkError> {
+    ) -> Result<Self, BuildError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
         let mut buffers = Vec::new();
         // The buffer's size is shared evenly: one sink that is down fills
         // its own share, never the others'.
         let buffer = cfg.buffer.as_ref().map(|b| b.per_sink(sink_count(cfg)));
-        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), SinkError> {
-            let (task, queue) = sink(cfg, buffer.as_ref())?;
+        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), BuildError> {
+            let (task, queue) = sink(cfg, buffer.as_ref()).map_err(|error| BuildError {
+                options: "--buffer-dir (BUFFER_DIR)",
+                error,
+            })?;
             if let Some(b) = queue.buffer() {
                 buffers.push(Arc::clone(b));
             }
@@ -127,6 +157,10 @@ impl Pipeline {
         // Digest chains and notifiers finish after the sinks that feed them.
         let mut followers = Vec::new();
         for (sink_cfg, kinds) in &cfg.sinks {
+            let named = |error| BuildError {
+                options: sink_cfg.options(),
+                error,
+            };
             match sink_cfg {
                 SinkConfig::Object(o) => {
                     for (sink, kinds) in crate::sink::archive::start_object_sinks(
@@ -134,7 +168,9 @@ impl Pipeline {
                         &cfg.encode,
                         kinds,
                         &mut followers,
-                    )? {
+                    )
+                    .map_err(named)?
+                    {
                         add(spawner(sink), kinds)?;
                     }
                 }
@@ -142,10 +178,10 @@ impl Pipeline {
                     add(spawner(StdoutSink::new(cfg.encode.clone())), kinds.clone())?
                 }
                 SinkConfig::Http(h) => add(
-                    spawner(crate::sink::http::HttpSink::new(
-                        (**h).clone(),
-                        cfg.encode.clone(),
-                    )?),
+                    spawner(
+                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())
+                            .map_err(named)?,
+                    ),
                     kinds.clone(),
                 )?,
                 SinkConfig::Syslog(s) => add(
@@ -155,7 +191,8 @@ impl Pipeline {
                 // One writer per kind: kinds are compressed in parallel and isolated.
                 SinkConfig::File(f) => {
                     for &kind in kinds {
-                        let sink = FileSink::new(f.clone(), cfg.encode.clone(), kind)?;
+                        let sink =
+                            FileSink::new(f.clone(), cfg.encode.clone(), kind).map_err(named)?;
                         add(spawner(sink), vec![kind])?;
                     }
                 }
@@ -307,4 +344,46 @@ fn sink_count(cfg: &PipelineConfig) -> usize {
             _ => 1,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::EncodeContext;
+    use crate::sink::BatchConfig;
+    use crate::sink::file::FileSinkConfig;
+
+    /// A sink that cannot start says which options configure it.
+    #[test]
+    fn a_sink_that_cannot_start_names_its_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("a-file");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let cfg = PipelineConfig {
+            sinks: vec![(
+                SinkConfig::File(FileSinkConfig {
+                    dir: not_a_dir.join("out"),
+                    instance_index: 0,
+                    roll_interval: Duration::from_secs(60),
+                    gzip_level: 1,
+                }),
+                Kind::ALL.to_vec(),
+            )],
+            queue_capacity: 10,
+            batch: BatchConfig::default(),
+            encode: EncodeContext {
+                foundation: "test".into(),
+            },
+            decode_only: false,
+            buffer: None,
+        };
+        let Err(e) = Pipeline::start(&cfg) else {
+            panic!("a file sink below a file started");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("--out-dir (OUT_DIR): file sink: cannot write "),
+            "{text}"
+        );
+    }
 }

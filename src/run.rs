@@ -17,9 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuditSetup, RunConfig};
 use crate::enrich::{self, EnrichStats, Enricher};
-use crate::pipeline::{AuditReport, Pipeline, Summary};
+use crate::pipeline::{AuditReport, BuildError, Pipeline, Summary};
 use crate::route::Router;
-use crate::sink::SinkError;
 use crate::source::SourceStatus;
 use crate::source::audit_events::{self, AuditStatus};
 use crate::source::cloud_controller::CloudController;
@@ -27,7 +26,7 @@ use crate::source::cloud_controller::CloudController;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Build(#[from] BuildError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
 }
