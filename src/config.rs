@@ -256,6 +256,22 @@ pub struct EmulatorArgs {
     pub gateway_stream_timeout: u64,
 }
 
+impl EmulatorArgs {
+    /// What the emulator serves.
+    pub fn serve_config(&self) -> crate::source::emulator::serve::ServeConfig {
+        crate::source::emulator::serve::ServeConfig {
+            listen: self.listen,
+            tls_dir: self.tls_dir.clone(),
+            rate: (self.rate > 0).then_some(self.rate),
+            count: (self.count > 0).then_some(self.count),
+            seed: self.seed,
+            fresh: self.fresh,
+            gateway_listen: self.gateway_listen,
+            gateway_stream_timeout: Duration::from_secs(self.gateway_stream_timeout.max(1)),
+        }
+    }
+}
+
 /// Every problem found in a configuration, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
