@@ -50,7 +50,7 @@ fn config(cursor: &std::path::Path) -> AuditEventsConfig {
 }
 
 /// Runs the poller into a file pipeline until `stop` is cancelled (by the
-/// test CC or by `done`), then shuts down in order, as `pipeline::run` does.
+/// test CC or by `done`), then shuts down in order, as `run::run` does.
 async fn run_poller(
     cc: &cc::TestCc,
     cfg: AuditEventsConfig,

@@ -71,6 +71,28 @@ const NEVER: &[(&str, &[&str], &str)] = &[
         "enrichment fills names in through a lookup function; it knows no client, source or router",
     ),
     (
+        "route",
+        &[
+            "source",
+            "alert",
+            "telemetry",
+            "stats",
+            "config",
+            "pipeline",
+            "run",
+            "tail",
+            "demo",
+        ],
+        "the router takes batches from any source and offers them to sinks; it knows no source",
+    ),
+    (
+        "source",
+        // Every module after source in STAGES: the readers beside the flow,
+        // configuration and assembly.
+        STAGES.split_at(5).1,
+        "a source feeds the router; configuration describes it and the assembly starts it",
+    ),
+    (
         "sink",
         &[
             "source",
