@@ -37,7 +37,7 @@ pub enum DemoError {
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
     #[error(transparent)]
-    Build(#[from] crate::pipeline::BuildError),
+    Start(#[from] crate::pipeline::StartError),
     #[error("demo file {path} is not a valid gzip JSON Records file: {reason}")]
     BadFile { path: String, reason: String },
 }

@@ -58,7 +58,7 @@ pub struct Summary {
 /// that cannot be built), with the options that configure it.
 #[derive(Debug, thiserror::Error)]
 #[error("{options}: {error}")]
-pub struct BuildError {
+pub struct StartError {
     /// Where to look, e.g. `--out-dir (OUT_DIR)`.
     pub options: &'static str,
     pub error: SinkError,
@@ -125,7 +125,7 @@ impl Pipeline {
     /// Starts one task per sink, routing every record that reaches the
     /// router (no rules, no enrichment). Fails only on what the sinks need at
     /// start (a folder that cannot be created), naming the options at fault.
-    pub fn start(cfg: &PipelineConfig) -> Result<Self, BuildError> {
+    pub fn start(cfg: &PipelineConfig) -> Result<Self, StartError> {
         Self::start_with(cfg, Filters::default(), None)
     }
 
@@ -135,15 +135,15 @@ impl Pipeline {
         cfg: &PipelineConfig,
         filters: Filters,
         enricher: Option<Arc<Enricher>>,
-    ) -> Result<Self, BuildError> {
+    ) -> Result<Self, StartError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
         let mut buffers = Vec::new();
         // The buffer's size is shared evenly: one sink that is down fills
         // its own share, never the others'.
         let buffer = cfg.buffer.as_ref().map(|b| b.per_sink(sink_count(cfg)));
-        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), BuildError> {
-            let (task, queue) = sink(cfg, buffer.as_ref()).map_err(|error| BuildError {
+        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), StartError> {
+            let (task, queue) = sink(cfg, buffer.as_ref()).map_err(|error| StartError {
                 options: "--buffer-dir (BUFFER_DIR)",
                 error,
             })?;
@@ -157,7 +157,7 @@ impl Pipeline {
         // Digest chains and notifiers finish after the sinks that feed them.
         let mut followers = Vec::new();
         for (sink_cfg, kinds) in &cfg.sinks {
-            let named = |error| BuildError {
+            let named = |error| StartError {
                 options: sink_cfg.options(),
                 error,
             };

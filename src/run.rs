@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuditSetup, RunConfig};
 use crate::enrich::{self, EnrichStats, Enricher};
-use crate::pipeline::{AuditReport, BuildError, Pipeline, Summary};
+use crate::pipeline::{AuditReport, Pipeline, StartError, Summary};
 use crate::route::Router;
 use crate::source::SourceStatus;
 use crate::source::audit_events::{self, AuditStatus};
@@ -26,7 +26,7 @@ use crate::source::cloud_controller::CloudController;
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
-    Build(#[from] BuildError),
+    Start(#[from] StartError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
 }
