@@ -399,6 +399,8 @@ mod tests {
                 (dead.clone(), Kind::ALL.to_vec()),
                 (other, vec![Kind::Event]),
             ],
+            Default::default(),
+            None,
             false,
         ));
         let stop = CancellationToken::new();

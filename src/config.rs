@@ -7,32 +7,34 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::backoff::Backoff;
-use crate::pipeline::{PipelineConfig, RunConfig, SinkConfig, SourceConfig};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
-use crate::source::rlp::RlpConfig;
-use crate::tls::ClientTls;
 
 mod audit;
 mod buffer;
 mod cf;
 pub mod check;
+pub mod env;
 pub mod layers;
 pub mod reference;
+mod run;
 mod s3;
 mod sinks;
 mod source;
+mod tail;
 mod telemetry;
 pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
 pub use cf::CfArgs;
+pub use env::{Env, MapEnv, ProcessEnv};
 pub use layers::{LayerArgs, Loaded, Origin};
+pub use run::{PipelineConfig, RunConfig, SinkConfig, validate};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
 pub use source::{SourceArgs, SourceKind};
+pub use tail::TailArgs;
 pub use telemetry::TelemetryArgs;
 
 #[derive(Debug, Parser)]
@@ -64,7 +66,7 @@ pub enum Command {
     /// Check the configuration: `config check` takes run's flags and environment.
     Config(ConfigArgs),
     /// Show the firehose live, filtered, as human lines or JSON (run's source options; a shard id of its own).
-    Tail(Box<crate::tail::TailArgs>),
+    Tail(Box<TailArgs>),
 }
 
 /// The command names, for making `run` the default.
@@ -250,14 +252,36 @@ pub struct EmulatorArgs {
     pub gateway_stream_timeout: u64,
 }
 
+impl EmulatorArgs {
+    /// What the emulator serves.
+    pub fn serve_config(&self) -> crate::source::emulator::serve::ServeConfig {
+        crate::source::emulator::serve::ServeConfig {
+            listen: self.listen,
+            tls_dir: self.tls_dir.clone(),
+            rate: (self.rate > 0).then_some(self.rate),
+            count: (self.count > 0).then_some(self.count),
+            seed: self.seed,
+            fresh: self.fresh,
+            gateway_listen: self.gateway_listen,
+            gateway_stream_timeout: Duration::from_secs(self.gateway_stream_timeout.max(1)),
+        }
+    }
+}
+
 /// Every problem found in a configuration, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
 impl OutputArgs {
-    /// The pipeline these options describe, plus any problems in them.
-    pub fn pipeline(&self, errors: &mut Vec<String>, decode_only: bool) -> PipelineConfig {
+    /// The pipeline these options describe, plus any problems in them
+    /// (`env` for an S3 binding in `VCAP_SERVICES`).
+    pub fn pipeline(
+        &self,
+        errors: &mut Vec<String>,
+        decode_only: bool,
+        env: &dyn Env,
+    ) -> PipelineConfig {
         if self.roll_interval == 0 {
             errors.push("--roll-interval (ROLL_INTERVAL) must be at least 1 second".into());
         }
@@ -318,13 +342,10 @@ impl OutputArgs {
                     crate::sink::archive::Target::Dir(self.out_dir.clone()),
                     errors,
                 ),
-                SinkKind::S3 => {
-                    let vcap = std::env::var("VCAP_SERVICES").ok();
-                    match self.s3.s3_config(vcap.as_deref(), errors) {
-                        Some(s3) => self.object_sink(crate::sink::archive::Target::S3(s3), errors),
-                        None => continue,
-                    }
-                }
+                SinkKind::S3 => match self.s3.s3_config(env, errors) {
+                    Some(s3) => self.object_sink(crate::sink::archive::Target::S3(s3), errors),
+                    None => continue,
+                },
                 SinkKind::File => SinkConfig::File(FileSinkConfig {
                     dir: self.out_dir.clone(),
                     instance_index: self.instance_index,
@@ -384,182 +405,6 @@ impl OutputArgs {
             digest: self.s3.digest(errors),
             notify_url: self.s3.notify_url(errors),
         }))
-    }
-}
-
-impl RunArgs {
-    /// Validates every option (reading the TLS files) and reports all problems together.
-    pub fn validate(&self) -> Result<RunConfig, ConfigErrors> {
-        let mut errors = Vec::new();
-        if self.shutdown_timeout == 0 {
-            // 0 s would drain nothing: every unbuffered record in a queue lost at each stop.
-            errors.push("--shutdown-timeout (SHUTDOWN_TIMEOUT) must be at least 1 second".into());
-        }
-        // 0 would answer 503 for every passing reconnect. (--alert-after is
-        // checked with the telemetry options.)
-        if self.telemetry.health_disconnect_threshold == 0 {
-            errors.push(
-                "--health-disconnect-threshold (HEALTH_DISCONNECT_THRESHOLD) must be at least 1 second"
-                    .into(),
-            );
-        }
-        let streams = self.input.streams(&mut errors, &self.shard_id);
-        let source = match self.input.source {
-            SourceKind::Rlp => self
-                .rlp(&mut errors, streams)
-                .map(|r| SourceConfig::Rlp(Box::new(r))),
-            SourceKind::Gateway => self
-                .input
-                .gateway(&mut errors, &self.cf, streams)
-                .map(|g| SourceConfig::Gateway(Box::new(g))),
-        };
-        let mut pipeline = self.output.pipeline(&mut errors, self.decode_only);
-        let audit = self.audit.setup(
-            &mut errors,
-            &self.cf,
-            self.output.instance_index,
-            Duration::from_secs(self.shutdown_timeout),
-            &mut pipeline,
-            &|k| std::env::var(k).ok(),
-        );
-        let (telemetry, alerts) = self
-            .telemetry
-            .config(std::env::var("PORT").ok(), &mut errors);
-        match (errors.is_empty(), source) {
-            (true, Some(source)) => Ok(RunConfig {
-                source,
-                pipeline,
-                shutdown_timeout: Duration::from_secs(self.shutdown_timeout),
-                telemetry,
-                alerts,
-                warnings: self.warnings(),
-                audit,
-            }),
-            _ => Err(ConfigErrors(errors)),
-        }
-    }
-
-    /// The RLP source's options (reading the TLS files), with problems added to `errors`.
-    fn rlp(&self, errors: &mut Vec<String>, streams: crate::source::Streams) -> Option<RlpConfig> {
-        let mut required = |value: Option<&PathBuf>, flag: &str, env: &str, what: &str| {
-            if value.is_none() {
-                errors.push(format!("--{flag} ({env}) is required: {what}"));
-            }
-        };
-        required(
-            self.rlp_ca.as_ref(),
-            "rlp-ca",
-            "RLP_CA",
-            "the CA certificate file that signed the RLP's certificate",
-        );
-        required(
-            self.rlp_cert.as_ref(),
-            "rlp-cert",
-            "RLP_CERT",
-            "the client certificate file",
-        );
-        required(
-            self.rlp_key.as_ref(),
-            "rlp-key",
-            "RLP_KEY",
-            "the client key file",
-        );
-        match &self.rlp_addr {
-            None => errors.push(
-                "--rlp-addr (RLP_ADDR) is required: the Reverse Log Proxy's host:port".into(),
-            ),
-            Some(a) if !valid_host_port(a) => errors.push(format!(
-                "--rlp-addr (RLP_ADDR) must be host:port, not {a:?}"
-            )),
-            Some(_) => {}
-        }
-        if self.rlp_server_name.is_empty() {
-            errors.push("--rlp-server-name (RLP_SERVER_NAME) must not be empty".into());
-        }
-        let tls = match (&self.rlp_ca, &self.rlp_cert, &self.rlp_key) {
-            (Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key)
-                .map_err(|e| errors.push(format!("--rlp-ca/--rlp-cert/--rlp-key: {e}")))
-                .ok(),
-            _ => None,
-        };
-        Some(RlpConfig {
-            addr: self.rlp_addr.clone()?,
-            server_name: self.rlp_server_name.clone(),
-            tls: tls?,
-            streams,
-            backoff: Backoff::default(),
-            idle_timeout: (self.rlp_idle_timeout > 0)
-                .then(|| Duration::from_secs(self.rlp_idle_timeout)),
-        })
-    }
-}
-
-impl RunArgs {
-    /// Settings an operator must not forget, for the start-up log and /health.
-    pub fn warnings(&self) -> Vec<String> {
-        let mut w = Vec::new();
-        if self.output.sink.contains(&SinkKind::Http) && !self.output.http.http_tls_verify {
-            w.push("TLS certificate verification of the HTTP sink is off (--http-tls-verify false): anyone on the path can read and alter the audit trail".to_string());
-        }
-        if self.cf.skip_tls_verify {
-            w.push("TLS certificate verification of the CF API, UAA and RLP Gateway is off (--skip-tls-verify): anyone on the path can read the token and alter the firehose".to_string());
-        }
-        const PLATFORM: &str =
-            "the UAA client secret, the tokens and the data cross the network unencrypted";
-        let sinks = &self.output.sink;
-        let s3 = &self.output.s3;
-        // The S3 endpoint as the sink uses it: the flag, else a binding's.
-        let s3_endpoint = s3.s3_endpoint.clone().or_else(|| {
-            let vcap = std::env::var("VCAP_SERVICES").ok()?;
-            vcap_s3(&vcap)?.endpoint
-        });
-        // Notifications go out from the object writer: the s3 sink, or
-        // the file sink with a signing key.
-        let object_sink = sinks.contains(&SinkKind::S3)
-            || (sinks.contains(&SinkKind::File) && s3.signing_key.is_some());
-        let gateway = self.input.source == SourceKind::Gateway;
-        for (used, flag, url, what) in [
-            (true, "--cf-api (CF_API)", &self.cf.cf_api, PLATFORM),
-            (true, "--uaa-url (UAA_URL)", &self.cf.uaa_url, PLATFORM),
-            (
-                gateway,
-                "--gateway-url (GATEWAY_URL)",
-                &self.input.gateway_url,
-                PLATFORM,
-            ),
-            (
-                sinks.contains(&SinkKind::Http),
-                "--http-url (HTTP_URL)",
-                &self.output.http.http_url,
-                "the records, the HEC token and the --http-header values cross the network unencrypted",
-            ),
-            (
-                sinks.contains(&SinkKind::S3),
-                "--s3-endpoint (S3_ENDPOINT)",
-                &s3_endpoint,
-                "the log files, the digests and any session token cross the network unencrypted",
-            ),
-            (
-                object_sink,
-                "--notify-url (NOTIFY_URL)",
-                &s3.notify_url,
-                "the delivery notifications (bucket and object keys) cross the network unencrypted",
-            ),
-        ] {
-            if used
-                && url
-                    .as_deref()
-                    .is_some_and(|u| u.trim().to_ascii_lowercase().starts_with("http://"))
-            {
-                w.push(format!("{flag} is plain http://: {what} (use https://)"));
-            }
-        }
-        if self.output.sink.contains(&SinkKind::S3) && self.output.s3.s3_sse == SseArg::None {
-            w.push(
-                "--s3-sse none: log files are written WITHOUT server-side encryption".to_string(),
-            );
-        }
-        w
     }
 }
 

@@ -11,13 +11,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
+use crate::config::{PipelineConfig, SinkConfig};
+use crate::pipeline::{Pipeline, Summary};
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
-use crate::source::SourceStatus;
 use crate::source::emulator::{Emulator, EmulatorConfig, EmulatorError, Feed};
 use crate::source::rlp::{self, RlpConfig};
+use crate::source::{SourceConfig, SourceStatus};
 use crate::tls::{Pki, TlsError};
 
 #[derive(Clone, Debug)]
@@ -36,7 +37,7 @@ pub enum DemoError {
     #[error(transparent)]
     Emulator(#[from] EmulatorError),
     #[error(transparent)]
-    Sink(#[from] crate::sink::BuildError),
+    Start(#[from] crate::pipeline::StartError),
     #[error("demo file {path} is not a valid gzip JSON Records file: {reason}")]
     BadFile { path: String, reason: String },
 }
@@ -94,12 +95,12 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
         idle_timeout: Some(rlp::DEFAULT_IDLE_TIMEOUT),
     };
     let stop_source = CancellationToken::new();
-    let source = tokio::spawn(rlp::run(
-        rlp_cfg,
+    let source = crate::source::spawn(
+        SourceConfig::Rlp(Box::new(rlp_cfg)),
         pipeline.router(),
         Arc::new(SourceStatus::default()),
         stop_source.clone(),
-    ));
+    );
     tokio::select! {
         _ = tokio::time::sleep(cfg.duration) => {}
         _ = shutdown.cancelled() => tracing::info!("interrupted; finishing the demo"),

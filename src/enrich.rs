@@ -34,7 +34,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{AppNames, Kind, Record, app_guid};
-use crate::source::cloud_controller::{CcError, CloudController};
 
 #[derive(Clone, Debug)]
 pub struct EnrichConfig {
@@ -245,27 +244,22 @@ pub fn is_guid(s: &str) -> bool {
         })
 }
 
-/// How names are fetched: Cloud Controller in production, a fake in tests.
-/// `Ok(None)` means CC does not know the app.
-pub type Lookup =
-    Arc<dyn Fn(String) -> BoxFuture<'static, Result<Option<AppNames>, CcError>> + Send + Sync>;
+/// How names are fetched: Cloud Controller in production
+/// (`source::cloud_controller::app_lookup`), a fake in tests. `Ok(None)`
+/// means CC does not know the app. Enrichment knows only this function type,
+/// not the client behind it.
+pub type Lookup = Arc<dyn Fn(String) -> BoxFuture<'static, LookupResult> + Send + Sync>;
 
-/// Looks apps up in Cloud Controller.
-pub fn cc_lookup(cc: CloudController) -> Lookup {
-    Arc::new(move |guid: String| {
-        let cc = cc.clone();
-        Box::pin(async move {
-            let url = cc.url(&format!("/v3/apps/{guid}?include=space.organization"));
-            match cc.get_json(&url).await {
-                Ok(v) => Ok(Some(names_of(&guid, &v))),
-                Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(e),
-            }
-        })
-    })
-}
+/// What one lookup found.
+pub type LookupResult = Result<Option<AppNames>, LookupError>;
 
-/// Reads an app with its included space and organization.
+/// Why a lookup failed: the client's own error, kept whole for the log.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct LookupError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Reads an app with its included space and organization (Cloud
+/// Controller's `/v3/apps/:guid?include=space.organization`).
 pub fn names_of(guid: &str, app: &serde_json::Value) -> AppNames {
     let s = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
     let space_guid = s(app.pointer("/relationships/space/data/guid"));
@@ -312,7 +306,7 @@ pub async fn run(
     let mut cache: HashMap<String, Cached> = HashMap::new();
     let mut waiting: VecDeque<String> = VecDeque::new();
     let mut in_flight: HashSet<String> = HashSet::new();
-    let mut lookups: JoinSet<(String, Result<Option<AppNames>, CcError>)> = JoinSet::new();
+    let mut lookups: JoinSet<(String, LookupResult)> = JoinSet::new();
     let mut dirty = false;
     let mut publish = tokio::time::interval(cfg.publish_every);
     publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -25,9 +25,11 @@
 //!    folder) through [`sink::archive`], feeding the signed digest chain ([`sink::archive::digest`],
 //!    formats in [`integrity`]) that [`validate`] checks.
 //!
-//! [`pipeline`] assembles these and shuts them down in order; [`audit`]
-//! starts the poller and enrichment; [`config`] is the
-//! command line; [`demo`] runs the emulator into the real pipeline.
+//! [`pipeline`] puts the sinks behind the router; [`run`] assembles the
+//! nozzle (source, pipeline, the audit-events poller and enrichment,
+//! telemetry, alerts) and shuts it down in order; [`config`] is the command
+//! line and its validated forms; [`demo`] runs the emulator into the real
+//! pipeline.
 //! Beside the flow: [`stats`] gathers the counters the stages keep;
 //! [`telemetry`] serves `/health` and `/metrics` from them; [`alert`] watches
 //! them for stalled sinks, drops and upstream loss; [`tail`] prints the
@@ -39,7 +41,6 @@
 #![forbid(unsafe_code)]
 
 pub mod alert;
-pub mod audit;
 pub mod backoff;
 pub mod classify;
 pub mod config;
@@ -53,6 +54,7 @@ pub mod pipeline;
 pub mod record;
 pub mod redact;
 pub mod route;
+pub mod run;
 pub mod sink;
 pub mod source;
 pub mod stats;

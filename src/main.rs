@@ -12,14 +12,13 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use cf_audit_nozzle::config::{
-    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Loaded, SinkKind, check, reference,
-    with_default_command,
+    Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Env, Loaded, ProcessEnv, SinkKind, check,
+    reference, with_default_command,
 };
 use cf_audit_nozzle::logging::{self, LogFormat};
-use cf_audit_nozzle::source::emulator::gateway::{GatewayEmulator, GatewayEmulatorConfig};
-use cf_audit_nozzle::source::emulator::{Emulator, EmulatorConfig, Feed};
-use cf_audit_nozzle::tls::Pki;
-use cf_audit_nozzle::{demo, pipeline};
+use cf_audit_nozzle::source::emulator::serve::serve;
+use cf_audit_nozzle::validate::validate_args;
+use cf_audit_nozzle::{demo, run};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -143,19 +142,18 @@ fn parse_cli() -> (Loaded, bool) {
     use clap::parser::ValueSource;
     let cmd = with_every_option_in_help(Cli::command());
     let argv = with_default_command(std::env::args_os().collect());
-    let mut loaded = cf_audit_nozzle::config::layers::load(cmd.clone(), argv.clone(), &|k| {
-        std::env::var(k).ok()
-    })
-    .unwrap_or_else(|e| {
-        if !e.use_stderr() {
-            // --help, --version: clap prints them (a closed pipe is not an error).
-            e.exit();
-        }
-        // A pasted key or a token must not come back in the message.
-        let text = cf_audit_nozzle::config::layers::masked_clap_error(&e, &cmd, &argv);
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
-        std::process::exit(2);
-    });
+    let mut loaded =
+        cf_audit_nozzle::config::layers::load(cmd.clone(), argv.clone(), &|k| ProcessEnv.var(k))
+            .unwrap_or_else(|e| {
+                if !e.use_stderr() {
+                    // --help, --version: clap prints them (a closed pipe is not an error).
+                    e.exit();
+                }
+                // A pasted key or a token must not come back in the message.
+                let text = cf_audit_nozzle::config::layers::masked_clap_error(&e, &cmd, &argv);
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+                std::process::exit(2);
+            });
     let mut out_dir_from_cargo = false;
     if let (Command::Run(args), Some(("run", sub))) =
         (&mut loaded.cli.command, loaded.matches.subcommand())
@@ -200,8 +198,8 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
         Command::Config(_) => unreachable!("handled above"),
         Command::Tail(args) => {
             let mut errors = loaded.errors.clone();
-            let filter = args.filter(&mut errors);
-            let cfg = check::validated(&args.run, &errors)?;
+            let filter = cf_audit_nozzle::tail::TailFilter::from_args(&args, &mut errors);
+            let cfg = check::validated(&args.run, &ProcessEnv, &errors)?;
             let shown =
                 cf_audit_nozzle::tail::run(cfg, filter, args.json, std::io::stdout(), shutdown)
                     .await;
@@ -209,8 +207,8 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
-            let cfg = check::validated(&args, &loaded.errors)?;
-            let summary = pipeline::run(cfg, shutdown).await?;
+            let cfg = check::validated(&args, &ProcessEnv, &loaded.errors)?;
+            let summary = run::run(cfg, shutdown).await?;
             let json = serde_json::to_string(&summary)?;
             tracing::info!(summary = %json, "stopped");
             if let Some(path) = &args.summary_file {
@@ -264,7 +262,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Validate(args) => {
-            let report = validate(&args).await?;
+            let report = validate_args(&args, &ProcessEnv).await?;
             out!("{}", report.render());
             if !report.ok() {
                 // validate-logs' convention: 1 when anything is invalid (2 is an error).
@@ -273,55 +271,8 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Emulator(args) => {
-            // Printed first: the benchmark reads the first address a line names.
-            let gateway = match args.gateway_listen {
-                None => None,
-                Some(listen) => {
-                    let gateway = GatewayEmulator::start(
-                        listen,
-                        GatewayEmulatorConfig {
-                            feed: Feed::Generated { seed: args.seed },
-                            rate: (args.rate > 0).then_some(args.rate),
-                            count: (args.count > 0).then_some(args.count),
-                            stream_timeout: Duration::from_secs(args.gateway_stream_timeout.max(1)),
-                            ..GatewayEmulatorConfig::default()
-                        },
-                    )
-                    .await?;
-                    outln!(
-                        "gateway listening on {} (RLP Gateway /v2/read, UAA /oauth/token and CF API root; any client id and secret)",
-                        gateway.url()
-                    );
-                    Some(gateway)
-                }
-            };
-            let pki = Pki::generate("loggregatorCA", &["reverselogproxy"])?;
-            pki.write_client_files(&args.tls_dir)
-                .with_context(|| format!("writing TLS files to {}", args.tls_dir.display()))?;
-            let emulator = Emulator::start(
-                args.listen,
-                &pki,
-                EmulatorConfig {
-                    feed: Feed::Generated { seed: args.seed },
-                    rate: (args.rate > 0).then_some(args.rate),
-                    count: (args.count > 0).then_some(args.count),
-                    pre_encoded: !args.fresh,
-                    ..EmulatorConfig::default()
-                },
-            )
-            .await?;
-            outln!(
-                "emulator listening on {} (server name reverselogproxy); client files in {}",
-                emulator.addr,
-                args.tls_dir.display()
-            );
-            shutdown.cancelled().await;
-            let sent = emulator.envelopes_sent();
-            emulator.stop().await;
-            outln!("emulator sent {sent} envelopes");
-            if let Some(gateway) = gateway {
-                outln!("gateway sent {} envelopes", gateway.envelopes_sent());
-            }
+            let mut stdout = std::io::stdout();
+            serve(args.serve_config(), &mut stdout, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -337,7 +288,7 @@ fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()
         }
         ConfigCommand::Check(args) => {
             out!("{}", check::render_effective(loaded));
-            let cfg = check::validated(args, &loaded.errors)?;
+            let cfg = check::validated(args, &ProcessEnv, &loaded.errors)?;
             for w in &cfg.warnings {
                 outln!("warning: {w}");
             }
@@ -368,41 +319,4 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
     shutdown.cancel();
-}
-
-/// Runs `validate` on the bucket or folder the options name.
-async fn validate(
-    args: &cf_audit_nozzle::config::ValidateArgs,
-) -> anyhow::Result<cf_audit_nozzle::validate::Report> {
-    use cf_audit_nozzle::validate::parse_time;
-    let public = cf_audit_nozzle::integrity::PublicKey::load(&args.public_key)?;
-    let start = args
-        .start
-        .as_deref()
-        .map(|s| parse_time("start", s))
-        .transpose()?;
-    let end = match args.end.as_deref() {
-        Some(e) => parse_time("end", e)?,
-        None => chrono::Utc::now(),
-    };
-    let archive = match &args.dir {
-        Some(dir) => cf_audit_nozzle::sink::archive::Archive::local(dir, &args.s3.s3_prefix)?,
-        None => {
-            let mut errors = Vec::new();
-            let vcap = std::env::var("VCAP_SERVICES").ok();
-            let s3 = args.s3.s3_config(vcap.as_deref(), &mut errors);
-            match s3 {
-                Some(s3) if errors.is_empty() => {
-                    let client =
-                        cf_audit_nozzle::sink::archive::s3::http_client(s3.ca_pem.as_deref())?;
-                    cf_audit_nozzle::sink::archive::s3::s3_archive(&s3, &client)?
-                }
-                _ => {
-                    errors.insert(0, "validate needs --dir or --s3-bucket".into());
-                    return Err(cf_audit_nozzle::config::ConfigErrors(errors).into());
-                }
-            }
-        }
-    };
-    Ok(cf_audit_nozzle::validate::validate(&archive, &public, start, end).await?)
 }

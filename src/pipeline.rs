@@ -1,51 +1,29 @@
-//! Assembly: sinks behind their queues, the router in front of them, and the
-//! sources feeding the router; plus the orderly end of it all.
+//! Sinks behind their queues and the router in front of them; the account
+//! of a run ([`Summary`]). [`crate::run`] puts the sources in front and
+//! shuts everything down in order.
 //!
-//! Shutdown order (DESIGN.md §2, invariant 4): cancel the sources, wait for
-//! them to stop, drop the router (which closes every sink queue), and let each
-//! sink drain its queue, write its last batch and complete its open files.
+//! The pipeline's part of the shutdown order (DESIGN.md §2, invariant 4):
+//! once the sources stopped, drop the router (which closes every sink
+//! queue), and let each sink drain its queue, write its last batch and
+//! complete its open files.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use crate::record::{EncodeContext, Kind};
+use crate::classify::rules::Filters;
+use crate::config::{PipelineConfig, SinkConfig};
+use crate::enrich::{EnrichSnapshot, Enricher};
+use crate::record::Kind;
 use crate::route::{IngressSnapshot, IngressStats, Router};
-use crate::sink::file::{FileSink, FileSinkConfig};
+use crate::sink::file::FileSink;
 use crate::sink::stdout::StdoutSink;
 use crate::sink::syslog::SyslogSink;
-use crate::sink::{
-    BatchConfig, BuildError, NotDelivered, SinkQueue, SinkReport, SinkStats, run_sink,
-};
-use crate::source::SourceStatus;
-use crate::source::rlp::{self, RlpConfig};
-
-#[derive(Clone, Debug)]
-pub enum SinkConfig {
-    Stdout,
-    File(FileSinkConfig),
-    Syslog(crate::sink::syslog::SyslogConfig),
-    Http(Box<crate::sink::http::HttpSinkConfig>),
-    /// S3, or a local folder with a signed digest chain (`sink::archive`).
-    Object(Box<crate::sink::archive::ObjectSinkConfig>),
-}
-
-#[derive(Clone, Debug)]
-pub struct PipelineConfig {
-    /// Each sink with the kinds routed to it.
-    pub sinks: Vec<(SinkConfig, Vec<Kind>)>,
-    /// Records each sink's queue holds before it drops the newest.
-    pub queue_capacity: usize,
-    pub batch: BatchConfig,
-    pub encode: EncodeContext,
-    /// Benchmark mode: receive and decode only.
-    pub decode_only: bool,
-    /// The disk buffer shared by every sink (`--buffer-dir`), if any.
-    pub buffer: Option<crate::sink::buffer::BufferConfig>,
-}
+use crate::sink::{BuildError, NotDelivered, SinkQueue, SinkReport, SinkStats, run_sink};
+use crate::source::SourceSnapshot;
+use crate::source::audit_events::AuditSnapshot;
 
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
@@ -70,10 +48,46 @@ pub struct Summary {
     pub not_delivered: u64,
     /// The source's connection history (RLP or gateway), when the run had one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rlp: Option<crate::source::SourceSnapshot>,
+    pub rlp: Option<SourceSnapshot>,
     /// The audit-events poller's and enrichment's counters, when they ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit: Option<crate::audit::AuditReport>,
+    pub audit: Option<AuditReport>,
+}
+
+/// A sink that could not start (a folder that cannot be created, a client
+/// that cannot be built), with the options that configure it.
+#[derive(Debug, thiserror::Error)]
+#[error("{options}: {error}")]
+pub struct StartError {
+    /// Where to look, e.g. `--out-dir (OUT_DIR)`.
+    pub options: &'static str,
+    pub error: BuildError,
+}
+
+impl SinkConfig {
+    /// The options that configure this sink, for errors at start.
+    fn options(&self) -> &'static str {
+        use crate::sink::archive::Target;
+        match self {
+            SinkConfig::Stdout => "--sink stdout",
+            SinkConfig::File(_) => "--out-dir (OUT_DIR)",
+            SinkConfig::Syslog(_) => "--sink syslog (the --syslog-* options)",
+            SinkConfig::Http(_) => "--sink http (the --http-* and --hec-* options)",
+            SinkConfig::Object(o) => match o.target {
+                Target::S3(_) => "--sink s3 (the --s3-* options)",
+                Target::Dir(_) => "--out-dir (OUT_DIR) with --signing-key (SIGNING_KEY)",
+            },
+        }
+    }
+}
+
+/// The counters of the audit tasks that ran.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_events: Option<AuditSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enrich: Option<EnrichSnapshot>,
 }
 
 impl Summary {
@@ -95,17 +109,31 @@ impl Summary {
 }
 
 impl Pipeline {
-    /// Starts one task per sink. Fails only on what the sinks need at start
-    /// (a folder that cannot be created).
-    pub fn start(cfg: &PipelineConfig) -> Result<Self, BuildError> {
+    /// Starts one task per sink, routing every record that reaches the
+    /// router (no rules, no enrichment). Fails only on what the sinks need at
+    /// start (a folder that cannot be created), naming the options at fault.
+    pub fn start(cfg: &PipelineConfig) -> Result<Self, StartError> {
+        Self::start_with(cfg, Filters::default(), None)
+    }
+
+    /// [`Pipeline::start`] with the router keeping what `filters` let
+    /// through and naming apps through `enricher`.
+    pub fn start_with(
+        cfg: &PipelineConfig,
+        filters: Filters,
+        enricher: Option<Arc<Enricher>>,
+    ) -> Result<Self, StartError> {
         let mut queues = Vec::new();
         let mut sinks = Vec::new();
         let mut buffers = Vec::new();
         // The buffer's size is shared evenly: one sink that is down fills
         // its own share, never the others'.
         let buffer = cfg.buffer.as_ref().map(|b| b.per_sink(sink_count(cfg)));
-        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), BuildError> {
-            let (task, queue) = sink(cfg, buffer.as_ref())?;
+        let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), StartError> {
+            let (task, queue) = sink(cfg, buffer.as_ref()).map_err(|error| StartError {
+                options: "--buffer-dir (BUFFER_DIR)",
+                error,
+            })?;
             if let Some(b) = queue.buffer() {
                 buffers.push(Arc::clone(b));
             }
@@ -116,6 +144,10 @@ impl Pipeline {
         // Digest chains and notifiers finish after the sinks that feed them.
         let mut followers = Vec::new();
         for (sink_cfg, kinds) in &cfg.sinks {
+            let named = |error| StartError {
+                options: sink_cfg.options(),
+                error,
+            };
             match sink_cfg {
                 SinkConfig::Object(o) => {
                     for (sink, kinds) in crate::sink::archive::start_object_sinks(
@@ -123,7 +155,9 @@ impl Pipeline {
                         &cfg.encode,
                         kinds,
                         &mut followers,
-                    )? {
+                    )
+                    .map_err(named)?
+                    {
                         add(spawner(sink), kinds)?;
                     }
                 }
@@ -131,10 +165,10 @@ impl Pipeline {
                     add(spawner(StdoutSink::new(cfg.encode.clone())), kinds.clone())?
                 }
                 SinkConfig::Http(h) => add(
-                    spawner(crate::sink::http::HttpSink::new(
-                        (**h).clone(),
-                        cfg.encode.clone(),
-                    )?),
+                    spawner(
+                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())
+                            .map_err(named)?,
+                    ),
                     kinds.clone(),
                 )?,
                 SinkConfig::Syslog(s) => add(
@@ -144,7 +178,8 @@ impl Pipeline {
                 // One writer per kind: kinds are compressed in parallel and isolated.
                 SinkConfig::File(f) => {
                     for &kind in kinds {
-                        let sink = FileSink::new(f.clone(), cfg.encode.clone(), kind)?;
+                        let sink =
+                            FileSink::new(f.clone(), cfg.encode.clone(), kind).map_err(named)?;
                         add(spawner(sink), vec![kind])?;
                     }
                 }
@@ -152,26 +187,10 @@ impl Pipeline {
         }
         sinks.extend(followers);
         Ok(Self {
-            router: Arc::new(Router::new(queues, cfg.decode_only)),
+            router: Arc::new(Router::new(queues, filters, enricher, cfg.decode_only)),
             sinks,
             buffers,
         })
-    }
-
-    /// Applies include/exclude rules; call before handing the router to sources.
-    pub fn with_filters(mut self, filters: crate::classify::rules::Filters) -> Self {
-        Arc::get_mut(&mut self.router)
-            .expect("filters are set before the router is shared")
-            .set_filters(filters);
-        self
-    }
-
-    /// Turns enrichment on; call before handing the router to sources.
-    pub fn with_enricher(mut self, enricher: Arc<crate::enrich::Enricher>) -> Self {
-        Arc::get_mut(&mut self.router)
-            .expect("the enricher is set before the router is shared")
-            .set_enricher(enricher);
-        self
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -309,118 +328,44 @@ fn sink_count(cfg: &PipelineConfig) -> usize {
         .sum()
 }
 
-/// Where `run` reads envelopes from.
-#[derive(Clone, Debug)]
-pub enum SourceConfig {
-    Rlp(Box<RlpConfig>),
-    Gateway(Box<crate::source::gateway::GatewayConfig>),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::EncodeContext;
+    use crate::sink::BatchConfig;
+    use crate::sink::file::FileSinkConfig;
 
-impl SourceConfig {
-    /// The source's name in /health and /metrics.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SourceConfig::Rlp(_) => "rlp",
-            SourceConfig::Gateway(_) => "gateway",
-        }
+    /// A sink that cannot start says which options configure it.
+    #[test]
+    fn a_sink_that_cannot_start_names_its_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("a-file");
+        std::fs::write(&not_a_dir, b"").unwrap();
+        let cfg = PipelineConfig {
+            sinks: vec![(
+                SinkConfig::File(FileSinkConfig {
+                    dir: not_a_dir.join("out"),
+                    instance_index: 0,
+                    roll_interval: Duration::from_secs(60),
+                    gzip_level: 1,
+                }),
+                Kind::ALL.to_vec(),
+            )],
+            queue_capacity: 10,
+            batch: BatchConfig::default(),
+            encode: EncodeContext {
+                foundation: "test".into(),
+            },
+            decode_only: false,
+            buffer: None,
+        };
+        let Err(e) = Pipeline::start(&cfg) else {
+            panic!("a file sink below a file started");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("--out-dir (OUT_DIR): file sink: cannot write "),
+            "{text}"
+        );
     }
-}
-
-/// Everything `run` needs, validated.
-#[derive(Clone, Debug)]
-pub struct RunConfig {
-    pub source: SourceConfig,
-    pub pipeline: PipelineConfig,
-    pub shutdown_timeout: Duration,
-    /// `/health` and `/metrics`; `None` when turned off.
-    pub telemetry: Option<crate::telemetry::TelemetryConfig>,
-    pub alerts: crate::alert::AlertConfig,
-    /// Shown in `/health` (they were logged at start).
-    pub warnings: Vec<String>,
-    /// Rules, the audit-events poller and enrichment.
-    pub audit: crate::config::AuditSetup,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Sink(#[from] BuildError),
-    #[error(transparent)]
-    Telemetry(#[from] crate::telemetry::TelemetryError),
-}
-
-/// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, RunError> {
-    for w in &cfg.warnings {
-        tracing::warn!("{w}");
-    }
-    let listener = match &cfg.telemetry {
-        Some(t) => crate::telemetry::bind(t).await?,
-        None => None,
-    };
-    let pipeline = Pipeline::start(&cfg.pipeline)?.with_filters(cfg.audit.filters.clone());
-    let (pipeline, audit) = crate::audit::start(&cfg.audit, pipeline, shutdown.clone());
-    let status = Arc::new(SourceStatus::default());
-    let view = Arc::new(crate::stats::View {
-        ingress: pipeline.ingress_stats(),
-        sinks: pipeline.sink_views(cfg.pipeline.queue_capacity),
-        sources: vec![(cfg.source.name().to_string(), Arc::clone(&status))],
-        alerts: Arc::default(),
-        warnings: cfg.warnings.clone(),
-        disconnect_threshold: cfg
-            .telemetry
-            .as_ref()
-            .map_or(Duration::from_secs(60), |t| t.disconnect_threshold),
-        started: tokio::time::Instant::now(),
-        listener: Arc::default(),
-        audit_events: audit.poller_status(),
-        enrich: audit.enricher(),
-    });
-    // The server outlives the sources so /health answers during the drain.
-    let server_stop = CancellationToken::new();
-    let server = listener.zip(cfg.telemetry.clone()).map(|(l, t)| {
-        tracing::info!(addr = %l.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving /health and /metrics");
-        tokio::spawn(crate::telemetry::serve(
-            l,
-            Arc::clone(&view),
-            t,
-            server_stop.clone(),
-        ))
-    });
-    let alerts = tokio::spawn(crate::alert::watch(
-        Arc::clone(&view),
-        pipeline.router(),
-        cfg.alerts.clone(),
-        shutdown.clone(),
-    ));
-    let source = match &cfg.source {
-        SourceConfig::Rlp(rlp) => tokio::spawn(rlp::run(
-            (**rlp).clone(),
-            pipeline.router(),
-            Arc::clone(&status),
-            shutdown.clone(),
-        )),
-        SourceConfig::Gateway(gateway) => tokio::spawn(crate::source::gateway::run(
-            (**gateway).clone(),
-            pipeline.router(),
-            Arc::clone(&status),
-            shutdown.clone(),
-        )),
-    };
-    shutdown.cancelled().await;
-    if let Err(e) = source.await {
-        tracing::error!(error = %e, "source task failed");
-    }
-    if let Err(e) = alerts.await {
-        tracing::error!(error = %e, "alert watcher failed");
-    }
-    // The poller confirms its last pages while the sinks drain.
-    let (mut summary, audit) = tokio::join!(pipeline.finish(cfg.shutdown_timeout), audit.finish());
-    summary.rlp = Some(status.snapshot());
-    summary.audit = audit;
-    server_stop.cancel();
-    if let Some(server) = server {
-        let _ = server.await;
-    }
-    Ok(summary)
 }

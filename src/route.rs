@@ -77,8 +77,15 @@ pub struct Router {
 }
 
 impl Router {
-    /// `sinks` pairs each sink's queue with the kinds routed to it.
-    pub fn new(sinks: Vec<(SinkQueue, Vec<Kind>)>, decode_only: bool) -> Self {
+    /// `sinks` pairs each sink's queue with the kinds routed to it;
+    /// `filters` are the include/exclude rules; `enricher`, when given, adds
+    /// names from Cloud Controller to records without them.
+    pub fn new(
+        sinks: Vec<(SinkQueue, Vec<Kind>)>,
+        filters: Filters,
+        enricher: Option<Arc<crate::enrich::Enricher>>,
+        decode_only: bool,
+    ) -> Self {
         let mut routes: [Vec<usize>; 4] = Default::default();
         let mut queues = Vec::with_capacity(sinks.len());
         for (i, (queue, kinds)) in sinks.into_iter().enumerate() {
@@ -92,19 +99,9 @@ impl Router {
             routes,
             stats: Arc::new(IngressStats::default()),
             decode_only,
-            filters: Filters::default(),
-            enricher: None,
+            filters,
+            enricher,
         }
-    }
-
-    /// Turns enrichment on (before the router is shared).
-    pub fn set_enricher(&mut self, enricher: Arc<crate::enrich::Enricher>) {
-        self.enricher = Some(enricher);
-    }
-
-    /// Sets the include/exclude rules (before the router is shared).
-    pub fn set_filters(&mut self, filters: Filters) {
-        self.filters = filters;
     }
 
     /// The counters of the sinks records of `kind` go to.
@@ -297,7 +294,7 @@ mod tests {
         assert_eq!(drops(counter("doppler", "egress", "egress", 5)), 0);
         assert_eq!(drops(counter("my-app", "dropped", "egress", 5)), 0);
 
-        let router = Router::new(Vec::new(), false);
+        let router = Router::new(Vec::new(), Filters::default(), None, false);
         router.dispatch(vec![
             counter("doppler", "dropped", "egress", 7),
             counter("reverse_log_proxy", "dropped", "egress", 3),

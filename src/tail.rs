@@ -9,38 +9,15 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RunArgs;
-use crate::pipeline::{RunConfig, SourceConfig};
+use crate::config::{RunConfig, TailArgs};
 use crate::record::{EncodeContext, Kind};
 use crate::route::Router;
 use crate::sink::{Batch, BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
+use crate::source::SourceConfig;
 use crate::source::SourceStatus;
-
-#[derive(Debug, Args)]
-pub struct TailArgs {
-    /// Only these record kinds, comma separated: api, app_log, metric, event.
-    #[arg(long = "kind", value_delimiter = ',')]
-    pub kinds: Vec<String>,
-    /// Only these source types (API, APP/PROC/WEB, RTR, STG, CELL, ...), comma
-    /// separated; a value ending in `*` matches a prefix (`APP*`).
-    #[arg(long = "source-type", value_delimiter = ',')]
-    pub source_types: Vec<String>,
-    /// Only this app, by name or guid.
-    #[arg(long)]
-    pub app: Option<String>,
-    /// Only this org, by name or guid.
-    #[arg(long)]
-    pub org: Option<String>,
-    /// Print each record's JSON instead of a human line.
-    #[arg(long)]
-    pub json: bool,
-    #[command(flatten)]
-    pub run: RunArgs,
-}
 
 /// What `tail` keeps of the record.
 #[derive(Clone, Debug, Default)]
@@ -51,10 +28,10 @@ pub struct TailFilter {
     pub org: Option<String>,
 }
 
-impl TailArgs {
-    /// The filter, with unknown kinds added to `errors`.
-    pub fn filter(&self, errors: &mut Vec<String>) -> TailFilter {
-        let kinds = self
+impl TailFilter {
+    /// The filter `args` ask for, with unknown kinds added to `errors`.
+    pub fn from_args(args: &TailArgs, errors: &mut Vec<String>) -> TailFilter {
+        let kinds = args
             .kinds
             .iter()
             .filter(|k| !k.trim().is_empty())
@@ -67,19 +44,17 @@ impl TailArgs {
             .collect();
         TailFilter {
             kinds,
-            source_types: self
+            source_types: args
                 .source_types
                 .iter()
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect(),
-            app: self.app.clone(),
-            org: self.org.clone(),
+            app: args.app.clone(),
+            org: args.org.clone(),
         }
     }
-}
 
-impl TailFilter {
     /// Whether the record (as its JSON) passes.
     pub fn keeps(&self, json: &Value) -> bool {
         let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
@@ -298,24 +273,14 @@ pub async fn run<W: Write + Send + 'static>(
         ..BatchConfig::default()
     };
     let sink = tokio::spawn(run_sink(printer, rx, Arc::clone(queue.stats()), batch));
-    let mut router = Router::new(vec![(queue, Kind::ALL.to_vec())], false);
-    router.set_filters(cfg.audit.filters.clone());
-    let router = Arc::new(router);
+    let router = Arc::new(Router::new(
+        vec![(queue, Kind::ALL.to_vec())],
+        cfg.audit.filters.clone(),
+        None,
+        false,
+    ));
     let status = Arc::new(SourceStatus::default());
-    let source = match cfg.source {
-        SourceConfig::Rlp(r) => tokio::spawn(crate::source::rlp::run(
-            *r,
-            router,
-            status,
-            shutdown.clone(),
-        )),
-        SourceConfig::Gateway(g) => tokio::spawn(crate::source::gateway::run(
-            *g,
-            router,
-            status,
-            shutdown.clone(),
-        )),
-    };
+    let source = crate::source::spawn(cfg.source, router, status, shutdown);
     // The source drops its router when it stops, which closes the queue and
     // lets the printer drain.
     let _ = source.await;

@@ -365,6 +365,57 @@ async fn check_log(archive: &Archive, key: &str, hash: &str) -> Option<String> {
     }
 }
 
+/// Why `validate` could not check the archive its options name.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Key(#[from] crate::integrity::IntegrityError),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    #[error(transparent)]
+    Archive(#[from] crate::sink::archive::ArchiveError),
+    #[error(transparent)]
+    S3(#[from] crate::sink::BuildError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+}
+
+/// `cf-audit-nozzle validate`: the archive `args` name (`--dir`, else the S3
+/// bucket from the flags and an S3 binding in `env`), checked from `--start`
+/// to `--end` (default: now) against `--public-key`.
+pub async fn validate_args(
+    args: &crate::config::ValidateArgs,
+    env: &dyn crate::config::Env,
+) -> Result<Report, CommandError> {
+    let public = PublicKey::load(&args.public_key)?;
+    let start = args
+        .start
+        .as_deref()
+        .map(|s| parse_time("start", s))
+        .transpose()?;
+    let end = match args.end.as_deref() {
+        Some(e) => parse_time("end", e)?,
+        None => Utc::now(),
+    };
+    let archive = match &args.dir {
+        Some(dir) => Archive::local(dir, &args.s3.s3_prefix)?,
+        None => {
+            let mut errors = Vec::new();
+            match args.s3.s3_config(env, &mut errors) {
+                Some(s3) if errors.is_empty() => {
+                    let client = crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())?;
+                    crate::sink::archive::s3::s3_archive(&s3, &client)?
+                }
+                _ => {
+                    errors.insert(0, "validate needs --dir or --s3-bucket".into());
+                    return Err(crate::config::ConfigErrors(errors).into());
+                }
+            }
+        }
+    };
+    Ok(validate(&archive, &public, start, end).await?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,7 +44,7 @@ fn config(cursor: &std::path::Path) -> AuditEventsConfig {
 }
 
 /// Runs the poller into a file pipeline until `stop` is cancelled (by the
-/// test CC or by `done`), then shuts down in order, as `pipeline::run` does.
+/// test CC or by `done`), then shuts down in order, as `run::run` does.
 async fn run_poller(
     cc: &cc::TestCc,
     cfg: AuditEventsConfig,
@@ -233,7 +233,12 @@ async fn a_full_sink_queue_sends_the_poller_back_and_loses_nothing() {
             ..BatchConfig::default()
         },
     ));
-    let router = Arc::new(Router::new(vec![(queue, vec![Kind::Api])], false));
+    let router = Arc::new(Router::new(
+        vec![(queue, vec![Kind::Api])],
+        Default::default(),
+        None,
+        false,
+    ));
     let status = Arc::new(AuditStatus::default());
     let stop = CancellationToken::new();
     let poller = tokio::spawn(audit_events::run(

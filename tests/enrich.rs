@@ -44,9 +44,12 @@ fn start(lookup: Lookup) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let cfg = EnrichConfig::default();
     let (enricher, requests) = Enricher::new(&cfg);
-    let pipeline = Pipeline::start(&file_pipeline(dir.path()))
-        .unwrap()
-        .with_enricher(Arc::clone(&enricher));
+    let pipeline = Pipeline::start_with(
+        &file_pipeline(dir.path()),
+        Default::default(),
+        Some(Arc::clone(&enricher)),
+    )
+    .unwrap();
     let stop = CancellationToken::new();
     let task = tokio::spawn(enrich::run(
         cfg,
@@ -87,7 +90,9 @@ async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousan
         ];
         cc.apps.lock().unwrap().insert(app_guid(i), names);
     }
-    let r = start(enrich::cc_lookup(cc.client()));
+    let r = start(cf_audit_nozzle::source::cloud_controller::app_lookup(
+        cc.client(),
+    ));
     let router = r.pipeline.router();
     for b in 0..100 {
         router.dispatch(batch(b * 1000, 1000, 1000, app_guid));
@@ -112,9 +117,12 @@ async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousan
     // The last 1,000 records go through a second pipeline sharing the names
     // table, so only they are read back from the files.
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = Pipeline::start(&file_pipeline(dir.path()))
-        .unwrap()
-        .with_enricher(Arc::clone(&r.enricher));
+    let pipeline = Pipeline::start_with(
+        &file_pipeline(dir.path()),
+        Default::default(),
+        Some(Arc::clone(&r.enricher)),
+    )
+    .unwrap();
     pipeline
         .router()
         .dispatch(batch(100_000, 1000, 1000, app_guid));

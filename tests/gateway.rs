@@ -107,7 +107,12 @@ fn start(cfg: GatewayConfig) -> Running {
         Arc::clone(queue.stats()),
         batch,
     ));
-    let router = Arc::new(Router::new(vec![(queue, Kind::ALL.to_vec())], false));
+    let router = Arc::new(Router::new(
+        vec![(queue, Kind::ALL.to_vec())],
+        Default::default(),
+        None,
+        false,
+    ));
     let status = Arc::new(SourceStatus::default());
     let stop = CancellationToken::new();
     let source = tokio::spawn(gateway::run(cfg, router, Arc::clone(&status), stop.clone()));
@@ -885,7 +890,7 @@ async fn cf_with_a_large_token_response() -> reqwest::Url {
 /// The gateway source's configuration from `run` arguments.
 fn gateway_config(args: &[&str]) -> GatewayConfig {
     use cf_audit_nozzle::config::{Cli, Command};
-    use cf_audit_nozzle::pipeline::SourceConfig;
+    use cf_audit_nozzle::source::SourceConfig;
     use clap::Parser;
     let argv = ["cf-audit-nozzle", "run", "--source", "gateway"];
     let creds = ["--uaa-client-id", "n", "--uaa-client-secret", "s"];
@@ -939,7 +944,7 @@ async fn the_gateways_uaa_token_response_is_capped_by_cf_max_response_bytes() {
     assert_eq!(cfg.max_response_bytes, 65536);
     let status = Arc::new(SourceStatus::default());
     let stop = CancellationToken::new();
-    let router = Arc::new(Router::new(Vec::new(), false));
+    let router = Arc::new(Router::new(Vec::new(), Default::default(), None, false));
     let source = tokio::spawn(gateway::run(cfg, router, Arc::clone(&status), stop.clone()));
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     let err = loop {

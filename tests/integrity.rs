@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cf_audit_nozzle::config::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::integrity::{
     Algorithm, DigestFile, PublicKey, SignatureSidecar, SigningKey, sha256_hex, string_to_sign,
 };
-use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
+use cf_audit_nozzle::pipeline::Pipeline;
 use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::sink::BatchConfig;
 use cf_audit_nozzle::sink::archive::Archive;

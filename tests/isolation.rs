@@ -92,6 +92,8 @@ async fn a_sink_down_for_a_minute_blocks_neither_ingress_nor_the_other_sink() {
             (up_queue, Kind::ALL.to_vec()),
             (down_queue, Kind::ALL.to_vec()),
         ],
+        Default::default(),
+        None,
         false,
     );
 

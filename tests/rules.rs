@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::classify::rules::{Filters, Rule, own_app_guid};
 use cf_audit_nozzle::config::{Cli, Command, apply_routes};
-use cf_audit_nozzle::pipeline::{PipelineConfig, SinkConfig};
+use cf_audit_nozzle::config::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::{Counter, Envelope, Gauge, GaugeValue, envelope};
 use cf_audit_nozzle::record::{Kind, Record, audit_event_record};
 use cf_audit_nozzle::route::Router;
@@ -217,14 +217,15 @@ fn include_exclude_own_app_and_opt_out() {
 fn the_router_counts_what_rules_leave_out_and_routes_the_rest() {
     let (api_q, mut api_rx) = SinkQueue::new("syslog", 100);
     let (all_q, mut all_rx) = SinkQueue::new("file", 100);
-    let mut router = Router::new(
+    let router = Router::new(
         vec![(api_q, vec![Kind::Api]), (all_q, Kind::ALL.to_vec())],
+        Filters {
+            exclude: vec![rule("source_type=RTR")],
+            ..Filters::default()
+        },
+        None,
         false,
     );
-    router.set_filters(Filters {
-        exclude: vec![rule("source_type=RTR")],
-        ..Filters::default()
-    });
     router.dispatch(vec![
         log_envelope(1, APP, "Created app with guid x", &[("source_type", "API")]),
         log_envelope(2, APP, "GET /", &[("source_type", "RTR")]),
@@ -301,7 +302,11 @@ fn routes_send_each_kind_to_its_sinks() {
         "event=none",
     ]);
     let mut errors = Vec::new();
-    let mut cfg = a.output.pipeline(&mut errors, false);
+    let mut cfg = a.output.pipeline(
+        &mut errors,
+        false,
+        &cf_audit_nozzle::config::MapEnv::default(),
+    );
     apply_routes(&a.audit.route, &mut cfg, &mut errors);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(

@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::config::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::integrity::{Algorithm, SigningKey};
-use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig};
+use cf_audit_nozzle::pipeline::Pipeline;
 use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::sink::archive::Archive;
 use cf_audit_nozzle::sink::archive::digest::{DigestSettings, gunzip};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cf_audit_nozzle::classify::classify;
-use cf_audit_nozzle::pipeline::{PipelineConfig, SinkConfig};
+use cf_audit_nozzle::config::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::proto::{Counter, Envelope, Event, envelope};
 use cf_audit_nozzle::record::{EncodeContext, Record};
 use cf_audit_nozzle::sink::syslog::{

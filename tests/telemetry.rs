@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cf_audit_nozzle::alert::AlertConfig;
-use cf_audit_nozzle::pipeline::{self, RunConfig};
+use cf_audit_nozzle::config::{RunConfig, SinkConfig};
+use cf_audit_nozzle::run;
+use cf_audit_nozzle::source::SourceConfig;
 use cf_audit_nozzle::source::emulator::EmulatorConfig;
 use cf_audit_nozzle::telemetry::{BasicAuth, TelemetryConfig};
 use common::*;
@@ -81,7 +83,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
     let cfg = RunConfig {
-        source: pipeline::SourceConfig::Rlp(Box::new(rlp_config(&first, &pki, "telemetry"))),
+        source: SourceConfig::Rlp(Box::new(rlp_config(&first, &pki, "telemetry"))),
         pipeline: file_pipeline(dir.path()),
         shutdown_timeout: Duration::from_secs(10),
         telemetry: Some(TelemetryConfig {
@@ -105,7 +107,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         audit: Default::default(),
     };
     let stop = CancellationToken::new();
-    let nozzle = tokio::spawn(pipeline::run(cfg, stop.clone()));
+    let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
     let health = format!("http://{addr}/health");
 
@@ -413,13 +415,13 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let mut pipeline_cfg = file_pipeline(dir.path());
     // Files complete every second, so the sinks confirm the audit events.
-    if let cf_audit_nozzle::pipeline::SinkConfig::File(f) = &mut pipeline_cfg.sinks[0].0 {
+    if let SinkConfig::File(f) = &mut pipeline_cfg.sinks[0].0 {
         f.roll_interval = Duration::from_secs(1);
     }
     let cc_url: reqwest::Url = cc.base.lock().unwrap().parse().unwrap();
     let addr = free_addr();
     let cfg = RunConfig {
-        source: pipeline::SourceConfig::Rlp(Box::new(rlp_config(&rlp, &pki, "audit-metrics"))),
+        source: SourceConfig::Rlp(Box::new(rlp_config(&rlp, &pki, "audit-metrics"))),
         pipeline: pipeline_cfg,
         shutdown_timeout: Duration::from_secs(10),
         telemetry: Some(TelemetryConfig {
@@ -453,7 +455,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
         },
     };
     let stop = CancellationToken::new();
-    let nozzle = tokio::spawn(pipeline::run(cfg, stop.clone()));
+    let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
     let client = reqwest::Client::new();
     let url = format!("http://{addr}/metrics");
 

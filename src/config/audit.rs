@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::{CfArgs, SinkKind};
+use super::{CfArgs, PipelineConfig, SinkConfig, SinkKind};
 use crate::classify::rules::{Filters, Rule, own_app_guid};
 use crate::enrich::EnrichConfig;
-use crate::pipeline::{PipelineConfig, SinkConfig};
 use crate::record::Kind;
 use crate::source::audit_events::{AuditEventsConfig, CursorStore, MAX_LOOKBACK, MAX_PER_PAGE};
 use crate::source::cloud_controller::CcAccess;
@@ -89,8 +88,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 impl AuditArgs {
     /// Validates the audit options, reporting problems in `errors`, and
-    /// applies `--route` to the pipeline's sinks. `env` reads the process
-    /// environment (`VCAP_APPLICATION`, `CF_INSTANCE_INDEX`).
+    /// applies `--route` to the pipeline's sinks. `env` gives
+    /// `VCAP_APPLICATION` and `CF_INSTANCE_INDEX`.
     pub fn setup(
         &self,
         errors: &mut Vec<String>,
@@ -98,7 +97,7 @@ impl AuditArgs {
         instance_index: u32,
         shutdown_timeout: Duration,
         pipeline: &mut PipelineConfig,
-        env: &dyn Fn(&str) -> Option<String>,
+        env: &dyn super::Env,
     ) -> AuditSetup {
         let rules = |flag: &str, env_name: &str, texts: &[String], errors: &mut Vec<String>| {
             texts
@@ -113,7 +112,7 @@ impl AuditArgs {
         let filters = Filters {
             include: rules("include", "INCLUDE", &self.include, errors),
             exclude: rules("exclude", "EXCLUDE", &self.exclude, errors),
-            own_app: own_app_guid(env("VCAP_APPLICATION").as_deref()),
+            own_app: own_app_guid(env.var("VCAP_APPLICATION").as_deref()),
         };
         apply_routes(&self.route, pipeline, errors);
 
@@ -149,7 +148,8 @@ impl AuditArgs {
         } else {
             None
         };
-        let this_instance = env("CF_INSTANCE_INDEX")
+        let this_instance = env
+            .var("CF_INSTANCE_INDEX")
             .and_then(|i| i.parse().ok())
             .unwrap_or(instance_index);
         let audit_events = (self.audit_events == OnOff::On

@@ -4,16 +4,19 @@
 //! [`crate::config`].
 
 use super::layers::{Loaded, Origin, is_secret};
-use super::{ConfigErrors, RunArgs};
-use crate::pipeline::RunConfig;
+use super::{ConfigErrors, Env, RunArgs, RunConfig};
 
 /// What a secret's value is shown as.
 pub const MASK: &str = crate::redact::MASK;
 
 /// Validates `args` like `run` does, with the layers' problems first.
-pub fn validated(args: &RunArgs, layer_errors: &[String]) -> Result<RunConfig, ConfigErrors> {
+pub fn validated(
+    args: &RunArgs,
+    env: &dyn Env,
+    layer_errors: &[String],
+) -> Result<RunConfig, ConfigErrors> {
     let mut errors = layer_errors.to_vec();
-    match args.validate() {
+    match super::validate(args, env) {
         Ok(cfg) if errors.is_empty() => Ok(cfg),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(e) => {

@@ -131,11 +131,12 @@ pub fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
 }
 
 impl S3Args {
-    /// The bucket settings, completed from `vcap` where a flag is missing
-    /// (and the session token from `AWS_SESSION_TOKEN`).
-    pub fn s3_config(&self, vcap: Option<&str>, errors: &mut Vec<String>) -> Option<S3Config> {
-        let aws_session_token = std::env::var("AWS_SESSION_TOKEN").ok();
-        self.s3_config_with(vcap, aws_session_token.as_deref(), errors)
+    /// The bucket settings, completed from an S3 binding in `VCAP_SERVICES`
+    /// where a flag is missing (and the session token from `AWS_SESSION_TOKEN`).
+    pub fn s3_config(&self, env: &dyn super::Env, errors: &mut Vec<String>) -> Option<S3Config> {
+        let vcap = env.var("VCAP_SERVICES");
+        let aws_session_token = env.var("AWS_SESSION_TOKEN");
+        self.s3_config_with(vcap.as_deref(), aws_session_token.as_deref(), errors)
     }
 
     /// [`s3_config`](Self::s3_config) with `AWS_SESSION_TOKEN` given.

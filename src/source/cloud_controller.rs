@@ -8,6 +8,7 @@ use reqwest::{StatusCode, Url};
 use super::cf_api::{BodyError, discover_with_limit, read_capped};
 use super::uaa::{TokenProvider, UaaConfig, UaaError};
 use crate::backoff::Backoff;
+use crate::enrich::{Lookup, LookupError, names_of};
 
 /// How long one Cloud Controller request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -198,6 +199,22 @@ impl CloudController {
             });
         }
     }
+}
+
+/// Enrichment's lookup: an app with its space and org from Cloud Controller
+/// (an app CC does not know is `Ok(None)`).
+pub fn app_lookup(cc: CloudController) -> Lookup {
+    std::sync::Arc::new(move |guid: String| {
+        let cc = cc.clone();
+        Box::pin(async move {
+            let url = cc.url(&format!("/v3/apps/{guid}?include=space.organization"));
+            match cc.get_json(&url).await {
+                Ok(v) => Ok(Some(names_of(&guid, &v))),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(LookupError(Box::new(e))),
+            }
+        })
+    })
 }
 
 /// A URL for messages: the path only (queries can be long; paths name the resource).

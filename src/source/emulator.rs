@@ -27,6 +27,7 @@ use crate::proto::{EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch};
 use crate::tls::Pki;
 
 pub mod gateway;
+pub mod serve;
 pub mod traffic;
 pub use traffic::Traffic;
 

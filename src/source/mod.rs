@@ -22,5 +22,46 @@ pub mod status;
 pub mod streams;
 pub mod uaa;
 
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::route::Router;
+
 pub use status::{SourceSnapshot, SourceStatus};
 pub use streams::{EnvelopeType, Streams};
+
+/// Where `run`, `tail` and `demo` read envelopes from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    Rlp(Box<rlp::RlpConfig>),
+    Gateway(Box<gateway::GatewayConfig>),
+}
+
+impl SourceConfig {
+    /// The source's name in /health and /metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SourceConfig::Rlp(_) => "rlp",
+            SourceConfig::Gateway(_) => "gateway",
+        }
+    }
+}
+
+/// Starts the source `cfg` names, feeding `router` and reporting in
+/// `status`, until `shutdown` is cancelled. The task drops its router when it
+/// ends, which closes the sink queues once every other clone is gone.
+pub fn spawn(
+    cfg: SourceConfig,
+    router: Arc<Router>,
+    status: Arc<SourceStatus>,
+    shutdown: CancellationToken,
+) -> JoinHandle<()> {
+    match cfg {
+        SourceConfig::Rlp(rlp) => tokio::spawn(rlp::run(*rlp, router, status, shutdown)),
+        SourceConfig::Gateway(gateway) => {
+            tokio::spawn(gateway::run(*gateway, router, status, shutdown))
+        }
+    }
+}

@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use cf_audit_nozzle::backoff::Backoff;
+use cf_audit_nozzle::config::{PipelineConfig, SinkConfig};
 use cf_audit_nozzle::demo::read_records_file;
-use cf_audit_nozzle::pipeline::{Pipeline, PipelineConfig, SinkConfig, Summary};
+use cf_audit_nozzle::pipeline::{Pipeline, Summary};
 use cf_audit_nozzle::proto::{Envelope, Log, envelope, log};
 use cf_audit_nozzle::record::{EncodeContext, Kind};
 use cf_audit_nozzle::route::IngressSnapshot;
