@@ -278,6 +278,48 @@ impl Pki {
     }
 }
 
+/// A sink's TLS client settings, shared by its connections. `Debug` shows
+/// what they decide that an operator may ask about (whether a client
+/// certificate is presented), not the trust store or the key, so a sink's
+/// configuration can derive `Debug`.
+#[derive(Clone)]
+pub struct ClientSettings(std::sync::Arc<rustls::ClientConfig>);
+
+impl ClientSettings {
+    pub fn new(config: rustls::ClientConfig) -> Self {
+        Self(std::sync::Arc::new(config))
+    }
+
+    /// The rustls configuration, for a connector or an HTTP client.
+    pub fn config(&self) -> &std::sync::Arc<rustls::ClientConfig> {
+        &self.0
+    }
+
+    /// These settings with `change` made (a copy if they are shared).
+    pub fn with(self, change: impl FnOnce(&mut rustls::ClientConfig)) -> Self {
+        let mut config = std::sync::Arc::unwrap_or_clone(self.0);
+        change(&mut config);
+        Self::new(config)
+    }
+}
+
+impl From<rustls::ClientConfig> for ClientSettings {
+    fn from(config: rustls::ClientConfig) -> Self {
+        Self::new(config)
+    }
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field(
+                "client_certificate",
+                &self.0.client_auth_cert_resolver.has_certs(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
 /// A rustls client configuration for a sink: trust `ca_pem` (or, without
 /// it, the Mozilla roots of `webpki-roots`) and present `identity`
 /// (certificate and key PEM) when given.
@@ -427,6 +469,29 @@ mod tests {
         handshake(unverified)
             .await
             .expect("accepted without verification");
+    }
+
+    #[test]
+    fn client_settings_show_whether_a_certificate_is_presented_and_no_key() {
+        let pki = Pki::generate("debugCA", &["localhost"]).unwrap();
+        let identity = (
+            pki.client_cert_pem.as_bytes(),
+            pki.client_key_pem.as_bytes(),
+        );
+        let mutual = ClientSettings::new(
+            rustls_client_config("test", Some(pki.ca_pem.as_bytes()), Some(identity)).unwrap(),
+        );
+        assert_eq!(
+            format!("{mutual:?}"),
+            "ClientSettings { client_certificate: true, .. }"
+        );
+        let plain = ClientSettings::from(rustls_client_config("test", None, None).unwrap())
+            .with(|c| c.max_fragment_size = Some(1024));
+        assert_eq!(
+            format!("{plain:?}"),
+            "ClientSettings { client_certificate: false, .. }"
+        );
+        assert_eq!(plain.config().max_fragment_size, Some(1024));
     }
 
     #[test]

@@ -74,13 +74,15 @@ async fn uaa_never_reposts_the_client_secret_to_another_origin() {
 
 fn hec_config(url: &str) -> HttpSinkConfig {
     HttpSinkConfig {
-        url: url.to_string(),
+        url: url.into(),
         format: HttpFormat::Hec,
         hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
         hec_index: Default::default(),
         headers: vec![("X-Api-Key".into(), "header-secret".into())],
         gzip: false,
-        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
+        tls: cf_audit_nozzle::tls::rustls_client_config("test", None, None)
+            .unwrap()
+            .into(),
         tls_verify: true,
         timeout: Duration::from_secs(10),
         concurrency: 1,
