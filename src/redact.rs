@@ -439,8 +439,8 @@ mod tests {
             "https://hook:urlpw-S8@hook.example.com/x?token=urlpw-S8",
         );
         let client_tls = crate::tls::ClientTls {
-            ca_pem: Vec::new(),
-            cert_pem: Vec::new(),
+            ca_pem: Default::default(),
+            cert_pem: Default::default(),
             key_pem: b"pemkey-S6".to_vec().into(),
             ca_origin: "ca.pem".into(),
         };
