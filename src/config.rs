@@ -403,7 +403,7 @@ impl OutputArgs {
                 errors,
             ),
             digest: self.s3.digest(errors),
-            notify_url: self.s3.notify_url(errors),
+            notify_url: self.s3.notify_url(errors).map(Into::into),
         }))
     }
 }

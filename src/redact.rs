@@ -1,10 +1,11 @@
-//! URLs as they may be shown: in errors, log lines, `/health`, the summary
-//! and `config check`. An operator may put credentials in a URL
-//! (`https://user:password@host`, `?token=...`); what is shown keeps the
-//! scheme, host, port and path and replaces the user information and every
-//! query value with [`HIDDEN`]. Every place that prints a URL goes through
-//! [`url`] (one URL) or [`urls_in`] (free text, such as an error chain that
-//! a library wrote a URL into).
+//! Secrets and URLs as they may be shown: in errors, log lines, `/health`,
+//! the summary and `config check`. A [`Secret`] is never shown. An operator
+//! may put credentials in a URL (`https://user:password@host`,
+//! `?token=...`); what is shown keeps the scheme, host, port and path and
+//! replaces the user information and every query value with [`HIDDEN`].
+//! Every place that prints a URL goes through [`url`] (one URL), [`urls_in`]
+//! (free text, such as an error chain that a library wrote a URL into) or
+//! holds it as a [`SecretUrl`], which shows itself that way.
 
 /// What hidden parts of a URL are shown as.
 pub const HIDDEN: &str = "***";
@@ -83,6 +84,83 @@ impl std::str::FromStr for Secret {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(s.into())
+    }
+}
+
+/// A URL that may carry credentials: a sink's endpoint, a webhook, an API
+/// root. `Debug` (as a quoted string) and `Display` show it as [`url`] and
+/// [`parsed_url`] do, so a configuration struct holding one can derive
+/// `Debug`; the URL itself is read through [`SecretUrl::expose`] where it
+/// is connected to. It holds the text as given (`SecretUrl<String>`) or a
+/// parsed URL (`SecretUrl<reqwest::Url>`).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretUrl<U = String>(U);
+
+impl<U> SecretUrl<U> {
+    pub fn new(url: U) -> Self {
+        Self(url)
+    }
+}
+
+impl SecretUrl {
+    /// The URL as given, credentials and all, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl SecretUrl<reqwest::Url> {
+    /// The URL, credentials and all, for the one place that uses it.
+    pub fn expose(&self) -> &reqwest::Url {
+        &self.0
+    }
+}
+
+/// What a [`SecretUrl`] can hold, and how it is shown.
+pub trait ShownUrl {
+    /// The URL with its user information and query values hidden.
+    fn shown(&self) -> String;
+}
+
+impl ShownUrl for String {
+    fn shown(&self) -> String {
+        url(self)
+    }
+}
+
+impl ShownUrl for reqwest::Url {
+    fn shown(&self) -> String {
+        parsed_url(self)
+    }
+}
+
+impl<U: ShownUrl> std::fmt::Debug for SecretUrl<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0.shown(), f)
+    }
+}
+
+impl<U: ShownUrl> std::fmt::Display for SecretUrl<U> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.shown())
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_string())
+    }
+}
+
+impl From<reqwest::Url> for SecretUrl<reqwest::Url> {
+    fn from(url: reqwest::Url) -> Self {
+        Self(url)
     }
 }
 
@@ -255,7 +333,6 @@ mod tests {
     fn no_configuration_struct_shows_a_secret_in_debug() {
         use crate::config::{Cli, Command};
         use clap::Parser;
-        use std::sync::Arc;
         const SECRETS: [&str; 9] = [
             "uaa-S1",
             "hec-S2",
@@ -335,16 +412,35 @@ mod tests {
             hec_index: Default::default(),
             headers: vec![("Authorization".into(), "Bearer hdr-S3".into())],
             gzip: true,
-            tls: Arc::new(crate::tls::rustls_client_config("t", None, None).unwrap()),
+            tls: crate::tls::rustls_client_config("t", None, None)
+                .unwrap()
+                .into(),
             tls_verify: true,
             timeout: std::time::Duration::from_secs(1),
             concurrency: 1,
             max_request_bytes: 1,
             acks: None,
         };
+        let syslog = crate::sink::syslog::SyslogConfig {
+            addr: "siem.example.com:6514".into(),
+            transport: crate::sink::syslog::Transport::Tls,
+            framing: crate::sink::syslog::Framing::OctetCounting,
+            server_name: "siem.example.com".into(),
+            tls: Some(
+                crate::tls::rustls_client_config("t", None, None)
+                    .unwrap()
+                    .into(),
+            ),
+            format: Default::default(),
+            write_timeout: std::time::Duration::from_secs(1),
+        };
+        let object = object_sink_config(
+            crate::sink::archive::Target::S3(s3.clone()),
+            "https://hook:urlpw-S8@hook.example.com/x?token=urlpw-S8",
+        );
         let client_tls = crate::tls::ClientTls {
-            ca_pem: Vec::new(),
-            cert_pem: Vec::new(),
+            ca_pem: Default::default(),
+            cert_pem: Default::default(),
             key_pem: b"pemkey-S6".to_vec().into(),
             ca_origin: "ca.pem".into(),
         };
@@ -357,6 +453,8 @@ mod tests {
             ("GatewayConfig", format!("{gateway:?}"), 1, true),
             ("CcAccess", format!("{cc:?}"), 1, true),
             ("HttpSinkConfig", format!("{http:?}"), 2, true),
+            ("SyslogConfig", format!("{syslog:?}"), 0, true),
+            ("ObjectSinkConfig", format!("{object:?}"), 2, true),
             ("S3Config", format!("{s3:?}"), 2, true),
             ("VcapS3", format!("{vcap:?}"), 2, true),
             ("TelemetryConfig", format!("{telemetry:?}"), 1, true),
@@ -375,5 +473,55 @@ mod tests {
                 "{name}: {text}"
             );
         }
+    }
+
+    fn object_sink_config(
+        target: crate::sink::archive::Target,
+        notify_url: &str,
+    ) -> crate::sink::archive::ObjectSinkConfig {
+        crate::sink::archive::ObjectSinkConfig {
+            target,
+            roll: crate::sink::archive::RollConfig {
+                roll_interval: std::time::Duration::from_secs(60),
+                roll_bytes: 1,
+                instance_index: 0,
+                gzip_level: 6,
+            },
+            digest: None,
+            notify_url: Some(notify_url.into()),
+        }
+    }
+
+    #[test]
+    fn an_object_sinks_webhook_shows_no_credentials() {
+        let cfg = object_sink_config(
+            crate::sink::archive::Target::Dir("/var/archive".into()),
+            "https://user:pw@hook.example/x?token=s3cr3t",
+        );
+        let text = format!("{cfg:?}");
+        assert!(!text.contains(":pw@") && !text.contains("s3cr3t"), "{text}");
+        assert!(
+            text.contains(r#"notify_url: Some("https://***@hook.example/x?token=***")"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_secret_url_shows_itself_redacted_and_is_used_through_expose() {
+        let text = SecretUrl::from("https://user:pw@hook.example/x?token=s3cr3t");
+        assert_eq!(format!("{text}"), "https://***@hook.example/x?token=***");
+        assert_eq!(
+            format!("{text:?}"),
+            r#""https://***@hook.example/x?token=***""#
+        );
+        assert_eq!(text.expose(), "https://user:pw@hook.example/x?token=s3cr3t");
+        let parsed =
+            SecretUrl::new(reqwest::Url::parse("https://u:p@uaa.example.com/t?a=1").unwrap());
+        assert_eq!(format!("{parsed}"), "https://***@uaa.example.com/t?a=***");
+        assert_eq!(
+            format!("{parsed:?}"),
+            r#""https://***@uaa.example.com/t?a=***""#
+        );
+        assert_eq!(parsed.expose().password(), Some("p"));
     }
 }

@@ -33,23 +33,43 @@ pub enum TlsError {
 }
 
 /// The client side of mutual TLS: whom we trust and who we are, as PEM.
-#[derive(Clone)]
+/// `Debug` shows the certificates by size and the key masked.
+#[derive(Clone, Debug)]
 pub struct ClientTls {
-    pub ca_pem: Vec<u8>,
-    pub cert_pem: Vec<u8>,
+    pub ca_pem: Pem,
+    pub cert_pem: Pem,
     pub key_pem: crate::redact::Secret<Vec<u8>>,
     /// Where the CA came from, so errors can name it.
     pub ca_origin: String,
 }
 
-impl std::fmt::Debug for ClientTls {
-    // Written out to keep the certificates' bytes out (they are public, but
-    // long); the key shows itself masked.
+/// Certificates as PEM: public, but long, so `Debug` shows their size
+/// (`Pem(1184 bytes)`). A private key is a [`crate::redact::Secret`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Pem(Vec<u8>);
+
+impl std::ops::Deref for Pem {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Pem {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Vec<u8>> for Pem {
+    fn from(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+}
+
+impl std::fmt::Debug for Pem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls")
-            .field("ca_origin", &self.ca_origin)
-            .field("key_pem", &self.key_pem)
-            .finish_non_exhaustive()
+        write!(f, "Pem({} bytes)", self.0.len())
     }
 }
 
@@ -59,8 +79,8 @@ impl ClientTls {
     /// to the key ([`check_identity`]).
     pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let tls = Self {
-            ca_pem: read_pem("CA certificate", ca, "CERTIFICATE")?,
-            cert_pem: read_pem("client certificate", cert, "CERTIFICATE")?,
+            ca_pem: read_pem("CA certificate", ca, "CERTIFICATE")?.into(),
+            cert_pem: read_pem("client certificate", cert, "CERTIFICATE")?.into(),
             key_pem: read_pem("client key", key, "PRIVATE KEY")?.into(),
             ca_origin: ca.display().to_string(),
         };
@@ -235,8 +255,8 @@ impl Pki {
     /// The client half, as the nozzle's RLP source takes it.
     pub fn client_tls(&self) -> ClientTls {
         ClientTls {
-            ca_pem: self.ca_pem.clone().into_bytes(),
-            cert_pem: self.client_cert_pem.clone().into_bytes(),
+            ca_pem: self.ca_pem.clone().into_bytes().into(),
+            cert_pem: self.client_cert_pem.clone().into_bytes().into(),
             key_pem: self.client_key_pem.clone().into_bytes().into(),
             ca_origin: "the generated demo CA".to_string(),
         }
@@ -275,6 +295,48 @@ impl Pki {
         std::fs::write(dir.join("client.pem"), &self.client_cert_pem)?;
         std::fs::write(dir.join("client-key.pem"), &self.client_key_pem)?;
         Ok(())
+    }
+}
+
+/// A sink's TLS client settings, shared by its connections. `Debug` shows
+/// what they decide that an operator may ask about (whether a client
+/// certificate is presented), not the trust store or the key, so a sink's
+/// configuration can derive `Debug`.
+#[derive(Clone)]
+pub struct ClientSettings(std::sync::Arc<rustls::ClientConfig>);
+
+impl ClientSettings {
+    pub fn new(config: rustls::ClientConfig) -> Self {
+        Self(std::sync::Arc::new(config))
+    }
+
+    /// The rustls configuration, for a connector or an HTTP client.
+    pub fn config(&self) -> &std::sync::Arc<rustls::ClientConfig> {
+        &self.0
+    }
+
+    /// These settings with `change` made (a copy if they are shared).
+    pub fn with(self, change: impl FnOnce(&mut rustls::ClientConfig)) -> Self {
+        let mut config = std::sync::Arc::unwrap_or_clone(self.0);
+        change(&mut config);
+        Self::new(config)
+    }
+}
+
+impl From<rustls::ClientConfig> for ClientSettings {
+    fn from(config: rustls::ClientConfig) -> Self {
+        Self::new(config)
+    }
+}
+
+impl std::fmt::Debug for ClientSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSettings")
+            .field(
+                "client_certificate",
+                &self.0.client_auth_cert_resolver.has_certs(),
+            )
+            .finish_non_exhaustive()
     }
 }
 
@@ -427,6 +489,43 @@ mod tests {
         handshake(unverified)
             .await
             .expect("accepted without verification");
+    }
+
+    #[test]
+    fn client_settings_show_whether_a_certificate_is_presented_and_no_key() {
+        let pki = Pki::generate("debugCA", &["localhost"]).unwrap();
+        let identity = (
+            pki.client_cert_pem.as_bytes(),
+            pki.client_key_pem.as_bytes(),
+        );
+        let mutual = ClientSettings::new(
+            rustls_client_config("test", Some(pki.ca_pem.as_bytes()), Some(identity)).unwrap(),
+        );
+        assert_eq!(
+            format!("{mutual:?}"),
+            "ClientSettings { client_certificate: true, .. }"
+        );
+        let plain = ClientSettings::from(rustls_client_config("test", None, None).unwrap())
+            .with(|c| c.max_fragment_size = Some(1024));
+        assert_eq!(
+            format!("{plain:?}"),
+            "ClientSettings { client_certificate: false, .. }"
+        );
+        assert_eq!(plain.config().max_fragment_size, Some(1024));
+    }
+
+    #[test]
+    fn client_tls_shows_the_certificates_by_size_and_the_key_masked() {
+        let pki = Pki::generate("debugCA", &["localhost"]).unwrap();
+        let text = format!("{:?}", pki.client_tls());
+        assert_eq!(
+            text,
+            format!(
+                r#"ClientTls {{ ca_pem: Pem({} bytes), cert_pem: Pem({} bytes), key_pem: Secret(********), ca_origin: "the generated demo CA" }}"#,
+                pki.ca_pem.len(),
+                pki.client_cert_pem.len()
+            )
+        );
     }
 
     #[test]

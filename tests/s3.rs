@@ -238,7 +238,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
                     key: Arc::clone(&key),
                     interval: Duration::from_secs(3600),
                 }),
-                notify_url: Some(url),
+                notify_url: Some(url.into()),
             })),
             vec![Kind::AppLog],
         )],

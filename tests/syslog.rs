@@ -143,7 +143,7 @@ fn syslog_config(pki: &Pki, port: u16, msg: MsgFormat) -> SyslogConfig {
         transport: Transport::Tls,
         framing: Framing::OctetCounting,
         server_name: "localhost".to_string(),
-        tls: Some(Arc::new(tls)),
+        tls: Some(tls.into()),
         format: SyslogFormat {
             msg,
             ..SyslogFormat::default()

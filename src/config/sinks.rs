@@ -206,7 +206,7 @@ impl HttpArgs {
             crate::tls::disable_verification(&mut tls);
         }
         Some(HttpSinkConfig {
-            url,
+            url: url.into(),
             format,
             hec_token: self.hec_token.clone(),
             hec_index: crate::sink::http::HecIndex {
@@ -221,7 +221,7 @@ impl HttpArgs {
             },
             headers,
             gzip: self.http_gzip,
-            tls: std::sync::Arc::new(tls),
+            tls: tls.into(),
             tls_verify: self.http_tls_verify,
             timeout: Duration::from_secs(self.http_timeout.max(1)),
             concurrency: self.http_concurrency,
@@ -305,7 +305,7 @@ const FACILITIES: [&str; 24] = [
 
 impl SyslogArgs {
     /// The TLS client settings of the syslog sink, plus any problems in them.
-    fn tls_config(&self, errors: &mut Vec<String>) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    fn tls_config(&self, errors: &mut Vec<String>) -> Option<crate::tls::ClientSettings> {
         tls_client(
             errors,
             "--syslog-ca/--syslog-cert/--syslog-key",
@@ -313,7 +313,7 @@ impl SyslogArgs {
             ("--syslog-cert (SYSLOG_CERT)", &self.syslog_cert),
             ("--syslog-key (SYSLOG_KEY)", &self.syslog_key),
         )
-        .map(std::sync::Arc::new)
+        .map(crate::tls::ClientSettings::new)
     }
 
     /// The syslog sink these options describe, plus any problems in them.

@@ -137,13 +137,15 @@ pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
 /// platform's roots, one request at a time.
 pub fn http_config(url: &str, format: HttpFormat) -> HttpSinkConfig {
     HttpSinkConfig {
-        url: url.to_string(),
+        url: url.into(),
         format,
         hec_token: Some("11111111-2222-3333-4444-555555555555".into()),
         hec_index: Default::default(),
         headers: Vec::new(),
         gzip: true,
-        tls: Arc::new(cf_audit_nozzle::tls::rustls_client_config("test", None, None).unwrap()),
+        tls: cf_audit_nozzle::tls::rustls_client_config("test", None, None)
+            .unwrap()
+            .into(),
         tls_verify: true,
         timeout: Duration::from_secs(10),
         concurrency: 1,

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::backoff::Backoff;
+use crate::redact::SecretUrl;
 use crate::sink::{SinkReport, SinkStats};
 
 /// Notifications waiting to be sent; beyond this they are dropped and counted.
@@ -31,7 +32,7 @@ impl Notifier {
     /// `dropped_queue_full`, `dropped_write_error` (failed every attempt).
     pub fn start(
         name: String,
-        url: String,
+        url: SecretUrl,
         bucket: String,
         client: reqwest::Client,
         retry_initial: Duration,
@@ -79,7 +80,7 @@ impl Notifier {
 
 async fn run(
     name: String,
-    url: String,
+    url: SecretUrl,
     bucket: String,
     client: reqwest::Client,
     mut rx: mpsc::Receiver<Vec<String>>,
@@ -92,7 +93,7 @@ async fn run(
         let mut ok = false;
         for attempt in 1..=ATTEMPTS {
             let result = client
-                .post(&url)
+                .post(url.expose())
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
@@ -105,7 +106,7 @@ async fn run(
                 Ok(r) => format!("answered {}", r.status()),
                 Err(e) => crate::error_chain(&e),
             };
-            tracing::warn!(url = %crate::redact::url(url.as_str()), attempt, problem, "delivery notification failed");
+            tracing::warn!(%url, attempt, problem, "delivery notification failed");
             if attempt < ATTEMPTS {
                 tokio::time::sleep(backoff.next_delay()).await;
             }
@@ -114,7 +115,7 @@ async fn run(
             stats.delivered.fetch_add(1, Ordering::Relaxed);
         } else {
             stats.dropped_write_error.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(url = %crate::redact::url(url.as_str()), keys = ?keys, "delivery notification given up after {ATTEMPTS} attempts");
+            tracing::error!(%url, keys = ?keys, "delivery notification given up after {ATTEMPTS} attempts");
         }
         stats.queued.fetch_sub(1, Ordering::Relaxed);
     }

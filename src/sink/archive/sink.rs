@@ -29,6 +29,7 @@ use super::s3::{S3Config, http_client, s3_archive};
 use super::{Archive, ArchiveError, RecordsFile, log_file_key};
 use crate::integrity::LogFileEntry;
 use crate::record::{EncodeContext, Kind};
+use crate::redact::SecretUrl;
 use crate::sink::{Batch, BuildError, Output, Sink, SinkError, SinkFailure, SinkReport, SinkStats};
 
 /// Where an [`ObjectSink`] stores its files.
@@ -39,13 +40,15 @@ pub enum Target {
     Dir(std::path::PathBuf),
 }
 
-/// Everything an object sink (S3 or a signed local folder) needs.
+/// Everything an object sink (S3 or a signed local folder) needs. `Debug`
+/// shows the webhook's credentials hidden and the S3 secrets masked.
 #[derive(Clone, Debug)]
 pub struct ObjectSinkConfig {
     pub target: Target,
     pub roll: RollConfig,
     pub digest: Option<super::digest::DigestSettings>,
-    pub notify_url: Option<String>,
+    /// Where completed files are announced (`--notify-url`).
+    pub notify_url: Option<SecretUrl>,
 }
 
 /// How the object sinks cut and name their files.

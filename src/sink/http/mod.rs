@@ -54,7 +54,8 @@ pub use encode::{HecIndex, encode_hec, endpoint, sourcetype};
 
 use super::{Batch, BuildError, Outstanding, Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::EncodeContext;
-use crate::redact::Secret;
+use crate::redact::{Secret, SecretUrl};
+use crate::tls::ClientSettings;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HttpFormat {
@@ -66,10 +67,11 @@ pub enum HttpFormat {
     JsonArray,
 }
 
-#[derive(Clone)]
+/// `Debug` shows the URL's credentials hidden and the secrets masked.
+#[derive(Clone, Debug)]
 pub struct HttpSinkConfig {
     /// For `hec`, a base URL gets `/services/collector/event` appended.
-    pub url: String,
+    pub url: SecretUrl,
     pub format: HttpFormat,
     /// HEC token, sent as `Authorization: Splunk <token>`.
     pub hec_token: Option<Secret>,
@@ -78,7 +80,7 @@ pub struct HttpSinkConfig {
     /// Extra headers (e.g. `Authorization: Bearer ...` for a JSON receiver).
     pub headers: Vec<(String, Secret)>,
     pub gzip: bool,
-    pub tls: Arc<rustls::ClientConfig>,
+    pub tls: ClientSettings,
     /// False when the operator turned certificate verification off (`tls` then trusts anyone).
     pub tls_verify: bool,
     pub timeout: Duration,
@@ -89,26 +91,6 @@ pub struct HttpSinkConfig {
     /// HEC indexer acknowledgement: records count as delivered only when
     /// Splunk says they were indexed.
     pub acks: Option<AckConfig>,
-}
-
-impl std::fmt::Debug for HttpSinkConfig {
-    // Written out for the URL (its credentials hidden) and to leave out the
-    // TLS settings; the token and header values show themselves masked.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpSinkConfig")
-            .field("url", &crate::redact::url(&self.url))
-            .field("format", &self.format)
-            .field("hec_token", &self.hec_token)
-            .field("hec_index", &self.hec_index)
-            .field("headers", &self.headers)
-            .field("gzip", &self.gzip)
-            .field("tls_verify", &self.tls_verify)
-            .field("timeout", &self.timeout)
-            .field("concurrency", &self.concurrency)
-            .field("max_request_bytes", &self.max_request_bytes)
-            .field("acks", &self.acks)
-            .finish_non_exhaustive()
-    }
 }
 
 /// Requests a batch may spend isolating the records a receiver refused
@@ -174,7 +156,7 @@ impl HttpSink {
         // Verification off is warned about at start and in /health
         // (config: RunArgs::warnings), not once more here.
         let client = reqwest::Client::builder()
-            .tls_backend_preconfigured((*cfg.tls).clone())
+            .tls_backend_preconfigured((**cfg.tls.config()).clone())
             .timeout(cfg.timeout)
             // A batch and the --http-header values never follow a redirect
             // to another origin.
@@ -190,7 +172,7 @@ impl HttpSink {
             gzip: cfg.gzip,
         });
         Ok(Self {
-            endpoint: endpoint(&cfg.url, cfg.format),
+            endpoint: endpoint(cfg.url.expose(), cfg.format),
             encoder,
             cfg,
             client,

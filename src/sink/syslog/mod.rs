@@ -57,7 +57,7 @@ pub enum Transport {
     Udp,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct SyslogConfig {
     /// `host:port`.
     pub addr: String,
@@ -66,23 +66,10 @@ pub struct SyslogConfig {
     /// Name the receiver's certificate must carry (TLS); the host of `addr` by default.
     pub server_name: String,
     /// TLS client settings (trust, client certificate).
-    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub tls: Option<crate::tls::ClientSettings>,
     pub format: SyslogFormat,
     /// Longest wait for the receiver to take data ([`DEFAULT_WRITE_TIMEOUT`]).
     pub write_timeout: Duration,
-}
-
-impl std::fmt::Debug for SyslogConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SyslogConfig")
-            .field("addr", &self.addr)
-            .field("transport", &self.transport)
-            .field("framing", &self.framing)
-            .field("server_name", &self.server_name)
-            .field("format", &self.format)
-            .field("write_timeout", &self.write_timeout)
-            .finish_non_exhaustive()
-    }
 }
 
 enum Connection {
@@ -148,11 +135,9 @@ impl SyslogSink {
             // A message must fit one datagram.
             cfg.format.max_message_bytes = cfg.format.max_message_bytes.min(MAX_DATAGRAM);
         }
-        cfg.tls = cfg.tls.map(|tls| {
-            let mut tls = Arc::unwrap_or_clone(tls);
-            tls.max_fragment_size = Some(TLS_FRAGMENT);
-            Arc::new(tls)
-        });
+        cfg.tls = cfg
+            .tls
+            .map(|tls| tls.with(|c| c.max_fragment_size = Some(TLS_FRAGMENT)));
         Self {
             cfg,
             ctx,
@@ -196,7 +181,8 @@ impl SyslogSink {
         let tls = self
             .cfg
             .tls
-            .clone()
+            .as_ref()
+            .map(|tls| Arc::clone(tls.config()))
             .ok_or_else(|| failed("TLS transport without TLS settings".into()))?;
         let name =
             rustls_pki_types::ServerName::try_from(self.cfg.server_name.clone()).map_err(|e| {
