@@ -170,6 +170,10 @@ fn last_wins<T: Copy>(text: &str, entries: &mut Vec<T>, key: impl Fn(&T) -> Span
 
 /// Walks one envelope's fields. `depth` is prost's recursion budget for the
 /// envelope's own fields (99 inside a batch); `base` is its first byte.
+///
+/// Each field's reading is a function of its own below, called from one
+/// place each and inlined: the walk stays one loop over the fields, with no
+/// allocation per field but the map entries'.
 fn walk_envelope(
     r: &mut Reader<'_>,
     base: usize,
@@ -182,10 +186,6 @@ fn walk_envelope(
         tags: tags.len()..tags.len(),
         ..Parts::default()
     };
-    let span = |(start, end): (usize, usize)| Span {
-        start: (start - base) as u32,
-        end: (end - base) as u32,
-    };
     while r.has_more() {
         let at = r.pos;
         let (tag, wt) = r.key()?;
@@ -197,195 +197,298 @@ fn walk_envelope(
             2 => p.source_id = string(r, wt, at, "Envelope.source_id", text)?,
             8 => p.instance_id = string(r, wt, at, "Envelope.instance_id", text)?,
             9 => {
-                let mut key = Span::default();
-                let mut value = Span::default();
-                message(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
-                    match tag {
-                        1 => key = string(e, wt, at, "Envelope.tags key", text)?,
-                        2 => value = string(e, wt, at, "Envelope.tags value", text)?,
-                        _ => e.skip(wt, tag, depth - 1)?,
-                    }
-                    Ok(())
-                })?;
-                tags.push((key, value));
+                tags.push(tag_entry(r, wt, at, depth, text)?);
                 p.tags.end = tags.len();
             }
             3 => {
-                let mut key = Span::default();
-                let mut value = ValueSpan::None;
-                message(
-                    r,
-                    wt,
-                    at,
-                    "Envelope.deprecated_tags",
-                    depth,
-                    |e, tag, wt, at| {
-                        match tag {
-                            1 => key = string(e, wt, at, "Envelope.deprecated_tags key", text)?,
-                            2 => message(
-                                e,
-                                wt,
-                                at,
-                                "Envelope.deprecated_tags value",
-                                depth - 1,
-                                |v, tag, wt, at| {
-                                    match tag {
-                                        1 => {
-                                            value = ValueSpan::Text(string(
-                                                v,
-                                                wt,
-                                                at,
-                                                "Value.text",
-                                                text,
-                                            )?)
-                                        }
-                                        2 => {
-                                            expect("Value.integer", at, wt, WireType::Varint)?;
-                                            value = ValueSpan::Integer(v.varint()? as i64);
-                                        }
-                                        3 => {
-                                            expect("Value.decimal", at, wt, WireType::Fixed64)?;
-                                            value =
-                                                ValueSpan::Decimal(f64::from_bits(v.fixed64()?));
-                                        }
-                                        _ => v.skip(wt, tag, depth - 2)?,
-                                    }
-                                    Ok(())
-                                },
-                            )?,
-                            _ => e.skip(wt, tag, depth - 1)?,
-                        }
-                        Ok(())
-                    },
-                )?;
-                p.deprecated_tags.push((key, value));
+                let entry = deprecated_tag_entry(r, wt, at, depth, text)?;
+                p.deprecated_tags.push(entry);
             }
-            4 => {
-                let (mut payload, mut ty) = match p.message.take() {
-                    Some(MessageSpan::Log { payload, ty }) => (payload, ty),
-                    _ => (Span::default(), 0),
-                };
-                message(r, wt, at, "Envelope.log", depth, |m, tag, wt, at| {
-                    match tag {
-                        1 => {
-                            expect("Log.payload", at, wt, WireType::Len)?;
-                            payload = span(m.len_delimited()?);
-                        }
-                        2 => {
-                            expect("Log.type", at, wt, WireType::Varint)?;
-                            ty = m.varint()? as i32;
-                        }
-                        _ => m.skip(wt, tag, depth - 1)?,
-                    }
-                    Ok(())
-                })?;
-                p.message = Some(MessageSpan::Log { payload, ty });
-            }
-            5 => {
-                let (mut name, mut delta, mut total) = match p.message.take() {
-                    Some(MessageSpan::Counter { name, delta, total }) => (name, delta, total),
-                    _ => (Span::default(), 0, 0),
-                };
-                message(r, wt, at, "Envelope.counter", depth, |m, tag, wt, at| {
-                    match tag {
-                        1 => name = string(m, wt, at, "Counter.name", text)?,
-                        2 => {
-                            expect("Counter.delta", at, wt, WireType::Varint)?;
-                            delta = m.varint()?;
-                        }
-                        3 => {
-                            expect("Counter.total", at, wt, WireType::Varint)?;
-                            total = m.varint()?;
-                        }
-                        _ => m.skip(wt, tag, depth - 1)?,
-                    }
-                    Ok(())
-                })?;
-                p.message = Some(MessageSpan::Counter { name, delta, total });
-            }
-            6 => {
-                let mut metrics = match p.message.take() {
-                    Some(MessageSpan::Gauge { metrics }) => metrics,
-                    _ => Vec::new(),
-                };
-                message(r, wt, at, "Envelope.gauge", depth, |m, tag, wt, at| {
-                    if tag != 1 {
-                        return m.skip(wt, tag, depth - 1);
-                    }
-                    let mut name = Span::default();
-                    let mut unit = Span::default();
-                    let mut value = 0.0;
-                    message(m, wt, at, "Gauge.metrics", depth - 1, |e, tag, wt, at| {
-                        match tag {
-                            1 => name = string(e, wt, at, "Gauge.metrics key", text)?,
-                            2 => message(
-                                e,
-                                wt,
-                                at,
-                                "Gauge.metrics value",
-                                depth - 2,
-                                |g, tag, wt, at| {
-                                    match tag {
-                                        1 => unit = string(g, wt, at, "GaugeValue.unit", text)?,
-                                        2 => {
-                                            expect("GaugeValue.value", at, wt, WireType::Fixed64)?;
-                                            value = f64::from_bits(g.fixed64()?);
-                                        }
-                                        _ => g.skip(wt, tag, depth - 3)?,
-                                    }
-                                    Ok(())
-                                },
-                            )?,
-                            _ => e.skip(wt, tag, depth - 2)?,
-                        }
-                        Ok(())
-                    })?;
-                    metrics.push((name, unit, value));
-                    Ok(())
-                })?;
-                p.message = Some(MessageSpan::Gauge { metrics });
-            }
-            7 => {
-                let (mut name, mut start, mut stop) = match p.message.take() {
-                    Some(MessageSpan::Timer { name, start, stop }) => (name, start, stop),
-                    _ => (Span::default(), 0, 0),
-                };
-                message(r, wt, at, "Envelope.timer", depth, |m, tag, wt, at| {
-                    match tag {
-                        1 => name = string(m, wt, at, "Timer.name", text)?,
-                        2 => {
-                            expect("Timer.start", at, wt, WireType::Varint)?;
-                            start = m.varint()? as i64;
-                        }
-                        3 => {
-                            expect("Timer.stop", at, wt, WireType::Varint)?;
-                            stop = m.varint()? as i64;
-                        }
-                        _ => m.skip(wt, tag, depth - 1)?,
-                    }
-                    Ok(())
-                })?;
-                p.message = Some(MessageSpan::Timer { name, start, stop });
-            }
-            10 => {
-                let (mut title, mut body) = match p.message.take() {
-                    Some(MessageSpan::Event { title, body }) => (title, body),
-                    _ => (Span::default(), Span::default()),
-                };
-                message(r, wt, at, "Envelope.event", depth, |m, tag, wt, at| {
-                    match tag {
-                        1 => title = string(m, wt, at, "Event.title", text)?,
-                        2 => body = string(m, wt, at, "Event.body", text)?,
-                        _ => m.skip(wt, tag, depth - 1)?,
-                    }
-                    Ok(())
-                })?;
-                p.message = Some(MessageSpan::Event { title, body });
-            }
+            4 => p.message = Some(log(r, wt, at, depth, base, p.message.take())?),
+            5 => p.message = Some(counter(r, wt, at, depth, text, p.message.take())?),
+            6 => p.message = Some(gauge(r, wt, at, depth, text, p.message.take())?),
+            7 => p.message = Some(timer(r, wt, at, depth, text, p.message.take())?),
+            10 => p.message = Some(event(r, wt, at, depth, text, p.message.take())?),
             _ => r.skip(wt, tag, depth)?,
         }
     }
     Ok(p)
+}
+
+/// An `Envelope.tags` map entry: its key and value.
+#[inline]
+fn tag_entry(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+) -> Result<(Span, Span), WireError> {
+    let mut key = Span::default();
+    let mut value = Span::default();
+    message(r, wt, at, "Envelope.tags", depth, |e, tag, wt, at| {
+        match tag {
+            1 => key = string(e, wt, at, "Envelope.tags key", text)?,
+            2 => value = string(e, wt, at, "Envelope.tags value", text)?,
+            _ => e.skip(wt, tag, depth - 1)?,
+        }
+        Ok(())
+    })?;
+    Ok((key, value))
+}
+
+/// An `Envelope.deprecated_tags` map entry: its key and `Value`.
+#[inline]
+fn deprecated_tag_entry(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+) -> Result<(Span, ValueSpan), WireError> {
+    let mut key = Span::default();
+    let mut value = ValueSpan::None;
+    message(
+        r,
+        wt,
+        at,
+        "Envelope.deprecated_tags",
+        depth,
+        |e, tag, wt, at| {
+            match tag {
+                1 => key = string(e, wt, at, "Envelope.deprecated_tags key", text)?,
+                2 => deprecated_value(e, wt, at, depth - 1, text, &mut value)?,
+                _ => e.skip(wt, tag, depth - 1)?,
+            }
+            Ok(())
+        },
+    )?;
+    Ok((key, value))
+}
+
+/// A deprecated tag's `Value`, merged into `value` (a value field seen
+/// twice in one entry is merged, as prost does).
+#[inline]
+fn deprecated_value(
+    e: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+    value: &mut ValueSpan,
+) -> Result<(), WireError> {
+    message(
+        e,
+        wt,
+        at,
+        "Envelope.deprecated_tags value",
+        depth,
+        |v, tag, wt, at| {
+            match tag {
+                1 => *value = ValueSpan::Text(string(v, wt, at, "Value.text", text)?),
+                2 => {
+                    expect("Value.integer", at, wt, WireType::Varint)?;
+                    *value = ValueSpan::Integer(v.varint()? as i64);
+                }
+                3 => {
+                    expect("Value.decimal", at, wt, WireType::Fixed64)?;
+                    *value = ValueSpan::Decimal(f64::from_bits(v.fixed64()?));
+                }
+                _ => v.skip(wt, tag, depth - 1)?,
+            }
+            Ok(())
+        },
+    )
+}
+
+/// `Envelope.log`, merged into the message so far if that is a log too.
+/// The payload's span is relative to the envelope's first byte, `base`.
+#[inline]
+fn log(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    base: usize,
+    previous: Option<MessageSpan>,
+) -> Result<MessageSpan, WireError> {
+    let (mut payload, mut ty) = match previous {
+        Some(MessageSpan::Log { payload, ty }) => (payload, ty),
+        _ => (Span::default(), 0),
+    };
+    message(r, wt, at, "Envelope.log", depth, |m, tag, wt, at| {
+        match tag {
+            1 => {
+                expect("Log.payload", at, wt, WireType::Len)?;
+                let (start, end) = m.len_delimited()?;
+                payload = Span {
+                    start: (start - base) as u32,
+                    end: (end - base) as u32,
+                };
+            }
+            2 => {
+                expect("Log.type", at, wt, WireType::Varint)?;
+                ty = m.varint()? as i32;
+            }
+            _ => m.skip(wt, tag, depth - 1)?,
+        }
+        Ok(())
+    })?;
+    Ok(MessageSpan::Log { payload, ty })
+}
+
+/// `Envelope.counter`, merged into the message so far if that is a counter too.
+#[inline]
+fn counter(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+    previous: Option<MessageSpan>,
+) -> Result<MessageSpan, WireError> {
+    let (mut name, mut delta, mut total) = match previous {
+        Some(MessageSpan::Counter { name, delta, total }) => (name, delta, total),
+        _ => (Span::default(), 0, 0),
+    };
+    message(r, wt, at, "Envelope.counter", depth, |m, tag, wt, at| {
+        match tag {
+            1 => name = string(m, wt, at, "Counter.name", text)?,
+            2 => {
+                expect("Counter.delta", at, wt, WireType::Varint)?;
+                delta = m.varint()?;
+            }
+            3 => {
+                expect("Counter.total", at, wt, WireType::Varint)?;
+                total = m.varint()?;
+            }
+            _ => m.skip(wt, tag, depth - 1)?,
+        }
+        Ok(())
+    })?;
+    Ok(MessageSpan::Counter { name, delta, total })
+}
+
+/// `Envelope.gauge`, its metrics added to the message so far's if that is
+/// a gauge too.
+#[inline]
+fn gauge(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+    previous: Option<MessageSpan>,
+) -> Result<MessageSpan, WireError> {
+    let mut metrics = match previous {
+        Some(MessageSpan::Gauge { metrics }) => metrics,
+        _ => Vec::new(),
+    };
+    message(r, wt, at, "Envelope.gauge", depth, |m, tag, wt, at| {
+        if tag != 1 {
+            return m.skip(wt, tag, depth - 1);
+        }
+        metrics.push(gauge_metric(m, wt, at, depth - 1, text)?);
+        Ok(())
+    })?;
+    Ok(MessageSpan::Gauge { metrics })
+}
+
+/// A `Gauge.metrics` map entry: name, unit and value.
+#[inline]
+fn gauge_metric(
+    m: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+) -> Result<(Span, Span, f64), WireError> {
+    let mut name = Span::default();
+    let mut unit = Span::default();
+    let mut value = 0.0;
+    message(m, wt, at, "Gauge.metrics", depth, |e, tag, wt, at| {
+        match tag {
+            1 => name = string(e, wt, at, "Gauge.metrics key", text)?,
+            2 => message(
+                e,
+                wt,
+                at,
+                "Gauge.metrics value",
+                depth - 1,
+                |g, tag, wt, at| {
+                    match tag {
+                        1 => unit = string(g, wt, at, "GaugeValue.unit", text)?,
+                        2 => {
+                            expect("GaugeValue.value", at, wt, WireType::Fixed64)?;
+                            value = f64::from_bits(g.fixed64()?);
+                        }
+                        _ => g.skip(wt, tag, depth - 2)?,
+                    }
+                    Ok(())
+                },
+            )?,
+            _ => e.skip(wt, tag, depth - 1)?,
+        }
+        Ok(())
+    })?;
+    Ok((name, unit, value))
+}
+
+/// `Envelope.timer`, merged into the message so far if that is a timer too.
+#[inline]
+fn timer(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+    previous: Option<MessageSpan>,
+) -> Result<MessageSpan, WireError> {
+    let (mut name, mut start, mut stop) = match previous {
+        Some(MessageSpan::Timer { name, start, stop }) => (name, start, stop),
+        _ => (Span::default(), 0, 0),
+    };
+    message(r, wt, at, "Envelope.timer", depth, |m, tag, wt, at| {
+        match tag {
+            1 => name = string(m, wt, at, "Timer.name", text)?,
+            2 => {
+                expect("Timer.start", at, wt, WireType::Varint)?;
+                start = m.varint()? as i64;
+            }
+            3 => {
+                expect("Timer.stop", at, wt, WireType::Varint)?;
+                stop = m.varint()? as i64;
+            }
+            _ => m.skip(wt, tag, depth - 1)?,
+        }
+        Ok(())
+    })?;
+    Ok(MessageSpan::Timer { name, start, stop })
+}
+
+/// `Envelope.event`, merged into the message so far if that is an event too.
+#[inline]
+fn event(
+    r: &mut Reader<'_>,
+    wt: WireType,
+    at: usize,
+    depth: u32,
+    text: &mut Text,
+    previous: Option<MessageSpan>,
+) -> Result<MessageSpan, WireError> {
+    let (mut title, mut body) = match previous {
+        Some(MessageSpan::Event { title, body }) => (title, body),
+        _ => (Span::default(), Span::default()),
+    };
+    message(r, wt, at, "Envelope.event", depth, |m, tag, wt, at| {
+        match tag {
+            1 => title = string(m, wt, at, "Event.title", text)?,
+            2 => body = string(m, wt, at, "Event.body", text)?,
+            _ => m.skip(wt, tag, depth - 1)?,
+        }
+        Ok(())
+    })?;
+    Ok(MessageSpan::Event { title, body })
 }
 
 /// A string field: length-delimited, appended to `text` (where the returned
