@@ -16,7 +16,7 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 
 use crate::integrity::{DigestFile, PublicKey, sha256_hex, string_to_sign};
 use crate::sink::archive::digest::{gunzip, read_signature};
-use crate::sink::archive::{Archive, join_prefix};
+use crate::sink::archive::{Archive, Fetched, join_prefix};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -138,8 +138,53 @@ pub async fn validate(
     end: DateTime<Utc>,
 ) -> Result<Report, ValidateError> {
     let mut report = Report::default();
+    let chains = digest_chains(archive, start, end, &mut report).await?;
+    let checks = Checks {
+        archive,
+        public_key,
+        fingerprint: public_key.fingerprint(),
+        start,
+    };
+    let log_keys = archive.list(&archive.logs, "CFLogs/").await?;
+    for ((foundation, instance), keys) in &chains {
+        let walk = checks.walk_chain(keys, &mut report).await;
+        for key in keys.iter().filter(|k| !walk.visited.contains(*k)) {
+            report.findings.push(Finding {
+                kind: FileKind::Digest,
+                location: archive.location(key),
+                problem: Some("not in the chain: no later digest links to it".into()),
+            });
+        }
+        // Log files of this instance delivered in the covered period that no digest lists.
+        if let Some(covered) = walk.covered {
+            let chain = (foundation.as_str(), *instance);
+            for key in unlisted_logs(&log_keys, &walk.listed_logs, chain, covered) {
+                report.findings.push(Finding {
+                    kind: FileKind::Log,
+                    location: archive.location(key),
+                    problem: Some("not listed in any digest (added, or moved here)".into()),
+                });
+            }
+        }
+    }
+    if chains.is_empty() {
+        tracing::warn!(
+            root = %archive.location(&join_prefix(&archive.prefix, "CFLogs-Digest/")),
+            "no digest files in the time range"
+        );
+    }
+    Ok(report)
+}
+
+/// The digests ending in `[start, end]`, by chain (foundation, instance),
+/// each chain's keys sorted; a digest whose name cannot be read is reported.
+async fn digest_chains(
+    archive: &Archive,
+    start: Option<DateTime<Utc>>,
+    end: DateTime<Utc>,
+    report: &mut Report,
+) -> Result<BTreeMap<(String, u32), BTreeSet<String>>, ValidateError> {
     let digest_keys = archive.list(&archive.digests, "CFLogs-Digest/").await?;
-    // Chains, each a sorted set of digest keys in the range.
     let mut chains: BTreeMap<(String, u32), BTreeSet<String>> = BTreeMap::new();
     for key in digest_keys.iter().filter(|k| k.ends_with(".json.gz")) {
         match parse_digest_name(key) {
@@ -158,16 +203,57 @@ pub async fn validate(
             }),
         }
     }
-    let fingerprint = public_key.fingerprint();
-    let log_keys = archive.list(&archive.logs, "CFLogs/").await?;
-    for ((foundation, instance), keys) in &chains {
-        let mut visited: BTreeSet<String> = BTreeSet::new();
-        let mut listed_logs: BTreeSet<String> = BTreeSet::new();
-        let mut covered: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    Ok(chains)
+}
+
+/// The log files of `chain` (foundation, instance) delivered strictly inside
+/// the minutes `covered` spans that no digest listed.
+fn unlisted_logs<'a>(
+    log_keys: &'a [String],
+    listed: &'a BTreeSet<String>,
+    (foundation, instance): (&'a str, u32),
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+) -> impl Iterator<Item = &'a String> + 'a {
+    let minute = |t: DateTime<Utc>| t.timestamp() / 60;
+    log_keys.iter().filter(move |key| {
+        if listed.contains(*key) {
+            return false;
+        }
+        let Some((f, t, i)) = parse_log_name(key) else {
+            return false;
+        };
+        f == foundation && i == instance && minute(t) > minute(from) && minute(t) < minute(to)
+    })
+}
+
+/// What every digest is checked against.
+struct Checks<'a> {
+    archive: &'a Archive,
+    public_key: &'a PublicKey,
+    fingerprint: String,
+    start: Option<DateTime<Utc>>,
+}
+
+/// What the walk of one chain saw.
+#[derive(Default)]
+struct Walk {
+    visited: BTreeSet<String>,
+    listed_logs: BTreeSet<String>,
+    /// From the oldest digest's start to the newest one's end.
+    covered: Option<(DateTime<Utc>, DateTime<Utc>)>,
+}
+
+impl Checks<'_> {
+    /// Walks one chain (its digest `keys`) from the newest digest along the
+    /// `previousDigestS3Object` links, reporting each digest and the log
+    /// files it lists.
+    async fn walk_chain(&self, keys: &BTreeSet<String>, report: &mut Report) -> Walk {
+        let archive = self.archive;
+        let mut walk = Walk::default();
         let mut next: Option<(String, Option<Expected>)> =
             keys.iter().next_back().map(|k| (k.clone(), None));
         while let Some((key, expected)) = next.take() {
-            if !visited.insert(key.clone()) {
+            if !walk.visited.insert(key.clone()) {
                 report.findings.push(Finding {
                     kind: FileKind::Digest,
                     location: archive.location(&key),
@@ -178,7 +264,6 @@ pub async fn validate(
                 break;
             }
             let location = archive.location(&key);
-            let mut problems = Vec::new();
             let fetched = match archive.get(&archive.digests, &key).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -198,7 +283,7 @@ pub async fn validate(
                     next = keys
                         .range(..key.clone())
                         .next_back()
-                        .filter(|k| !visited.contains(*k))
+                        .filter(|k| !walk.visited.contains(*k))
                         .map(|k| (k.clone(), None));
                     continue;
                 }
@@ -220,54 +305,11 @@ pub async fn validate(
                     .map(|k| (k.clone(), None));
                 continue;
             };
-            let sha256 = sha256_hex(&plain);
-            if digest.digest_s3_bucket != archive.bucket || digest.digest_s3_object != key {
-                problems.push(format!(
-                    "has been moved from its original location {}/{}",
-                    digest.digest_s3_bucket, digest.digest_s3_object
-                ));
-            }
-            let signature = read_signature(archive, &key, &fetched).await;
-            if digest.digest_public_key_fingerprint != fingerprint {
-                problems.push(format!(
-                    "public key not found: signed by the key with fingerprint {}, not the given key ({fingerprint})",
-                    digest.digest_public_key_fingerprint
-                ));
-            } else {
-                match &signature {
-                    None => problems.push("signature missing".into()),
-                    Some((sig, _)) => {
-                        let signed = string_to_sign(
-                            &digest.digest_end_time,
-                            &digest.digest_s3_bucket,
-                            &digest.digest_s3_object,
-                            &sha256,
-                            digest.previous_digest_signature.as_deref(),
-                        );
-                        let good = hex::decode(sig)
-                            .is_ok_and(|s| public_key.verify(signed.as_bytes(), &s));
-                        if !good {
-                            problems.push("signature verification failed".into());
-                        }
-                    }
-                }
-            }
-            if let Some(exp) = &expected {
-                if exp.sha256.as_deref() != Some(sha256.as_str()) {
-                    problems.push(format!(
-                        "hash value doesn't match the previousDigestHashValue of {} (changed)",
-                        exp.by
-                    ));
-                }
-                if exp.signature.as_deref() != signature.as_ref().map(|s| s.0.as_str()) {
-                    problems.push(format!(
-                        "signature doesn't match the previousDigestSignature of {}",
-                        exp.by
-                    ));
-                }
-            }
+            let mut problems = self
+                .check_digest(&key, &fetched, &plain, &digest, expected.as_ref())
+                .await;
             for log in &digest.log_files {
-                listed_logs.insert(log.s3_object.clone());
+                walk.listed_logs.insert(log.s3_object.clone());
                 report.findings.push(Finding {
                     kind: FileKind::Log,
                     location: archive.location(&log.s3_object),
@@ -278,77 +320,120 @@ pub async fn validate(
                 parse_time("digestStartTime", &digest.digest_start_time),
                 parse_time("digestEndTime", &digest.digest_end_time),
             ) {
-                covered = Some(covered.map_or((s, e), |(cs, ce)| (cs.min(s), ce.max(e))));
+                walk.covered = Some(
+                    walk.covered
+                        .map_or((s, e), |(cs, ce)| (cs.min(s), ce.max(e))),
+                );
             }
-            // Follow the link, unless it leaves the time range.
-            match &digest.previous_digest_s3_object {
-                Some(prev) => {
-                    let in_range = parse_digest_name(prev)
-                        .is_none_or(|(_, _, t)| start.is_none_or(|s| t >= s));
-                    if in_range {
-                        next = Some((
-                            prev.clone(),
-                            Some(Expected {
-                                sha256: digest.previous_digest_hash_value.clone(),
-                                signature: digest.previous_digest_signature.clone(),
-                                by: location.clone(),
-                            }),
-                        ));
-                    }
-                }
-                None => {
-                    let older = keys.range(..key.clone()).count();
-                    if older > 0 {
-                        problems.push(format!(
-                            "gap in the chain: starts a new chain, but {older} older digest file(s) of this instance exist"
-                        ));
-                    }
-                }
-            }
+            next = self.follow(&key, &digest, &location, keys, &mut problems);
             report.findings.push(Finding {
                 kind: FileKind::Digest,
                 location,
                 problem: (!problems.is_empty()).then(|| problems.join("; ")),
             });
         }
-        for key in keys.iter().filter(|k| !visited.contains(*k)) {
-            report.findings.push(Finding {
-                kind: FileKind::Digest,
-                location: archive.location(key),
-                problem: Some("not in the chain: no later digest links to it".into()),
-            });
+        walk
+    }
+
+    /// What is wrong with a digest read back (`plain`, parsed as `digest`):
+    /// its place, its key and signature, and what the newer digest that
+    /// links to it recorded (`expected`).
+    async fn check_digest(
+        &self,
+        key: &str,
+        fetched: &Fetched,
+        plain: &[u8],
+        digest: &DigestFile,
+        expected: Option<&Expected>,
+    ) -> Vec<String> {
+        let mut problems = Vec::new();
+        let sha256 = sha256_hex(plain);
+        if digest.digest_s3_bucket != self.archive.bucket || digest.digest_s3_object != key {
+            problems.push(format!(
+                "has been moved from its original location {}/{}",
+                digest.digest_s3_bucket, digest.digest_s3_object
+            ));
         }
-        // Log files of this instance delivered in the covered period that no digest lists.
-        if let Some((from, to)) = covered {
-            let minute = |t: DateTime<Utc>| t.timestamp() / 60;
-            for key in &log_keys {
-                if listed_logs.contains(key) {
-                    continue;
-                }
-                let Some((f, t, i)) = parse_log_name(key) else {
-                    continue;
-                };
-                if &f == foundation
-                    && i == *instance
-                    && minute(t) > minute(from)
-                    && minute(t) < minute(to)
-                {
-                    report.findings.push(Finding {
-                        kind: FileKind::Log,
-                        location: archive.location(key),
-                        problem: Some("not listed in any digest (added, or moved here)".into()),
-                    });
+        let signature = read_signature(self.archive, key, fetched).await;
+        let fingerprint = &self.fingerprint;
+        if digest.digest_public_key_fingerprint != *fingerprint {
+            problems.push(format!(
+                "public key not found: signed by the key with fingerprint {}, not the given key ({fingerprint})",
+                digest.digest_public_key_fingerprint
+            ));
+        } else {
+            match &signature {
+                None => problems.push("signature missing".into()),
+                Some((sig, _)) => {
+                    let signed = string_to_sign(
+                        &digest.digest_end_time,
+                        &digest.digest_s3_bucket,
+                        &digest.digest_s3_object,
+                        &sha256,
+                        digest.previous_digest_signature.as_deref(),
+                    );
+                    let good = hex::decode(sig)
+                        .is_ok_and(|s| self.public_key.verify(signed.as_bytes(), &s));
+                    if !good {
+                        problems.push("signature verification failed".into());
+                    }
                 }
             }
         }
+        if let Some(exp) = expected {
+            if exp.sha256.as_deref() != Some(sha256.as_str()) {
+                problems.push(format!(
+                    "hash value doesn't match the previousDigestHashValue of {} (changed)",
+                    exp.by
+                ));
+            }
+            if exp.signature.as_deref() != signature.as_ref().map(|s| s.0.as_str()) {
+                problems.push(format!(
+                    "signature doesn't match the previousDigestSignature of {}",
+                    exp.by
+                ));
+            }
+        }
+        problems
     }
-    if chains.is_empty() {
-        tracing::warn!(
-            root = %archive.location(&join_prefix(&archive.prefix, "CFLogs-Digest/")),
-            "no digest files in the time range"
-        );
+
+    /// The digest `digest` links to, unless the link leaves the time range;
+    /// a chain that starts while older digests of the instance exist is a
+    /// problem of `digest`'s.
+    fn follow(
+        &self,
+        key: &str,
+        digest: &DigestFile,
+        location: &str,
+        keys: &BTreeSet<String>,
+        problems: &mut Vec<String>,
+    ) -> Option<(String, Option<Expected>)> {
+        match &digest.previous_digest_s3_object {
+            Some(prev) => {
+                let in_range = parse_digest_name(prev)
+                    .is_none_or(|(_, _, t)| self.start.is_none_or(|s| t >= s));
+                in_range.then(|| {
+                    (
+                        prev.clone(),
+                        Some(Expected {
+                            sha256: digest.previous_digest_hash_value.clone(),
+                            signature: digest.previous_digest_signature.clone(),
+                            by: location.to_string(),
+                        }),
+                    )
+                })
+            }
+            None => {
+                let older = keys.range(..key.to_string()).count();
+                if older > 0 {
+                    problems.push(format!(
+                        "gap in the chain: starts a new chain, but {older} older digest file(s) of this instance exist"
+                    ));
+                }
+                None
+            }
+        }
     }
-    Ok(report)
 }
 
 async fn check_log(archive: &Archive, key: &str, hash: &str) -> Option<String> {

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::redact::Secret;
+
 /// How long one token request may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,7 +30,7 @@ pub struct UaaConfig {
     /// `<uaa>/oauth/token`.
     pub token_url: reqwest::Url,
     pub client_id: String,
-    pub client_secret: crate::redact::Secret,
+    pub client_secret: Secret,
 }
 
 impl std::fmt::Debug for UaaConfig {
@@ -74,19 +76,13 @@ pub enum UaaError {
 }
 
 /// Hands out `Authorization` header values; cheap to clone (shared inside).
-#[derive(Clone)]
+/// Its `Debug` shows no token: tokens are [`Secret`]s.
+#[derive(Clone, Debug)]
 pub struct TokenProvider {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for TokenProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenProvider")
-            .field("renewals", &self.renewals())
-            .finish_non_exhaustive()
-    }
-}
-
+#[derive(Debug)]
 struct Inner {
     source: Source,
     current: Mutex<Option<Token>>,
@@ -95,6 +91,7 @@ struct Inner {
     renewals: AtomicU64,
 }
 
+#[derive(Debug)]
 enum Source {
     Fixed,
     Uaa {
@@ -105,9 +102,10 @@ enum Source {
     },
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Token {
-    header: String,
+    /// `bearer <token>`.
+    header: Secret,
     /// When to fetch a new one; `None` never (fixed tokens, or no `expires_in`).
     renew_at: Option<Instant>,
 }
@@ -157,7 +155,7 @@ impl TokenProvider {
         Self::with(
             Source::Fixed,
             Some(Token {
-                header: format!("bearer {bare}"),
+                header: format!("bearer {bare}").into(),
                 renew_at: None,
             }),
         )
@@ -196,7 +194,7 @@ impl TokenProvider {
             return Ok(self.fixed_header());
         };
         let token = fetch(cfg, http, *max_body).await?;
-        let header = token.header.clone();
+        let header = token.header.expose().to_string();
         *self.inner.current.lock().expect("token lock") = Some(token);
         self.inner.renewals.fetch_add(1, Ordering::Relaxed);
         Ok(header)
@@ -210,7 +208,10 @@ impl TokenProvider {
             return;
         }
         let mut current = self.inner.current.lock().expect("token lock");
-        if current.as_ref().is_some_and(|t| t.header == rejected) {
+        if current
+            .as_ref()
+            .is_some_and(|t| t.header.expose() == rejected)
+        {
             *current = None;
         }
     }
@@ -230,7 +231,7 @@ impl TokenProvider {
         let token = current.as_ref()?;
         match token.renew_at {
             Some(at) if Instant::now() >= at => None,
-            _ => Some(token.header.clone()),
+            _ => Some(token.header.expose().to_string()),
         }
     }
 
@@ -240,7 +241,7 @@ impl TokenProvider {
             .lock()
             .expect("token lock")
             .as_ref()
-            .map(|t| t.header.clone())
+            .map(|t| t.header.expose().to_string())
             .unwrap_or_default()
     }
 }
@@ -345,7 +346,7 @@ async fn fetch(
     .filter(|s| s.is_finite() && *s >= 0.0)
     .map(Duration::from_secs_f64);
     Ok(Token {
-        header: format!("bearer {access_token}"),
+        header: format!("bearer {access_token}").into(),
         // Counted from when the request was sent: the token may be older than its arrival.
         renew_at: lifetime.map(|l| started + l - renew_margin(l)),
     })
@@ -402,5 +403,13 @@ mod tests {
             client_secret: "s3cret".into(),
         };
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let p = TokenProvider::fixed("t0ken-SECRET");
+        let shown = format!("{p:?}");
+        assert!(!shown.contains("t0ken"), "{shown}");
+        assert!(shown.contains("renewals"), "{shown}");
     }
 }

@@ -113,151 +113,176 @@ impl Traffic {
         let roll = self.rng.random_range(0..100u32);
         let instance = self.rng.random_range(0..3u32);
         match roll {
-            0..40 => {
-                let err = self.rng.random_bool(0.2);
-                let line = if err {
-                    format!(
-                        "ERROR [{}] request failed: upstream timeout after 30s seq={}",
-                        self.apps[app_index].name, self.seq
-                    )
-                } else {
-                    format!(
-                        r#"{{"level":"info","msg":"handled request","path":"/api/v1/items/{}","status":200,"duration_ms":{},"seq":{}}}"#,
-                        self.rng.random_range(1..10_000u32),
-                        self.rng.random_range(1..500u32),
-                        self.seq
-                    )
-                };
-                self.app_log(
-                    app_index,
-                    instance,
-                    "APP/PROC/WEB",
-                    "rep",
-                    line,
-                    err,
-                    timestamp,
-                )
-            }
-            40..58 => {
-                let app = &self.apps[app_index];
-                let line = format!(
-                    r#"{name}.apps.example.com - [{t}] "GET /api/v1/items HTTP/1.1" 200 0 {bytes} "-" "curl/8.4.0" "10.0.1.12:51234" "10.0.16.{ip}:61012" x_forwarded_for:"203.0.113.7" x_forwarded_proto:"https" vcap_request_id:"{req}" response_time:0.{rt:03} gorouter_time:0.000211 app_id:"{guid}" app_index:"{instance}" instance_id:"{iid}" x_b3_traceid:"{trace:016x}" x_b3_spanid:"{span:016x}" x_b3_parentspanid:"-" b3:"{trace:016x}-{span:016x}""#,
-                    name = app.name,
-                    t = crate::record::rfc3339_nanos(timestamp),
-                    bytes = self.rng.random_range(100..20_000u32),
-                    ip = self.rng.random_range(2..250u32),
-                    req = self.seq,
-                    rt = self.rng.random_range(1..999u32),
-                    guid = app.guid,
-                    iid = app.process_guid,
-                    trace = self.rng.random::<u64>(),
-                    span = self.rng.random::<u64>(),
-                );
-                let mut env = self.app_log(
-                    app_index, instance, "RTR", "gorouter", line, false, timestamp,
-                );
-                env.tags.insert("__v1_type".into(), "LogMessage".into());
-                env
-            }
-            58..60 => {
-                let line = format!("Downloaded buildpack artifacts (seq {})", self.seq);
-                self.app_log(app_index, 0, "STG", "rep", line, false, timestamp)
-            }
-            60..63 => {
-                let line = [
-                    "Creating container for app instance",
-                    "Successfully created container for instance",
-                    "Exit status 0",
-                ][self.rng.random_range(0..3)]
-                .to_string();
-                self.app_log(app_index, instance, "CELL", "rep", line, false, timestamp)
-            }
+            0..40 => self.app_output(app_index, instance, timestamp),
+            40..58 => self.router_access(app_index, instance, timestamp),
+            58..60 => self.staging(app_index, timestamp),
+            60..63 => self.cell(app_index, instance, timestamp),
             63..68 => self.api_log(app_index, timestamp),
             68..80 => self.container_metrics(app_index, instance, timestamp),
-            80..88 => {
-                let (src, origin, job) = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())];
-                let name = ["ingress", "egress", "dropped", "sinks.errors.dropped"]
-                    [self.rng.random_range(0..4)];
-                let delta = self.rng.random_range(0..5000u64);
-                let mut env = self.component(src, origin, job, timestamp);
-                if name == "dropped" {
-                    // Buffer overwrites on the way in; egress drops (a slow
-                    // consumer) would be an alert, not normal traffic.
-                    env.tags.insert("direction".into(), "ingress".into());
-                }
-                env.message = Some(envelope::Message::Counter(Counter {
-                    name: name.into(),
-                    delta,
-                    total: self.seq * 1000 + delta,
-                }));
-                env
-            }
-            88..93 => {
-                let (src, origin, job) = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())];
-                let mut env = self.component(src, origin, job, timestamp);
-                let mut metrics = std::collections::BTreeMap::new();
-                metrics.insert(
-                    "subscriptions".into(),
-                    GaugeValue {
-                        unit: "total".into(),
-                        value: self.rng.random_range(1..900u32) as f64,
-                    },
-                );
-                env.message = Some(envelope::Message::Gauge(Gauge { metrics }));
-                env
-            }
-            93..98 => {
-                let (guid, name) = (
-                    self.apps[app_index].guid.clone(),
-                    self.apps[app_index].name.clone(),
-                );
-                let start = timestamp - self.rng.random_range(1_000_000..900_000_000i64);
-                let mut env = self.component("gorouter", "gorouter", "router", timestamp);
-                env.source_id = guid.clone();
-                env.instance_id = instance.to_string();
-                for (k, v) in [
-                    ("peer_type", "Client".to_string()),
-                    ("method", "GET".to_string()),
-                    (
-                        "uri",
-                        format!("https://{name}.apps.example.com/api/v1/items"),
-                    ),
-                    ("remote_address", "203.0.113.7:53312".to_string()),
-                    ("user_agent", "curl/8.4.0".to_string()),
-                    ("status_code", "200".to_string()),
-                    (
-                        "content_length",
-                        self.rng.random_range(100..20_000u32).to_string(),
-                    ),
-                    ("request_id", format!("0000{:028x}", self.seq)),
-                    ("app_id", guid),
-                ] {
-                    env.tags.insert(k.into(), v);
-                }
-                env.message = Some(envelope::Message::Timer(Timer {
-                    name: "http".into(),
-                    start,
-                    stop: timestamp,
-                }));
-                env
-            }
-            _ => {
-                let mut env = self.component(
-                    "trafficcontroller",
-                    "loggregator.trafficcontroller",
-                    "log-api",
-                    timestamp,
-                );
-                env.message = Some(envelope::Message::Event(Event {
-                    title: "Traffic Controller has disconnected slow consumer".into(),
-                    body: format!(
-                        "Remote Address: 10.0.4.{}:44412, X-Forwarded-For: -, Path: /firehose/audit-nozzle",
-                        self.rng.random_range(2..250u32)
-                    ),
-                }));
-                env
-            }
+            80..88 => self.component_counter(timestamp),
+            88..93 => self.component_gauge(timestamp),
+            93..98 => self.router_timer(app_index, instance, timestamp),
+            _ => self.slow_consumer_event(timestamp),
         }
+    }
+
+    /// An app instance's own output: a JSON line, or (one in five) an
+    /// error line of type `ERR`.
+    fn app_output(&mut self, app_index: usize, instance: u32, timestamp: i64) -> Envelope {
+        let err = self.rng.random_bool(0.2);
+        let line = if err {
+            format!(
+                "ERROR [{}] request failed: upstream timeout after 30s seq={}",
+                self.apps[app_index].name, self.seq
+            )
+        } else {
+            format!(
+                r#"{{"level":"info","msg":"handled request","path":"/api/v1/items/{}","status":200,"duration_ms":{},"seq":{}}}"#,
+                self.rng.random_range(1..10_000u32),
+                self.rng.random_range(1..500u32),
+                self.seq
+            )
+        };
+        self.app_log(
+            app_index,
+            instance,
+            "APP/PROC/WEB",
+            "rep",
+            line,
+            err,
+            timestamp,
+        )
+    }
+
+    /// A gorouter access log line for an app (`RTR`).
+    fn router_access(&mut self, app_index: usize, instance: u32, timestamp: i64) -> Envelope {
+        let app = &self.apps[app_index];
+        let line = format!(
+            r#"{name}.apps.example.com - [{t}] "GET /api/v1/items HTTP/1.1" 200 0 {bytes} "-" "curl/8.4.0" "10.0.1.12:51234" "10.0.16.{ip}:61012" x_forwarded_for:"203.0.113.7" x_forwarded_proto:"https" vcap_request_id:"{req}" response_time:0.{rt:03} gorouter_time:0.000211 app_id:"{guid}" app_index:"{instance}" instance_id:"{iid}" x_b3_traceid:"{trace:016x}" x_b3_spanid:"{span:016x}" x_b3_parentspanid:"-" b3:"{trace:016x}-{span:016x}""#,
+            name = app.name,
+            t = crate::record::rfc3339_nanos(timestamp),
+            bytes = self.rng.random_range(100..20_000u32),
+            ip = self.rng.random_range(2..250u32),
+            req = self.seq,
+            rt = self.rng.random_range(1..999u32),
+            guid = app.guid,
+            iid = app.process_guid,
+            trace = self.rng.random::<u64>(),
+            span = self.rng.random::<u64>(),
+        );
+        let mut env = self.app_log(
+            app_index, instance, "RTR", "gorouter", line, false, timestamp,
+        );
+        env.tags.insert("__v1_type".into(), "LogMessage".into());
+        env
+    }
+
+    /// A staging line (`STG`).
+    fn staging(&mut self, app_index: usize, timestamp: i64) -> Envelope {
+        let line = format!("Downloaded buildpack artifacts (seq {})", self.seq);
+        self.app_log(app_index, 0, "STG", "rep", line, false, timestamp)
+    }
+
+    /// A Diego cell lifecycle line (`CELL`).
+    fn cell(&mut self, app_index: usize, instance: u32, timestamp: i64) -> Envelope {
+        let line = [
+            "Creating container for app instance",
+            "Successfully created container for instance",
+            "Exit status 0",
+        ][self.rng.random_range(0..3)]
+        .to_string();
+        self.app_log(app_index, instance, "CELL", "rep", line, false, timestamp)
+    }
+
+    /// A platform component's counter.
+    fn component_counter(&mut self, timestamp: i64) -> Envelope {
+        let (src, origin, job) = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())];
+        let name =
+            ["ingress", "egress", "dropped", "sinks.errors.dropped"][self.rng.random_range(0..4)];
+        let delta = self.rng.random_range(0..5000u64);
+        let mut env = self.component(src, origin, job, timestamp);
+        if name == "dropped" {
+            // Buffer overwrites on the way in; egress drops (a slow
+            // consumer) would be an alert, not normal traffic.
+            env.tags.insert("direction".into(), "ingress".into());
+        }
+        env.message = Some(envelope::Message::Counter(Counter {
+            name: name.into(),
+            delta,
+            total: self.seq * 1000 + delta,
+        }));
+        env
+    }
+
+    /// A platform component's gauge.
+    fn component_gauge(&mut self, timestamp: i64) -> Envelope {
+        let (src, origin, job) = COMPONENTS[self.rng.random_range(0..COMPONENTS.len())];
+        let mut env = self.component(src, origin, job, timestamp);
+        let mut metrics = std::collections::BTreeMap::new();
+        metrics.insert(
+            "subscriptions".into(),
+            GaugeValue {
+                unit: "total".into(),
+                value: self.rng.random_range(1..900u32) as f64,
+            },
+        );
+        env.message = Some(envelope::Message::Gauge(Gauge { metrics }));
+        env
+    }
+
+    /// A gorouter HTTP timer for a request to an app.
+    fn router_timer(&mut self, app_index: usize, instance: u32, timestamp: i64) -> Envelope {
+        let (guid, name) = (
+            self.apps[app_index].guid.clone(),
+            self.apps[app_index].name.clone(),
+        );
+        let start = timestamp - self.rng.random_range(1_000_000..900_000_000i64);
+        let mut env = self.component("gorouter", "gorouter", "router", timestamp);
+        env.source_id = guid.clone();
+        env.instance_id = instance.to_string();
+        for (k, v) in [
+            ("peer_type", "Client".to_string()),
+            ("method", "GET".to_string()),
+            (
+                "uri",
+                format!("https://{name}.apps.example.com/api/v1/items"),
+            ),
+            ("remote_address", "203.0.113.7:53312".to_string()),
+            ("user_agent", "curl/8.4.0".to_string()),
+            ("status_code", "200".to_string()),
+            (
+                "content_length",
+                self.rng.random_range(100..20_000u32).to_string(),
+            ),
+            ("request_id", format!("0000{:028x}", self.seq)),
+            ("app_id", guid),
+        ] {
+            env.tags.insert(k.into(), v);
+        }
+        env.message = Some(envelope::Message::Timer(Timer {
+            name: "http".into(),
+            start,
+            stop: timestamp,
+        }));
+        env
+    }
+
+    /// Traffic Controller's slow-consumer event.
+    fn slow_consumer_event(&mut self, timestamp: i64) -> Envelope {
+        let mut env = self.component(
+            "trafficcontroller",
+            "loggregator.trafficcontroller",
+            "log-api",
+            timestamp,
+        );
+        env.message = Some(envelope::Message::Event(Event {
+            title: "Traffic Controller has disconnected slow consumer".into(),
+            body: format!(
+                "Remote Address: 10.0.4.{}:44412, X-Forwarded-For: -, Path: /firehose/audit-nozzle",
+                self.rng.random_range(2..250u32)
+            ),
+        }));
+        env
     }
 
     /// The tags Diego puts on an app instance's envelopes (reference §3.2).
