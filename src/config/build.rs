@@ -1,9 +1,10 @@
 //! The build step: what `run`, `tail` and `config check` run after
-//! [`validate`](super::validate). It reads the files the options name and
-//! makes the clients the validated settings describe (the platform HTTP
-//! client for UAA, Cloud Controller and the RLP Gateway; the audit cursor's
-//! bucket client), every problem listed at once, each naming its option.
-//! Part of [`crate::config`].
+//! [`validate`](super::validate). It reads the files the source's options
+//! name (the RLP's TLS files, `--ca-file`) and makes the clients the
+//! validated settings describe (the platform HTTP client for UAA, Cloud
+//! Controller and the RLP Gateway; the audit cursor's bucket client), every
+//! problem listed at once, each naming its option. Part of
+//! [`crate::config`].
 
 use std::time::Duration;
 

@@ -38,8 +38,10 @@ pub struct PipelineConfig {
     pub buffer: Option<crate::sink::buffer::BufferConfig>,
 }
 
-/// Everything `run` needs, validated (values and paths; [`super::build`]
-/// makes the clients).
+/// Everything `run` needs, validated. The source and the audit settings
+/// hold values and paths ([`super::build`] reads the files and makes the
+/// clients); the pipeline's sinks still hold their TLS clients, the
+/// `--s3-ca` certificate and the signing key, read here.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: super::SourceSettings,
@@ -192,9 +194,11 @@ impl RunArgs {
     }
 }
 
-/// Validates every option of `args` (values only: no file is read; that is
-/// [`super::build`]'s), with `env` for the variables a platform sets, and
-/// reports all problems together.
+/// Validates every option of `args`, with `env` for the variables a
+/// platform sets, and reports all problems together. The RLP's TLS files
+/// and `--ca-file` are not read and no client is made (that is
+/// [`super::build`]'s); the sinks' TLS files, `--s3-ca` and
+/// `--signing-key` still are.
 pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors> {
     let mut errors = Vec::new();
     if args.shutdown_timeout == 0 {
