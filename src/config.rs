@@ -13,6 +13,7 @@ use crate::sink::file::FileSinkConfig;
 
 mod audit;
 mod buffer;
+mod build;
 mod cf;
 pub mod check;
 pub mod env;
@@ -24,8 +25,12 @@ mod sinks;
 mod source;
 mod tail;
 mod telemetry;
-pub use audit::{AuditArgs, AuditSetup, OnOff, apply_routes, parse_duration};
-pub use cf::CfArgs;
+pub use audit::{
+    AuditArgs, AuditSettings, AuditSetup, CcSettings, CursorSettings, OnOff, PollerSettings,
+    apply_routes, parse_duration,
+};
+pub use build::{Built, build};
+pub use cf::{CfArgs, PlatformHttp};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use layers::{LayerArgs, Loaded, Origin};
 pub use run::{PipelineConfig, RunConfig, SinkConfig, validate};
@@ -33,7 +38,10 @@ pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3}
 pub use sinks::{
     HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
 };
-pub use source::{SourceArgs, SourceKind};
+pub use source::{
+    EndpointSettings, GatewaySettings, RlpSettings, RlpTlsFiles, SourceArgs, SourceKind,
+    SourceSettings,
+};
 pub use tail::TailArgs;
 pub use telemetry::TelemetryArgs;
 

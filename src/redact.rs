@@ -402,7 +402,7 @@ mod tests {
             uaa: None,
             client_id: "nozzle".into(),
             client_secret: "uaa-S1".into(),
-            http: gateway.http.clone(),
+            http: gateway.http.client().unwrap(),
             max_body: 1,
         };
         let http = crate::sink::http::HttpSinkConfig {

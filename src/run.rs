@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuditSetup, RunConfig};
+use crate::config::{AuditSetup, Built};
 use crate::enrich::{self, EnrichStats, Enricher};
 use crate::pipeline::{AuditReport, Pipeline, StartError, Summary};
 use crate::route::Router;
@@ -32,7 +32,7 @@ pub enum RunError {
 }
 
 /// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(cfg: RunConfig, shutdown: CancellationToken) -> Result<Summary, RunError> {
+pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, RunError> {
     for w in &cfg.warnings {
         tracing::warn!("{w}");
     }

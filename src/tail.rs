@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{RunConfig, TailArgs};
+use crate::config::{Built, TailArgs};
 use crate::record::{EncodeContext, Kind};
 use crate::route::Router;
 use crate::sink::{Batch, BatchConfig, Sink, SinkFailure, SinkQueue, run_sink};
@@ -249,7 +249,7 @@ pub fn own_shard_id(shard_id: &str) -> String {
 /// Runs the source of `cfg` into a printer writing to `out` until
 /// `shutdown`; returns the number of records printed.
 pub async fn run<W: Write + Send + 'static>(
-    mut cfg: RunConfig,
+    mut cfg: Built,
     filter: TailFilter,
     json: bool,
     out: W,

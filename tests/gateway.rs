@@ -898,7 +898,10 @@ fn gateway_config(args: &[&str]) -> GatewayConfig {
     let Command::Run(run) = cli.command else {
         unreachable!()
     };
-    match run.validate().unwrap().source {
+    match cf_audit_nozzle::config::build(&run.validate().unwrap())
+        .unwrap()
+        .source
+    {
         SourceConfig::Gateway(g) => *g,
         SourceConfig::Rlp(_) => unreachable!("--source gateway"),
     }

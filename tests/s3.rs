@@ -675,7 +675,7 @@ async fn the_audit_cursor_is_kept_in_the_s3_bucket_unless_a_file_is_named() {
         let Command::Run(run) = Cli::try_parse_from(args).expect("parses").command else {
             unreachable!()
         };
-        let cfg = run.validate().expect("valid");
+        let cfg = cf_audit_nozzle::config::build(&run.validate().expect("valid")).expect("built");
         cfg.audit.audit_events.expect("instance 0 polls").cursor
     };
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use cf_audit_nozzle::alert::AlertConfig;
-use cf_audit_nozzle::config::{RunConfig, SinkConfig};
+use cf_audit_nozzle::config::{Built, SinkConfig};
 use cf_audit_nozzle::run;
 use cf_audit_nozzle::source::SourceConfig;
 use cf_audit_nozzle::source::emulator::EmulatorConfig;
@@ -82,7 +82,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
     let rlp_addr = first.addr;
     let dir = tempfile::tempdir().unwrap();
     let addr = free_addr();
-    let cfg = RunConfig {
+    let cfg = Built {
         source: SourceConfig::Rlp(Box::new(rlp_config(&first, &pki, "telemetry"))),
         pipeline: file_pipeline(dir.path()),
         shutdown_timeout: Duration::from_secs(10),
@@ -420,7 +420,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
     }
     let cc_url: reqwest::Url = cc.base.lock().unwrap().parse().unwrap();
     let addr = free_addr();
-    let cfg = RunConfig {
+    let cfg = Built {
         source: SourceConfig::Rlp(Box::new(rlp_config(&rlp, &pki, "audit-metrics"))),
         pipeline: pipeline_cfg,
         shutdown_timeout: Duration::from_secs(10),

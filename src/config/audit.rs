@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::cf::PlatformHttp;
 use super::{CfArgs, PipelineConfig, SinkConfig, SinkKind};
 use crate::classify::rules::{Filters, Rule, own_app_guid};
 use crate::enrich::EnrichConfig;
@@ -57,7 +58,7 @@ pub struct AuditArgs {
     pub route: Vec<String>,
 }
 
-/// The validated audit settings.
+/// The audit settings as `run` uses them (made by [`AuditSettings::build`]).
 #[derive(Clone, Debug, Default)]
 pub struct AuditSetup {
     pub filters: Filters,
@@ -66,6 +67,88 @@ pub struct AuditSetup {
     /// Set when this instance polls.
     pub audit_events: Option<AuditEventsConfig>,
     pub enrich: Option<EnrichConfig>,
+}
+
+/// The validated audit settings: values and paths; the platform HTTP client
+/// and the cursor's bucket client are made by [`build`](Self::build).
+#[derive(Clone, Debug, Default)]
+pub struct AuditSettings {
+    pub filters: Filters,
+    /// How to reach Cloud Controller, when something needs it.
+    pub cc: Option<CcSettings>,
+    /// Set when this instance polls.
+    pub audit_events: Option<PollerSettings>,
+    pub enrich: Option<EnrichConfig>,
+}
+
+/// How to reach Cloud Controller: [`CcAccess`] without its client.
+#[derive(Clone, Debug)]
+pub struct CcSettings {
+    pub cf_api: reqwest::Url,
+    pub uaa: Option<reqwest::Url>,
+    pub client_id: String,
+    pub client_secret: crate::redact::Secret,
+    pub http: PlatformHttp,
+    pub max_body: usize,
+}
+
+/// The poller's validated options.
+#[derive(Clone, Debug)]
+pub struct PollerSettings {
+    pub per_page: u32,
+    pub lookback: Duration,
+    pub cursor: CursorSettings,
+    pub poll_interval: Duration,
+    pub shutdown_timeout: Duration,
+}
+
+/// Where the audit cursor is kept.
+#[derive(Clone, Debug)]
+pub enum CursorSettings {
+    File(PathBuf),
+    /// An object in the S3 sink's bucket, under the foundation's state prefix.
+    Bucket {
+        s3: Box<crate::sink::archive::s3::S3Config>,
+        foundation: String,
+    },
+}
+
+impl AuditSettings {
+    /// The audit setup `run` uses, with `http` making the platform client;
+    /// problems (each naming its option) added to `errors`.
+    pub fn build(
+        &self,
+        errors: &mut Vec<String>,
+        http: impl FnOnce(&PlatformHttp) -> Option<reqwest::Client>,
+    ) -> AuditSetup {
+        let cc = self.cc.as_ref().and_then(|cc| {
+            Some(CcAccess {
+                cf_api: cc.cf_api.clone(),
+                uaa: cc.uaa.clone(),
+                client_id: cc.client_id.clone(),
+                client_secret: cc.client_secret.clone(),
+                http: http(&cc.http)?,
+                max_body: cc.max_body,
+            })
+        });
+        let audit_events = self.audit_events.as_ref().and_then(|p| {
+            let cursor = p.cursor.build().map_err(|e| errors.push(e)).ok()?;
+            Some(AuditEventsConfig {
+                per_page: p.per_page,
+                lookback: p.lookback,
+                cursor,
+                poll_interval: p.poll_interval,
+                shutdown_timeout: p.shutdown_timeout,
+                ..AuditEventsConfig::default()
+            })
+        });
+        AuditSetup {
+            filters: self.filters.clone(),
+            cc,
+            audit_events,
+            enrich: self.enrich.clone(),
+        }
+    }
 }
 
 /// `90s`, `30m`, `1h`, `7d`, or plain seconds.
@@ -98,7 +181,7 @@ impl AuditArgs {
         shutdown_timeout: Duration,
         pipeline: &mut PipelineConfig,
         env: &dyn super::Env,
-    ) -> AuditSetup {
+    ) -> AuditSettings {
         let rules = |flag: &str, env_name: &str, texts: &[String], errors: &mut Vec<String>| {
             texts
                 .iter()
@@ -144,7 +227,7 @@ impl AuditArgs {
 
         let wants_cc = self.audit_events == OnOff::On || self.enrich == OnOff::On;
         let cc = if wants_cc {
-            cc_access(errors, cf)
+            cc_settings(errors, cf)
         } else {
             None
         };
@@ -154,15 +237,14 @@ impl AuditArgs {
             .unwrap_or(instance_index);
         let audit_events = (self.audit_events == OnOff::On
             && this_instance == self.audit_poller_index)
-            .then(|| AuditEventsConfig {
+            .then(|| PollerSettings {
                 per_page: self.audit_per_page,
                 lookback: lookback.unwrap_or_default(),
-                cursor: cursor_store(self.audit_cursor_file.as_ref(), pipeline, errors),
+                cursor: cursor_settings(self.audit_cursor_file.as_ref(), pipeline),
                 poll_interval: poll_interval.unwrap_or_default(),
                 shutdown_timeout,
-                ..AuditEventsConfig::default()
             });
-        AuditSetup {
+        AuditSettings {
             filters,
             cc,
             audit_events,
@@ -171,16 +253,13 @@ impl AuditArgs {
     }
 }
 
+const CURSOR_NAME: &str = "audit-events.cursor.json";
+
 /// Where the audit cursor is kept: the file asked for; else the S3 sink's
 /// bucket when there is one; else `audit-events.cursor.json`.
-fn cursor_store(
-    file: Option<&PathBuf>,
-    pipeline: &PipelineConfig,
-    errors: &mut Vec<String>,
-) -> CursorStore {
-    const NAME: &str = "audit-events.cursor.json";
+fn cursor_settings(file: Option<&PathBuf>, pipeline: &PipelineConfig) -> CursorSettings {
     if let Some(path) = file {
-        return CursorStore::File(path.clone());
+        return CursorSettings::File(path.clone());
     }
     let s3 = pipeline.sinks.iter().find_map(|(s, _)| match s {
         SinkConfig::Object(o) => match &o.target {
@@ -189,49 +268,55 @@ fn cursor_store(
         },
         _ => None,
     });
-    let Some(s3) = s3 else {
-        return CursorStore::File(PathBuf::from(NAME));
-    };
-    let archive = match crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())
-        .and_then(|client| crate::sink::archive::s3::s3_archive(s3, &client))
-    {
-        Ok(a) => std::sync::Arc::new(a),
-        Err(e) => {
-            errors.push(format!(
-                "the audit cursor's bucket (--s3-bucket {}): {e}",
-                s3.bucket
-            ));
-            return CursorStore::File(PathBuf::from(NAME));
-        }
-    };
-    let foundation = pipeline.encode.foundation.clone();
-    let name = archive.location(&archive.cursor_key(&foundation, NAME));
-    let (get_archive, get_foundation) = (std::sync::Arc::clone(&archive), foundation.clone());
-    CursorStore::Object {
-        name,
-        get: std::sync::Arc::new(move || {
-            let (archive, foundation) =
-                (std::sync::Arc::clone(&get_archive), get_foundation.clone());
-            Box::pin(async move {
-                archive
-                    .get_cursor(&foundation, NAME)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        }),
-        put: std::sync::Arc::new(move |bytes| {
-            let (archive, foundation) = (std::sync::Arc::clone(&archive), foundation.clone());
-            Box::pin(async move {
-                archive
-                    .put_cursor(&foundation, NAME, bytes)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        }),
+    match s3 {
+        Some(s3) => CursorSettings::Bucket {
+            s3: Box::new(s3.clone()),
+            foundation: pipeline.encode.foundation.clone(),
+        },
+        None => CursorSettings::File(PathBuf::from(CURSOR_NAME)),
     }
 }
 
-fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
+impl CursorSettings {
+    /// The cursor store: a file, or get and put functions on the bucket
+    /// (its client made here); the error names the option.
+    pub fn build(&self) -> Result<CursorStore, String> {
+        use std::sync::Arc;
+        let (s3, foundation) = match self {
+            CursorSettings::File(path) => return Ok(CursorStore::File(path.clone())),
+            CursorSettings::Bucket { s3, foundation } => (s3, foundation.clone()),
+        };
+        let archive = crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())
+            .and_then(|client| crate::sink::archive::s3::s3_archive(s3, &client))
+            .map_err(|e| format!("the audit cursor's bucket (--s3-bucket {}): {e}", s3.bucket))?;
+        let archive = Arc::new(archive);
+        let name = archive.location(&archive.cursor_key(&foundation, CURSOR_NAME));
+        let (get_archive, get_foundation) = (Arc::clone(&archive), foundation.clone());
+        Ok(CursorStore::Object {
+            name,
+            get: Arc::new(move || {
+                let (archive, foundation) = (Arc::clone(&get_archive), get_foundation.clone());
+                Box::pin(async move {
+                    archive
+                        .get_cursor(&foundation, CURSOR_NAME)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }),
+            put: Arc::new(move |bytes| {
+                let (archive, foundation) = (Arc::clone(&archive), foundation.clone());
+                Box::pin(async move {
+                    archive
+                        .put_cursor(&foundation, CURSOR_NAME, bytes)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+            }),
+        })
+    }
+}
+
+fn cc_settings(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcSettings> {
     let what = "needed by --audit-events on and --enrich on";
     let cf_api = if cf.cf_api.is_none() {
         errors.push(format!(
@@ -259,14 +344,13 @@ fn cc_access(errors: &mut Vec<String>, cf: &CfArgs) -> Option<CcAccess> {
         cf.uaa_client_secret.as_ref().map(|s| s.expose()),
         "--uaa-client-secret (UAA_CLIENT_SECRET)",
     );
-    let http = cf.http_client(errors);
     let max_body = cf.max_response_bytes(errors);
-    Some(CcAccess {
+    Some(CcSettings {
         cf_api: cf_api?,
         uaa,
         client_id: client_id?,
         client_secret: client_secret?.into(),
-        http: http?,
+        http: cf.platform_http(),
         max_body,
     })
 }

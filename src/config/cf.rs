@@ -88,26 +88,38 @@ impl CfArgs {
         self.cf_max_response_bytes.max(MIN_RESPONSE_BYTES)
     }
 
-    /// The HTTP client for UAA, CC and the gateway, or a problem in `errors`.
-    /// Warns loudly when verification is off.
-    pub fn http_client(&self, errors: &mut Vec<String>) -> Option<reqwest::Client> {
+    /// How the client for UAA, CC and the gateway is made (no I/O: the
+    /// `--ca-file` is read when it is built).
+    pub fn platform_http(&self) -> PlatformHttp {
+        PlatformHttp {
+            ca_file: self.ca_file.clone(),
+            skip_tls_verify: self.skip_tls_verify,
+        }
+    }
+}
+
+/// The settings of the HTTP client for UAA, Cloud Controller and the RLP
+/// Gateway: `--ca-file` (a path, read at build) and `--skip-tls-verify`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlatformHttp {
+    pub ca_file: Option<PathBuf>,
+    pub skip_tls_verify: bool,
+}
+
+impl PlatformHttp {
+    /// Reads `--ca-file` and makes the client; the error names the option.
+    /// (`--skip-tls-verify` is warned about at start and in /health:
+    /// `RunArgs::warnings`.)
+    pub fn client(&self) -> Result<reqwest::Client, String> {
         let ca_pem = match &self.ca_file {
             None => None,
-            Some(path) => {
-                match crate::tls::read_pem_file("--ca-file (CA_FILE)", path, "CERTIFICATE") {
-                    Ok(pem) => Some(pem),
-                    Err(e) => {
-                        errors.push(e.to_string());
-                        return None;
-                    }
-                }
-            }
+            Some(path) => Some(
+                crate::tls::read_pem_file("--ca-file (CA_FILE)", path, "CERTIFICATE")
+                    .map_err(|e| e.to_string())?,
+            ),
         };
-        // --skip-tls-verify is warned about at start and in /health
-        // (config: RunArgs::warnings).
         http_client(ca_pem.as_deref(), self.skip_tls_verify)
-            .map_err(|e| errors.push(format!("--ca-file (CA_FILE): {e}")))
-            .ok()
+            .map_err(|e| format!("--ca-file (CA_FILE): {e}"))
     }
 }
 

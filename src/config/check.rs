@@ -4,20 +4,30 @@
 //! [`crate::config`].
 
 use super::layers::{Loaded, Origin, is_secret};
-use super::{ConfigErrors, Env, RunArgs, RunConfig};
+use super::{Built, ConfigErrors, Env, RunArgs};
 
 /// What a secret's value is shown as.
 pub const MASK: &str = crate::redact::MASK;
 
-/// Validates `args` like `run` does, with the layers' problems first.
+/// Validates `args` like `run` does and builds what they describe (reading
+/// the files they name), with the layers' problems first, then the values',
+/// then the files'.
 pub fn validated(
     args: &RunArgs,
     env: &dyn Env,
     layer_errors: &[String],
-) -> Result<RunConfig, ConfigErrors> {
+) -> Result<Built, ConfigErrors> {
     let mut errors = layer_errors.to_vec();
-    match super::validate(args, env) {
-        Ok(cfg) if errors.is_empty() => Ok(cfg),
+    let built = match super::validate(args, env) {
+        Ok(cfg) => super::build(&cfg),
+        Err(mut e) => {
+            // The files the values did not stop us from reading.
+            e.0.extend(super::build::unbuilt_problems(args));
+            Err(e)
+        }
+    };
+    match built {
+        Ok(built) if errors.is_empty() => Ok(built),
         Ok(_) => Err(ConfigErrors(errors)),
         Err(e) => {
             errors.extend(e.0);

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::source::{RlpSettings, RlpTlsFiles};
 use super::{
     ConfigErrors, Env, ProcessEnv, RunArgs, SinkKind, SourceKind, SseArg, valid_host_port, vcap_s3,
 };
@@ -12,9 +13,6 @@ use crate::backoff::Backoff;
 use crate::record::{EncodeContext, Kind};
 use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
-use crate::source::SourceConfig;
-use crate::source::rlp::RlpConfig;
-use crate::tls::ClientTls;
 
 #[derive(Clone, Debug)]
 pub enum SinkConfig {
@@ -40,10 +38,13 @@ pub struct PipelineConfig {
     pub buffer: Option<crate::sink::buffer::BufferConfig>,
 }
 
-/// Everything `run` needs, validated.
+/// Everything `run` needs, validated. The source and the audit settings
+/// hold values and paths ([`super::build`] reads the files and makes the
+/// clients); the pipeline's sinks still hold their TLS clients, the
+/// `--s3-ca` certificate and the signing key, read here.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub source: SourceConfig,
+    pub source: super::SourceSettings,
     pub pipeline: PipelineConfig,
     pub shutdown_timeout: Duration,
     /// `/health` and `/metrics`; `None` when turned off.
@@ -52,7 +53,7 @@ pub struct RunConfig {
     /// Shown in `/health` (they were logged at start).
     pub warnings: Vec<String>,
     /// Rules, the audit-events poller and enrichment.
-    pub audit: super::AuditSetup,
+    pub audit: super::AuditSettings,
 }
 
 impl RunArgs {
@@ -61,8 +62,13 @@ impl RunArgs {
         validate(self, &ProcessEnv)
     }
 
-    /// The RLP source's options (reading the TLS files), with problems added to `errors`.
-    fn rlp(&self, errors: &mut Vec<String>, streams: crate::source::Streams) -> Option<RlpConfig> {
+    /// The RLP source's options (the TLS files are read at build), with
+    /// problems added to `errors`.
+    fn rlp(
+        &self,
+        errors: &mut Vec<String>,
+        streams: crate::source::Streams,
+    ) -> Option<RlpSettings> {
         let mut required = |value: Option<&PathBuf>, flag: &str, env: &str, what: &str| {
             if value.is_none() {
                 errors.push(format!("--{flag} ({env}) is required: {what}"));
@@ -98,16 +104,10 @@ impl RunArgs {
         if self.rlp_server_name.is_empty() {
             errors.push("--rlp-server-name (RLP_SERVER_NAME) must not be empty".into());
         }
-        let tls = match (&self.rlp_ca, &self.rlp_cert, &self.rlp_key) {
-            (Some(ca), Some(cert), Some(key)) => ClientTls::from_files(ca, cert, key)
-                .map_err(|e| errors.push(format!("--rlp-ca/--rlp-cert/--rlp-key: {e}")))
-                .ok(),
-            _ => None,
-        };
-        Some(RlpConfig {
+        Some(RlpSettings {
             addr: self.rlp_addr.clone()?,
             server_name: self.rlp_server_name.clone(),
-            tls: tls?,
+            tls: self.rlp_tls_files()?,
             streams,
             backoff: Backoff::default(),
             idle_timeout: (self.rlp_idle_timeout > 0)
@@ -117,6 +117,15 @@ impl RunArgs {
 }
 
 impl RunArgs {
+    /// `--rlp-ca`, `--rlp-cert` and `--rlp-key`, when all three are given.
+    pub(crate) fn rlp_tls_files(&self) -> Option<RlpTlsFiles> {
+        Some(RlpTlsFiles {
+            ca: self.rlp_ca.clone()?,
+            cert: self.rlp_cert.clone()?,
+            key: self.rlp_key.clone()?,
+        })
+    }
+
     /// Settings an operator must not forget, for the start-up log and /health.
     pub fn warnings(&self, env: &dyn Env) -> Vec<String> {
         let mut w = Vec::new();
@@ -185,8 +194,11 @@ impl RunArgs {
     }
 }
 
-/// Validates every option of `args` (reading the TLS files), with `env` for
-/// the variables a platform sets, and reports all problems together.
+/// Validates every option of `args`, with `env` for the variables a
+/// platform sets, and reports all problems together. The RLP's TLS files
+/// and `--ca-file` are not read and no client is made (that is
+/// [`super::build`]'s); the sinks' TLS files, `--s3-ca` and
+/// `--signing-key` still are.
 pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors> {
     let mut errors = Vec::new();
     if args.shutdown_timeout == 0 {
@@ -205,11 +217,11 @@ pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors
     let source = match args.input.source {
         SourceKind::Rlp => args
             .rlp(&mut errors, streams)
-            .map(|r| SourceConfig::Rlp(Box::new(r))),
+            .map(|r| super::SourceSettings::Rlp(Box::new(r))),
         SourceKind::Gateway => args
             .input
             .gateway(&mut errors, &args.cf, streams)
-            .map(|g| SourceConfig::Gateway(Box::new(g))),
+            .map(|g| super::SourceSettings::Gateway(Box::new(g))),
     };
     let mut pipeline = args.output.pipeline(&mut errors, args.decode_only, env);
     let audit = args.audit.setup(

@@ -1,15 +1,140 @@
 //! Which source to read (the RLP over gRPC, or the RLP Gateway over HTTPS)
 //! and which envelope streams to ask it for; part of [`crate::config`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use super::cf::CfArgs;
+use super::cf::{CfArgs, PlatformHttp};
 use crate::backoff::Backoff;
 use crate::source::gateway::{GatewayConfig, GatewayEndpoints, IDLE_TIMEOUT};
-use crate::source::uaa::TokenProvider;
-use crate::source::{EnvelopeType, Streams};
+use crate::source::rlp::RlpConfig;
+use crate::source::uaa::{TokenProvider, UaaConfig};
+use crate::source::{EnvelopeType, SourceConfig, Streams};
+use crate::tls::ClientTls;
+
+/// The validated source: what [`SourceSettings::build`] makes the running
+/// source's configuration ([`SourceConfig`]) from.
+#[derive(Clone, Debug)]
+pub enum SourceSettings {
+    Rlp(Box<RlpSettings>),
+    Gateway(Box<GatewaySettings>),
+}
+
+/// The RLP source's validated options: [`RlpConfig`] with the paths of its
+/// TLS files, read at build.
+#[derive(Clone, Debug)]
+pub struct RlpSettings {
+    pub addr: String,
+    pub server_name: String,
+    /// `--rlp-ca`, `--rlp-cert`, `--rlp-key`.
+    pub tls: RlpTlsFiles,
+    pub streams: Streams,
+    pub backoff: Backoff,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The RLP's CA certificate, client certificate and client key files.
+#[derive(Clone, Debug)]
+pub struct RlpTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl RlpTlsFiles {
+    /// Reads and checks the files; the error names the options.
+    pub fn read(&self) -> Result<ClientTls, String> {
+        ClientTls::from_files(&self.ca, &self.cert, &self.key)
+            .map_err(|e| format!("--rlp-ca/--rlp-cert/--rlp-key: {e}"))
+    }
+}
+
+/// The gateway source's validated options; the platform HTTP client and the
+/// token provider are made at build.
+#[derive(Clone, Debug)]
+pub struct GatewaySettings {
+    pub endpoints: EndpointSettings,
+    /// How the client for UAA, the CF API and the gateway is made.
+    pub http: PlatformHttp,
+    pub streams: Streams,
+    pub backoff: Backoff,
+    pub idle_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub handover: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// Where the gateway and UAA are.
+#[derive(Clone)]
+pub enum EndpointSettings {
+    /// Both given: the gateway's URL and the UAA client its token provider uses.
+    Given { url: reqwest::Url, uaa: UaaConfig },
+    /// Read from the CF API root at start: always [`GatewayEndpoints::Discover`].
+    Discover(GatewayEndpoints),
+}
+
+impl std::fmt::Debug for EndpointSettings {
+    // Written out for the URL, shown as `redact::parsed_url` does (a derived
+    // `Debug` of a `Url` shows its password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Given { url, uaa } => f
+                .debug_struct("Given")
+                .field("url", &crate::redact::parsed_url(url))
+                .field("uaa", uaa)
+                .finish(),
+            Self::Discover(e) => e.fmt(f),
+        }
+    }
+}
+
+impl SourceSettings {
+    /// The running source's configuration: the RLP's TLS files read (a
+    /// problem added to `errors`), or the gateway's clients made with
+    /// `http`, the platform client (made from the settings' [`PlatformHttp`]).
+    pub fn build(
+        &self,
+        errors: &mut Vec<String>,
+        http: impl FnOnce(&PlatformHttp) -> Option<reqwest::Client>,
+    ) -> Option<SourceConfig> {
+        Some(match self {
+            SourceSettings::Rlp(r) => SourceConfig::Rlp(Box::new(RlpConfig {
+                addr: r.addr.clone(),
+                server_name: r.server_name.clone(),
+                tls: r.tls.read().map_err(|e| errors.push(e)).ok()?,
+                streams: r.streams.clone(),
+                backoff: r.backoff.clone(),
+                idle_timeout: r.idle_timeout,
+            })),
+            SourceSettings::Gateway(g) => {
+                let http = http(&g.http)?;
+                let endpoints = match &g.endpoints {
+                    EndpointSettings::Given { url, uaa } => GatewayEndpoints::Given {
+                        url: url.clone(),
+                        tokens: TokenProvider::with_limit(
+                            uaa.clone(),
+                            http.clone(),
+                            g.max_response_bytes,
+                        ),
+                    },
+                    EndpointSettings::Discover(e) => e.clone(),
+                };
+                SourceConfig::Gateway(Box::new(GatewayConfig {
+                    endpoints,
+                    http,
+                    streams: g.streams.clone(),
+                    backoff: g.backoff.clone(),
+                    idle_timeout: g.idle_timeout,
+                    max_frame_bytes: g.max_frame_bytes,
+                    handover: g.handover,
+                    max_response_bytes: g.max_response_bytes,
+                }))
+            }
+        })
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SourceKind {
@@ -121,7 +246,7 @@ impl SourceArgs {
         errors: &mut Vec<String>,
         cf: &CfArgs,
         streams: Streams,
-    ) -> Option<GatewayConfig> {
+    ) -> Option<GatewaySettings> {
         let before = errors.len();
         let gateway_url = super::cf::parse_url(
             errors,
@@ -146,29 +271,27 @@ impl SourceArgs {
         }
         let placeholder = reqwest::Url::parse("https://uaa.invalid").expect("static URL");
         let uaa = cf.uaa_config(errors, uaa_url.as_ref().unwrap_or(&placeholder));
-        let http = cf.http_client(errors);
         let max_body = cf.max_response_bytes(errors);
         if errors.len() > before {
             return None;
         }
-        let (uaa, http) = (uaa?, http?);
+        let uaa = uaa?;
         let endpoints = match (gateway_url, uaa_url, cf_api) {
-            (Some(url), Some(_), _) => GatewayEndpoints::Given {
-                url,
-                tokens: TokenProvider::with_limit(uaa, http.clone(), max_body),
-            },
-            (gateway_url, uaa_url, Some(cf_api)) => GatewayEndpoints::Discover {
-                cf_api,
-                gateway_url,
-                uaa_url,
-                client_id: uaa.client_id,
-                client_secret: uaa.client_secret,
-            },
+            (Some(url), Some(_), _) => EndpointSettings::Given { url, uaa },
+            (gateway_url, uaa_url, Some(cf_api)) => {
+                EndpointSettings::Discover(GatewayEndpoints::Discover {
+                    cf_api,
+                    gateway_url,
+                    uaa_url,
+                    client_id: uaa.client_id,
+                    client_secret: uaa.client_secret,
+                })
+            }
             _ => return None,
         };
-        Some(GatewayConfig {
+        Some(GatewaySettings {
             endpoints,
-            http,
+            http: cf.platform_http(),
             streams,
             backoff: Backoff::default(),
             idle_timeout: IDLE_TIMEOUT,
