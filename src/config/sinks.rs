@@ -110,6 +110,40 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
+    /// `--http-header` values as (name, value) pairs; a value is never shown in
+    /// an error (it may be a credential).
+    fn headers(&self, errors: &mut Vec<String>) -> Vec<(String, Secret)> {
+        let valid_value = |v: &str| reqwest::header::HeaderValue::from_str(v).is_ok();
+        let mut headers = Vec::new();
+        for h in &self.http_header {
+            match h.expose().split_once(':') {
+                Some((name, value))
+                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
+                        && valid_value(value.trim()) =>
+                {
+                    headers.push((name.trim().to_string(), value.trim().into()))
+                }
+                // The value may be a credential: name only the header's
+                // name, and only when there is one (without a colon, the
+                // whole text may be the credential).
+                Some((name, _))
+                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
+                        .is_ok() =>
+                {
+                    errors.push(format!(
+                        "--http-header (HTTP_HEADER) {:?}: the value holds characters an HTTP header cannot carry (value not shown)",
+                        name.trim()
+                    ))
+                }
+                _ => errors.push(
+                    "--http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)"
+                        .to_string(),
+                ),
+            }
+        }
+        headers
+    }
+
     /// The HTTP sink these options describe, plus any problems in them.
     pub(super) fn config(
         &self,
@@ -164,33 +198,7 @@ impl HttpArgs {
         if self.http_concurrency == 0 {
             errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
         }
-        let mut headers = Vec::new();
-        for h in &self.http_header {
-            match h.expose().split_once(':') {
-                Some((name, value))
-                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes()).is_ok()
-                        && valid_value(value.trim()) =>
-                {
-                    headers.push((name.trim().to_string(), value.trim().into()))
-                }
-                // The value may be a credential: name only the header's
-                // name, and only when there is one (without a colon, the
-                // whole text may be the credential).
-                Some((name, _))
-                    if reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())
-                        .is_ok() =>
-                {
-                    errors.push(format!(
-                        "--http-header (HTTP_HEADER) {:?}: the value holds characters an HTTP header cannot carry (value not shown)",
-                        name.trim()
-                    ))
-                }
-                _ => errors.push(
-                    "--http-header (HTTP_HEADER) must look like 'Name: value' (not shown: it may hold a credential)"
-                        .to_string(),
-                ),
-            }
-        }
+        let headers = self.headers(errors);
         let tls = tls_client(
             errors,
             "--http-ca/--http-cert/--http-key",
@@ -316,6 +324,50 @@ impl SyslogArgs {
         .map(crate::tls::ClientSettings::new)
     }
 
+    /// Each kind's severity (`--syslog-severity-*`); a name that is not one
+    /// is listed and stands as `info` meanwhile.
+    fn severities(&self, errors: &mut Vec<String>) -> crate::sink::syslog::Severities {
+        let mut severity = |flag: &str, env: &str, value: &str| {
+            crate::sink::syslog::SEVERITIES
+                .iter()
+                .position(|s| *s == value)
+                .map(|i| i as u8)
+                .unwrap_or_else(|| {
+                    errors.push(format!(
+                        "--{flag} ({env}) must be one of emerg, alert, crit, err, warning, notice, info, debug, not {value:?}"
+                    ));
+                    6
+                })
+        };
+        crate::sink::syslog::Severities {
+            api: severity(
+                "syslog-severity-api",
+                "SYSLOG_SEVERITY_API",
+                &self.syslog_severity_api,
+            ),
+            app_log: severity(
+                "syslog-severity-app-log",
+                "SYSLOG_SEVERITY_APP_LOG",
+                &self.syslog_severity_app_log,
+            ),
+            app_log_stderr: severity(
+                "syslog-severity-app-log-stderr",
+                "SYSLOG_SEVERITY_APP_LOG_STDERR",
+                &self.syslog_severity_app_log_stderr,
+            ),
+            metric: severity(
+                "syslog-severity-metric",
+                "SYSLOG_SEVERITY_METRIC",
+                &self.syslog_severity_metric,
+            ),
+            event: severity(
+                "syslog-severity-event",
+                "SYSLOG_SEVERITY_EVENT",
+                &self.syslog_severity_event,
+            ),
+        }
+    }
+
     /// The syslog sink these options describe, plus any problems in them.
     pub(super) fn config(
         &self,
@@ -349,45 +401,7 @@ impl SyslogArgs {
                 self.syslog_facility
             ));
         }
-        let mut severity = |flag: &str, env: &str, value: &str| {
-            crate::sink::syslog::SEVERITIES
-                .iter()
-                .position(|s| *s == value)
-                .map(|i| i as u8)
-                .unwrap_or_else(|| {
-                    errors.push(format!(
-                        "--{flag} ({env}) must be one of emerg, alert, crit, err, warning, notice, info, debug, not {value:?}"
-                    ));
-                    6
-                })
-        };
-        let severities = crate::sink::syslog::Severities {
-            api: severity(
-                "syslog-severity-api",
-                "SYSLOG_SEVERITY_API",
-                &self.syslog_severity_api,
-            ),
-            app_log: severity(
-                "syslog-severity-app-log",
-                "SYSLOG_SEVERITY_APP_LOG",
-                &self.syslog_severity_app_log,
-            ),
-            app_log_stderr: severity(
-                "syslog-severity-app-log-stderr",
-                "SYSLOG_SEVERITY_APP_LOG_STDERR",
-                &self.syslog_severity_app_log_stderr,
-            ),
-            metric: severity(
-                "syslog-severity-metric",
-                "SYSLOG_SEVERITY_METRIC",
-                &self.syslog_severity_metric,
-            ),
-            event: severity(
-                "syslog-severity-event",
-                "SYSLOG_SEVERITY_EVENT",
-                &self.syslog_severity_event,
-            ),
-        };
+        let severities = self.severities(errors);
         if self.syslog_max_message_bytes < 480 {
             errors.push(format!(
                 "--syslog-max-message-bytes (SYSLOG_MAX_MESSAGE_BYTES) must be at least 480 (RFC 5424's minimum), not {}",
