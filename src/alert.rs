@@ -302,7 +302,7 @@ fn raise(
 }
 
 /// The alert as a record: an event envelope from the nozzle itself.
-pub fn alert_record(reason: AlertReason, sink: Option<&str>, text: String) -> Record {
+pub(crate) fn alert_record(reason: AlertReason, sink: Option<&str>, text: String) -> Record {
     let mut tags = BTreeMap::from([
         ("nozzle_alert".to_string(), reason.as_str().to_string()),
         ("origin".to_string(), ALERT_SOURCE_ID.to_string()),

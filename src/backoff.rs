@@ -33,7 +33,7 @@ impl Backoff {
         }
     }
 
-    pub fn full_jitter(initial: Duration, max: Duration) -> Self {
+    pub(crate) fn full_jitter(initial: Duration, max: Duration) -> Self {
         Self {
             full_jitter: true,
             ..Self::new(initial, max)
@@ -41,7 +41,7 @@ impl Backoff {
     }
 
     /// The delay before the next attempt.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let step = self.step;
         self.step = (self.step * 2).min(self.max);
         let low = if self.full_jitter {

@@ -31,7 +31,7 @@ pub fn classify(envelope: impl Into<EnvelopeView>) -> Record {
 
 /// The kind an envelope belongs to. Envelopes without a message (which
 /// Loggregator should never send) are kept as events rather than dropped.
-pub fn kind_of(envelope: &EnvelopeView) -> Kind {
+pub(crate) fn kind_of(envelope: &EnvelopeView) -> Kind {
     match envelope.message_type() {
         Some(MessageType::Log) if envelope.tag("source_type") == Some("API") => Kind::Api,
         Some(MessageType::Log) => Kind::AppLog,

@@ -27,17 +27,16 @@ mod tail;
 mod telemetry;
 pub use audit::{
     AuditArgs, AuditSettings, AuditSetup, CcSettings, CursorSettings, OnOff, PollerSettings,
-    apply_routes, parse_duration,
+    apply_routes,
 };
 pub use build::{Built, build};
 pub use cf::{CfArgs, PlatformHttp};
 pub use env::{Env, MapEnv, ProcessEnv};
 pub use layers::{LayerArgs, Loaded, Origin};
 pub use run::{PipelineConfig, RunConfig, SinkConfig, validate};
-pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, SseArg, ValidateArgs, vcap_s3};
-pub use sinks::{
-    HttpArgs, HttpFormatArg, SyslogArgs, SyslogFramingArg, SyslogMsgArg, SyslogTransportArg,
-};
+pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, ValidateArgs};
+pub(crate) use s3::{SseArg, vcap_s3};
+pub use sinks::{HttpArgs, SyslogArgs};
 pub use source::{
     EndpointSettings, GatewaySettings, RlpSettings, RlpTlsFiles, SourceArgs, SourceKind,
     SourceSettings,
@@ -78,7 +77,7 @@ pub enum Command {
 }
 
 /// The command names, for making `run` the default.
-pub const COMMANDS: [&str; 8] = [
+pub(crate) const COMMANDS: [&str; 8] = [
     "run", "demo", "emulator", "keygen", "validate", "config", "tail", "help",
 ];
 
@@ -118,19 +117,19 @@ pub struct RunArgs {
     pub rlp_addr: Option<String>,
     /// CA certificate (PEM) that signed the RLP's certificate (Loggregator's CA).
     #[arg(long, env = "RLP_CA")]
-    pub rlp_ca: Option<PathBuf>,
+    pub(crate) rlp_ca: Option<PathBuf>,
     /// Client certificate (PEM) signed by Loggregator's CA.
     #[arg(long, env = "RLP_CERT")]
-    pub rlp_cert: Option<PathBuf>,
+    pub(crate) rlp_cert: Option<PathBuf>,
     /// Client private key (PEM).
     #[arg(long, env = "RLP_KEY")]
-    pub rlp_key: Option<PathBuf>,
+    pub(crate) rlp_key: Option<PathBuf>,
     /// Name the RLP's certificate must carry.
     #[arg(long, env = "RLP_SERVER_NAME", default_value = "reverselogproxy")]
-    pub rlp_server_name: String,
+    pub(crate) rlp_server_name: String,
     /// Seconds without any envelope after which an open RLP stream is replaced (the firehose is never silent that long); 0 never. Raise it for a narrow --source-ids selection.
     #[arg(long, env = "RLP_IDLE_TIMEOUT", default_value_t = 30)]
-    pub rlp_idle_timeout: u64,
+    pub(crate) rlp_idle_timeout: u64,
     /// Subscription id shared by every instance of this nozzle: Loggregator splits the stream between them (another id gets its own full copy).
     #[arg(long, env = "SHARD_ID", default_value = "cf-audit-nozzle")]
     pub shard_id: String,
@@ -187,20 +186,20 @@ pub struct OutputArgs {
     pub queue_capacity: usize,
     /// Records per batch a sink writes at once (default 1000, and 4000 for the http sink, which encodes a batch in parallel and sends it as several requests).
     #[arg(long, env = "BATCH_MAX_RECORDS")]
-    pub batch_max_records: Option<usize>,
+    pub(crate) batch_max_records: Option<usize>,
     /// Estimated bytes of records a sink writes at once (the batch closes at
     /// whichever of count, bytes and age comes first).
     #[arg(long, env = "BATCH_MAX_BYTES", default_value_t = crate::sink::DEFAULT_BATCH_MAX_BYTES)]
-    pub batch_max_bytes: usize,
+    pub(crate) batch_max_bytes: usize,
     /// Milliseconds a record waits at most for its batch to fill.
     #[arg(long, env = "BATCH_MAX_AGE_MS", default_value_t = 500)]
-    pub batch_max_age_ms: u64,
+    pub(crate) batch_max_age_ms: u64,
     /// gzip level of the file sink, 0 (none) to 9 (smallest).
     #[arg(long, env = "GZIP_LEVEL", default_value_t = DEFAULT_GZIP_LEVEL)]
     pub gzip_level: u32,
     /// Folder for batches a receiver rejected (e.g. HEC "invalid data format"), kept with the reason.
     #[arg(long, env = "DEAD_LETTER_DIR", default_value = "dead-letter")]
-    pub dead_letter_dir: PathBuf,
+    pub(crate) dead_letter_dir: PathBuf,
     #[command(flatten)]
     pub syslog: SyslogArgs,
     #[command(flatten)]
@@ -238,7 +237,7 @@ pub struct EmulatorArgs {
     pub listen: std::net::SocketAddr,
     /// Folder to write ca.pem, client.pem and client-key.pem into, for the nozzle.
     #[arg(long, env = "EMULATOR_TLS_DIR", default_value = "emulator-tls")]
-    pub tls_dir: PathBuf,
+    pub(crate) tls_dir: PathBuf,
     /// Envelopes per second per shard; 0 is as fast as the client reads.
     #[arg(long, env = "EMULATOR_RATE", default_value_t = 0)]
     pub rate: u64,
@@ -254,10 +253,10 @@ pub struct EmulatorArgs {
     pub fresh: bool,
     /// Also serve an RLP Gateway (SSE over plain HTTP, with a UAA token endpoint and a CF API root) on this address.
     #[arg(long, env = "EMULATOR_GATEWAY_LISTEN")]
-    pub gateway_listen: Option<std::net::SocketAddr>,
+    pub(crate) gateway_listen: Option<std::net::SocketAddr>,
     /// Seconds after which the emulated gateway ends each stream with `event: closing` (14 minutes on a real one).
     #[arg(long, env = "EMULATOR_GATEWAY_STREAM_TIMEOUT", default_value_t = 840)]
-    pub gateway_stream_timeout: u64,
+    pub(crate) gateway_stream_timeout: u64,
 }
 
 impl EmulatorArgs {

@@ -67,7 +67,7 @@ impl<S> Metric<S> {
 
 /// The sum of the values in the family `name` of `metrics`, read from `snap`
 /// (e.g. a sink's drops over every reason).
-pub fn family_sum<S>(metrics: &[Metric<S>], snap: &S, name: &str) -> u64 {
+pub(crate) fn family_sum<S>(metrics: &[Metric<S>], snap: &S, name: &str) -> u64 {
     metrics
         .iter()
         .filter(|m| m.name == name)
@@ -337,7 +337,7 @@ impl SourceStatus {
     /// from, for the log): counts the connect, and after a failure clears
     /// `last_error` (keeping it as `previous_error`) and logs one line
     /// `reconnected to <target> after <n> attempts`.
-    pub fn opened(&self, source: &'static str, target: &str) {
+    pub(crate) fn opened(&self, source: &'static str, target: &str) {
         self.connects.fetch_add(1, Ordering::Relaxed);
         self.set_connected(true);
         let attempts = self.attempts_since_open.swap(0, Ordering::Relaxed);
@@ -355,7 +355,7 @@ impl SourceStatus {
     }
 
     /// The reconnect loop calls this when a stream ends.
-    pub fn set_connected(&self, connected: bool) {
+    pub(crate) fn set_connected(&self, connected: bool) {
         let mut c = self.connection.lock().expect("status lock");
         if c.0 != connected || c.1.is_none() {
             *c = (connected, Some(tokio::time::Instant::now()));
@@ -404,7 +404,7 @@ pub struct SkipLog {
 }
 
 /// At most one warning about skipped input per this interval.
-pub const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const SKIP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl SkipLog {
     /// Notes one skip; `Some(n)` when a warning is due now, `n` being the

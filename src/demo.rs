@@ -47,7 +47,7 @@ pub enum DemoError {
 pub struct DemoReport {
     pub summary: Summary,
     pub samples: Vec<(Kind, serde_json::Value)>,
-    pub records_in_files: u64,
+    pub(crate) records_in_files: u64,
 }
 
 pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoReport, DemoError> {

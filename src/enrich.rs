@@ -37,15 +37,15 @@ use crate::record::{AppNames, Kind, Record, app_guid};
 
 #[derive(Clone, Debug)]
 pub struct EnrichConfig {
-    pub max_entries: usize,
-    pub ttl: Duration,
-    pub miss_ttl: Duration,
+    pub(crate) max_entries: usize,
+    pub(crate) ttl: Duration,
+    pub(crate) miss_ttl: Duration,
     pub concurrency: usize,
     /// App guids waiting for a lookup; beyond it requests are dropped (and
     /// asked again by a later record).
     pub queue: usize,
     /// How often the table the router reads is refreshed.
-    pub publish_every: Duration,
+    pub(crate) publish_every: Duration,
 }
 
 impl Default for EnrichConfig {
@@ -235,7 +235,7 @@ impl Snapshot<'_> {
 }
 
 /// Whether `s` is a GUID: 8-4-4-4-12 hex digits.
-pub fn is_guid(s: &str) -> bool {
+pub(crate) fn is_guid(s: &str) -> bool {
     let b = s.as_bytes();
     b.len() == 36
         && b.iter().enumerate().all(|(i, &c)| match i {
@@ -251,7 +251,7 @@ pub fn is_guid(s: &str) -> bool {
 pub type Lookup = Arc<dyn Fn(String) -> BoxFuture<'static, LookupResult> + Send + Sync>;
 
 /// What one lookup found.
-pub type LookupResult = Result<Option<AppNames>, LookupError>;
+pub(crate) type LookupResult = Result<Option<AppNames>, LookupError>;
 
 /// Why a lookup failed: the client's own error, kept whole for the log.
 #[derive(Debug, thiserror::Error)]
@@ -260,7 +260,7 @@ pub struct LookupError(pub Box<dyn std::error::Error + Send + Sync>);
 
 /// Reads an app with its included space and organization (Cloud
 /// Controller's `/v3/apps/:guid?include=space.organization`).
-pub fn names_of(guid: &str, app: &serde_json::Value) -> AppNames {
+pub(crate) fn names_of(guid: &str, app: &serde_json::Value) -> AppNames {
     let s = |v: Option<&serde_json::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
     let space_guid = s(app.pointer("/relationships/space/data/guid"));
     let find = |list: &str, guid: &Option<String>| {

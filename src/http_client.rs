@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Time to set up a TCP (and TLS) connection to UAA, CC or the gateway.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest wait for any read on a connection. The gateway sends a heartbeat
 /// every 15 s, so this never ends a healthy stream; it ends a dead CC or UAA
 /// call that a per-request timeout did not.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Redirects one request may follow (reqwest's default).
 const MAX_REDIRECTS: usize = 10;
@@ -23,7 +23,7 @@ const MAX_REDIRECTS: usize = 10;
 #[error(
     "refused a redirect from {from} to {to}: credentials and records are sent only to the configured origin"
 )]
-pub struct CrossOriginRedirect {
+pub(crate) struct CrossOriginRedirect {
     /// Origins (scheme://host:port), never paths or queries.
     pub from: String,
     pub to: String,
@@ -36,7 +36,7 @@ pub struct CrossOriginRedirect {
 /// ([`CrossOriginRedirect`]), so neither a credential (a UAA secret re-posted
 /// by a 307, a bearer token, an `--http-header`) nor a record leaves for a
 /// host nobody configured.
-pub fn same_origin_redirects() -> reqwest::redirect::Policy {
+pub(crate) fn same_origin_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let Some(first) = attempt.previous().first() else {
             return attempt.follow();
@@ -92,7 +92,9 @@ pub fn http_client(
 
 /// A rustls client configuration that trusts the Mozilla roots plus the
 /// certificates in `extra_ca_pem` (refused when it holds none).
-pub fn rustls_config(extra_ca_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, HttpClientError> {
+pub(crate) fn rustls_config(
+    extra_ca_pem: Option<&[u8]>,
+) -> Result<rustls::ClientConfig, HttpClientError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let invalid = |reason: String| crate::tls::TlsError::Invalid {

@@ -126,7 +126,7 @@ impl SigningKey {
     }
 
     /// The PKCS#8 PEM form of the private key.
-    pub fn to_pem(&self) -> String {
+    pub(crate) fn to_pem(&self) -> String {
         let pem = match self {
             SigningKey::Ed25519(k) => {
                 use ed25519_dalek::pkcs8::EncodePrivateKey;
@@ -207,7 +207,7 @@ impl PublicKey {
     }
 
     /// The SubjectPublicKeyInfo DER of the key.
-    pub fn der(&self) -> Vec<u8> {
+    pub(crate) fn der(&self) -> Vec<u8> {
         match self {
             PublicKey::Ed25519(k) => {
                 use ed25519_dalek::pkcs8::EncodePublicKey;
@@ -220,7 +220,7 @@ impl PublicKey {
         }
     }
 
-    pub fn to_pem(&self) -> String {
+    pub(crate) fn to_pem(&self) -> String {
         match self {
             PublicKey::Ed25519(k) => {
                 use ed25519_dalek::pkcs8::EncodePublicKey;
@@ -280,7 +280,7 @@ pub fn string_to_sign(
 }
 
 /// Time as digests write it: `2026-11-27T15:01:31Z`.
-pub fn digest_time(t: chrono::DateTime<chrono::Utc>) -> String {
+pub(crate) fn digest_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -288,11 +288,11 @@ pub fn digest_time(t: chrono::DateTime<chrono::Utc>) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LogFileEntry {
-    pub s3_bucket: String,
-    pub s3_object: String,
+    pub(crate) s3_bucket: String,
+    pub(crate) s3_object: String,
     /// Hex SHA-256 of the uncompressed file.
-    pub hash_value: String,
-    pub hash_algorithm: String,
+    pub(crate) hash_value: String,
+    pub(crate) hash_algorithm: String,
     pub newest_event_time: Option<String>,
     pub oldest_event_time: Option<String>,
 }
@@ -304,7 +304,7 @@ pub struct LogFileEntry {
 pub struct DigestFile {
     pub foundation: String,
     pub instance_index: u32,
-    pub digest_start_time: String,
+    pub(crate) digest_start_time: String,
     pub digest_end_time: String,
     pub digest_s3_bucket: String,
     pub digest_s3_object: String,
@@ -312,9 +312,9 @@ pub struct DigestFile {
     pub digest_signature_algorithm: String,
     pub newest_event_time: Option<String>,
     pub oldest_event_time: Option<String>,
-    pub previous_digest_s3_bucket: Option<String>,
+    pub(crate) previous_digest_s3_bucket: Option<String>,
     pub previous_digest_s3_object: Option<String>,
-    pub previous_digest_hash_value: Option<String>,
+    pub(crate) previous_digest_hash_value: Option<String>,
     pub previous_digest_hash_algorithm: Option<String>,
     pub previous_digest_signature: Option<String>,
     pub log_files: Vec<LogFileEntry>,
@@ -322,8 +322,8 @@ pub struct DigestFile {
 
 /// The metadata names of the signature on an S3 digest object (sent as
 /// `x-amz-meta-signature` and `x-amz-meta-signature-algorithm`).
-pub const META_SIGNATURE: &str = "signature";
-pub const META_SIGNATURE_ALGORITHM: &str = "signature-algorithm";
+pub(crate) const META_SIGNATURE: &str = "signature";
+pub(crate) const META_SIGNATURE_ALGORITHM: &str = "signature-algorithm";
 
 /// The sidecar a local-folder digest's signature is kept in (`<digest>.sig`).
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -31,9 +31,9 @@ pub struct LogArgs {
 }
 
 /// Warnings and errors of one call site allowed per [`WINDOW`].
-pub const BURST: u32 = 5;
+pub(crate) const BURST: u32 = 5;
 /// The rate limit's window.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 
 /// Installs the global subscriber: `format` to stdout or stderr.
 pub fn init(format: LogFormat, to_stdout: bool) {
@@ -71,7 +71,7 @@ struct Window {
 
 /// What the limiter decided for an event.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Admit {
+pub(crate) enum Admit {
     /// Write it; `suppressed` events of this call site were held back before it.
     Yes {
         suppressed: u64,
@@ -82,7 +82,7 @@ pub enum Admit {
 /// Per-call-site counting of warnings and errors (tokio's clock, so tests
 /// can pause it).
 #[derive(Debug)]
-pub struct Limiter {
+pub(crate) struct Limiter {
     burst: u32,
     window: Duration,
     /// Keyed by the address of the site's static (see [`site_address`]) and
@@ -108,7 +108,7 @@ impl Limiter {
     }
 
     /// Counts one event of `site` with `key` (its [`KEY_FIELDS`] values) now.
-    pub fn admit(&self, site: Identifier, key: String) -> Admit {
+    pub(crate) fn admit(&self, site: Identifier, key: String) -> Admit {
         let now = tokio::time::Instant::now();
         let mut sites = self.sites.lock().unwrap_or_else(|e| e.into_inner());
         let w = sites.entry((site_address(&site), key)).or_insert(Window {
@@ -136,7 +136,7 @@ impl Limiter {
 /// site: each alert reason and each sink is limited on its own, so five
 /// `sink_dropped` lines cannot hide a `sink_stalled` one, nor one sink's
 /// retries another's. Their values are few (reasons and configured sinks).
-pub const KEY_FIELDS: [&str; 2] = ["alert", "sink"];
+pub(crate) const KEY_FIELDS: [&str; 2] = ["alert", "sink"];
 
 /// Collects the [`KEY_FIELDS`] values of an event.
 #[derive(Default)]
@@ -161,7 +161,7 @@ impl tracing::field::Visit for KeyVisitor {
 
 /// A layer that lets warnings and errors through [`Limiter`] and everything
 /// else straight to `inner`.
-pub struct RateLimited<L> {
+pub(crate) struct RateLimited<L> {
     inner: L,
     limiter: Limiter,
 }

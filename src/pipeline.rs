@@ -198,7 +198,7 @@ impl Pipeline {
     }
 
     /// Each sink's name and counters, in the router's order, for telemetry.
-    pub fn sink_views(&self, capacity: usize) -> Vec<crate::stats::SinkView> {
+    pub(crate) fn sink_views(&self, capacity: usize) -> Vec<crate::stats::SinkView> {
         self.sinks
             .iter()
             .map(|(name, stats, _)| crate::stats::SinkView {

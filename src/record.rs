@@ -15,17 +15,21 @@ pub mod api;
 pub mod envelope;
 mod json;
 pub mod ruby_hash;
-pub use json::{put_digits, write_int, write_rfc3339, write_str_contents};
+pub(crate) use json::{put_digits, write_int, write_rfc3339, write_str_contents};
 mod wire;
 
-pub use envelope::{EnvelopeView, MessageRef, MessageType, ValueRef, decode_batch};
+pub(crate) use envelope::MessageType;
+pub use envelope::{EnvelopeView, decode_batch};
+pub use envelope::{MessageRef, ValueRef};
 pub use wire::WireError;
 
-pub use api::{ApiCall, ApiResource, ApiSource, audit_event_record};
+pub use api::ApiCall;
+pub use api::ApiResource;
+pub use api::{ApiSource, audit_event_record};
 
 /// Version of the ApiInvocation record layout: the major changes on
 /// incompatible changes, the minor when fields are added (as CloudTrail does).
-pub const API_EVENT_VERSION: &str = "1.0";
+pub(crate) const API_EVENT_VERSION: &str = "1.0";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -163,7 +167,7 @@ impl Record {
 
     /// The parts of [`Record::host`], to be joined by `.`, without
     /// allocating (the sinks write them straight into their buffers).
-    pub fn host_parts(&self) -> ([&str; 3], usize) {
+    pub(crate) fn host_parts(&self) -> ([&str; 3], usize) {
         let tag = |k: &str| self.tag(k).filter(|v| !v.is_empty());
         match (tag("organization_name"), tag("space_name"), tag("app_name")) {
             (None, None, None) => match (tag("deployment"), tag("job")) {
@@ -221,15 +225,15 @@ pub(crate) fn audit_space_org(rec: &Record, space: bool) -> Option<&str> {
 }
 
 /// `source_id` of the nozzle's own alert records.
-pub const ALERT_SOURCE_ID: &str = "cf-audit-nozzle";
+pub(crate) const ALERT_SOURCE_ID: &str = "cf-audit-nozzle";
 
 /// Whether a record is one of the nozzle's own alerts.
-pub fn is_alert(record: &Record) -> bool {
+pub(crate) fn is_alert(record: &Record) -> bool {
     record.envelope.source_id() == ALERT_SOURCE_ID && record.tag("nozzle_alert").is_some()
 }
 
 /// RFC 3339 UTC with nanoseconds, from UNIX nanoseconds.
-pub fn rfc3339_nanos(ns: i64) -> String {
+pub(crate) fn rfc3339_nanos(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
@@ -509,7 +513,7 @@ fn write_gauge_metrics(out: &mut Vec<u8>, g: &envelope::GaugeRef<'_>) {
 
 /// Appends the envelope as the RLP Gateway's protojson (EmitUnpopulated)
 /// writes it: snake_case keys, 64-bit integers as strings, payload base64.
-pub fn write_envelope_json(env: &EnvelopeView, out: &mut Vec<u8>) {
+pub(crate) fn write_envelope_json(env: &EnvelopeView, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"timestamp\":");
     json::write_int_str(out, env.timestamp());
     json::write_key(out, "source_id");

@@ -12,7 +12,7 @@ pub const HIDDEN: &str = "***";
 
 /// What a [`Secret`] (and a secret option's value in `config check`) is
 /// shown as.
-pub const MASK: &str = "********";
+pub(crate) const MASK: &str = "********";
 
 /// A value that must never be shown: a client secret, a token, a password,
 /// a header value, private-key material. `Debug` prints `Secret(********)`
@@ -34,7 +34,7 @@ impl<T> Secret<T> {
 
 impl Secret {
     /// The value itself, for the one place that sends or checks it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
@@ -45,7 +45,7 @@ impl Secret {
 
 impl Secret<Vec<u8>> {
     /// The bytes themselves (e.g. a private key's PEM), for the TLS setup.
-    pub fn expose(&self) -> &[u8] {
+    pub(crate) fn expose(&self) -> &[u8] {
         &self.0
     }
 }
@@ -104,7 +104,7 @@ impl<U> SecretUrl<U> {
 
 impl SecretUrl {
     /// The URL as given, credentials and all, for the one place that uses it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -117,7 +117,7 @@ impl SecretUrl<reqwest::Url> {
 }
 
 /// What a [`SecretUrl`] can hold, and how it is shown.
-pub trait ShownUrl {
+pub(crate) trait ShownUrl {
     /// The URL with its user information and query values hidden.
     fn shown(&self) -> String;
 }
@@ -184,7 +184,7 @@ pub fn url(text: &str) -> String {
 }
 
 /// A parsed URL, shown as [`url`] does.
-pub fn parsed_url(parsed: &reqwest::Url) -> String {
+pub(crate) fn parsed_url(parsed: &reqwest::Url) -> String {
     let mut u = parsed.clone();
     if !u.username().is_empty() || u.password().is_some() {
         let _ = u.set_password(None);
@@ -201,7 +201,7 @@ pub fn parsed_url(parsed: &reqwest::Url) -> String {
 
 /// Every URL in `text` (`scheme://...`) shown as [`url`] does; the rest
 /// of the text as it is.
-pub fn urls_in(text: &str) -> String {
+pub(crate) fn urls_in(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = 0;
     while let Some(found) = text[rest..].find("://") {

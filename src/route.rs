@@ -20,14 +20,14 @@ pub struct IngressStats {
     pub batches: AtomicU64,
     pub envelopes: AtomicU64,
     /// Records per kind, indexed by [`Kind::index`].
-    pub by_kind: [AtomicU64; 4],
+    pub(crate) by_kind: [AtomicU64; 4],
     /// Records of a kind no sink is configured for (an operator's choice, not a loss).
-    pub unrouted: AtomicU64,
+    pub(crate) unrouted: AtomicU64,
     /// Envelopes Loggregator says it dropped on the way to slow consumers:
     /// the deltas of `dropped{direction=egress}` counters from Doppler and the
     /// RLP (reference: loggregator-protocol.md, slow consumers). Upstream loss
     /// the nozzle cannot see otherwise.
-    pub upstream_dropped: AtomicU64,
+    pub(crate) upstream_dropped: AtomicU64,
     /// Records the include/exclude rules left out (an operator's choice, not a loss).
     pub filtered: AtomicU64,
 }
@@ -40,8 +40,8 @@ pub struct IngressSnapshot {
     pub app_log: u64,
     pub metric: u64,
     pub event: u64,
-    pub unrouted: u64,
-    pub upstream_dropped: u64,
+    pub(crate) unrouted: u64,
+    pub(crate) upstream_dropped: u64,
     pub filtered: u64,
 }
 
@@ -118,7 +118,7 @@ impl Router {
     /// Whether a source that can read again should wait before offering
     /// `records` more of `kind` (a sink of that kind has `--buffer-when-full
     /// block` and no room).
-    pub fn should_wait(&self, kind: Kind, records: u64) -> bool {
+    pub(crate) fn should_wait(&self, kind: Kind, records: u64) -> bool {
         self.routes[kind.index()].iter().any(|&i| {
             let q = &self.queues[i];
             q.buffer().is_some() && q.should_wait(records)
@@ -162,7 +162,7 @@ impl Router {
 
     /// Offers one record the nozzle made itself (an alert) to the sinks its
     /// kind is routed to, except `except` (the sink the alert is about).
-    pub fn offer_except(&self, except: Option<usize>, record: crate::record::Record) {
+    pub(crate) fn offer_except(&self, except: Option<usize>, record: crate::record::Record) {
         let targets = &self.routes[record.kind.index()];
         let record = Arc::new(record);
         for &i in targets {
@@ -243,7 +243,7 @@ impl Router {
 
 /// The envelopes a Doppler or RLP `dropped{direction=egress}` counter says
 /// were lost on the way to consumers (its delta), else 0.
-pub fn loggregator_egress_drops(envelope: &EnvelopeView) -> u64 {
+pub(crate) fn loggregator_egress_drops(envelope: &EnvelopeView) -> u64 {
     let Some(MessageRef::Counter(c)) = envelope.message() else {
         return 0;
     };

@@ -135,7 +135,7 @@ impl AlertStats {
         self.raised[reason as usize].load(Ordering::Relaxed)
     }
 
-    pub fn is_stalled(&self, sink: usize) -> bool {
+    pub(crate) fn is_stalled(&self, sink: usize) -> bool {
         self.stalled
             .lock()
             .expect("alert lock")

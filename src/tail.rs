@@ -23,7 +23,7 @@ use crate::source::SourceStatus;
 #[derive(Clone, Debug, Default)]
 pub struct TailFilter {
     pub kinds: Vec<Kind>,
-    pub source_types: Vec<String>,
+    pub(crate) source_types: Vec<String>,
     pub app: Option<String>,
     pub org: Option<String>,
 }
@@ -90,7 +90,7 @@ impl TailFilter {
 }
 
 /// The human line of a record (as its JSON).
-pub fn human_line(json: &Value) -> String {
+pub(crate) fn human_line(json: &Value) -> String {
     let s = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_string();
     let who = |v: &Value| {
         let name = s(v, "name");
@@ -162,7 +162,7 @@ fn is_terminal_control(c: char) -> bool {
 /// Appends `line` with every character a terminal would act on written as
 /// a visible escape (`\n`, `\r`, `\t`, `\x1b`, `\u{9b}`), so no record can
 /// move the cursor, clear the screen, set the title or forge another line.
-pub fn push_escaped(out: &mut String, line: &str) {
+pub(crate) fn push_escaped(out: &mut String, line: &str) {
     use std::fmt::Write as _;
     for c in line.chars() {
         match c {
@@ -184,7 +184,7 @@ pub fn push_escaped(out: &mut String, line: &str) {
 /// terminal would act on (DEL, C1 controls, separators, bidi overrides)
 /// written as `\uXXXX`: the same JSON value, safe on a terminal. (JSON
 /// escapes C0 controls itself; outside strings JSON is ASCII.)
-pub fn push_json_for_terminal(out: &mut String, json: &str) {
+pub(crate) fn push_json_for_terminal(out: &mut String, json: &str) {
     use std::fmt::Write as _;
     for c in json.chars() {
         if is_terminal_control(c) {
@@ -242,7 +242,7 @@ impl<W: Write + Send + 'static> Sink for Printer<W> {
 
 /// A shard id of its own for this `tail`, so it receives a full copy of
 /// what it subscribes to instead of a share of the nozzle's.
-pub fn own_shard_id(shard_id: &str) -> String {
+pub(crate) fn own_shard_id(shard_id: &str) -> String {
     format!("{shard_id}-tail-{:08x}", rand::random::<u32>())
 }
 

@@ -37,8 +37,8 @@ pub enum TlsError {
 #[derive(Clone, Debug)]
 pub struct ClientTls {
     pub ca_pem: Pem,
-    pub cert_pem: Pem,
-    pub key_pem: crate::redact::Secret<Vec<u8>>,
+    pub(crate) cert_pem: Pem,
+    pub(crate) key_pem: crate::redact::Secret<Vec<u8>>,
     /// Where the CA came from, so errors can name it.
     pub ca_origin: String,
 }
@@ -77,7 +77,7 @@ impl ClientTls {
     /// Reads the CA, certificate and key files, checking each holds PEM of
     /// the right kind, and that the certificate is valid now and belongs
     /// to the key ([`check_identity`]).
-    pub fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
+    pub(crate) fn from_files(ca: &Path, cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let tls = Self {
             ca_pem: read_pem("CA certificate", ca, "CERTIFICATE")?.into(),
             cert_pem: read_pem("client certificate", cert, "CERTIFICATE")?.into(),
@@ -97,7 +97,7 @@ impl ClientTls {
 /// its key, each with the file it came from: the certificate must be valid
 /// at `now` and its public key must be the key's. Either mistake would only
 /// show at the handshake, as a retry that never succeeds.
-pub fn check_identity(
+pub(crate) fn check_identity(
     (cert_path, cert_pem): (&Path, &[u8]),
     (key_path, key_pem): (&Path, &[u8]),
     now: std::time::SystemTime,
@@ -387,7 +387,7 @@ pub fn rustls_client_config(
 }
 
 /// Reads a PEM file for a sink option, naming the option in errors.
-pub fn read_pem_file(
+pub(crate) fn read_pem_file(
     what: &'static str,
     path: &Path,
     expected: &'static str,
@@ -398,7 +398,7 @@ pub fn read_pem_file(
 /// Turns certificate verification off in `config` (the operator asked for it
 /// with a flag; callers warn loudly). Signatures are still checked, so the
 /// peer must hold the key of the certificate it shows; who that is, is not.
-pub fn disable_verification(config: &mut rustls::ClientConfig) {
+pub(crate) fn disable_verification(config: &mut rustls::ClientConfig) {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     config
         .dangerous()

@@ -26,7 +26,7 @@ pub enum ValidateError {
     Time { flag: &'static str, value: String },
 }
 
-pub fn parse_time(flag: &'static str, value: &str) -> Result<DateTime<Utc>, ValidateError> {
+pub(crate) fn parse_time(flag: &'static str, value: &str) -> Result<DateTime<Utc>, ValidateError> {
     DateTime::parse_from_rfc3339(value)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| ValidateError::Time {

@@ -27,23 +27,23 @@ pub struct AuditArgs {
     pub audit_events: OnOff,
     /// On the first start (no cursor yet), read audit events this far back: e.g. 90m, 1h, 7d (at most 31d, CC's retention).
     #[arg(long, env = "AUDIT_LOOKBACK", default_value = "1h")]
-    pub audit_lookback: String,
+    pub(crate) audit_lookback: String,
     /// File keeping the audit-events cursor (last created_at and the event
     /// guids of that second). Default: an object in the S3 sink's bucket
     /// (`<prefix>/CFLogs-State/<foundation>/audit-events.cursor.json`) when
     /// --sink has s3, so a pushed instance with ephemeral disk resumes where
     /// it stopped; else audit-events.cursor.json.
     #[arg(long, env = "AUDIT_CURSOR_FILE")]
-    pub audit_cursor_file: Option<PathBuf>,
+    pub(crate) audit_cursor_file: Option<PathBuf>,
     /// Pause between polls of /v3/audit_events once caught up, e.g. 30s, 1m.
     #[arg(long, env = "AUDIT_POLL_INTERVAL", default_value = "60s")]
-    pub audit_poll_interval: String,
+    pub(crate) audit_poll_interval: String,
     /// Audit events per page, 1 to 5000.
     #[arg(long, env = "AUDIT_PER_PAGE", default_value_t = MAX_PER_PAGE)]
-    pub audit_per_page: u32,
+    pub(crate) audit_per_page: u32,
     /// The instance index that polls (CF_INSTANCE_INDEX, else --instance-index, says which this is); the others do not.
     #[arg(long, env = "AUDIT_POLLER_INDEX", default_value_t = 0)]
-    pub audit_poller_index: u32,
+    pub(crate) audit_poller_index: u32,
     /// Add app, space and org names from Cloud Controller to records whose envelope lacks them (needs --cf-api and a UAA client that can read apps).
     #[arg(long, env = "ENRICH", value_enum, default_value = "off")]
     pub enrich: OnOff,
@@ -152,7 +152,7 @@ impl AuditSettings {
 }
 
 /// `90s`, `30m`, `1h`, `7d`, or plain seconds.
-pub fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => text.split_at(i),
@@ -173,7 +173,7 @@ impl AuditArgs {
     /// Validates the audit options, reporting problems in `errors`, and
     /// applies `--route` to the pipeline's sinks. `env` gives
     /// `VCAP_APPLICATION` and `CF_INSTANCE_INDEX`.
-    pub fn setup(
+    pub(crate) fn setup(
         &self,
         errors: &mut Vec<String>,
         cf: &CfArgs,

@@ -9,7 +9,7 @@ use crate::sink::buffer::{BufferConfig, Fsync, WhenFull};
 
 /// 1 GiB: Cloud Foundry's default disk quota. Raise `disk_quota` in the
 /// manifest with it.
-pub const DEFAULT_BUFFER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub(crate) const DEFAULT_BUFFER_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, Args)]
 pub struct BufferArgs {
@@ -17,11 +17,11 @@ pub struct BufferArgs {
     /// written there first, survives a restart and waits there while the
     /// sink is down. Off by default.
     #[arg(long, env = "BUFFER_DIR")]
-    pub buffer_dir: Option<PathBuf>,
+    pub(crate) buffer_dir: Option<PathBuf>,
     /// Bytes the disk buffer may hold in all, shared evenly by the sinks.
     /// Keep it below the app's disk quota.
     #[arg(long, env = "BUFFER_MAX_BYTES", default_value_t = DEFAULT_BUFFER_MAX_BYTES)]
-    pub buffer_max_bytes: u64,
+    pub(crate) buffer_max_bytes: u64,
     /// What a sink's full buffer does: drop the newest records (counted), or
     /// `block`: the audit-events poller waits for room (the firehose cannot
     /// wait, so its records are still dropped and counted).
@@ -31,16 +31,16 @@ pub struct BufferArgs {
         value_enum,
         default_value = "drop_newest"
     )]
-    pub buffer_when_full: WhenFull,
+    pub(crate) buffer_when_full: WhenFull,
     /// When the buffer is forced to disk: `batch` (after every append) or a
     /// number of milliseconds (a machine crash loses at most that much).
     #[arg(long, env = "BUFFER_FSYNC", default_value = "100")]
-    pub buffer_fsync: String,
+    pub(crate) buffer_fsync: String,
     /// Fill of a sink's share of `--buffer-max-bytes` (a fraction, 0.8 is
     /// 80 %) at which a `buffer_filling` alert is raised; raised again only
     /// after the fill went below 90 % of it. 0 turns it off.
     #[arg(long, env = "BUFFER_WARN_FILL", default_value_t = 0.8)]
-    pub buffer_warn_fill: f64,
+    pub(crate) buffer_warn_fill: f64,
 }
 
 impl BufferArgs {

@@ -12,7 +12,7 @@ use crate::source::uaa::UaaConfig;
 
 /// The smallest `--cf-max-response-bytes`: a token response or an API root
 /// needs a few KiB.
-pub const MIN_RESPONSE_BYTES: usize = 64 * 1024;
+pub(crate) const MIN_RESPONSE_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Args)]
 pub struct CfArgs {
@@ -21,37 +21,41 @@ pub struct CfArgs {
     pub cf_api: Option<String>,
     /// UAA base URL (https://uaa.<system domain>), when not discovered from --cf-api.
     #[arg(long, env = "UAA_URL")]
-    pub uaa_url: Option<String>,
+    pub(crate) uaa_url: Option<String>,
     /// UAA client (client_credentials grant) with the authority doppler.firehose or logs.admin.
     #[arg(long, env = "UAA_CLIENT_ID")]
-    pub uaa_client_id: Option<String>,
+    pub(crate) uaa_client_id: Option<String>,
     /// Secret of --uaa-client-id.
     #[arg(long, env = "UAA_CLIENT_SECRET", hide_env_values = true)]
-    pub uaa_client_secret: Option<Secret>,
+    pub(crate) uaa_client_secret: Option<Secret>,
     /// Extra CA certificate(s) (PEM) trusted for the CF API, UAA and the gateway, besides the Mozilla roots.
     #[arg(long, env = "CA_FILE")]
-    pub ca_file: Option<PathBuf>,
+    pub(crate) ca_file: Option<PathBuf>,
     /// Do not verify the TLS certificates of the CF API, UAA and the gateway (unsafe; testing only).
     #[arg(long, env = "SKIP_TLS_VERIFY")]
-    pub skip_tls_verify: bool,
+    pub(crate) skip_tls_verify: bool,
     /// Largest body read from Cloud Controller and UAA by the audit-events poller and enrichment; a larger answer is refused and counted (an audit-events page is asked for again in smaller pages).
     #[arg(long, env = "CF_MAX_RESPONSE_BYTES", default_value_t = crate::source::cf_api::DEFAULT_MAX_RESPONSE_BYTES)]
-    pub cf_max_response_bytes: usize,
+    pub(crate) cf_max_response_bytes: usize,
 }
 
 impl CfArgs {
     /// `--cf-api` as a URL, with problems added to `errors`.
-    pub fn cf_api_url(&self, errors: &mut Vec<String>) -> Option<reqwest::Url> {
+    pub(crate) fn cf_api_url(&self, errors: &mut Vec<String>) -> Option<reqwest::Url> {
         parse_url(errors, "--cf-api (CF_API)", self.cf_api.as_deref())
     }
 
     /// `--uaa-url` as a URL, with problems added to `errors`.
-    pub fn uaa_url(&self, errors: &mut Vec<String>) -> Option<reqwest::Url> {
+    pub(crate) fn uaa_url(&self, errors: &mut Vec<String>) -> Option<reqwest::Url> {
         parse_url(errors, "--uaa-url (UAA_URL)", self.uaa_url.as_deref())
     }
 
     /// The UAA client for a UAA base URL, or a problem for each missing credential.
-    pub fn uaa_config(&self, errors: &mut Vec<String>, uaa: &reqwest::Url) -> Option<UaaConfig> {
+    pub(crate) fn uaa_config(
+        &self,
+        errors: &mut Vec<String>,
+        uaa: &reqwest::Url,
+    ) -> Option<UaaConfig> {
         let mut need = |v: Option<&str>, flag: &str| match v {
             Some(s) if !s.is_empty() => Some(s.to_string()),
             _ => {
@@ -90,7 +94,7 @@ impl CfArgs {
 
     /// How the client for UAA, CC and the gateway is made (no I/O: the
     /// `--ca-file` is read when it is built).
-    pub fn platform_http(&self) -> PlatformHttp {
+    pub(crate) fn platform_http(&self) -> PlatformHttp {
         PlatformHttp {
             ca_file: self.ca_file.clone(),
             skip_tls_verify: self.skip_tls_verify,
@@ -102,8 +106,8 @@ impl CfArgs {
 /// Gateway: `--ca-file` (a path, read at build) and `--skip-tls-verify`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlatformHttp {
-    pub ca_file: Option<PathBuf>,
-    pub skip_tls_verify: bool,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) skip_tls_verify: bool,
 }
 
 impl PlatformHttp {

@@ -7,7 +7,7 @@ use super::layers::{Loaded, Origin, is_secret};
 use super::{Built, ConfigErrors, Env, RunArgs};
 
 /// What a secret's value is shown as.
-pub const MASK: &str = crate::redact::MASK;
+pub(crate) const MASK: &str = crate::redact::MASK;
 
 /// Validates `args` like `run` does and builds what they describe (reading
 /// the files they name), with the layers' problems first, then the values',

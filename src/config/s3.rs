@@ -18,7 +18,7 @@ use crate::sink::archive::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SseArg {
+pub(crate) enum SseArg {
     /// SSE-S3.
     #[value(name = "aes256")]
     Aes256,
@@ -33,37 +33,37 @@ pub enum SseArg {
 pub struct S3Args {
     /// S3 bucket of the s3 sink (or from an S3 binding in VCAP_SERVICES).
     #[arg(long, env = "S3_BUCKET")]
-    pub s3_bucket: Option<String>,
+    pub(crate) s3_bucket: Option<String>,
     /// Key prefix inside the bucket (CFLogs/ and CFLogs-Digest/ go below it).
     #[arg(long, env = "S3_PREFIX", default_value = "")]
-    pub s3_prefix: String,
+    pub(crate) s3_prefix: String,
     /// Region of the bucket.
     #[arg(long, env = "S3_REGION")]
-    pub s3_region: Option<String>,
+    pub(crate) s3_region: Option<String>,
     /// Endpoint of an S3-compatible store, e.g. http://127.0.0.1:9000 (AWS without it).
     #[arg(long, env = "S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
+    pub(crate) s3_endpoint: Option<String>,
     /// Path-style requests (endpoint/bucket/key), as most S3-compatible stores want.
     #[arg(long, env = "S3_PATH_STYLE")]
-    pub s3_path_style: bool,
+    pub(crate) s3_path_style: bool,
     /// Access key id (or from VCAP_SERVICES).
     #[arg(long, env = "S3_ACCESS_KEY_ID")]
-    pub s3_access_key_id: Option<String>,
+    pub(crate) s3_access_key_id: Option<String>,
     /// Secret access key (or from VCAP_SERVICES).
     #[arg(long, env = "S3_SECRET_ACCESS_KEY", hide_env_values = true)]
-    pub s3_secret_access_key: Option<Secret>,
+    pub(crate) s3_secret_access_key: Option<Secret>,
     /// Session token of temporary credentials (with --s3-access-key-id and --s3-secret-access-key); AWS_SESSION_TOKEN is read too.
     #[arg(long, env = "S3_SESSION_TOKEN", hide_env_values = true)]
-    pub s3_session_token: Option<Secret>,
+    pub(crate) s3_session_token: Option<Secret>,
     /// Extra CA certificate(s) (PEM) trusted for --s3-endpoint and --notify-url, besides the Mozilla roots.
     #[arg(long, env = "S3_CA")]
-    pub s3_ca: Option<PathBuf>,
+    pub(crate) s3_ca: Option<PathBuf>,
     /// Server-side encryption of log files (digest files are always aes256).
     #[arg(long, env = "S3_SSE", value_enum, default_value_t = SseArg::Aes256)]
-    pub s3_sse: SseArg,
+    pub(crate) s3_sse: SseArg,
     /// KMS key id for --s3-sse aws:kms (the bucket's default KMS key without it).
     #[arg(long, env = "S3_KMS_KEY_ID")]
-    pub s3_kms_key_id: Option<String>,
+    pub(crate) s3_kms_key_id: Option<String>,
     /// Uncompressed bytes after which the s3 sink completes an object.
     #[arg(long, env = "ROLL_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub roll_bytes: u64,
@@ -74,10 +74,10 @@ pub struct S3Args {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    pub signing_key: Option<Secret>,
+    pub(crate) signing_key: Option<Secret>,
     /// Seconds between digest files.
     #[arg(long, env = "DIGEST_INTERVAL", default_value_t = 3600)]
-    pub digest_interval: u64,
+    pub(crate) digest_interval: u64,
     /// Webhook URL that gets {"s3Bucket":..,"s3ObjectKey":[..]} after each object and digest lands.
     #[arg(long, env = "NOTIFY_URL")]
     pub notify_url: Option<String>,
@@ -85,7 +85,7 @@ pub struct S3Args {
 
 /// The S3 credentials a Cloud Foundry service binding provides.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct VcapS3 {
+pub(crate) struct VcapS3 {
     pub bucket: Option<String>,
     pub region: Option<String>,
     pub endpoint: Option<String>,
@@ -97,7 +97,7 @@ pub struct VcapS3 {
 /// The first service in `VCAP_SERVICES` (any label, user-provided included)
 /// whose credentials name a bucket. Accepts the common spellings
 /// (`bucket`/`bucket_name`, `access_key_id`/`aws_access_key_id`, ...).
-pub fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
+pub(crate) fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
     let v: serde_json::Value = serde_json::from_str(vcap_services).ok()?;
     let services = v
         .as_object()?
@@ -133,7 +133,11 @@ pub fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
 impl S3Args {
     /// The bucket settings, completed from an S3 binding in `VCAP_SERVICES`
     /// where a flag is missing (and the session token from `AWS_SESSION_TOKEN`).
-    pub fn s3_config(&self, env: &dyn super::Env, errors: &mut Vec<String>) -> Option<S3Config> {
+    pub(crate) fn s3_config(
+        &self,
+        env: &dyn super::Env,
+        errors: &mut Vec<String>,
+    ) -> Option<S3Config> {
         let vcap = env.var("VCAP_SERVICES");
         let aws_session_token = env.var("AWS_SESSION_TOKEN");
         self.s3_config_with(vcap.as_deref(), aws_session_token.as_deref(), errors)

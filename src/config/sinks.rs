@@ -10,7 +10,7 @@ use super::valid_host_port;
 use crate::redact::Secret;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum HttpFormatArg {
+pub(crate) enum HttpFormatArg {
     /// Splunk HTTP Event Collector events.
     Hec,
     /// One record JSON per line.
@@ -20,14 +20,14 @@ pub enum HttpFormatArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SyslogTransportArg {
+pub(crate) enum SyslogTransportArg {
     Tcp,
     Tls,
     Udp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SyslogFramingArg {
+pub(crate) enum SyslogFramingArg {
     /// Octet counting (RFC 6587; required by RFC 5425 for TLS).
     Octet,
     /// One message per line (line breaks inside a message become spaces).
@@ -35,7 +35,7 @@ pub enum SyslogFramingArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SyslogMsgArg {
+pub(crate) enum SyslogMsgArg {
     /// The record's JSON.
     Json,
     /// Log lines as they are (other kinds as JSON).
@@ -46,10 +46,10 @@ pub enum SyslogMsgArg {
 pub struct HttpArgs {
     /// SIEM URL; for hec a base URL such as https://splunk:8088 gets /services/collector/event.
     #[arg(long, env = "HTTP_URL")]
-    pub http_url: Option<String>,
+    pub(crate) http_url: Option<String>,
     /// Body format of the HTTP sink.
     #[arg(long, env = "HTTP_FORMAT", value_enum, default_value_t = HttpFormatArg::Hec)]
-    pub http_format: HttpFormatArg,
+    pub(crate) http_format: HttpFormatArg,
     /// Splunk HEC token (sent as "Authorization: Splunk <token>").
     #[arg(long, env = "HEC_TOKEN", hide_env_values = true)]
     pub hec_token: Option<Secret>,
@@ -58,55 +58,55 @@ pub struct HttpArgs {
     pub hec_index: Option<String>,
     /// Splunk index for API invocations (overrides --hec-index).
     #[arg(long, env = "HEC_INDEX_API")]
-    pub hec_index_api: Option<String>,
+    pub(crate) hec_index_api: Option<String>,
     /// Splunk index for app logs (overrides --hec-index).
     #[arg(long, env = "HEC_INDEX_APP_LOG")]
-    pub hec_index_app_log: Option<String>,
+    pub(crate) hec_index_app_log: Option<String>,
     /// Splunk index for metrics (overrides --hec-index).
     #[arg(long, env = "HEC_INDEX_METRIC")]
-    pub hec_index_metric: Option<String>,
+    pub(crate) hec_index_metric: Option<String>,
     /// Splunk index for events (overrides --hec-index).
     #[arg(long, env = "HEC_INDEX_EVENT")]
-    pub hec_index_event: Option<String>,
+    pub(crate) hec_index_event: Option<String>,
     /// Envelope tag whose value, when a record has it, names the record's index (e.g. an app label).
     #[arg(long, env = "HEC_INDEX_TAG")]
-    pub hec_index_tag: Option<String>,
+    pub(crate) hec_index_tag: Option<String>,
     /// CA bundle (PEM) the SIEM's certificate must chain to; without it, the Mozilla roots.
     #[arg(long, env = "HTTP_CA")]
-    pub http_ca: Option<PathBuf>,
+    pub(crate) http_ca: Option<PathBuf>,
     /// Client certificate (PEM) for SIEMs that require one.
     #[arg(long, env = "HTTP_CERT")]
-    pub http_cert: Option<PathBuf>,
+    pub(crate) http_cert: Option<PathBuf>,
     /// Client key (PEM) for --http-cert.
     #[arg(long, env = "HTTP_KEY")]
-    pub http_key: Option<PathBuf>,
+    pub(crate) http_key: Option<PathBuf>,
     /// Verify the SIEM's certificate; false trusts anyone (a warning says so at start).
     #[arg(long, env = "HTTP_TLS_VERIFY", default_value_t = true, action = clap::ArgAction::Set)]
-    pub http_tls_verify: bool,
+    pub(crate) http_tls_verify: bool,
     /// Extra request header, 'Name: value' (repeatable), e.g. 'Authorization: Bearer ...'.
     #[arg(long, env = "HTTP_HEADER", hide_env_values = true)]
-    pub http_header: Vec<Secret>,
+    pub(crate) http_header: Vec<Secret>,
     /// gzip request bodies.
     #[arg(long, env = "HTTP_GZIP", default_value_t = true, action = clap::ArgAction::Set)]
-    pub http_gzip: bool,
+    pub(crate) http_gzip: bool,
     /// Seconds to wait for the SIEM's reply before retrying.
     #[arg(long, env = "HTTP_TIMEOUT", default_value_t = 30)]
-    pub http_timeout: u64,
+    pub(crate) http_timeout: u64,
     /// Follow Splunk HEC indexer acknowledgement: a record counts as delivered once Splunk says it is indexed.
     #[arg(long, env = "HEC_ACKS", default_value_t = false, action = clap::ArgAction::Set)]
-    pub hec_acks: bool,
+    pub(crate) hec_acks: bool,
     /// Seconds between HEC acknowledgement queries.
     #[arg(long, env = "HEC_ACK_INTERVAL", default_value_t = 10)]
-    pub hec_ack_interval: u64,
+    pub(crate) hec_ack_interval: u64,
     /// Seconds after which a request Splunk has not acknowledged is sent again.
     #[arg(long, env = "HEC_ACK_TIMEOUT", default_value_t = 300)]
-    pub hec_ack_timeout: u64,
+    pub(crate) hec_ack_timeout: u64,
     /// Requests to the SIEM in flight at once.
     #[arg(long, env = "HTTP_CONCURRENCY", default_value_t = 4)]
-    pub http_concurrency: usize,
+    pub(crate) http_concurrency: usize,
     /// Uncompressed size of one request; a batch is split into requests of about this size.
     #[arg(long, env = "HTTP_MAX_REQUEST_BYTES", default_value_t = 1_000_000)]
-    pub http_max_request_bytes: usize,
+    pub(crate) http_max_request_bytes: usize,
 }
 
 impl HttpArgs {
@@ -249,59 +249,59 @@ impl HttpArgs {
 pub struct SyslogArgs {
     /// Syslog receiver, host:port (6514 is RFC 5425's TLS port; AlienVault USM takes RFC 5424 over TLS on 6515).
     #[arg(long, env = "SYSLOG_ADDR")]
-    pub syslog_addr: Option<String>,
+    pub(crate) syslog_addr: Option<String>,
     /// Syslog transport.
     #[arg(long, env = "SYSLOG_TRANSPORT", value_enum, default_value_t = SyslogTransportArg::Tls)]
-    pub syslog_transport: SyslogTransportArg,
+    pub(crate) syslog_transport: SyslogTransportArg,
     /// CA bundle (PEM) the syslog receiver's certificate must chain to; without it, the Mozilla roots.
     #[arg(long, env = "SYSLOG_CA")]
-    pub syslog_ca: Option<PathBuf>,
+    pub(crate) syslog_ca: Option<PathBuf>,
     /// Name the syslog receiver's certificate must carry; the host of --syslog-addr by default.
     #[arg(long, env = "SYSLOG_SERVER_NAME")]
-    pub syslog_server_name: Option<String>,
+    pub(crate) syslog_server_name: Option<String>,
     /// Client certificate (PEM) for receivers that require one.
     #[arg(long, env = "SYSLOG_CERT")]
-    pub syslog_cert: Option<PathBuf>,
+    pub(crate) syslog_cert: Option<PathBuf>,
     /// Client key (PEM) for --syslog-cert.
     #[arg(long, env = "SYSLOG_KEY")]
-    pub syslog_key: Option<PathBuf>,
+    pub(crate) syslog_key: Option<PathBuf>,
     /// Syslog framing.
     #[arg(long, env = "SYSLOG_FRAMING", value_enum, default_value_t = SyslogFramingArg::Octet)]
-    pub syslog_framing: SyslogFramingArg,
+    pub(crate) syslog_framing: SyslogFramingArg,
     /// Syslog facility: a name (kern, user, daemon, auth, local0 ... local7) or a number 0-23.
     #[arg(long, env = "SYSLOG_FACILITY", default_value = "local0")]
-    pub syslog_facility: String,
+    pub(crate) syslog_facility: String,
     /// Severity of API invocations (emerg, alert, crit, err, warning, notice, info, debug).
     #[arg(long, env = "SYSLOG_SEVERITY_API", default_value = "notice")]
-    pub syslog_severity_api: String,
+    pub(crate) syslog_severity_api: String,
     /// Severity of app log lines written to stdout.
     #[arg(long, env = "SYSLOG_SEVERITY_APP_LOG", default_value = "info")]
-    pub syslog_severity_app_log: String,
+    pub(crate) syslog_severity_app_log: String,
     /// Severity of app log lines written to stderr.
     #[arg(
         long,
         env = "SYSLOG_SEVERITY_APP_LOG_STDERR",
         default_value = "warning"
     )]
-    pub syslog_severity_app_log_stderr: String,
+    pub(crate) syslog_severity_app_log_stderr: String,
     /// Severity of metrics.
     #[arg(long, env = "SYSLOG_SEVERITY_METRIC", default_value = "info")]
-    pub syslog_severity_metric: String,
+    pub(crate) syslog_severity_metric: String,
     /// Severity of events.
     #[arg(long, env = "SYSLOG_SEVERITY_EVENT", default_value = "notice")]
-    pub syslog_severity_event: String,
+    pub(crate) syslog_severity_event: String,
     /// What a syslog message carries after the structured data.
     #[arg(long, env = "SYSLOG_MSG", value_enum, default_value_t = SyslogMsgArg::Json)]
-    pub syslog_msg: SyslogMsgArg,
+    pub(crate) syslog_msg: SyslogMsgArg,
     /// Longest syslog message in bytes; longer ones are cut with a "[truncated]" marker.
     #[arg(long, env = "SYSLOG_MAX_MESSAGE_BYTES", default_value_t = crate::sink::syslog::DEFAULT_MAX_MESSAGE_BYTES)]
-    pub syslog_max_message_bytes: usize,
+    pub(crate) syslog_max_message_bytes: usize,
     /// Private enterprise number of the structured-data ID (tags@<number>); 32473 is the documentation number.
     #[arg(long, env = "SYSLOG_ENTERPRISE_NUMBER", default_value_t = crate::sink::syslog::DEFAULT_ENTERPRISE_NUMBER)]
-    pub syslog_enterprise_number: u32,
+    pub(crate) syslog_enterprise_number: u32,
     /// Seconds the syslog receiver may take no data (a write, the TLS handshake) before the connection is replaced and the batch retried.
     #[arg(long, env = "SYSLOG_WRITE_TIMEOUT", default_value_t = crate::sink::syslog::DEFAULT_WRITE_TIMEOUT.as_secs())]
-    pub syslog_write_timeout: u64,
+    pub(crate) syslog_write_timeout: u64,
 }
 
 /// Syslog facility names (RFC 5424 §6.2.1).

@@ -151,13 +151,13 @@ pub struct SourceArgs {
     pub source: SourceKind,
     /// RLP Gateway base URL (https://log-stream.<system domain>), when not discovered from --cf-api.
     #[arg(long, env = "GATEWAY_URL")]
-    pub gateway_url: Option<String>,
+    pub(crate) gateway_url: Option<String>,
     /// The largest RLP Gateway SSE line or event kept in memory, in bytes; a larger one is skipped and counted (source_malformed_frames).
     #[arg(long, env = "GATEWAY_MAX_FRAME_BYTES", default_value_t = crate::source::gateway::DEFAULT_MAX_FRAME_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..))]
-    pub gateway_max_frame_bytes: u64,
+    pub(crate) gateway_max_frame_bytes: u64,
     /// Seconds before an RLP Gateway stream's expected end (14 minutes) to open the next one, so the rollover leaves no gap; 0 turns the handover off.
     #[arg(long, env = "GATEWAY_HANDOVER", default_value_t = 30)]
-    pub gateway_handover: u64,
+    pub(crate) gateway_handover: u64,
     /// Source ids to read (app GUIDs or component ids such as doppler), comma separated; empty reads the whole firehose.
     #[arg(long, env = "SOURCE_IDS", value_delimiter = ',')]
     pub source_ids: Vec<String>,
@@ -169,7 +169,7 @@ pub struct SourceArgs {
         value_delimiter = ',',
         default_value = "log,counter,gauge,timer,event"
     )]
-    pub envelope_types: Vec<EnvelopeType>,
+    pub(crate) envelope_types: Vec<EnvelopeType>,
     /// Only these counters (by name, comma separated); empty asks for every counter.
     #[arg(long, env = "COUNTER_NAMES", value_delimiter = ',')]
     pub counter_names: Vec<String>,

@@ -13,7 +13,7 @@ pub struct TailArgs {
     /// Only these source types (API, APP/PROC/WEB, RTR, STG, CELL, ...), comma
     /// separated; a value ending in `*` matches a prefix (`APP*`).
     #[arg(long = "source-type", value_delimiter = ',')]
-    pub source_types: Vec<String>,
+    pub(crate) source_types: Vec<String>,
     /// Only this app, by name or guid.
     #[arg(long)]
     pub app: Option<String>,

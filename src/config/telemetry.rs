@@ -16,7 +16,7 @@ pub struct TelemetryArgs {
     pub health_addr: Option<String>,
     /// Seconds a source may stay disconnected before /health answers 503.
     #[arg(long, env = "HEALTH_DISCONNECT_THRESHOLD", default_value_t = 60)]
-    pub health_disconnect_threshold: u64,
+    pub(crate) health_disconnect_threshold: u64,
     /// `user:password` that /metrics requires (HTTP basic auth); none by default.
     #[arg(long, env = "METRICS_AUTH", hide_env_values = true)]
     pub metrics_auth: Option<crate::redact::Secret>,
@@ -24,14 +24,14 @@ pub struct TelemetryArgs {
     /// it closes the oldest, so idle or slow clients can neither lock out a
     /// health check nor take the file descriptors the sinks need.
     #[arg(long, env = "HEALTH_MAX_CONNECTIONS", default_value_t = 64)]
-    pub health_max_connections: usize,
+    pub(crate) health_max_connections: usize,
     /// Seconds a /health or /metrics client has to send a whole request head
     /// (after connecting, or after its previous response) before it is closed.
     #[arg(long, env = "HEALTH_HEADER_TIMEOUT", default_value_t = 10)]
-    pub health_header_timeout: u64,
+    pub(crate) health_header_timeout: u64,
     /// Seconds a sink may deliver nothing while records wait before an alert.
     #[arg(long, env = "ALERT_AFTER", default_value_t = 60)]
-    pub alert_after: u64,
+    pub(crate) alert_after: u64,
     /// Send alert records (event records from source_id cf-audit-nozzle) to the other sinks.
     #[arg(long, env = "ALERT_RECORDS", default_value_t = true, action = clap::ArgAction::Set)]
     pub alert_records: bool,

@@ -21,7 +21,7 @@ use crate::proto::Envelope;
 pub struct ApiCall {
     /// CC audit event type, e.g. `audit.app.update`; `unknown` when a log
     /// line's text is not recognised.
-    pub event_name: String,
+    pub(crate) event_name: String,
     /// The resource acted on. Log lines name an `app` or a `build`.
     pub target: Option<ApiResource>,
     /// The request attributes: CC's `data.request`, or a log line's Ruby hash
@@ -63,7 +63,7 @@ pub struct AuditEventFields {
 }
 
 /// `userIdentity.type` values: CC's actor types, and `unknown` for anything else.
-pub const USER_TYPES: [&str; 6] = [
+pub(crate) const USER_TYPES: [&str; 6] = [
     "user",
     "system",
     "app",
@@ -85,7 +85,7 @@ pub fn read_only(event_name: &str) -> Option<bool> {
 
 /// The source id of audit-events records (what syslog's APP-NAME and HEC's
 /// `source` show; `--include source_id=cloud_controller` matches them).
-pub const AUDIT_EVENTS_SOURCE_ID: &str = "cloud_controller";
+pub(crate) const AUDIT_EVENTS_SOURCE_ID: &str = "cloud_controller";
 
 /// Why an audit event could not become a record.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -63,7 +63,7 @@ fn needs_escape(bytes: &[u8]) -> bool {
 /// strings need no escaping and are copied whole; the rest are copied in
 /// runs between the bytes that need it.
 #[inline]
-pub fn write_str_contents(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str_contents(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
@@ -116,7 +116,7 @@ fn write_escape(out: &mut Vec<u8>, b: u8) {
 
 /// Appends `s` as a JSON string.
 #[inline]
-pub fn write_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(s.len() + 2);
     out.push(b'"');
     write_str_contents(out, s);
@@ -125,7 +125,7 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 
 /// Appends `,"key":` (`key` is one of ours: nothing in it needs escaping).
 #[inline]
-pub fn write_key(out: &mut Vec<u8>, key: &str) {
+pub(crate) fn write_key(out: &mut Vec<u8>, key: &str) {
     debug_assert!(!key.bytes().any(|b| ESCAPE[b as usize] != 0));
     out.reserve(key.len() + 4);
     out.extend_from_slice(b",\"");
@@ -134,12 +134,12 @@ pub fn write_key(out: &mut Vec<u8>, key: &str) {
 }
 
 /// Appends an integer as a JSON number.
-pub fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+pub(crate) fn write_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends an integer as protojson writes 64-bit integers: a decimal string.
-pub fn write_int_str(out: &mut Vec<u8>, v: impl itoa::Integer) {
+pub(crate) fn write_int_str(out: &mut Vec<u8>, v: impl itoa::Integer) {
     out.push(b'"');
     write_int(out, v);
     out.push(b'"');
@@ -147,7 +147,7 @@ pub fn write_int_str(out: &mut Vec<u8>, v: impl itoa::Integer) {
 
 /// Appends a double as protojson writes it: the shortest number that reads
 /// back the same, or the string `"NaN"`, `"Infinity"`, `"-Infinity"`.
-pub fn write_float(out: &mut Vec<u8>, v: f64) {
+pub(crate) fn write_float(out: &mut Vec<u8>, v: f64) {
     if v.is_finite() {
         out.extend_from_slice(zmij::Buffer::new().format_finite(v).as_bytes());
     } else if v.is_nan() {
@@ -160,7 +160,7 @@ pub fn write_float(out: &mut Vec<u8>, v: f64) {
 }
 
 /// Appends `bytes` as a standard base64 JSON string.
-pub fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+pub(crate) fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
     let len = base64::encoded_len(bytes.len(), true).expect("a payload's base64 fits in usize");
     out.push(b'"');
     let start = out.len();
@@ -174,7 +174,7 @@ pub fn write_base64(out: &mut Vec<u8>, bytes: &[u8]) {
 /// Appends UNIX nanoseconds as an RFC 3339 UTC string with nine fractional
 /// digits (`"2026-11-27T21:36:58.452653478Z"`), as chrono's
 /// `to_rfc3339_opts(Nanos, true)` writes it.
-pub fn write_rfc3339_nanos(out: &mut Vec<u8>, ns: i64) {
+pub(crate) fn write_rfc3339_nanos(out: &mut Vec<u8>, ns: i64) {
     out.push(b'"');
     write_rfc3339(out, ns, 9);
     out.push(b'"');
@@ -187,7 +187,7 @@ pub fn write_rfc3339_nanos(out: &mut Vec<u8>, ns: i64) {
 /// chrono's fields cost 825 instructions a time, civil-from-days 340; callgrind,
 /// `examples/encode_cost`). Every i64 is a date between 1677 and 2262, so
 /// the year always has four digits.
-pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64, digits: usize) {
+pub(crate) fn write_rfc3339(out: &mut Vec<u8>, ns: i64, digits: usize) {
     let secs = ns.div_euclid(1_000_000_000);
     let nanos = ns.rem_euclid(1_000_000_000) as u32;
     let (days, day_secs) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
@@ -207,7 +207,7 @@ pub fn write_rfc3339(out: &mut Vec<u8>, ns: i64, digits: usize) {
 
 /// Fills `digits` with the last `digits.len()` decimal digits of `v`,
 /// zero-padded (`123` in four is `0123`).
-pub fn put_digits(digits: &mut [u8], mut v: u32) {
+pub(crate) fn put_digits(digits: &mut [u8], mut v: u32) {
     for d in digits.iter_mut().rev() {
         *d = b'0' + (v % 10) as u8;
         v /= 10;

@@ -67,7 +67,7 @@ pub(super) const RECURSION_LIMIT: u32 = 100;
 /// A cursor over `buf[pos..end]`.
 pub(super) struct Reader<'a> {
     pub buf: &'a [u8],
-    pub pos: usize,
+    pub(crate) pos: usize,
     pub end: usize,
 }
 
@@ -80,7 +80,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub fn has_more(&self) -> bool {
+    pub(crate) fn has_more(&self) -> bool {
         self.pos < self.end
     }
 
@@ -138,7 +138,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads a length prefix and returns the absolute range it covers.
-    pub fn len_delimited(&mut self) -> Result<(usize, usize), WireError> {
+    pub(crate) fn len_delimited(&mut self) -> Result<(usize, usize), WireError> {
         let at = self.pos;
         let len = self.varint()?;
         if len > (self.end - self.pos) as u64 {

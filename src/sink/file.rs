@@ -38,7 +38,7 @@ struct OpenFile {
     file: RecordsFile<BufWriter<File>>,
 }
 
-pub struct FileSink {
+pub(crate) struct FileSink {
     cfg: FileSinkConfig,
     ctx: EncodeContext,
     kind: Kind,

@@ -62,7 +62,7 @@ fn bucket(us: u64) -> usize {
 
 impl LatencyHistogram {
     /// Counts `records` records delivered `latency` after they were accepted.
-    pub fn observe(&self, latency: Duration, records: u64) {
+    pub(crate) fn observe(&self, latency: Duration, records: u64) {
         if records == 0 {
             return;
         }
@@ -79,7 +79,7 @@ impl LatencyHistogram {
     }
 
     /// p50, p99 and the maximum, in milliseconds (`None` before any delivery).
-    pub fn quantiles(&self) -> LatencyQuantiles {
+    pub(crate) fn quantiles(&self) -> LatencyQuantiles {
         let counts: Vec<u64> = self
             .buckets
             .iter()
@@ -121,8 +121,8 @@ fn ms(us: f64) -> f64 {
 /// never above `max`); `max` is exact.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
 pub struct LatencyQuantiles {
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
+    pub(crate) p50: Option<f64>,
+    pub(crate) p99: Option<f64>,
     pub max: Option<f64>,
 }
 

@@ -186,7 +186,7 @@ impl SinkFailure {
     }
 
     /// Records written earlier that this failure lost too.
-    pub fn lost_in_flight(&self) -> u64 {
+    pub(crate) fn lost_in_flight(&self) -> u64 {
         match self {
             Self::Lost { in_flight, .. } => *in_flight,
             Self::Retry { .. } | Self::Reject { .. } => 0,
@@ -269,7 +269,7 @@ pub trait Sink: Send + 'static {
 /// `/metrics`), and given back when the guard is dropped, whatever the
 /// outcome: the runner then accounts for the batch as usual. The identity
 /// never comes up short: each move adds before it subtracts.
-pub struct Outstanding {
+pub(crate) struct Outstanding {
     stats: Option<Arc<SinkStats>>,
     records: u64,
 }
@@ -299,7 +299,7 @@ impl Drop for Outstanding {
 /// Appends `parts` joined by `sep` as one JSON string, escaped as the record
 /// JSON is. (Sinks wrap record JSON in a few fields; allocating a String per
 /// field cost the HEC encoder about a fifth of its time.)
-pub fn write_json_joined(out: &mut Vec<u8>, parts: &[&str], sep: &str) {
+pub(crate) fn write_json_joined(out: &mut Vec<u8>, parts: &[&str], sep: &str) {
     out.push(b'"');
     for (i, p) in parts.iter().enumerate() {
         if i > 0 {
@@ -328,11 +328,11 @@ pub struct DeadLetter {
 
 /// 10 MiB, Vector's usual batch size: large enough that count and age
 /// decide for typical records, small enough to bound a batch of huge ones.
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 10 * 1024 * 1024;
+pub(crate) const DEFAULT_BATCH_MAX_BYTES: usize = 10 * 1024 * 1024;
 
 /// Records per batch of a sink that does not name its own
 /// ([`Sink::batch_records`]), unless `--batch-max-records` says otherwise.
-pub const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
+pub(crate) const DEFAULT_BATCH_MAX_RECORDS: usize = 1000;
 
 /// How a sink's runner groups records before writing them, and retries.
 #[derive(Clone, Debug)]

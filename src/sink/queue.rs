@@ -58,7 +58,7 @@ impl SinkQueue {
     /// A queue backed by a disk buffer (see [`super::buffer`]): the memory
     /// queue of `capacity` records reads ahead, the rest waits on disk.
     /// Records left on disk by an earlier run come first.
-    pub fn with_buffer(
+    pub(crate) fn with_buffer(
         name: &str,
         capacity: usize,
         buffer: &buffer::BufferConfig,
@@ -85,7 +85,7 @@ impl SinkQueue {
     /// Whether a source that can read again should wait before offering
     /// about `records` more (`--buffer-when-full block`, or no room in the
     /// memory queue of an unbuffered sink).
-    pub fn should_wait(&self, records: u64) -> bool {
+    pub(crate) fn should_wait(&self, records: u64) -> bool {
         match &self.buffer {
             Some(b) => b.when_full() == buffer::WhenFull::Block && !b.has_room(records * 1024),
             None => self.stats.queued.load(Ordering::Acquire) + records > self.capacity,
@@ -182,7 +182,7 @@ impl Intake {
     /// buffer (after a restart, or spilled while the memory queue was
     /// full), when they were read back: the buffer keeps no time, so their
     /// latency counts from then and understates what they waited on disk.
-    pub async fn recv_stamped(
+    pub(crate) async fn recv_stamped(
         &mut self,
         max: usize,
         stats: &SinkStats,
@@ -253,7 +253,7 @@ impl Intake {
 
     /// Notes `n` records settled behind records still in flight (a batch
     /// dead-lettered while earlier ones await an acknowledgement).
-    pub fn settled_out_of_order(&mut self, n: u64) {
+    pub(crate) fn settled_out_of_order(&mut self, n: u64) {
         self.behind += n;
     }
 

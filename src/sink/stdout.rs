@@ -7,7 +7,7 @@ use tokio::io::AsyncWriteExt;
 use super::{Batch, Sink, SinkError, SinkFailure};
 use crate::record::{EncodeContext, Record};
 
-pub struct StdoutSink {
+pub(crate) struct StdoutSink {
     ctx: EncodeContext,
     out: tokio::io::Stdout,
     buf: Vec<u8>,
@@ -24,7 +24,7 @@ impl StdoutSink {
 }
 
 /// Encodes a batch as JSON lines into `buf` (cleared first).
-pub fn encode_lines(ctx: &EncodeContext, batch: &[Arc<Record>], buf: &mut Vec<u8>) {
+pub(crate) fn encode_lines(ctx: &EncodeContext, batch: &[Arc<Record>], buf: &mut Vec<u8>) {
     buf.clear();
     for record in batch {
         record.write_json(ctx, buf);

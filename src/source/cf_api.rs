@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Url;
 
 /// How long the discovery request may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The default cap on a Cloud Controller or UAA body (`--cf-max-response-bytes`),
 /// as for an RLP message: a 5000-event audit page is a few MiB.
@@ -15,7 +15,7 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why a body was not read whole.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     /// Larger than the cap (announced by `Content-Length` or found while reading).
     #[error("the answer is larger than {limit} bytes (--cf-max-response-bytes); it was not read")]
     TooLarge { limit: usize },
@@ -27,7 +27,7 @@ pub enum BodyError {
 /// it is refused before reading; otherwise the body is read chunk by chunk
 /// and reading stops as soon as it passes the cap (a chunked or lying
 /// answer cannot make it hold more than `limit` plus one chunk).
-pub async fn read_capped(
+pub(crate) async fn read_capped(
     mut response: reqwest::Response,
     limit: usize,
 ) -> Result<bytes::Bytes, BodyError> {
@@ -124,7 +124,7 @@ pub async fn discover_with_limit(
 }
 
 /// The endpoints in an API root document (the body of `GET /`).
-pub fn parse_root(cf_api: &Url, body: &[u8]) -> Result<CfEndpoints, CfApiError> {
+pub(crate) fn parse_root(cf_api: &Url, body: &[u8]) -> Result<CfEndpoints, CfApiError> {
     let bad = |reason: String| CfApiError::BadRoot {
         url: cf_api.as_str().to_string(),
         reason,

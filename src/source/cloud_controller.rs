@@ -11,7 +11,7 @@ use crate::backoff::Backoff;
 use crate::enrich::{Lookup, LookupError, names_of};
 
 /// How long one Cloud Controller request may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where Cloud Controller is and how to call it.
 #[derive(Clone, Debug)]
@@ -61,7 +61,7 @@ fn hint(status: u16) -> &'static str {
 
 impl CcError {
     /// A 404: the resource does not exist (for enrichment, a miss to remember).
-    pub fn is_not_found(&self) -> bool {
+    pub(crate) fn is_not_found(&self) -> bool {
         matches!(self, CcError::Status { status: 404, .. })
     }
 
@@ -136,7 +136,7 @@ impl CloudController {
     /// A link Cloud Controller sent (e.g. `pagination.next.href`) as a URL to
     /// follow with the token: only within the origin (scheme, host, port) of
     /// [`base`](Self::base).
-    pub fn check_link(&self, href: &str) -> Result<Url, CcError> {
+    pub(crate) fn check_link(&self, href: &str) -> Result<Url, CcError> {
         let url = Url::parse(href).map_err(|e| CcError::Body {
             url: without_query(&self.base),
             reason: format!("a link is not a URL ({e})"),

@@ -36,7 +36,7 @@ use crate::tls::ClientTls;
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The RLP closes connections that ping more often than every 10 s.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug)]
 pub struct RlpConfig {
@@ -79,11 +79,11 @@ pub enum RlpError {
 
 /// How long to wait at least after the RLP refused a stream for its stream
 /// limit (`ResourceExhausted`): hammering a full RLP keeps it full.
-pub const STREAM_LIMIT_BACKOFF: Duration = Duration::from_secs(10);
+pub(crate) const STREAM_LIMIT_BACKOFF: Duration = Duration::from_secs(10);
 
 /// The subscription the nozzle asks for: the selectors of `streams`, tags
 /// in `tags`, sharing the shard id with the other instances.
-pub fn batch_request(streams: &Streams) -> EgressBatchRequest {
+pub(crate) fn batch_request(streams: &Streams) -> EgressBatchRequest {
     EgressBatchRequest {
         shard_id: streams.shard_id.clone(),
         deterministic_name: streams.deterministic_name.clone(),
@@ -111,7 +111,7 @@ pub struct Received {
 /// an envelope that does not decode is read again envelope by envelope
 /// ([`decode_leniently`]): only the bad envelope is lost, not the stream.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct BatchCodec;
+pub(crate) struct BatchCodec;
 
 impl Codec for BatchCodec {
     type Encode = EgressBatchRequest;
@@ -298,7 +298,11 @@ pub async fn subscribe(cfg: &RlpConfig) -> Result<tonic::Streaming<Received>, Rl
 }
 
 /// Subscribes once and forwards batches until the stream ends.
-pub async fn stream_once(cfg: &RlpConfig, router: &Router, status: &SourceStatus) -> Attempt {
+pub(crate) async fn stream_once(
+    cfg: &RlpConfig,
+    router: &Router,
+    status: &SourceStatus,
+) -> Attempt {
     let mut stream = match subscribe(cfg).await {
         Ok(s) => {
             status.opened("rlp", &cfg.addr);

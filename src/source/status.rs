@@ -16,7 +16,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-pub use crate::counters::{Disconnect, SKIP_LOG_INTERVAL, SkipLog, SourceSnapshot, SourceStatus};
+pub(crate) use crate::counters::SKIP_LOG_INTERVAL;
+pub use crate::counters::{Disconnect, SkipLog};
+pub use crate::counters::{SourceSnapshot, SourceStatus};
 
 /// How one attempt (connect, then stream until it ends) went.
 #[derive(Debug)]
@@ -29,9 +31,9 @@ pub struct Attempt {
     /// What went wrong, in words for the operator; `None` for a routine end.
     pub error: Option<String>,
     /// Wait at least this long before the next attempt.
-    pub min_delay: Option<Duration>,
+    pub(crate) min_delay: Option<Duration>,
     /// Reconnect at once (only for a routine end after a productive stream).
-    pub immediate: bool,
+    pub(crate) immediate: bool,
 }
 
 impl Attempt {
@@ -50,7 +52,7 @@ impl Attempt {
 
 /// Runs `attempt` until `shutdown` is cancelled, with the policy above,
 /// keeping `status` current. `name` labels the log lines.
-pub async fn reconnect_loop<F, Fut>(
+pub(crate) async fn reconnect_loop<F, Fut>(
     name: &'static str,
     mut backoff: Backoff,
     status: &SourceStatus,

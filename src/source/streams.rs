@@ -130,7 +130,7 @@ impl Streams {
             .collect()
     }
 
-    pub fn gateway_query(&self) -> String {
+    pub(crate) fn gateway_query(&self) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
         for t in &self.types {
             match t {

@@ -20,10 +20,10 @@ use tokio::time::Instant;
 use crate::redact::Secret;
 
 /// How long one token request may take.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Renew at most this long before a token expires.
-pub const MAX_RENEW_MARGIN: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RENEW_MARGIN: Duration = Duration::from_secs(60);
 
 #[derive(Clone)]
 pub struct UaaConfig {
@@ -217,7 +217,7 @@ impl TokenProvider {
     }
 
     /// A token given at start, never renewed.
-    pub fn is_fixed(&self) -> bool {
+    pub(crate) fn is_fixed(&self) -> bool {
         matches!(self.inner.source, Source::Fixed)
     }
 
@@ -249,7 +249,7 @@ impl TokenProvider {
 /// How early to renew a token that lives `lifetime`: a fifth of it, at most
 /// [`MAX_RENEW_MARGIN`] (so a 12-hour token is renewed a minute early and a
 /// 2-second one 0.4 s early).
-pub fn renew_margin(lifetime: Duration) -> Duration {
+pub(crate) fn renew_margin(lifetime: Duration) -> Duration {
     (lifetime / 5).min(MAX_RENEW_MARGIN)
 }
 

@@ -33,7 +33,7 @@ use sources::{file_layer, platform_layer, service_layer};
 
 /// The user-provided service whose credentials are read as options, unless
 /// `--config-service` names another.
-pub const DEFAULT_SERVICE: &str = "cf-audit-nozzle-secrets";
+pub(crate) const DEFAULT_SERVICE: &str = "cf-audit-nozzle-secrets";
 
 /// The commands that take `run`'s options, as clap subcommand paths.
 const RUN_LIKE: [&[&str]; 3] = [&["run"], &["config", "check"], &["tail"]];
@@ -47,7 +47,7 @@ pub struct LayerArgs {
     /// Name of the user-provided service in VCAP_SERVICES whose credentials
     /// are options (secrets: UAA client secret, HEC token, S3 keys, signing key).
     #[arg(long, env = "CONFIG_SERVICE", default_value = DEFAULT_SERVICE)]
-    pub config_service: String,
+    pub(crate) config_service: String,
 }
 
 /// Where an option's value came from.
@@ -90,7 +90,7 @@ pub struct Loaded {
     /// default moves an option to the end of clap's list).
     pub order: Vec<String>,
     /// Options whose default came from a layer, by clap id.
-    pub layered: BTreeMap<String, Origin>,
+    pub(crate) layered: BTreeMap<String, Origin>,
     /// Problems in the layers (unknown keys, unreadable file, bad values),
     /// each naming where it was; reported with the validation errors.
     pub errors: Vec<String>,
@@ -98,7 +98,7 @@ pub struct Loaded {
 
 impl Loaded {
     /// The matches of the run-like subcommand, if that is what was given.
-    pub fn sub_matches(&self) -> Option<&ArgMatches> {
+    pub(crate) fn sub_matches(&self) -> Option<&ArgMatches> {
         let mut m = &self.matches;
         if self.path.is_empty() {
             return None;
@@ -110,7 +110,7 @@ impl Loaded {
     }
 
     /// The run-like subcommand's definition.
-    pub fn sub_command(&self) -> Option<&clap::Command> {
+    pub(crate) fn sub_command(&self) -> Option<&clap::Command> {
         if self.path.is_empty() {
             return None;
         }

@@ -62,7 +62,7 @@ pub struct EnvelopeView {
 /// The app label (seen as an envelope tag of the same name when Cloud
 /// Controller forwards app labels as metric tags) by which an app opts out
 /// of having its logs and metrics forwarded.
-pub const OPT_OUT_TAG: &str = "cf-audit-nozzle/opt-out";
+pub(crate) const OPT_OUT_TAG: &str = "cf-audit-nozzle/opt-out";
 
 /// The tags the encoders and rules read for nearly every record, located
 /// once when the view is made: scanning the tags on each lookup was ~2.7k
@@ -131,7 +131,7 @@ pub enum MessageRef<'a> {
 
 /// Which message an envelope carries, without reading it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MessageType {
+pub(crate) enum MessageType {
     Log,
     Counter,
     Gauge,
@@ -260,7 +260,7 @@ impl EnvelopeView {
         })
     }
 
-    pub fn message_type(&self) -> Option<MessageType> {
+    pub(crate) fn message_type(&self) -> Option<MessageType> {
         Some(match self.message.as_ref()? {
             MessageSpan::Log { .. } => MessageType::Log,
             MessageSpan::Counter { .. } => MessageType::Counter,
@@ -298,7 +298,7 @@ impl EnvelopeView {
     }
 
     /// A log message's payload, sharing the received bytes.
-    pub fn log_payload(&self) -> Option<Bytes> {
+    pub(crate) fn log_payload(&self) -> Option<Bytes> {
         match self.message {
             Some(MessageSpan::Log { payload, .. }) => Some(self.wire.slice(payload.range())),
             _ => None,
@@ -306,7 +306,7 @@ impl EnvelopeView {
     }
 
     /// A cheap estimate of the bytes the envelope's strings take.
-    pub fn approx_text_len(&self) -> (usize, usize) {
+    pub(crate) fn approx_text_len(&self) -> (usize, usize) {
         let tags = self.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
         let message = match &self.message {
             Some(MessageSpan::Log { payload, .. }) => payload.len(),

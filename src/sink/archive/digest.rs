@@ -35,7 +35,7 @@ pub struct DigestSettings {
 }
 
 #[derive(Clone, Debug)]
-pub struct DigestConfig {
+pub(crate) struct DigestConfig {
     pub key: Arc<SigningKey>,
     pub interval: Duration,
     pub foundation: String,
@@ -44,19 +44,24 @@ pub struct DigestConfig {
 
 /// The link a new digest makes to the one before it.
 #[derive(Clone, Debug)]
-pub struct PreviousDigest {
+pub(crate) struct PreviousDigest {
     pub bucket: String,
     pub key: String,
-    pub sha256: String,
+    pub(crate) sha256: String,
     pub signature: String,
 }
 
 /// The digest folder of a foundation: `CFLogs-Digest/<foundation>/`.
-pub fn digest_folder(foundation: &str) -> String {
+pub(crate) fn digest_folder(foundation: &str) -> String {
     format!("CFLogs-Digest/{foundation}/")
 }
 
-pub fn digest_key(prefix: &str, foundation: &str, instance: u32, end: DateTime<Utc>) -> String {
+pub(crate) fn digest_key(
+    prefix: &str,
+    foundation: &str,
+    instance: u32,
+    end: DateTime<Utc>,
+) -> String {
     join_prefix(
         prefix,
         &format!(
@@ -69,13 +74,13 @@ pub fn digest_key(prefix: &str, foundation: &str, instance: u32, end: DateTime<U
 }
 
 /// Whether `key` is a digest of `instance` in `foundation`.
-pub fn is_digest_of(key: &str, foundation: &str, instance: u32) -> bool {
+pub(crate) fn is_digest_of(key: &str, foundation: &str, instance: u32) -> bool {
     let name = key.rsplit('/').next().unwrap_or(key);
     name.starts_with(&format!("{foundation}_CFLogs-Digest_{instance}_"))
         && name.ends_with(".json.gz")
 }
 
-pub fn sidecar_key(digest_key: &str) -> String {
+pub(crate) fn sidecar_key(digest_key: &str) -> String {
     format!("{digest_key}.sig")
 }
 
@@ -87,7 +92,7 @@ pub fn gunzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
 
 /// The signature of a digest: from its metadata in S3, from its sidecar in a
 /// local folder. `None` when there is none.
-pub async fn read_signature(
+pub(crate) async fn read_signature(
     archive: &Archive,
     key: &str,
     fetched: &super::Fetched,
@@ -112,7 +117,7 @@ pub async fn read_signature(
 
 /// Finds the newest digest this instance wrote, to chain to it. `Ok(None)`
 /// when there is none (a new chain); an error when the archive cannot be read.
-pub async fn find_previous(
+pub(crate) async fn find_previous(
     archive: &Archive,
     foundation: &str,
     instance: u32,
@@ -152,7 +157,7 @@ pub async fn find_previous(
 
 /// Runs the chain until every sender of `rx` is gone, then writes a final
 /// digest. The report counts digests (received = attempted).
-pub async fn run_digest_chain(
+pub(crate) async fn run_digest_chain(
     archive: Archive,
     cfg: DigestConfig,
     mut rx: mpsc::UnboundedReceiver<LogFileEntry>,

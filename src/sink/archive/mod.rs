@@ -16,7 +16,8 @@ pub mod notify;
 pub mod s3;
 mod sink;
 
-pub use sink::{Follower, ObjectSink, ObjectSinkConfig, RollConfig, Target, start_object_sinks};
+pub(crate) use sink::start_object_sinks;
+pub use sink::{ObjectSink, ObjectSinkConfig, RollConfig, Target};
 
 use std::io::Write;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ use crate::record::{EncodeContext, Kind, Record};
 /// cores instead of one. At most [`IN_FLIGHT`] buffers wait for that thread:
 /// when it falls behind, `append` waits, as it did when it compressed inline.
 /// A write error of the thread is returned by the next `append` or by `finish`.
-pub struct RecordsFile<W: Write + Send + 'static> {
+pub(crate) struct RecordsFile<W: Write + Send + 'static> {
     /// Encoded records not yet handed to the compressing thread (sending
     /// 64 KiB at a time: hashing and compressing are much cheaper per call
     /// on 64 KiB than per record).
@@ -74,7 +75,7 @@ pub struct Completed {
     pub records: u64,
     pub uncompressed_bytes: u64,
     /// Hex SHA-256 of the uncompressed content.
-    pub sha256: String,
+    pub(crate) sha256: String,
     /// Event times as digests write them; `None` for an empty file.
     pub oldest_event_time: Option<String>,
     pub newest_event_time: Option<String>,
@@ -218,7 +219,7 @@ impl<W: Write + Send + 'static> RecordsFile<W> {
     }
 
     /// Uncompressed bytes so far (what `--roll-bytes` limits).
-    pub fn uncompressed_bytes(&self) -> u64 {
+    pub(crate) fn uncompressed_bytes(&self) -> u64 {
         self.uncompressed
     }
 
@@ -243,7 +244,7 @@ impl<W: Write + Send + 'static> RecordsFile<W> {
 }
 
 /// 16 random characters, as CloudTrail's file names carry.
-pub fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     rand::rng()
         .sample_iter(Alphanumeric)
         .take(16)
@@ -252,7 +253,7 @@ pub fn unique_suffix() -> String {
 }
 
 /// `prefix/rest`, or `rest` without a prefix.
-pub fn join_prefix(prefix: &str, rest: &str) -> String {
+pub(crate) fn join_prefix(prefix: &str, rest: &str) -> String {
     let prefix = prefix.trim_matches('/');
     if prefix.is_empty() {
         rest.to_string()
@@ -263,7 +264,7 @@ pub fn join_prefix(prefix: &str, rest: &str) -> String {
 
 /// DESIGN.md §5: `<prefix>/CFLogs/<foundation>/<kind>/<YYYY>/<MM>/<DD>/<foundation>_<kind>_<YYYYMMDDTHHmmZ>_<instance>_<unique>.json.gz`,
 /// the time being the delivery time.
-pub fn log_file_key(
+pub(crate) fn log_file_key(
     prefix: &str,
     foundation: &str,
     kind: Kind,
@@ -292,7 +293,7 @@ pub struct Archive {
     pub bucket: String,
     pub prefix: String,
     /// How object names are shown: `s3://bucket/` or the folder with a slash.
-    pub display_root: String,
+    pub(crate) display_root: String,
     /// Local folders cannot keep object metadata: signatures go to `.sig` files.
     pub local: bool,
 }
@@ -315,7 +316,7 @@ pub struct Fetched {
 }
 
 impl Fetched {
-    pub fn meta(&self, name: &str) -> Option<&str> {
+    pub(crate) fn meta(&self, name: &str) -> Option<&str> {
         self.metadata
             .iter()
             .find(|(k, _)| k == name)
@@ -391,7 +392,7 @@ impl Archive {
     }
 
     /// Stores a small object as it is (cursors, signature sidecars).
-    pub async fn put_plain(
+    pub(crate) async fn put_plain(
         &self,
         store: &Arc<dyn ObjectStore>,
         key: &str,
@@ -448,7 +449,7 @@ impl Archive {
 
     /// Where the audit-events cursor named `name` is kept:
     /// `<prefix>/CFLogs-State/<foundation>/<name>`.
-    pub fn cursor_key(&self, foundation: &str, name: &str) -> String {
+    pub(crate) fn cursor_key(&self, foundation: &str, name: &str) -> String {
         join_prefix(&self.prefix, &format!("CFLogs-State/{foundation}/{name}"))
     }
 
@@ -481,7 +482,7 @@ impl Archive {
 
 /// An object_store error in words an operator can act on: the HTTP status
 /// and the S3 error code when there is one (never credentials).
-pub fn describe(e: &object_store::Error) -> String {
+pub(crate) fn describe(e: &object_store::Error) -> String {
     crate::error_chain(e)
 }
 

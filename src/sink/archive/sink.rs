@@ -252,11 +252,11 @@ impl Sink for ObjectSink {
 
 /// A task that runs beside the sinks (digest chain, notifier): its name,
 /// counters and report, awaited after the sinks.
-pub type Follower = (String, Arc<SinkStats>, tokio::task::JoinHandle<SinkReport>);
+pub(crate) type Follower = (String, Arc<SinkStats>, tokio::task::JoinHandle<SinkReport>);
 
 /// Builds one [`ObjectSink`] per kind for `cfg`, and starts the digest chain
 /// and the notifier they feed (pushed to `followers`).
-pub fn start_object_sinks(
+pub(crate) fn start_object_sinks(
     cfg: &ObjectSinkConfig,
     encode: &EncodeContext,
     kinds: &[Kind],

@@ -56,7 +56,7 @@ mod recover;
 mod segment;
 
 pub use read::BufferReader;
-pub use segment::{decode_record, encode_record, replay_segment, segment_bytes};
+pub use segment::{replay_segment, segment_bytes};
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -73,7 +73,7 @@ use segment::{append_framed, create_segment, segment_path};
 /// What a full buffer does with new records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "snake_case")]
-pub enum WhenFull {
+pub(crate) enum WhenFull {
     /// Turn the newest records away, counted as `dropped{reason=buffer_full}`.
     DropNewest,
     /// Sources that can read again (the audit-events poller) wait for room
@@ -84,7 +84,7 @@ pub enum WhenFull {
 
 /// When appended records are forced to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fsync {
+pub(crate) enum Fsync {
     /// After every append (safest, slowest).
     Batch,
     /// At most this long after an append.
@@ -99,17 +99,17 @@ pub struct BufferConfig {
     pub max_bytes: u64,
     /// A segment is closed once it holds this many bytes.
     pub segment_bytes: u64,
-    pub when_full: WhenFull,
-    pub fsync: Fsync,
+    pub(crate) when_full: WhenFull,
+    pub(crate) fsync: Fsync,
     /// Fill (of `max_bytes`) at which the buffer counts as filling and an
     /// alert is raised (`--buffer-warn-fill`); 0 for none.
-    pub warn_fill: f64,
+    pub(crate) warn_fill: f64,
 }
 
 impl BufferConfig {
     /// The same buffer with `total` bytes shared evenly by `sinks` sinks,
     /// and segments small enough that acknowledged space comes back soon.
-    pub fn per_sink(&self, sinks: usize) -> Self {
+    pub(crate) fn per_sink(&self, sinks: usize) -> Self {
         let max_bytes = self.max_bytes / sinks.max(1) as u64;
         Self {
             max_bytes,
@@ -125,7 +125,7 @@ impl BufferConfig {
 pub struct BufferHealth {
     /// Bytes at which the buffer counts as filling (`--buffer-warn-fill`);
     /// 0 without a buffer or with the warning off.
-    pub warn_bytes: AtomicU64,
+    pub(crate) warn_bytes: AtomicU64,
     /// The disk refused (nearly) every record recently offered: the sink is
     /// dropping what it is given (see [`RefusalShare`]).
     pub refusing: AtomicBool,
@@ -137,12 +137,12 @@ pub struct BufferHealth {
 /// records, not time, so a quiet sink keeps its verdict until new records
 /// say otherwise, or an acknowledgement frees space (which clears it).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct RefusalShare(f64);
+pub(crate) struct RefusalShare(f64);
 
 impl RefusalShare {
-    pub const HORIZON: f64 = 1000.0;
+    pub(crate) const HORIZON: f64 = 1000.0;
     /// At or above this share the sink counts as dropping everything.
-    pub const FAILING: f64 = 0.9;
+    pub(crate) const FAILING: f64 = 0.9;
 
     /// `n` more records offered, all refused by the disk or all kept.
     pub fn offered(self, n: u64, refused: bool) -> Self {
@@ -255,12 +255,12 @@ impl DiskBuffer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn when_full(&self) -> WhenFull {
+    pub(crate) fn when_full(&self) -> WhenFull {
         self.cfg.when_full
     }
 
     /// Whether `bytes` more would fit.
-    pub fn has_room(&self, bytes: u64) -> bool {
+    pub(crate) fn has_room(&self, bytes: u64) -> bool {
         let s = self.state();
         s.disk_bytes + bytes <= self.cfg.max_bytes
     }

@@ -33,12 +33,12 @@ impl BufferReader {
     }
 
     /// The memory queue delivered `n` records numbered from `first`.
-    pub fn took_from_memory(&mut self, first: u64, n: u64) {
+    pub(crate) fn took_from_memory(&mut self, first: u64, n: u64) {
         self.next_ord = first + n;
     }
 
     /// Waits until records go to disk only (or is woken spuriously).
-    pub async fn on_disk(&self) {
+    pub(crate) async fn on_disk(&self) {
         self.buffer.on_disk.notified().await;
     }
 

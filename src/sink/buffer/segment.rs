@@ -109,7 +109,7 @@ fn frame(buf: &mut [u8], at: usize) {
 /// - `0`: a firehose record: the envelope's protobuf; classification is
 ///   redone on replay (it depends on the envelope alone);
 /// - `1`: an audit-events record: Cloud Controller's event JSON.
-pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
+pub(crate) fn encode_record(r: &Record, out: &mut Vec<u8>) {
     let audit = match r.api.as_deref().map(|a| &a.source) {
         Some(ApiSource::AuditEvents(f)) => Some(&f.original),
         _ => None,
@@ -129,7 +129,7 @@ pub fn encode_record(r: &Record, out: &mut Vec<u8>) {
 }
 
 /// Rebuilds a record written by [`encode_record`].
-pub fn decode_record(b: &[u8]) -> Result<Record, String> {
+pub(crate) fn decode_record(b: &[u8]) -> Result<Record, String> {
     let (&form, rest) = b.split_first().ok_or("empty record")?;
     let names_len = rest
         .get(..4)

@@ -30,7 +30,7 @@ pub(super) struct Unacked {
 }
 
 /// Where HEC acknowledgements are asked for, next to the event endpoint.
-pub fn ack_endpoint(endpoint: &str) -> String {
+pub(crate) fn ack_endpoint(endpoint: &str) -> String {
     match endpoint.find("/services/collector") {
         Some(i) => format!("{}/services/collector/ack", &endpoint[..i]),
         None => format!("{}/ack", endpoint.trim_end_matches('/')),

@@ -24,7 +24,7 @@ pub struct HecIndex {
 }
 
 impl HecIndex {
-    pub fn for_record<'a>(&'a self, record: &'a Record) -> Option<&'a str> {
+    pub(crate) fn for_record<'a>(&'a self, record: &'a Record) -> Option<&'a str> {
         self.app_tag
             .as_deref()
             .and_then(|t| record.tag(t))

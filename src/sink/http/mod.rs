@@ -47,8 +47,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use rand::Rng;
 
+pub use acks::AckConfig;
 use acks::Unacked;
-pub use acks::{AckConfig, ack_endpoint};
 use encode::{Encoder, encode_tasks};
 pub use encode::{HecIndex, encode_hec, endpoint, sourcetype};
 
@@ -97,7 +97,7 @@ pub struct HttpSinkConfig {
 /// (with `invalid-event-number`, one per bad record; by halves, about two
 /// per level). A receiver that refuses everything costs this much per batch,
 /// then its requests go to the dead-letter file whole.
-pub const MAX_ISOLATION_REQUESTS: usize = 100;
+pub(crate) const MAX_ISOLATION_REQUESTS: usize = 100;
 
 /// Records of a batch sent as one request: the first one's position in
 /// the batch, how many, and the body.
@@ -320,7 +320,7 @@ fn classify_reply(
 /// several requests at once: batches of 1,000 left a core idle between
 /// rounds (`scripts/bench --mode http`: 124,079 envelopes/s sustained with
 /// 1,000, 173,733 with 4,000).
-pub const BATCH_RECORDS: usize = 4000;
+pub(crate) const BATCH_RECORDS: usize = 4000;
 
 impl Sink for HttpSink {
     fn name(&self) -> &str {

@@ -20,11 +20,10 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
+pub use rfc5424::Severities;
 use rfc5424::encode_framed;
-pub use rfc5424::{
-    DEFAULT_ENTERPRISE_NUMBER, DEFAULT_MAX_MESSAGE_BYTES, Framing, MsgFormat, SEVERITIES,
-    Severities, SyslogFormat, encode,
-};
+pub(crate) use rfc5424::{DEFAULT_ENTERPRISE_NUMBER, DEFAULT_MAX_MESSAGE_BYTES, SEVERITIES};
+pub use rfc5424::{Framing, MsgFormat, SyslogFormat, encode};
 
 use super::{Batch, Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::{EncodeContext, Record};

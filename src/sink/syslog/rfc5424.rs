@@ -19,10 +19,10 @@
 use crate::record::{EncodeContext, Kind, MessageRef, Record, ValueRef, write_int};
 
 /// RFC 5612's enterprise number for documentation; operators set their own.
-pub const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
+pub(crate) const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
 
 /// rsyslog's default `maxMessageSize`, and RFC 5425's "SHOULD accept 8192".
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 8192;
+pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: usize = 8192;
 
 const TRUNCATED: &[u8] = b"[truncated]";
 
@@ -66,7 +66,7 @@ impl Default for SyslogFormat {
 }
 
 /// Syslog severity names, by value (RFC 5424 §6.2.1).
-pub const SEVERITIES: [&str; 8] = [
+pub(crate) const SEVERITIES: [&str; 8] = [
     "emerg", "alert", "crit", "err", "warning", "notice", "info", "debug",
 ];
 
@@ -76,7 +76,7 @@ pub struct Severities {
     pub api: u8,
     pub app_log: u8,
     /// App log lines written to stderr.
-    pub app_log_stderr: u8,
+    pub(crate) app_log_stderr: u8,
     pub metric: u8,
     pub event: u8,
 }

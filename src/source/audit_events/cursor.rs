@@ -61,10 +61,10 @@ pub enum CursorError {
 }
 
 /// Reads a stored cursor's bytes.
-pub type GetCursor =
+pub(crate) type GetCursor =
     Arc<dyn Fn() -> BoxFuture<'static, Result<Option<bytes::Bytes>, String>> + Send + Sync>;
 /// Stores a cursor's bytes.
-pub type PutCursor =
+pub(crate) type PutCursor =
     Arc<dyn Fn(bytes::Bytes) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// Where the cursor is kept: a file, or an object in a bucket (a `cf push`ed
@@ -145,7 +145,7 @@ pub fn load_cursor(path: &std::path::Path) -> Result<Option<Cursor>, CursorError
 }
 
 /// Writes the cursor file atomically: a temporary file, synced, renamed over it.
-pub fn store_cursor(path: &std::path::Path, cursor: &Cursor) -> Result<(), CursorError> {
+pub(crate) fn store_cursor(path: &std::path::Path, cursor: &Cursor) -> Result<(), CursorError> {
     use std::io::Write;
     let err = |e: std::io::Error| CursorError::Write {
         path: path.display().to_string(),

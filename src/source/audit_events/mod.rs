@@ -44,15 +44,14 @@ use crate::route::Router;
 mod cursor;
 mod poller;
 
-pub use cursor::{
-    Cursor, CursorError, CursorStore, GetCursor, PutCursor, load_cursor, store_cursor,
-};
+pub use cursor::CursorError;
+pub use cursor::{Cursor, CursorStore, load_cursor};
 use poller::Poller;
 
 /// Cloud Controller's largest page.
-pub const MAX_PER_PAGE: u32 = 5000;
+pub(crate) const MAX_PER_PAGE: u32 = 5000;
 /// Cloud Controller keeps audit events this long (its default cutoff).
-pub const MAX_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
+pub(crate) const MAX_LOOKBACK: Duration = Duration::from_secs(31 * 24 * 3600);
 
 #[derive(Clone, Debug)]
 pub struct AuditEventsConfig {

@@ -294,7 +294,7 @@ pub fn sse_batch_frame(envelopes: &[Envelope]) -> Vec<u8> {
 }
 
 /// The gateway's heartbeat frame.
-pub fn sse_heartbeat() -> Vec<u8> {
+pub(crate) fn sse_heartbeat() -> Vec<u8> {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

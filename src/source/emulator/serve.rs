@@ -18,7 +18,7 @@ use crate::tls::{Pki, TlsError};
 pub struct ServeConfig {
     pub listen: SocketAddr,
     /// Where ca.pem, client.pem and client-key.pem are written.
-    pub tls_dir: PathBuf,
+    pub(crate) tls_dir: PathBuf,
     /// Envelopes per second per shard; `None` is as fast as the client reads.
     pub rate: Option<u64>,
     /// Envelopes per shard before the streams end; `None` is endless.
@@ -27,8 +27,8 @@ pub struct ServeConfig {
     /// Generate every batch fresh instead of cycling through batches encoded at start.
     pub fresh: bool,
     /// Also serve an RLP Gateway here.
-    pub gateway_listen: Option<SocketAddr>,
-    pub gateway_stream_timeout: Duration,
+    pub(crate) gateway_listen: Option<SocketAddr>,
+    pub(crate) gateway_stream_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -55,8 +55,9 @@ pub mod sse;
 mod stream;
 
 pub use connect::connect;
-pub use json::{DecodeError, decode_batch};
-pub use stream::{DECODE_QUEUE_FRAMES, stream_once};
+pub use json::DecodeError;
+pub use json::decode_batch;
+pub(crate) use stream::stream_once;
 
 /// The gateway sends a heartbeat after 15 s without data; allow 3 s more.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(18);
@@ -69,7 +70,7 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 
 /// The gateway's stream timeout (`STREAM_TIMEOUT`, not exposed by its BOSH
 /// job): what a stream is expected to live until a `closing` shows otherwise.
-pub const GATEWAY_STREAM_TIMEOUT: Duration = Duration::from_secs(14 * 60);
+pub(crate) const GATEWAY_STREAM_TIMEOUT: Duration = Duration::from_secs(14 * 60);
 
 /// The default of `--gateway-handover`: open the next stream this long
 /// before the current one's expected end.
@@ -77,12 +78,12 @@ pub const HANDOVER_LEAD: Duration = Duration::from_secs(30);
 
 /// A stream handed over is closed by us if it has not ended this long after
 /// the handover (its gateway runs a longer timeout than expected).
-pub const HANDOVER_DRAIN_MAX: Duration = Duration::from_secs(120);
+pub(crate) const HANDOVER_DRAIN_MAX: Duration = Duration::from_secs(120);
 
 /// A `closing` that ends a stream younger than this, without data, is
 /// followed by a backoff step like any other end (a gateway that closes at
 /// once must not make the nozzle spin).
-pub const MIN_PRODUCTIVE_STREAM: Duration = Duration::from_secs(1);
+pub(crate) const MIN_PRODUCTIVE_STREAM: Duration = Duration::from_secs(1);
 
 /// Where the gateway is and how to get a token for it.
 #[derive(Clone)]
@@ -195,7 +196,7 @@ pub enum GatewayError {
 
 /// The `/v2/read` URL for a gateway base URL (a URL that already ends in
 /// `/v2/read` is kept) and a selection.
-pub fn read_url(base: &Url, streams: &Streams) -> Url {
+pub(crate) fn read_url(base: &Url, streams: &Streams) -> Url {
     let mut url = base.clone();
     let path = base.path().trim_end_matches('/');
     if !path.ends_with("/v2/read") {

@@ -30,7 +30,7 @@ pub enum Sse {
 
 /// An SSE parser whose memory stays under about twice `max` bytes.
 #[derive(Debug)]
-pub struct SseParser {
+pub(crate) struct SseParser {
     max: usize,
     /// The current line, up to its end.
     line: Vec<u8>,

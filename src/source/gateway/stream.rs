@@ -21,7 +21,7 @@ use crate::source::status::{Attempt, Disconnect, SourceStatus};
 
 /// Frames read but not yet decoded, per stream: bounds memory while the
 /// decoder runs on another core than the reader.
-pub const DECODE_QUEUE_FRAMES: usize = 16;
+pub(crate) const DECODE_QUEUE_FRAMES: usize = 16;
 
 /// Connects once and forwards batches until the stream ends, or until it
 /// is due for its handover (then its reading goes on in a task of its own
@@ -31,7 +31,7 @@ pub const DECODE_QUEUE_FRAMES: usize = 16;
 /// bounded channel, so on a multi-core runtime they use two cores; one
 /// decoder keeps the batches in order. The decoder's handle is left in
 /// `decoder` so that whoever stops the source can wait for it.
-pub async fn stream_once(
+pub(crate) async fn stream_once(
     cfg: &GatewayConfig,
     target: &Arc<Target>,
     router: &Arc<Router>,
