@@ -77,17 +77,9 @@ const NEVER: &[(&str, &[&str], &str)] = &[
     ),
     (
         "route",
-        &[
-            "source",
-            "alert",
-            "telemetry",
-            "stats",
-            "config",
-            "pipeline",
-            "run",
-            "tail",
-            "demo",
-        ],
+        // Every stage after route and sink: sources, the readers,
+        // configuration and assembly.
+        STAGES.split_at(4).1,
         "the router takes batches from any source and offers them to sinks; it knows no source",
     ),
     (
