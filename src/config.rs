@@ -21,6 +21,7 @@ pub mod layers;
 pub mod reference;
 mod run;
 mod s3;
+mod sink_files;
 mod sinks;
 mod source;
 mod tail;
@@ -36,6 +37,7 @@ pub use layers::{LayerArgs, Loaded, Origin};
 pub use run::{PipelineConfig, RunConfig, SinkConfig, validate};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, ValidateArgs};
 pub(crate) use s3::{SseArg, vcap_s3};
+pub use sink_files::{SinkFiles, SinkSettings, TlsFiles, build_pipeline};
 pub use sinks::{HttpArgs, SyslogArgs};
 pub use source::{
     EndpointSettings, GatewaySettings, RlpSettings, RlpTlsFiles, SourceArgs, SourceKind,
@@ -281,14 +283,26 @@ impl EmulatorArgs {
 pub struct ConfigErrors(pub Vec<String>);
 
 impl OutputArgs {
-    /// The pipeline these options describe, plus any problems in them
-    /// (`env` for an S3 binding in `VCAP_SERVICES`).
+    /// The pipeline these options describe, its files read, plus any
+    /// problems in them (`env` for an S3 binding in `VCAP_SERVICES`).
     pub fn pipeline(
         &self,
         errors: &mut Vec<String>,
         decode_only: bool,
         env: &dyn Env,
     ) -> PipelineConfig {
+        let validated = self.pipeline_settings(errors, decode_only, env);
+        sink_files::build_pipeline(&validated, errors)
+    }
+
+    /// The pipeline as validated: each sink with the files it reads at
+    /// build ([`sink_files::build_pipeline`]), plus any problems.
+    pub(crate) fn pipeline_settings(
+        &self,
+        errors: &mut Vec<String>,
+        decode_only: bool,
+        env: &dyn Env,
+    ) -> PipelineConfig<SinkSettings> {
         if self.roll_interval == 0 {
             errors.push("--roll-interval (ROLL_INTERVAL) must be at least 1 second".into());
         }
@@ -341,34 +355,49 @@ impl OutputArgs {
         }
         let mut sinks = Vec::new();
         for kind in kinds {
-            let sink = match kind {
-                SinkKind::Stdout => SinkConfig::Stdout,
+            let (config, files) = match kind {
+                SinkKind::Stdout => (SinkConfig::Stdout, SinkFiles::None),
                 // With a signing key, the file sink is the object writer's
                 // local-folder backend, which feeds the digest chain.
                 SinkKind::File if self.s3.signing_key.is_some() => self.object_sink(
                     crate::sink::archive::Target::Dir(self.out_dir.clone()),
                     errors,
                 ),
-                SinkKind::S3 => match self.s3.s3_config(env, errors) {
+                SinkKind::S3 => match self.s3.s3_settings(
+                    env.var("VCAP_SERVICES").as_deref(),
+                    env.var("AWS_SESSION_TOKEN").as_deref(),
+                    errors,
+                ) {
                     Some(s3) => self.object_sink(crate::sink::archive::Target::S3(s3), errors),
                     None => continue,
                 },
-                SinkKind::File => SinkConfig::File(FileSinkConfig {
-                    dir: self.out_dir.clone(),
-                    instance_index: self.instance_index,
-                    roll_interval: Duration::from_secs(self.roll_interval),
-                    gzip_level: self.gzip_level,
-                }),
+                SinkKind::File => (
+                    SinkConfig::File(FileSinkConfig {
+                        dir: self.out_dir.clone(),
+                        instance_index: self.instance_index,
+                        roll_interval: Duration::from_secs(self.roll_interval),
+                        gzip_level: self.gzip_level,
+                    }),
+                    SinkFiles::None,
+                ),
                 SinkKind::Syslog => match self.syslog.config(errors) {
-                    Some(cfg) => SinkConfig::Syslog(cfg),
+                    Some(cfg) => (
+                        SinkConfig::Syslog(cfg),
+                        self.syslog
+                            .tls_files()
+                            .map_or(SinkFiles::None, SinkFiles::Tls),
+                    ),
                     None => continue,
                 },
                 SinkKind::Http => match self.http.config(errors) {
-                    Some(cfg) => SinkConfig::Http(Box::new(cfg)),
+                    Some(cfg) => (
+                        SinkConfig::Http(Box::new(cfg)),
+                        SinkFiles::Tls(self.http.tls_files()),
+                    ),
                     None => continue,
                 },
             };
-            sinks.push((sink, Kind::ALL.to_vec()));
+            sinks.push((SinkSettings { config, files }, Kind::ALL.to_vec()));
         }
         PipelineConfig {
             sinks,
@@ -395,23 +424,55 @@ impl OutputArgs {
 }
 
 impl OutputArgs {
-    /// An object sink (S3, or the signed local folder) writing to `target`.
+    /// An object sink (S3, or the signed local folder) writing to `target`,
+    /// and the files it reads at build.
     fn object_sink(
         &self,
         target: crate::sink::archive::Target,
         errors: &mut Vec<String>,
-    ) -> SinkConfig {
-        SinkConfig::Object(Box::new(crate::sink::archive::ObjectSinkConfig {
+    ) -> (SinkConfig, SinkFiles) {
+        let s3 = matches!(target, crate::sink::archive::Target::S3(_));
+        let roll = self.s3.roll(
+            self.roll_interval,
+            self.instance_index,
+            self.gzip_level,
+            errors,
+        );
+        let files = self.s3.files(s3, errors);
+        let config = SinkConfig::Object(Box::new(crate::sink::archive::ObjectSinkConfig {
             target,
-            roll: self.s3.roll(
-                self.roll_interval,
-                self.instance_index,
-                self.gzip_level,
-                errors,
-            ),
-            digest: self.s3.digest(errors),
+            roll,
+            // Made at build, from `--signing-key`.
+            digest: None,
             notify_url: self.s3.notify_url(errors).map(Into::into),
-        }))
+        }));
+        (config, files)
+    }
+
+    /// The files the sinks `--sink` names read at build, for
+    /// `config check` when the values are invalid.
+    pub(crate) fn sink_files(&self) -> Vec<SinkFiles> {
+        let mut kinds: Vec<SinkKind> = Vec::new();
+        for kind in &self.sink {
+            if !kinds.contains(kind) {
+                kinds.push(*kind);
+            }
+        }
+        kinds
+            .into_iter()
+            .map(|kind| match kind {
+                SinkKind::Stdout => SinkFiles::None,
+                SinkKind::File if self.s3.signing_key.is_none() => SinkFiles::None,
+                SinkKind::File | SinkKind::S3 => {
+                    self.s3.files(kind == SinkKind::S3, &mut Vec::new())
+                }
+                SinkKind::Syslog => self
+                    .syslog
+                    .tls_files()
+                    .map_or(SinkFiles::None, SinkFiles::Tls),
+                SinkKind::Http => SinkFiles::Tls(self.http.tls_files()),
+            })
+            .collect()
     }
 }
 

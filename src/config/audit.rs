@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use super::cf::PlatformHttp;
-use super::{CfArgs, PipelineConfig, SinkConfig, SinkKind};
+use super::{CfArgs, PipelineConfig, SinkConfig, SinkKind, SinkSettings};
 use crate::classify::rules::{Filters, Rule, own_app_guid};
 use crate::enrich::EnrichConfig;
 use crate::record::Kind;
@@ -120,6 +120,7 @@ impl AuditSettings {
         &self,
         errors: &mut Vec<String>,
         http: impl FnOnce(&PlatformHttp) -> Option<reqwest::Client>,
+        s3_ca: Option<&[u8]>,
     ) -> AuditSetup {
         let cc = self.cc.as_ref().and_then(|cc| {
             Some(CcAccess {
@@ -132,7 +133,7 @@ impl AuditSettings {
             })
         });
         let audit_events = self.audit_events.as_ref().and_then(|p| {
-            let cursor = p.cursor.build().map_err(|e| errors.push(e)).ok()?;
+            let cursor = p.cursor.build(s3_ca).map_err(|e| errors.push(e)).ok()?;
             Some(AuditEventsConfig {
                 per_page: p.per_page,
                 lookback: p.lookback,
@@ -179,7 +180,7 @@ impl AuditArgs {
         cf: &CfArgs,
         instance_index: u32,
         shutdown_timeout: Duration,
-        pipeline: &mut PipelineConfig,
+        pipeline: &mut PipelineConfig<SinkSettings>,
         env: &dyn super::Env,
     ) -> AuditSettings {
         let rules = |flag: &str, env_name: &str, texts: &[String], errors: &mut Vec<String>| {
@@ -257,11 +258,14 @@ const CURSOR_NAME: &str = "audit-events.cursor.json";
 
 /// Where the audit cursor is kept: the file asked for; else the S3 sink's
 /// bucket when there is one; else `audit-events.cursor.json`.
-fn cursor_settings(file: Option<&PathBuf>, pipeline: &PipelineConfig) -> CursorSettings {
+fn cursor_settings(
+    file: Option<&PathBuf>,
+    pipeline: &PipelineConfig<SinkSettings>,
+) -> CursorSettings {
     if let Some(path) = file {
         return CursorSettings::File(path.clone());
     }
-    let s3 = pipeline.sinks.iter().find_map(|(s, _)| match s {
+    let s3 = pipeline.sinks.iter().find_map(|(s, _)| match &s.config {
         SinkConfig::Object(o) => match &o.target {
             crate::sink::archive::Target::S3(s3) => Some(s3),
             crate::sink::archive::Target::Dir(_) => None,
@@ -279,14 +283,15 @@ fn cursor_settings(file: Option<&PathBuf>, pipeline: &PipelineConfig) -> CursorS
 
 impl CursorSettings {
     /// The cursor store: a file, or get and put functions on the bucket
-    /// (its client made here); the error names the option.
-    pub fn build(&self) -> Result<CursorStore, String> {
+    /// (its client made here, trusting `s3_ca`, the `--s3-ca` read at
+    /// build); the error names the option.
+    pub fn build(&self, s3_ca: Option<&[u8]>) -> Result<CursorStore, String> {
         use std::sync::Arc;
         let (s3, foundation) = match self {
             CursorSettings::File(path) => return Ok(CursorStore::File(path.clone())),
             CursorSettings::Bucket { s3, foundation } => (s3, foundation.clone()),
         };
-        let archive = crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())
+        let archive = crate::sink::archive::s3::http_client(s3_ca)
             .and_then(|client| crate::sink::archive::s3::s3_archive(s3, &client))
             .map_err(|e| format!("the audit cursor's bucket (--s3-bucket {}): {e}", s3.bucket))?;
         let archive = Arc::new(archive);
@@ -373,11 +378,15 @@ fn sink_name(s: &SinkConfig) -> Option<SinkKind> {
 
 /// Applies `--route KIND=SINK[,SINK]` (or `KIND=none`): each routed kind
 /// goes only to the sinks named; other kinds go to every sink.
-pub fn apply_routes(routes: &[String], pipeline: &mut PipelineConfig, errors: &mut Vec<String>) {
+pub fn apply_routes<S: AsRef<SinkConfig>>(
+    routes: &[String],
+    pipeline: &mut PipelineConfig<S>,
+    errors: &mut Vec<String>,
+) {
     let configured: Vec<SinkKind> = pipeline
         .sinks
         .iter()
-        .filter_map(|(s, _)| sink_name(s))
+        .filter_map(|(s, _)| sink_name(s.as_ref()))
         .collect();
     let mut routed: [Option<Vec<SinkKind>>; 4] = Default::default();
     for route in routes {
@@ -414,7 +423,7 @@ pub fn apply_routes(routes: &[String], pipeline: &mut PipelineConfig, errors: &m
         }
     }
     for (sink, kinds) in &mut pipeline.sinks {
-        let Some(name) = sink_name(sink) else {
+        let Some(name) = sink_name(sink.as_ref()) else {
             continue;
         };
         kinds.retain(|k| {

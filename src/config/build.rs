@@ -1,10 +1,10 @@
 //! The build step: what `run`, `tail` and `config check` run after
-//! [`validate`](super::validate). It reads the files the source's options
-//! name (the RLP's TLS files, `--ca-file`) and makes the clients the
-//! validated settings describe (the platform HTTP client for UAA, Cloud
-//! Controller and the RLP Gateway; the audit cursor's bucket client), every
-//! problem listed at once, each naming its option. Part of
-//! [`crate::config`].
+//! [`validate`](super::validate). It reads the files the options name (the
+//! RLP's TLS files, `--ca-file`, the sinks' TLS files, `--s3-ca`,
+//! `--signing-key`) and makes the clients the validated settings describe
+//! (the platform HTTP client for UAA, Cloud Controller and the RLP Gateway;
+//! the audit cursor's bucket client), every problem listed at once, each
+//! naming its option. Part of [`crate::config`].
 
 use std::time::Duration;
 
@@ -49,15 +49,18 @@ pub fn build(cfg: &RunConfig) -> Result<Built, ConfigErrors> {
         .source
         .build(&mut errors, |s| platform(s, &mut source_errors));
     errors.append(&mut source_errors);
+    let pipeline = super::build_pipeline(&cfg.pipeline, &mut errors);
     let mut audit_errors = Vec::new();
-    let audit = cfg
-        .audit
-        .build(&mut errors, |s| platform(s, &mut audit_errors));
+    let audit = cfg.audit.build(
+        &mut errors,
+        |s| platform(s, &mut audit_errors),
+        s3_ca(&pipeline),
+    );
     errors.append(&mut audit_errors);
     match (errors.is_empty(), source) {
         (true, Some(source)) => Ok(Built {
             source,
-            pipeline: cfg.pipeline.clone(),
+            pipeline,
             shutdown_timeout: cfg.shutdown_timeout,
             telemetry: cfg.telemetry.clone(),
             alerts: cfg.alerts.clone(),
@@ -68,9 +71,22 @@ pub fn build(cfg: &RunConfig) -> Result<Built, ConfigErrors> {
     }
 }
 
+/// The `--s3-ca` certificate the S3 sink trusts, for the audit cursor in
+/// the same bucket.
+fn s3_ca(pipeline: &PipelineConfig) -> Option<&[u8]> {
+    pipeline.sinks.iter().find_map(|(s, _)| match s {
+        super::SinkConfig::Object(o) => match &o.target {
+            crate::sink::archive::Target::S3(s3) => s3.ca_pem.as_deref(),
+            crate::sink::archive::Target::Dir(_) => None,
+        },
+        _ => None,
+    })
+}
+
 /// The build step's problems that the options show alone, for when
-/// validation failed and [`build`] cannot run: the RLP's TLS files, and the
-/// platform client's `--ca-file`, when something uses them.
+/// validation failed and [`build`] cannot run: the RLP's TLS files, the
+/// platform client's `--ca-file` when something uses them, and the files
+/// of the sinks `--sink` names.
 pub(crate) fn unbuilt_problems(args: &RunArgs) -> Vec<String> {
     let mut errors = Vec::new();
     if args.input.source == SourceKind::Rlp
@@ -83,6 +99,9 @@ pub(crate) fn unbuilt_problems(args: &RunArgs) -> Vec<String> {
         || args.audit.enrich == OnOff::On;
     if platform && let Err(e) = args.cf.platform_http().client() {
         errors.push(e);
+    }
+    for files in args.output.sink_files() {
+        files.check(&mut errors);
     }
     errors
 }

@@ -24,10 +24,12 @@ pub enum SinkConfig {
     Object(Box<crate::sink::archive::ObjectSinkConfig>),
 }
 
+/// The pipeline: at run time with [`SinkConfig`]s; as validated with
+/// [`SinkSettings`](super::SinkSettings) (each sink's files not read yet).
 #[derive(Clone, Debug)]
-pub struct PipelineConfig {
+pub struct PipelineConfig<S = SinkConfig> {
     /// Each sink with the kinds routed to it.
-    pub sinks: Vec<(SinkConfig, Vec<Kind>)>,
+    pub sinks: Vec<(S, Vec<Kind>)>,
     /// Records each sink's queue holds before it drops the newest.
     pub queue_capacity: usize,
     pub batch: BatchConfig,
@@ -38,14 +40,13 @@ pub struct PipelineConfig {
     pub buffer: Option<crate::sink::buffer::BufferConfig>,
 }
 
-/// Everything `run` needs, validated. The source and the audit settings
-/// hold values and paths ([`super::build`] reads the files and makes the
-/// clients); the pipeline's sinks still hold their TLS clients, the
-/// `--s3-ca` certificate and the signing key, read here.
+/// Everything `run` needs, validated: values and the paths of the files
+/// the source, the audit settings and the sinks read ([`super::build`]
+/// reads them and makes the clients).
 #[derive(Clone, Debug)]
 pub struct RunConfig {
     pub source: super::SourceSettings,
-    pub pipeline: PipelineConfig,
+    pub pipeline: PipelineConfig<super::SinkSettings>,
     pub shutdown_timeout: Duration,
     /// `/health` and `/metrics`; `None` when turned off.
     pub telemetry: Option<crate::telemetry::TelemetryConfig>,
@@ -195,10 +196,9 @@ impl RunArgs {
 }
 
 /// Validates every option of `args`, with `env` for the variables a
-/// platform sets, and reports all problems together. The RLP's TLS files
-/// and `--ca-file` are not read and no client is made (that is
-/// [`super::build`]'s); the sinks' TLS files, `--s3-ca` and
-/// `--signing-key` still are.
+/// platform sets, and reports all problems together. No file is read (the
+/// RLP's and the sinks' TLS files, `--ca-file`, `--s3-ca`, `--signing-key`)
+/// and no client is made: that is [`super::build`]'s.
 pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors> {
     let mut errors = Vec::new();
     if args.shutdown_timeout == 0 {
@@ -223,7 +223,9 @@ pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors
             .gateway(&mut errors, &args.cf, streams)
             .map(|g| super::SourceSettings::Gateway(Box::new(g))),
     };
-    let mut pipeline = args.output.pipeline(&mut errors, args.decode_only, env);
+    let mut pipeline = args
+        .output
+        .pipeline_settings(&mut errors, args.decode_only, env);
     let audit = args.audit.setup(
         &mut errors,
         &args.cf,

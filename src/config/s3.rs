@@ -4,14 +4,12 @@
 //! binding in `VCAP_SERVICES` when the flags are not given.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::integrity::{Algorithm, SigningKey};
+use crate::integrity::Algorithm;
 use crate::redact::Secret;
-use crate::sink::archive::digest::DigestSettings;
 use crate::sink::archive::{
     RollConfig,
     s3::{S3Config, Sse},
@@ -133,6 +131,7 @@ pub(crate) fn vcap_s3(vcap_services: &str) -> Option<VcapS3> {
 impl S3Args {
     /// The bucket settings, completed from an S3 binding in `VCAP_SERVICES`
     /// where a flag is missing (and the session token from `AWS_SESSION_TOKEN`).
+    /// With `--s3-ca` read into it.
     pub(crate) fn s3_config(
         &self,
         env: &dyn super::Env,
@@ -143,8 +142,25 @@ impl S3Args {
         self.s3_config_with(vcap.as_deref(), aws_session_token.as_deref(), errors)
     }
 
-    /// [`s3_config`](Self::s3_config) with `AWS_SESSION_TOKEN` given.
+    /// [`s3_config`](Self::s3_config) with `VCAP_SERVICES` and
+    /// `AWS_SESSION_TOKEN` given.
     pub fn s3_config_with(
+        &self,
+        vcap: Option<&str>,
+        aws_session_token: Option<&str>,
+        errors: &mut Vec<String>,
+    ) -> Option<S3Config> {
+        let s3 = self.s3_settings(vcap, aws_session_token, errors)?;
+        let ca_pem = self
+            .s3_ca
+            .as_deref()
+            .and_then(|path| super::sink_files::read_s3_ca(path, errors));
+        Some(S3Config { ca_pem, ..s3 })
+    }
+
+    /// The bucket settings as validated: `--s3-ca` is not read (its path is
+    /// in the sink's [`SinkFiles`](super::sink_files::SinkFiles)).
+    pub(crate) fn s3_settings(
         &self,
         vcap: Option<&str>,
         aws_session_token: Option<&str>,
@@ -204,16 +220,6 @@ impl S3Args {
                 .filter(|t| !t.is_empty())
                 .map(Secret::from)
         });
-        let ca_pem = self.s3_ca.as_ref().and_then(|path| {
-            let checked = crate::tls::read_pem_file("--s3-ca (S3_CA)", path, "CERTIFICATE")
-                .map_err(|e| e.to_string())
-                .and_then(|pem| {
-                    crate::http_client::rustls_config(Some(&pem))
-                        .map(|_| pem)
-                        .map_err(|e| format!("--s3-ca (S3_CA) {}: {e}", path.display()))
-                });
-            checked.map_err(|e| errors.push(e)).ok()
-        });
         Some(S3Config {
             bucket,
             prefix: self.s3_prefix.trim_matches('/').to_string(),
@@ -225,7 +231,8 @@ impl S3Args {
             session_token,
             sse,
             kms_key_id: self.s3_kms_key_id.clone(),
-            ca_pem,
+            // Read at build (`--s3-ca`).
+            ca_pem: None,
         })
     }
 
@@ -250,21 +257,16 @@ impl S3Args {
         }
     }
 
-    /// The digest chain, when --signing-key is given.
-    pub fn digest(&self, errors: &mut Vec<String>) -> Option<DigestSettings> {
+    /// The files an object sink reads at build: `--s3-ca` (for S3) and
+    /// `--signing-key`, with `--digest-interval` checked.
+    pub(crate) fn files(&self, s3: bool, errors: &mut Vec<String>) -> super::sink_files::SinkFiles {
         if self.digest_interval == 0 {
             errors.push("--digest-interval (DIGEST_INTERVAL) must be at least 1 second".into());
         }
-        let source = self.signing_key.as_ref()?;
-        match SigningKey::load(source.expose()) {
-            Ok(key) => Some(DigestSettings {
-                key: Arc::new(key),
-                interval: Duration::from_secs(self.digest_interval.max(1)),
-            }),
-            Err(e) => {
-                errors.push(format!("--signing-key (SIGNING_KEY): {e}"));
-                None
-            }
+        super::sink_files::SinkFiles::Object {
+            s3_ca: self.s3_ca.clone().filter(|_| s3),
+            signing_key: self.signing_key.clone(),
+            digest_interval: Duration::from_secs(self.digest_interval.max(1)),
         }
     }
 

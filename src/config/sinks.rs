@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use super::sink_files::TlsFiles;
 use super::valid_host_port;
 use crate::redact::Secret;
 
@@ -144,7 +145,18 @@ impl HttpArgs {
         headers
     }
 
-    /// The HTTP sink these options describe, plus any problems in them.
+    /// The files the HTTP sink reads at build.
+    pub(super) fn tls_files(&self) -> TlsFiles {
+        TlsFiles {
+            what: "--http-ca/--http-cert/--http-key",
+            ca: ("--http-ca (HTTP_CA)", self.http_ca.clone()),
+            cert: ("--http-cert (HTTP_CERT)", self.http_cert.clone()),
+            key: ("--http-key (HTTP_KEY)", self.http_key.clone()),
+        }
+    }
+
+    /// The HTTP sink these options describe (its TLS files not read: see
+    /// [`tls_files`](Self::tls_files)), plus any problems in them.
     pub(super) fn config(
         &self,
         errors: &mut Vec<String>,
@@ -199,20 +211,14 @@ impl HttpArgs {
             errors.push("--http-concurrency (HTTP_CONCURRENCY) must be at least 1".into());
         }
         let headers = self.headers(errors);
-        let tls = tls_client(
-            errors,
-            "--http-ca/--http-cert/--http-key",
-            ("--http-ca (HTTP_CA)", &self.http_ca),
-            ("--http-cert (HTTP_CERT)", &self.http_cert),
-            ("--http-key (HTTP_KEY)", &self.http_key),
-        );
         if errors.len() > before {
             return None;
         }
-        let mut tls = tls?;
-        if !self.http_tls_verify {
-            crate::tls::disable_verification(&mut tls);
-        }
+        // The files are read at build; until then, no CA and no client
+        // certificate.
+        let tls = crate::tls::rustls_client_config(self.tls_files().what, None, None)
+            .map_err(|e| errors.push(e.to_string()))
+            .ok()?;
         Some(HttpSinkConfig {
             url: url.into(),
             format,
@@ -312,16 +318,14 @@ const FACILITIES: [&str; 24] = [
 ];
 
 impl SyslogArgs {
-    /// The TLS client settings of the syslog sink, plus any problems in them.
-    fn tls_config(&self, errors: &mut Vec<String>) -> Option<crate::tls::ClientSettings> {
-        tls_client(
-            errors,
-            "--syslog-ca/--syslog-cert/--syslog-key",
-            ("--syslog-ca (SYSLOG_CA)", &self.syslog_ca),
-            ("--syslog-cert (SYSLOG_CERT)", &self.syslog_cert),
-            ("--syslog-key (SYSLOG_KEY)", &self.syslog_key),
-        )
-        .map(crate::tls::ClientSettings::new)
+    /// The files the syslog sink reads at build (over TLS only).
+    pub(super) fn tls_files(&self) -> Option<TlsFiles> {
+        (self.syslog_transport == SyslogTransportArg::Tls).then(|| TlsFiles {
+            what: "--syslog-ca/--syslog-cert/--syslog-key",
+            ca: ("--syslog-ca (SYSLOG_CA)", self.syslog_ca.clone()),
+            cert: ("--syslog-cert (SYSLOG_CERT)", self.syslog_cert.clone()),
+            key: ("--syslog-key (SYSLOG_KEY)", self.syslog_key.clone()),
+        })
     }
 
     /// Each kind's severity (`--syslog-severity-*`); a name that is not one
@@ -368,7 +372,8 @@ impl SyslogArgs {
         }
     }
 
-    /// The syslog sink these options describe, plus any problems in them.
+    /// The syslog sink these options describe (its TLS files not read: see
+    /// [`tls_files`](Self::tls_files)), plus any problems in them.
     pub(super) fn config(
         &self,
         errors: &mut Vec<String>,
@@ -418,11 +423,6 @@ impl SyslogArgs {
             SyslogTransportArg::Tls => Transport::Tls,
             SyslogTransportArg::Udp => Transport::Udp,
         };
-        let tls = if transport == Transport::Tls {
-            self.tls_config(errors)
-        } else {
-            None
-        };
         if errors.len() > before {
             return None;
         }
@@ -440,7 +440,8 @@ impl SyslogArgs {
                 SyslogFramingArg::Newline => Framing::Newline,
             },
             server_name,
-            tls,
+            // Read at build (`tls_files`).
+            tls: None,
             format: SyslogFormat {
                 facility: facility.unwrap_or(16),
                 severities,
@@ -454,49 +455,4 @@ impl SyslogArgs {
             write_timeout: Duration::from_secs(self.syslog_write_timeout),
         })
     }
-}
-
-/// A sink's TLS client: its CA bundle, client certificate and key options
-/// (each `(flag, path)`), read and checked with every problem listed.
-fn tls_client(
-    errors: &mut Vec<String>,
-    what: &'static str,
-    ca: (&'static str, &Option<PathBuf>),
-    cert: (&'static str, &Option<PathBuf>),
-    key: (&'static str, &Option<PathBuf>),
-) -> Option<rustls::ClientConfig> {
-    let before = errors.len();
-    let mut read = |(flag, path): (&'static str, &Option<PathBuf>), expected| {
-        path.as_deref().and_then(|p| {
-            crate::tls::read_pem_file(flag, p, expected)
-                .map_err(|e| errors.push(e.to_string()))
-                .ok()
-        })
-    };
-    let ca_pem = read(ca, "CERTIFICATE");
-    let cert_pem = read(cert, "CERTIFICATE");
-    let key_pem = read(key, "PRIVATE KEY");
-    if cert.1.is_some() != key.1.is_some() {
-        errors.push(format!("{} and {} go together", cert.0, key.0));
-    }
-    if let (Some(cert_path), Some(key_path), Some(cert_pem), Some(key_pem)) =
-        (cert.1, key.1, &cert_pem, &key_pem)
-        && let Err(e) = crate::tls::check_identity(
-            (cert_path, cert_pem),
-            (key_path, key_pem),
-            std::time::SystemTime::now(),
-        )
-    {
-        errors.push(format!("{what}: {e}"));
-    }
-    if errors.len() > before {
-        return None;
-    }
-    crate::tls::rustls_client_config(
-        what,
-        ca_pem.as_deref(),
-        cert_pem.as_deref().zip(key_pem.as_deref()),
-    )
-    .map_err(|e| errors.push(e.to_string()))
-    .ok()
 }
