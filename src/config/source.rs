@@ -51,20 +51,9 @@ impl RlpTlsFiles {
     }
 }
 
-/// The gateway source's validated options; the platform HTTP client and the
-/// token provider are made at build.
-#[derive(Clone, Debug)]
-pub struct GatewaySettings {
-    pub endpoints: EndpointSettings,
-    /// How the client for UAA, the CF API and the gateway is made.
-    pub http: PlatformHttp,
-    pub streams: Streams,
-    pub backoff: Backoff,
-    pub idle_timeout: Duration,
-    pub max_frame_bytes: usize,
-    pub handover: Duration,
-    pub max_response_bytes: usize,
-}
+/// The gateway source's validated options: the gateway's settings with what
+/// makes the platform HTTP client and the token provider, both made at build.
+pub type GatewaySettings = GatewayConfig<EndpointSettings, PlatformHttp>;
 
 /// Where the gateway and UAA are.
 #[derive(Clone)]
@@ -121,16 +110,7 @@ impl SourceSettings {
                     },
                     EndpointSettings::Discover(e) => e.clone(),
                 };
-                SourceConfig::Gateway(Box::new(GatewayConfig {
-                    endpoints,
-                    http,
-                    streams: g.streams.clone(),
-                    backoff: g.backoff.clone(),
-                    idle_timeout: g.idle_timeout,
-                    max_frame_bytes: g.max_frame_bytes,
-                    handover: g.handover,
-                    max_response_bytes: g.max_response_bytes,
-                }))
+                SourceConfig::Gateway(Box::new(g.with(endpoints, http)))
             }
         })
     }

@@ -131,11 +131,15 @@ impl std::fmt::Debug for GatewayEndpoints {
     }
 }
 
+/// The gateway source's settings. `E` and `H` are where the endpoints come
+/// from and the HTTP client: the running source has them made; the
+/// validated configuration (`config::GatewaySettings`) holds what makes them,
+/// and [`GatewayConfig::with`] turns one into the other.
 #[derive(Clone, Debug)]
-pub struct GatewayConfig {
-    pub endpoints: GatewayEndpoints,
+pub struct GatewayConfig<E = GatewayEndpoints, H = reqwest::Client> {
+    pub endpoints: E,
     /// The client for UAA, the CF API and the gateway ([`crate::http_client::http_client`]).
-    pub http: reqwest::Client,
+    pub http: H,
     pub streams: Streams,
     pub backoff: Backoff,
     pub idle_timeout: Duration,
@@ -148,6 +152,22 @@ pub struct GatewayConfig {
     /// (`--cf-max-response-bytes`); a [`GatewayEndpoints::Given`] token
     /// provider carries its own.
     pub max_response_bytes: usize,
+}
+
+impl<E, H> GatewayConfig<E, H> {
+    /// The same settings with `endpoints` and `http` in place of this one's.
+    pub fn with<E2, H2>(&self, endpoints: E2, http: H2) -> GatewayConfig<E2, H2> {
+        GatewayConfig {
+            endpoints,
+            http,
+            streams: self.streams.clone(),
+            backoff: self.backoff.clone(),
+            idle_timeout: self.idle_timeout,
+            max_frame_bytes: self.max_frame_bytes,
+            handover: self.handover,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
