@@ -295,6 +295,35 @@ impl OutputArgs {
         sink_files::build_pipeline(&validated, errors)
     }
 
+    /// The sinks `--sink` names, each once; naming one twice, or none, is a
+    /// problem.
+    fn sink_kinds(&self, errors: &mut Vec<String>) -> Vec<SinkKind> {
+        let mut kinds: Vec<SinkKind> = Vec::new();
+        for kind in &self.sink {
+            if kinds.contains(kind) {
+                // Two sinks of one kind would write every record twice to
+                // the same place (and race for the same file names).
+                let name = kind.to_possible_value().map(|v| v.get_name().to_string());
+                let message = format!(
+                    "--sink (SINK) names {} more than once: list each sink once",
+                    name.unwrap_or_default()
+                );
+                if !errors.contains(&message) {
+                    errors.push(message);
+                }
+            } else {
+                kinds.push(*kind);
+            }
+        }
+        if kinds.is_empty() {
+            errors.push(
+                "--sink (SINK) must name at least one sink: stdout, file, syslog, http or s3"
+                    .into(),
+            );
+        }
+        kinds
+    }
+
     /// The pipeline as validated: each sink with the files it reads at
     /// build ([`sink_files::build_pipeline`]), plus any problems.
     pub(crate) fn pipeline_settings(
@@ -330,29 +359,7 @@ impl OutputArgs {
                 self.foundation
             ));
         }
-        let mut kinds: Vec<SinkKind> = Vec::new();
-        for kind in &self.sink {
-            if kinds.contains(kind) {
-                // Two sinks of one kind would write every record twice to
-                // the same place (and race for the same file names).
-                let name = kind.to_possible_value().map(|v| v.get_name().to_string());
-                let message = format!(
-                    "--sink (SINK) names {} more than once: list each sink once",
-                    name.unwrap_or_default()
-                );
-                if !errors.contains(&message) {
-                    errors.push(message);
-                }
-            } else {
-                kinds.push(*kind);
-            }
-        }
-        if kinds.is_empty() {
-            errors.push(
-                "--sink (SINK) must name at least one sink: stdout, file, syslog, http or s3"
-                    .into(),
-            );
-        }
+        let kinds = self.sink_kinds(errors);
         let mut sinks = Vec::new();
         for kind in kinds {
             let (config, files) = match kind {
