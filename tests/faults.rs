@@ -456,8 +456,25 @@ async fn a_full_disk_under_the_buffer_is_counted_and_recovered_from() {
     };
     let health = free_addr();
     let child = spawn(&mut run(health));
-    let m = wait_metrics(health, "all records offered", |m| {
-        m.get("received_total") == Some(&(N as f64))
+    // Every record offered, and each one's fate counted: `received` is
+    // counted before the disk refuses a chunk, so a scrape in between sees a
+    // chunk received and not yet dropped.
+    let m = wait_metrics(health, "all records offered and accounted for", |m| {
+        let accounted: f64 = [
+            "delivered_total",
+            "queued",
+            "buffered",
+            "in_flight",
+            "dead_lettered_total",
+            "dropped_total{buffer_error}",
+            "dropped_total{buffer_full}",
+            "dropped_total{queue_full}",
+            "dropped_total{write_error}",
+        ]
+        .iter()
+        .map(|k| m.get(*k).copied().unwrap_or(f64::NAN))
+        .sum();
+        m.get("received_total") == Some(&(N as f64)) && accounted == N as f64
     })
     .await;
     let lost = m["dropped_total{buffer_error}"];
