@@ -19,13 +19,10 @@ pub(crate) use json::{put_digits, write_int, write_rfc3339, write_str_contents};
 mod wire;
 
 pub(crate) use envelope::MessageType;
-pub use envelope::{EnvelopeView, decode_batch};
-pub use envelope::{MessageRef, ValueRef};
+pub use envelope::{EnvelopeView, MessageRef, ValueRef, decode_batch};
 pub use wire::WireError;
 
-pub use api::ApiCall;
-pub use api::ApiResource;
-pub use api::{ApiSource, audit_event_record};
+pub use api::{ApiCall, ApiResource, ApiSource, audit_event_record};
 
 /// Version of the ApiInvocation record layout: the major changes on
 /// incompatible changes, the minor when fields are added (as CloudTrail does).

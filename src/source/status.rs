@@ -17,8 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 pub(crate) use crate::counters::SKIP_LOG_INTERVAL;
-pub use crate::counters::{Disconnect, SkipLog};
-pub use crate::counters::{SourceSnapshot, SourceStatus};
+pub use crate::counters::{Disconnect, SkipLog, SourceSnapshot, SourceStatus};
 
 /// How one attempt (connect, then stream until it ends) went.
 #[derive(Debug)]

@@ -20,10 +20,9 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-pub use rfc5424::Severities;
 use rfc5424::encode_framed;
 pub(crate) use rfc5424::{DEFAULT_ENTERPRISE_NUMBER, DEFAULT_MAX_MESSAGE_BYTES, SEVERITIES};
-pub use rfc5424::{Framing, MsgFormat, SyslogFormat, encode};
+pub use rfc5424::{Framing, MsgFormat, Severities, SyslogFormat, encode};
 
 use super::{Batch, Sink, SinkError, SinkFailure, SinkStats};
 use crate::record::{EncodeContext, Record};

@@ -44,8 +44,7 @@ use crate::route::Router;
 mod cursor;
 mod poller;
 
-pub use cursor::CursorError;
-pub use cursor::{Cursor, CursorStore, load_cursor};
+pub use cursor::{Cursor, CursorError, CursorStore, load_cursor};
 use poller::Poller;
 
 /// Cloud Controller's largest page.
