@@ -17,6 +17,7 @@ mod build;
 mod cf;
 pub mod check;
 pub mod env;
+mod gaps;
 pub mod layers;
 pub mod reference;
 mod run;
@@ -33,6 +34,7 @@ pub use audit::{
 pub use build::{Built, build};
 pub use cf::{CfArgs, PlatformHttp};
 pub use env::{Env, MapEnv, ProcessEnv};
+pub use gaps::GapsArgs;
 pub use layers::{LayerArgs, Loaded, Origin};
 pub use run::{PipelineConfig, RunConfig, SinkConfig, validate};
 pub use s3::{KeyAlgorithmArg, KeygenArgs, S3Args, ValidateArgs};
@@ -72,6 +74,8 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Check an archive's digest chain and log files (S3 bucket or --dir); exit 1 if anything is invalid.
     Validate(Box<ValidateArgs>),
+    /// Find missing and duplicate records by their numbers (boot, kind, seq) in an archive (--dir or S3 bucket) or a SIEM's JSON-lines export (--jsonl); exit 1 if any is missing.
+    Gaps(Box<GapsArgs>),
     /// Check the configuration: `config check` takes run's flags and environment.
     Config(ConfigArgs),
     /// Show the firehose live, filtered, as human lines or JSON (run's source options; a shard id of its own).
@@ -79,8 +83,8 @@ pub enum Command {
 }
 
 /// The command names, for making `run` the default.
-pub(crate) const COMMANDS: [&str; 8] = [
-    "run", "demo", "emulator", "keygen", "validate", "config", "tail", "help",
+pub(crate) const COMMANDS: [&str; 9] = [
+    "run", "demo", "emulator", "keygen", "validate", "gaps", "config", "tail", "help",
 ];
 
 #[derive(Debug, Args)]

@@ -47,6 +47,7 @@ pub mod config;
 pub mod counters;
 pub mod demo;
 pub mod enrich;
+pub mod gaps;
 pub mod http_client;
 pub mod integrity;
 pub mod logging;

@@ -15,6 +15,7 @@ use cf_audit_nozzle::config::{
     Cli, Command, ConfigCommand, DEFAULT_GZIP_LEVEL, Env, Loaded, ProcessEnv, SinkKind, check,
     reference, with_default_command,
 };
+use cf_audit_nozzle::gaps::gaps_args;
 use cf_audit_nozzle::logging::{self, LogFormat};
 use cf_audit_nozzle::source::emulator::serve::serve;
 use cf_audit_nozzle::validate::validate_args;
@@ -267,6 +268,22 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
             if !report.ok() {
                 // validate-logs' convention: 1 when anything is invalid (2 is an error).
                 std::process::exit(1);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gaps(args) => {
+            let report = gaps_args(&args, &ProcessEnv).await?;
+            if args.json {
+                out!("{}", report.to_json());
+            } else {
+                out!("{}", report.render());
+            }
+            if report.groups.is_empty() {
+                tracing::warn!(source = %report.source, "no records found");
+            }
+            if !report.complete() {
+                // Like validate: 1 when a record is missing (2 is an error).
+                return Ok(ExitCode::from(1));
             }
             Ok(ExitCode::SUCCESS)
         }

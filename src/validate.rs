@@ -450,6 +450,43 @@ async fn check_log(archive: &Archive, key: &str, hash: &str) -> Option<String> {
     }
 }
 
+/// Why the archive a command's options name could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Archive(#[from] crate::sink::archive::ArchiveError),
+    #[error(transparent)]
+    S3(#[from] crate::sink::BuildError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+}
+
+/// The archive of a reading command (`validate`, `gaps`): the local folder
+/// `dir` (with `--s3-prefix`), else the S3 bucket from the `s3` flags and an
+/// S3 binding in `env`. `needs` is the first error when neither is given
+/// (what the command needs).
+pub(crate) fn open_archive(
+    needs: &str,
+    dir: Option<&std::path::Path>,
+    s3: &crate::config::S3Args,
+    env: &dyn crate::config::Env,
+) -> Result<Archive, OpenError> {
+    if let Some(dir) = dir {
+        return Ok(Archive::local(dir, &s3.s3_prefix)?);
+    }
+    let mut errors = Vec::new();
+    match s3.s3_config(env, &mut errors) {
+        Some(s3) if errors.is_empty() => {
+            let client = crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())?;
+            Ok(crate::sink::archive::s3::s3_archive(&s3, &client)?)
+        }
+        _ => {
+            errors.insert(0, needs.to_string());
+            Err(crate::config::ConfigErrors(errors).into())
+        }
+    }
+}
+
 /// Why `validate` could not check the archive its options name.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -458,11 +495,7 @@ pub enum CommandError {
     #[error(transparent)]
     Validate(#[from] ValidateError),
     #[error(transparent)]
-    Archive(#[from] crate::sink::archive::ArchiveError),
-    #[error(transparent)]
-    S3(#[from] crate::sink::BuildError),
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigErrors),
+    Open(#[from] OpenError),
 }
 
 /// `cf-audit-nozzle validate`: the archive `args` name (`--dir`, else the S3
@@ -482,22 +515,12 @@ pub async fn validate_args(
         Some(e) => parse_time("end", e)?,
         None => Utc::now(),
     };
-    let archive = match &args.dir {
-        Some(dir) => Archive::local(dir, &args.s3.s3_prefix)?,
-        None => {
-            let mut errors = Vec::new();
-            match args.s3.s3_config(env, &mut errors) {
-                Some(s3) if errors.is_empty() => {
-                    let client = crate::sink::archive::s3::http_client(s3.ca_pem.as_deref())?;
-                    crate::sink::archive::s3::s3_archive(&s3, &client)?
-                }
-                _ => {
-                    errors.insert(0, "validate needs --dir or --s3-bucket".into());
-                    return Err(crate::config::ConfigErrors(errors).into());
-                }
-            }
-        }
-    };
+    let archive = open_archive(
+        "validate needs --dir or --s3-bucket",
+        args.dir.as_deref(),
+        &args.s3,
+        env,
+    )?;
     Ok(validate(&archive, &public, start, end).await?)
 }
 

@@ -293,7 +293,7 @@ fn parser_errors_are_listed_with_every_other_problem() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("  - unknown command or argument \"stauts\" (commands: run, demo, emulator, keygen, validate, config, tail, help)\n"),
+        stderr.contains("  - unknown command or argument \"stauts\" (commands: run, demo, emulator, keygen, validate, gaps, config, tail, help)\n"),
         "{stderr}"
     );
 }
