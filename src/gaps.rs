@@ -49,9 +49,7 @@ pub enum GapsError {
         what: String,
         reason: std::io::Error,
     },
-    #[error(
-        "no record could be read from {source_name}: all {count} inputs are malformed, e.g. {first}"
-    )]
+    #[error("no record could be read from {source_name} ({count} malformed, e.g. {first})")]
     NothingRead {
         source_name: String,
         count: u64,
