@@ -193,7 +193,10 @@ impl Tally {
                 continue;
             }
             let at = || format!("{name} line {number}");
-            match decode::line(&buf) {
+            // Without its line end, an error's position is on its own line.
+            let text = buf.strip_suffix(b"\n").unwrap_or(&buf);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            match decode::line(text) {
                 Ok(element) => self.element(element, &at),
                 Err(e) => self.malformed(format!("{}: not JSON ({e})", at())),
             }
