@@ -211,6 +211,7 @@ impl Tally {
         if let Err(e) = result {
             let after = match e.read {
                 0 => String::new(),
+                1 => " after 1 record".to_string(),
                 n => format!(" after {n} records"),
             };
             self.malformed(format!("{location}: {}{after}", e.reason));
@@ -306,4 +307,34 @@ pub async fn gaps_args(
         });
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(text: &str) -> Vec<u8> {
+        let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        w.write_all(text.as_bytes()).unwrap();
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn a_file_cut_short_keeps_the_records_before_the_cut() {
+        let mut tally = Tally::default();
+        let cut = r#"{"Records":[{"kind":"api","boot":"b","seq":0},"x",{"kind":"api","boot":"b","seq":2},{"kind":"#;
+        tally.read_archive_file(&gzip(cut), "dir/CFLogs/f.json.gz");
+        let report = tally.report("dir/CFLogs/".into());
+        assert_eq!(report.groups.len(), 1);
+        assert_eq!(report.groups[0].records, 2);
+        assert_eq!(report.groups[0].missing_count, 1);
+        assert_eq!(
+            report.malformed_named,
+            [
+                "dir/CFLogs/f.json.gz Records[1]: a string, not a record (a JSON object)",
+                "dir/CFLogs/f.json.gz: not JSON (EOF while parsing a value at line 1 column 92) after 3 records",
+            ]
+        );
+    }
 }
