@@ -42,9 +42,7 @@ fn main() {
         })
         .collect();
     let n = batches.len() * 100;
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
+    let ctx = EncodeContext::new("cf");
     let per = |label: &str, t: Instant, bytes: usize| {
         let ns = t.elapsed().as_nanos() as f64 / n as f64;
         println!(

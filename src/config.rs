@@ -184,6 +184,9 @@ pub struct OutputArgs {
     /// Name of this Cloud Foundry foundation, in every record and file name.
     #[arg(long, env = "FOUNDATION", default_value = "cf")]
     pub foundation: String,
+    /// Add to every envelope record a protojson copy of its envelope (`envelope`, Loggregator's exact form), as records had before; off, every fact of the envelope appears once, as a readable field or under `tags`.
+    #[arg(long, env = "RECORD_ENVELOPE", value_enum, default_value = "off")]
+    pub record_envelope: OnOff,
     /// This instance's index, in file names so instances never overwrite each other.
     #[arg(long, env = "INSTANCE_INDEX", default_value_t = 0)]
     pub instance_index: u32,
@@ -234,6 +237,9 @@ pub struct DemoArgs {
     /// Seconds after which files are completed and new ones started.
     #[arg(long, env = "DEMO_ROLL_INTERVAL", default_value_t = 60)]
     pub roll_interval: u64,
+    /// Add the protojson copy of each envelope to its record, as `run --record-envelope on` does.
+    #[arg(long, env = "RECORD_ENVELOPE", value_enum, default_value = "off")]
+    pub record_envelope: OnOff,
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +293,14 @@ impl EmulatorArgs {
 pub struct ConfigErrors(pub Vec<String>);
 
 impl OutputArgs {
+    /// How every sink writes records.
+    fn encode_context(&self) -> EncodeContext {
+        EncodeContext {
+            foundation: self.foundation.clone(),
+            record_envelope: self.record_envelope == OnOff::On,
+        }
+    }
+
     /// The pipeline these options describe, its files read, plus any
     /// problems in them (`env` for an S3 binding in `VCAP_SERVICES`).
     pub fn pipeline(
@@ -419,15 +433,11 @@ impl OutputArgs {
                 max_age: Duration::from_millis(self.batch_max_age_ms),
                 dead_letter: Some(crate::sink::DeadLetter {
                     dir: self.dead_letter_dir.clone(),
-                    encode: EncodeContext {
-                        foundation: self.foundation.clone(),
-                    },
+                    encode: self.encode_context(),
                 }),
                 ..BatchConfig::default()
             },
-            encode: EncodeContext {
-                foundation: self.foundation.clone(),
-            },
+            encode: self.encode_context(),
             decode_only,
             buffer: self.buffer.config(errors),
         }

@@ -28,6 +28,8 @@ pub struct DemoConfig {
     pub out_dir: PathBuf,
     pub roll_interval: Duration,
     pub gzip_level: u32,
+    /// Records carry the protojson copy of their envelope.
+    pub record_envelope: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +80,7 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
         batch: BatchConfig::default(),
         encode: EncodeContext {
             foundation: "demo".to_string(),
+            record_envelope: cfg.record_envelope,
         },
         decode_only: false,
         buffer: None,

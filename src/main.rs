@@ -245,6 +245,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
                     out_dir: args.out_dir,
                     roll_interval: Duration::from_secs(args.roll_interval.max(1)),
                     gzip_level: DEFAULT_GZIP_LEVEL,
+                    record_envelope: args.record_envelope == cf_audit_nozzle::config::OnOff::On,
                 },
                 shutdown,
             )

@@ -353,9 +353,7 @@ mod tests {
             )],
             queue_capacity: 10,
             batch: BatchConfig::default(),
-            encode: EncodeContext {
-                foundation: "test".into(),
-            },
+            encode: EncodeContext::new("test"),
             decode_only: false,
             buffer: None,
         };

@@ -1,13 +1,31 @@
 //! What the nozzle delivers: one [`Record`] per envelope, and its JSON shape.
 //!
-//! A record keeps the envelope it came from and renders, on encoding, the
-//! readable fields (`kind`, `time`, `source_id`, `app`, `message`, ...) next to
-//! the envelope in protojson form (`envelope`: snake_case keys, 64-bit
-//! integers as strings, payload base64), as DESIGN.md §4 describes. API
-//! invocations also carry the CloudTrail-style fields of [`ApiCall`].
-
-use serde::Serialize;
-use serde::ser::{SerializeMap, Serializer};
+//! A record keeps the envelope it came from and renders, on encoding, every
+//! fact of it once (issue 19; `schema/*.schema.json` document each field):
+//! - `kind`, `time` (the timestamp, RFC 3339 with nanoseconds), `foundation`,
+//!   `source_id`, `instance_id`;
+//! - `origin`, `source_type`, `deployment`, `job`: those `tags` entries, each
+//!   only when the envelope has it (an empty value too);
+//! - `app`, `space`, `org` (`{"guid":..,"name":..}`) from the tags `app_id`,
+//!   `app_name`, `space_id`, `space_name`, `organization_id`,
+//!   `organization_name`, each member only when its tag is there; members no
+//!   tag gave that Cloud Controller's names ([`Record::names`]) fill in are
+//!   listed in `enriched` (`"app.name"`, ...), so a reader can tell them apart;
+//! - `tags`: every other `tags` entry; `deprecated_tags` as protojson writes
+//!   them (never read for the fields above); each only when not empty;
+//! - the message: a log's `log_type` (`OUT`, `ERR`, or the number of a type
+//!   Loggregator does not name) and `message` (or `message_base64` and
+//!   `message_invalid_utf8` for bytes that are not UTF-8); a counter's
+//!   `name`, `delta`, `total`; a gauge's `metrics`; a timer's `name`,
+//!   `start_ns`, `stop_ns`; an event's `title`, `body`;
+//! - API invocations: the CloudTrail-style fields of [`ApiCall`];
+//! - with `--record-envelope on` only, last: `envelope`, the envelope in the
+//!   RLP Gateway's protojson form (snake_case keys, 64-bit integers as
+//!   strings, payload base64), which records always carried before.
+//!
+//! The envelope can be rebuilt from the record alone (`tests/record_mapping.rs`
+//! does, for arbitrary envelopes). The writers are in `layout`; they
+//! allocate nothing per record but for API invocations.
 
 use crate::proto::Envelope;
 
@@ -16,6 +34,8 @@ pub mod envelope;
 mod json;
 pub mod ruby_hash;
 pub(crate) use json::{put_digits, write_int, write_rfc3339, write_str_contents};
+mod layout;
+pub(crate) use layout::write_envelope_json;
 mod wire;
 
 pub(crate) use envelope::MessageType;
@@ -101,10 +121,22 @@ pub struct AppNames {
     pub org_name: Option<String>,
 }
 
-/// Per-deployment values every record carries.
+/// Per-deployment values every record carries, and how records are written.
 #[derive(Clone, Debug)]
 pub struct EncodeContext {
     pub foundation: String,
+    /// `--record-envelope on`: add the envelope's protojson copy (`envelope`).
+    pub record_envelope: bool,
+}
+
+impl EncodeContext {
+    /// The context of `foundation`, without the envelope copy (the default).
+    pub fn new(foundation: impl Into<String>) -> Self {
+        Self {
+            foundation: foundation.into(),
+            record_envelope: false,
+        }
+    }
 }
 
 impl Record {
@@ -234,40 +266,10 @@ pub(crate) fn rfc3339_nanos(ns: i64) -> String {
     chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-struct Named<'a> {
-    guid: Option<&'a str>,
-    name: Option<&'a str>,
-}
-
-impl<'a> Named<'a> {
-    fn from_tags(env: &'a EnvelopeView, guid: &str, name: &str) -> Option<Self> {
-        let guid = env.tag(guid).filter(|s| !s.is_empty());
-        let name = env.tag(name).filter(|s| !s.is_empty());
-        (guid.is_some() || name.is_some()).then_some(Named { guid, name })
-    }
-
-    /// `{"guid":..,"name":..}`, each only when known.
-    fn write(&self, out: &mut Vec<u8>) {
-        out.push(b'{');
-        if let Some(guid) = self.guid {
-            out.extend_from_slice(b"\"guid\":");
-            json::write_str(out, guid);
-        }
-        if let Some(name) = self.name {
-            if self.guid.is_some() {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"\"name\":");
-            json::write_str(out, name);
-        }
-        out.push(b'}');
-    }
-}
-
 /// The record JSON of an envelope (every record but the audit-events poller's).
 fn write_envelope_record(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
     let env = &rec.envelope;
-    let tag = |k: &str| env.tag(k);
+    let tag = |k: &str| env.tags_value(k);
     out.extend_from_slice(b"{\"kind\":");
     json::write_str(out, rec.kind.as_str());
     json::write_key(out, "time");
@@ -278,148 +280,24 @@ fn write_envelope_record(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
     json::write_str(out, env.source_id());
     json::write_key(out, "instance_id");
     json::write_str(out, env.instance_id());
-    for key in ["origin", "source_type", "deployment", "job"] {
+    for key in layout::PLAIN_TAGS {
         if let Some(v) = tag(key) {
             json::write_key(out, key);
             json::write_str(out, v);
         }
     }
-    // Log envelopes from apps name the app in source_id when no app_id tag does.
-    let mut app = Named::from_tags(env, "app_id", "app_name").or_else(|| {
-        let is_app_log = env.message_type() == Some(MessageType::Log)
-            && !env.source_id().is_empty()
-            && tag("app_id").is_none_or(str::is_empty);
-        is_app_log.then_some(Named {
-            guid: Some(env.source_id()),
-            name: None,
-        })
-    });
-    let mut space = Named::from_tags(env, "space_id", "space_name");
-    let mut org = Named::from_tags(env, "organization_id", "organization_name");
-    // Names from Cloud Controller fill in what the tags do not say.
-    if let Some(n) = rec.names.as_deref() {
-        fn named<'n>(guid: Option<&'n str>, name: Option<&'n str>) -> Option<Named<'n>> {
-            (guid.is_some() || name.is_some()).then_some(Named { guid, name })
-        }
-        if app.as_ref().is_none_or(|a| a.name.is_none()) {
-            app = named(Some(&n.app_guid), n.app_name.as_deref());
-        }
-        space = space.or_else(|| named(n.space_guid.as_deref(), n.space_name.as_deref()));
-        org = org.or_else(|| named(n.org_guid.as_deref(), n.org_name.as_deref()));
-    }
-    for (key, named) in [("app", &app), ("space", &space), ("org", &org)] {
-        if let Some(named) = named {
-            json::write_key(out, key);
-            named.write(out);
-        }
-    }
-    match env.message() {
-        Some(MessageRef::Log(l)) => {
-            json::write_key(out, "log_type");
-            json::write_str(out, log_type(&l));
-            match std::str::from_utf8(l.payload) {
-                Ok(text) => {
-                    json::write_key(out, "message");
-                    json::write_str(out, text);
-                }
-                Err(_) => {
-                    // Kept losslessly: the bytes as base64, and a flag saying so.
-                    json::write_key(out, "message_base64");
-                    json::write_base64(out, l.payload);
-                    out.extend_from_slice(b",\"message_invalid_utf8\":true");
-                }
-            }
-        }
-        Some(MessageRef::Counter(c)) => {
-            out.extend_from_slice(b",\"metric_type\":\"counter\"");
-            json::write_key(out, "name");
-            json::write_str(out, c.name);
-            json::write_key(out, "delta");
-            json::write_int(out, c.delta);
-            json::write_key(out, "total");
-            json::write_int(out, c.total);
-        }
-        Some(MessageRef::Gauge(g)) => {
-            out.extend_from_slice(b",\"metric_type\":\"gauge\"");
-            json::write_key(out, "metrics");
-            write_gauge_metrics(out, &g);
-        }
-        Some(MessageRef::Timer(t)) => {
-            out.extend_from_slice(b",\"metric_type\":\"timer\"");
-            json::write_key(out, "name");
-            json::write_str(out, t.name);
-            json::write_key(out, "duration_ns");
-            json::write_int(out, t.stop.saturating_sub(t.start));
-        }
-        Some(MessageRef::Event(e)) => {
-            json::write_key(out, "title");
-            json::write_str(out, e.title);
-            json::write_key(out, "body");
-            json::write_str(out, e.body);
-        }
-        None => {}
-    }
+    layout::write_places(rec, out);
+    layout::write_other_tags(env, out);
+    layout::write_deprecated_tags(env, out);
+    layout::write_message(env, out);
     if let Some(api) = &rec.api {
-        write_api_fields(out, rec, api, &space, &org);
+        layout::write_api_fields(out, rec, api);
     }
-    json::write_key(out, "envelope");
-    write_envelope_json(env, out);
+    if ctx.record_envelope {
+        json::write_key(out, "envelope");
+        write_envelope_json(env, out);
+    }
     out.push(b'}');
-}
-
-/// The CloudTrail-style fields of an API invocation (a few percent of the
-/// records): serialised by serde as a map, whose entries are spliced into
-/// the record's object.
-fn write_api_fields(
-    out: &mut Vec<u8>,
-    rec: &Record,
-    api: &ApiCall,
-    space: &Option<Named>,
-    org: &Option<Named>,
-) {
-    struct Fields<'a> {
-        rec: &'a Record,
-        api: &'a ApiCall,
-        space: &'a Option<Named<'a>>,
-        org: &'a Option<Named<'a>>,
-    }
-    impl Serialize for Fields<'_> {
-        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let resource = |kind: &str, n: &Option<Named>| {
-                n.as_ref().map(|n| ApiResource {
-                    kind: kind.to_string(),
-                    guid: n.guid.map(str::to_string),
-                    name: n.name.map(str::to_string),
-                })
-            };
-            let time = rfc3339_nanos(self.rec.envelope.timestamp());
-            let mut m = s.serialize_map(None)?;
-            api::write_fields(
-                &mut m,
-                self.rec,
-                self.api,
-                &time,
-                resource("space", self.space),
-                resource("org", self.org),
-            )?;
-            m.end()
-        }
-    }
-    let mut map = Vec::with_capacity(512);
-    sonic_rs::to_writer(
-        &mut map,
-        &Fields {
-            rec,
-            api,
-            space,
-            org,
-        },
-    )
-    .expect("API fields serialise: string keys, finite numbers");
-    if map.len() > 2 {
-        out.push(b',');
-        out.extend_from_slice(&map[1..map.len() - 1]);
-    }
 }
 
 /// A stable id for an event read from a log line: the same line read twice
@@ -490,109 +368,4 @@ pub fn guid(v: u128) -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-fn write_gauge_metrics(out: &mut Vec<u8>, g: &envelope::GaugeRef<'_>) {
-    out.push(b'{');
-    for (i, (name, unit, value)) in g.metrics().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json::write_str(out, name);
-        out.extend_from_slice(b":{\"unit\":");
-        json::write_str(out, unit);
-        out.extend_from_slice(b",\"value\":");
-        json::write_float(out, value);
-        out.push(b'}');
-    }
-    out.push(b'}');
-}
-
-/// Appends the envelope as the RLP Gateway's protojson (EmitUnpopulated)
-/// writes it: snake_case keys, 64-bit integers as strings, payload base64.
-pub(crate) fn write_envelope_json(env: &EnvelopeView, out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"timestamp\":");
-    json::write_int_str(out, env.timestamp());
-    json::write_key(out, "source_id");
-    json::write_str(out, env.source_id());
-    json::write_key(out, "instance_id");
-    json::write_str(out, env.instance_id());
-    out.extend_from_slice(b",\"deprecated_tags\":{");
-    for (i, (k, v)) in env.deprecated_tags().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json::write_str(out, k);
-        match v {
-            Some(ValueRef::Text(t)) => {
-                out.extend_from_slice(b":{\"text\":");
-                json::write_str(out, t);
-            }
-            Some(ValueRef::Integer(n)) => {
-                out.extend_from_slice(b":{\"integer\":");
-                json::write_int_str(out, n);
-            }
-            Some(ValueRef::Decimal(d)) => {
-                out.extend_from_slice(b":{\"decimal\":");
-                json::write_float(out, d);
-            }
-            None => out.extend_from_slice(b":{"),
-        }
-        out.push(b'}');
-    }
-    out.extend_from_slice(b"},\"tags\":{");
-    for (i, (k, v)) in env.tags().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json::write_str(out, k);
-        out.push(b':');
-        json::write_str(out, v);
-    }
-    out.push(b'}');
-    match env.message() {
-        Some(MessageRef::Log(l)) => {
-            out.extend_from_slice(b",\"log\":{\"payload\":");
-            json::write_base64(out, l.payload);
-            out.extend_from_slice(b",\"type\":\"");
-            out.extend_from_slice(log_type(&l).as_bytes());
-            out.extend_from_slice(b"\"}");
-        }
-        Some(MessageRef::Counter(c)) => {
-            out.extend_from_slice(b",\"counter\":{\"name\":");
-            json::write_str(out, c.name);
-            out.extend_from_slice(b",\"delta\":");
-            json::write_int_str(out, c.delta);
-            out.extend_from_slice(b",\"total\":");
-            json::write_int_str(out, c.total);
-            out.push(b'}');
-        }
-        Some(MessageRef::Gauge(g)) => {
-            out.extend_from_slice(b",\"gauge\":{\"metrics\":");
-            write_gauge_metrics(out, &g);
-            out.push(b'}');
-        }
-        Some(MessageRef::Timer(t)) => {
-            out.extend_from_slice(b",\"timer\":{\"name\":");
-            json::write_str(out, t.name);
-            out.extend_from_slice(b",\"start\":");
-            json::write_int_str(out, t.start);
-            out.extend_from_slice(b",\"stop\":");
-            json::write_int_str(out, t.stop);
-            out.push(b'}');
-        }
-        Some(MessageRef::Event(e)) => {
-            out.extend_from_slice(b",\"event\":{\"title\":");
-            json::write_str(out, e.title);
-            out.extend_from_slice(b",\"body\":");
-            json::write_str(out, e.body);
-            out.push(b'}');
-        }
-        None => {}
-    }
-    out.push(b'}');
-}
-
-fn log_type(l: &envelope::LogRef<'_>) -> &'static str {
-    if l.is_err() { "ERR" } else { "OUT" }
 }

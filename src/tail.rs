@@ -130,10 +130,14 @@ pub(crate) fn human_line(json: &Value) -> String {
         }
         "metric" => {
             let mut line = format!("{place} {} {}", s(json, "metric_type"), s(json, "name"));
-            for key in ["delta", "total", "duration_ns"] {
+            for key in ["delta", "total"] {
                 if let Some(v) = json.get(key) {
                     line.push_str(&format!(" {key}={v}"));
                 }
+            }
+            let ns = |key| json.get(key).and_then(Value::as_i64);
+            if let (Some(start), Some(stop)) = (ns("start_ns"), ns("stop_ns")) {
+                line.push_str(&format!(" duration_ns={}", stop.saturating_sub(start)));
             }
             if let Some(metrics) = json.get("metrics").and_then(Value::as_object) {
                 for (name, m) in metrics {

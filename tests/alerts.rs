@@ -39,7 +39,7 @@ fn alert_records(lines: &Mutex<Vec<String>>, reason: &str) -> Vec<serde_json::Va
         .unwrap()
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["envelope"]["tags"]["nozzle_alert"] == reason)
+        .filter(|v| v["tags"]["nozzle_alert"] == reason)
         .collect()
 }
 

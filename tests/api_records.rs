@@ -17,9 +17,7 @@ const G: &str = "cdabc600-0b73-48e1-b7d2-26af2c63f933";
 const B: &str = "5f7b3a1e-9c2d-4e8f-a1b2-c3d4e5f60718";
 
 fn ctx() -> EncodeContext {
-    EncodeContext {
-        foundation: "prod-eu".into(),
-    }
+    EncodeContext::new("prod-eu")
 }
 
 fn api_line(text: &str, ty: log::Type) -> Value {

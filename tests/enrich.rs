@@ -153,13 +153,23 @@ async fn a_hundred_thousand_app_logs_over_a_thousand_apps_make_at_most_a_thousan
                 r["org"],
                 serde_json::json!({"guid": "e2a3c0d1-4b5c-4d6e-8f70-1a2b3c4d5e6f", "name": "acme"})
             );
-        } else {
+            // No tag named the app: every member came from Cloud Controller.
             assert_eq!(
-                r["app"],
-                serde_json::json!({"guid": app_guid(i)}),
-                "a deleted app stays unnamed"
+                r["enriched"],
+                serde_json::json!([
+                    "app.guid",
+                    "app.name",
+                    "space.guid",
+                    "space.name",
+                    "org.guid",
+                    "org.name"
+                ])
             );
-            assert!(r.get("space").is_none());
+        } else {
+            // A deleted app stays unnamed; its guid is the record's source_id.
+            for absent in ["app", "space", "enriched"] {
+                assert!(r.get(absent).is_none(), "{absent} in {r}");
+            }
         }
     }
 }

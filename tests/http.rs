@@ -217,9 +217,7 @@ async fn start_hec(behaviour: Behaviour) -> (Arc<Hec>, String) {
 }
 
 fn ctx() -> EncodeContext {
-    EncodeContext {
-        foundation: FOUNDATION.into(),
-    }
+    EncodeContext::new(FOUNDATION)
 }
 
 fn records(envelopes: Vec<Envelope>) -> Vec<Arc<Record>> {

@@ -46,9 +46,7 @@ fn pipeline(dir: &Path, key: &Arc<SigningKey>) -> PipelineConfig {
         )],
         queue_capacity: 100_000,
         batch: BatchConfig::default(),
-        encode: EncodeContext {
-            foundation: common::FOUNDATION.to_string(),
-        },
+        encode: EncodeContext::new(common::FOUNDATION),
         decode_only: false,
         buffer: None,
     }

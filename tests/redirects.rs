@@ -92,9 +92,7 @@ fn batch(n: u64) -> Vec<Arc<Record>> {
 
 #[tokio::test]
 async fn the_http_sink_never_sends_a_batch_or_its_headers_to_another_origin() {
-    let ctx = EncodeContext {
-        foundation: common::FOUNDATION.into(),
-    };
+    let ctx = EncodeContext::new(common::FOUNDATION);
     let elsewhere = Peer::start(Reply::Json(200, r#"{"text":"Success","code":0}"#.into())).await;
     let hec = Peer::start(Reply::Redirect(format!("{}{{path}}", elsewhere.url))).await;
     let mut sink = HttpSink::new(hec_config(&hec.url), ctx.clone()).unwrap();

@@ -30,9 +30,7 @@ use cf_audit_nozzle::sink::{
 use common::moto;
 
 fn ctx() -> EncodeContext {
-    EncodeContext {
-        foundation: common::FOUNDATION.to_string(),
-    }
+    EncodeContext::new(common::FOUNDATION)
 }
 
 /// App-log records whose message is their sequence number.

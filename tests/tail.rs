@@ -140,9 +140,7 @@ async fn filters_and_json_print_exactly_the_matching_records() {
         2,
     )
     .await;
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
+    let ctx = EncodeContext::new("cf");
     let expected: Vec<String> = envelopes()
         .into_iter()
         .take(2)
@@ -181,9 +179,7 @@ async fn control_characters_are_escaped_in_human_lines_and_json() {
     // --json stays the record's JSON (the same value), with DEL and C1
     // written as \u escapes instead of raw.
     let (lines, _) = tail(&gw, &["--json"], 1).await;
-    let ctx = EncodeContext {
-        foundation: "cf".into(),
-    };
+    let ctx = EncodeContext::new("cf");
     let record = classify(log_envelope(
         T,
         APP,

@@ -16,9 +16,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut out = Vec::new();
     record.write_json(
-        &EncodeContext {
-            foundation: "fuzz".into(),
-        },
+        &EncodeContext::new("fuzz"),
         &mut out,
     );
     assert!(serde_json::from_slice::<serde_json::Value>(&out).is_ok());

@@ -34,9 +34,7 @@ fuzz_target!(|data: &[u8]| {
             v.map(|_| ())
         ),
     };
-    let ctx = EncodeContext {
-        foundation: "fuzz".into(),
-    };
+    let ctx = EncodeContext::new("fuzz");
     let syslog = cf_audit_nozzle::sink::syslog::SyslogFormat::default();
     let mut out = Vec::new();
     for envelope in views {

@@ -15,9 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(envelopes) = decode_batch(text) else {
         return;
     };
-    let ctx = EncodeContext {
-        foundation: "fuzz".into(),
-    };
+    let ctx = EncodeContext::new("fuzz");
     let mut out = Vec::new();
     for envelope in envelopes {
         out.clear();

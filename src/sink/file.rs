@@ -233,9 +233,7 @@ mod tests {
             roll_interval: Duration::from_secs(60),
             gzip_level: 1,
         };
-        let ctx = EncodeContext {
-            foundation: "t".into(),
-        };
+        let ctx = EncodeContext::new("t");
         FileSink::new(cfg, ctx, Kind::AppLog).unwrap()
     }
 

@@ -801,9 +801,7 @@ mod tests {
             let batch = BatchConfig {
                 dead_letter: dead_letter.then(|| crate::sink::DeadLetter {
                     dir: dir.path().to_path_buf(),
-                    encode: crate::record::EncodeContext {
-                        foundation: "f".into(),
-                    },
+                    encode: crate::record::EncodeContext::new("f"),
                 }),
                 ..BatchConfig::default()
             };

@@ -9,7 +9,7 @@
 //! - `gateway`: a scripted RLP Gateway and UAA for the gateway source;
 //! - `moto`: the S3 peer (moto with SigV4 checking, via `moto_peer.py`);
 //! - `peer`: an HTTP peer that records requests and answers one way;
-//! - `schema`: the ApiInvocation JSON Schema check.
+//! - `schema`: the checks against the published JSON Schemas (`schema/`).
 #![allow(dead_code)]
 
 pub mod cc;
@@ -71,9 +71,7 @@ pub async fn generated_emulator(pki: &Pki, seed: u64, rate: u64) -> Emulator {
 
 /// The JSON lines the stdout sink prints for `envelopes` in `foundation`.
 pub fn json_lines(envelopes: Vec<Envelope>, foundation: &str) -> Vec<String> {
-    let ctx = EncodeContext {
-        foundation: foundation.to_string(),
-    };
+    let ctx = EncodeContext::new(foundation);
     envelopes
         .into_iter()
         .map(|e| cf_audit_nozzle::classify::classify(e).to_json(&ctx))
@@ -125,9 +123,7 @@ pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
         sinks: vec![(sink, Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
         batch: BatchConfig::default(),
-        encode: EncodeContext {
-            foundation: FOUNDATION.to_string(),
-        },
+        encode: EncodeContext::new(FOUNDATION),
         decode_only: false,
         buffer: None,
     }

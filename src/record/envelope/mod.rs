@@ -231,6 +231,12 @@ impl EnvelopeView {
         self.find_tag(key).is_some()
     }
 
+    /// A `tags` entry's value (never `deprecated_tags`): what the record's
+    /// readable fields are made of.
+    pub fn tags_value(&self, key: &str) -> Option<&str> {
+        self.find_tag(key).map(|v| self.str(v))
+    }
+
     /// A tag's value, from `tags` or, failing that, a text `deprecated_tags`
     /// entry (what an RLP sends a subscriber that did not ask for preferred tags).
     pub fn tag(&self, key: &str) -> Option<&str> {

@@ -525,9 +525,7 @@ mod tests {
 
     #[test]
     fn the_compressed_file_holds_every_record_and_its_hash_is_of_the_plain_bytes() {
-        let ctx = EncodeContext {
-            foundation: "t".into(),
-        };
+        let ctx = EncodeContext::new("t");
         let mut file = RecordsFile::new(Vec::new(), 1);
         let mut expected = b"{\"Records\":[".to_vec();
         for i in 0..5000 {
@@ -551,9 +549,7 @@ mod tests {
 
     #[test]
     fn a_write_the_compressing_thread_fails_is_returned_to_the_writer() {
-        let ctx = EncodeContext {
-            foundation: "t".into(),
-        };
+        let ctx = EncodeContext::new("t");
         let mut file = RecordsFile::new(Full { room: 100 }, 0);
         // Level 0 stores: 10,000 records of ~300 bytes are 3 MB to write.
         let failed = (0..10_000).find_map(|i| file.append(&record(i), &ctx).err());

@@ -279,9 +279,7 @@ mod tests {
 
     #[test]
     fn hec_time_is_seconds_with_six_digits_of_microseconds() {
-        let ctx = EncodeContext {
-            foundation: "f".into(),
-        };
+        let ctx = EncodeContext::new("f");
         let time = |nanos: i64| {
             let record = crate::classify::classify(crate::proto::Envelope {
                 timestamp: nanos,
@@ -304,9 +302,7 @@ mod tests {
     fn hec_events_are_exact_and_escape_what_json_requires() {
         use crate::proto::envelope::Message;
         use crate::proto::{Envelope, Log};
-        let ctx = EncodeContext {
-            foundation: "prod".into(),
-        };
+        let ctx = EncodeContext::new("prod");
         let tags = |t: &[(&str, &str)]| {
             t.iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

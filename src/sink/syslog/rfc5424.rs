@@ -1,14 +1,17 @@
 //! RFC 5424 messages for the `syslog` sink, and their framing on a stream.
 //!
 //! One message per record:
-//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [tags@PEN k="v" ...] MSG`
+//! `<PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG`
 //! - PRI: the configured facility and a severity per kind (API invocations
 //!   notice, stderr app logs warning, other logs and metrics info, events notice);
 //! - TIMESTAMP: the envelope's time, UTC, microseconds;
 //! - HOSTNAME `org.space.app` for app traffic, else `deployment.job`, else the origin;
 //!   APP-NAME the source id; PROCID `[SOURCE_TYPE/INSTANCE]`; MSGID the record kind;
-//! - structured data: every envelope tag, escaped as the RFC requires;
-//! - MSG: the record's JSON (default) or, for logs, the log line itself.
+//! - MSG: the record's JSON (default) or, for logs, the log line itself;
+//! - structured data: `-` when the MSG is the record's JSON (which holds
+//!   every tag already); with a log line as the MSG, every envelope tag
+//!   (and text deprecated tag), escaped as the RFC requires, the only place
+//!   the tags then appear.
 //!
 //! Header fields are cut to the RFC's lengths and printable ASCII. A message
 //! longer than `max_message_bytes` has its MSG cut with a `[truncated]`
@@ -140,13 +143,20 @@ pub fn encode(
     out.push(b' ');
     header_field(out, &[record.kind.as_str()], "", 32);
     out.push(b' ');
-    structured_data(out, record, format.enterprise_number);
+    let log_line = match (&format.msg, env.message()) {
+        (MsgFormat::Message, Some(MessageRef::Log(l))) => Some(l.payload),
+        _ => None,
+    };
+    match log_line {
+        Some(_) => structured_data(out, record, format.enterprise_number),
+        None => out.push(b'-'),
+    }
 
     let msg_start = out.len() + 1;
     out.push(b' ');
-    match (&format.msg, env.message()) {
-        (MsgFormat::Message, Some(MessageRef::Log(l))) => out.extend_from_slice(l.payload),
-        _ => record.write_json(ctx, out),
+    match log_line {
+        Some(line) => out.extend_from_slice(line),
+        None => record.write_json(ctx, out),
     }
     let limit = format
         .max_message_bytes
@@ -308,9 +318,7 @@ mod tests {
     }
 
     fn ctx() -> EncodeContext {
-        EncodeContext {
-            foundation: "prod".into(),
-        }
+        EncodeContext::new("prod")
     }
 
     fn message(format: &SyslogFormat, r: &Record) -> (String, bool) {
@@ -359,10 +367,13 @@ mod tests {
             log::Type::Out,
         );
         let (msg, _) = message(&SyslogFormat::default(), &r);
-        let expected_head = "<133>1 2023-11-14T22:13:20.123456Z - cdabc600-0b73-48e1-b7d2-26af2c63f933 [API/0] api [tags@32473 source_type=\"API\"] ";
+        // No structured data: the JSON MSG holds the tags (once).
+        let expected_head = "<133>1 2023-11-14T22:13:20.123456Z - cdabc600-0b73-48e1-b7d2-26af2c63f933 [API/0] api - ";
         assert!(msg.starts_with(expected_head), "{msg}");
         let json: serde_json::Value = serde_json::from_str(&msg[expected_head.len()..]).unwrap();
         assert_eq!(json["eventName"], "audit.app.create");
+        assert_eq!(json["source_type"], "API");
+        assert_eq!(json.get("envelope"), None);
     }
 
     #[test]
