@@ -426,6 +426,7 @@ impl OutputArgs {
             },
             decode_only,
             buffer: self.buffer.config(errors),
+            instance_index: self.instance_index,
         }
     }
 }

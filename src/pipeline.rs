@@ -5,9 +5,11 @@
 //! The pipeline's part of the shutdown order (DESIGN.md §2, invariant 4):
 //! once the sources stopped, drop the router (which closes every sink
 //! queue), and let each sink drain its queue, write its last batch and
-//! complete its open files.
+//! complete its open files. Before the router goes, it declares the last
+//! record number issued per kind, as a task of its own does every
+//! [`DECLARE_EVERY`] while it runs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,6 +30,9 @@ use crate::source::audit_events::AuditSnapshot;
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
     router: Arc<Router>,
+    /// Declares the last numbers every [`DECLARE_EVERY`]; holds the router
+    /// only weakly, so it never keeps the sink queues open.
+    declarer: JoinHandle<()>,
     sinks: Vec<(String, Arc<SinkStats>, JoinHandle<SinkReport>)>,
     /// Synced once more after the sinks stopped (also those cut off by the deadline).
     buffers: Vec<Arc<crate::sink::buffer::DiskBuffer>>,
@@ -186,8 +191,13 @@ impl Pipeline {
             }
         }
         sinks.extend(followers);
+        let router = Arc::new(
+            Router::new(queues, filters, enricher, cfg.decode_only)
+                .with_boot(crate::record::boot_id(cfg.instance_index)),
+        );
         Ok(Self {
-            router: Arc::new(Router::new(queues, filters, enricher, cfg.decode_only)),
+            declarer: tokio::spawn(declare_every(Arc::downgrade(&router), DECLARE_EVERY)),
+            router,
             sinks,
             buffers,
         })
@@ -218,6 +228,10 @@ impl Pipeline {
     /// sources), or the queues stay open until the deadline.
     pub async fn finish(self, deadline: Duration) -> Summary {
         let ingress = self.router.stats().snapshot();
+        // The sources have stopped: what this declares is the last number
+        // of this boot (the poller confirming its pages offers nothing new).
+        self.declarer.abort();
+        self.router.declare(now_ns());
         drop(self.router);
         let until = tokio::time::Instant::now() + deadline;
         let mut reports = Vec::new();
@@ -292,6 +306,29 @@ impl Pipeline {
     }
 }
 
+/// How often the last record numbers are declared: a lost tail shows
+/// downstream within this time.
+pub(crate) const DECLARE_EVERY: Duration = Duration::from_secs(60);
+
+/// Declares `router`'s last numbers every `every` (the first after `every`)
+/// until the router is gone.
+async fn declare_every(router: Weak<Router>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        router.declare(now_ns());
+    }
+}
+
+/// Now, in UNIX nanoseconds (a declaration's `time`).
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
 /// A sink ready to start behind its queue (and disk buffer, if any).
 type Spawned = Box<
     dyn FnOnce(
@@ -358,6 +395,7 @@ mod tests {
             },
             decode_only: false,
             buffer: None,
+            instance_index: 0,
         };
         let Err(e) = Pipeline::start(&cfg) else {
             panic!("a file sink below a file started");

@@ -3,6 +3,11 @@
 //! [`Router::dispatch`] is what the ingress calls for every received batch. It
 //! classifies the envelopes and offers each sink its share without waiting:
 //! ingress never waits on a sink (DESIGN.md §2, invariant 1).
+//!
+//! It also numbers what it accepts: every record the include/exclude rules
+//! keep and some sink takes gets the router's `boot` and the next `seq` of
+//! its kind, so no number is skipped in what was accepted; [`Router::declare`]
+//! states the last number issued per kind ([`crate::record::Number`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +16,7 @@ use serde::Serialize;
 
 use crate::classify::classify;
 use crate::classify::rules::Filters;
-use crate::record::{EnvelopeView, Kind, MessageRef, Record};
+use crate::record::{EnvelopeView, Kind, MessageRef, Number, Position, Record};
 use crate::sink::{Chunk, SinkQueue, SinkStats};
 
 /// Counters of what entered the pipeline.
@@ -74,6 +79,10 @@ pub struct Router {
     filters: Filters,
     /// Names from Cloud Controller for envelopes without name tags.
     enricher: Option<Arc<crate::enrich::Enricher>>,
+    /// This process start, in every record's number.
+    boot: Arc<str>,
+    /// Numbers issued per kind (the next `seq`), indexed by [`Kind::index`].
+    issued: [AtomicU64; 4],
 }
 
 impl Router {
@@ -101,7 +110,69 @@ impl Router {
             decode_only,
             filters,
             enricher,
+            boot: crate::record::boot_id(0),
+            issued: Default::default(),
         }
+    }
+
+    /// The router numbering its records in `boot` (a new router is in a
+    /// boot of instance 0 of its own).
+    pub fn with_boot(mut self, boot: Arc<str>) -> Self {
+        self.boot = boot;
+        self
+    }
+
+    /// The boot this router numbers records in.
+    pub fn boot(&self) -> &Arc<str> {
+        &self.boot
+    }
+
+    /// Numbers `kept` (accepted records, in order) with one reservation of
+    /// a range per kind (`counts`: how many of each), and puts each record
+    /// into the chunk of every sink of its kind. Ranges of batches
+    /// dispatched at once never overlap, and each is used whole.
+    fn number_and_share(&self, kept: Vec<Record>, counts: [u64; 4], chunks: &mut [Chunk]) {
+        let mut next = [0u64; 4];
+        for (k, &n) in counts.iter().enumerate() {
+            if n > 0 {
+                next[k] = self.issued[k].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for mut record in kept {
+            let k = record.kind.index();
+            record.number = Number::seq(&self.boot, next[k]);
+            next[k] += 1;
+            let record = Arc::new(record);
+            for &t in &self.routes[k] {
+                chunks[t].push(Arc::clone(&record));
+            }
+        }
+    }
+
+    /// Offers each sink, for every kind that issued a number and is routed
+    /// to it, a declaration of the last number issued, made at `time_ns`
+    /// (UNIX nanoseconds). Not counted as records in the ingress counters.
+    /// Returns how many kinds were declared.
+    pub fn declare(&self, time_ns: i64) -> usize {
+        let mut declared = 0;
+        for kind in Kind::ALL {
+            let issued = self.issued[kind.index()].load(Ordering::Relaxed);
+            let targets = &self.routes[kind.index()];
+            if issued == 0 || targets.is_empty() {
+                continue;
+            }
+            let record = Arc::new(crate::record::declaration(
+                kind,
+                &self.boot,
+                issued - 1,
+                time_ns,
+            ));
+            for &t in targets {
+                self.queues[t].offer(vec![Arc::clone(&record)]);
+            }
+            declared += 1;
+        }
+        declared
     }
 
     /// The counters of the sinks records of `kind` go to.
@@ -130,6 +201,8 @@ impl Router {
     /// every sink took its share (false: some were dropped, counted by the sink).
     pub fn dispatch_records(&self, records: Vec<Record>) -> bool {
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        let mut kept = Vec::with_capacity(records.len());
+        let mut counts = [0u64; 4];
         for record in records {
             let k = record.kind.index();
             self.stats.by_kind[k].fetch_add(1, Ordering::Relaxed);
@@ -137,16 +210,14 @@ impl Router {
                 self.stats.filtered.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let targets = &self.routes[k];
-            if targets.is_empty() {
+            if self.routes[k].is_empty() {
                 self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let record = Arc::new(record);
-            for &t in targets {
-                chunks[t].push(Arc::clone(&record));
-            }
+            counts[k] += 1;
+            kept.push(record);
         }
+        self.number_and_share(kept, counts, &mut chunks);
         let mut all = true;
         for (queue, chunk) in self.queues.iter().zip(chunks) {
             if !chunk.is_empty() {
@@ -162,7 +233,13 @@ impl Router {
 
     /// Offers one record the nozzle made itself (an alert) to the sinks its
     /// kind is routed to, except `except` (the sink the alert is about).
-    pub(crate) fn offer_except(&self, except: Option<usize>, record: crate::record::Record) {
+    /// Alerts carry the boot but no `seq`: skipping a sink, they would
+    /// leave holes that are no loss.
+    pub(crate) fn offer_except(&self, except: Option<usize>, mut record: Record) {
+        record.number = Some(Number {
+            boot: Arc::clone(&self.boot),
+            position: Position::BootOnly,
+        });
         let targets = &self.routes[record.kind.index()];
         let record = Arc::new(record);
         for &i in targets {
@@ -184,6 +261,8 @@ impl Router {
             return;
         }
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        let mut kept = Vec::with_capacity(envelopes.len());
+        let mut counts = [0u64; 4];
         let mut by_kind = [0u64; 4];
         let mut unrouted = 0;
         let mut upstream_dropped = 0;
@@ -207,16 +286,14 @@ impl Router {
             if let Some(names) = &names {
                 names.enrich(&mut record);
             }
-            let targets = &self.routes[k];
-            if targets.is_empty() {
+            if self.routes[k].is_empty() {
                 unrouted += 1;
                 continue;
             }
-            let record = Arc::new(record);
-            for &t in targets {
-                chunks[t].push(Arc::clone(&record));
-            }
+            counts[k] += 1;
+            kept.push(record);
         }
+        self.number_and_share(kept, counts, &mut chunks);
         for (k, n) in by_kind.into_iter().enumerate() {
             if n > 0 {
                 self.stats.by_kind[k].fetch_add(n, Ordering::Relaxed);

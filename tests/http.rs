@@ -462,6 +462,7 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once_
         encode: ctx(),
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     })
     .unwrap();
     let stop = CancellationToken::new();

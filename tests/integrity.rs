@@ -51,6 +51,7 @@ fn pipeline(dir: &Path, key: &Arc<SigningKey>) -> PipelineConfig {
         },
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     }
 }
 

@@ -247,6 +247,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
         encode: ctx(),
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     })
     .unwrap();
     let envelopes = (0..60)

@@ -130,6 +130,7 @@ pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
         },
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     }
 }
 
