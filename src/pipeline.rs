@@ -406,4 +406,141 @@ mod tests {
             "{text}"
         );
     }
+
+    fn app_log(text: &str) -> crate::proto::Envelope {
+        use crate::proto::envelope::Message;
+        crate::proto::Envelope {
+            source_id: "app".into(),
+            message: Some(Message::Log(crate::proto::Log {
+                payload: text.as_bytes().to_vec().into(),
+                r#type: 0,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// (kind, last_seq) of each declaration waiting in `rx`; panics on anything else.
+    fn declared(rx: &mut crate::sink::Intake) -> Vec<(Kind, u64)> {
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.try_recv() {
+            for r in chunk {
+                match r.number.as_ref().map(|n| n.position) {
+                    Some(crate::record::Position::LastSeq(n)) => out.push((r.kind, n)),
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    /// A declaration per kind that issued a number, once a minute, with the
+    /// last number at that time; the task ends once the router is gone.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_numbers_are_declared_every_minute() {
+        let (q, mut rx) = SinkQueue::new("all", 1000);
+        let router = Arc::new(Router::new(
+            vec![(q, Kind::ALL.to_vec())],
+            Filters::default(),
+            None,
+            false,
+        ));
+        let task = tokio::spawn(declare_every(Arc::downgrade(&router), DECLARE_EVERY));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(declared(&mut rx), [], "nothing before the first minute");
+        router.dispatch(vec![app_log("a"); 5]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(declared(&mut rx), [(Kind::AppLog, 4)]);
+        router.dispatch(vec![app_log("b"); 3]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(declared(&mut rx), [(Kind::AppLog, 7)]);
+        tokio::time::sleep(Duration::from_secs(180)).await;
+        assert_eq!(declared(&mut rx), [(Kind::AppLog, 7); 3], "one a minute");
+        // Holding the router weakly, the task keeps no queue open.
+        drop(router);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(task.is_finished());
+        assert!(rx.recv().await.is_none(), "the queue closed");
+    }
+
+    /// The records of every `*.json.gz` under `dir`.
+    fn records_under(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.to_string_lossy().ends_with(".json.gz") {
+                    let file = std::fs::File::open(&path).unwrap();
+                    let v: serde_json::Value =
+                        serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
+                    out.extend(v["Records"].as_array().unwrap().iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// At shutdown, each kind that issued a number is declared once more,
+    /// into the file of its kind, after its last record.
+    #[tokio::test]
+    async fn finish_declares_the_last_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = PipelineConfig {
+            sinks: vec![(
+                SinkConfig::File(FileSinkConfig {
+                    dir: dir.path().to_path_buf(),
+                    instance_index: 4,
+                    roll_interval: Duration::from_secs(3600),
+                    gzip_level: 1,
+                }),
+                Kind::ALL.to_vec(),
+            )],
+            queue_capacity: 1000,
+            batch: BatchConfig::default(),
+            encode: EncodeContext {
+                foundation: "test".into(),
+            },
+            decode_only: false,
+            buffer: None,
+            instance_index: 4,
+        };
+        let pipeline = Pipeline::start(&cfg).unwrap();
+        let boot = pipeline.router().boot().to_string();
+        assert!(boot.starts_with("4-"), "{boot}");
+        pipeline.router().dispatch(vec![app_log("a"); 3]);
+        let summary = pipeline.finish(Duration::from_secs(10)).await;
+        assert!(summary.complete);
+        assert_eq!(
+            summary.ingress.app_log, 3,
+            "a declaration is no record received"
+        );
+        let records = records_under(dir.path());
+        let numbers: Vec<(String, Option<u64>, Option<u64>)> = records
+            .iter()
+            .map(|r| {
+                assert_eq!(r["boot"], boot.as_str());
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["seq"].as_u64(),
+                    r["last_seq"].as_u64(),
+                )
+            })
+            .collect();
+        let log = |seq, last| ("app_log".to_string(), seq, last);
+        assert_eq!(
+            numbers,
+            [
+                log(Some(0), None),
+                log(Some(1), None),
+                log(Some(2), None),
+                log(None, Some(2))
+            ]
+        );
+        let declaration = records.last().unwrap().as_object().unwrap();
+        let keys: Vec<&str> = declaration.keys().map(String::as_str).collect();
+        // (Sorted: serde_json's map; the order is held by record::number's tests.)
+        assert_eq!(keys, ["boot", "foundation", "kind", "last_seq", "time"]);
+    }
 }

@@ -379,4 +379,191 @@ mod tests {
         ]);
         assert_eq!(router.stats().snapshot().upstream_dropped, 10);
     }
+
+    fn log(source_type: &str, text: &str) -> Envelope {
+        Envelope {
+            source_id: "app".into(),
+            tags: [("source_type".to_string(), source_type.to_string())].into(),
+            message: Some(Message::Log(crate::proto::Log {
+                payload: text.as_bytes().to_vec().into(),
+                r#type: 0,
+            })),
+            ..Envelope::default()
+        }
+    }
+
+    fn event() -> Envelope {
+        Envelope {
+            source_id: "cell".into(),
+            message: Some(Message::Event(crate::proto::Event {
+                title: "t".into(),
+                body: "b".into(),
+            })),
+            ..Envelope::default()
+        }
+    }
+
+    /// Every record in `rx`, as (kind, boot, position).
+    fn taken(rx: &mut crate::sink::Intake) -> Vec<(Kind, String, Position)> {
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.try_recv() {
+            for r in chunk {
+                let n = r.number.clone().expect("numbered");
+                out.push((r.kind, n.boot.to_string(), n.position));
+            }
+        }
+        out
+    }
+
+    fn seqs(got: &[(Kind, String, Position)], kind: Kind) -> Vec<u64> {
+        got.iter()
+            .filter(|(k, ..)| *k == kind)
+            .map(|(_, _, p)| match p {
+                Position::Seq(n) => *n,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Numbers per kind from 0, contiguous over batches and both ways in;
+    /// what the rules leave out and what no sink takes gets none.
+    #[test]
+    fn accepted_records_are_numbered_per_kind_without_a_hole() {
+        let (all_q, mut all_rx) = SinkQueue::new("all", 1000);
+        let (logs_q, mut logs_rx) = SinkQueue::new("logs", 1000);
+        let router = Router::new(
+            vec![
+                (all_q, vec![Kind::Api, Kind::AppLog, Kind::Metric]),
+                (logs_q, vec![Kind::AppLog]),
+            ],
+            Filters {
+                exclude: vec!["source_type=RTR".parse().unwrap()],
+                ..Filters::default()
+            },
+            None,
+            false,
+        )
+        .with_boot("0-20261202T193322Z-9f3a2c1b".into());
+        router.dispatch(vec![
+            log("APP/PROC/WEB", "a0"),
+            log("RTR", "filtered"),
+            log("API", "Created app with guid x"),
+            counter("doppler", "c", "x", 1),
+            event(), // no sink takes events: unrouted, not numbered
+            log("APP/PROC/WEB", "a1"),
+        ]);
+        router.dispatch(vec![log("RTR", "filtered"), log("STG", "a2")]);
+        let audit = crate::record::audit_event_record(serde_json::json!({
+            "guid": "g", "type": "audit.app.start", "created_at": "2020-01-01T00:00:00Z"}))
+        .unwrap();
+        assert!(router.dispatch_records(vec![audit.clone(), audit]));
+        router.dispatch(vec![
+            log("API", "Updated app with guid x"),
+            log("CELL", "a3"),
+        ]);
+
+        let s = router.stats().snapshot();
+        assert_eq!((s.filtered, s.unrouted), (2, 1));
+        let all = taken(&mut all_rx);
+        assert!(
+            all.iter()
+                .all(|(_, b, _)| b == "0-20261202T193322Z-9f3a2c1b")
+        );
+        assert_eq!(seqs(&all, Kind::AppLog), [0, 1, 2, 3]);
+        assert_eq!(seqs(&all, Kind::Api), [0, 1, 2, 3]);
+        assert_eq!(seqs(&all, Kind::Metric), [0]);
+        assert_eq!(seqs(&all, Kind::Event), [] as [u64; 0]);
+        // Each sink of a kind sees the same numbers.
+        let logs = taken(&mut logs_rx);
+        assert_eq!(seqs(&logs, Kind::AppLog), [0, 1, 2, 3]);
+        assert_eq!(logs.len(), 4);
+        // The audit-events records are numbered in their JSON too.
+        let ctx = crate::record::EncodeContext {
+            foundation: "f".into(),
+        };
+        let mut audit = crate::record::audit_event_record(serde_json::json!({
+            "guid": "g", "type": "audit.app.start", "created_at": "2020-01-01T00:00:00Z"}))
+        .unwrap();
+        audit.number = Number::seq(router.boot(), 1);
+        assert!(
+            audit.to_json(&ctx).starts_with(
+                r#"{"kind":"api","boot":"0-20261202T193322Z-9f3a2c1b","seq":1,"time":"#
+            ),
+            "{}",
+            audit.to_json(&ctx)
+        );
+    }
+
+    /// Batches dispatched at once from several threads share no number and
+    /// leave none out.
+    #[test]
+    fn concurrent_batches_reserve_ranges_that_do_not_overlap() {
+        let (q, mut rx) = SinkQueue::new("all", 100_000);
+        let router = Arc::new(Router::new(
+            vec![(q, Kind::ALL.to_vec())],
+            Filters::default(),
+            None,
+            false,
+        ));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        router.dispatch(vec![log("APP", "x"); 7]);
+                    }
+                });
+            }
+        });
+        let mut got = seqs(&taken(&mut rx), Kind::AppLog);
+        got.sort_unstable();
+        assert_eq!(got, (0..4 * 50 * 7).collect::<Vec<u64>>());
+    }
+
+    /// Alerts carry the boot alone; declarations state the last number of
+    /// each kind that issued one, to that kind's sinks, and count as no
+    /// record of their kind.
+    #[test]
+    fn alerts_are_not_numbered_and_declarations_state_the_last_seq() {
+        let (all_q, mut all_rx) = SinkQueue::new("all", 1000);
+        let (events_q, mut events_rx) = SinkQueue::new("events", 1000);
+        let router = Router::new(
+            vec![(all_q, Kind::ALL.to_vec()), (events_q, vec![Kind::Event])],
+            Filters::default(),
+            None,
+            false,
+        );
+        assert_eq!(router.declare(1), 0, "nothing issued, nothing declared");
+        router.offer_except(
+            Some(0),
+            classify(Envelope {
+                tags: [("nozzle_alert".to_string(), "sink_stalled".to_string())].into(),
+                ..event()
+            }),
+        );
+        let alert = taken(&mut events_rx);
+        assert_eq!(alert.len(), 1);
+        assert_eq!(alert[0].2, Position::BootOnly);
+        assert_eq!(&*alert[0].1, &**router.boot());
+        assert_eq!(router.declare(1), 0, "an alert issues no number");
+
+        router.dispatch(vec![log("APP", "a"), log("APP", "b"), log("APP", "c")]);
+        router.dispatch(vec![counter("x", "c", "d", 1)]);
+        let before = router.stats().snapshot();
+        assert_eq!(router.declare(1_700_000_000_000_000_000), 2);
+        assert_eq!(router.stats().snapshot(), before);
+        let all = taken(&mut all_rx);
+        let declared: Vec<_> = all
+            .iter()
+            .filter(|(_, _, p)| matches!(p, Position::LastSeq(_)))
+            .map(|(k, _, p)| (*k, *p))
+            .collect();
+        assert_eq!(
+            declared,
+            [
+                (Kind::AppLog, Position::LastSeq(2)),
+                (Kind::Metric, Position::LastSeq(0))
+            ]
+        );
+        assert!(taken(&mut events_rx).is_empty(), "no event was numbered");
+    }
 }
