@@ -143,9 +143,8 @@ async fn stdout_sink_writes_exactly_one_json_line_per_record() {
 
     let expected = json_lines(envelopes, "cf");
     // Each line numbered, in one boot; otherwise the record's JSON.
-    let numbered: Vec<(String, String)> = (0..3)
-        .map(|i| unnumbered(&lines[i], 0, i as u64))
-        .collect();
+    let numbered: Vec<(String, String)> =
+        (0..3).map(|i| unnumbered(&lines[i], 0, i as u64)).collect();
     assert!(numbered.iter().all(|(_, boot)| *boot == numbered[0].1));
     let lines: Vec<String> = numbered.into_iter().map(|(l, _)| l).collect();
     assert_eq!(lines, expected);
@@ -313,8 +312,9 @@ fn demo_prints_every_kind_and_leaves_valid_gzip_files() {
         .flat_map(|f| read_records_file(f.to_str().unwrap()).unwrap())
         .collect();
     // Each file ends with the declaration of its kind's last number.
-    let (declarations, records): (Vec<_>, Vec<_>) =
-        records.into_iter().partition(|r| r.get("last_seq").is_some());
+    let (declarations, records): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r.get("last_seq").is_some());
     assert_eq!(declarations.len(), 4, "{declarations:?}");
     let total = records.len();
     let received_line = stdout

@@ -257,7 +257,10 @@ pub fn split_declarations(
         .collect();
     seqs.sort_unstable();
     let n = seqs.len() as u64;
-    assert!(seqs.iter().copied().eq(0..n), "{kind}: seq 0..{n} each once");
+    assert!(
+        seqs.iter().copied().eq(0..n),
+        "{kind}: seq 0..{n} each once"
+    );
     if n > 0 {
         let last = declarations.iter().filter_map(|d| {
             assert_eq!(Some(&d["boot"]), boot.as_ref(), "{d}");
@@ -305,7 +308,10 @@ pub fn unnumbered(line: &str, index: u32, seq: u64) -> (String, String) {
         .unwrap_or_else(|| panic!("a record starting with its kind: {line}"));
     let rest = &line[after_kind..];
     let boot_start = format!(r#","boot":"{index}-"#);
-    assert!(rest.starts_with(&boot_start), "the boot after the kind: {line}");
+    assert!(
+        rest.starts_with(&boot_start),
+        "the boot after the kind: {line}"
+    );
     let boot_end = rest[r#","boot":""#.len()..].find('"').unwrap() + r#","boot":""#.len();
     let boot = rest[r#","boot":""#.len()..boot_end].to_string();
     let seq_field = format!(r#","seq":{seq}"#);
@@ -315,10 +321,6 @@ pub fn unnumbered(line: &str, index: u32, seq: u64) -> (String, String) {
             && !after_boot[seq_field.len()..].starts_with(|c: char| c.is_ascii_digit()),
         "seq {seq} after the boot: {line}"
     );
-    let without = format!(
-        "{}{}",
-        &line[..after_kind],
-        &after_boot[seq_field.len()..]
-    );
+    let without = format!("{}{}", &line[..after_kind], &after_boot[seq_field.len()..]);
     (without, boot)
 }
