@@ -424,9 +424,10 @@ mod tests {
         let mut out = Vec::new();
         while let Some(chunk) = rx.try_recv() {
             for r in chunk {
-                match r.number.as_ref().map(|n| n.position) {
-                    Some(crate::record::Position::LastSeq(n)) => out.push((r.kind, n)),
-                    _ => {}
+                if let Some(crate::record::Position::LastSeq(n)) =
+                    r.number.as_ref().map(|n| n.position)
+                {
+                    out.push((r.kind, n));
                 }
             }
         }
