@@ -441,6 +441,7 @@ mod tests {
 
         stop.cancel();
         task.await.unwrap();
+        let router_boot = &Arc::clone(router.boot());
         drop(router);
         drop(view);
         collector.await.unwrap();
@@ -451,6 +452,10 @@ mod tests {
             .map(|r| {
                 assert!(is_alert(r));
                 assert_eq!(r.kind, Kind::Event);
+                // The boot, no seq: an alert skips the sink it is about.
+                let n = r.number.as_ref().expect("an alert names its boot");
+                assert_eq!(n.boot, *router_boot);
+                assert_eq!(n.position, crate::record::Position::BootOnly);
                 (r.tag("nozzle_alert").unwrap(), r.tag("sink"))
             })
             .collect();

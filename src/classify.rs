@@ -26,6 +26,7 @@ pub fn classify(envelope: impl Into<EnvelopeView>) -> Record {
         envelope,
         api,
         names: None,
+        number: None,
     }
 }
 

@@ -440,6 +440,7 @@ impl OutputArgs {
             encode: self.encode_context(),
             decode_only,
             buffer: self.buffer.config(errors),
+            instance_index: self.instance_index,
         }
     }
 }

@@ -84,6 +84,7 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
         },
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     };
     let pipeline = Pipeline::start(&pipeline_cfg)?;
     let rlp_cfg = RlpConfig {

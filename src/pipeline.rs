@@ -5,9 +5,11 @@
 //! The pipeline's part of the shutdown order (DESIGN.md §2, invariant 4):
 //! once the sources stopped, drop the router (which closes every sink
 //! queue), and let each sink drain its queue, write its last batch and
-//! complete its open files.
+//! complete its open files. Before the router goes, it declares the last
+//! record number issued per kind, as a task of its own does every
+//! [`DECLARE_EVERY`] while it runs.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -28,6 +30,9 @@ use crate::source::audit_events::AuditSnapshot;
 /// A running set of sinks and the router that feeds them.
 pub struct Pipeline {
     router: Arc<Router>,
+    /// Declares the last numbers every [`DECLARE_EVERY`]; holds the router
+    /// only weakly, so it never keeps the sink queues open.
+    declarer: JoinHandle<()>,
     sinks: Vec<(String, Arc<SinkStats>, JoinHandle<SinkReport>)>,
     /// Synced once more after the sinks stopped (also those cut off by the deadline).
     buffers: Vec<Arc<crate::sink::buffer::DiskBuffer>>,
@@ -186,8 +191,13 @@ impl Pipeline {
             }
         }
         sinks.extend(followers);
+        let router = Arc::new(
+            Router::new(queues, filters, enricher, cfg.decode_only)
+                .with_boot(crate::record::boot_id(cfg.instance_index)),
+        );
         Ok(Self {
-            router: Arc::new(Router::new(queues, filters, enricher, cfg.decode_only)),
+            declarer: tokio::spawn(declare_every(Arc::downgrade(&router), DECLARE_EVERY)),
+            router,
             sinks,
             buffers,
         })
@@ -218,6 +228,10 @@ impl Pipeline {
     /// sources), or the queues stay open until the deadline.
     pub async fn finish(self, deadline: Duration) -> Summary {
         let ingress = self.router.stats().snapshot();
+        // The sources have stopped: what this declares is the last number
+        // of this boot (the poller confirming its pages offers nothing new).
+        self.declarer.abort();
+        self.router.declare(now_ns());
         drop(self.router);
         let until = tokio::time::Instant::now() + deadline;
         let mut reports = Vec::new();
@@ -292,6 +306,29 @@ impl Pipeline {
     }
 }
 
+/// How often the last record numbers are declared: a lost tail shows
+/// downstream within this time.
+pub(crate) const DECLARE_EVERY: Duration = Duration::from_secs(60);
+
+/// Declares `router`'s last numbers every `every` (the first after `every`)
+/// until the router is gone.
+async fn declare_every(router: Weak<Router>, every: Duration) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        router.declare(now_ns());
+    }
+}
+
+/// Now, in UNIX nanoseconds (a declaration's `time`).
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
 /// A sink ready to start behind its queue (and disk buffer, if any).
 type Spawned = Box<
     dyn FnOnce(
@@ -356,6 +393,7 @@ mod tests {
             encode: EncodeContext::new("test"),
             decode_only: false,
             buffer: None,
+            instance_index: 0,
         };
         let Err(e) = Pipeline::start(&cfg) else {
             panic!("a file sink below a file started");
@@ -365,5 +403,141 @@ mod tests {
             text.starts_with("--out-dir (OUT_DIR): file sink: cannot write "),
             "{text}"
         );
+    }
+
+    fn app_log(text: &str) -> crate::proto::Envelope {
+        use crate::proto::envelope::Message;
+        crate::proto::Envelope {
+            source_id: "app".into(),
+            message: Some(Message::Log(crate::proto::Log {
+                payload: text.as_bytes().to_vec().into(),
+                r#type: 0,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// (kind, last_seq) of each declaration waiting in `rx`; panics on anything else.
+    fn declared(rx: &mut crate::sink::Intake) -> Vec<(Kind, u64)> {
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.try_recv() {
+            for r in chunk {
+                if let Some(crate::record::Position::LastSeq(n)) =
+                    r.number.as_ref().map(|n| n.position)
+                {
+                    out.push((r.kind, n));
+                }
+            }
+        }
+        out
+    }
+
+    /// A declaration per kind that issued a number, once a minute, with the
+    /// last number at that time; the task ends once the router is gone.
+    #[tokio::test(start_paused = true)]
+    async fn the_last_numbers_are_declared_every_minute() {
+        let (q, mut rx) = SinkQueue::new("all", 1000);
+        let router = Arc::new(Router::new(
+            vec![(q, Kind::ALL.to_vec())],
+            Filters::default(),
+            None,
+            false,
+        ));
+        let task = tokio::spawn(declare_every(Arc::downgrade(&router), DECLARE_EVERY));
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(declared(&mut rx), [], "nothing before the first minute");
+        router.dispatch(vec![app_log("a"); 5]);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(declared(&mut rx), [(Kind::AppLog, 4)]);
+        router.dispatch(vec![app_log("b"); 3]);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(declared(&mut rx), [(Kind::AppLog, 7)]);
+        tokio::time::sleep(Duration::from_secs(180)).await;
+        assert_eq!(declared(&mut rx), [(Kind::AppLog, 7); 3], "one a minute");
+        // Holding the router weakly, the task keeps no queue open.
+        drop(router);
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(task.is_finished());
+        assert!(rx.recv().await.is_none(), "the queue closed");
+    }
+
+    /// The records of every `*.json.gz` under `dir`.
+    fn records_under(dir: &std::path::Path) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let path = e.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.to_string_lossy().ends_with(".json.gz") {
+                    let file = std::fs::File::open(&path).unwrap();
+                    let v: serde_json::Value =
+                        serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
+                    out.extend(v["Records"].as_array().unwrap().iter().cloned());
+                }
+            }
+        }
+        out
+    }
+
+    /// At shutdown, each kind that issued a number is declared once more,
+    /// into the file of its kind, after its last record.
+    #[tokio::test]
+    async fn finish_declares_the_last_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = PipelineConfig {
+            sinks: vec![(
+                SinkConfig::File(FileSinkConfig {
+                    dir: dir.path().to_path_buf(),
+                    instance_index: 4,
+                    roll_interval: Duration::from_secs(3600),
+                    gzip_level: 1,
+                }),
+                Kind::ALL.to_vec(),
+            )],
+            queue_capacity: 1000,
+            batch: BatchConfig::default(),
+            encode: EncodeContext::new("test"),
+            decode_only: false,
+            buffer: None,
+            instance_index: 4,
+        };
+        let pipeline = Pipeline::start(&cfg).unwrap();
+        let boot = pipeline.router().boot().to_string();
+        assert!(boot.starts_with("4-"), "{boot}");
+        pipeline.router().dispatch(vec![app_log("a"); 3]);
+        let summary = pipeline.finish(Duration::from_secs(10)).await;
+        assert!(summary.complete);
+        assert_eq!(
+            summary.ingress.app_log, 3,
+            "a declaration is no record received"
+        );
+        let records = records_under(dir.path());
+        let numbers: Vec<(String, Option<u64>, Option<u64>)> = records
+            .iter()
+            .map(|r| {
+                assert_eq!(r["boot"], boot.as_str());
+                (
+                    r["kind"].as_str().unwrap().to_string(),
+                    r["seq"].as_u64(),
+                    r["last_seq"].as_u64(),
+                )
+            })
+            .collect();
+        let log = |seq, last| ("app_log".to_string(), seq, last);
+        assert_eq!(
+            numbers,
+            [
+                log(Some(0), None),
+                log(Some(1), None),
+                log(Some(2), None),
+                log(None, Some(2))
+            ]
+        );
+        let declaration = records.last().unwrap().as_object().unwrap();
+        let keys: Vec<&str> = declaration.keys().map(String::as_str).collect();
+        // (Sorted: serde_json's map; the order is held by record::number's tests.)
+        assert_eq!(keys, ["boot", "foundation", "kind", "last_seq", "time"]);
     }
 }

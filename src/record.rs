@@ -32,6 +32,7 @@ use crate::proto::Envelope;
 pub mod api;
 pub mod envelope;
 mod json;
+mod number;
 pub mod ruby_hash;
 pub(crate) use json::{put_digits, write_int, write_rfc3339, write_str_contents};
 mod layout;
@@ -43,6 +44,8 @@ pub use envelope::{EnvelopeView, MessageRef, ValueRef, decode_batch};
 pub use wire::WireError;
 
 pub use api::{ApiCall, ApiResource, ApiSource, audit_event_record};
+pub use number::{Number, Position, boot_id};
+pub(crate) use number::{declaration, is_declaration};
 
 /// Version of the ApiInvocation record layout: the major changes on
 /// incompatible changes, the minor when fields are added (as CloudTrail does).
@@ -108,6 +111,9 @@ pub struct Record {
     /// App, space and org names from Cloud Controller, for envelopes that do
     /// not carry them in tags (see [`crate::enrich`]).
     pub names: Option<std::sync::Arc<AppNames>>,
+    /// `boot` and `seq` (or `last_seq`, or `boot` alone), set by the router
+    /// ([`crate::route`]); `None` for a record that did not go through it.
+    pub number: Option<Number>,
 }
 
 /// The names of an app and where it lives.
@@ -142,6 +148,9 @@ impl EncodeContext {
 impl Record {
     /// Appends the record's JSON (no trailing newline) to `out`.
     pub fn write_json(&self, ctx: &EncodeContext, out: &mut Vec<u8>) {
+        if is_declaration(self) {
+            return number::write_declaration(self, ctx, out);
+        }
         if let Some(api) = self.api.as_deref()
             && matches!(api.source, ApiSource::AuditEvents(_))
         {
@@ -272,6 +281,7 @@ fn write_envelope_record(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
     let tag = |k: &str| env.tags_value(k);
     out.extend_from_slice(b"{\"kind\":");
     json::write_str(out, rec.kind.as_str());
+    number::write_boot_seq(rec, out);
     json::write_key(out, "time");
     json::write_rfc3339_nanos(out, env.timestamp());
     json::write_key(out, "foundation");

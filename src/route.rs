@@ -3,6 +3,11 @@
 //! [`Router::dispatch`] is what the ingress calls for every received batch. It
 //! classifies the envelopes and offers each sink its share without waiting:
 //! ingress never waits on a sink (DESIGN.md §2, invariant 1).
+//!
+//! It also numbers what it accepts: every record the include/exclude rules
+//! keep and some sink takes gets the router's `boot` and the next `seq` of
+//! its kind, so no number is skipped in what was accepted; [`Router::declare`]
+//! states the last number issued per kind ([`crate::record::Number`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +16,7 @@ use serde::Serialize;
 
 use crate::classify::classify;
 use crate::classify::rules::Filters;
-use crate::record::{EnvelopeView, Kind, MessageRef, Record};
+use crate::record::{EnvelopeView, Kind, MessageRef, Number, Position, Record};
 use crate::sink::{Chunk, SinkQueue, SinkStats};
 
 /// Counters of what entered the pipeline.
@@ -74,6 +79,10 @@ pub struct Router {
     filters: Filters,
     /// Names from Cloud Controller for envelopes without name tags.
     enricher: Option<Arc<crate::enrich::Enricher>>,
+    /// This process start, in every record's number.
+    boot: Arc<str>,
+    /// Numbers issued per kind (the next `seq`), indexed by [`Kind::index`].
+    issued: [AtomicU64; 4],
 }
 
 impl Router {
@@ -101,7 +110,69 @@ impl Router {
             decode_only,
             filters,
             enricher,
+            boot: crate::record::boot_id(0),
+            issued: Default::default(),
         }
+    }
+
+    /// The router numbering its records in `boot` (a new router is in a
+    /// boot of instance 0 of its own).
+    pub fn with_boot(mut self, boot: Arc<str>) -> Self {
+        self.boot = boot;
+        self
+    }
+
+    /// The boot this router numbers records in.
+    pub fn boot(&self) -> &Arc<str> {
+        &self.boot
+    }
+
+    /// Numbers `kept` (accepted records, in order) with one reservation of
+    /// a range per kind (`counts`: how many of each), and puts each record
+    /// into the chunk of every sink of its kind. Ranges of batches
+    /// dispatched at once never overlap, and each is used whole.
+    fn number_and_share(&self, kept: Vec<Record>, counts: [u64; 4], chunks: &mut [Chunk]) {
+        let mut next = [0u64; 4];
+        for (k, &n) in counts.iter().enumerate() {
+            if n > 0 {
+                next[k] = self.issued[k].fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for mut record in kept {
+            let k = record.kind.index();
+            record.number = Number::seq(&self.boot, next[k]);
+            next[k] += 1;
+            let record = Arc::new(record);
+            for &t in &self.routes[k] {
+                chunks[t].push(Arc::clone(&record));
+            }
+        }
+    }
+
+    /// Offers each sink, for every kind that issued a number and is routed
+    /// to it, a declaration of the last number issued, made at `time_ns`
+    /// (UNIX nanoseconds). Not counted as records in the ingress counters.
+    /// Returns how many kinds were declared.
+    pub fn declare(&self, time_ns: i64) -> usize {
+        let mut declared = 0;
+        for kind in Kind::ALL {
+            let issued = self.issued[kind.index()].load(Ordering::Relaxed);
+            let targets = &self.routes[kind.index()];
+            if issued == 0 || targets.is_empty() {
+                continue;
+            }
+            let record = Arc::new(crate::record::declaration(
+                kind,
+                &self.boot,
+                issued - 1,
+                time_ns,
+            ));
+            for &t in targets {
+                self.queues[t].offer(vec![Arc::clone(&record)]);
+            }
+            declared += 1;
+        }
+        declared
     }
 
     /// The counters of the sinks records of `kind` go to.
@@ -130,6 +201,8 @@ impl Router {
     /// every sink took its share (false: some were dropped, counted by the sink).
     pub fn dispatch_records(&self, records: Vec<Record>) -> bool {
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        let mut kept = Vec::with_capacity(records.len());
+        let mut counts = [0u64; 4];
         for record in records {
             let k = record.kind.index();
             self.stats.by_kind[k].fetch_add(1, Ordering::Relaxed);
@@ -137,16 +210,14 @@ impl Router {
                 self.stats.filtered.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let targets = &self.routes[k];
-            if targets.is_empty() {
+            if self.routes[k].is_empty() {
                 self.stats.unrouted.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let record = Arc::new(record);
-            for &t in targets {
-                chunks[t].push(Arc::clone(&record));
-            }
+            counts[k] += 1;
+            kept.push(record);
         }
+        self.number_and_share(kept, counts, &mut chunks);
         let mut all = true;
         for (queue, chunk) in self.queues.iter().zip(chunks) {
             if !chunk.is_empty() {
@@ -162,7 +233,13 @@ impl Router {
 
     /// Offers one record the nozzle made itself (an alert) to the sinks its
     /// kind is routed to, except `except` (the sink the alert is about).
-    pub(crate) fn offer_except(&self, except: Option<usize>, record: crate::record::Record) {
+    /// Alerts carry the boot but no `seq`: skipping a sink, they would
+    /// leave holes that are no loss.
+    pub(crate) fn offer_except(&self, except: Option<usize>, mut record: Record) {
+        record.number = Some(Number {
+            boot: Arc::clone(&self.boot),
+            position: Position::BootOnly,
+        });
         let targets = &self.routes[record.kind.index()];
         let record = Arc::new(record);
         for &i in targets {
@@ -184,6 +261,8 @@ impl Router {
             return;
         }
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
+        let mut kept = Vec::with_capacity(envelopes.len());
+        let mut counts = [0u64; 4];
         let mut by_kind = [0u64; 4];
         let mut unrouted = 0;
         let mut upstream_dropped = 0;
@@ -207,16 +286,14 @@ impl Router {
             if let Some(names) = &names {
                 names.enrich(&mut record);
             }
-            let targets = &self.routes[k];
-            if targets.is_empty() {
+            if self.routes[k].is_empty() {
                 unrouted += 1;
                 continue;
             }
-            let record = Arc::new(record);
-            for &t in targets {
-                chunks[t].push(Arc::clone(&record));
-            }
+            counts[k] += 1;
+            kept.push(record);
         }
+        self.number_and_share(kept, counts, &mut chunks);
         for (k, n) in by_kind.into_iter().enumerate() {
             if n > 0 {
                 self.stats.by_kind[k].fetch_add(n, Ordering::Relaxed);
@@ -301,5 +378,190 @@ mod tests {
             counter("doppler", "dropped", "ingress", 100),
         ]);
         assert_eq!(router.stats().snapshot().upstream_dropped, 10);
+    }
+
+    fn log(source_type: &str, text: &str) -> Envelope {
+        Envelope {
+            source_id: "app".into(),
+            tags: [("source_type".to_string(), source_type.to_string())].into(),
+            message: Some(Message::Log(crate::proto::Log {
+                payload: text.as_bytes().to_vec().into(),
+                r#type: 0,
+            })),
+            ..Envelope::default()
+        }
+    }
+
+    fn event() -> Envelope {
+        Envelope {
+            source_id: "cell".into(),
+            message: Some(Message::Event(crate::proto::Event {
+                title: "t".into(),
+                body: "b".into(),
+            })),
+            ..Envelope::default()
+        }
+    }
+
+    /// Every record in `rx`, as (kind, boot, position).
+    fn taken(rx: &mut crate::sink::Intake) -> Vec<(Kind, String, Position)> {
+        let mut out = Vec::new();
+        while let Some(chunk) = rx.try_recv() {
+            for r in chunk {
+                let n = r.number.clone().expect("numbered");
+                out.push((r.kind, n.boot.to_string(), n.position));
+            }
+        }
+        out
+    }
+
+    fn seqs(got: &[(Kind, String, Position)], kind: Kind) -> Vec<u64> {
+        got.iter()
+            .filter(|(k, ..)| *k == kind)
+            .map(|(_, _, p)| match p {
+                Position::Seq(n) => *n,
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    /// Numbers per kind from 0, contiguous over batches and both ways in;
+    /// what the rules leave out and what no sink takes gets none.
+    #[test]
+    fn accepted_records_are_numbered_per_kind_without_a_hole() {
+        let (all_q, mut all_rx) = SinkQueue::new("all", 1000);
+        let (logs_q, mut logs_rx) = SinkQueue::new("logs", 1000);
+        let router = Router::new(
+            vec![
+                (all_q, vec![Kind::Api, Kind::AppLog, Kind::Metric]),
+                (logs_q, vec![Kind::AppLog]),
+            ],
+            Filters {
+                exclude: vec!["source_type=RTR".parse().unwrap()],
+                ..Filters::default()
+            },
+            None,
+            false,
+        )
+        .with_boot("0-20261202T193322Z-9f3a2c1b".into());
+        router.dispatch(vec![
+            log("APP/PROC/WEB", "a0"),
+            log("RTR", "filtered"),
+            log("API", "Created app with guid x"),
+            counter("doppler", "c", "x", 1),
+            event(), // no sink takes events: unrouted, not numbered
+            log("APP/PROC/WEB", "a1"),
+        ]);
+        router.dispatch(vec![log("RTR", "filtered"), log("STG", "a2")]);
+        let audit = crate::record::audit_event_record(serde_json::json!({
+            "guid": "g", "type": "audit.app.start", "created_at": "2020-01-01T00:00:00Z"}))
+        .unwrap();
+        assert!(router.dispatch_records(vec![audit.clone(), audit]));
+        router.dispatch(vec![
+            log("API", "Updated app with guid x"),
+            log("CELL", "a3"),
+        ]);
+
+        let s = router.stats().snapshot();
+        assert_eq!((s.filtered, s.unrouted), (2, 1));
+        let all = taken(&mut all_rx);
+        assert!(
+            all.iter()
+                .all(|(_, b, _)| b == "0-20261202T193322Z-9f3a2c1b")
+        );
+        assert_eq!(seqs(&all, Kind::AppLog), [0, 1, 2, 3]);
+        assert_eq!(seqs(&all, Kind::Api), [0, 1, 2, 3]);
+        assert_eq!(seqs(&all, Kind::Metric), [0]);
+        assert_eq!(seqs(&all, Kind::Event), [] as [u64; 0]);
+        // Each sink of a kind sees the same numbers.
+        let logs = taken(&mut logs_rx);
+        assert_eq!(seqs(&logs, Kind::AppLog), [0, 1, 2, 3]);
+        assert_eq!(logs.len(), 4);
+        // The audit-events records are numbered in their JSON too.
+        let ctx = crate::record::EncodeContext::new("f");
+        let mut audit = crate::record::audit_event_record(serde_json::json!({
+            "guid": "g", "type": "audit.app.start", "created_at": "2020-01-01T00:00:00Z"}))
+        .unwrap();
+        audit.number = Number::seq(router.boot(), 1);
+        assert!(
+            audit.to_json(&ctx).starts_with(
+                r#"{"kind":"api","boot":"0-20261202T193322Z-9f3a2c1b","seq":1,"time":"#
+            ),
+            "{}",
+            audit.to_json(&ctx)
+        );
+    }
+
+    /// Batches dispatched at once from several threads share no number and
+    /// leave none out.
+    #[test]
+    fn concurrent_batches_reserve_ranges_that_do_not_overlap() {
+        let (q, mut rx) = SinkQueue::new("all", 100_000);
+        let router = Arc::new(Router::new(
+            vec![(q, Kind::ALL.to_vec())],
+            Filters::default(),
+            None,
+            false,
+        ));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        router.dispatch(vec![log("APP", "x"); 7]);
+                    }
+                });
+            }
+        });
+        let mut got = seqs(&taken(&mut rx), Kind::AppLog);
+        got.sort_unstable();
+        assert_eq!(got, (0..4 * 50 * 7).collect::<Vec<u64>>());
+    }
+
+    /// Alerts carry the boot alone; declarations state the last number of
+    /// each kind that issued one, to that kind's sinks, and count as no
+    /// record of their kind.
+    #[test]
+    fn alerts_are_not_numbered_and_declarations_state_the_last_seq() {
+        let (all_q, mut all_rx) = SinkQueue::new("all", 1000);
+        let (events_q, mut events_rx) = SinkQueue::new("events", 1000);
+        let router = Router::new(
+            vec![(all_q, Kind::ALL.to_vec()), (events_q, vec![Kind::Event])],
+            Filters::default(),
+            None,
+            false,
+        );
+        assert_eq!(router.declare(1), 0, "nothing issued, nothing declared");
+        router.offer_except(
+            Some(0),
+            classify(Envelope {
+                tags: [("nozzle_alert".to_string(), "sink_stalled".to_string())].into(),
+                ..event()
+            }),
+        );
+        let alert = taken(&mut events_rx);
+        assert_eq!(alert.len(), 1);
+        assert_eq!(alert[0].2, Position::BootOnly);
+        assert_eq!(&*alert[0].1, &**router.boot());
+        assert_eq!(router.declare(1), 0, "an alert issues no number");
+
+        router.dispatch(vec![log("APP", "a"), log("APP", "b"), log("APP", "c")]);
+        router.dispatch(vec![counter("x", "c", "d", 1)]);
+        let before = router.stats().snapshot();
+        assert_eq!(router.declare(1_700_000_000_000_000_000), 2);
+        assert_eq!(router.stats().snapshot(), before);
+        let all = taken(&mut all_rx);
+        let declared: Vec<_> = all
+            .iter()
+            .filter(|(_, _, p)| matches!(p, Position::LastSeq(_)))
+            .map(|(k, _, p)| (*k, *p))
+            .collect();
+        assert_eq!(
+            declared,
+            [
+                (Kind::AppLog, Position::LastSeq(2)),
+                (Kind::Metric, Position::LastSeq(0))
+            ]
+        );
+        assert!(taken(&mut events_rx).is_empty(), "no event was numbered");
     }
 }

@@ -97,6 +97,13 @@ pub(crate) fn human_line(json: &Value) -> String {
         if name.is_empty() { s(v, "guid") } else { name }
     };
     let kind = s(json, "kind");
+    // A declaration of the last record number: no envelope behind it.
+    if let Some(last) = json.get("last_seq") {
+        return format!(
+            "[cf-audit-nozzle] {kind} last_seq={last} boot={}",
+            s(json, "boot")
+        );
+    }
     let instance = s(json, "instance_id");
     let source_type = s(json, "source_type");
     let place = if source_type.is_empty() {
@@ -277,12 +284,15 @@ pub async fn run<W: Write + Send + 'static>(
         ..BatchConfig::default()
     };
     let sink = tokio::spawn(run_sink(printer, rx, Arc::clone(queue.stats()), batch));
-    let router = Arc::new(Router::new(
-        vec![(queue, Kind::ALL.to_vec())],
-        cfg.audit.filters.clone(),
-        None,
-        false,
-    ));
+    let router = Arc::new(
+        Router::new(
+            vec![(queue, Kind::ALL.to_vec())],
+            cfg.audit.filters.clone(),
+            None,
+            false,
+        )
+        .with_boot(crate::record::boot_id(cfg.pipeline.instance_index)),
+    );
     let status = Arc::new(SourceStatus::default());
     let source = crate::source::spawn(cfg.source, router, status, shutdown);
     // The source drops its router when it stops, which closes the queue and
@@ -322,6 +332,12 @@ mod tests {
         assert_eq!(
             human_line(&counter),
             "[gorouter/0] counter requests delta=1 total=10"
+        );
+        let declaration = json!({"kind": "app_log", "boot": "0-20261202T193322Z-9f3a2c1b",
+            "last_seq": 41, "time": "2026-12-02T19:34:22Z", "foundation": "f"});
+        assert_eq!(
+            human_line(&declaration),
+            "[cf-audit-nozzle] app_log last_seq=41 boot=0-20261202T193322Z-9f3a2c1b"
         );
     }
 

@@ -75,8 +75,14 @@ async fn sigterm_completes_the_open_files_and_exits_zero() {
             .map(|s| s[field].as_u64().unwrap())
             .sum::<u64>()
     };
-    assert_eq!(sum("received"), received);
-    assert_eq!(sum("delivered"), received);
+    // Each kind's sink also took the declaration of its last number at shutdown.
+    let declared = ["api", "app_log", "metric", "event"]
+        .into_iter()
+        .filter(|k| summary["ingress"][k].as_u64().unwrap() > 0)
+        .count() as u64;
+    assert_eq!(declared, 4);
+    assert_eq!(sum("received"), received + declared);
+    assert_eq!(sum("delivered"), received + declared);
     assert_eq!(sum("queued") + sum("in_flight"), 0);
     assert_eq!(sum("dropped_queue_full") + sum("dropped_write_error"), 0);
     let mut in_files = 0;
@@ -92,7 +98,7 @@ async fn sigterm_completes_the_open_files_and_exits_zero() {
         assert_eq!(records.len() as u64, o["records"].as_u64().unwrap());
         in_files += records.len() as u64;
     }
-    assert_eq!(in_files, received);
+    assert_eq!(in_files, received + declared);
     assert_eq!(
         std::fs::read_dir(&partial).unwrap().count(),
         0,
@@ -136,6 +142,11 @@ async fn stdout_sink_writes_exactly_one_json_line_per_record() {
     assert!(status.success());
 
     let expected = json_lines(envelopes, "cf");
+    // Each line numbered, in one boot; otherwise the record's JSON.
+    let numbered: Vec<(String, String)> =
+        (0..3).map(|i| unnumbered(&lines[i], 0, i as u64)).collect();
+    assert!(numbered.iter().all(|(_, boot)| *boot == numbered[0].1));
+    let lines: Vec<String> = numbered.into_iter().map(|(l, _)| l).collect();
     assert_eq!(lines, expected);
     assert!(lines[0].starts_with(r#"{"kind":"app_log","time":"2023-11-14T22:13:20.000000000Z","foundation":"cf","source_id":"app-guid""#));
 }
@@ -296,10 +307,16 @@ fn demo_prints_every_kind_and_leaves_valid_gzip_files() {
         }
     }
     assert_eq!(files.len(), 4, "{files:?}");
-    let total: usize = files
+    let records: Vec<serde_json::Value> = files
         .iter()
-        .map(|f| read_records_file(f.to_str().unwrap()).unwrap().len())
-        .sum();
+        .flat_map(|f| read_records_file(f.to_str().unwrap()).unwrap())
+        .collect();
+    // Each file ends with the declaration of its kind's last number.
+    let (declarations, records): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .partition(|r| r.get("last_seq").is_some());
+    assert_eq!(declarations.len(), 4, "{declarations:?}");
+    let total = records.len();
     let received_line = stdout
         .lines()
         .find(|l| l.starts_with("envelopes received: "))
@@ -405,7 +422,12 @@ async fn five_hundred(
 fn assert_all_500_not_delivered(summary: &serde_json::Value, reason: &str) {
     assert_eq!(summary["ingress"]["envelopes"], 500);
     assert_eq!(summary["complete"], false);
-    assert_eq!(summary["not_delivered"], 500);
+    // With the declaration of each kind's last number at shutdown.
+    let declared = ["api", "app_log", "metric", "event"]
+        .into_iter()
+        .filter(|k| summary["ingress"][k].as_u64().unwrap() > 0)
+        .count() as u64;
+    assert_eq!(summary["not_delivered"], 500 + declared);
     let sinks = summary["sinks"].as_array().unwrap();
     let names: Vec<&str> = sinks.iter().map(|s| s["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["s3:api", "s3:app_log", "s3:metric", "s3:event"]);
@@ -428,7 +450,7 @@ fn assert_all_500_not_delivered(summary: &serde_json::Value, reason: &str) {
         assert!(why.contains(reason), "{why}");
         total += received;
     }
-    assert_eq!(total, 500);
+    assert_eq!(total, 500 + declared);
 }
 
 /// An S3 store that refuses connections: the files completed at shutdown
@@ -454,7 +476,8 @@ async fn records_an_unbuffered_s3_sink_could_not_upload_make_the_exit_status_1()
         "completed file(s) not uploaded: PUT s3://audit/CFLogs/test/",
     );
     assert!(
-        stderr.contains("cf-audit-nozzle: 500 records not delivered: s3:api "),
+        // 500 records and the declarations of the 4 kinds' last numbers.
+        stderr.contains("cf-audit-nozzle: 504 records not delivered: s3:api "),
         "{stderr}"
     );
     assert!(stderr.contains("Connection refused"), "{stderr}");
@@ -491,7 +514,8 @@ async fn records_an_unbuffered_sink_still_holds_at_the_deadline_make_the_exit_st
         "still queued or in flight at the shutdown deadline (3s, --shutdown-timeout)",
     );
     assert!(
-        stderr.contains("cf-audit-nozzle: 500 records not delivered: s3:api "),
+        // 500 records and the declarations of the 4 kinds' last numbers.
+        stderr.contains("cf-audit-nozzle: 504 records not delivered: s3:api "),
         "{stderr}"
     );
 }

@@ -31,6 +31,8 @@ struct Receiver {
     requests: AtomicU64,
     delay_ms: AtomicU64,
     seqs: std::sync::Mutex<Vec<u64>>,
+    /// Declarations of the last record number (`last_seq`) received.
+    declarations: AtomicU64,
     refused: AtomicU64,
 }
 
@@ -65,6 +67,10 @@ impl Receiver {
                 let mut got = Vec::new();
                 for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                     let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+                    if v.get("last_seq").is_some() {
+                        rx.declarations.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
                     let msg = v["message"].as_str().unwrap();
                     got.push(msg.strip_prefix("seq=").unwrap().parse::<u64>().unwrap());
                 }

@@ -20,7 +20,7 @@ use cf_audit_nozzle::source::gateway::{self, GatewayConfig, GatewayEndpoints, ID
 use cf_audit_nozzle::source::uaa::{TokenProvider, UaaConfig};
 use cf_audit_nozzle::source::{SourceStatus, Streams};
 use common::gateway::{Peers, Step, stream_of};
-use common::{json_lines, log_envelope, nozzle, spawn};
+use common::{json_lines, log_envelope, nozzle, spawn, unnumbered};
 use tokio_util::sync::CancellationToken;
 
 /// A sink that keeps every envelope it is given, in order.
@@ -555,6 +555,14 @@ async fn the_binary_reads_the_gateway_found_through_the_cf_api() {
     assert!(status.success(), "exit status {status}");
 
     let expected = json_lines(envelopes, "cf");
+    // Numbered 0.. in one boot (all app logs), else the records exactly.
+    let numbered: Vec<(String, String)> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| unnumbered(l, 0, i as u64))
+        .collect();
+    assert!(numbered.iter().all(|(_, boot)| *boot == numbered[0].1));
+    let lines: Vec<String> = numbered.into_iter().map(|(l, _)| l).collect();
     assert_eq!(lines, expected, "exact records, in order");
     assert_eq!(
         gw.reads()[0],

@@ -460,6 +460,7 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once_
         encode: ctx(),
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     })
     .unwrap();
     let stop = CancellationToken::new();
@@ -482,13 +483,24 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once_
     source.await.unwrap();
     let summary = pipeline.finish(Duration::from_secs(30)).await;
     let s = summary.total();
+    // And the declaration of the last app_log number at shutdown.
     assert_eq!(
         (s.received, s.delivered, s.pending(), s.dropped()),
-        (N as u64, N as u64, 0, 0)
+        (N as u64 + 1, N as u64 + 1, 0, 0)
     );
     assert!(s.retries > 0, "the receiver failed some requests");
 
-    let events = hec.events.lock().unwrap();
+    let mut events = hec.events.lock().unwrap().clone();
+    let at = events
+        .iter()
+        .position(|e| e["event"].get("last_seq").is_some())
+        .expect("a declaration");
+    let declaration = events.remove(at);
+    // It names the nozzle as host and source, its kind as sourcetype.
+    assert_eq!(declaration["host"], "cf-audit-nozzle", "{declaration}");
+    assert_eq!(declaration["source"], "cf-audit-nozzle", "{declaration}");
+    assert_eq!(declaration["sourcetype"], "cf:app_log", "{declaration}");
+    assert_eq!(declaration["event"]["last_seq"], N as u64 - 1);
     let mut seen = vec![0u32; N];
     for e in events.iter() {
         let msg = e["event"]["message"].as_str().unwrap();

@@ -49,6 +49,7 @@ fn pipeline(dir: &Path, key: &Arc<SigningKey>) -> PipelineConfig {
         encode: EncodeContext::new(common::FOUNDATION),
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     }
 }
 
@@ -78,8 +79,10 @@ async fn build_archive(dir: &Path, key: &Arc<SigningKey>) {
                 total.pending(),
                 total.dropped()
             ),
-            // The digest task counts its one digest as received and delivered.
-            (RECORDS_PER_RUN as u64 + 1, RECORDS_PER_RUN as u64 + 1, 0, 0),
+            // The digest task counts its one digest as received and
+            // delivered, the file sink the declaration of the last app_log
+            // number at shutdown.
+            (RECORDS_PER_RUN as u64 + 2, RECORDS_PER_RUN as u64 + 2, 0, 0),
             "{summary:?}"
         );
     }

@@ -243,6 +243,8 @@ async fn the_packaged_app_runs_with_the_manifests_environment_and_cloud_foundrys
     let keys = m.list(BUCKET, "CFLogs/");
     assert!(!keys.is_empty(), "no objects:\n{stderr}");
     let mut records = 0;
+    // Per kind: records (numbered) and the last number declared at shutdown.
+    let mut per_kind: std::collections::BTreeMap<String, (u64, Option<u64>)> = Default::default();
     for key in &keys {
         assert!(key.starts_with("CFLogs/cf/"), "{key}");
         let body = archive.get(&archive.logs, key).await.unwrap().body;
@@ -251,7 +253,23 @@ async fn the_packaged_app_runs_with_the_manifests_environment_and_cloud_foundrys
             .read_to_end(&mut plain)
             .unwrap();
         let file: serde_json::Value = serde_json::from_slice(&plain).unwrap();
-        records += file["Records"].as_array().unwrap().len() as u64;
+        for r in file["Records"].as_array().unwrap() {
+            // Instance 0 of the app (VCAP_APPLICATION) names its boot.
+            assert!(r["boot"].as_str().unwrap().starts_with("0-"), "{r}");
+            let kind = per_kind
+                .entry(r["kind"].as_str().unwrap().into())
+                .or_default();
+            match r["last_seq"].as_u64() {
+                Some(last) => kind.1 = kind.1.max(Some(last)),
+                None => {
+                    kind.0 += 1;
+                    records += 1;
+                }
+            }
+        }
     }
     assert_eq!(records, ENVELOPES, "{keys:?}");
+    for (kind, (n, declared)) in &per_kind {
+        assert_eq!(*declared, Some(n - 1), "{kind}");
+    }
 }

@@ -245,6 +245,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
         encode: ctx(),
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     })
     .unwrap();
     let envelopes = (0..60)
@@ -254,7 +255,8 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
     let summary = pipeline.finish(Duration::from_secs(30)).await;
     assert!(summary.complete, "{summary:?}");
     let by_name = |n: &str| summary.sinks.iter().find(|s| s.stats.name == n).unwrap();
-    assert_eq!(by_name("s3:app_log").stats.delivered, 60);
+    // And the declaration of the last app_log number at shutdown.
+    assert_eq!(by_name("s3:app_log").stats.delivered, 60 + 1);
     assert_eq!(by_name("s3:digest").stats.delivered, 1);
 
     let logs = m.list("kms-archive", "audit/CFLogs/");
@@ -1067,5 +1069,8 @@ async fn hec_s3_and_the_webhook_go_through_the_proxy_from_the_environment() {
     });
     let body = archive.get(&archive.logs, &keys[0]).await.unwrap().body;
     let file: serde_json::Value = serde_json::from_slice(&gunzip(&body).unwrap()).unwrap();
-    assert_eq!(file["Records"].as_array().unwrap().len(), 10);
+    // Ten records, then the declaration of the last number, written at shutdown.
+    let records = file["Records"].as_array().unwrap();
+    assert_eq!(records.len(), 10 + 1);
+    assert_eq!(records[10]["last_seq"], 9, "{}", records[10]);
 }

@@ -232,10 +232,12 @@ async fn rsyslog_parses_every_kind_sent_over_tls_with_octet_counting() {
     )
     .await;
     let total = summary.total();
-    assert_eq!((total.delivered, total.dropped()), (4, 0));
+    // The 4 records, then the declarations of each kind's last number.
+    assert_eq!((total.delivered, total.dropped()), (8, 0));
 
-    let got = rsyslog.wait_for(4);
-    assert_eq!(got.len(), 4);
+    let got = rsyslog.wait_for(8);
+    assert_eq!(got.len(), 8);
+    let (got, declarations) = got.split_at(4);
     let ctx = EncodeContext::new(FOUNDATION);
     let expected = [
         // (pri, timestamp, hostname, app_name, procid, msgid, sd): no
@@ -289,14 +291,50 @@ async fn rsyslog_parses_every_kind_sent_over_tls_with_octet_counting() {
         );
         assert_eq!(fields, want);
         let record: Record = classify(env.clone());
-        let msg: serde_json::Value = serde_json::from_str(line["msg"].as_str().unwrap())
+        let mut msg: serde_json::Value = serde_json::from_str(line["msg"].as_str().unwrap())
             .unwrap_or_else(|e| panic!("msg is not the record JSON ({e}): {line}"));
+        // The first of each kind.
+        assert_eq!(msg.as_object_mut().unwrap().remove("seq"), Some(0.into()));
+        let boot = msg.as_object_mut().unwrap().remove("boot").unwrap();
+        assert!(boot.as_str().unwrap().starts_with("0-"), "{boot}");
         let want: serde_json::Value = serde_json::from_str(&record.to_json(&ctx)).unwrap();
         assert_eq!(msg, want, "the record survives intact, newlines and all");
         assert_eq!(msg.get("envelope"), None);
         if msg["kind"] == "app_log" {
             assert_eq!(msg["tags"], serde_json::json!({"odd": r#"a]b"c\d"#}));
         }
+    }
+    // A declaration names the nozzle in the header fields, its kind as MSGID.
+    for (line, (pri, kind)) in declarations.iter().zip([
+        ("133", "api"),
+        ("134", "app_log"),
+        ("134", "metric"),
+        ("133", "event"),
+    ]) {
+        let fields = (
+            line["pri"].as_str().unwrap(),
+            line["hostname"].as_str().unwrap(),
+            line["app_name"].as_str().unwrap(),
+            line["procid"].as_str().unwrap(),
+            line["msgid"].as_str().unwrap(),
+            line["sd"].as_str().unwrap(),
+        );
+        assert_eq!(
+            fields,
+            (
+                pri,
+                "cf-audit-nozzle",
+                "cf-audit-nozzle",
+                "-",
+                kind,
+                "-"
+            )
+        );
+        let msg: serde_json::Value = serde_json::from_str(line["msg"].as_str().unwrap()).unwrap();
+        assert_eq!(msg["kind"], kind);
+        assert_eq!(msg["last_seq"], 0);
+        let keys: Vec<&String> = msg.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["boot", "foundation", "kind", "last_seq", "time"]);
     }
 }
 
@@ -324,8 +362,13 @@ async fn rsyslog_receives_100000_records_over_tls_none_missing_or_altered() {
         |s| s.envelopes == N as u64,
     )
     .await;
-    assert_eq!(summary.total().delivered, N as u64);
-    let got = rsyslog.wait_for(N);
+    // And the declaration of the last app_log number at shutdown.
+    assert_eq!(summary.total().delivered, N as u64 + 1);
+    let mut got = rsyslog.wait_for(N + 1);
+    let declaration = got.pop().unwrap();
+    let declared: serde_json::Value =
+        serde_json::from_str(declaration["msg"].as_str().unwrap()).unwrap();
+    assert_eq!(declared["last_seq"], N as u64 - 1, "{declaration}");
     let mut seen = vec![false; N];
     for l in &got {
         let msg = l["msg"].as_str().unwrap();

@@ -217,7 +217,14 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
 
     stop.cancel();
     let summary = nozzle.await.unwrap().expect("nozzle ran");
-    assert_eq!(summary.total().delivered, 6000);
+    // With the declaration of each kind's last number at shutdown.
+    let i = &summary.ingress;
+    let declared = [i.api, i.app_log, i.metric, i.event]
+        .into_iter()
+        .filter(|&n| n > 0)
+        .count() as u64;
+    assert_eq!(declared, 4);
+    assert_eq!(summary.total().delivered, 6000 + declared);
     assert_eq!(summary.ingress.envelopes, 6000);
     // A sink that delivered reports its delivery latency; one that did not, none.
     for s in &summary.sinks {

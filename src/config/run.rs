@@ -38,6 +38,8 @@ pub struct PipelineConfig<S = SinkConfig> {
     pub decode_only: bool,
     /// The disk buffer shared by every sink (`--buffer-dir`), if any.
     pub buffer: Option<crate::sink::buffer::BufferConfig>,
+    /// This instance's index (`--instance-index`), named in the records' `boot`.
+    pub instance_index: u32,
 }
 
 /// Everything `run` needs, validated: values and the paths of the files

@@ -163,6 +163,7 @@ pub fn build_pipeline(
         encode: validated.encode.clone(),
         decode_only: validated.decode_only,
         buffer: validated.buffer.clone(),
+        instance_index: validated.instance_index,
     }
 }
 

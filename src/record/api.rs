@@ -163,6 +163,7 @@ pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
         }),
         api: Some(Box::new(call)),
         names: None,
+        number: None,
     })
 }
 
@@ -249,6 +250,12 @@ impl Serialize for AuditEventJson<'_> {
         let time = rfc3339_nanos(rec.envelope.timestamp());
         let mut m = s.serialize_map(None)?;
         m.serialize_entry("kind", rec.kind.as_str())?;
+        if let Some(n) = &rec.number {
+            m.serialize_entry("boot", &*n.boot)?;
+            if let super::Position::Seq(seq) = n.position {
+                m.serialize_entry("seq", &seq)?;
+            }
+        }
         m.serialize_entry("time", &time)?;
         m.serialize_entry("foundation", &self.ctx.foundation)?;
         write_fields(&mut m, rec, self.api, &time, None, None)?;

@@ -109,12 +109,15 @@ pub fn run_args(cmd: &mut std::process::Command, addr: &str, tls: &Path) {
 }
 
 pub fn file_pipeline(dir: &Path) -> PipelineConfig {
-    one_sink_pipeline(SinkConfig::File(FileSinkConfig {
-        dir: dir.to_path_buf(),
+    PipelineConfig {
         instance_index: 3,
-        roll_interval: Duration::from_secs(3600),
-        gzip_level: 1,
-    }))
+        ..one_sink_pipeline(SinkConfig::File(FileSinkConfig {
+            dir: dir.to_path_buf(),
+            instance_index: 3,
+            roll_interval: Duration::from_secs(3600),
+            gzip_level: 1,
+        }))
+    }
 }
 
 /// A pipeline of `sink` alone, taking every kind.
@@ -126,6 +129,7 @@ pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
         encode: EncodeContext::new(FOUNDATION),
         decode_only: false,
         buffer: None,
+        instance_index: 0,
     }
 }
 
@@ -203,7 +207,9 @@ pub async fn receive(emulator: &Emulator, pki: &Pki, n: u64) -> (Summary, tempfi
     (summary, dir)
 }
 
-/// Every record in the files a run wrote, per kind, in file order.
+/// Every record in the files a run wrote, per kind, in file order,
+/// without the declarations of the last numbers ([`split_declarations`]
+/// checks them).
 pub fn records_by_kind(summary: &Summary) -> BTreeMap<String, Vec<serde_json::Value>> {
     let mut out: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     for sink in &summary.sinks {
@@ -213,7 +219,55 @@ pub fn records_by_kind(summary: &Summary) -> BTreeMap<String, Vec<serde_json::Va
             out.entry(o.kind.clone()).or_default().extend(records);
         }
     }
-    out
+    out.into_iter()
+        .map(|(kind, records)| {
+            let (records, _) = split_declarations(&kind, records);
+            (kind, records)
+        })
+        .collect()
+}
+
+/// The records of one kind from one run (one boot, no replays) and its
+/// declarations, checked: every record carries the run's `boot` and the
+/// `seq`s are 0..n, each once (alerts have none); a declaration (`last_seq`, at least the one at
+/// shutdown) says n - 1 at last. Returns (records, declarations).
+pub fn split_declarations(
+    kind: &str,
+    all: Vec<serde_json::Value>,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let (declarations, records): (Vec<_>, Vec<_>) =
+        all.into_iter().partition(|r| r.get("last_seq").is_some());
+    let boot = records.first().map(|r| r["boot"].clone());
+    let mut seqs: Vec<u64> = records
+        .iter()
+        .filter_map(|r| {
+            assert_eq!(Some(&r["boot"]), boot.as_ref(), "one boot: {r}");
+            assert_eq!(r["kind"], kind, "{r}");
+            match r["seq"].as_u64() {
+                Some(seq) => Some(seq),
+                // The nozzle's own alerts carry the boot alone.
+                None if r["source_id"] == "cf-audit-nozzle" => None,
+                None => panic!("a seq: {r}"),
+            }
+        })
+        .collect();
+    seqs.sort_unstable();
+    let n = seqs.len() as u64;
+    assert!(
+        seqs.iter().copied().eq(0..n),
+        "{kind}: seq 0..{n} each once"
+    );
+    if n > 0 {
+        let last = declarations.iter().filter_map(|d| {
+            assert_eq!(Some(&d["boot"]), boot.as_ref(), "{d}");
+            assert_eq!(d["kind"], kind, "{d}");
+            d["last_seq"].as_u64()
+        });
+        assert_eq!(last.max(), Some(n - 1), "{kind}: the last number declared");
+    } else {
+        assert_eq!(declarations, [] as [serde_json::Value; 0]);
+    }
+    (records, declarations)
 }
 
 /// A log envelope with the given payload and tags.
@@ -237,4 +291,32 @@ pub fn log_envelope(
             r#type: log::Type::Out as i32,
         })),
     }
+}
+
+/// A record's JSON `line` without its number, which must follow `kind`
+/// exactly: `"boot":B` (B of instance `index`) and `"seq":seq`. Returns the
+/// line without them, and B.
+pub fn unnumbered(line: &str, index: u32, seq: u64) -> (String, String) {
+    let after_kind = line
+        .strip_prefix(r#"{"kind":""#)
+        .and_then(|rest| rest.find('"'))
+        .map(|end| r#"{"kind":""#.len() + end + 1)
+        .unwrap_or_else(|| panic!("a record starting with its kind: {line}"));
+    let rest = &line[after_kind..];
+    let boot_start = format!(r#","boot":"{index}-"#);
+    assert!(
+        rest.starts_with(&boot_start),
+        "the boot after the kind: {line}"
+    );
+    let boot_end = rest[r#","boot":""#.len()..].find('"').unwrap() + r#","boot":""#.len();
+    let boot = rest[r#","boot":""#.len()..boot_end].to_string();
+    let seq_field = format!(r#","seq":{seq}"#);
+    let after_boot = &rest[boot_end + 1..];
+    assert!(
+        after_boot.starts_with(&seq_field)
+            && !after_boot[seq_field.len()..].starts_with(|c: char| c.is_ascii_digit()),
+        "seq {seq} after the boot: {line}"
+    );
+    let without = format!("{}{}", &line[..after_kind], &after_boot[seq_field.len()..]);
+    (without, boot)
 }

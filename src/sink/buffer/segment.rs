@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{BufferError, io};
-use crate::record::{ApiSource, Record};
+use crate::record::{ApiSource, Kind, Number, Position, Record};
 
 /// A length above this is corruption, not a record (the RLP's own limit on a
 /// batch is 16 MiB).
@@ -104,17 +104,53 @@ fn frame(buf: &mut [u8], at: usize) {
     buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// A record on disk: one byte for its origin, the enrichment names as JSON
-/// (length-prefixed, 0 for none), then what the record is rebuilt from:
+/// The form byte's flag saying a number follows it.
+const NUMBERED: u8 = 0x80;
+
+/// A record on disk: one byte for its form, its number when it has one,
+/// the enrichment names as JSON (length-prefixed, 0 for none), then what
+/// the record is rebuilt from. The form's low bits:
 /// - `0`: a firehose record: the envelope's protobuf; classification is
 ///   redone on replay (it depends on the envelope alone);
-/// - `1`: an audit-events record: Cloud Controller's event JSON.
+/// - `1`: an audit-events record: Cloud Controller's event JSON;
+/// - `2`: a declaration: its kind (one byte) and time (`i64` LE nanoseconds).
+///
+/// With [`NUMBERED`] set, the number follows the form byte: the boot's
+/// length (`u16` LE) and text, then `0` (boot only), or `1` and the `seq`,
+/// or `2` and the `last_seq` (`u64` LE). Records written before numbers
+/// existed (forms 0 and 1 without the flag) replay without one.
 pub(crate) fn encode_record(r: &Record, out: &mut Vec<u8>) {
     let audit = match r.api.as_deref().map(|a| &a.source) {
         Some(ApiSource::AuditEvents(f)) => Some(&f.original),
         _ => None,
     };
-    out.push(u8::from(audit.is_some()));
+    let declared = crate::record::is_declaration(r);
+    let form = match (declared, audit) {
+        (true, _) => 2,
+        (false, Some(_)) => 1,
+        (false, None) => 0,
+    };
+    match &r.number {
+        None => out.push(form),
+        Some(n) => {
+            out.push(form | NUMBERED);
+            // A boot is a few dozen bytes (see `record::boot_id`).
+            let boot = &n.boot.as_bytes()[..n.boot.len().min(usize::from(u16::MAX))];
+            out.extend_from_slice(&(boot.len() as u16).to_le_bytes());
+            out.extend_from_slice(boot);
+            match n.position {
+                Position::BootOnly => out.push(0),
+                Position::Seq(seq) => {
+                    out.push(1);
+                    out.extend_from_slice(&seq.to_le_bytes());
+                }
+                Position::LastSeq(last) => {
+                    out.push(2);
+                    out.extend_from_slice(&last.to_le_bytes());
+                }
+            }
+        }
+    }
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     if let Some(names) = &r.names {
@@ -122,24 +158,60 @@ pub(crate) fn encode_record(r: &Record, out: &mut Vec<u8>) {
     }
     let names_len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&names_len.to_le_bytes());
-    match audit {
-        Some(event) => serde_json::to_writer(&mut *out, event).expect("JSON values serialise"),
-        None => out.extend_from_slice(r.wire_bytes()),
+    match (declared, audit) {
+        (true, _) => {
+            out.push(r.kind.index() as u8);
+            out.extend_from_slice(&r.envelope.timestamp().to_le_bytes());
+        }
+        (false, Some(event)) => {
+            serde_json::to_writer(&mut *out, event).expect("JSON values serialise")
+        }
+        (false, None) => out.extend_from_slice(r.wire_bytes()),
     }
 }
 
-/// Rebuilds a record written by [`encode_record`].
+/// `n` bytes from the front of `b`, advancing it.
+fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+    if b.len() < n {
+        return Err("short record".into());
+    }
+    let (head, rest) = b.split_at(n);
+    *b = rest;
+    Ok(head)
+}
+
+fn take_u64(b: &mut &[u8]) -> Result<u64, String> {
+    Ok(u64::from_le_bytes(take(b, 8)?.try_into().expect("8 bytes")))
+}
+
+/// The number after a [`NUMBERED`] form byte.
+fn decode_number(b: &mut &[u8]) -> Result<Number, String> {
+    let len = u16::from_le_bytes(take(b, 2)?.try_into().expect("2 bytes"));
+    let boot = std::str::from_utf8(take(b, usize::from(len))?)
+        .map_err(|_| "boot is not UTF-8")?
+        .into();
+    let position = match take(b, 1)?[0] {
+        0 => Position::BootOnly,
+        1 => Position::Seq(take_u64(b)?),
+        2 => Position::LastSeq(take_u64(b)?),
+        other => return Err(format!("unknown number position {other}")),
+    };
+    Ok(Number { boot, position })
+}
+
+/// Rebuilds a record written by [`encode_record`] (or by the format before
+/// numbers, without one).
 pub(crate) fn decode_record(b: &[u8]) -> Result<Record, String> {
-    let (&form, rest) = b.split_first().ok_or("empty record")?;
-    let names_len = rest
-        .get(..4)
-        .ok_or("short record")?
-        .try_into()
-        .map(u32::from_le_bytes)
-        .map_err(|_| "short record")? as usize;
-    let names = rest.get(4..4 + names_len).ok_or("short record")?;
-    let body = &rest[4 + names_len..];
-    let mut record = match form {
+    let (&form, mut rest) = b.split_first().ok_or("empty record")?;
+    let number = if form & NUMBERED != 0 {
+        Some(decode_number(&mut rest)?)
+    } else {
+        None
+    };
+    let names_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
+    let names = take(&mut rest, names_len)?;
+    let body = rest;
+    let mut record = match form & !NUMBERED {
         0 => crate::classify::classify(
             crate::record::envelope::EnvelopeView::from_wire(bytes::Bytes::copy_from_slice(body))
                 .map_err(|e| format!("envelope: {e}"))?,
@@ -149,8 +221,24 @@ pub(crate) fn decode_record(b: &[u8]) -> Result<Record, String> {
                 serde_json::from_slice(body).map_err(|e| format!("audit event: {e}"))?;
             crate::record::audit_event_record(event).map_err(|e| format!("audit event: {e}"))?
         }
+        2 => {
+            let Some(Number {
+                boot,
+                position: Position::LastSeq(last),
+            }) = &number
+            else {
+                return Err("declaration without its last_seq".into());
+            };
+            let mut body = body;
+            let kind = *Kind::ALL
+                .get(usize::from(take(&mut body, 1)?[0]))
+                .ok_or("declaration of an unknown kind")?;
+            let time = take_u64(&mut body)? as i64;
+            crate::record::declaration(kind, boot, *last, time)
+        }
         other => return Err(format!("unknown record form {other}")),
     };
+    record.number = number;
     if names_len > 0 {
         let names: crate::record::AppNames =
             serde_json::from_slice(names).map_err(|e| format!("names: {e}"))?;
@@ -184,6 +272,77 @@ mod tests {
         assert!(decode_record(&buf[..3]).is_err());
         buf[0] = 9;
         assert_eq!(decode_record(&buf).unwrap_err(), "unknown record form 9");
+    }
+
+    #[test]
+    fn numbers_survive_the_disk_and_old_records_replay_without_one() {
+        use crate::proto::Envelope;
+        use crate::proto::envelope::Message;
+        let boot: Arc<str> = "2-20261202T193322Z-9f3a2c1b".into();
+        let mut log = crate::classify::classify(Envelope {
+            timestamp: 5,
+            source_id: "app".into(),
+            message: Some(Message::Log(crate::proto::Log {
+                payload: b"hello".to_vec().into(),
+                r#type: 0,
+            })),
+            ..Envelope::default()
+        });
+        let round_trip = |r: &Record| {
+            let mut buf = Vec::new();
+            encode_record(r, &mut buf);
+            decode_record(&buf).unwrap()
+        };
+        // Before numbers: form 0, names length 0, the envelope.
+        let mut old = vec![0, 0, 0, 0, 0];
+        old.extend_from_slice(log.wire_bytes());
+        assert_eq!(decode_record(&old).unwrap(), log);
+        assert_eq!(round_trip(&log), log);
+
+        log.number = Number::seq(&boot, u64::MAX - 1);
+        let back = round_trip(&log);
+        assert_eq!(back, log);
+        assert_eq!(
+            back.number,
+            Some(Number {
+                boot: Arc::clone(&boot),
+                position: Position::Seq(u64::MAX - 1)
+            })
+        );
+        log.number = Some(Number {
+            boot: Arc::clone(&boot),
+            position: Position::BootOnly,
+        });
+        assert_eq!(round_trip(&log), log);
+
+        let mut audit = crate::record::audit_event_record(serde_json::json!({
+            "guid": "g", "type": "audit.app.start", "created_at": "2020-01-01T00:00:00Z"}))
+        .unwrap();
+        audit.number = Number::seq(&boot, 7);
+        assert_eq!(round_trip(&audit), audit);
+
+        let declared =
+            crate::record::declaration(Kind::Metric, &boot, 41, 1_700_000_000_000_000_001);
+        let back = round_trip(&declared);
+        assert_eq!(back, declared);
+        assert_eq!(back.kind, Kind::Metric);
+        let ctx = crate::record::EncodeContext::new("f");
+        assert_eq!(back.to_json(&ctx), declared.to_json(&ctx));
+
+        // Cut anywhere, a numbered record is an error, never a wrong record.
+        let mut buf = Vec::new();
+        encode_record(&declared, &mut buf);
+        for cut in 1..buf.len() {
+            assert!(decode_record(&buf[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut bad = Vec::new();
+        encode_record(&log, &mut bad);
+        let position = 1 + 2 + boot.len();
+        bad[position] = 5;
+        assert_eq!(
+            decode_record(&bad).unwrap_err(),
+            "unknown number position 5"
+        );
     }
 
     #[test]
