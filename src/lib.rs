@@ -17,13 +17,16 @@
 //!    CloudTrail-style fields), `app_log`, `metric` or `event`. [`record`] holds
 //!    the record and its JSON shape. [`classify::rules`] decides what is
 //!    delivered; [`enrich`] adds app, space and org names from Cloud Controller.
-//! 3. **Route** ([`route`]): each kind goes to its sinks; the router offers
-//!    each sink its share without waiting, so ingress never waits on a sink.
+//! 3. **Route** ([`route`]): each kind goes to its sinks; the router numbers
+//!    what it accepts (`boot`, `seq` per kind, [`record::Number`]), declares
+//!    each kind's last number every minute and at shutdown, and offers each
+//!    sink its share without waiting, so ingress never waits on a sink.
 //! 4. **Sinks** ([`sink`]): a bounded queue, batching and exact accounting
 //!    shared by all; [`sink::stdout`] and [`sink::file`] (CloudTrail-style gzip files);
 //!    [`sink::archive::ObjectSink`] writes the same files to S3 (or a local
 //!    folder) through [`sink::archive`], feeding the signed digest chain ([`sink::archive::digest`],
-//!    formats in [`integrity`]) that [`validate`] checks.
+//!    formats in [`integrity`]) that [`validate`] checks; [`gaps`] reads an
+//!    archive or a SIEM's export and names the record numbers missing.
 //!
 //! [`pipeline`] puts the sinks behind the router; [`run`] assembles the
 //! nozzle (source, pipeline, the audit-events poller and enrichment,

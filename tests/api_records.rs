@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::proto::{Envelope, Log, envelope, log};
 use cf_audit_nozzle::record::{EncodeContext, audit_event_record};
-use common::schema::assert_valid_api_record;
+use common::schema::{as_numbered, assert_valid_api_record};
 use serde_json::{Value, json};
 
 const G: &str = "cdabc600-0b73-48e1-b7d2-26af2c63f933";
@@ -38,7 +38,7 @@ fn api_line(text: &str, ty: log::Type) -> Value {
         })),
     };
     let record: Value = serde_json::from_str(&classify(env).to_json(&ctx())).unwrap();
-    assert_valid_api_record(&record);
+    assert_valid_api_record(&as_numbered(&record));
     record
 }
 
@@ -344,7 +344,7 @@ fn audit_events_become_exact_schema_valid_records() {
     for (event, user_identity, target, params, read_only) in cases {
         let record = audit_event_record(event.clone()).expect("valid event");
         let r: Value = serde_json::from_str(&record.to_json(&ctx())).unwrap();
-        assert_valid_api_record(&r);
+        assert_valid_api_record(&as_numbered(&r));
         let mut resources = vec![];
         if !target.is_null() {
             resources.push(target);
@@ -388,9 +388,9 @@ fn the_schema_refuses_what_is_not_an_api_invocation() {
         "target": null, "data": {}, "space": null, "organization": null}))
     .unwrap();
     let mut r: Value = serde_json::from_str(&record.to_json(&ctx())).unwrap();
-    assert_valid_api_record(&r);
+    assert_valid_api_record(&as_numbered(&r));
     r["userIdentity"]["type"] = json!("root");
-    let result = std::panic::catch_unwind(|| assert_valid_api_record(&r));
+    let result = std::panic::catch_unwind(|| assert_valid_api_record(&as_numbered(&r)));
     assert!(
         result.is_err(),
         "an unknown identity type must not validate"
@@ -417,5 +417,5 @@ fn an_audit_event_as_a_hec_event() {
         event,
         serde_json::from_str::<Value>(&record.to_json(&ctx())).unwrap()
     );
-    assert_valid_api_record(&event);
+    assert_valid_api_record(&as_numbered(&event));
 }

@@ -302,4 +302,98 @@ async fn kill_9_and_replay_keep_every_number_once_and_without_a_hole() {
         .map(|(_, s)| s.len() as u64)
         .sum();
     assert_eq!(second_numbered, sent_after);
+
+    // `gaps` on the untouched output: complete (exit 0), the replays
+    // reported as duplicates, exactly as many as were written twice.
+    let (code, report) = gaps_report(&out);
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["complete"], true);
+    let groups = report["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), seen.len(), "{report}");
+    let duplicates: u64 = groups
+        .iter()
+        .map(|g| g["duplicate_count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(duplicates, written - distinct, "{report}");
+    assert!(groups.iter().all(|g| g["missing_count"] == 0), "{report}");
+
+    // Records cut from the middle of one file: `gaps` names exactly them.
+    let (path, removed) = cut_from_the_middle(&out, &second_boot);
+    let (code, report) = gaps_report(&out);
+    assert_eq!(code, Some(1), "{report}");
+    assert_eq!(report["complete"], false);
+    let mut missing = BTreeMap::new();
+    for g in report["groups"].as_array().unwrap() {
+        for m in g["missing"].as_array().unwrap() {
+            let (from, to) = (m["from"].as_u64().unwrap(), m["to"].as_u64().unwrap());
+            let key = (
+                g["boot"].as_str().unwrap().to_string(),
+                g["kind"].as_str().unwrap().to_string(),
+            );
+            missing
+                .entry(key)
+                .or_insert_with(Vec::new)
+                .extend(from..=to);
+        }
+    }
+    assert_eq!(
+        missing,
+        BTreeMap::from([((second_boot.clone(), "app_log".to_string()), removed)]),
+        "cut from {}",
+        path.display()
+    );
+}
+
+/// `gaps --dir DIR --json`: exit code and report.
+fn gaps_report(dir: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = common::nozzle()
+        .args(["gaps", "--json", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "gaps --json: {e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code(), report)
+}
+
+/// Rewrites the largest app_log file numbered under `boot` without its
+/// records 10, 11, 12 and 20 (in file order); returns the file and their seqs.
+fn cut_from_the_middle(dir: &Path, boot: &str) -> (PathBuf, Vec<u64>) {
+    use std::io::Write as _;
+    let read = |p: &PathBuf| cf_audit_nozzle::demo::read_records_file(p.to_str().unwrap()).unwrap();
+    let (path, mut records) = files(dir)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("/app_log/"))
+        .map(|p| {
+            let records = read(&p);
+            (p, records)
+        })
+        .filter(|(_, records)| {
+            records
+                .iter()
+                .all(|r| r["boot"] == boot && r.get("seq").is_some())
+        })
+        .max_by_key(|(_, records)| records.len())
+        .expect("an app_log file of the second process");
+    assert!(
+        records.len() > 40,
+        "{}: {} records",
+        path.display(),
+        records.len()
+    );
+    let mut removed = Vec::new();
+    for at in [20, 12, 11, 10] {
+        removed.push(records.remove(at)["seq"].as_u64().unwrap());
+    }
+    removed.sort_unstable();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&serde_json::to_vec(&serde_json::json!({"Records": records})).unwrap())
+        .unwrap();
+    std::fs::write(&path, gz.finish().unwrap()).unwrap();
+    (path, removed)
 }

@@ -17,7 +17,7 @@ use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::proto::{
     Counter, Envelope, Event, Gauge, GaugeValue, Log, Timer, Value, envelope, value,
 };
-use cf_audit_nozzle::record::{AppNames, EncodeContext, EnvelopeView, Record};
+use cf_audit_nozzle::record::{AppNames, EncodeContext, EnvelopeView, Number, Position, Record};
 use common::schema;
 use proptest::prelude::*;
 use prost::Message;
@@ -390,7 +390,13 @@ fn names() -> impl Strategy<Value = Option<AppNames>> {
 /// The envelope's bytes read as the nozzle reads them, classified.
 fn record_of(bytes: &[u8]) -> Record {
     let view = EnvelopeView::from_wire(bytes.to_vec().into()).expect("prost's bytes are valid");
-    classify(view)
+    let mut record = classify(view);
+    // As the router numbers it: the number is the nozzle's, not the envelope's.
+    record.number = Some(Number {
+        boot: "0-20261202T193322Z-9f3a2c1b".into(),
+        position: Position::Seq(17),
+    });
+    record
 }
 
 fn to_json(record: &Record, ctx: &EncodeContext) -> Json {

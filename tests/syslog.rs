@@ -321,14 +321,7 @@ async fn rsyslog_parses_every_kind_sent_over_tls_with_octet_counting() {
         );
         assert_eq!(
             fields,
-            (
-                pri,
-                "cf-audit-nozzle",
-                "cf-audit-nozzle",
-                "-",
-                kind,
-                "-"
-            )
+            (pri, "cf-audit-nozzle", "cf-audit-nozzle", "-", kind, "-")
         );
         let msg: serde_json::Value = serde_json::from_str(line["msg"].as_str().unwrap()).unwrap();
         assert_eq!(msg["kind"], kind);

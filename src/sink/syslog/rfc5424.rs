@@ -11,7 +11,8 @@
 //! - structured data: `-` when the MSG is the record's JSON (which holds
 //!   every tag already); with a log line as the MSG, every envelope tag
 //!   (and text deprecated tag), escaped as the RFC requires, the only place
-//!   the tags then appear.
+//!   the tags then appear, and the record's number as
+//!   `[seq@PEN boot="..." seq="N"]` (which the JSON MSG otherwise holds).
 //!
 //! Header fields are cut to the RFC's lengths and printable ASCII. A message
 //! longer than `max_message_bytes` has its MSG cut with a `[truncated]`
@@ -19,7 +20,7 @@
 //! (RFC 6587, required with TLS) or newline; with newline framing a line
 //! break inside a message is replaced by a space.
 
-use crate::record::{EncodeContext, Kind, MessageRef, Record, ValueRef, write_int};
+use crate::record::{EncodeContext, Kind, MessageRef, Position, Record, ValueRef, write_int};
 
 /// RFC 5612's enterprise number for documentation; operators set their own.
 pub(crate) const DEFAULT_ENTERPRISE_NUMBER: u32 = 32473;
@@ -203,8 +204,40 @@ fn write_timestamp(out: &mut Vec<u8>, nanos: i64) {
     crate::record::write_rfc3339(out, nanos, 6);
 }
 
-/// `[tags@PEN name="value" ...]` with every tag, or `-` without tags.
+/// `[tags@PEN name="value" ...]` with every tag, then the record's number
+/// `[seq@PEN boot="..." seq="N"]`; `-` when it has neither.
 fn structured_data(out: &mut Vec<u8>, record: &Record, pen: u32) {
+    let start = out.len();
+    tags_element(out, record, pen);
+    if let Some(number) = &record.number {
+        out.extend_from_slice(b"[seq@");
+        write_int(out, pen);
+        out.extend_from_slice(b" boot=\"");
+        // A boot is `<index>-<time>-<hex>`: nothing in it needs escaping.
+        out.extend_from_slice(number.boot.as_bytes());
+        out.push(b'"');
+        match number.position {
+            Position::Seq(n) => {
+                out.extend_from_slice(b" seq=\"");
+                write_int(out, n);
+                out.push(b'"');
+            }
+            Position::LastSeq(n) => {
+                out.extend_from_slice(b" last_seq=\"");
+                write_int(out, n);
+                out.push(b'"');
+            }
+            Position::BootOnly => {}
+        }
+        out.push(b']');
+    }
+    if out.len() == start {
+        out.push(b'-');
+    }
+}
+
+/// `[tags@PEN name="value" ...]` with every tag, nothing without tags.
+fn tags_element(out: &mut Vec<u8>, record: &Record, pen: u32) {
     let env = &record.envelope;
     let deprecated = env.deprecated_tags().filter_map(|(k, v)| match v {
         Some(ValueRef::Text(t)) if !env.has_tag(k) => Some((k, t)),
@@ -212,7 +245,6 @@ fn structured_data(out: &mut Vec<u8>, record: &Record, pen: u32) {
     });
     let mut params = env.tags().chain(deprecated).peekable();
     if params.peek().is_none() {
-        out.push(b'-');
         return;
     }
     out.extend_from_slice(b"[tags@");
@@ -356,6 +388,38 @@ mod tests {
                 .to_string(),
                 false
             )
+        );
+    }
+
+    #[test]
+    fn a_log_line_as_the_msg_keeps_its_number_in_structured_data() {
+        let format = SyslogFormat {
+            msg: MsgFormat::Message,
+            ..SyslogFormat::default()
+        };
+        let mut r = record(&[("source_type", "APP/PROC/WEB")], "hi", log::Type::Out);
+        let boot: std::sync::Arc<str> = "3-20261202T193322Z-9f3a2c1b".into();
+        r.number = crate::record::Number::seq(&boot, 41);
+        let (msg, _) = message(&format, &r);
+        assert!(
+            msg.ends_with(concat!(
+                " app_log [tags@32473 source_type=\"APP/PROC/WEB\"]",
+                "[seq@32473 boot=\"3-20261202T193322Z-9f3a2c1b\" seq=\"41\"] hi"
+            )),
+            "{msg}"
+        );
+        // Without tags, the number alone; with the record JSON as the MSG, no SD.
+        let mut bare = record(&[], "hi", log::Type::Out);
+        bare.number = crate::record::Number::seq(&boot, 0);
+        let (msg, _) = message(&format, &bare);
+        assert!(
+            msg.ends_with(" app_log [seq@32473 boot=\"3-20261202T193322Z-9f3a2c1b\" seq=\"0\"] hi"),
+            "{msg}"
+        );
+        let (json, _) = message(&SyslogFormat::default(), &bare);
+        assert!(
+            json.contains(" app_log - {\"kind\":\"app_log\",\"boot\":\"3-"),
+            "{json}"
         );
     }
 
