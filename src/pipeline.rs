@@ -471,10 +471,7 @@ mod tests {
                 if path.is_dir() {
                     dirs.push(path);
                 } else if path.to_string_lossy().ends_with(".json.gz") {
-                    let file = std::fs::File::open(&path).unwrap();
-                    let v: serde_json::Value =
-                        serde_json::from_reader(flate2::read::GzDecoder::new(file)).unwrap();
-                    out.extend(v["Records"].as_array().unwrap().iter().cloned());
+                    out.extend(crate::demo::read_records_file(path.to_str().unwrap()).unwrap());
                 }
             }
         }

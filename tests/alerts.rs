@@ -45,15 +45,7 @@ fn alert_records(lines: &Mutex<Vec<String>>, reason: &str) -> Vec<serde_json::Va
 
 /// `cf_nozzle_alerts_total{reason=...}` from /metrics.
 async fn alerts_total(health: std::net::SocketAddr, reason: &str) -> u64 {
-    let text = cf_audit_nozzle::http_client::http_client(None, false)
-        .unwrap()
-        .get(format!("http://{health}/metrics"))
-        .send()
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(health).await.expect("/metrics answers");
     let prefix = format!("cf_nozzle_alerts_total{{reason=\"{reason}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

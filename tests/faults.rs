@@ -155,12 +155,7 @@ fn http_nozzle(emu: &Emulator, tls: &Path, url: &str, health: std::net::SocketAd
 
 /// The `cf_nozzle_sink_*` samples of the http sink, by short name.
 async fn sink_metrics(health: std::net::SocketAddr) -> Option<BTreeMap<String, f64>> {
-    let text = reqwest::get(format!("http://{health}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(health).await?;
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let parsed = prometheus_parse::Scrape::parse(lines).ok()?;
     let mut out = BTreeMap::new();

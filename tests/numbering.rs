@@ -49,23 +49,10 @@ fn feed() -> Vec<Envelope> {
         .collect()
 }
 
-/// `cf_nozzle_ingress_envelopes_total` of the nozzle serving `/metrics` on `health`.
-async fn envelopes_in(health: std::net::SocketAddr) -> Option<u64> {
-    let text = reqwest::get(format!("http://{health}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("cf_nozzle_ingress_envelopes_total "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
 async fn wait_envelopes(health: std::net::SocketAddr, what: &str, done: impl Fn(u64) -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let n = envelopes_in(health).await;
+        let n = ingress_envelopes(health).await;
         if n.is_some_and(&done) {
             return;
         }
@@ -171,7 +158,7 @@ async fn kill_9_and_replay_keep_every_number_once_and_without_a_hole() {
     wait_envelopes(health, "the rest of the stream", |n| n + 50 >= rest).await;
     let mut sent_after = 0;
     loop {
-        let n = envelopes_in(health).await.unwrap();
+        let n = ingress_envelopes(health).await.unwrap();
         if n == sent_after {
             break;
         }

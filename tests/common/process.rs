@@ -221,3 +221,27 @@ impl Collected {
         self.running.finish_within(within).await.status
     }
 }
+
+/// The text `/metrics` of the nozzle serving it on `health` answers with,
+/// or `None` while it does not answer.
+pub async fn metrics_text(health: SocketAddr) -> Option<String> {
+    cf_audit_nozzle::http_client::http_client(None, false)
+        .unwrap()
+        .get(format!("http://{health}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// `cf_nozzle_ingress_envelopes_total` of the nozzle serving `/metrics` on
+/// `health`, or `None` while it does not answer.
+pub async fn ingress_envelopes(health: SocketAddr) -> Option<u64> {
+    metrics_text(health)
+        .await?
+        .lines()
+        .find_map(|l| l.strip_prefix("cf_nozzle_ingress_envelopes_total "))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -64,7 +64,6 @@ pub fn assert_valid_record(record: &serde_json::Value) {
 /// `record` (encoded without the router, so without a number) with the
 /// `boot` and `seq` the router would have given it, for the schemas,
 /// which require them.
-#[allow(dead_code)]
 pub fn as_numbered(record: &serde_json::Value) -> serde_json::Value {
     let mut r = record.clone();
     let fields = r.as_object_mut().expect("a record is an object");
