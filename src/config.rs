@@ -12,6 +12,7 @@ use crate::sink::BatchConfig;
 use crate::sink::file::FileSinkConfig;
 
 mod audit;
+pub mod bosh;
 mod buffer;
 mod build;
 mod cf;
@@ -100,6 +101,9 @@ pub enum ConfigCommand {
     /// Print docs/configuration.md, generated from the option definitions.
     #[command(hide = true)]
     Docs,
+    /// Write the BOSH job's generated files (spec, config template, PEM templates) into DIR.
+    #[command(hide = true)]
+    BoshJob { dir: std::path::PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -296,12 +296,23 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `config check` and `config docs`.
+/// `config check`, `config docs` and `config bosh-job`.
 fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Docs => {
             use clap::CommandFactory;
             out!("{}", reference::configuration_md(&Cli::command()));
+            Ok(())
+        }
+        ConfigCommand::BoshJob { dir } => {
+            use clap::CommandFactory;
+            for (path, text) in cf_audit_nozzle::config::bosh::job_files(&Cli::command()) {
+                let path = dir.join(path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&path, text)?;
+            }
             Ok(())
         }
         ConfigCommand::Check(args) => {

@@ -370,7 +370,7 @@ fn check_value(arg: &clap::Arg, value: &str) -> Result<(), clap::Error> {
 }
 
 /// clap's error message without its "error: " prefix and usage tail.
-fn clap_error_text(e: &clap::Error) -> String {
+pub(super) fn clap_error_text(e: &clap::Error) -> String {
     let text = e.kind().as_str().map(str::to_string);
     let rendered = e.render().to_string();
     let first = rendered
@@ -379,11 +379,19 @@ fn clap_error_text(e: &clap::Error) -> String {
         .unwrap_or_default()
         .trim_start_matches("error: ")
         .to_string();
-    if first.is_empty() {
+    let mut text = if first.is_empty() {
         text.unwrap_or_else(|| "invalid value".into())
     } else {
         first
+    };
+    // The same words wherever the value came from (flag, variable, file,
+    // service, BOSH property): the values that would have been accepted.
+    if let Some(clap::error::ContextValue::Strings(valid)) =
+        e.get(clap::error::ContextKind::ValidValue)
+    {
+        text.push_str(&format!(" (possible values: {})", valid.join(", ")));
     }
+    text
 }
 
 #[cfg(test)]

@@ -207,11 +207,7 @@ fn set_aside_refused(
     let why = if secret {
         "invalid value (not shown: it is a secret)".to_string()
     } else {
-        let mut text = clap_error_text(e);
-        if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
-            text.push_str(&format!(" (possible values: {})", valid.join(", ")));
-        }
-        text
+        clap_error_text(e)
     };
     Some(format!("{place}: {why}"))
 }
