@@ -263,6 +263,7 @@ async fn prometheus_fires_sink_stalled_for_a_nozzle_whose_sink_is_down() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    eprintln!("Prometheus says: {firing}");
     assert_eq!(firing["labels"]["sink"], "syslog");
     assert_eq!(firing["labels"]["job"], "cf-audit-nozzle");
     assert_eq!(firing["labels"]["instance"], health.to_string());
