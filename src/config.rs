@@ -191,6 +191,9 @@ pub struct OutputArgs {
     /// Add to every envelope record a protojson copy of its envelope (`envelope`, Loggregator's exact form), as records had before; off, every fact of the envelope appears once, as a readable field or under `tags`.
     #[arg(long, env = "RECORD_ENVELOPE", value_enum, default_value = "off")]
     pub record_envelope: OnOff,
+    /// Schema of the records: native (ours), ocsf (OCSF 1.3.0) or ecs (Elastic Common Schema 9.4.0); SINK=SCHEMA sets one sink's (stdout, file, syslog, http, s3), e.g. `ocsf,http=ecs` (docs/schemas.md).
+    #[arg(long, env = "RECORD_SCHEMA", value_delimiter = ',', value_parser = parse_record_schema, default_value = "native")]
+    pub record_schema: Vec<(Option<String>, crate::record::RecordSchema)>,
     /// This instance's index, in file names so instances never overwrite each other.
     #[arg(long, env = "INSTANCE_INDEX", default_value_t = 0)]
     pub instance_index: u32,
@@ -299,10 +302,17 @@ pub struct ConfigErrors(pub Vec<String>);
 impl OutputArgs {
     /// How every sink writes records.
     fn encode_context(&self) -> EncodeContext {
-        EncodeContext {
-            foundation: self.foundation.clone(),
-            record_envelope: self.record_envelope == OnOff::On,
+        let mut ctx = EncodeContext::new(self.foundation.clone());
+        ctx.record_envelope = self.record_envelope == OnOff::On;
+        let mut per_sink = Vec::new();
+        for (sink, schema) in &self.record_schema {
+            match sink {
+                Some(name) => per_sink.push((name.clone(), *schema)),
+                None => ctx.schema = *schema,
+            }
         }
+        ctx.sink_schemas = per_sink.into();
+        ctx
     }
 
     /// The pipeline these options describe, its files read, plus any
@@ -518,4 +528,25 @@ pub fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::
         args.insert(1.min(args.len()), "run".into());
     }
     args
+}
+
+/// `--record-schema`'s values: `SCHEMA` for every sink, `SINK=SCHEMA` for one.
+fn parse_record_schema(
+    text: &str,
+) -> Result<(Option<String>, crate::record::RecordSchema), String> {
+    let (sink, schema) = match text.split_once('=') {
+        Some((sink, schema)) => (Some(sink.trim()), schema.trim()),
+        None => (None, text.trim()),
+    };
+    if let Some(name) = sink {
+        let known = ["stdout", "file", "syslog", "http", "s3"];
+        if !known.contains(&name) {
+            return Err(format!(
+                "unknown sink {name:?} in {text:?} (expected one of {})",
+                known.join(", ")
+            ));
+        }
+    }
+    let schema = schema.parse::<crate::record::RecordSchema>()?;
+    Ok((sink.map(str::to_string), schema))
 }

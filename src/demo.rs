@@ -79,8 +79,8 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
         queue_capacity: 100_000,
         batch: BatchConfig::default(),
         encode: EncodeContext {
-            foundation: "demo".to_string(),
             record_envelope: cfg.record_envelope,
+            ..EncodeContext::new("demo")
         },
         decode_only: false,
         buffer: None,

@@ -84,6 +84,21 @@ impl SinkConfig {
             },
         }
     }
+
+    /// The sink's `--sink` name, which `--record-schema SINK=SCHEMA` names.
+    fn sink_name(&self) -> &'static str {
+        use crate::sink::archive::Target;
+        match self {
+            SinkConfig::Stdout => "stdout",
+            SinkConfig::File(_) => "file",
+            SinkConfig::Syslog(_) => "syslog",
+            SinkConfig::Http(_) => "http",
+            SinkConfig::Object(o) => match o.target {
+                Target::S3(_) => "s3",
+                Target::Dir(_) => "file",
+            },
+        }
+    }
 }
 
 /// The counters of the audit tasks that ran.
@@ -153,38 +168,32 @@ impl Pipeline {
                 options: sink_cfg.options(),
                 error,
             };
+            let encode = cfg.encode.for_sink(sink_cfg.sink_name());
             match sink_cfg {
                 SinkConfig::Object(o) => {
-                    for (sink, kinds) in crate::sink::archive::start_object_sinks(
-                        o,
-                        &cfg.encode,
-                        kinds,
-                        &mut followers,
-                    )
-                    .map_err(named)?
+                    for (sink, kinds) in
+                        crate::sink::archive::start_object_sinks(o, &encode, kinds, &mut followers)
+                            .map_err(named)?
                     {
                         add(spawner(sink), kinds)?;
                     }
                 }
-                SinkConfig::Stdout => {
-                    add(spawner(StdoutSink::new(cfg.encode.clone())), kinds.clone())?
-                }
+                SinkConfig::Stdout => add(spawner(StdoutSink::new(encode.clone())), kinds.clone())?,
                 SinkConfig::Http(h) => add(
                     spawner(
-                        crate::sink::http::HttpSink::new((**h).clone(), cfg.encode.clone())
+                        crate::sink::http::HttpSink::new((**h).clone(), encode.clone())
                             .map_err(named)?,
                     ),
                     kinds.clone(),
                 )?,
                 SinkConfig::Syslog(s) => add(
-                    spawner(SyslogSink::new(s.clone(), cfg.encode.clone())),
+                    spawner(SyslogSink::new(s.clone(), encode.clone())),
                     kinds.clone(),
                 )?,
                 // One writer per kind: kinds are compressed in parallel and isolated.
                 SinkConfig::File(f) => {
                     for &kind in kinds {
-                        let sink =
-                            FileSink::new(f.clone(), cfg.encode.clone(), kind).map_err(named)?;
+                        let sink = FileSink::new(f.clone(), encode.clone(), kind).map_err(named)?;
                         add(spawner(sink), vec![kind])?;
                     }
                 }

@@ -37,6 +37,8 @@ pub mod ruby_hash;
 pub(crate) use json::{put_digits, write_int, write_rfc3339, write_str_contents};
 mod layout;
 pub(crate) use layout::write_envelope_json;
+pub mod schema;
+pub use schema::RecordSchema;
 mod wire;
 
 pub(crate) use envelope::MessageType;
@@ -133,6 +135,10 @@ pub struct EncodeContext {
     pub foundation: String,
     /// `--record-envelope on`: add the envelope's protojson copy (`envelope`).
     pub record_envelope: bool,
+    /// `--record-schema`: the schema records are written in.
+    pub schema: RecordSchema,
+    /// `--record-schema SINK=SCHEMA`: a sink's own schema, over `schema`.
+    pub sink_schemas: std::sync::Arc<[(String, RecordSchema)]>,
 }
 
 impl EncodeContext {
@@ -141,7 +147,19 @@ impl EncodeContext {
         Self {
             foundation: foundation.into(),
             record_envelope: false,
+            schema: RecordSchema::Native,
+            sink_schemas: std::sync::Arc::from(Vec::new()),
         }
+    }
+
+    /// The context the sink named `sink` (`stdout`, `file`, `syslog`,
+    /// `http`, `s3`) writes with: its own schema when one is set for it.
+    pub fn for_sink(&self, sink: &str) -> EncodeContext {
+        let mut ctx = self.clone();
+        if let Some((_, schema)) = self.sink_schemas.iter().find(|(name, _)| name == sink) {
+            ctx.schema = *schema;
+        }
+        ctx
     }
 }
 
@@ -150,6 +168,9 @@ impl Record {
     pub fn write_json(&self, ctx: &EncodeContext, out: &mut Vec<u8>) {
         if is_declaration(self) {
             return number::write_declaration(self, ctx, out);
+        }
+        if schema::write(self, ctx, out) {
+            return;
         }
         if let Some(api) = self.api.as_deref()
             && matches!(api.source, ApiSource::AuditEvents(_))

@@ -9,11 +9,13 @@
 //! - `gateway`: a scripted RLP Gateway and UAA for the gateway source;
 //! - `moto`: the S3 peer (moto with SigV4 checking, via `moto_peer.py`);
 //! - `peer`: an HTTP peer that records requests and answers one way;
-//! - `schema`: the checks against the published JSON Schemas (`schema/`).
+//! - `schema`: the checks against the published JSON Schemas (`schema/`);
+//! - `goldens`: the golden envelopes and the exact native record of each.
 #![allow(dead_code)]
 
 pub mod cc;
 pub mod gateway;
+pub mod goldens;
 pub mod moto;
 pub mod peer;
 pub mod process;

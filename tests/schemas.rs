@@ -1,0 +1,251 @@
+//! `--record-schema ocsf|ecs`: every golden record (and an audit-event API
+//! record) written in each schema validates with the schema's own published
+//! definitions (`tests/schemas/check.py`: OCSF 1.3.0 JSON Schemas generated
+//! by the ocsf-json-schema package, ECS 9.4.0 field definitions from the
+//! @elastic/ecs package; scripts/test installs both), a deliberately wrong
+//! mapping fails them, and every fact of the native record is still there.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use cf_audit_nozzle::classify::classify;
+use cf_audit_nozzle::record::{
+    EncodeContext, Number, Position, Record, RecordSchema, audit_event_record,
+};
+use common::goldens::goldens;
+use serde_json::{Value, json};
+
+const BOOT: &str = "3-20231114T221320Z-0a1b2c3d";
+
+fn python() -> String {
+    let venv = std::env::var("SCHEMAS_VENV")
+        .unwrap_or_else(|_| "/opt/cf-audit-nozzle/schemas-venv".to_string());
+    format!("{venv}/bin/python")
+}
+
+/// Runs the validator on `records`: (valid, what it printed).
+fn check(which: &str, records: &[String]) -> (bool, String) {
+    let mut child = Command::new(python())
+        .args(["tests/schemas/check.py", which])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the schemas virtualenv (scripts/test makes it)");
+    let mut stdin = child.stdin.take().unwrap();
+    for r in records {
+        writeln!(stdin, "{r}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), common::printed(&out))
+}
+
+/// The golden records, numbered as the router numbers them, and one
+/// audit-event API record.
+fn records() -> Vec<Record> {
+    let mut out = Vec::new();
+    for (i, (envelope, _)) in goldens().into_iter().enumerate() {
+        let mut r = classify(envelope);
+        r.number = Some(Number {
+            boot: Arc::from(BOOT),
+            position: Position::Seq(i as u64),
+        });
+        out.push(r);
+    }
+    let mut audit = audit_event_record(common::cc::event(
+        "0b2c4d6e-8f01-4234-9567-89abcdef0123",
+        "2023-11-14T22:13:20Z",
+        3,
+    ))
+    .expect("a valid audit event");
+    audit.number = Some(Number {
+        boot: Arc::from(BOOT),
+        position: Position::Seq(99),
+    });
+    out.push(audit);
+    out
+}
+
+fn written(schema: RecordSchema) -> Vec<String> {
+    let ctx = EncodeContext {
+        schema,
+        ..EncodeContext::new("test")
+    };
+    records().iter().map(|r| r.to_json(&ctx)).collect()
+}
+
+#[test]
+fn every_golden_record_validates_in_ocsf() {
+    let lines = written(RecordSchema::Ocsf);
+    // Metrics stay native (OCSF has no metric class): validate the others.
+    let ocsf: Vec<String> = lines
+        .iter()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .unwrap()
+                .get("class_uid")
+                .is_some()
+        })
+        .cloned()
+        .collect();
+    let natives = lines.len() - ocsf.len();
+    let metrics = records()
+        .iter()
+        .filter(|r| r.kind == cf_audit_nozzle::record::Kind::Metric)
+        .count();
+    assert_eq!(natives, metrics, "only metrics stay native");
+    assert!(ocsf.len() >= 8, "{}", ocsf.len());
+    let (ok, out) = check("ocsf", &ocsf);
+    assert!(ok, "OCSF validation failed:\n{out}");
+    assert!(
+        out.contains(&format!("checked {} records, 0 problems", ocsf.len())),
+        "{out}"
+    );
+    let classes: Vec<u64> = ocsf
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["class_uid"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        classes.contains(&6003) && classes.contains(&0),
+        "{classes:?}"
+    );
+}
+
+#[test]
+fn every_golden_record_validates_in_ecs() {
+    let lines = written(RecordSchema::Ecs);
+    let (ok, out) = check("ecs", &lines);
+    assert!(ok, "ECS validation failed:\n{out}");
+    assert!(
+        out.contains(&format!("checked {} records, 0 problems", lines.len())),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_wrong_mapping_fails_the_checks() {
+    let ocsf = written(RecordSchema::Ocsf);
+    let api: Value = serde_json::from_str(
+        ocsf.iter()
+            .find(|l| serde_json::from_str::<Value>(l).unwrap()["class_uid"] == 6003)
+            .unwrap(),
+    )
+    .unwrap();
+    for (what, change) in [
+        (
+            "a type_uid of another activity",
+            json!({"type_uid": 600399, "activity_id": 1}),
+        ),
+        ("time as a string", json!({"time": "2023-11-14T22:13:20Z"})),
+        (
+            "a field OCSF does not have",
+            json!({"eventName": "audit.app.update"}),
+        ),
+    ] {
+        let mut wrong = api.clone();
+        for (k, v) in change.as_object().unwrap() {
+            wrong[k] = v.clone();
+        }
+        let (ok, out) = check("ocsf", &[wrong.to_string()]);
+        assert!(!ok, "{what} passed OCSF validation");
+        assert!(
+            out.contains("1 problems") || out.contains("problems"),
+            "{out}"
+        );
+    }
+    let mut no_actor = api.clone();
+    no_actor.as_object_mut().unwrap().remove("actor");
+    assert!(!check("ocsf", &[no_actor.to_string()]).0, "no actor passed");
+
+    let ecs = written(RecordSchema::Ecs);
+    let api: Value = serde_json::from_str(
+        ecs.iter()
+            .find(|l| l.contains("\"category\":[\"api\"]"))
+            .unwrap(),
+    )
+    .unwrap();
+    for (what, path, value) in [
+        (
+            "an outcome ECS does not list",
+            ["event", "outcome"],
+            json!("maybe"),
+        ),
+        (
+            "a status code as a string",
+            ["http", "response"],
+            json!({"status_code": "200"}),
+        ),
+        (
+            "a non-ECS field outside cloudfoundry",
+            ["user", "favourite_colour"],
+            json!("blue"),
+        ),
+        (
+            "a type not expected with api",
+            ["event", "type"],
+            json!(["installation"]),
+        ),
+    ] {
+        let mut wrong = api.clone();
+        wrong[path[0]][path[1]] = value;
+        let (ok, out) = check("ecs", &[wrong.to_string()]);
+        assert!(!ok, "{what} passed ECS validation: {out}");
+    }
+}
+
+/// Every fact of the native record appears in the OCSF and ECS forms: each
+/// native leaf value (strings and numbers) is somewhere in the other form.
+#[test]
+fn no_fact_is_lost_in_either_schema() {
+    fn leaves(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => m.values().for_each(|x| leaves(x, out)),
+            Value::Array(a) => a.iter().for_each(|x| leaves(x, out)),
+            Value::String(s) => out.push(s.clone()),
+            Value::Number(n) => out.push(n.to_string()),
+            Value::Bool(b) => out.push(b.to_string()),
+            Value::Null => {}
+        }
+    }
+    let native = written(RecordSchema::Native);
+    for schema in [RecordSchema::Ocsf, RecordSchema::Ecs] {
+        for (n, other) in native.iter().zip(written(schema)) {
+            let n: Value = serde_json::from_str(n).unwrap();
+            let o: Value = serde_json::from_str(&other).unwrap();
+            let mut have = Vec::new();
+            leaves(&o, &mut have);
+            let mut want = Vec::new();
+            leaves(&n, &mut want);
+            for leaf in want {
+                // `time` is milliseconds in OCSF, with the exact time kept
+                // as metadata.original_time; ECS keeps the RFC 3339 string.
+                let found = have.contains(&leaf)
+                    || (leaf.parse::<i64>().is_ok() && have.iter().any(|h| h == &leaf));
+                assert!(found, "{schema:?}: {leaf:?} of {n} is missing from {other}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_sink_can_have_its_own_schema() {
+    let ctx = EncodeContext {
+        schema: RecordSchema::Ocsf,
+        sink_schemas: Arc::from(vec![("http".to_string(), RecordSchema::Ecs)]),
+        ..EncodeContext::new("test")
+    };
+    let r = &records()[0];
+    let s3: Value = serde_json::from_str(&r.to_json(&ctx.for_sink("s3"))).unwrap();
+    assert_eq!(s3["class_uid"], 6003);
+    let http: Value = serde_json::from_str(&r.to_json(&ctx.for_sink("http"))).unwrap();
+    assert_eq!(http["ecs"]["version"], "9.4.0");
+    assert_eq!(http["event"]["category"], json!(["api"]));
+}
