@@ -301,7 +301,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
     // The chain validates against the bucket.
     let report = cf_audit_nozzle::validate::validate(
         &archive(&cfg),
-        &key.public_key(),
+        &[key.public_key()],
         None,
         chrono::Utc::now(),
     )
