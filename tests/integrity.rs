@@ -475,6 +475,41 @@ fn keygen_and_validate_through_the_binary_exit_0_then_1() {
         stdout.contains(&format!("Log file {} INVALID: not found", log.display())),
         "{stdout}"
     );
+
+    // --json: the same facts as one document, the same exit status.
+    let out = common::nozzle()
+        .args(["validate", "--json", "--dir"])
+        .arg(&archive)
+        .arg("--public-key")
+        .arg(tmp.path().join("keys/public-key.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let files = doc["files"].as_array().unwrap();
+    let logs = files_under(&archive, "CFLogs", ".json.gz").len() + 1;
+    assert_eq!(files.len(), RUNS + logs, "{doc:#}");
+    let bad: Vec<_> = files.iter().filter(|f| f["status"] != "valid").collect();
+    assert_eq!(
+        bad,
+        [
+            &serde_json::json!({"type": "log", "location": log.display().to_string(), "status": "invalid", "problem": "not found"})
+        ]
+    );
+    assert_eq!(
+        doc["summary"],
+        serde_json::json!({
+            "digestFiles": {"valid": RUNS, "invalid": 0, "unverified": 0},
+            "logFiles": {"valid": logs - 1, "invalid": 1, "unverified": 0},
+            "declaredGaps": RUNS - 1,
+            "undeclaredGaps": 0,
+        })
+    );
+    let gaps = doc["declaredGaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), RUNS - 1);
+    assert_eq!(gaps[0]["foundation"], "test");
+    assert_eq!(gaps[0]["instanceIndex"], 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
