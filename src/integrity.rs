@@ -220,7 +220,8 @@ impl PublicKey {
         }
     }
 
-    pub(crate) fn to_pem(&self) -> String {
+    /// The PEM form (`-----BEGIN PUBLIC KEY-----`, SubjectPublicKeyInfo), as published beside the digests.
+    pub fn to_pem(&self) -> String {
         match self {
             PublicKey::Ed25519(k) => {
                 use ed25519_dalek::pkcs8::EncodePublicKey;
@@ -318,6 +319,25 @@ pub struct DigestFile {
     pub previous_digest_hash_algorithm: Option<String>,
     pub previous_digest_signature: Option<String>,
     pub log_files: Vec<LogFileEntry>,
+    /// On the first digest of a run that continues a chain: the time the
+    /// nozzle was not writing, from the previous digest's end to this run's
+    /// start. `validate` reports a declared gap and fails on one that is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_gap: Option<DeclaredGap>,
+    /// On the digest a run writes as it stops: every log file of the run is
+    /// listed by now, so a file dated after it (until the next run's declared
+    /// start) was not written by the nozzle.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub final_digest: bool,
+}
+
+/// The time a nozzle was not writing digests, declared by the run after it
+/// (times as digests write them).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredGap {
+    pub from: String,
+    pub until: String,
 }
 
 /// The metadata names of the signature on an S3 digest object (sent as
@@ -419,6 +439,11 @@ mod tests {
                 newest_event_time: None,
                 oldest_event_time: None,
             }],
+            declared_gap: Some(DeclaredGap {
+                from: "f".into(),
+                until: "u".into(),
+            }),
+            final_digest: true,
         };
         let json = serde_json::to_string(&d).unwrap();
         for field in [
@@ -436,6 +461,8 @@ mod tests {
             "\"previousDigestHashAlgorithm\"",
             "\"previousDigestSignature\"",
             "\"logFiles\":[{\"s3Bucket\":\"b\",\"s3Object\":\"l\",\"hashValue\":\"h\",\"hashAlgorithm\":\"SHA-256\"",
+            "\"declaredGap\":{\"from\":\"f\",\"until\":\"u\"}",
+            "\"finalDigest\":true",
         ] {
             assert!(json.contains(field), "{field} in {json}");
         }

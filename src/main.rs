@@ -265,7 +265,11 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
         }
         Command::Validate(args) => {
             let report = validate_args(&args, &ProcessEnv).await?;
-            out!("{}", report.render());
+            if args.json {
+                outln!("{}", report.to_json());
+            } else {
+                out!("{}", report.render());
+            }
             if !report.ok() {
                 // validate-logs' convention: 1 when anything is invalid (2 is an error).
                 std::process::exit(1);

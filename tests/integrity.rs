@@ -56,7 +56,12 @@ fn pipeline(dir: &Path, key: &Arc<SigningKey>) -> PipelineConfig {
 /// Three runs of the nozzle into one folder: three digests, each chained to
 /// the one the previous run wrote last (read back at start).
 async fn build_archive(dir: &Path, key: &Arc<SigningKey>) {
-    for run in 0..RUNS {
+    build_archive_with(dir, &[key, key, key]).await;
+}
+
+/// One run per key, each signing with its key (a key rotation between runs).
+async fn build_archive_with(dir: &Path, keys: &[&Arc<SigningKey>]) {
+    for (run, key) in keys.iter().enumerate() {
         let p = Pipeline::start(&pipeline(dir, key)).expect("start");
         let envelopes = (0..RECORDS_PER_RUN)
             .map(|i| {
@@ -162,9 +167,14 @@ impl Fixture {
 
 async fn check(dir: &Path, public: &PublicKey) -> Report {
     let archive = Archive::local(dir, "").unwrap();
-    validate(&archive, public, None, chrono::Utc::now())
-        .await
-        .unwrap()
+    validate(
+        &archive,
+        std::slice::from_ref(public),
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap()
 }
 
 /// The problem reported for `file` (`None`: valid). Files of the pristine
@@ -234,8 +244,9 @@ async fn validate_reports_every_kind_of_tampering_precisely() {
     assert_eq!(
         report.summary(),
         format!(
-            "Results: {RUNS}/{RUNS} digest files valid, 0/{RUNS} digest files INVALID; {n}/{n} log files valid, 0/{n} log files INVALID",
-            n = logs.len()
+            "Results: {RUNS}/{RUNS} digest files valid, 0/{RUNS} digest files INVALID; {n}/{n} log files valid, 0/{n} log files INVALID; {gaps} declared gaps",
+            n = logs.len(),
+            gaps = RUNS - 1
         )
     );
 
@@ -280,7 +291,40 @@ async fn validate_reports_every_kind_of_tampering_precisely() {
     );
     assert_eq!(problem_of(&report, &digests[0]), None);
     assert_eq!(problem_of(&report, &digests[2]), None);
-    assert_eq!(invalid_lines(&report).len(), 1, "{}", report.render());
+    // Its log files are now in no digest: each is reported (invalid where
+    // the neighbours' periods cover its minute, else unverified).
+    let orphans: Vec<String> = parsed[1]
+        .log_files
+        .iter()
+        .map(|l| {
+            format!(
+                "{}/{}",
+                dir.display(),
+                serde_json::to_value(l).unwrap()["s3Object"]
+                    .as_str()
+                    .unwrap()
+            )
+        })
+        .collect();
+    assert!(!orphans.is_empty());
+    for orphan in &orphans {
+        let finding = report
+            .findings
+            .iter()
+            .find(|f| &f.location == orphan)
+            .unwrap();
+        let said = finding
+            .problem
+            .as_ref()
+            .or(finding.unverified.as_ref())
+            .unwrap();
+        assert!(said.starts_with("not listed in any digest"), "{said}");
+    }
+    let digest_lines = invalid_lines(&report)
+        .into_iter()
+        .filter(|l| l.starts_with("Digest file"))
+        .count();
+    assert_eq!(digest_lines, 1, "{}", report.render());
     assert!(!report.ok());
 
     // 4. A log file moved: missing where its digest says it is.
@@ -431,6 +475,41 @@ fn keygen_and_validate_through_the_binary_exit_0_then_1() {
         stdout.contains(&format!("Log file {} INVALID: not found", log.display())),
         "{stdout}"
     );
+
+    // --json: the same facts as one document, the same exit status.
+    let out = common::nozzle()
+        .args(["validate", "--json", "--dir"])
+        .arg(&archive)
+        .arg("--public-key")
+        .arg(tmp.path().join("keys/public-key.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let files = doc["files"].as_array().unwrap();
+    let logs = files_under(&archive, "CFLogs", ".json.gz").len() + 1;
+    assert_eq!(files.len(), RUNS + logs, "{doc:#}");
+    let bad: Vec<_> = files.iter().filter(|f| f["status"] != "valid").collect();
+    assert_eq!(
+        bad,
+        [
+            &serde_json::json!({"type": "log", "location": log.display().to_string(), "status": "invalid", "problem": "not found"})
+        ]
+    );
+    assert_eq!(
+        doc["summary"],
+        serde_json::json!({
+            "digestFiles": {"valid": RUNS, "invalid": 0, "unverified": 0},
+            "logFiles": {"valid": logs - 1, "invalid": 1, "unverified": 0},
+            "declaredGaps": RUNS - 1,
+            "undeclaredGaps": 0,
+        })
+    );
+    let gaps = doc["declaredGaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), RUNS - 1);
+    assert_eq!(gaps[0]["foundation"], "test");
+    assert_eq!(gaps[0]["instanceIndex"], 7);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -452,4 +531,221 @@ async fn an_interval_without_log_files_still_gets_a_digest() {
         report.summary(),
         "Results: 1/1 digest files valid, 0/1 digest files INVALID; 0/0 log files valid, 0/0 log files INVALID"
     );
+}
+
+/// A digest's times, read from its JSON.
+fn digest_times(path: &Path) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    let v: serde_json::Value = serde_json::from_slice(&gunzip(path)).unwrap();
+    let t = |f: &str| v[f].as_str().unwrap().parse().unwrap();
+    (t("digestStartTime"), t("digestEndTime"))
+}
+
+/// A forged log file of this archive's chain (foundation `test`, instance
+/// 7), named as the nozzle names them, dated `at`: a valid gzip of
+/// `{"Records":[]}`.
+fn forge_log(
+    dir: &Path,
+    folder: &str,
+    name_head: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> PathBuf {
+    let path = dir.join(format!(
+        "CFLogs/{folder}/{}/{name_head}_{}_7_ForgedForgedForg.json.gz",
+        at.format("%Y/%m/%d"),
+        at.format("%Y%m%dT%H%MZ")
+    ));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    gzip_to(&path, br#"{"Records":[]}"#);
+    path
+}
+
+const ADDED: &str = "not listed in any digest, but dated in a period the digests cover (added, copied or moved here)";
+
+/// Issue 21's tamper cases beyond the first suite: a log file added in the
+/// first and last minute and the middle of the covered time, copied in from
+/// another kind or foundation, truncated to a valid shorter gzip, grown by an
+/// appended gzip member, and a digest replaced by one another key signed
+/// (its public key published in the bucket beside ours). Each is reported,
+/// named, and makes the report fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_forged_file_passes() {
+    let f = fixture().await;
+    let digests = files_under(&f.pristine, "CFLogs-Digest", ".json.gz");
+    let logs = files_under(&f.pristine, "CFLogs", ".json.gz");
+    let rel = |p: &Path| p.strip_prefix(&f.pristine).unwrap().to_path_buf();
+    let (first_start, _) = digest_times(&digests[0]);
+    let (middle_start, middle_end) = digest_times(&digests[1]);
+    let (_, last_end) = digest_times(&digests[RUNS - 1]);
+    let middle = middle_start + (middle_end - middle_start) / 2;
+
+    for (case, at) in [
+        ("first-minute", first_start),
+        ("last-minute", last_end),
+        ("middle", middle),
+    ] {
+        let dir = f.copy(case);
+        let added = forge_log(&dir, "test/app_log", "test_app_log", at);
+        let report = check(&dir, &f.public).await;
+        assert_eq!(
+            problem_of(&report, &added).as_deref(),
+            Some(ADDED),
+            "{case}"
+        );
+        assert_eq!(
+            invalid_lines(&report).len(),
+            1,
+            "{case}: {}",
+            report.render()
+        );
+        assert!(!report.ok(), "{case}");
+    }
+
+    // Copied in from another kind's folder, and from another foundation.
+    let dir = f.copy("other-kind");
+    let name = logs[0].file_name().unwrap().to_string_lossy().to_string();
+    let copied = dir
+        .join(
+            rel(logs[0].parent().unwrap())
+                .to_string_lossy()
+                .replace("/app_log/", "/api/"),
+        )
+        .join(&name);
+    std::fs::create_dir_all(copied.parent().unwrap()).unwrap();
+    std::fs::copy(&logs[0], &copied).unwrap();
+    let report = check(&dir, &f.public).await;
+    assert_eq!(
+        problem_of(&report, &copied).as_deref(),
+        Some(
+            "its name is of \"test_app_log\", not of the folder it is in (test/api): copied or moved in from another kind or foundation"
+        )
+    );
+    assert_eq!(invalid_lines(&report).len(), 1, "{}", report.render());
+    let dir = f.copy("other-foundation");
+    let copied = forge_log(&dir, "test/app_log", "other_app_log", middle);
+    let report = check(&dir, &f.public).await;
+    assert_eq!(
+        problem_of(&report, &copied).as_deref(),
+        Some(
+            "its name is of \"other_app_log\", not of the folder it is in (test/app_log): copied or moved in from another kind or foundation"
+        )
+    );
+    assert!(!report.ok());
+
+    // Truncated to a shorter file that is still valid gzip (and JSON).
+    let dir = f.copy("truncated");
+    let victim = dir.join(rel(&logs[1]));
+    let plain = gunzip(&victim);
+    let cut = plain.iter().position(|&b| b == b'}').unwrap() + 1;
+    let mut shorter = plain[..cut].to_vec();
+    shorter.extend_from_slice(b"]}");
+    gzip_to(&victim, &shorter);
+    let report = check(&dir, &f.public).await;
+    assert_eq!(
+        problem_of(&report, &victim).as_deref(),
+        Some("hash value doesn't match (changed)")
+    );
+    assert_eq!(invalid_lines(&report).len(), 1, "{}", report.render());
+
+    // A gzip member appended: `gzip -d` reads it as more content.
+    let dir = f.copy("appended");
+    let victim = dir.join(rel(&logs[2]));
+    let mut body = std::fs::read(&victim).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(br#"{"Records":[{"forged":true}]}"#).unwrap();
+    body.extend_from_slice(&gz.finish().unwrap());
+    std::fs::write(&victim, body).unwrap();
+    let report = check(&dir, &f.public).await;
+    assert_eq!(
+        problem_of(&report, &victim).as_deref(),
+        Some("hash value doesn't match (changed)")
+    );
+    assert_eq!(invalid_lines(&report).len(), 1, "{}", report.render());
+
+    // A digest replaced by one another key signed, naming that key's
+    // fingerprint, and that key published beside ours: still not ours.
+    let dir = f.copy("other-key");
+    let victim = dir.join(rel(&digests[1]));
+    let mut d: DigestFile = serde_json::from_slice(&gunzip(&victim)).unwrap();
+    let other = SigningKey::generate(Algorithm::Ed25519);
+    d.digest_public_key_fingerprint = other.public_key().fingerprint();
+    let plain = serde_json::to_vec(&d).unwrap();
+    gzip_to(&victim, &plain);
+    let signed = string_to_sign(
+        &d.digest_end_time,
+        &d.digest_s3_bucket,
+        &d.digest_s3_object,
+        &sha256_hex(&plain),
+        d.previous_digest_signature.as_deref(),
+    );
+    let sidecar = SignatureSidecar {
+        signature: hex::encode(other.sign(signed.as_bytes())),
+        signature_algorithm: "Ed25519".into(),
+    };
+    std::fs::write(
+        format!("{}.sig", victim.display()),
+        serde_json::to_vec(&sidecar).unwrap(),
+    )
+    .unwrap();
+    let published = dir.join(format!(
+        "CFLogs-Digest/test/public-keys/{}.pem",
+        other.public_key().fingerprint()
+    ));
+    std::fs::write(&published, other.public_key().to_pem()).unwrap();
+    let report = check(&dir, &f.public).await;
+    let p = problem_of(&report, &victim).unwrap();
+    assert!(
+        p.starts_with(&format!(
+            "public key not found: signed by the key with fingerprint {}, which is not among the given public keys ({})",
+            other.public_key().fingerprint(),
+            f.public.fingerprint()
+        )) && p.contains("hash value doesn't match the previousDigestHashValue of "),
+        "{p}"
+    );
+    assert!(!report.ok());
+}
+
+/// Key rotation: two runs signed with one key, the third with a new one;
+/// each key is published under its fingerprint, the chain runs on across
+/// the change, and the digests of the older key stay valid while it is
+/// given to validate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_of_a_rotated_key_stay_valid_with_its_public_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let old = Arc::new(SigningKey::generate(Algorithm::Ed25519));
+    let new = Arc::new(SigningKey::generate(Algorithm::Sha256WithRsa));
+    build_archive_with(tmp.path(), &[&old, &old, &new]).await;
+    for key in [&old, &new] {
+        let public = key.public_key();
+        let published = tmp.path().join(format!(
+            "CFLogs-Digest/test/public-keys/{}.pem",
+            public.fingerprint()
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&published).unwrap(),
+            public.to_pem()
+        );
+    }
+    let archive = Archive::local(tmp.path(), "").unwrap();
+    let both = [old.public_key(), new.public_key()];
+    let report = validate(&archive, &both, None, chrono::Utc::now())
+        .await
+        .unwrap();
+    assert!(report.ok(), "{}", report.render());
+    assert!(
+        report
+            .summary()
+            .starts_with("Results: 3/3 digest files valid"),
+        "{}",
+        report.summary()
+    );
+    // The new key alone: the older key's two digests are not verifiable.
+    let report = validate(&archive, &both[1..], None, chrono::Utc::now())
+        .await
+        .unwrap();
+    let lines = invalid_lines(&report);
+    assert_eq!(lines.len(), 2, "{}", report.render());
+    assert!(lines.iter().all(|l| l.contains(&format!(
+        "INVALID: public key not found: signed by the key with fingerprint {}",
+        old.public_key().fingerprint()
+    ))));
 }

@@ -260,7 +260,23 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
     assert_eq!(by_name("s3:digest").stats.delivered, 1);
 
     let logs = m.list("kms-archive", "audit/CFLogs/");
-    let digests = m.list("kms-archive", "audit/CFLogs-Digest/");
+    let (keys, digests): (Vec<String>, Vec<String>) = m
+        .list("kms-archive", "audit/CFLogs-Digest/")
+        .into_iter()
+        .partition(|k| k.contains("/public-keys/"));
+    // The public key, published under its fingerprint, SSE-S3 like the digests.
+    let public = key.public_key();
+    assert_eq!(
+        keys,
+        [format!(
+            "audit/CFLogs-Digest/test/public-keys/{}.pem",
+            public.fingerprint()
+        )]
+    );
+    assert_eq!(
+        m.head("kms-archive", &keys[0])["ServerSideEncryption"],
+        "AES256"
+    );
     assert!(logs.len() >= 3, "{logs:?}");
     assert_eq!(digests.len(), 1, "{digests:?}");
     assert!(
@@ -301,7 +317,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
     // The chain validates against the bucket.
     let report = cf_audit_nozzle::validate::validate(
         &archive(&cfg),
-        &key.public_key(),
+        &[key.public_key()],
         None,
         chrono::Utc::now(),
     )

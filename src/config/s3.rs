@@ -313,15 +313,18 @@ pub struct ValidateArgs {
     /// A local folder archive (the file sink's --out-dir) instead of a bucket.
     #[arg(long, env = "VALIDATE_DIR", conflicts_with = "s3_bucket")]
     pub dir: Option<PathBuf>,
-    /// Public key (PEM) whose fingerprint the digests must carry.
-    #[arg(long, env = "PUBLIC_KEY")]
-    pub public_key: PathBuf,
+    /// Public key (PEM) the digests must be signed with; repeat it (or separate paths with commas) for every key the chain was signed with since, e.g. before and after a key rotation. Keys published in the bucket are not trusted.
+    #[arg(long, env = "PUBLIC_KEY", required = true, value_delimiter = ',')]
+    pub public_key: Vec<PathBuf>,
     /// Check digests that end at or after this time (RFC 3339, e.g. 2026-11-27T00:00:00Z).
     #[arg(long, env = "VALIDATE_START")]
     pub start: Option<String>,
     /// Check digests that end at or before this time (RFC 3339); now without it.
     #[arg(long, env = "VALIDATE_END")]
     pub end: Option<String>,
+    /// Print the report as one JSON document (every file, declared gaps, summary) instead of lines.
+    #[arg(long, env = "VALIDATE_JSON")]
+    pub json: bool,
     #[command(flatten)]
     pub s3: S3Args,
 }

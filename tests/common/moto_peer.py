@@ -6,7 +6,10 @@ JSON answer per stdout line. Exits when stdin closes (the test process ended).
 First line out: {"endpoint": ..., "key": ..., "secret": ...}.
 Commands: {"op": "create_bucket", "bucket"}, {"op": "head", "bucket", "key"},
 {"op": "list", "bucket", "prefix"}, {"op": "assume_role"} (temporary
-credentials of a role allowed everything: key, secret, token).
+credentials of a role allowed everything: key, secret, token),
+{"op": "download", "bucket", "prefix", "dir"} (every object to dir/<key>,
+each digest's x-amz-meta-signature to dir/<key>.signature: what an auditor's
+S3 client fetches), {"op": "put", "bucket", "key", "body_hex"}.
 """
 import json
 import logging
@@ -73,6 +76,24 @@ for line in sys.stdin:
             h = s3.head_object(Bucket=cmd["bucket"], Key=cmd["key"])
             out = {k: h.get(k) for k in ("ServerSideEncryption", "SSEKMSKeyId",
                                          "ContentType", "ContentEncoding", "Metadata")}
+        elif cmd["op"] == "download":
+            n = 0
+            for page in s3.get_paginator("list_objects_v2").paginate(
+                    Bucket=cmd["bucket"], Prefix=cmd.get("prefix", "")):
+                for o in page.get("Contents", []):
+                    path = os.path.join(cmd["dir"], o["Key"])
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    s3.download_file(cmd["bucket"], o["Key"], path)
+                    n += 1
+                    if "/CFLogs-Digest/" in o["Key"] and o["Key"].endswith(".json.gz"):
+                        h = s3.head_object(Bucket=cmd["bucket"], Key=o["Key"])
+                        with open(path + ".signature", "w") as f:
+                            f.write(h["Metadata"].get("signature", ""))
+            out = {"objects": n}
+        elif cmd["op"] == "put":
+            s3.put_object(Bucket=cmd["bucket"], Key=cmd["key"],
+                          Body=bytes.fromhex(cmd["body_hex"]))
+            out = {"ok": True}
         elif cmd["op"] == "list":
             keys = []
             for page in s3.get_paginator("list_objects_v2").paginate(

@@ -8,6 +8,14 @@
 //! `<prefix>/CFLogs-Digest/<foundation>/<YYYY>/<MM>/<DD>/<foundation>_CFLogs-Digest_<instance>_<YYYYMMDDTHHMMSSZ>.json.gz`.
 //! Two digests of one instance never share a second (the writer waits for the
 //! next one), so keys sort in chain order and never overwrite.
+//!
+//! At start the writer publishes its public key beside the digests, named by
+//! its fingerprint (`<prefix>/CFLogs-Digest/<foundation>/public-keys/<fingerprint>.pem`,
+//! the fingerprint being what each digest's `digestPublicKeyFingerprint`
+//! says), so an auditor can fetch it and check it against the fingerprint
+//! the operator gave them. A run that continues a chain declares in its first
+//! digest how long it was not writing (`declaredGap`); the digest it writes
+//! as it stops says so (`finalDigest`).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -22,8 +30,8 @@ use super::notify::Notifier;
 use super::{Archive, join_prefix};
 use crate::backoff::Backoff;
 use crate::integrity::{
-    DigestFile, LogFileEntry, META_SIGNATURE, META_SIGNATURE_ALGORITHM, SignatureSidecar,
-    SigningKey, digest_time, sha256_hex, string_to_sign,
+    DeclaredGap, DigestFile, LogFileEntry, META_SIGNATURE, META_SIGNATURE_ALGORITHM,
+    SignatureSidecar, SigningKey, digest_time, sha256_hex, string_to_sign,
 };
 use crate::sink::{Output, SinkReport, SinkStats};
 
@@ -49,6 +57,8 @@ pub(crate) struct PreviousDigest {
     pub key: String,
     pub(crate) sha256: String,
     pub signature: String,
+    /// Its `digestEndTime` (`None` when it cannot be read: no gap is declared).
+    pub end_time: Option<String>,
 }
 
 /// The digest folder of a foundation: `CFLogs-Digest/<foundation>/`.
@@ -80,13 +90,25 @@ pub(crate) fn is_digest_of(key: &str, foundation: &str, instance: u32) -> bool {
         && name.ends_with(".json.gz")
 }
 
+/// Where the public key with `fingerprint` is published:
+/// `<prefix>/CFLogs-Digest/<foundation>/public-keys/<fingerprint>.pem`.
+pub fn public_key_key(prefix: &str, foundation: &str, fingerprint: &str) -> String {
+    join_prefix(
+        prefix,
+        &format!("{}public-keys/{fingerprint}.pem", digest_folder(foundation)),
+    )
+}
+
 pub(crate) fn sidecar_key(digest_key: &str) -> String {
     format!("{digest_key}.sig")
 }
 
+/// The uncompressed content of a gzip object: every member, as `gzip -d`
+/// reads it (a member appended to a log file is content, not something to
+/// skip: reading only the first would let it pass the hash check).
 pub fn gunzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(body).read_to_end(&mut out)?;
+    flate2::read::MultiGzDecoder::new(body).read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -147,11 +169,15 @@ pub(crate) async fn find_previous(
         );
         return Ok(None);
     };
+    let end_time = serde_json::from_slice::<DigestFile>(&plain)
+        .ok()
+        .map(|d| d.digest_end_time);
     Ok(Some(PreviousDigest {
         bucket: archive.bucket.clone(),
         key,
         sha256: sha256_hex(&plain),
         signature,
+        end_time,
     }))
 }
 
@@ -181,7 +207,16 @@ pub(crate) async fn run_digest_chain(
         Some(p) => tracing::info!(previous = %archive.location(&p.key), "digest chain continues"),
         None => tracing::info!("digest chain starts (no earlier digest of this instance)"),
     }
+    publish_public_key(&archive, &cfg).await;
     let mut start = Utc::now();
+    // The first digest says how long this instance was not writing.
+    let mut gap = previous
+        .as_ref()
+        .and_then(|p| p.end_time.clone())
+        .map(|from| DeclaredGap {
+            from,
+            until: digest_time(start),
+        });
     let mut entries: Vec<LogFileEntry> = Vec::new();
     let mut tick =
         tokio::time::interval_at(tokio::time::Instant::now() + cfg.interval, cfg.interval);
@@ -199,12 +234,17 @@ pub(crate) async fn run_digest_chain(
             entries.push(e);
         }
         stats.received.fetch_add(1, Ordering::Relaxed);
+        let run = RunMarks {
+            gap: gap.take(),
+            final_digest: closed,
+        };
         let (end, link, key) = write_digest(
             &archive,
             &cfg,
             start,
             std::mem::take(&mut entries),
             previous.as_ref(),
+            run,
         )
         .await;
         stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -229,6 +269,32 @@ pub(crate) async fn run_digest_chain(
     }
 }
 
+/// Publishes the signing key's public half under its fingerprint, retrying
+/// until it is stored (a key already there is written again: same bytes).
+async fn publish_public_key(archive: &Archive, cfg: &DigestConfig) {
+    let public = cfg.key.public_key();
+    let key = public_key_key(&archive.prefix, &cfg.foundation, &public.fingerprint());
+    let mut backoff = Backoff::full_jitter(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let pem = Bytes::from(public.to_pem());
+        match archive.put_plain(&archive.digests, &key, pem).await {
+            Ok(()) => break,
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, ?delay, "cannot publish the public key; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+    tracing::info!(public_key = %archive.location(&key), "public key published");
+}
+
+/// What a digest says about the run that wrote it.
+struct RunMarks {
+    gap: Option<DeclaredGap>,
+    final_digest: bool,
+}
+
 /// Builds, signs and stores one digest, retrying until it is stored.
 async fn write_digest(
     archive: &Archive,
@@ -236,6 +302,7 @@ async fn write_digest(
     start: DateTime<Utc>,
     log_files: Vec<LogFileEntry>,
     previous: Option<&PreviousDigest>,
+    run: RunMarks,
 ) -> (DateTime<Utc>, PreviousDigest, String) {
     let mut end = Utc::now();
     // One digest per instance per second: wait for the next second rather
@@ -278,6 +345,8 @@ async fn write_digest(
         previous_digest_hash_algorithm: previous.map(|_| "SHA-256".to_string()),
         previous_digest_signature: previous.map(|p| p.signature.clone()),
         log_files,
+        declared_gap: run.gap,
+        final_digest: run.final_digest,
     };
     let plain = serde_json::to_vec(&digest).expect("a digest serialises");
     let sha256 = sha256_hex(&plain);
@@ -334,6 +403,7 @@ async fn write_digest(
         key: key.clone(),
         sha256,
         signature,
+        end_time: Some(digest.digest_end_time.clone()),
     };
     (end, link, key)
 }

@@ -2,21 +2,31 @@
 //! against its digest chains, in the spirit of `aws cloudtrail validate-logs`.
 //!
 //! For each chain (one per foundation and instance), from the newest digest in
-//! the time range to the oldest: the digest must be where it says it is, carry
-//! the given public key's fingerprint, have a valid signature over CloudTrail's
+//! the time range to the oldest: the digest must be where it says it is, be
+//! signed by one of the given public keys (found by the fingerprint it names;
+//! a key published in the bucket is never trusted: whoever can write the
+//! bucket can publish one), have a valid signature over CloudTrail's
 //! four-line string, and hash (uncompressed) to what the next digest recorded;
 //! every log file it lists must exist and hash to the listed value. Then the
 //! walk follows `previousDigestS3Object`. Digests in the range the walk never
-//! reached, chains that restart while older digests exist, and log files of
-//! the covered period that no digest lists are reported too.
+//! reached, chains that restart while older digests exist, gaps between
+//! linked digests (declared by a restart, or not), and log files no digest
+//! lists (invalid in a covered period, unverified outside: [`coverage`]) are
+//! reported too. [`Report`] prints as lines or as one JSON document.
+
+mod coverage;
+mod report;
+
+pub use report::{Counts, FileKind, Finding, Gap, Report};
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 
 use crate::integrity::{DigestFile, PublicKey, sha256_hex, string_to_sign};
 use crate::sink::archive::digest::{gunzip, read_signature};
 use crate::sink::archive::{Archive, Fetched, join_prefix};
+use coverage::{ChainCoverage, Walked, parse_digest_name};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
@@ -35,94 +45,6 @@ pub(crate) fn parse_time(flag: &'static str, value: &str) -> Result<DateTime<Utc
         })
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileKind {
-    Digest,
-    Log,
-}
-
-/// One line of the report: a file and what is wrong with it (`None`: valid).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Finding {
-    pub kind: FileKind,
-    pub location: String,
-    pub problem: Option<String>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct Report {
-    pub findings: Vec<Finding>,
-}
-
-impl Report {
-    pub fn ok(&self) -> bool {
-        self.findings.iter().all(|f| f.problem.is_none())
-    }
-
-    fn count(&self, kind: FileKind) -> (usize, usize) {
-        let all: Vec<_> = self.findings.iter().filter(|f| f.kind == kind).collect();
-        let valid = all.iter().filter(|f| f.problem.is_none()).count();
-        (valid, all.len())
-    }
-
-    /// One line per file, then the summary line.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        for f in &self.findings {
-            let what = match f.kind {
-                FileKind::Digest => "Digest file",
-                FileKind::Log => "Log file",
-            };
-            match &f.problem {
-                None => out.push_str(&format!("{what} {} valid\n", f.location)),
-                Some(p) => out.push_str(&format!("{what} {} INVALID: {p}\n", f.location)),
-            }
-        }
-        out.push_str(&self.summary());
-        out.push('\n');
-        out
-    }
-
-    pub fn summary(&self) -> String {
-        let (dv, dn) = self.count(FileKind::Digest);
-        let (lv, ln) = self.count(FileKind::Log);
-        format!(
-            "Results: {dv}/{dn} digest files valid, {}/{dn} digest files INVALID; {lv}/{ln} log files valid, {}/{ln} log files INVALID",
-            dn - dv,
-            ln - lv
-        )
-    }
-}
-
-/// A digest's name read back: chain (foundation, instance) and end time.
-fn parse_digest_name(key: &str) -> Option<(String, u32, DateTime<Utc>)> {
-    let name = key.rsplit('/').next()?.strip_suffix(".json.gz")?;
-    let (foundation, rest) = name.split_once("_CFLogs-Digest_")?;
-    let (instance, time) = rest.split_once('_')?;
-    let t = NaiveDateTime::parse_from_str(time, "%Y%m%dT%H%M%SZ").ok()?;
-    Some((foundation.to_string(), instance.parse().ok()?, t.and_utc()))
-}
-
-/// A log file's name read back: foundation, delivery minute, instance.
-fn parse_log_name(key: &str) -> Option<(String, DateTime<Utc>, u32)> {
-    let name = key.rsplit('/').next()?.strip_suffix(".json.gz")?;
-    let mut parts = name.rsplitn(3, '_');
-    let _unique = parts.next()?;
-    let instance: u32 = parts.next()?.parse().ok()?;
-    let head = parts.next()?; // <foundation>_<kind>_<time>
-    let (head, time) = head.rsplit_once('_')?;
-    let t = NaiveDateTime::parse_from_str(&format!("{time}00"), "%Y%m%dT%H%MZ%S").ok()?;
-    let (foundation, _kind) = head.rsplit_once('_').map_or((head, ""), |x| x);
-    // Kinds contain underscores (app_log): the foundation is what the key's
-    // folder says (CFLogs/<foundation>/...).
-    let folder_foundation = key
-        .split('/')
-        .skip_while(|p| *p != "CFLogs")
-        .nth(1)
-        .unwrap_or(foundation);
-    Some((folder_foundation.to_string(), t.and_utc(), instance))
-}
-
 /// What the newer digest said about the one it links to.
 struct Expected {
     sha256: Option<String>,
@@ -130,10 +52,12 @@ struct Expected {
     by: String,
 }
 
-/// Validates every chain with digests ending in `[start, end]`.
+/// Validates every chain with digests ending in `[start, end]` against
+/// `public_keys` (every key the chains may have been signed with: an older
+/// key keeps its digests valid while it is given).
 pub async fn validate(
     archive: &Archive,
-    public_key: &PublicKey,
+    public_keys: &[PublicKey],
     start: Option<DateTime<Utc>>,
     end: DateTime<Utc>,
 ) -> Result<Report, ValidateError> {
@@ -141,31 +65,37 @@ pub async fn validate(
     let chains = digest_chains(archive, start, end, &mut report).await?;
     let checks = Checks {
         archive,
-        public_key,
-        fingerprint: public_key.fingerprint(),
+        public_keys: public_keys
+            .iter()
+            .map(|k| (k.fingerprint(), k.clone()))
+            .collect(),
         start,
     };
     let log_keys = archive.list(&archive.logs, "CFLogs/").await?;
+    let mut listed = BTreeSet::new();
+    let mut coverage = BTreeMap::new();
     for ((foundation, instance), keys) in &chains {
         let walk = checks.walk_chain(keys, &mut report).await;
         for key in keys.iter().filter(|k| !walk.visited.contains(*k)) {
-            report.findings.push(Finding {
-                kind: FileKind::Digest,
-                location: archive.location(key),
-                problem: Some("not in the chain: no later digest links to it".into()),
-            });
+            report.findings.push(Finding::new(
+                FileKind::Digest,
+                archive.location(key),
+                Some("not in the chain: no later digest links to it".into()),
+            ));
         }
-        // Log files of this instance delivered in the covered period that no digest lists.
-        if let Some(covered) = walk.covered {
-            let chain = (foundation.as_str(), *instance);
-            for key in unlisted_logs(&log_keys, &walk.listed_logs, chain, covered) {
-                report.findings.push(Finding {
-                    kind: FileKind::Log,
-                    location: archive.location(key),
-                    problem: Some("not listed in any digest (added, or moved here)".into()),
-                });
-            }
+        report
+            .gaps
+            .extend(walk.coverage.gaps(foundation, *instance));
+        listed.extend(walk.listed_logs);
+        coverage.insert((foundation.clone(), *instance), walk.coverage);
+    }
+    for (key, verdict) in coverage::unlisted_logs(&log_keys, &listed, &coverage, (start, end)) {
+        let mut finding = Finding::new(FileKind::Log, archive.location(key), None);
+        match verdict {
+            Err(problem) => finding.problem = Some(problem),
+            Ok(reason) => finding.unverified = Some(reason),
         }
+        report.findings.push(finding);
     }
     if chains.is_empty() {
         tracing::warn!(
@@ -196,41 +126,21 @@ async fn digest_chains(
                         .insert(key.clone());
                 }
             }
-            None => report.findings.push(Finding {
-                kind: FileKind::Digest,
-                location: archive.location(key),
-                problem: Some("invalid format: not a digest file name".into()),
-            }),
+            None => report.findings.push(Finding::new(
+                FileKind::Digest,
+                archive.location(key),
+                Some("invalid format: not a digest file name".into()),
+            )),
         }
     }
     Ok(chains)
 }
 
-/// The log files of `chain` (foundation, instance) delivered strictly inside
-/// the minutes `covered` spans that no digest listed.
-fn unlisted_logs<'a>(
-    log_keys: &'a [String],
-    listed: &'a BTreeSet<String>,
-    (foundation, instance): (&'a str, u32),
-    (from, to): (DateTime<Utc>, DateTime<Utc>),
-) -> impl Iterator<Item = &'a String> + 'a {
-    let minute = |t: DateTime<Utc>| t.timestamp() / 60;
-    log_keys.iter().filter(move |key| {
-        if listed.contains(*key) {
-            return false;
-        }
-        let Some((f, t, i)) = parse_log_name(key) else {
-            return false;
-        };
-        f == foundation && i == instance && minute(t) > minute(from) && minute(t) < minute(to)
-    })
-}
-
 /// What every digest is checked against.
 struct Checks<'a> {
     archive: &'a Archive,
-    public_key: &'a PublicKey,
-    fingerprint: String,
+    /// The given public keys by fingerprint.
+    public_keys: BTreeMap<String, PublicKey>,
     start: Option<DateTime<Utc>>,
 }
 
@@ -239,8 +149,7 @@ struct Checks<'a> {
 struct Walk {
     visited: BTreeSet<String>,
     listed_logs: BTreeSet<String>,
-    /// From the oldest digest's start to the newest one's end.
-    covered: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    coverage: ChainCoverage,
 }
 
 impl Checks<'_> {
@@ -252,39 +161,38 @@ impl Checks<'_> {
         let mut walk = Walk::default();
         let mut next: Option<(String, Option<Expected>)> =
             keys.iter().next_back().map(|k| (k.clone(), None));
+        // The newest listed digest older than `key` not walked yet.
+        let resume = |key: &str, walk: &Walk| {
+            keys.range(..key.to_string())
+                .next_back()
+                .filter(|k| !walk.visited.contains(*k))
+                .map(|k| (k.clone(), None))
+        };
         while let Some((key, expected)) = next.take() {
+            let location = archive.location(&key);
             if !walk.visited.insert(key.clone()) {
-                report.findings.push(Finding {
-                    kind: FileKind::Digest,
-                    location: archive.location(&key),
-                    problem: Some(
-                        "the chain links back to a digest already seen (reordered)".into(),
-                    ),
-                });
+                report.findings.push(Finding::new(
+                    FileKind::Digest,
+                    location,
+                    Some("the chain links back to a digest already seen (reordered)".into()),
+                ));
                 break;
             }
-            let location = archive.location(&key);
             let fetched = match archive.get(&archive.digests, &key).await {
                 Ok(f) => f,
                 Err(e) => {
                     let by = expected
                         .as_ref()
                         .map(|e| format!(" (named as previous digest by {})", e.by));
-                    report.findings.push(Finding {
-                        kind: FileKind::Digest,
-                        location,
-                        problem: Some(if e.not_found {
-                            format!("not found{}", by.unwrap_or_default())
-                        } else {
-                            e.to_string()
-                        }),
-                    });
-                    // Resume with the newest listed digest older than this one.
-                    next = keys
-                        .range(..key.clone())
-                        .next_back()
-                        .filter(|k| !walk.visited.contains(*k))
-                        .map(|k| (k.clone(), None));
+                    let problem = if e.not_found {
+                        format!("not found{}", by.unwrap_or_default())
+                    } else {
+                        e.to_string()
+                    };
+                    report
+                        .findings
+                        .push(Finding::new(FileKind::Digest, location, Some(problem)));
+                    next = resume(&key, &walk);
                     continue;
                 }
             };
@@ -294,15 +202,12 @@ impl Checks<'_> {
                     .map(|d| (plain, d))
             });
             let Some((plain, digest)) = parsed else {
-                report.findings.push(Finding {
-                    kind: FileKind::Digest,
+                report.findings.push(Finding::new(
+                    FileKind::Digest,
                     location,
-                    problem: Some("invalid format: not a gzip JSON digest".into()),
-                });
-                next = keys
-                    .range(..key.clone())
-                    .next_back()
-                    .map(|k| (k.clone(), None));
+                    Some("invalid format: not a gzip JSON digest".into()),
+                ));
+                next = resume(&key, &walk);
                 continue;
             };
             let mut problems = self
@@ -310,27 +215,24 @@ impl Checks<'_> {
                 .await;
             for log in &digest.log_files {
                 walk.listed_logs.insert(log.s3_object.clone());
-                report.findings.push(Finding {
-                    kind: FileKind::Log,
-                    location: archive.location(&log.s3_object),
-                    problem: check_log(archive, &log.s3_object, &log.hash_value).await,
-                });
+                report.findings.push(Finding::new(
+                    FileKind::Log,
+                    archive.location(&log.s3_object),
+                    check_log(archive, &log.s3_object, &log.hash_value).await,
+                ));
             }
-            if let (Ok(s), Ok(e)) = (
-                parse_time("digestStartTime", &digest.digest_start_time),
-                parse_time("digestEndTime", &digest.digest_end_time),
-            ) {
-                walk.covered = Some(
-                    walk.covered
-                        .map_or((s, e), |(cs, ce)| (cs.min(s), ce.max(e))),
-                );
+            match walked(&key, &location, &digest) {
+                Some(w) => {
+                    walk.coverage.walked.insert(key.clone(), w);
+                }
+                None => problems.push("invalid format: its start or end time is not a time".into()),
             }
             next = self.follow(&key, &digest, &location, keys, &mut problems);
-            report.findings.push(Finding {
-                kind: FileKind::Digest,
+            report.findings.push(Finding::new(
+                FileKind::Digest,
                 location,
-                problem: (!problems.is_empty()).then(|| problems.join("; ")),
-            });
+                (!problems.is_empty()).then(|| problems.join("; ")),
+            ));
         }
         walk
     }
@@ -355,28 +257,25 @@ impl Checks<'_> {
             ));
         }
         let signature = read_signature(self.archive, key, fetched).await;
-        let fingerprint = &self.fingerprint;
-        if digest.digest_public_key_fingerprint != *fingerprint {
-            problems.push(format!(
-                "public key not found: signed by the key with fingerprint {}, not the given key ({fingerprint})",
-                digest.digest_public_key_fingerprint
-            ));
-        } else {
-            match &signature {
-                None => problems.push("signature missing".into()),
-                Some((sig, _)) => {
-                    let signed = string_to_sign(
-                        &digest.digest_end_time,
-                        &digest.digest_s3_bucket,
-                        &digest.digest_s3_object,
-                        &sha256,
-                        digest.previous_digest_signature.as_deref(),
-                    );
-                    let good = hex::decode(sig)
-                        .is_ok_and(|s| self.public_key.verify(signed.as_bytes(), &s));
-                    if !good {
-                        problems.push("signature verification failed".into());
-                    }
+        let fingerprint = &digest.digest_public_key_fingerprint;
+        match (self.public_keys.get(fingerprint), &signature) {
+            (None, _) => problems.push(format!(
+                "public key not found: signed by the key with fingerprint {fingerprint}, which is not among the given public keys ({})",
+                self.public_keys.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            (Some(_), None) => problems.push("signature missing".into()),
+            (Some(public_key), Some((sig, _))) => {
+                let signed = string_to_sign(
+                    &digest.digest_end_time,
+                    &digest.digest_s3_bucket,
+                    &digest.digest_s3_object,
+                    &sha256,
+                    digest.previous_digest_signature.as_deref(),
+                );
+                let good =
+                    hex::decode(sig).is_ok_and(|s| public_key.verify(signed.as_bytes(), &s));
+                if !good {
+                    problems.push("signature verification failed".into());
                 }
             }
         }
@@ -450,6 +349,24 @@ async fn check_log(archive: &Archive, key: &str, hash: &str) -> Option<String> {
     }
 }
 
+/// What the walk keeps of a digest for the coverage of unlisted log files.
+fn walked(key: &str, location: &str, d: &DigestFile) -> Option<Walked> {
+    Some(Walked {
+        key: key.to_string(),
+        location: location.to_string(),
+        start: parse_time("digestStartTime", &d.digest_start_time).ok()?,
+        end: parse_time("digestEndTime", &d.digest_end_time).ok()?,
+        start_text: d.digest_start_time.clone(),
+        end_text: d.digest_end_time.clone(),
+        previous: d.previous_digest_s3_object.clone(),
+        declared_gap: d
+            .declared_gap
+            .as_ref()
+            .map(|g| (g.from.clone(), g.until.clone())),
+        final_digest: d.final_digest,
+    })
+}
+
 /// Why the archive a command's options name could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -505,7 +422,11 @@ pub async fn validate_args(
     args: &crate::config::ValidateArgs,
     env: &dyn crate::config::Env,
 ) -> Result<Report, CommandError> {
-    let public = PublicKey::load(&args.public_key)?;
+    let public = args
+        .public_key
+        .iter()
+        .map(|path| PublicKey::load(path))
+        .collect::<Result<Vec<_>, _>>()?;
     let start = args
         .start
         .as_deref()
@@ -522,28 +443,4 @@ pub async fn validate_args(
         env,
     )?;
     Ok(validate(&archive, &public, start, end).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_read_back_for_chains_and_coverage() {
-        let t = |s: &str| parse_time("t", s).unwrap();
-        assert_eq!(
-            parse_digest_name(
-                "p/CFLogs-Digest/cf_1/2026/11/27/cf_1_CFLogs-Digest_3_20261127T150102Z.json.gz"
-            ),
-            Some(("cf_1".to_string(), 3, t("2026-11-27T15:01:02Z")))
-        );
-        assert_eq!(parse_digest_name("p/CFLogs-Digest/x/y.json.gz"), None);
-        assert_eq!(
-            parse_log_name(
-                "p/CFLogs/cf_1/app_log/2026/11/27/cf_1_app_log_20261127T1501Z_12_AbCdEfGhIjKlMnOp.json.gz"
-            ),
-            Some(("cf_1".to_string(), t("2026-11-27T15:01:00Z"), 12))
-        );
-        assert_eq!(parse_log_name("p/CFLogs/cf/api/x.json.gz"), None);
-    }
 }
