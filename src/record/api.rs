@@ -260,7 +260,11 @@ pub(super) fn write_fields<M: SerializeMap>(
     resources.extend(org);
     m.serialize_entry("resources", &resources)?;
     m.serialize_entry("requestParameters", &api.request_parameters)?;
-    if let Some(ro) = read_only(&api.event_name).or(sec.and_then(|s| s.read_only)) {
+    // The HTTP method, when a security event says it, decides.
+    if let Some(ro) = sec
+        .and_then(|s| s.read_only)
+        .or_else(|| read_only(&api.event_name))
+    {
         m.serialize_entry("readOnly", &ro)?;
     }
     write_outcome(m, api, sec)?;

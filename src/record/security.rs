@@ -137,10 +137,20 @@ pub fn read_line(
             Err(uaa::UaaError::NoMarker) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        let time = time_ns.unwrap_or(0);
+        // UAA's own time (its log layout starts with it) is when the event
+        // happened; the syslog header's is when the forwarder read the line.
+        let time = line_time(line).or(time_ns).unwrap_or(0);
         return Ok(Some(uaa_event(&a, line, host, time)));
     }
     Ok(None)
+}
+
+/// The RFC 3339 time a line starts with, in brackets (`[2024-05-01T10:00:00.123Z] ...`).
+fn line_time(line: &str) -> Option<i64> {
+    let inner = line.strip_prefix('[')?.split_once(']')?.0;
+    chrono::DateTime::parse_from_rfc3339(inner)
+        .ok()?
+        .timestamp_nanos_opt()
 }
 
 fn opt(v: Option<&str>) -> Option<String> {
@@ -517,6 +527,12 @@ mod tests {
         assert_eq!(
             ev.error_message.as_deref(),
             Some("UserAuthenticationFailure for 'marissa' in zone uaa")
+        );
+        let dated = format!("[2024-05-01T10:00:00.5Z] uaa - 1 [t] .... INFO --- {line}");
+        let ev = read_line(&dated, "uaa/0", Some(42)).unwrap().unwrap();
+        assert_eq!(
+            ev.time_ns, 1_714_557_600_500_000_000,
+            "the line's own time wins"
         );
         let ok = "Audit: TokenIssuedEvent ('cf'): principal=cf, origin=[remoteAddress=10.0.0.1], identityZoneId=[uaa]";
         let ev = read_line(ok, "uaa/0", Some(1)).unwrap().unwrap();
