@@ -393,6 +393,7 @@ mod tests {
             listener: Arc::default(),
             audit_events: None,
             enrich: None,
+            syslog_in: None,
         });
         let router = Arc::new(Router::new(
             vec![

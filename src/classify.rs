@@ -157,6 +157,8 @@ pub fn parse_api_message(text: &str) -> ApiCall {
             }),
             request_parameters: request_parameters(tail),
             source: ApiSource::Firehose,
+            security: None,
+            merged_firehose: None,
         };
     }
     ApiCall {
@@ -164,6 +166,8 @@ pub fn parse_api_message(text: &str) -> ApiCall {
         target: None,
         request_parameters: None,
         source: ApiSource::Firehose,
+        security: None,
+        merged_firehose: None,
     }
 }
 

@@ -26,6 +26,7 @@ mod s3;
 mod sink_files;
 mod sinks;
 mod source;
+pub mod syslog_in;
 mod tail;
 mod telemetry;
 pub use audit::{
@@ -153,6 +154,8 @@ pub struct RunArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub syslog_in: syslog_in::SyslogInArgs,
     /// Seconds to drain queues and complete files after SIGTERM/Ctrl-C before exiting anyway.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 8)]
     pub shutdown_timeout: u64,

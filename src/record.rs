@@ -30,10 +30,13 @@
 use crate::proto::Envelope;
 
 pub mod api;
+pub mod cef;
 pub mod envelope;
 mod json;
 mod number;
 pub mod ruby_hash;
+pub mod security;
+pub mod uaa;
 pub(crate) use json::{put_digits, write_int, write_rfc3339, write_str_contents};
 mod layout;
 pub(crate) use layout::write_envelope_json;
@@ -51,7 +54,7 @@ pub(crate) use number::{declaration, is_declaration};
 
 /// Version of the ApiInvocation record layout: the major changes on
 /// incompatible changes, the minor when fields are added (as CloudTrail does).
-pub(crate) const API_EVENT_VERSION: &str = "1.0";
+pub(crate) const API_EVENT_VERSION: &str = "1.1";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -173,7 +176,10 @@ impl Record {
             return;
         }
         if let Some(api) = self.api.as_deref()
-            && matches!(api.source, ApiSource::AuditEvents(_))
+            && matches!(
+                api.source,
+                ApiSource::AuditEvents(_) | ApiSource::SecurityLog
+            )
         {
             // Serialising into a Vec cannot fail: every map key is a string.
             sonic_rs::to_writer(
@@ -279,7 +285,7 @@ pub(crate) fn audit_space_org(rec: &Record, space: bool) -> Option<&str> {
             let r = if space { &a.space } else { &a.org };
             r.as_ref()?.guid.as_deref()
         }
-        ApiSource::Firehose => None,
+        ApiSource::Firehose | ApiSource::SecurityLog => None,
     }
 }
 

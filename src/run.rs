@@ -29,6 +29,8 @@ pub enum RunError {
     Start(#[from] StartError),
     #[error(transparent)]
     Telemetry(#[from] crate::telemetry::TelemetryError),
+    #[error(transparent)]
+    SyslogIn(#[from] crate::source::syslog_in::SyslogInError),
 }
 
 /// Runs the nozzle until `shutdown` is cancelled, then shuts down in order.
@@ -47,6 +49,13 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
         enricher.as_ref().map(|(e, _)| Arc::clone(e)),
     )?;
     let audit = start_audit(&cfg.audit, enricher, pipeline.router(), shutdown.clone());
+    let syslog_in = match &cfg.syslog_in {
+        Some(c) => Some((crate::source::syslog_in::bind(c).await?, c.clone())),
+        None => None,
+    };
+    let syslog_in_stats = syslog_in
+        .as_ref()
+        .map(|_| Arc::new(crate::source::syslog_in::SyslogInStats::default()));
     let status = Arc::new(SourceStatus::default());
     let view = Arc::new(crate::stats::View {
         ingress: pipeline.ingress_stats(),
@@ -62,6 +71,7 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
         listener: Arc::default(),
         audit_events: audit.poller.clone(),
         enrich: audit.enricher.clone(),
+        syslog_in: syslog_in_stats.clone(),
     });
     // The server outlives the sources so /health answers during the drain.
     let server_stop = CancellationToken::new();
@@ -86,7 +96,22 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
         Arc::clone(&status),
         shutdown.clone(),
     );
+    let syslog_in = syslog_in.zip(syslog_in_stats).map(|((listener, c), stats)| {
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = c.tls.is_some(), "syslog ingress listening");
+        tokio::spawn(crate::source::syslog_in::run(
+            listener,
+            c,
+            pipeline.router(),
+            stats,
+            shutdown.clone(),
+        ))
+    });
     shutdown.cancelled().await;
+    if let Some(task) = syslog_in
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "syslog ingress failed");
+    }
     if let Err(e) = source.await {
         tracing::error!(error = %e, "source task failed");
     }

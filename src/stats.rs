@@ -47,6 +47,8 @@ pub struct View {
     pub audit_events: Option<Arc<AuditStatus>>,
     /// Enrichment, when on.
     pub enrich: Option<Arc<Enricher>>,
+    /// The syslog ingress, when on.
+    pub syslog_in: Option<Arc<crate::source::syslog_in::SyslogInStats>>,
 }
 
 crate::counters::counters! {

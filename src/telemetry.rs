@@ -376,6 +376,13 @@ impl prometheus_client::collector::Collector for ViewCollector {
         if let Some(a) = &v.audit_events {
             encode_audit_events(&mut e, a.snapshot())?;
         }
+        if let Some(s) = &v.syslog_in {
+            families(
+                &mut e,
+                crate::source::syslog_in::SyslogInSnapshot::METRICS,
+                &[(vec![], s.load())],
+            )?;
+        }
         if let Some(en) = &v.enrich {
             families(&mut e, ENRICH, &[(vec![], en.stats().snapshot())])?;
             let (named, missing, pending) = en.table_counts();
@@ -608,6 +615,7 @@ mod tests {
             started: tokio::time::Instant::now(),
             listener: Arc::default(),
             audit_events: None,
+            syslog_in: None,
             enrich: None,
         }
     }

@@ -354,9 +354,10 @@ fn audit_events_become_exact_schema_valid_records() {
         }
         let mut expected = json!({
             "kind": "api", "time": time, "foundation": "prod-eu",
-            "eventVersion": "1.0", "eventTime": time, "eventID": event["guid"],
+            "eventVersion": "1.1", "eventTime": time, "eventID": event["guid"],
             "eventSource": "cloud_controller", "eventName": event["type"], "eventType": "CfApiCall",
             "userIdentity": user_identity, "resources": resources, "requestParameters": params,
+            "outcome": "success", "sources": ["audit_events"],
             "sourceEvent": "audit_events", "audit_event": event,
         });
         if let Some(ro) = read_only {

@@ -105,6 +105,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         },
         warnings: vec!["TLS verification is off (test)".into()],
         audit: Default::default(),
+        syslog_in: None,
     };
     let stop = CancellationToken::new();
     let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
@@ -296,6 +297,7 @@ async fn the_listener_keeps_its_cap_answers_health_and_closes_slow_heads() {
         listener: Default::default(),
         audit_events: None,
         enrich: None,
+        syslog_in: None,
     });
     let stats = std::sync::Arc::clone(&view.listener);
     let cfg = TelemetryConfig {
@@ -441,6 +443,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
         }),
         alerts: AlertConfig::default(),
         warnings: Vec::new(),
+        syslog_in: None,
         audit: cf_audit_nozzle::config::AuditSetup {
             cc: Some(CcAccess {
                 cf_api: cc_url,

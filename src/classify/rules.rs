@@ -24,9 +24,7 @@
 //! Matching reads the record in place: no allocation, no lock.
 
 use crate::record::envelope::OPT_OUT_TAG;
-use crate::record::{
-    ApiSource, Kind, MessageRef, Record, app_guid, audit_resource, audit_space_org,
-};
+use crate::record::{Kind, MessageRef, Record, app_guid, audit_resource, audit_space_org};
 
 /// One `--include` or `--exclude` rule: all its conditions hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -151,10 +149,10 @@ impl Condition {
                     || any(rec.tag("organization_name"))
                     || audit_space_org(rec, false).is_some_and(|v| any(Some(v)))
             }
-            Field::SourceEvent => any(rec.api.as_deref().map(|a| match a.source {
-                ApiSource::Firehose => "firehose",
-                ApiSource::AuditEvents(_) => "audit_events",
-            })),
+            Field::SourceEvent => any(rec
+                .api
+                .as_deref()
+                .map(|a| a.source.as_str(a.security.as_deref()))),
             Field::Metric => match env.message() {
                 Some(MessageRef::Counter(c)) => any(Some(c.name)),
                 Some(MessageRef::Timer(t)) => any(Some(t.name)),

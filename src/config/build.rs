@@ -25,6 +25,8 @@ pub struct Built {
     pub warnings: Vec<String>,
     /// Rules, the audit-events poller and enrichment.
     pub audit: AuditSetup,
+    /// The syslog ingress, when on.
+    pub syslog_in: Option<crate::source::syslog_in::SyslogInConfig>,
 }
 
 /// Makes the clients `cfg` describes (reading the files it names), with
@@ -57,6 +59,10 @@ pub fn build(cfg: &RunConfig) -> Result<Built, ConfigErrors> {
         s3_ca(&pipeline),
     );
     errors.append(&mut audit_errors);
+    let syslog_in = cfg
+        .syslog_in
+        .as_ref()
+        .and_then(|s| super::syslog_in::build(s, &mut errors));
     match (errors.is_empty(), source) {
         (true, Some(source)) => Ok(Built {
             source,
@@ -66,6 +72,7 @@ pub fn build(cfg: &RunConfig) -> Result<Built, ConfigErrors> {
             alerts: cfg.alerts.clone(),
             warnings: cfg.warnings.clone(),
             audit,
+            syslog_in,
         }),
         _ => Err(ConfigErrors(errors)),
     }

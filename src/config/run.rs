@@ -57,6 +57,8 @@ pub struct RunConfig {
     pub warnings: Vec<String>,
     /// Rules, the audit-events poller and enrichment.
     pub audit: super::AuditSettings,
+    /// The syslog ingress, when on.
+    pub syslog_in: Option<super::syslog_in::SyslogInSettings>,
 }
 
 impl RunArgs {
@@ -237,6 +239,8 @@ pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors
         env,
     );
     let (telemetry, alerts) = args.telemetry.config(env.var("PORT"), &mut errors);
+    let mut warnings = args.warnings(env);
+    let syslog_in = args.syslog_in.settings(&mut errors, &mut warnings);
     match (errors.is_empty(), source) {
         (true, Some(source)) => Ok(RunConfig {
             source,
@@ -244,8 +248,9 @@ pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             telemetry,
             alerts,
-            warnings: args.warnings(env),
+            warnings,
             audit,
+            syslog_in,
         }),
         _ => Err(ConfigErrors(errors)),
     }

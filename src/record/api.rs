@@ -13,6 +13,7 @@ use serde::Serialize;
 use serde::ser::SerializeMap;
 use serde_json::Value;
 
+use super::security::SecurityEvent;
 use super::{API_EVENT_VERSION, Record, rfc3339_nanos};
 use crate::proto::Envelope;
 
@@ -28,6 +29,13 @@ pub struct ApiCall {
     /// as JSON, or (when that does not parse) the text as CC wrote it.
     pub request_parameters: Option<Value>,
     pub source: ApiSource,
+    /// The CC security event or UAA audit line about the same action: the
+    /// record's source when `source` is [`ApiSource::SecurityLog`], else
+    /// merged in by the correlator.
+    pub security: Option<Box<SecurityEvent>>,
+    /// The `eventID` of a firehose line the correlator merged into a record
+    /// built from another source.
+    pub merged_firehose: Option<String>,
 }
 
 /// A resource of a record's `resources` list.
@@ -48,6 +56,21 @@ pub enum ApiSource {
     Firehose,
     /// `/v3/audit_events`.
     AuditEvents(Box<AuditEventFields>),
+    /// A CC security event or a UAA audit line from the syslog ingress
+    /// (in [`ApiCall::security`]).
+    SecurityLog,
+}
+
+impl ApiSource {
+    /// The record's `sourceEvent` for this source alone.
+    pub(crate) fn as_str(&self, security: Option<&SecurityEvent>) -> &'static str {
+        match (self, security) {
+            (ApiSource::Firehose, _) => "firehose",
+            (ApiSource::AuditEvents(_), _) => "audit_events",
+            (ApiSource::SecurityLog, Some(s)) => s.from.as_str(),
+            (ApiSource::SecurityLog, None) => "cc_security_event",
+        }
+    }
 }
 
 /// What an audit event adds to a log line: who, where, and the event itself.
@@ -153,6 +176,8 @@ pub fn audit_event_record(event: Value) -> Result<Record, AuditEventError> {
             original: event,
             ..fields
         })),
+        security: None,
+        merged_firehose: None,
     };
     Ok(Record {
         kind: super::Kind::Api,
@@ -178,23 +203,34 @@ pub(super) fn write_fields<M: SerializeMap>(
     org: Option<ApiResource>,
 ) -> Result<(), M::Error> {
     let env = &rec.envelope;
+    let sec = api.security.as_deref();
     m.serialize_entry("eventVersion", API_EVENT_VERSION)?;
     m.serialize_entry("eventTime", time)?;
-    match &api.source {
-        ApiSource::Firehose => m.serialize_entry("eventID", &super::firehose_event_id(env))?,
-        ApiSource::AuditEvents(a) => m.serialize_entry("eventID", &a.guid)?,
+    match (&api.source, sec) {
+        (ApiSource::AuditEvents(a), _) => m.serialize_entry("eventID", &a.guid)?,
+        (ApiSource::SecurityLog, Some(s)) => m.serialize_entry("eventID", &s.event_id)?,
+        _ => m.serialize_entry("eventID", &super::firehose_event_id(env))?,
     }
-    m.serialize_entry("eventSource", "cloud_controller")?;
+    m.serialize_entry(
+        "eventSource",
+        sec.map_or("cloud_controller", |s| s.from.event_source()),
+    )?;
     m.serialize_entry("eventName", &api.event_name)?;
     m.serialize_entry("eventType", "CfApiCall")?;
     let (space, org) = match &api.source {
-        // Log lines do not say who acted; /v3/audit_events does.
-        ApiSource::Firehose => {
-            m.serialize_entry("userIdentity", &Unknown)?;
+        // Log lines do not say who acted; /v3/audit_events and security events do.
+        ApiSource::Firehose | ApiSource::SecurityLog => {
+            m.serialize_entry("userIdentity", &Identity { actor: None, sec })?;
             (space, org)
         }
         ApiSource::AuditEvents(a) => {
-            m.serialize_entry("userIdentity", &a.actor)?;
+            m.serialize_entry(
+                "userIdentity",
+                &Identity {
+                    actor: Some(&a.actor),
+                    sec,
+                },
+            )?;
             (a.space.clone(), a.org.clone())
         }
     };
@@ -224,15 +260,141 @@ pub(super) fn write_fields<M: SerializeMap>(
     resources.extend(org);
     m.serialize_entry("resources", &resources)?;
     m.serialize_entry("requestParameters", &api.request_parameters)?;
-    if let Some(ro) = read_only(&api.event_name) {
+    // The HTTP method, when a security event says it, decides.
+    if let Some(ro) = sec
+        .and_then(|s| s.read_only)
+        .or_else(|| read_only(&api.event_name))
+    {
         m.serialize_entry("readOnly", &ro)?;
     }
+    write_outcome(m, api, sec)?;
+    m.serialize_entry("sources", &Sources(api))?;
+    m.serialize_entry("sourceEvent", api.source.as_str(sec))?;
+    if let Some(s) = sec {
+        m.serialize_entry(
+            "security_event",
+            &SecurityJson {
+                source: s.from.as_str(),
+                event_id: &s.event_id,
+                host: &s.host,
+                line: &s.line,
+            },
+        )?;
+    }
     match &api.source {
-        ApiSource::Firehose => m.serialize_entry("sourceEvent", "firehose"),
-        ApiSource::AuditEvents(a) => {
-            m.serialize_entry("sourceEvent", "audit_events")?;
-            m.serialize_entry("audit_event", &a.original)
+        ApiSource::AuditEvents(a) => m.serialize_entry("audit_event", &a.original),
+        _ => Ok(()),
+    }
+}
+
+/// Where, how and with what outcome: `outcome`, `sourceIPAddress`,
+/// `forwardedFor`, `userAgent`, `requestID`, `httpStatusCode`, `errorCode`,
+/// `errorMessage`, each when known. An audit event alone says the change
+/// succeeded (CC records no failed ones); a log line alone says nothing.
+fn write_outcome<M: SerializeMap>(
+    m: &mut M,
+    api: &ApiCall,
+    sec: Option<&SecurityEvent>,
+) -> Result<(), M::Error> {
+    let Some(s) = sec else {
+        if matches!(api.source, ApiSource::AuditEvents(_)) {
+            m.serialize_entry("outcome", "success")?;
         }
+        return Ok(());
+    };
+    m.serialize_entry("outcome", s.outcome.as_str())?;
+    let text = [
+        ("sourceIPAddress", &s.source_ip),
+        ("userAgent", &s.user_agent),
+        ("requestID", &s.request_id),
+    ];
+    for (key, value) in text {
+        if let Some(v) = value {
+            m.serialize_entry(key, v)?;
+        }
+    }
+    if !s.forwarded_for.is_empty() {
+        m.serialize_entry("forwardedFor", &s.forwarded_for)?;
+    }
+    if let Some(status) = s.http_status {
+        m.serialize_entry("httpStatusCode", &status)?;
+    }
+    if let Some(v) = &s.error_code {
+        m.serialize_entry("errorCode", v)?;
+    }
+    if let Some(v) = &s.error_message {
+        m.serialize_entry("errorMessage", v)?;
+    }
+    Ok(())
+}
+
+/// `sources`: every source a record was built from, in the order
+/// `firehose`, `audit_events`, `cc_security_event`, `uaa_audit`.
+struct Sources<'a>(&'a ApiCall);
+
+impl Serialize for Sources<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let api = self.0;
+        let mut seq = s.serialize_seq(None)?;
+        if matches!(api.source, ApiSource::Firehose) || api.merged_firehose.is_some() {
+            seq.serialize_element("firehose")?;
+        }
+        if matches!(api.source, ApiSource::AuditEvents(_)) {
+            seq.serialize_element("audit_events")?;
+        }
+        if let Some(sec) = &api.security {
+            seq.serialize_element(sec.from.as_str())?;
+        }
+        seq.end()
+    }
+}
+
+/// `security_event`: the line a record's security facts were read from.
+#[derive(Serialize)]
+struct SecurityJson<'a> {
+    source: &'static str,
+    #[serde(rename = "eventID")]
+    event_id: &'a str,
+    host: &'a str,
+    line: &'a str,
+}
+
+/// `userIdentity`: the audit event's actor when there is one, else the
+/// security event's caller, else `{"type":"unknown"}`; the security event
+/// adds `authMechanism` and `clientId`, and the name or guid the actor lacks.
+struct Identity<'a> {
+    actor: Option<&'a ApiResource>,
+    sec: Option<&'a SecurityEvent>,
+}
+
+impl Serialize for Identity<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let caller = self.sec.map(|s| &s.caller);
+        let kind = match (self.actor, caller) {
+            (Some(a), _) => a.kind.as_str(),
+            (None, Some(c)) => c.kind,
+            (None, None) => "unknown",
+        };
+        let guid =
+            (self.actor.and_then(|a| a.guid.as_ref())).or(caller.and_then(|c| c.guid.as_ref()));
+        let name =
+            (self.actor.and_then(|a| a.name.as_ref())).or(caller.and_then(|c| c.name.as_ref()));
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("type", kind)?;
+        if let Some(g) = guid {
+            m.serialize_entry("guid", g)?;
+        }
+        if let Some(n) = name {
+            m.serialize_entry("name", n)?;
+        }
+        if let Some(v) = caller.and_then(|c| c.auth_mechanism.as_ref()) {
+            m.serialize_entry("authMechanism", v)?;
+        }
+        if let Some(v) = caller.and_then(|c| c.client_id.as_ref()) {
+            m.serialize_entry("clientId", v)?;
+        }
+        m.end()
     }
 }
 
@@ -259,17 +421,6 @@ impl Serialize for AuditEventJson<'_> {
         m.serialize_entry("time", &time)?;
         m.serialize_entry("foundation", &self.ctx.foundation)?;
         write_fields(&mut m, rec, self.api, &time, None, None)?;
-        m.end()
-    }
-}
-
-/// `{"type":"unknown"}`
-struct Unknown;
-
-impl Serialize for Unknown {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(Some(1))?;
-        m.serialize_entry("type", "unknown")?;
         m.end()
     }
 }

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod rlp;
 pub mod status;
 pub mod streams;
+pub mod syslog_in;
 pub mod uaa;
 
 use std::sync::Arc;

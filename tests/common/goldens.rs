@@ -79,7 +79,7 @@ pub fn goldens() -> Vec<(Envelope, serde_json::Value)> {
         "origin": "cloud_controller", "source_type": "API", "deployment": "cf", "job": "api",
         "app": app_named, "space": space, "org": org, "tags": {"ip": "10.0.1.20"},
         "log_type": "OUT", "message": UPDATE,
-        "eventVersion": "1.0", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
+        "eventVersion": "1.1", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
         "eventName": "audit.app.update", "eventType": "CfApiCall", "userIdentity": {"type": "unknown"},
         "resources": [
             {"type": "app", "guid": APP, "name": "spring-music"},
@@ -87,7 +87,7 @@ pub fn goldens() -> Vec<(Envelope, serde_json::Value)> {
             {"type": "org", "guid": ORG, "name": "acme"}
         ],
         "requestParameters": {"name": "spring-music", "instances": 1, "memory": 512, "environment_json": "PRIVATE DATA HIDDEN"},
-        "readOnly": false, "sourceEvent": "firehose"
+        "readOnly": false, "sources": ["firehose"], "sourceEvent": "firehose"
     })));
 
     // 2. An API line whose app is gone (CC sends empty tags) and whose text is not known.
@@ -107,9 +107,9 @@ pub fn goldens() -> Vec<(Envelope, serde_json::Value)> {
         "kind": "api", "time": TIME, "foundation": FOUNDATION, "source_id": APP, "instance_id": "1",
         "origin": "cloud_controller", "source_type": "API", "app": {"guid": "", "name": ""},
         "log_type": "ERR", "message": "Could not find package for 5f7b",
-        "eventVersion": "1.0", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
+        "eventVersion": "1.1", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
         "eventName": "unknown", "eventType": "CfApiCall", "userIdentity": {"type": "unknown"},
-        "resources": [], "requestParameters": null, "sourceEvent": "firehose"
+        "resources": [], "requestParameters": null, "sources": ["firehose"], "sourceEvent": "firehose"
     })));
 
     // 3. App stdout with the tags Diego sets (reference §3.2).
@@ -207,10 +207,10 @@ pub fn goldens() -> Vec<(Envelope, serde_json::Value)> {
                             "index": {"integer": "3"}, "weight": {"decimal": 0.5}},
         "log_type": "OUT",
         "message": "Starting app with guid cdabc600-0b73-48e1-b7d2-26af2c63f933",
-        "eventVersion": "1.0", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
+        "eventVersion": "1.1", "eventTime": TIME, "eventID": id, "eventSource": "cloud_controller",
         "eventName": "audit.app.start", "eventType": "CfApiCall", "userIdentity": {"type": "unknown"},
         "resources": [{"type": "app", "guid": APP}], "requestParameters": null, "readOnly": false,
-        "sourceEvent": "firehose"
+        "sources": ["firehose"], "sourceEvent": "firehose"
     })));
 
     // 7. Doppler's egress drop counter (reference §4.3).

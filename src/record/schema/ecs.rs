@@ -129,12 +129,24 @@ fn api(mut n: Map<String, Value>) -> Value {
         .to_string();
     let read_only = n.get("readOnly").and_then(Value::as_bool);
     let code = n.get("httpStatusCode").and_then(Value::as_u64);
-    let outcome = match code {
-        Some(c) if c >= 400 => "failure",
-        Some(_) => "success",
-        None if n.contains_key("errorCode") => "failure",
-        None if n.get("sourceEvent").and_then(Value::as_str) == Some("audit_events") => "success",
-        None => "unknown",
+    let native_outcome = n.get("outcome").and_then(Value::as_str).map(str::to_string);
+    let outcome = match native_outcome.as_deref() {
+        Some("success") => "success",
+        Some("failure" | "denied") => "failure",
+        _ => "unknown",
+    };
+    n.remove("outcome");
+    let outcome = match (outcome, code) {
+        (known, _) if known != "unknown" => known,
+        (_, code) => match code {
+            Some(c) if c >= 400 => "failure",
+            Some(_) => "success",
+            None if n.contains_key("errorCode") => "failure",
+            None if n.get("sourceEvent").and_then(Value::as_str) == Some("audit_events") => {
+                "success"
+            }
+            None => "unknown",
+        },
     };
     let mut out = Map::new();
     out.insert(
@@ -149,7 +161,12 @@ fn api(mut n: Map<String, Value>) -> Value {
     let mut event = Map::new();
     event.insert("kind".into(), json!("event"));
     event.insert("category".into(), json!(["api"]));
-    event.insert("type".into(), json!([event_type(&name, read_only)]));
+    let mut types = vec![event_type(&name, read_only)];
+    if native_outcome.as_deref() == Some("denied") {
+        // ECS's word for an attempt refused by access control.
+        types.push("denied");
+    }
+    event.insert("type".into(), json!(types));
     event.insert("action".into(), Value::String(name));
     take(&mut n, "eventName");
     event.insert("outcome".into(), json!(outcome));

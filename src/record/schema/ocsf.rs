@@ -22,7 +22,12 @@ const CLOUD: &str = "{\"provider\":\"Cloud Foundry\"}";
 /// Writes `rec` as OCSF; `false` for a metric, which stays native.
 pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> bool {
     if is_api(rec) {
-        let value = api_activity(native_map(rec, ctx));
+        let n = native_map(rec, ctx);
+        let value = if is_authentication(&n) {
+            authentication(n)
+        } else {
+            api_activity(n)
+        };
         // Serialising a Value into a Vec cannot fail.
         serde_json::to_writer(&mut *out, &value).expect("OCSF API record serialises");
         return true;
@@ -113,7 +118,21 @@ fn activity(event_name: &str, read_only: Option<bool>) -> (u64, &'static str) {
 }
 
 /// The outcome as OCSF's status: 1 Success, 2 Failure, 0 Unknown.
-fn status(n: &Map<String, Value>) -> (u64, &'static str) {
+fn status(n: &mut Map<String, Value>) -> (u64, &'static str) {
+    // The native outcome when the record has one: `denied` stays under
+    // `unmapped` too, as OCSF's status has no word for it.
+    match n.get("outcome").and_then(Value::as_str) {
+        Some("success") => {
+            n.remove("outcome");
+            return (1, "Success");
+        }
+        Some("failure") => {
+            n.remove("outcome");
+            return (2, "Failure");
+        }
+        Some("denied") => return (2, "Failure"),
+        _ => {}
+    }
     let code = n.get("httpStatusCode").and_then(Value::as_u64);
     match code {
         Some(c) if c >= 400 => (2, "Failure"),
@@ -127,6 +146,52 @@ fn status(n: &Map<String, Value>) -> (u64, &'static str) {
     }
 }
 
+/// Whether a native API record is a UAA sign-in (`uaa.*Authentication*`),
+/// which OCSF has its own class for.
+fn is_authentication(n: &Map<String, Value>) -> bool {
+    n.get("eventSource").and_then(Value::as_str) == Some("uaa")
+        && n.get("eventName")
+            .and_then(Value::as_str)
+            .is_some_and(|e| e.contains("Authentication"))
+}
+
+/// A UAA sign-in as Authentication (class 3002, activity 1 Logon): the
+/// API Activity form with `user` and `src_endpoint` where that class puts
+/// them, `api.service` as `service`, and no `api`/`actor` (the operation
+/// stays as `unmapped.eventName`).
+fn authentication(n: Map<String, Value>) -> Value {
+    let event_name = n.get("eventName").cloned();
+    let mut v = api_activity(n);
+    let o = v.as_object_mut().expect("an object");
+    let user = o
+        .remove("actor")
+        .and_then(|mut a| a.get_mut("user").map(Value::take))
+        .unwrap_or_else(|| json!({ "name": "unknown" }));
+    o.insert("user".into(), user);
+    // The service signed in to (UAA): Authentication's `service`.
+    let service = o
+        .remove("api")
+        .and_then(|mut a| a.get_mut("service").map(Value::take))
+        .unwrap_or_else(|| json!({ "name": "uaa" }));
+    o.insert("service".into(), service);
+    // Authentication has no `resources`: a sign-in's (none, for UAA) stay unmapped.
+    if let (Some(resources), Some(Value::Object(unmapped))) =
+        (o.remove("resources"), o.get_mut("unmapped"))
+        && resources.as_array().is_some_and(|r| !r.is_empty())
+    {
+        unmapped.insert("resources".into(), resources);
+    }
+    o.insert("class_uid".into(), json!(3002));
+    o.insert("category_uid".into(), json!(3));
+    o.insert("activity_id".into(), json!(1));
+    o.insert("activity_name".into(), json!("Logon"));
+    o.insert("type_uid".into(), json!(300201));
+    if let (Some(name), Some(Value::Object(unmapped))) = (event_name, o.get_mut("unmapped")) {
+        unmapped.insert("eventName".into(), name);
+    }
+    v
+}
+
 /// An API invocation's native fields as API Activity; what OCSF has no
 /// attribute for stays under `unmapped` with its native name.
 fn api_activity(mut n: Map<String, Value>) -> Value {
@@ -138,7 +203,7 @@ fn api_activity(mut n: Map<String, Value>) -> Value {
         .to_string();
     let read_only = n.get("readOnly").and_then(Value::as_bool);
     let (activity_id, activity_name) = activity(&event_name, read_only);
-    let (status_id, status_name) = status(&n);
+    let (status_id, status_name) = status(&mut n);
     let time_text = take(&mut n, "time");
     let time = time_text
         .as_ref()

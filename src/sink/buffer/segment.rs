@@ -106,6 +106,9 @@ fn frame(buf: &mut [u8], at: usize) {
 
 /// The form byte's flag saying a number follows it.
 const NUMBERED: u8 = 0x80;
+/// The form byte's flag saying the correlated parts follow the number
+/// (issue 22: `record::security::buffer_parts`, as length-prefixed JSON).
+const WITH_PARTS: u8 = 0x40;
 
 /// A record on disk: one byte for its form, its number when it has one,
 /// the enrichment names as JSON (length-prefixed, 0 for none), then what
@@ -113,7 +116,11 @@ const NUMBERED: u8 = 0x80;
 /// - `0`: a firehose record: the envelope's protobuf; classification is
 ///   redone on replay (it depends on the envelope alone);
 /// - `1`: an audit-events record: Cloud Controller's event JSON;
-/// - `2`: a declaration: its kind (one byte) and time (`i64` LE nanoseconds).
+/// - `2`: a declaration: its kind (one byte) and time (`i64` LE nanoseconds);
+/// - `3`: a security-event record: nothing (its line is in the parts).
+///
+/// With [`WITH_PARTS`] set, after the number: the parts a record holds
+/// besides its base (`u32` LE length and JSON; `security::buffer_parts`).
 ///
 /// With [`NUMBERED`] set, the number follows the form byte: the boot's
 /// length (`u16` LE) and text, then `0` (boot only), or `1` and the `seq`,
@@ -125,11 +132,20 @@ pub(crate) fn encode_record(r: &Record, out: &mut Vec<u8>) {
         _ => None,
     };
     let declared = crate::record::is_declaration(r);
+    let security_only = matches!(
+        r.api.as_deref().map(|a| &a.source),
+        Some(ApiSource::SecurityLog)
+    );
+    let parts = r
+        .api
+        .as_deref()
+        .and_then(crate::record::security::buffer_parts);
     let form = match (declared, audit) {
+        _ if security_only => 3,
         (true, _) => 2,
         (false, Some(_)) => 1,
         (false, None) => 0,
-    };
+    } | if parts.is_some() { WITH_PARTS } else { 0 };
     match &r.number {
         None => out.push(form),
         Some(n) => {
@@ -151,6 +167,13 @@ pub(crate) fn encode_record(r: &Record, out: &mut Vec<u8>) {
             }
         }
     }
+    if let Some(parts) = &parts {
+        let at = out.len();
+        out.extend_from_slice(&[0; 4]);
+        serde_json::to_writer(&mut *out, parts).expect("JSON values serialise");
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
     let at = out.len();
     out.extend_from_slice(&[0; 4]);
     if let Some(names) = &r.names {
@@ -159,6 +182,7 @@ pub(crate) fn encode_record(r: &Record, out: &mut Vec<u8>) {
     let names_len = (out.len() - at - 4) as u32;
     out[at..at + 4].copy_from_slice(&names_len.to_le_bytes());
     match (declared, audit) {
+        _ if security_only => {}
         (true, _) => {
             out.push(r.kind.index() as u8);
             out.extend_from_slice(&r.envelope.timestamp().to_le_bytes());
@@ -208,10 +232,22 @@ pub(crate) fn decode_record(b: &[u8]) -> Result<Record, String> {
     } else {
         None
     };
+    let parts = if form & WITH_PARTS != 0 {
+        let len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
+        let parts: serde_json::Value =
+            serde_json::from_slice(take(&mut rest, len)?).map_err(|e| format!("parts: {e}"))?;
+        Some(parts)
+    } else {
+        None
+    };
     let names_len = u32::from_le_bytes(take(&mut rest, 4)?.try_into().expect("4 bytes")) as usize;
     let names = take(&mut rest, names_len)?;
     let body = rest;
-    let mut record = match form & !NUMBERED {
+    let mut record = match form & !(NUMBERED | WITH_PARTS) {
+        3 => crate::record::security::restore_parts(
+            None,
+            parts.as_ref().ok_or("security record without its parts")?,
+        )?,
         0 => crate::classify::classify(
             crate::record::envelope::EnvelopeView::from_wire(bytes::Bytes::copy_from_slice(body))
                 .map_err(|e| format!("envelope: {e}"))?,
@@ -238,6 +274,12 @@ pub(crate) fn decode_record(b: &[u8]) -> Result<Record, String> {
         }
         other => return Err(format!("unknown record form {other}")),
     };
+    if let Some(parts) = parts
+        .as_ref()
+        .filter(|_| form & !(NUMBERED | WITH_PARTS) != 3)
+    {
+        record = crate::record::security::restore_parts(Some(record), parts)?;
+    }
     record.number = number;
     if names_len > 0 {
         let names: crate::record::AppNames =
@@ -272,6 +314,28 @@ mod tests {
         assert!(decode_record(&buf[..3]).is_err());
         buf[0] = 9;
         assert_eq!(decode_record(&buf).unwrap_err(), "unknown record form 9");
+    }
+
+    /// Security-event records, and records with a security event merged
+    /// in, are rebuilt from their line (issue 22).
+    #[test]
+    fn security_records_survive_the_disk() {
+        use crate::record::security::{read_line, security_record};
+        let line = "Audit: UserAuthenticationFailure ('m'): principal=u, origin=[remoteAddress=1.2.3.4], identityZoneId=[uaa]";
+        let ev = read_line(line, "uaa/0", Some(7)).unwrap().unwrap();
+        let mut alone = security_record(ev.clone());
+        alone.number = Number::seq(&Arc::from("b"), 3);
+        let mut merged = crate::record::audit_event_record(serde_json::json!({
+            "guid": "g", "type": "audit.app.update", "created_at": "2020-01-01T00:00:00Z"}))
+        .unwrap();
+        let api = merged.api.as_deref_mut().unwrap();
+        api.security = Some(Box::new(ev));
+        api.merged_firehose = Some("f".into());
+        for r in [alone, merged] {
+            let mut buf = Vec::new();
+            encode_record(&r, &mut buf);
+            assert_eq!(decode_record(&buf).unwrap(), r);
+        }
     }
 
     #[test]
