@@ -52,37 +52,33 @@ fn check(which: &str, records: &[String]) -> (bool, String) {
 /// audit-event API record.
 fn records() -> Vec<Record> {
     let mut out = Vec::new();
-    for (i, (envelope, _)) in goldens().into_iter().enumerate() {
-        let mut r = classify(envelope);
-        r.number = Some(Number {
-            boot: Arc::from(BOOT),
-            position: Position::Seq(i as u64),
-        });
-        out.push(r);
+    for (envelope, _) in goldens() {
+        out.push(classify(envelope));
     }
-    let mut audit = audit_event_record(common::cc::event(
+    let audit = audit_event_record(common::cc::event(
         "0b2c4d6e-8f01-4234-9567-89abcdef0123",
         "2023-11-14T22:13:20Z",
         3,
     ))
     .expect("a valid audit event");
-    audit.number = Some(Number {
-        boot: Arc::from(BOOT),
-        position: Position::Seq(99),
-    });
     out.push(audit);
     // Security events from the syslog ingress: a denied CC request, a read,
     // and a UAA sign-in failure.
-    for (i, line) in [CEF_DENIED, CEF_LIST, UAA_FAIL].into_iter().enumerate() {
+    for line in [CEF_DENIED, CEF_LIST, UAA_FAIL] {
         let ev = read_line(line, "api/0", Some(1_714_557_600_000_000_000))
             .expect("a security line")
             .expect("not ignored");
-        let mut r = security_record(ev);
+        out.push(security_record(ev));
+    }
+    // Numbered as the router numbers them: per kind, from 0.
+    let mut next = std::collections::BTreeMap::new();
+    for r in &mut out {
+        let n = next.entry(r.kind).or_insert(0u64);
         r.number = Some(Number {
             boot: Arc::from(BOOT),
-            position: Position::Seq(100 + i as u64),
+            position: Position::Seq(*n),
         });
-        out.push(r);
+        *n += 1;
     }
     out
 }
@@ -266,4 +262,56 @@ fn a_sink_can_have_its_own_schema() {
     let http: Value = serde_json::from_str(&r.to_json(&ctx.for_sink("http"))).unwrap();
     assert_eq!(http["ecs"]["version"], "9.4.0");
     assert_eq!(http["event"]["category"], json!(["api"]));
+}
+
+/// `gaps` reads the numbers wherever each schema keeps them: a complete
+/// set is complete, and a record cut from the middle is named.
+#[test]
+fn gaps_reads_the_numbers_in_every_schema() {
+    let gaps = |lines: &[String]| {
+        let mut child = common::nozzle()
+            .args(["gaps", "--jsonl", "-", "--json"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (out.status.code(), report, common::printed(&out))
+    };
+    let app_logs = records()
+        .iter()
+        .filter(|r| r.kind == cf_audit_nozzle::record::Kind::AppLog)
+        .count();
+    assert!(app_logs >= 3, "{app_logs}");
+    for schema in RecordSchema::ALL {
+        let lines = written(schema);
+        let (code, _, out) = gaps(&lines);
+        assert_eq!(code, Some(0), "{schema:?}: {out}");
+        // Cut app_log 1 (a record in the middle of its kind).
+        let ctx = EncodeContext {
+            schema,
+            ..EncodeContext::new("test")
+        };
+        let all = records();
+        let cut = all
+            .iter()
+            .find(|r| {
+                r.kind == cf_audit_nozzle::record::Kind::AppLog
+                    && matches!(r.number.as_ref().unwrap().position, Position::Seq(1))
+            })
+            .unwrap()
+            .to_json(&ctx);
+        let kept: Vec<String> = lines.into_iter().filter(|l| *l != cut).collect();
+        let (code, report, out) = gaps(&kept);
+        assert_eq!(code, Some(1), "{schema:?}: {out}");
+        assert!(out.contains("app_log"), "{schema:?}: {out}");
+        assert!(report.to_string().contains(BOOT), "{schema:?}: {report}");
+    }
 }

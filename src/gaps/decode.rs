@@ -33,12 +33,19 @@ impl<'de> serde::Deserialize<'de> for Element {
     }
 }
 
-/// A member name: one of the four, or any other (not kept).
+/// A member name: one of the four, or any other (not kept). Records
+/// written with `--record-schema` keep the number elsewhere: `kind` and
+/// `boot` under OCSF's `unmapped` or ECS's `cloudfoundry`, `seq` as OCSF's
+/// `metadata.sequence` or ECS's `event.sequence`.
 enum Member {
     Kind,
     Boot,
     Seq,
     LastSeq,
+    /// `unmapped` (OCSF) or `cloudfoundry` (ECS): `kind` and `boot` inside.
+    Provenance,
+    /// `metadata` (OCSF) or `event` (ECS): `sequence` inside is the `seq`.
+    Sequenced,
     Other,
 }
 
@@ -56,6 +63,9 @@ impl<'de> serde::Deserialize<'de> for Member {
                     "boot" => Member::Boot,
                     "seq" => Member::Seq,
                     "last_seq" => Member::LastSeq,
+                    "unmapped" | "cloudfoundry" => Member::Provenance,
+                    "metadata" | "event" => Member::Sequenced,
+                    "sequence" => Member::Seq,
                     _ => Member::Other,
                 })
             }
@@ -75,12 +85,21 @@ impl<'de> Visitor<'de> for ElementVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Element, A::Error> {
         let mut fields = Fields::default();
+        let (mut provenance, mut sequenced) = (None, None);
         while let Some(member) = map.next_key::<Member>()? {
             let slot = match member {
                 Member::Kind => &mut fields.kind,
                 Member::Boot => &mut fields.boot,
                 Member::Seq => &mut fields.seq,
                 Member::LastSeq => &mut fields.last_seq,
+                Member::Provenance => {
+                    provenance = Some(map.next_value::<Element>()?);
+                    continue;
+                }
+                Member::Sequenced => {
+                    sequenced = Some(map.next_value::<Element>()?);
+                    continue;
+                }
                 Member::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -88,6 +107,14 @@ impl<'de> Visitor<'de> for ElementVisitor {
             };
             let value: Value = map.next_value()?;
             *slot = (!value.is_null()).then_some(value);
+        }
+        // A native record's own members win; the schemas' places fill in.
+        if let Some(Element::Object(p)) = provenance {
+            fields.kind = fields.kind.or(p.kind);
+            fields.boot = fields.boot.or(p.boot);
+        }
+        if let Some(Element::Object(s)) = sequenced {
+            fields.seq = fields.seq.or(s.seq);
         }
         Ok(Element::Object(fields))
     }
