@@ -33,6 +33,13 @@ struct Rsyslog {
 
 impl Rsyslog {
     fn start(pki: &Pki) -> Self {
+        Self::start_with(pki, "fields")
+    }
+
+    /// `template`: `fields` (each message's RFC 5424 fields as a JSON line)
+    /// or `cef` (its MSG parsed as CEF by rsyslog's mmnormalize, liblognorm's
+    /// `cef` parser: `{"cef":{"DeviceVendor":..,"Extensions":{..}}}`).
+    fn start_with(pki: &Pki, template: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         for (name, pem) in [
@@ -63,13 +70,19 @@ template(name="fields" type="list" option.jsonf="on") {{
   property(outname="sd" name="structured-data" format="jsonf")
   property(outname="msg" name="msg" format="jsonf")
 }}
+template(name="cef" type="string" string="%$!%\n")
+module(load="mmnormalize")
 ruleset(name="sink") {{
-  action(type="omfile" file="{out}" template="fields")
+  if "{template}" == "cef" then {{
+    action(type="mmnormalize" rulebase="{d}/cef.rb")
+  }}
+  action(type="omfile" file="{out}" template="{template}")
 }}
 "#,
             d = d.display(),
             out = out.display()
         );
+        std::fs::write(d.join("cef.rb"), "version=2\nrule=:%cef:cef%\n").unwrap();
         std::fs::write(d.join("rsyslog.conf"), conf).unwrap();
         let child = Command::new("rsyslogd")
             .args(["-n", "-f"])
@@ -328,6 +341,125 @@ async fn rsyslog_parses_every_kind_sent_over_tls_with_octet_counting() {
         assert_eq!(msg["last_seq"], 0);
         let keys: Vec<&String> = msg.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["boot", "foundation", "kind", "last_seq", "time"]);
+    }
+}
+
+/// `--syslog-msg cef`: every golden record as a CEF line, through the real
+/// rsyslog over TLS, parsed there by liblognorm's CEF parser (mmnormalize):
+/// the header and the extension fields read back exactly what the record
+/// says, escapes (`\`, `=`, `|`, line breaks) and all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsyslog_parses_every_golden_record_as_cef() {
+    let pki = Pki::generate("syslogCA", &["localhost"]).unwrap();
+    let rsyslog = Rsyslog::start_with(&pki, "cef");
+    let goldens = common::goldens::goldens();
+    let envelopes: Vec<Envelope> = goldens.iter().map(|(e, _)| e.clone()).collect();
+    let n = envelopes.len() as u64;
+    let rlp_pki = common::pki();
+    let emu = emulator(
+        &rlp_pki,
+        EmulatorConfig {
+            feed: Feed::Fixed(envelopes),
+            ..Default::default()
+        },
+    )
+    .await;
+    let summary = run_until(
+        &syslog_pipeline(syslog_config(&pki, rsyslog.port, MsgFormat::Cef)),
+        vec![rlp_config(&emu, &rlp_pki, "s")],
+        |s| s.envelopes == n,
+    )
+    .await;
+    let total = summary.total();
+    assert_eq!(total.dropped(), 0);
+    let lines = rsyslog.wait_for(total.delivered as usize);
+    let (records, declarations): (Vec<_>, Vec<_>) = lines
+        .iter()
+        .map(|l| l["cef"].clone())
+        .partition(|c| c["SignatureID"] != "declaration");
+    assert_eq!(records.len() as u64, n, "{lines:?}");
+    assert_eq!(declarations.len(), 4);
+    // The records arrive in order per kind; match each with its golden by
+    // kind and place.
+    let mut by_kind: std::collections::BTreeMap<String, Vec<&serde_json::Value>> =
+        Default::default();
+    for (_, want) in &goldens {
+        by_kind
+            .entry(want["kind"].as_str().unwrap().to_string())
+            .or_default()
+            .push(want);
+    }
+    let mut seen: std::collections::BTreeMap<String, usize> = Default::default();
+    for cef in &records {
+        assert_eq!(cef["DeviceVendor"], "Cloud Foundry", "{cef}");
+        assert_eq!(cef["DeviceProduct"], "cf-audit-nozzle");
+        assert_eq!(cef["DeviceVersion"], env!("CARGO_PKG_VERSION"));
+        let ext = &cef["Extensions"];
+        let kind = ext["cat"].as_str().unwrap().to_string();
+        let i = seen.entry(kind.clone()).or_default();
+        let want = by_kind[&kind][*i];
+        assert_eq!(ext["cn1"], i.to_string(), "{cef}");
+        assert_eq!(ext["cn1Label"], "seq");
+        *i += 1;
+        assert_eq!(ext["cs5"], FOUNDATION);
+        assert!(ext["cs6"].as_str().unwrap().starts_with("0-"), "{cef}");
+        let time = want["time"].as_str().unwrap();
+        let ms = cf_audit_nozzle::record::schema::ocsf::rfc3339_millis(time).unwrap();
+        assert_eq!(ext["rt"], ms.to_string());
+        let field = |k: &str| want.get(k).and_then(|v| v.as_str());
+        assert_eq!(
+            ext["deviceExternalId"].as_str(),
+            field("source_id").filter(|s| !s.is_empty())
+        );
+        match kind.as_str() {
+            "api" => {
+                assert_eq!(cef["SignatureID"].as_str(), field("eventName"));
+                assert_eq!(ext["act"].as_str(), field("eventName"));
+                assert_eq!(ext["externalId"].as_str(), field("eventID"));
+                assert_eq!(ext["msg"].as_str(), field("message"), "{cef}");
+                assert_eq!(cef["Name"].as_str(), field("message"));
+            }
+            "app_log" => {
+                assert_eq!(cef["SignatureID"], "app_log");
+                let message = field("message").or(field("message_base64"));
+                assert_eq!(ext["msg"].as_str(), message, "{cef}");
+                let sev = if field("log_type") == Some("ERR") {
+                    "3"
+                } else {
+                    "1"
+                };
+                assert_eq!(cef["Severity"], sev);
+            }
+            "metric" => {
+                let ty = field("metric_type").unwrap();
+                assert_eq!(cef["SignatureID"], format!("metric:{ty}"));
+                if ty == "counter" {
+                    assert_eq!(ext["cn2"], want["delta"].to_string());
+                    assert_eq!(ext["cn3"], want["total"].to_string());
+                }
+            }
+            _ => {
+                assert_eq!(cef["SignatureID"], "event");
+                // An envelope with no message is an event named `event`.
+                assert_eq!(
+                    cef["Name"].as_str(),
+                    Some(field("title").unwrap_or("event"))
+                );
+                assert_eq!(ext["msg"].as_str(), field("body"));
+            }
+        }
+        if let Some(app) = want
+            .get("app")
+            .and_then(|a| a.get("guid"))
+            .and_then(|g| g.as_str())
+            && !app.is_empty()
+        {
+            assert_eq!(ext["cs1"], app);
+            assert_eq!(ext["cs1Label"], "appGuid");
+        }
+    }
+    for d in &declarations {
+        assert_eq!(d["Extensions"]["cn1Label"], "lastSeq");
     }
 }
 

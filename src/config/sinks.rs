@@ -41,6 +41,8 @@ pub(crate) enum SyslogMsgArg {
     Json,
     /// Log lines as they are (other kinds as JSON).
     Message,
+    /// Every record as an ArcSight CEF line (AlienVault USM, ArcSight, QRadar); docs/schemas.md.
+    Cef,
 }
 
 #[derive(Debug, Args)]
@@ -449,6 +451,7 @@ impl SyslogArgs {
                 msg: match self.syslog_msg {
                     SyslogMsgArg::Json => MsgFormat::Json,
                     SyslogMsgArg::Message => MsgFormat::Message,
+                    SyslogMsgArg::Cef => MsgFormat::Cef,
                 },
                 max_message_bytes: self.syslog_max_message_bytes,
             },

@@ -335,7 +335,7 @@ fn api_activity(mut n: Map<String, Value>) -> Value {
 
 /// Milliseconds since the epoch of an RFC 3339 UTC time as the native
 /// records write it (`YYYY-MM-DDTHH:MM:SS[.fraction]Z`).
-pub(crate) fn rfc3339_millis(t: &str) -> Option<i64> {
+pub fn rfc3339_millis(t: &str) -> Option<i64> {
     let b = t.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[10] != b'T' || !t.ends_with('Z') {
         return None;

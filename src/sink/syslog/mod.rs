@@ -11,6 +11,7 @@
 //! `write_timeout`; the connection is replaced (counted in
 //! [`SinkStats::reconnects`]) and the batch retried with backoff.
 
+mod cef;
 mod rfc5424;
 
 use std::sync::Arc;

@@ -44,6 +44,8 @@ pub enum MsgFormat {
     Json,
     /// Log lines as they are; other kinds as JSON.
     Message,
+    /// Every record as a CEF line (`cef.rs`).
+    Cef,
 }
 
 /// What a message looks like.
@@ -155,9 +157,10 @@ pub fn encode(
 
     let msg_start = out.len() + 1;
     out.push(b' ');
-    match log_line {
-        Some(line) => out.extend_from_slice(line),
-        None => record.write_json(ctx, out),
+    match (log_line, format.msg) {
+        (Some(line), _) => out.extend_from_slice(line),
+        (None, MsgFormat::Cef) => super::cef::write(record, ctx, out),
+        (None, _) => record.write_json(ctx, out),
     }
     let limit = format
         .max_message_bytes
