@@ -274,6 +274,17 @@ impl Intake {
         }
     }
 
+    /// Whether the sink should complete what it holds in flight now: its
+    /// in-flight records take a quarter of its disk buffer or more
+    /// ([`buffer::DiskBuffer::in_flight_holds_quarter`]). Always false
+    /// without a disk buffer.
+    pub(crate) fn roll_early(&self, stats: &SinkStats) -> bool {
+        self.reader.as_ref().is_some_and(|r| {
+            r.buffer()
+                .in_flight_holds_quarter(stats.in_flight.load(Ordering::Acquire))
+        })
+    }
+
     /// Forces the disk buffer to disk (at the end of a run).
     pub fn sync(&self) {
         if let Some(r) = &self.reader {

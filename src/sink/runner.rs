@@ -39,6 +39,9 @@ pub async fn run_sink<S: Sink>(
     // Batches handed to the sink so far: the next one's id.
     let mut batches: u64 = 0;
     loop {
+        // Whether a batch went to the sink in this turn (only then can what
+        // it holds in flight have grown).
+        let mut wrote = false;
         let due = [batch_deadline, next_roll].into_iter().flatten().min();
         tokio::select! {
             // Take what is queued first; the timers are checked below either way.
@@ -53,6 +56,7 @@ pub async fn run_sink<S: Sink>(
                     pending.extend(chunk);
                     if pending.len() >= max_records || pending_bytes >= batch.max_bytes {
                         write_pending(&mut sink, &mut pending, &mut batches, &stats, &batch, &mut intake, &mut stamps).await;
+                        wrote = true;
                         batch_deadline = None;
                         pending_bytes = 0;
                     }
@@ -78,10 +82,15 @@ pub async fn run_sink<S: Sink>(
                 &mut stamps,
             )
             .await;
+            wrote = true;
             batch_deadline = None;
             pending_bytes = 0;
         }
-        if let Some(every) = roll_due {
+        // With a disk buffer, a sink that settles only when it rolls rolls
+        // early once what it holds takes a quarter of its buffer: else the
+        // buffer fills before anything in it can be acknowledged.
+        let roll_now = roll_due.or(roll_every.filter(|_| wrote && intake.roll_early(&stats)));
+        if let Some(every) = roll_now {
             roll(&mut sink, &stats, &mut intake, &mut stamps).await;
             next_roll = Some(Instant::now() + every);
         }
