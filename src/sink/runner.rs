@@ -30,8 +30,10 @@ pub async fn run_sink<S: Sink>(
 ) -> SinkReport {
     sink.attach(&stats);
     let max_records = batch.max_records.unwrap_or_else(|| sink.batch_records());
-    let mut pending: Vec<Arc<Record>> = Vec::with_capacity(max_records);
-    let mut pending_bytes = 0usize;
+    let mut pending = Gathered {
+        records: Vec::with_capacity(max_records),
+        bytes: 0,
+    };
     let mut batch_deadline: Option<Instant> = None;
     let roll_every = sink.roll_interval();
     let mut next_roll = roll_every.map(|d| Instant::now() + d);
@@ -47,18 +49,17 @@ pub async fn run_sink<S: Sink>(
             // Take what is queued first; the timers are checked below either way.
             biased;
             chunk = intake.recv_stamped(max_records, &stats) => match chunk {
-                Some((accepted, chunk)) => {
+                Some((accepted, bytes, chunk)) => {
                     stamps.pending.push((accepted, chunk.len() as u64));
-                    if pending.is_empty() {
+                    if pending.records.is_empty() {
                         batch_deadline = Some(Instant::now() + batch.max_age);
                     }
-                    pending_bytes += chunk.iter().map(|r| r.approx_size()).sum::<usize>();
-                    pending.extend(chunk);
-                    if pending.len() >= max_records || pending_bytes >= batch.max_bytes {
+                    pending.bytes += bytes;
+                    pending.records.extend(chunk);
+                    if pending.records.len() >= max_records || pending.bytes >= batch.max_bytes as u64 {
                         write_pending(&mut sink, &mut pending, &mut batches, &stats, &batch, &mut intake, &mut stamps).await;
                         wrote = true;
                         batch_deadline = None;
-                        pending_bytes = 0;
                     }
                 }
                 None => break,
@@ -84,7 +85,6 @@ pub async fn run_sink<S: Sink>(
             .await;
             wrote = true;
             batch_deadline = None;
-            pending_bytes = 0;
         }
         // With a disk buffer, a sink that settles only when it rolls rolls
         // early once what it holds takes a quarter of its buffer: else the
@@ -141,17 +141,26 @@ fn not_delivered<S: Sink>(
     Some(NotDelivered { records, reason })
 }
 
+/// The records gathered for the next batch and their estimated bytes
+/// (still counted in [`SinkStats::queued_bytes`]).
+struct Gathered {
+    records: Vec<Arc<Record>>,
+    bytes: u64,
+}
+
 /// Writes the gathered records as batch `*batches + 1` until it succeeds or
 /// fails for good, then accounts for it.
 async fn write_pending<S: Sink>(
     sink: &mut S,
-    pending: &mut Vec<Arc<Record>>,
+    gathered: &mut Gathered,
     batches: &mut u64,
     stats: &SinkStats,
     batch: &BatchConfig,
     intake: &mut Intake,
     stamps: &mut Stamps,
 ) {
+    let bytes = std::mem::take(&mut gathered.bytes);
+    let pending = &mut gathered.records;
     if pending.is_empty() {
         return;
     }
@@ -229,6 +238,7 @@ async fn write_pending<S: Sink>(
     }
     pending.clear();
     stats.queued.fetch_sub(n, Ordering::AcqRel);
+    stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     intake.settled(stats);
 }
 
