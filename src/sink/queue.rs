@@ -106,7 +106,10 @@ impl SinkQueue {
     pub(crate) fn should_wait(&self, records: u64) -> bool {
         match &self.buffer {
             Some(b) => b.when_full() == buffer::WhenFull::Block && !b.has_room(records * 1024),
-            None => self.stats.queued.load(Ordering::Acquire) + records > self.capacity,
+            None => {
+                self.stats.queued.load(Ordering::Acquire) + records > self.capacity
+                    || self.stats.queued_bytes.load(Ordering::Acquire) >= self.max_bytes
+            }
         }
     }
 
