@@ -85,6 +85,11 @@ pub enum Command {
 }
 
 /// The command names, for making `run` the default.
+/// 64 MiB of estimated record bytes in all sink queues together: under an
+/// overload that fills every queue, the nozzle stays within about 200 MB
+/// (docs/sizing.md), a fifth of the manifest's `memory`.
+pub(crate) const DEFAULT_QUEUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
 pub(crate) const COMMANDS: [&str; 9] = [
     "run", "demo", "emulator", "keygen", "validate", "gaps", "config", "tail", "help",
 ];
@@ -203,6 +208,13 @@ pub struct OutputArgs {
     /// Records each sink's queue holds; beyond it the newest are dropped and counted.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 100_000)]
     pub queue_capacity: usize,
+    /// Estimated bytes of records all sink queues hold together, shared
+    /// evenly by the sinks (each queue is bounded by this share and by
+    /// --queue-capacity, whichever is reached first; beyond it the newest are
+    /// dropped and counted as queue_full). Bounds memory under overload: the
+    /// default keeps the nozzle within about 200 MB.
+    #[arg(long, env = "QUEUE_MAX_BYTES", default_value_t = DEFAULT_QUEUE_MAX_BYTES)]
+    pub queue_max_bytes: u64,
     /// Records per batch a sink writes at once (default 1000, and 4000 for the http sink, which encodes a batch in parallel and sends it as several requests).
     #[arg(long, env = "BATCH_MAX_RECORDS")]
     pub(crate) batch_max_records: Option<usize>,
@@ -379,6 +391,12 @@ impl OutputArgs {
         if self.queue_capacity == 0 {
             errors.push("--queue-capacity (QUEUE_CAPACITY) must be at least 1".into());
         }
+        if self.queue_max_bytes < 1024 * 1024 {
+            errors.push(format!(
+                "--queue-max-bytes (QUEUE_MAX_BYTES) must be at least 1 MiB (1048576), not {}",
+                self.queue_max_bytes
+            ));
+        }
         if self.batch_max_records == Some(0) {
             errors.push("--batch-max-records (BATCH_MAX_RECORDS) must be at least 1".into());
         }
@@ -444,6 +462,7 @@ impl OutputArgs {
         PipelineConfig {
             sinks,
             queue_capacity: self.queue_capacity,
+            queue_max_bytes: self.queue_max_bytes,
             batch: BatchConfig {
                 max_records: self.batch_max_records,
                 max_bytes: self.batch_max_bytes,

@@ -77,6 +77,7 @@ pub async fn run(cfg: DemoConfig, shutdown: CancellationToken) -> Result<DemoRep
             Kind::ALL.to_vec(),
         )],
         queue_capacity: 100_000,
+        queue_max_bytes: u64::MAX,
         batch: BatchConfig::default(),
         encode: EncodeContext {
             record_envelope: cfg.record_envelope,

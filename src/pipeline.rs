@@ -149,11 +149,15 @@ impl Pipeline {
         // The buffer's size is shared evenly: one sink that is down fills
         // its own share, never the others'.
         let buffer = cfg.buffer.as_ref().map(|b| b.per_sink(sink_count(cfg)));
+        // So is the queues' byte bound: memory stays bounded whatever the
+        // number of sinks.
+        let queue_bytes = cfg.queue_max_bytes / sink_count(cfg).max(1) as u64;
         let mut add = |sink: Spawned, kinds: Vec<Kind>| -> Result<(), StartError> {
-            let (task, queue) = sink(cfg, buffer.as_ref()).map_err(|error| StartError {
-                options: "--buffer-dir (BUFFER_DIR)",
-                error,
-            })?;
+            let (task, queue) =
+                sink(cfg, queue_bytes, buffer.as_ref()).map_err(|error| StartError {
+                    options: "--buffer-dir (BUFFER_DIR)",
+                    error,
+                })?;
             if let Some(b) = queue.buffer() {
                 buffers.push(Arc::clone(b));
             }
@@ -342,17 +346,19 @@ fn now_ns() -> i64 {
 type Spawned = Box<
     dyn FnOnce(
         &PipelineConfig,
+        u64,
         Option<&crate::sink::buffer::BufferConfig>,
     ) -> Result<(JoinHandle<SinkReport>, SinkQueue), BuildError>,
 >;
 
 /// `sink` behind its queue, batching by the pipeline's batch limits.
 fn spawner<S: crate::sink::Sink>(sink: S) -> Spawned {
-    Box::new(move |cfg, buffer| {
-        let (queue, intake) = match buffer {
+    Box::new(move |cfg, queue_bytes, buffer| {
+        let (mut queue, intake) = match buffer {
             None => SinkQueue::new(sink.name(), cfg.queue_capacity),
             Some(b) => SinkQueue::with_buffer(sink.name(), cfg.queue_capacity, b)?,
         };
+        queue.set_max_bytes(queue_bytes);
         let task = tokio::spawn(run_sink(
             sink,
             intake,
@@ -398,6 +404,7 @@ mod tests {
                 Kind::ALL.to_vec(),
             )],
             queue_capacity: 10,
+            queue_max_bytes: u64::MAX,
             batch: BatchConfig::default(),
             encode: EncodeContext::new("test"),
             decode_only: false,
@@ -503,6 +510,7 @@ mod tests {
                 Kind::ALL.to_vec(),
             )],
             queue_capacity: 1000,
+            queue_max_bytes: u64::MAX,
             batch: BatchConfig::default(),
             encode: EncodeContext::new("test"),
             decode_only: false,

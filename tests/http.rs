@@ -452,6 +452,7 @@ async fn with_30_percent_of_requests_failing_100000_records_arrive_exactly_once_
     let pipeline = Pipeline::start(&PipelineConfig {
         sinks: vec![(SinkConfig::Http(Box::new(http)), Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
+        queue_max_bytes: u64::MAX,
         batch: BatchConfig {
             retry_initial: Duration::from_millis(10),
             retry_max: Duration::from_millis(100),

@@ -45,6 +45,7 @@ fn pipeline(dir: &Path, key: &Arc<SigningKey>) -> PipelineConfig {
             vec![Kind::AppLog],
         )],
         queue_capacity: 100_000,
+        queue_max_bytes: u64::MAX,
         batch: BatchConfig::default(),
         encode: EncodeContext::new(common::FOUNDATION),
         decode_only: false,

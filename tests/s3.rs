@@ -241,6 +241,7 @@ async fn kms_logs_signed_sse_s3_digests_notifications_and_a_valid_chain() {
             vec![Kind::AppLog],
         )],
         queue_capacity: 10_000,
+        queue_max_bytes: u64::MAX,
         batch: fast_retries(1000),
         encode: ctx(),
         decode_only: false,

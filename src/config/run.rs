@@ -32,6 +32,10 @@ pub struct PipelineConfig<S = SinkConfig> {
     pub sinks: Vec<(S, Vec<Kind>)>,
     /// Records each sink's queue holds before it drops the newest.
     pub queue_capacity: usize,
+    /// Estimated bytes ([`Record::approx_size`](crate::record::Record::approx_size))
+    /// all sink queues hold together, shared evenly (`--queue-max-bytes`);
+    /// `u64::MAX` for no bound but the record count.
+    pub queue_max_bytes: u64,
     pub batch: BatchConfig,
     pub encode: EncodeContext,
     /// Benchmark mode: receive and decode only.

@@ -159,6 +159,7 @@ pub fn build_pipeline(
     PipelineConfig {
         sinks,
         queue_capacity: validated.queue_capacity,
+        queue_max_bytes: validated.queue_max_bytes,
         batch: validated.batch.clone(),
         encode: validated.encode.clone(),
         decode_only: validated.decode_only,

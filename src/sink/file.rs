@@ -211,6 +211,7 @@ mod tests {
     use crate::classify::classify;
     use crate::proto::{Envelope, Log, envelope};
     use crate::sink::{BatchConfig, SinkQueue, run_sink};
+    use std::sync::atomic::Ordering;
 
     fn app_logs(n: usize) -> Vec<Arc<Record>> {
         (0..n)
@@ -286,5 +287,58 @@ mod tests {
             (s.received, s.delivered, s.pending(), s.dropped_write_error),
             (3, 0, 0, 3)
         );
+    }
+
+    /// With a disk buffer, the file sink's records stay unacknowledged until
+    /// their file is completed: at a roll interval far away, 4,000 records
+    /// (several times the buffer) went through only because the runner
+    /// completes the file once it holds a quarter of the buffer. Before,
+    /// the buffer filled and turned records away.
+    #[tokio::test]
+    async fn a_buffered_file_sink_completes_files_before_its_buffer_fills() {
+        use crate::sink::buffer::{BufferConfig, Fsync, WhenFull};
+        let tmp = tempfile::tempdir().unwrap();
+        let buffer = BufferConfig {
+            dir: tmp.path().join("buffer"),
+            max_bytes: 16 * 1024,
+            segment_bytes: 2 * 1024,
+            when_full: WhenFull::DropNewest,
+            fsync: Fsync::Every(Duration::from_secs(3600)),
+            warn_fill: 0.0,
+        };
+        let (queue, rx) = SinkQueue::with_buffer("file:app_log", 100, &buffer).unwrap();
+        let stats = Arc::clone(queue.stats());
+        let mut sink = sink(tmp.path());
+        sink.cfg.roll_interval = Duration::from_secs(3600);
+        let batch = BatchConfig {
+            max_records: Some(10),
+            ..BatchConfig::default()
+        };
+        let runner = tokio::spawn(run_sink(sink, rx, Arc::clone(&stats), batch));
+        let records = app_logs(4000);
+        let framed: Vec<Record> = records.iter().map(|r| (**r).clone()).collect();
+        let framed = crate::sink::buffer::segment_bytes(&framed).len();
+        assert!(
+            framed > 4 * 16 * 1024,
+            "the records are several times the buffer: {framed} bytes"
+        );
+        for chunk in records.chunks(10) {
+            assert!(queue.offer(chunk.to_vec()), "admitted");
+            // Let the runner write it (and roll) before the next chunk.
+            while stats.queued.load(Ordering::Acquire) > 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(queue);
+        let report = runner.await.unwrap();
+        let s = report.stats;
+        assert_eq!(
+            (s.received, s.delivered, s.dropped(), s.pending()),
+            (4000, 4000, 0, 0)
+        );
+        let files = report.outputs.len();
+        assert!(files >= 8, "completed by size, not by time: {files} files");
+        let in_files: u64 = report.outputs.iter().map(|o| o.records).sum();
+        assert_eq!(in_files, 4000);
     }
 }

@@ -412,6 +412,9 @@ crate::counters::counters! {
         buffer_bytes: Gauge("sink_buffer_bytes", "Bytes the sink's disk buffer holds."),
     }
     extra {
+        /// Estimated bytes ([`Record::approx_size`](crate::record::Record::approx_size))
+        /// of the records counted in `queued`: what `--queue-max-bytes` bounds.
+        pub queued_bytes: AtomicU64,
         /// The most it may hold; 0 without a disk buffer.
         pub buffer_max_bytes: AtomicU64,
         /// The disk buffer's fill warning and whether its disk refuses writes.

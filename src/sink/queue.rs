@@ -17,8 +17,14 @@ use super::{Chunk, SinkStats};
 
 /// What travels through a sink's memory queue: for a buffered sink the
 /// number of the chunk's first record in the disk buffer, when the queue
-/// accepted the chunk (for the delivery latency), and the chunk.
-type Queued = (u64, Instant, Chunk);
+/// accepted the chunk (for the delivery latency), its records' estimated
+/// bytes (counted in [`SinkStats::queued_bytes`]), and the chunk.
+type Queued = (u64, Instant, u64, Chunk);
+
+/// Estimated bytes of `chunk`'s records, as the queue and the batches count them.
+pub(crate) fn chunk_bytes(chunk: &Chunk) -> u64 {
+    chunk.iter().map(|r| r.approx_size() as u64).sum()
+}
 
 /// The sending side of a sink's bounded queue.
 #[derive(Clone)]
@@ -26,6 +32,8 @@ pub struct SinkQueue {
     name: Arc<str>,
     tx: mpsc::UnboundedSender<Queued>,
     capacity: u64,
+    /// Estimated bytes the queue holds at most (`--queue-max-bytes`).
+    max_bytes: u64,
     stats: Arc<SinkStats>,
     buffer: Option<Arc<buffer::DiskBuffer>>,
 }
@@ -42,6 +50,7 @@ impl SinkQueue {
             name: name.into(),
             tx,
             capacity: capacity as u64,
+            max_bytes: u64::MAX,
             stats: Arc::new(SinkStats::default()),
             buffer: None,
         };
@@ -70,6 +79,15 @@ impl SinkQueue {
         Ok((queue, intake))
     }
 
+    /// Bounds the queue by its records' estimated bytes too
+    /// (`--queue-max-bytes`): a chunk that would take the queue past
+    /// `max_bytes` is turned away and counted like one past the record
+    /// capacity (`dropped_queue_full`); an empty queue takes any one chunk.
+    /// Set before the queue is cloned.
+    pub(crate) fn set_max_bytes(&mut self, max_bytes: u64) {
+        self.max_bytes = max_bytes;
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -88,7 +106,10 @@ impl SinkQueue {
     pub(crate) fn should_wait(&self, records: u64) -> bool {
         match &self.buffer {
             Some(b) => b.when_full() == buffer::WhenFull::Block && !b.has_room(records * 1024),
-            None => self.stats.queued.load(Ordering::Acquire) + records > self.capacity,
+            None => {
+                self.stats.queued.load(Ordering::Acquire) + records > self.capacity
+                    || self.stats.queued_bytes.load(Ordering::Acquire) >= self.max_bytes
+            }
         }
     }
 
@@ -102,7 +123,17 @@ impl SinkQueue {
         stats.received.fetch_add(n, Ordering::Relaxed);
         // The one clock read per chunk the delivery latency needs.
         let accepted = Instant::now();
+        let bytes = chunk_bytes(&chunk);
         let to_memory = |first: u64, chunk: Chunk| -> Result<(), Chunk> {
+            let room = stats
+                .queued_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    (b == 0 || b.saturating_add(bytes) <= self.max_bytes).then_some(b + bytes)
+                })
+                .is_ok();
+            if !room {
+                return Err(chunk);
+            }
             let admitted = stats
                 .queued
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
@@ -110,12 +141,14 @@ impl SinkQueue {
                 })
                 .is_ok();
             if !admitted {
+                stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 return Err(chunk);
             }
-            self.tx.send((first, accepted, chunk)).map_err(|e| {
+            self.tx.send((first, accepted, bytes, chunk)).map_err(|e| {
                 // The runner is gone (shutdown); the records were never queued.
                 stats.queued.fetch_sub(n, Ordering::AcqRel);
-                e.0.2
+                stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+                e.0.3
             })
         };
         // What turned the chunk away; a disk error is logged as an error.
@@ -152,7 +185,13 @@ impl SinkQueue {
             let (sink, dropped_total) = (&*self.name, before + n);
             match disk_error {
                 Some(error) => tracing::error!(sink, dropped_total, %error, "{what}"),
-                None => tracing::warn!(sink, dropped_total, capacity = self.capacity, "{what}"),
+                None => tracing::warn!(
+                    sink,
+                    dropped_total,
+                    capacity = self.capacity,
+                    max_bytes = self.max_bytes,
+                    "{what}"
+                ),
             }
         }
         false
@@ -174,7 +213,9 @@ impl Intake {
     /// dropped and nothing waits on disk. `max` bounds a chunk read from disk.
     /// Cancel-safe: it only waits where nothing has been taken yet.
     pub async fn recv_up_to(&mut self, max: usize, stats: &SinkStats) -> Option<Chunk> {
-        self.recv_stamped(max, stats).await.map(|(_, chunk)| chunk)
+        self.recv_stamped(max, stats)
+            .await
+            .map(|(_, _, chunk)| chunk)
     }
 
     /// [`Intake::recv_up_to`], with when the chunk was accepted: when its
@@ -182,19 +223,21 @@ impl Intake {
     /// buffer (after a restart, or spilled while the memory queue was
     /// full), when they were read back: the buffer keeps no time, so their
     /// latency counts from then and understates what they waited on disk.
+    /// Also the chunk's estimated bytes, counted in
+    /// [`SinkStats::queued_bytes`] until the runner has written them.
     pub(crate) async fn recv_stamped(
         &mut self,
         max: usize,
         stats: &SinkStats,
-    ) -> Option<(Instant, Chunk)> {
+    ) -> Option<(Instant, u64, Chunk)> {
         let mut closed = false;
         loop {
             match self.rx.try_recv() {
-                Ok((first, accepted, chunk)) => {
+                Ok((first, accepted, bytes, chunk)) => {
                     if let Some(r) = &mut self.reader {
                         r.took_from_memory(first, chunk.len() as u64);
                     }
-                    return Some((accepted, chunk));
+                    return Some((accepted, bytes, chunk));
                 }
                 Err(mpsc::error::TryRecvError::Disconnected) => closed = true,
                 Err(mpsc::error::TryRecvError::Empty) => {}
@@ -203,8 +246,8 @@ impl Intake {
                 if closed {
                     return None;
                 }
-                let (_, accepted, chunk) = self.rx.recv().await?;
-                return Some((accepted, chunk));
+                let (_, accepted, bytes, chunk) = self.rx.recv().await?;
+                return Some((accepted, bytes, chunk));
             };
             match reader.read(max.max(1)) {
                 Ok(buffer::Backlog::Records(records)) => {
@@ -217,7 +260,10 @@ impl Intake {
                         continue;
                     }
                     let chunk = records.into_iter().map(Arc::new).collect();
-                    return Some((Instant::now(), chunk));
+                    // In memory now, until written: counted like the memory queue's.
+                    let bytes = chunk_bytes(&chunk);
+                    stats.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+                    return Some((Instant::now(), bytes, chunk));
                 }
                 Ok(buffer::Backlog::MemoryFirst) => continue,
                 Ok(buffer::Backlog::CaughtUp) if closed => return None,
@@ -230,9 +276,9 @@ impl Intake {
             }
             tokio::select! {
                 got = self.rx.recv() => match got {
-                    Some((first, accepted, chunk)) => {
+                    Some((first, accepted, bytes, chunk)) => {
                         reader.took_from_memory(first, chunk.len() as u64);
-                        return Some((accepted, chunk));
+                        return Some((accepted, bytes, chunk));
                     }
                     None => closed = true,
                 },
@@ -243,12 +289,12 @@ impl Intake {
 
     /// The next chunk of the memory queue (tests that read a queue directly).
     pub async fn recv(&mut self) -> Option<Chunk> {
-        self.rx.recv().await.map(|(_, _, c)| c)
+        self.rx.recv().await.map(|(_, _, _, c)| c)
     }
 
     /// The next chunk of the memory queue if one is there, without waiting.
     pub fn try_recv(&mut self) -> Option<Chunk> {
-        self.rx.try_recv().ok().map(|(_, _, c)| c)
+        self.rx.try_recv().ok().map(|(_, _, _, c)| c)
     }
 
     /// Notes `n` records settled behind records still in flight (a batch
@@ -274,10 +320,93 @@ impl Intake {
         }
     }
 
+    /// Whether the sink should complete what it holds in flight now: its
+    /// in-flight records take a quarter of its disk buffer or more
+    /// ([`buffer::DiskBuffer::in_flight_holds_quarter`]). Always false
+    /// without a disk buffer.
+    pub(crate) fn roll_early(&self, stats: &SinkStats) -> bool {
+        self.reader.as_ref().is_some_and(|r| {
+            r.buffer()
+                .in_flight_holds_quarter(stats.in_flight.load(Ordering::Acquire))
+        })
+    }
+
     /// Forces the disk buffer to disk (at the end of a run).
     pub fn sync(&self) {
         if let Some(r) = &self.reader {
             r.buffer().sync();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::{BatchConfig, Sink, SinkFailure, run_sink};
+
+    fn logs(n: usize) -> Chunk {
+        (0..n)
+            .map(|_| {
+                Arc::new(crate::classify::classify(crate::proto::Envelope {
+                    source_id: "app".into(),
+                    message: Some(crate::proto::envelope::Message::Log(crate::proto::Log {
+                        payload: "the same line".into(),
+                        r#type: 0,
+                    })),
+                    ..Default::default()
+                }))
+            })
+            .collect()
+    }
+
+    /// Delivers what it is given.
+    struct Accept;
+
+    impl Sink for Accept {
+        fn name(&self) -> &str {
+            "accept"
+        }
+        async fn write(&mut self, batch: crate::sink::Batch<'_>) -> Result<u64, SinkFailure> {
+            Ok(batch.records.len() as u64)
+        }
+        async fn roll(&mut self) -> Result<u64, SinkFailure> {
+            Ok(0)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_queue_bounded_by_bytes_turns_away_what_would_pass_the_bound_and_counts_it() {
+        let one = logs(1)[0].approx_size() as u64;
+        // Room for ten and a half records by bytes; by count, for a million.
+        let (mut queue, intake) = SinkQueue::new("q", 1_000_000);
+        queue.set_max_bytes(10 * one + one / 2);
+        let stats = Arc::clone(queue.stats());
+        // 3 + 3 + 3 fit; a fourth chunk of 3 would take 12: turned away;
+        // one more record fits (10); then nothing.
+        let admitted: Vec<bool> = [3, 3, 3, 3, 1, 1].map(|n| queue.offer(logs(n))).into();
+        assert_eq!(admitted, [true, true, true, false, true, false]);
+        let s = stats.load();
+        assert_eq!((s.received, s.queued, s.dropped_queue_full), (14, 10, 4));
+        assert_eq!(stats.queued_bytes.load(Ordering::Acquire), 10 * one);
+        // Written, the bytes are given back: the queue takes records again.
+        let runner = tokio::spawn(run_sink(
+            Accept,
+            intake,
+            Arc::clone(&stats),
+            BatchConfig::default(),
+        ));
+        while stats.delivered.load(Ordering::Acquire) < 10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(stats.queued_bytes.load(Ordering::Acquire), 0);
+        // An empty queue takes one chunk larger than the bound.
+        assert!(queue.offer(logs(20)));
+        drop(queue);
+        let s = runner.await.unwrap().stats;
+        assert_eq!(
+            (s.received, s.delivered, s.dropped_queue_full, s.pending()),
+            (34, 30, 4, 0)
+        );
+        assert_eq!(stats.queued_bytes.load(Ordering::Acquire), 0);
     }
 }

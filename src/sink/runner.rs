@@ -30,8 +30,10 @@ pub async fn run_sink<S: Sink>(
 ) -> SinkReport {
     sink.attach(&stats);
     let max_records = batch.max_records.unwrap_or_else(|| sink.batch_records());
-    let mut pending: Vec<Arc<Record>> = Vec::with_capacity(max_records);
-    let mut pending_bytes = 0usize;
+    let mut pending = Gathered {
+        records: Vec::with_capacity(max_records),
+        bytes: 0,
+    };
     let mut batch_deadline: Option<Instant> = None;
     let roll_every = sink.roll_interval();
     let mut next_roll = roll_every.map(|d| Instant::now() + d);
@@ -39,22 +41,25 @@ pub async fn run_sink<S: Sink>(
     // Batches handed to the sink so far: the next one's id.
     let mut batches: u64 = 0;
     loop {
+        // Whether a batch went to the sink in this turn (only then can what
+        // it holds in flight have grown).
+        let mut wrote = false;
         let due = [batch_deadline, next_roll].into_iter().flatten().min();
         tokio::select! {
             // Take what is queued first; the timers are checked below either way.
             biased;
             chunk = intake.recv_stamped(max_records, &stats) => match chunk {
-                Some((accepted, chunk)) => {
+                Some((accepted, bytes, chunk)) => {
                     stamps.pending.push((accepted, chunk.len() as u64));
-                    if pending.is_empty() {
+                    if pending.records.is_empty() {
                         batch_deadline = Some(Instant::now() + batch.max_age);
                     }
-                    pending_bytes += chunk.iter().map(|r| r.approx_size()).sum::<usize>();
-                    pending.extend(chunk);
-                    if pending.len() >= max_records || pending_bytes >= batch.max_bytes {
+                    pending.bytes += bytes;
+                    pending.records.extend(chunk);
+                    if pending.records.len() >= max_records || pending.bytes >= batch.max_bytes as u64 {
                         write_pending(&mut sink, &mut pending, &mut batches, &stats, &batch, &mut intake, &mut stamps).await;
+                        wrote = true;
                         batch_deadline = None;
-                        pending_bytes = 0;
                     }
                 }
                 None => break,
@@ -78,10 +83,14 @@ pub async fn run_sink<S: Sink>(
                 &mut stamps,
             )
             .await;
+            wrote = true;
             batch_deadline = None;
-            pending_bytes = 0;
         }
-        if let Some(every) = roll_due {
+        // With a disk buffer, a sink that settles only when it rolls rolls
+        // early once what it holds takes a quarter of its buffer: else the
+        // buffer fills before anything in it can be acknowledged.
+        let roll_now = roll_due.or(roll_every.filter(|_| wrote && intake.roll_early(&stats)));
+        if let Some(every) = roll_now {
             roll(&mut sink, &stats, &mut intake, &mut stamps).await;
             next_roll = Some(Instant::now() + every);
         }
@@ -132,17 +141,26 @@ fn not_delivered<S: Sink>(
     Some(NotDelivered { records, reason })
 }
 
+/// The records gathered for the next batch and their estimated bytes
+/// (still counted in [`SinkStats::queued_bytes`]).
+struct Gathered {
+    records: Vec<Arc<Record>>,
+    bytes: u64,
+}
+
 /// Writes the gathered records as batch `*batches + 1` until it succeeds or
 /// fails for good, then accounts for it.
 async fn write_pending<S: Sink>(
     sink: &mut S,
-    pending: &mut Vec<Arc<Record>>,
+    gathered: &mut Gathered,
     batches: &mut u64,
     stats: &SinkStats,
     batch: &BatchConfig,
     intake: &mut Intake,
     stamps: &mut Stamps,
 ) {
+    let bytes = std::mem::take(&mut gathered.bytes);
+    let pending = &mut gathered.records;
     if pending.is_empty() {
         return;
     }
@@ -220,6 +238,7 @@ async fn write_pending<S: Sink>(
     }
     pending.clear();
     stats.queued.fetch_sub(n, Ordering::AcqRel);
+    stats.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
     intake.settled(stats);
 }
 

@@ -127,6 +127,7 @@ pub fn one_sink_pipeline(sink: SinkConfig) -> PipelineConfig {
     PipelineConfig {
         sinks: vec![(sink, Kind::ALL.to_vec())],
         queue_capacity: 1_000_000,
+        queue_max_bytes: u64::MAX,
         batch: BatchConfig::default(),
         encode: EncodeContext::new(FOUNDATION),
         decode_only: false,

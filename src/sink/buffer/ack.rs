@@ -85,6 +85,33 @@ impl DiskBuffer {
     }
 }
 
+impl DiskBuffer {
+    /// Whether the oldest `in_flight` unacknowledged records (those a sink
+    /// holds until it completes a file) take a quarter of this buffer or
+    /// more, so that the runner should complete the file now rather than at
+    /// its roll interval: otherwise a sink that acknowledges only at a roll
+    /// (the file sink, 300 s by default) fills its share before anything
+    /// can be acknowledged, at rates it sustains without a buffer.
+    ///
+    /// Their bytes are estimated as their share of the records not yet
+    /// acknowledged times the bytes the buffer holds (which also counts
+    /// acknowledged records of a segment not yet deleted: a segment is an
+    /// eighth of the share, so this errs towards rolling early).
+    pub(crate) fn in_flight_holds_quarter(&self, in_flight: u64) -> bool {
+        if in_flight == 0 {
+            return false;
+        }
+        let s = self.state();
+        let unacked = s.next_ord.saturating_sub(s.acked);
+        if unacked == 0 {
+            return false;
+        }
+        let held =
+            u128::from(s.disk_bytes) * u128::from(in_flight.min(unacked)) / u128::from(unacked);
+        held * 4 >= u128::from(self.cfg.max_bytes)
+    }
+}
+
 /// The replay start written by [`DiskBuffer::ack`]; `None` when missing or
 /// damaged (then everything on disk is replayed: duplicates, never loss).
 pub(super) fn read_ack(path: &Path) -> Option<(u64, u64)> {
