@@ -54,6 +54,7 @@ async fn run_once(cfg: &S3Config, key: &Arc<SigningKey>, run: i64) {
             vec![Kind::AppLog],
         )],
         queue_capacity: 10_000,
+        queue_max_bytes: u64::MAX,
         batch: BatchConfig::default(),
         encode: EncodeContext::new(common::FOUNDATION),
         decode_only: false,
