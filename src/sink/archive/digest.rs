@@ -182,15 +182,17 @@ pub(crate) async fn find_previous(
 }
 
 /// Runs the chain until every sender of `rx` is gone, then writes a final
-/// digest. The report counts digests (received = attempted).
+/// digest. `stats` (the follower's, on `/metrics` as sink `<label>:digest`)
+/// and the report count digests: received = attempted, delivered = written,
+/// so an alert can tell a chain that stopped (`monitoring/alerts.yml`).
 pub(crate) async fn run_digest_chain(
     archive: Archive,
     cfg: DigestConfig,
     mut rx: mpsc::UnboundedReceiver<LogFileEntry>,
     notifier: Option<Notifier>,
     name: String,
+    stats: Arc<SinkStats>,
 ) -> SinkReport {
-    let stats = SinkStats::default();
     let mut outputs = Vec::new();
     let mut backoff = Backoff::full_jitter(Duration::from_secs(1), Duration::from_secs(30));
     let mut previous = loop {

@@ -291,6 +291,7 @@ pub(crate) fn start_object_sinks(
     let digests = cfg.digest.as_ref().map(|d| {
         let (tx, rx) = mpsc::unbounded_channel();
         let name = format!("{label}:digest");
+        let stats = Arc::new(SinkStats::default());
         let task = tokio::spawn(super::digest::run_digest_chain(
             archive.clone(),
             super::digest::DigestConfig {
@@ -302,8 +303,9 @@ pub(crate) fn start_object_sinks(
             rx,
             notifier.clone(),
             name.clone(),
+            Arc::clone(&stats),
         ));
-        followers.push((name, Arc::new(SinkStats::default()), task));
+        followers.push((name, stats, task));
         tx
     });
     followers.extend(notify_task);
