@@ -283,6 +283,7 @@ impl S3Args {
                 "--s3-object-lock-days (S3_OBJECT_LOCK_DAYS) must be 1 to {MAX_LOCK_DAYS}, not {days}"
             ));
         }
+        let days = u16::try_from(days.min(MAX_LOCK_DAYS)).expect("36500 fits");
         Some(ObjectLock { mode, days })
     }
 

@@ -72,11 +72,12 @@ impl LockMode {
 }
 
 /// `--s3-object-lock-mode` and `--s3-object-lock-days`: each object written
-/// is retained in `mode` until `days` days after its PUT.
+/// is retained in `mode` until `days` days after its PUT (at most 36500, so
+/// `u16`, which keeps `S3Config` within `Target`'s size).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ObjectLock {
     pub mode: LockMode,
-    pub days: u32,
+    pub days: u16,
 }
 
 /// Supplies our own reqwest client (rustls with the ring provider, as the

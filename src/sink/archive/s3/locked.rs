@@ -213,7 +213,7 @@ fn sse_headers(sse: Sse, kms_key_id: Option<&str>) -> Vec<(&'static str, String)
 }
 
 /// `now` plus `days`, as S3 takes it: RFC 3339 in UTC, whole seconds.
-fn retain_until(now: chrono::DateTime<chrono::Utc>, days: u32) -> String {
+fn retain_until(now: chrono::DateTime<chrono::Utc>, days: u16) -> String {
     (now + chrono::Duration::days(i64::from(days)))
         .format("%Y-%m-%dT%H:%M:%SZ")
         .to_string()
