@@ -245,16 +245,25 @@ async fn every_log_file_digest_and_key_is_retained_and_no_locked_version_can_be_
     );
 }
 
-/// Governance retention: deleting a version needs the bypass permission
-/// and header; without them the server refuses.
+/// Governance retention, written with temporary credentials: deleting a
+/// version needs the bypass permission and header; without them the server
+/// refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn governance_retention_refuses_a_delete_without_the_bypass() {
+async fn governance_retention_with_a_session_token_refuses_a_delete_without_the_bypass() {
     let m = moto::moto();
     let lock = ObjectLock {
         mode: LockMode::Governance,
         days: 1,
     };
-    let cfg = bucket(m, "governed", true, Some(lock));
+    // Temporary credentials: the session token goes with the signed PUT
+    // (the server refuses their key without it).
+    let (key_id, secret, token) = m.assume_role();
+    let cfg = S3Config {
+        access_key_id: Some(key_id),
+        secret_access_key: Some(secret.into()),
+        session_token: Some(token.into()),
+        ..bucket(m, "governed", true, Some(lock))
+    };
     let archive = archive(&cfg);
     let key = "audit/CFLogs/test/app_log/2026/12/03/test_app_log_20261203T0000Z_0_x.json.gz";
     let before = Utc::now();
