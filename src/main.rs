@@ -191,7 +191,9 @@ fn with_every_option_in_help(cmd: clap::Command) -> clap::Command {
 
 async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
     if let Command::Config(config) = &loaded.cli.command {
-        return config_command(&config.command, &loaded).map(|()| ExitCode::SUCCESS);
+        return config_command(&config.command, &loaded)
+            .await
+            .map(|()| ExitCode::SUCCESS);
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -301,7 +303,7 @@ async fn dispatch(loaded: Loaded) -> anyhow::Result<ExitCode> {
 }
 
 /// `config check`, `config docs` and `config bosh-job`.
-fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()> {
+async fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()> {
     match command {
         ConfigCommand::Docs => {
             use clap::CommandFactory;
@@ -322,8 +324,16 @@ fn config_command(command: &ConfigCommand, loaded: &Loaded) -> anyhow::Result<()
         ConfigCommand::Check(args) => {
             out!("{}", check::render_effective(loaded));
             let cfg = check::validated(args, &ProcessEnv, &loaded.errors)?;
-            for w in &cfg.warnings {
+            // What the S3 bucket says about Object Lock, when it is asked for.
+            let buckets = check::bucket_checks(&cfg).await;
+            for note in &buckets.notes {
+                outln!("{note}");
+            }
+            for w in cfg.warnings.iter().chain(&buckets.warnings) {
                 outln!("warning: {w}");
+            }
+            if !buckets.errors.is_empty() {
+                return Err(cf_audit_nozzle::config::ConfigErrors(buckets.errors).into());
             }
             outln!("configuration is valid");
             Ok(())

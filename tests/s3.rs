@@ -643,6 +643,7 @@ fn moto_free_config() -> S3Config {
         sse: Sse::Aes256,
         kms_key_id: None,
         ca_pem: None,
+        object_lock: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `cf-audit-nozzle config check`: the effective configuration (every
 //! option, its value and where the value came from, secrets masked) and the
-//! same validation `run` does, every problem listed at once. Part of
+//! same validation `run` does, every problem listed at once; then what the
+//! S3 bucket says about Object Lock when the trail asks for it. Part of
 //! [`crate::config`].
 
 use super::layers::{Loaded, Origin, is_secret};
@@ -34,6 +35,62 @@ pub fn validated(
             Err(ConfigErrors(errors))
         }
     }
+}
+
+/// What `config check` reports after validation, from the buckets it asks.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct BucketChecks {
+    /// What was found (printed as is).
+    pub notes: Vec<String>,
+    /// A question that could not be answered (printed after `warning: `).
+    pub warnings: Vec<String>,
+    /// What makes the configuration fail: a locked PUT would be refused.
+    pub errors: Vec<String>,
+}
+
+/// For each S3 sink with `--s3-object-lock-mode`, asks the bucket
+/// (`GET ?object-lock`) whether it has Object Lock: without it every PUT
+/// with retention is refused. A bucket that cannot be asked is a warning
+/// (the check runs where S3 may be out of reach); nothing secret is shown.
+pub async fn bucket_checks(built: &Built) -> BucketChecks {
+    use crate::sink::archive::{Target, s3};
+    let mut out = BucketChecks::default();
+    for (sink, _) in &built.pipeline.sinks {
+        let super::SinkConfig::Object(object) = sink else {
+            continue;
+        };
+        let Target::S3(cfg) = &object.target else {
+            continue;
+        };
+        let Some(lock) = cfg.object_lock else {
+            continue;
+        };
+        let bucket = &cfg.bucket;
+        let answer = match s3::http_client(cfg.ca_pem.as_deref()) {
+            Ok(client) => s3::object_lock_status(cfg, &client).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match answer {
+            Ok(s3::LockCheck::Enabled { default_retention }) => {
+                let default = default_retention
+                    .map(|d| format!(" (bucket default retention: {d})"))
+                    .unwrap_or_default();
+                out.notes.push(format!(
+                    "s3 bucket {bucket}: Object Lock is enabled{default}; each log file, digest and public key is written {} for {} days",
+                    lock.mode.as_str(),
+                    lock.days
+                ));
+            }
+            Ok(s3::LockCheck::NotEnabled) => out.errors.push(format!(
+                "--s3-object-lock-mode (S3_OBJECT_LOCK_MODE): bucket {bucket} has no Object Lock, so S3 would refuse every PUT with retention; use a bucket with Object Lock enabled, or drop --s3-object-lock-mode and --s3-object-lock-days"
+            )),
+            Err(reason) => out.warnings.push(format!(
+                "cannot ask bucket {bucket} whether it has Object Lock ({}); if it has none, S3 refuses every PUT with retention",
+                crate::redact::urls_in(&reason)
+            )),
+        }
+    }
+    out
 }
 
 /// One line per option of the run-like command `loaded` parsed:

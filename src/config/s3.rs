@@ -12,7 +12,7 @@ use crate::integrity::Algorithm;
 use crate::redact::Secret;
 use crate::sink::archive::{
     RollConfig,
-    s3::{S3Config, Sse},
+    s3::{LockMode, ObjectLock, S3Config, Sse},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -26,6 +26,18 @@ pub(crate) enum SseArg {
     /// No encryption header (a warning at start).
     None,
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LockModeArg {
+    /// Deleting a version before its date needs s3:BypassGovernanceRetention.
+    Governance,
+    /// Nobody can delete a version before its date, root included.
+    Compliance,
+}
+
+/// The longest retention `--s3-object-lock-days` takes (100 years, as S3's
+/// default retention).
+const MAX_LOCK_DAYS: u32 = 36_500;
 
 #[derive(Debug, Args)]
 pub struct S3Args {
@@ -62,6 +74,12 @@ pub struct S3Args {
     /// KMS key id for --s3-sse aws:kms (the bucket's default KMS key without it).
     #[arg(long, env = "S3_KMS_KEY_ID")]
     pub(crate) s3_kms_key_id: Option<String>,
+    /// S3 Object Lock retention mode of every log file, digest and public key (with --s3-object-lock-days; the bucket must have Object Lock enabled).
+    #[arg(long, env = "S3_OBJECT_LOCK_MODE", value_enum)]
+    pub(crate) s3_object_lock_mode: Option<LockModeArg>,
+    /// Days each object is retained (write-once) after it is written (with --s3-object-lock-mode).
+    #[arg(long, env = "S3_OBJECT_LOCK_DAYS")]
+    pub(crate) s3_object_lock_days: Option<u32>,
     /// Uncompressed bytes after which the s3 sink completes an object.
     #[arg(long, env = "ROLL_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub roll_bytes: u64,
@@ -220,6 +238,7 @@ impl S3Args {
                 .filter(|t| !t.is_empty())
                 .map(Secret::from)
         });
+        let object_lock = self.object_lock(errors);
         Some(S3Config {
             bucket,
             prefix: self.s3_prefix.trim_matches('/').to_string(),
@@ -233,7 +252,39 @@ impl S3Args {
             kms_key_id: self.s3_kms_key_id.clone(),
             // Read at build (`--s3-ca`).
             ca_pem: None,
+            object_lock,
         })
+    }
+
+    /// `--s3-object-lock-mode` and `--s3-object-lock-days`, both or neither.
+    fn object_lock(&self, errors: &mut Vec<String>) -> Option<ObjectLock> {
+        let (mode, days) = match (self.s3_object_lock_mode, self.s3_object_lock_days) {
+            (None, None) => return None,
+            (Some(mode), Some(days)) => (mode, days),
+            (Some(_), None) => {
+                errors.push(
+                    "--s3-object-lock-mode (S3_OBJECT_LOCK_MODE) needs --s3-object-lock-days (S3_OBJECT_LOCK_DAYS): how long each object is retained".into(),
+                );
+                return None;
+            }
+            (None, Some(_)) => {
+                errors.push(
+                    "--s3-object-lock-days (S3_OBJECT_LOCK_DAYS) needs --s3-object-lock-mode (S3_OBJECT_LOCK_MODE): governance or compliance".into(),
+                );
+                return None;
+            }
+        };
+        let mode = match mode {
+            LockModeArg::Governance => LockMode::Governance,
+            LockModeArg::Compliance => LockMode::Compliance,
+        };
+        if !(1..=MAX_LOCK_DAYS).contains(&days) {
+            errors.push(format!(
+                "--s3-object-lock-days (S3_OBJECT_LOCK_DAYS) must be 1 to {MAX_LOCK_DAYS}, not {days}"
+            ));
+        }
+        let days = u16::try_from(days.min(MAX_LOCK_DAYS)).expect("36500 fits");
+        Some(ObjectLock { mode, days })
     }
 
     pub fn roll(

@@ -121,6 +121,7 @@ impl Moto {
             sse: Sse::Aes256,
             kms_key_id: None,
             ca_pem: None,
+            object_lock: None,
         }
     }
 }

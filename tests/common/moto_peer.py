@@ -4,12 +4,18 @@ use to look at the server side (boto3): one JSON command per stdin line, one
 JSON answer per stdout line. Exits when stdin closes (the test process ended).
 
 First line out: {"endpoint": ..., "key": ..., "secret": ...}.
-Commands: {"op": "create_bucket", "bucket"}, {"op": "head", "bucket", "key"},
+Commands: {"op": "create_bucket", "bucket", "object_lock"?} (Object Lock
+enabled at creation when object_lock is true), {"op": "head", "bucket", "key",
+"version"?},
 {"op": "list", "bucket", "prefix"}, {"op": "assume_role"} (temporary
 credentials of a role allowed everything: key, secret, token),
 {"op": "download", "bucket", "prefix", "dir"} (every object to dir/<key>,
 each digest's x-amz-meta-signature to dir/<key>.signature: what an auditor's
-S3 client fetches), {"op": "put", "bucket", "key", "body_hex"}.
+S3 client fetches), {"op": "put", "bucket", "key", "body_hex"},
+{"op": "versions", "bucket", "prefix"} (every version: key, version id),
+{"op": "delete_version", "bucket", "key", "version",
+"bypass_governance"?} ({"deleted": true}, or {"deleted": false, "code",
+"message"} when the server refuses).
 """
 import json
 import logging
@@ -70,12 +76,35 @@ for line in sys.stdin:
     cmd = json.loads(line)
     try:
         if cmd["op"] == "create_bucket":
-            s3.create_bucket(Bucket=cmd["bucket"])
+            s3.create_bucket(Bucket=cmd["bucket"],
+                             ObjectLockEnabledForBucket=bool(cmd.get("object_lock")))
             out = {"ok": True}
         elif cmd["op"] == "head":
-            h = s3.head_object(Bucket=cmd["bucket"], Key=cmd["key"])
+            version = {"VersionId": cmd["version"]} if cmd.get("version") else {}
+            h = s3.head_object(Bucket=cmd["bucket"], Key=cmd["key"], **version)
             out = {k: h.get(k) for k in ("ServerSideEncryption", "SSEKMSKeyId",
-                                         "ContentType", "ContentEncoding", "Metadata")}
+                                         "ContentType", "ContentEncoding", "Metadata",
+                                         "ObjectLockMode", "VersionId")}
+            until = h.get("ObjectLockRetainUntilDate")
+            out["ObjectLockRetainUntilDate"] = until and until.isoformat()
+        elif cmd["op"] == "versions":
+            out = {"versions": [
+                {"key": v["Key"], "version": v["VersionId"]}
+                for page in s3.get_paginator("list_object_versions").paginate(
+                    Bucket=cmd["bucket"], Prefix=cmd.get("prefix", ""))
+                for v in page.get("Versions", [])]}
+        elif cmd["op"] == "delete_version":
+            try:
+                # Only when asked: moto takes any value of the header,
+                # "false" included, for a bypass.
+                bypass = ({"BypassGovernanceRetention": True}
+                          if cmd.get("bypass_governance") else {})
+                s3.delete_object(Bucket=cmd["bucket"], Key=cmd["key"],
+                                 VersionId=cmd["version"], **bypass)
+                out = {"deleted": True}
+            except s3.exceptions.ClientError as e:
+                out = {"deleted": False, "code": e.response["Error"]["Code"],
+                       "message": e.response["Error"].get("Message", "")}
         elif cmd["op"] == "download":
             n = 0
             for page in s3.get_paginator("list_objects_v2").paginate(

@@ -1,17 +1,21 @@
 //! The S3 client half of the archive: how a bucket (or any S3-compatible
 //! store) is reached through `object_store`'s S3 client (SigV4, its own
 //! short retries) over our rustls configuration, with the configured
-//! server-side encryption.
+//! server-side encryption. With Object Lock (`--s3-object-lock-mode`), the
+//! trail's objects are written by our own signed PUT instead ([`locked`]).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 
 use super::Archive;
+
+mod locked;
 use crate::redact::Secret;
 use crate::sink::BuildError;
+pub(crate) use locked::{LockCheck, object_lock_status};
 
 /// Server-side encryption of log files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +47,37 @@ pub struct S3Config {
     /// Extra CA certificates (PEM, `--s3-ca`) trusted for the endpoint and
     /// the notification webhook, besides the Mozilla roots.
     pub ca_pem: Option<Vec<u8>>,
+    /// S3 Object Lock retention on every object of the trail (logs, digests,
+    /// public keys); `None` writes them as object_store does.
+    pub object_lock: Option<ObjectLock>,
+}
+
+/// Object Lock retention mode (`x-amz-object-lock-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockMode {
+    /// A user with `s3:BypassGovernanceRetention` may still delete.
+    Governance,
+    /// Nobody can delete the version or shorten its retention, root included.
+    Compliance,
+}
+
+impl LockMode {
+    /// The header's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
+/// `--s3-object-lock-mode` and `--s3-object-lock-days`: each object written
+/// is retained in `mode` until `days` days after its PUT (at most 36500, so
+/// `u16`, which keeps `S3Config` within `Target`'s size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLock {
+    pub mode: LockMode,
+    pub days: u16,
 }
 
 /// Supplies our own reqwest client (rustls with the ring provider, as the
@@ -74,11 +109,7 @@ pub fn http_client(extra_ca_pem: Option<&[u8]>) -> Result<reqwest::Client, Build
         .map_err(|e| BuildError::S3Client(crate::error_chain(&e)))
 }
 
-fn store(
-    cfg: &S3Config,
-    client: &reqwest::Client,
-    sse: Sse,
-) -> Result<Arc<dyn ObjectStore>, BuildError> {
+fn store(cfg: &S3Config, client: &reqwest::Client, sse: Sse) -> Result<AmazonS3, BuildError> {
     let mut b = AmazonS3Builder::new()
         .with_bucket_name(&cfg.bucket)
         .with_region(&cfg.region)
@@ -113,10 +144,22 @@ fn store(
         },
         Sse::None => b,
     };
-    let s = b
-        .build()
-        .map_err(|e| BuildError::S3Store(crate::error_chain(&e)))?;
-    Ok(Arc::new(s))
+    b.build()
+        .map_err(|e| BuildError::S3Store(crate::error_chain(&e)))
+}
+
+/// The store objects are written through: object_store's client, or with
+/// Object Lock our signed PUT in front of it.
+fn writer(
+    cfg: &S3Config,
+    client: &reqwest::Client,
+    sse: Sse,
+) -> Result<Arc<dyn ObjectStore>, BuildError> {
+    let s3 = store(cfg, client, sse)?;
+    Ok(match cfg.object_lock {
+        None => Arc::new(s3),
+        Some(lock) => Arc::new(locked::LockedStore::new(s3, cfg, client, sse, lock)),
+    })
 }
 
 fn sse_key() -> AmazonS3ConfigKey {
@@ -126,13 +169,14 @@ fn sse_key() -> AmazonS3ConfigKey {
 }
 
 /// The bucket as an [`Archive`]: log files with the configured encryption,
-/// digest files always SSE-S3 (as CloudTrail keeps them).
+/// digest files always SSE-S3 (as CloudTrail keeps them); with
+/// `object_lock`, every object but the audit cursor carries its retention.
 pub fn s3_archive(cfg: &S3Config, client: &reqwest::Client) -> Result<Archive, BuildError> {
-    let logs = store(cfg, client, cfg.sse)?;
+    let logs = writer(cfg, client, cfg.sse)?;
     let digests = if cfg.sse == Sse::Aes256 {
         Arc::clone(&logs)
     } else {
-        store(cfg, client, Sse::Aes256)?
+        writer(cfg, client, Sse::Aes256)?
     };
     Ok(Archive {
         logs,
