@@ -584,4 +584,16 @@ fn plain_http_urls_are_warnings_where_they_are_used() {
             "--notify-url (NOTIFY_URL) is plain http://: the delivery notifications (bucket and object keys) cross the network unencrypted (use https://)"
         ]
     );
+
+    // Object Lock options without the s3 sink lock nothing: said, not ignored.
+    let mut cmd = nozzle(tmp.path());
+    rlp_args(&mut cmd);
+    cmd.args(["--sink", "stdout", "--s3-object-lock-mode", "compliance"])
+        .args(["--s3-object-lock-days", "30"]);
+    assert_eq!(
+        warnings(&mut cmd),
+        [
+            "--s3-object-lock-mode/--s3-object-lock-days have no effect without --sink s3: nothing is written with retention"
+        ]
+    );
 }

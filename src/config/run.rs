@@ -194,6 +194,12 @@ impl RunArgs {
                 w.push(format!("{flag} is plain http://: {what} (use https://)"));
             }
         }
+        if !self.output.sink.contains(&SinkKind::S3)
+            && (s3.s3_object_lock_mode.is_some() || s3.s3_object_lock_days.is_some())
+        {
+            // The file sink's folder has no retention to set: nothing is locked.
+            w.push("--s3-object-lock-mode/--s3-object-lock-days have no effect without --sink s3: nothing is written with retention".to_string());
+        }
         if self.output.sink.contains(&SinkKind::S3) && self.output.s3.s3_sse == SseArg::None {
             w.push(
                 "--s3-sse none: log files are written WITHOUT server-side encryption".to_string(),
