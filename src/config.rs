@@ -199,7 +199,7 @@ pub struct OutputArgs {
     /// Add to every envelope record a protojson copy of its envelope (`envelope`, Loggregator's exact form), as records had before; off, every fact of the envelope appears once, as a readable field or under `tags`.
     #[arg(long, env = "RECORD_ENVELOPE", value_enum, default_value = "off")]
     pub record_envelope: OnOff,
-    /// Schema of the records: native (ours), ocsf (OCSF 1.3.0) or ecs (Elastic Common Schema 9.4.0); SINK=SCHEMA sets one sink's (stdout, file, syslog, http, s3), e.g. `ocsf,http=ecs` (docs/schemas.md).
+    /// Schema of the records: native (ours), ocsf (OCSF 1.3.0), ecs (Elastic Common Schema 9.4.0) or cim (Splunk CIM: API records as Change/Authentication); SINK=SCHEMA sets one sink's (stdout, file, syslog, http, s3), e.g. `ocsf,http=cim` (docs/schemas.md).
     #[arg(long, env = "RECORD_SCHEMA", value_delimiter = ',', value_parser = parse_record_schema, default_value = "native")]
     pub record_schema: Vec<(Option<String>, crate::record::RecordSchema)>,
     /// This instance's index, in file names so instances never overwrite each other.

@@ -229,7 +229,7 @@ fn no_fact_is_lost_in_either_schema() {
         }
     }
     let native = written(RecordSchema::Native);
-    for schema in [RecordSchema::Ocsf, RecordSchema::Ecs] {
+    for schema in [RecordSchema::Ocsf, RecordSchema::Ecs, RecordSchema::Cim] {
         for (n, other) in native.iter().zip(written(schema)) {
             let n: Value = serde_json::from_str(n).unwrap();
             let o: Value = serde_json::from_str(&other).unwrap();
@@ -314,4 +314,66 @@ fn gaps_reads_the_numbers_in_every_schema() {
         assert!(out.contains("app_log"), "{schema:?}: {out}");
         assert!(report.to_string().contains(BOOT), "{schema:?}: {report}");
     }
+}
+
+/// `--record-schema cim`: API invocations carry the Change data model's
+/// fields (UAA sign-ins Authentication's) with CIM's values; other kinds
+/// stay native.
+#[test]
+fn cim_records_have_the_change_and_authentication_fields() {
+    let natives = written(RecordSchema::Native);
+    let cim = written(RecordSchema::Cim);
+    let mut changes = 0;
+    let mut authentications = 0;
+    for (n, c) in natives.iter().zip(&cim) {
+        let n: Value = serde_json::from_str(n).unwrap();
+        let c: Value = serde_json::from_str(c).unwrap();
+        if n["kind"] != "api" {
+            assert_eq!(n, c, "only API records change");
+            continue;
+        }
+        assert_eq!(c["time"], n["time"]);
+        assert_eq!(c["dest"], "test");
+        assert_eq!(c["cloudfoundry"]["kind"], "api");
+        if n["eventSource"] == "uaa" && n["eventName"].as_str().unwrap().contains("Authentication")
+        {
+            authentications += 1;
+            // Authentication: action success|failure|error, app, user, src.
+            assert_eq!(c["action"], "failure", "{c}");
+            assert_eq!(c["app"], "uaa");
+            assert_eq!(c["user"], n["userIdentity"]["name"]);
+            assert_eq!(c["src"], n["sourceIPAddress"]);
+            assert_eq!(c["signature"], n["eventName"]);
+            continue;
+        }
+        changes += 1;
+        // Change: action, change_type, command, object*, user, status, vendor_product.
+        let action = c["action"].as_str().unwrap();
+        assert!(
+            ["created", "deleted", "read", "updated"].contains(&action),
+            "{action}"
+        );
+        assert_eq!(c["command"], n["eventName"]);
+        assert_eq!(c["change_type"], "Cloud Foundry");
+        assert!(
+            c["vendor_product"]
+                .as_str()
+                .unwrap()
+                .starts_with("Cloud Foundry")
+        );
+        assert!(c["user"].is_string(), "{c}");
+        if let Some(first) = n["resources"].get(0) {
+            assert_eq!(c["object_category"], first["type"]);
+            assert_eq!(c["object_id"], first["guid"]);
+        }
+        match n.get("outcome").and_then(|o| o.as_str()) {
+            Some("success") => assert_eq!(c["status"], "success"),
+            Some(_) => assert_eq!(c["status"], "failure"),
+            None => assert!(c.get("status").is_none(), "{c}"),
+        }
+    }
+    assert!(
+        changes >= 4 && authentications == 1,
+        "{changes} {authentications}"
+    );
 }

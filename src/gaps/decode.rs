@@ -35,8 +35,9 @@ impl<'de> serde::Deserialize<'de> for Element {
 
 /// A member name: one of the four, or any other (not kept). Records
 /// written with `--record-schema` keep the number elsewhere: `kind` and
-/// `boot` under OCSF's `unmapped` or ECS's `cloudfoundry`, `seq` as OCSF's
-/// `metadata.sequence` or ECS's `event.sequence`.
+/// `boot` under OCSF's `unmapped` or ECS's and CIM's `cloudfoundry`, `seq`
+/// as OCSF's `metadata.sequence`, ECS's `event.sequence` or CIM's
+/// `cloudfoundry.seq`.
 enum Member {
     Kind,
     Boot,
@@ -109,12 +110,14 @@ impl<'de> Visitor<'de> for ElementVisitor {
             *slot = (!value.is_null()).then_some(value);
         }
         // A native record's own members win; the schemas' places fill in.
+        if let Some(Element::Object(s)) = sequenced {
+            fields.seq = fields.seq.or(s.seq);
+        }
         if let Some(Element::Object(p)) = provenance {
             fields.kind = fields.kind.or(p.kind);
             fields.boot = fields.boot.or(p.boot);
-        }
-        if let Some(Element::Object(s)) = sequenced {
-            fields.seq = fields.seq.or(s.seq);
+            // Splunk CIM's records keep `seq` there too, by its own name.
+            fields.seq = fields.seq.or(p.seq);
         }
         Ok(Element::Object(fields))
     }

@@ -1,5 +1,5 @@
 //! Records in a SIEM's common schema instead of ours (`--record-schema`):
-//! OCSF 1.3.0 ([`ocsf`]) and Elastic ECS ([`ecs`]). Each writer renders a
+//! OCSF 1.3.0 ([`ocsf`]), Elastic ECS ([`ecs`]) and Splunk CIM (`cim`). Each writer renders a
 //! record straight from its envelope and API fields, once, like the native
 //! writer; nothing is converted from a native copy but the API fields (a
 //! few percent of the records), which are rebuilt from their native JSON.
@@ -12,6 +12,7 @@
 
 use super::{EncodeContext, Kind, Record, json, layout, number};
 
+mod cim;
 pub mod ecs;
 pub mod ocsf;
 
@@ -26,16 +27,20 @@ pub enum RecordSchema {
     Ocsf,
     /// Elastic Common Schema, with `cloudfoundry.*` for what ECS has no field for.
     Ecs,
+    /// Splunk CIM: API invocations with the Change data model's fields, UAA
+    /// sign-ins with Authentication's; other kinds stay native.
+    Cim,
 }
 
 impl RecordSchema {
-    pub const ALL: [RecordSchema; 3] = [Self::Native, Self::Ocsf, Self::Ecs];
+    pub const ALL: [RecordSchema; 4] = [Self::Native, Self::Ocsf, Self::Ecs, Self::Cim];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native",
             Self::Ocsf => "ocsf",
             Self::Ecs => "ecs",
+            Self::Cim => "cim",
         }
     }
 }
@@ -46,7 +51,9 @@ impl std::str::FromStr for RecordSchema {
         Self::ALL
             .into_iter()
             .find(|k| k.as_str() == s)
-            .ok_or_else(|| format!("unknown record schema {s:?} (expected native, ocsf or ecs)"))
+            .ok_or_else(|| {
+                format!("unknown record schema {s:?} (expected native, ocsf, ecs or cim)")
+            })
     }
 }
 
@@ -60,6 +67,7 @@ pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> boo
             ecs::write(rec, ctx, out);
             true
         }
+        RecordSchema::Cim => cim::write(rec, ctx, out),
     }
 }
 
