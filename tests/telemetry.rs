@@ -106,6 +106,7 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         warnings: vec!["TLS verification is off (test)".into()],
         audit: Default::default(),
         syslog_in: None,
+        correlate: cf_audit_nozzle::route::CorrelateConfig::default(),
     };
     let stop = CancellationToken::new();
     let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
@@ -444,6 +445,7 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
         alerts: AlertConfig::default(),
         warnings: Vec::new(),
         syslog_in: None,
+        correlate: cf_audit_nozzle::route::CorrelateConfig::default(),
         audit: cf_audit_nozzle::config::AuditSetup {
             cc: Some(CcAccess {
                 cf_api: cc_url,
