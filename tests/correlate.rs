@@ -386,3 +386,30 @@ async fn the_release_task_sends_out_what_waited_its_hold() {
     stop.cancel();
     task.await.unwrap();
 }
+
+/// A refused request changed nothing: it never takes the firehose line of
+/// the change another user made to the same app a moment later.
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_never_takes_the_line_of_a_change_that_happened() {
+    let (router, mut rx) = router(CorrelateConfig::default());
+    let a = app(1);
+    let path = format!("/v3/apps/{a}");
+    router.dispatch(vec![firehose("Updated app with guid", &a, T0)]);
+    router.dispatch_records(vec![
+        security("PATCH", &path, 403, "req-refused", T0 - SEC / 50),
+        security("PATCH", &path, 200, "req-done", T0),
+    ]);
+    let now = delivered(&mut rx);
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].1["requestID"], "req-refused");
+    assert_eq!(now[0].1["sources"], json!(["cc_security_event"]));
+    router.release_held(None);
+    let rest = delivered(&mut rx);
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].1["requestID"], "req-done");
+    assert_eq!(rest[0].1["outcome"], "success");
+    assert_eq!(
+        rest[0].1["sources"],
+        json!(["firehose", "cc_security_event"])
+    );
+}

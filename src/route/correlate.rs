@@ -15,8 +15,12 @@
 //! - an audit event is polled, so it comes after the real-time halves: it
 //!   takes what is held for its action and leaves at once (alone when
 //!   nothing is held), so the poller's cursor never waits on the correlator;
-//! - a security event of a read (`GET`) or of a refused or failed request
-//!   expects no audit event: it takes a held firehose line and leaves at once;
+//! - a security event of a read (`GET`) expects no audit event: it takes a
+//!   held firehose line and leaves at once;
+//! - a refused or failed request (4xx, 5xx) changed nothing, so no firehose
+//!   line or audit event describes it: it leaves at once, alone, with its
+//!   outcome (merging it with the line of another, successful request to
+//!   the same app would put the wrong outcome on a change that happened);
 //! - UAA's events and halves naming neither target nor actor match nothing
 //!   and pass straight through;
 //! - anything else waits for its other halves until `hold` has passed, and
@@ -102,14 +106,18 @@ fn facts(rec: &Record) -> Facts {
     let name = api.event_name.trim_end_matches("-request").to_string();
     let target = api.target.as_ref().and_then(|t| t.guid.clone());
     let uaa = sec.is_some_and(|s| s.from == SecuritySource::UaaAudit);
+    let failed = sec.is_some_and(|s| s.outcome != Outcome::Success);
     let last = match (slot, sec) {
         (AUDIT, _) => true,
-        (SECURITY, Some(s)) => s.outcome != Outcome::Success || s.read_only == Some(true),
+        (SECURITY, Some(s)) => s.read_only == Some(true),
         _ => false,
     };
     Facts {
         slot,
-        alone: uaa || (target.is_none() && actor.is_none()) || !name.starts_with("audit."),
+        alone: uaa
+            || failed
+            || (target.is_none() && actor.is_none())
+            || !name.starts_with("audit."),
         name,
         target,
         actor,
