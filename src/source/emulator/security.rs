@@ -73,7 +73,7 @@ pub(super) fn write_action(log: &SecurityLog, variant: u32, app: &str, seq: u64,
     let (user, user_guid) = USERS[(seq % USERS.len() as u64) as usize];
     let (method, path) = request(variant, app, seq);
     let ms = timestamp / 1_000_000;
-    if seq % 4 == 0 {
+    if seq.is_multiple_of(4) {
         log.push(uaa_line(
             ms - 40,
             "UserAuthenticationSuccess",
@@ -82,7 +82,7 @@ pub(super) fn write_action(log: &SecurityLog, variant: u32, app: &str, seq: u64,
             &format!("10.0.16.{}", seq % 200 + 10),
         ));
     }
-    if seq % 7 == 0 {
+    if seq.is_multiple_of(7) {
         log.push(uaa_line(
             ms - 30,
             "UserAuthenticationFailure",
@@ -91,7 +91,7 @@ pub(super) fn write_action(log: &SecurityLog, variant: u32, app: &str, seq: u64,
             "203.0.113.66",
         ));
     }
-    if seq % 5 == 0 {
+    if seq.is_multiple_of(5) {
         let (other, other_guid) = USERS[((seq + 1) % USERS.len() as u64) as usize];
         log.push(cef_line(
             ms - 20,
