@@ -27,7 +27,7 @@
 //!   then leaves with what it has. Nothing is dropped: when `max_entries`
 //!   actions are held, the oldest leaves early (counted).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,12 +127,29 @@ fn facts(rec: &Record) -> Facts {
     }
 }
 
-/// The index keys of a half: its action with its target, and with its actor.
-fn keys(f: &Facts) -> impl Iterator<Item = String> + '_ {
+/// The key a half is indexed under: its action with its target, or, for
+/// a half without one (`POST /v3/apps` names no guid), with its actor. One
+/// busy actor's many actions are not all under one key.
+fn index_key(f: &Facts) -> Option<String> {
+    match (&f.target, &f.actor) {
+        (Some(t), _) => Some(format!("{}\0t\0{t}", f.name)),
+        (None, Some(a)) => Some(format!("{}\0a\0{a}", f.name)),
+        (None, None) => None,
+    }
+}
+
+/// The keys a half looks for its action under: its target's, and its
+/// actor's (which hold only halves that name no target).
+fn lookup_keys(f: &Facts) -> impl Iterator<Item = String> + '_ {
     let t = f.target.as_ref().map(|g| format!("{}\0t\0{g}", f.name));
     let a = f.actor.as_ref().map(|g| format!("{}\0a\0{g}", f.name));
     t.into_iter().chain(a)
 }
+
+/// Held actions looked at per key, oldest first: many held actions on one
+/// target or by one actor cost no more than this per half (one that finds
+/// no match among them leaves alone after its hold).
+const MAX_SCAN: usize = 64;
 
 /// One action being held: up to one half of each slot.
 struct Entry {
@@ -164,27 +181,29 @@ impl Entry {
 struct State {
     /// Keyed by arrival order, which is deadline order (one `hold` for all).
     entries: BTreeMap<u64, Entry>,
-    index: HashMap<String, Vec<u64>>,
+    index: HashMap<String, BTreeSet<u64>>,
     next: u64,
 }
 
 impl State {
     fn find(&self, f: &Facts, window: Duration) -> Option<u64> {
-        let mut ids: Vec<u64> = keys(f)
-            .filter_map(|k| self.index.get(&k))
-            .flatten()
-            .copied()
-            .collect();
-        ids.sort_unstable();
-        ids.into_iter()
-            .find(|id| self.entries.get(id).is_some_and(|e| e.admits(f, window)))
+        lookup_keys(f)
+            .filter_map(|k| {
+                self.index
+                    .get(&k)?
+                    .iter()
+                    .take(MAX_SCAN)
+                    .copied()
+                    .find(|id| self.entries.get(id).is_some_and(|e| e.admits(f, window)))
+            })
+            .min()
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
         for k in &entry.keys {
             if let Some(ids) = self.index.get_mut(k) {
-                ids.retain(|&i| i != id);
+                ids.remove(&id);
                 if ids.is_empty() {
                     self.index.remove(k);
                 }
@@ -193,13 +212,13 @@ impl State {
         Some(entry)
     }
 
-    fn index_keys(&mut self, id: u64, f: &Facts) {
+    /// Indexes entry `id` under `f`'s key too.
+    fn index_half(&mut self, id: u64, f: &Facts) {
+        let Some(k) = index_key(f) else { return };
         let entry = self.entries.get_mut(&id).expect("entry just found");
-        for k in keys(f) {
-            if !entry.keys.contains(&k) {
-                self.index.entry(k.clone()).or_default().push(id);
-                entry.keys.push(k);
-            }
+        if !entry.keys.contains(&k) {
+            self.index.entry(k.clone()).or_default().insert(id);
+            entry.keys.push(k);
         }
     }
 }
@@ -239,7 +258,7 @@ impl Correlator {
             }
             if let Some(id) = state.find(&f, self.cfg.window) {
                 let last = f.last;
-                state.index_keys(id, &f);
+                state.index_half(id, &f);
                 let entry = state.entries.get_mut(&id).expect("entry just found");
                 let slot = f.slot;
                 entry.parts[slot] = Some((rec, f));
@@ -275,11 +294,10 @@ impl Correlator {
                 },
             );
             let f = state.entries[&id].parts[slot].as_ref().map(|(_, f)| f);
-            let keys: Vec<String> = f.map(|f| keys(f).collect()).unwrap_or_default();
-            for k in &keys {
-                state.index.entry(k.clone()).or_default().push(id);
+            if let Some(k) = f.and_then(index_key) {
+                state.index.entry(k.clone()).or_default().insert(id);
+                state.entries.get_mut(&id).expect("inserted").keys = vec![k];
             }
-            state.entries.get_mut(&id).expect("inserted").keys = keys;
         }
         self.stats
             .held
