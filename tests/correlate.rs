@@ -413,3 +413,39 @@ async fn a_refused_request_never_takes_the_line_of_a_change_that_happened() {
         json!(["firehose", "cc_security_event"])
     );
 }
+
+/// `POST /v3/apps` names no guid: its security event meets the audit
+/// event of the app it created by actor and action, not by target.
+#[tokio::test(start_paused = true)]
+async fn a_create_without_a_guid_in_its_path_merges_by_its_actor() {
+    let (router, mut rx) = router(CorrelateConfig::default());
+    let a = app(7);
+    // Many held changes by the same user on other apps do not get in the way.
+    let others: Vec<Record> = (10..90)
+        .map(|n| security("PATCH", &format!("/v3/apps/{}", app(n)), 200, "x", T0))
+        .collect();
+    router.dispatch_records(others);
+    router.dispatch_records(vec![security("POST", "/v3/apps", 201, "req-create", T0)]);
+    advance(Duration::from_secs(3)).await;
+    router.dispatch_records(vec![audit(
+        "22222222-3333-4444-8555-666666666666",
+        "audit.app.create",
+        &a,
+        T0 + SEC,
+    )]);
+    let now = delivered(&mut rx);
+    assert_eq!(now.len(), 1);
+    let created = &now[0].1;
+    assert_eq!(
+        summary(created),
+        (
+            "audit.app.create".into(),
+            a.clone(),
+            json!(["audit_events", "cc_security_event"])
+        )
+    );
+    assert_eq!(created["requestID"], "req-create");
+    assert_eq!(created["httpStatusCode"], 201);
+    router.release_held(None);
+    assert_eq!(delivered(&mut rx).len(), 80);
+}
