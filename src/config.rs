@@ -17,6 +17,7 @@ mod buffer;
 mod build;
 mod cf;
 pub mod check;
+pub mod correlate;
 pub mod env;
 mod gaps;
 pub mod layers;
@@ -161,6 +162,8 @@ pub struct RunArgs {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub syslog_in: syslog_in::SyslogInArgs,
+    #[command(flatten)]
+    pub correlate: correlate::CorrelateArgs,
     /// Seconds to drain queues and complete files after SIGTERM/Ctrl-C before exiting anyway.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value_t = 8)]
     pub shutdown_timeout: u64,

@@ -9,8 +9,8 @@
 //! its kind, so no number is skipped in what was accepted; [`Router::declare`]
 //! states the last number issued per kind ([`crate::record::Number`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
@@ -18,6 +18,9 @@ use crate::classify::classify;
 use crate::classify::rules::Filters;
 use crate::record::{EnvelopeView, Kind, MessageRef, Number, Position, Record};
 use crate::sink::{Chunk, SinkQueue, SinkStats};
+
+mod correlate;
+pub use correlate::{CorrelateConfig, CorrelateStats, release_held_every};
 
 /// Counters of what entered the pipeline.
 #[derive(Debug, Default)]
@@ -83,6 +86,8 @@ pub struct Router {
     boot: Arc<str>,
     /// Numbers issued per kind (the next `seq`), indexed by [`Kind::index`].
     issued: [AtomicU64; 4],
+    /// Merges the halves of one action before numbering, when on.
+    correlator: OnceLock<correlate::Correlator>,
 }
 
 impl Router {
@@ -112,6 +117,7 @@ impl Router {
             enricher,
             boot: crate::record::boot_id(0),
             issued: Default::default(),
+            correlator: OnceLock::new(),
         }
     }
 
@@ -196,10 +202,50 @@ impl Router {
         })
     }
 
-    /// Offers records made elsewhere (the audit-events poller's) to their
-    /// sinks, after the same rules as envelopes. Never waits. Returns whether
-    /// every sink took its share (false: some were dropped, counted by the sink).
-    pub fn dispatch_records(&self, records: Vec<Record>) -> bool {
+    /// Turns on the correlator ([`correlate`]): api records are held and
+    /// merged before the rules and numbering. A `hold` of zero leaves it
+    /// off; so does a second call. Returns its counters when on.
+    pub fn correlate(&self, cfg: CorrelateConfig) -> Option<Arc<CorrelateStats>> {
+        if cfg.hold.is_zero() {
+            return None;
+        }
+        let mut fresh = false;
+        let c = self.correlator.get_or_init(|| {
+            fresh = true;
+            correlate::Correlator::new(cfg)
+        });
+        fresh.then(|| Arc::clone(c.stats()))
+    }
+
+    /// Sends out the actions the correlator held past their hold at `now`,
+    /// or every held action (`None`: before the sinks close).
+    pub fn release_held(&self, now: Option<tokio::time::Instant>) {
+        if let Some(c) = self.correlator.get() {
+            let out = c.due(now);
+            if !out.is_empty() {
+                self.accept_records(out);
+            }
+        }
+    }
+
+    /// Offers records made elsewhere (the audit-events poller's, the
+    /// syslog ingress's) to their sinks, after the same rules as envelopes
+    /// (and the correlator, when on). Never waits. Returns whether every
+    /// sink took its share (false: some were dropped, counted by the sink).
+    pub fn dispatch_records(&self, mut records: Vec<Record>) -> bool {
+        if let Some(c) = self.correlator.get()
+            && records.iter().any(|r| r.kind == Kind::Api)
+        {
+            let (api, mut rest): (Vec<Record>, Vec<Record>) =
+                records.into_iter().partition(|r| r.kind == Kind::Api);
+            rest.extend(c.offer(api, tokio::time::Instant::now()));
+            records = rest;
+        }
+        self.accept_records(records)
+    }
+
+    /// [`Router::dispatch_records`] past the correlator.
+    fn accept_records(&self, records: Vec<Record>) -> bool {
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
         let mut kept = Vec::with_capacity(records.len());
         let mut counts = [0u64; 4];
@@ -267,6 +313,8 @@ impl Router {
         let mut unrouted = 0;
         let mut upstream_dropped = 0;
         let mut filtered = 0;
+        let correlator = self.correlator.get();
+        let mut held = Vec::new();
         // One look at the names table per batch, none per envelope.
         let names = self
             .enricher
@@ -274,6 +322,14 @@ impl Router {
             .map(crate::enrich::Enricher::snapshot);
         for envelope in envelopes {
             let mut record = classify(envelope);
+            if correlator.is_some() && record.kind == Kind::Api {
+                // Counted, filtered and numbered once merged.
+                if let Some(names) = &names {
+                    names.enrich(&mut record);
+                }
+                held.push(record);
+                continue;
+            }
             let k = record.kind.index();
             if record.kind == Kind::Metric {
                 upstream_dropped += loggregator_egress_drops(&record.envelope);
@@ -314,6 +370,11 @@ impl Router {
             if !chunk.is_empty() {
                 queue.offer(chunk);
             }
+        }
+        if let Some(c) = correlator
+            && !held.is_empty()
+        {
+            self.accept_records(c.offer(held, tokio::time::Instant::now()));
         }
     }
 }

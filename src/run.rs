@@ -48,6 +48,16 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
         cfg.audit.filters.clone(),
         enricher.as_ref().map(|(e, _)| Arc::clone(e)),
     )?;
+    // Api records are merged before numbering; what is held leaves after
+    // its hold, and all of it before the sinks close.
+    let correlator_stop = CancellationToken::new();
+    let correlator = pipeline.router().correlate(cfg.correlate).map(|_| {
+        tokio::spawn(crate::route::release_held_every(
+            Arc::downgrade(&pipeline.router()),
+            release_tick(cfg.correlate.hold),
+            correlator_stop.clone(),
+        ))
+    });
     let audit = start_audit(&cfg.audit, enricher, pipeline.router(), shutdown.clone());
     let syslog_in = match &cfg.syslog_in {
         Some(c) => Some((crate::source::syslog_in::bind(c).await?, c.clone())),
@@ -118,6 +128,11 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
     if let Err(e) = alerts.await {
         tracing::error!(error = %e, "alert watcher failed");
     }
+    correlator_stop.cancel();
+    if let Some(task) = correlator {
+        let _ = task.await;
+    }
+    pipeline.router().release_held(None);
     // The poller confirms its last pages while the sinks drain.
     let (mut summary, audit) = tokio::join!(pipeline.finish(cfg.shutdown_timeout), audit.finish());
     summary.rlp = Some(status.snapshot());
@@ -127,6 +142,12 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
         let _ = server.await;
     }
     Ok(summary)
+}
+
+/// How often held api records are looked at: a tenth of the hold, from
+/// 10 ms to 1 s (a record leaves at most that late).
+pub(crate) fn release_tick(hold: Duration) -> Duration {
+    (hold / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// The running audit tasks.

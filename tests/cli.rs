@@ -317,13 +317,53 @@ fn demo_prints_every_kind_and_leaves_valid_gzip_files() {
         .partition(|r| r.get("last_seq").is_some());
     assert_eq!(declarations.len(), 4, "{declarations:?}");
     let total = records.len();
-    let received_line = stdout
+    // Every envelope and every component log line the ingress read is in
+    // the files once, but for the halves merged into another's record.
+    let number = |prefix: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} in {stdout}"));
+        line.split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let envelopes = number("envelopes received: ");
+    let lines = stdout
         .lines()
-        .find(|l| l.starts_with("envelopes received: "))
-        .expect("summary line");
+        .find_map(|l| l.strip_prefix("component log lines forwarded to the syslog ingress: "))
+        .expect("syslog line");
+    let (sent, read) = lines.split_once(" (read ").unwrap();
+    assert_eq!(format!("{sent})"), read, "the ingress read every line sent");
+    let read: u64 = sent.parse().unwrap();
+    let merged = number("records merged into another's by the correlator: ");
+    assert!(read > 0 && merged > 0, "{stdout}");
+    assert_eq!(
+        total as u64,
+        envelopes + read - merged,
+        "{envelopes} envelopes + {read} lines - {merged} merged vs {total} in files"
+    );
+    // The api records show the merge: who, from where, with what outcome.
+    let api: Vec<&serde_json::Value> = records.iter().filter(|r| r["kind"] == "api").collect();
+    let with = |sources: serde_json::Value| api.iter().filter(|r| r["sources"] == sources).count();
+    assert_eq!(
+        with(serde_json::json!(["firehose", "cc_security_event"])) as u64,
+        merged
+    );
+    assert!(with(serde_json::json!(["uaa_audit"])) > 0);
+    let merged_one = api
+        .iter()
+        .find(|r| r["sources"] == serde_json::json!(["firehose", "cc_security_event"]))
+        .unwrap();
+    for field in ["sourceIPAddress", "requestID", "httpStatusCode", "outcome"] {
+        assert!(merged_one.get(field).is_some(), "{field}: {merged_one}");
+    }
+    assert_eq!(merged_one["userIdentity"]["type"], "user");
     assert!(
-        received_line.starts_with(&format!("envelopes received: {total} ")),
-        "{received_line} vs {total} in files"
+        api.iter().any(|r| r["outcome"] == "denied"),
+        "refused attempts are records too"
     );
     assert!(stdout.contains("dropped 0"), "{stdout}");
 }

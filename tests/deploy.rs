@@ -332,3 +332,129 @@ fn the_systemd_unit_verifies() {
         assert!(unit.lines().any(|l| l == hardening), "{hardening}");
     }
 }
+
+/// The syslog ingress ops file (issue 22), applied after the nozzle's: the
+/// nozzle listens with TLS and requires the forwarders' client certificate;
+/// every VM's forwarder sends to the name the server certificate carries,
+/// on the port the nozzle listens on, with the CA that signed it and the
+/// client certificate the nozzle's client CA signed; Cloud Controller
+/// writes its security events. Rendered with CredHub's values, `config
+/// check` accepts it.
+#[test]
+fn the_syslog_in_ops_file_renders_to_a_listening_ingress_config_check_accepts() {
+    const SYSLOG_OPS: &str = "bosh/operations/add-cf-audit-nozzle-syslog-in.yml";
+    let ops = yaml(SYSLOG_OPS);
+    let ops = ops.as_array().expect("an ops file is a list of operations");
+    assert!(ops.iter().all(|op| op["type"] == "replace"));
+    let value = |path: &str| -> Value {
+        ops.iter()
+            .find(|op| op["path"] == path)
+            .unwrap_or_else(|| panic!("no operation on {path}"))["value"]
+            .clone()
+    };
+    let nozzle_prefix =
+        "/instance_groups/name=cf-audit-nozzle/jobs/name=cf-audit-nozzle/properties/";
+    let forwarder = |p: &str| {
+        value(&format!(
+            "/addons/name=syslog_forwarder/jobs/name=syslog_forwarder/properties/syslog/{p}"
+        ))
+    };
+    // The forwarders reach the nozzle where it listens, by the name its certificate holds.
+    let alias = "cf-audit-nozzle.service.cf.internal";
+    assert_eq!(forwarder("address"), alias);
+    assert_eq!(forwarder("permitted_peer"), alias);
+    let addr = value(&format!("{nozzle_prefix}syslog-in-addr?"));
+    assert_eq!(
+        addr.as_str().unwrap().rsplit_once(':').unwrap().1,
+        forwarder("port").to_string()
+    );
+    assert_eq!(
+        forwarder("ca_cert?"),
+        "((cf_audit_nozzle_syslog_in_tls.ca))"
+    );
+    assert_eq!(
+        forwarder("client_cert?"),
+        "((cf_audit_nozzle_syslog_client_tls.certificate))"
+    );
+    let server = value("/variables/name=cf_audit_nozzle_syslog_in_tls?");
+    assert_eq!(server["options"]["common_name"], alias);
+    assert_eq!(server["options"]["alternative_names"], json!([alias]));
+    assert_eq!(
+        server["options"]["extended_key_usage"],
+        json!(["server_auth"])
+    );
+    let client = value("/variables/name=cf_audit_nozzle_syslog_client_tls?");
+    assert_eq!(
+        client["options"]["extended_key_usage"],
+        json!(["client_auth"])
+    );
+    assert_eq!(client["options"]["ca"], server["options"]["ca"]);
+    assert_eq!(
+        value(
+            "/addons/name=bosh-dns-aliases/jobs/name=bosh-dns-aliases/properties/aliases/domain=cf-audit-nozzle.service.cf.internal?"
+        )["targets"][0]["instance_group"],
+        "cf-audit-nozzle"
+    );
+    assert_eq!(
+        value(
+            "/instance_groups/name=api/jobs/name=cloud_controller_ng/properties/cc/security_event_logging?/enabled"
+        ),
+        true
+    );
+
+    // The nozzle's job: the base ops file's properties with these added.
+    let (mut properties, _) = ops_file_job();
+    for op in ops {
+        let path = op["path"].as_str().unwrap();
+        if let Some(name) = path.strip_prefix(nozzle_prefix) {
+            properties.insert(name.trim_end_matches('?').to_string(), op["value"].clone());
+        }
+    }
+    let rlp = Pki::generate("loggregatorCA", &["reverselogproxy"]).unwrap();
+    interpolate_syslog_in(
+        &mut properties,
+        &Pki::generate("syslogCA", &[alias]).unwrap(),
+    );
+    interpolate(&mut properties, &rlp);
+    let rendered = render(Value::Object(properties), 0);
+    let config = std::fs::read_to_string(rendered.job().join("config/config.toml")).unwrap();
+    let certs = "/var/vcap/jobs/cf-audit-nozzle/config/certs";
+    for line in [
+        "syslog-in-addr = \"0.0.0.0:6514\"".to_string(),
+        format!("syslog-in-cert = \"{certs}/syslog-in-cert.pem\""),
+        format!("syslog-in-key = \"{certs}/syslog-in-key.pem\""),
+        format!("syslog-in-client-ca = \"{certs}/syslog-in-client-ca.pem\""),
+    ] {
+        assert!(
+            config.lines().any(|l| l == line),
+            "{line:?} not in:\n{config}"
+        );
+    }
+    assert!(!config.contains("PRIVATE KEY"));
+    let (ok, out) = rendered.check();
+    assert!(ok, "config check refused the syslog ingress:\n{out}");
+    for flag in ["--syslog-in-addr ", "--syslog-in-client-ca "] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(flag))
+            .unwrap_or_else(|| panic!("{flag} not in:\n{out}"));
+        assert!(line.contains("config file"), "{line}");
+    }
+    assert!(
+        !out.contains("serves plain TCP"),
+        "no plain-TCP warning with TLS on:\n{out}"
+    );
+}
+
+/// CredHub's values for the syslog ingress's certificate variables.
+fn interpolate_syslog_in(properties: &mut serde_json::Map<String, Value>, pki: &Pki) {
+    for value in properties.values_mut() {
+        let with = match value.as_str() {
+            Some("((cf_audit_nozzle_syslog_in_tls.certificate))") => pki.server_cert_pem.clone(),
+            Some("((cf_audit_nozzle_syslog_in_tls.private_key))") => pki.server_key_pem.clone(),
+            Some("((cf_audit_nozzle_syslog_client_tls.ca))") => pki.ca_pem.clone(),
+            _ => continue,
+        };
+        *value = Value::String(with);
+    }
+}

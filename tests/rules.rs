@@ -160,12 +160,12 @@ fn rules_that_cannot_be_read_say_why() {
     );
     assert_eq!(
         err("colour=red"),
-        r#"unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"#
+        r#"unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event, eventName, readOnly, eventSource, outcome or tag.NAME)"#
     );
     assert_eq!(err("origin=rep|"), r#""origin=rep|" has an empty value"#);
     assert_eq!(
         err("tag.=x"),
-        r#"unknown field "tag." (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"#
+        r#"unknown field "tag." (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event, eventName, readOnly, eventSource, outcome or tag.NAME)"#
     );
 }
 
@@ -347,7 +347,7 @@ fn every_audit_option_problem_is_reported_at_once() {
     assert_eq!(
         ours,
         vec![
-            r#"--include (INCLUDE) "colour=red": unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"#,
+            r#"--include (INCLUDE) "colour=red": unknown field "colour" (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event, eventName, readOnly, eventSource, outcome or tag.NAME)"#,
             r#"--route (ROUTE) "api=syslog": sink "syslog" is not in --sink (SINK); add it there"#,
             r#"--route (ROUTE) "logs=stdout": unknown record kind "logs" (expected api, app_log, metric or event)"#,
             r#"--route (ROUTE) "api=stdout": api is routed twice"#,
@@ -358,5 +358,119 @@ fn every_audit_option_problem_is_reported_at_once() {
             "--uaa-client-id (UAA_CLIENT_ID) is required: a UAA client with cloud_controller.admin_read_only or cloud_controller.global_auditor, needed by --audit-events on and --enrich on",
             "--uaa-client-secret (UAA_CLIENT_SECRET) is required: a UAA client with cloud_controller.admin_read_only or cloud_controller.global_auditor, needed by --audit-events on and --enrich on",
         ]
+    );
+}
+
+/// CloudTrail's event selectors: `eventName` (by prefix), `readOnly`,
+/// `eventSource` and `outcome`, read from api records of every source.
+#[test]
+fn api_selectors_keep_writes_and_failures_and_drop_read_noise() {
+    use cf_audit_nozzle::record::security::{read_line, security_record};
+    let cef = |method: &str, path: &str, status: u16| {
+        security_record(
+            read_line(
+                &format!("CEF:0|cloud_foundry|cloud_controller_ng|3.180.0|{method} {path}|{method} {path}|0|rt=1700000000000 suser=u suid=u-1 request={path} requestMethod={method} cs4Label=httpStatusCode cs4={status}"),
+                "api/0",
+                None,
+            )
+            .unwrap()
+            .unwrap(),
+        )
+    };
+    let uaa = security_record(
+        read_line(
+            "Audit: UserAuthenticationFailure ('marissa'): principal=u-9, origin=[remoteAddress=203.0.113.9], identityZoneId=[uaa]",
+            "uaa/0",
+            Some(1),
+        )
+        .unwrap()
+        .unwrap(),
+    );
+    let list = cef("GET", "/v3/apps", 200);
+    let update = cef("PATCH", &format!("/v3/apps/{APP}"), 200);
+    let denied = cef("DELETE", &format!("/v3/apps/{APP}"), 403);
+    let failed = cef("POST", "/v3/apps", 500);
+    let firehose = classify(Envelope {
+        tags: [
+            ("source_type".to_string(), "API".to_string()),
+            ("app_id".to_string(), APP.to_string()),
+        ]
+        .into(),
+        message: Some(envelope::Message::Log(cf_audit_nozzle::proto::Log {
+            payload: format!("Updated app with guid {APP} ({{}})").into(),
+            r#type: 0,
+        })),
+        ..Envelope::default()
+    });
+    let started = audit("s");
+    let log = app_log(APP, &[("source_type", "APP/PROC/WEB")]);
+    let all = [
+        ("list", &list),
+        ("update", &update),
+        ("denied", &denied),
+        ("failed", &failed),
+        ("uaa", &uaa),
+        ("firehose", &firehose),
+        ("audit", &started),
+        ("log", &log),
+    ];
+    let matching = |text: &str| -> Vec<&str> {
+        let r = rule(text);
+        all.iter()
+            .filter(|(_, rec)| r.matches(rec))
+            .map(|(n, _)| *n)
+            .collect()
+    };
+    assert_eq!(
+        matching("eventName=audit.app.*"),
+        ["list", "update", "denied", "failed", "firehose", "audit"]
+    );
+    assert_eq!(
+        matching("eventName=audit.app.update"),
+        ["update", "firehose"]
+    );
+    assert_eq!(matching("eventName=uaa.*"), ["uaa"]);
+    assert_eq!(matching("readOnly=true"), ["list"]);
+    assert_eq!(
+        matching("readOnly=false"),
+        ["update", "denied", "failed", "firehose", "audit"]
+    );
+    assert_eq!(matching("eventSource=uaa"), ["uaa"]);
+    assert_eq!(
+        matching("eventSource=cloud_controller"),
+        ["list", "update", "denied", "failed", "firehose", "audit"]
+    );
+    assert_eq!(matching("outcome=denied"), ["denied", "uaa"]);
+    assert_eq!(matching("outcome=failure"), ["failed"]);
+    assert_eq!(matching("outcome=success"), ["list", "update", "audit"]);
+    assert_eq!(matching("outcome=unknown"), ["firehose"]);
+    assert_eq!(
+        matching("outcome=denied|failure,eventSource=cloud_controller"),
+        ["denied", "failed"]
+    );
+    // The operator's selector: keep writes and failures, drop read-only successes.
+    let filters = Filters {
+        exclude: vec![rule("readOnly=true,outcome=success")],
+        ..Filters::default()
+    };
+    let kept: Vec<&str> = all
+        .iter()
+        .filter(|(_, r)| filters.keeps(r))
+        .map(|(n, _)| *n)
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "update", "denied", "failed", "uaa", "firehose", "audit", "log"
+        ]
+    );
+    let err = |t: &str| t.parse::<Rule>().unwrap_err();
+    assert_eq!(
+        err("readOnly=yes"),
+        r#"readOnly="yes": expected true or false"#
+    );
+    assert_eq!(
+        err("outcome=ok"),
+        r#"outcome="ok": expected success or denied or failure or unknown"#
     );
 }

@@ -236,3 +236,122 @@ async fn rsyslog_forwards_cef_and_uaa_lines_over_tls_into_exact_records() {
     );
     assert!(intake.try_recv().is_none(), "exactly three records");
 }
+
+/// A flood: 50,000 lines written as fast as the socket takes them, half of
+/// them changes that wait for their other halves. Every line is counted
+/// and becomes exactly one record; the correlator holds at most its bound
+/// (the oldest sent on early, counted), and nothing is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_50000_lines_is_held_bounded_and_counted_exactly() {
+    use cf_audit_nozzle::route::CorrelateConfig;
+    use tokio::io::AsyncWriteExt;
+
+    const LINES: u64 = 50_000;
+    let mut errors = Vec::new();
+    let cfg = build(
+        &SyslogInSettings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+            client_ca: None,
+            max_message: 64 * 1024,
+            max_connections: 4,
+        },
+        &mut errors,
+    )
+    .expect("ingress configuration");
+    let listener = syslog_in::bind(&cfg).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (queue, mut intake) = SinkQueue::new("api", 2 * LINES as usize);
+    let router = Arc::new(Router::new(
+        vec![(queue, vec![Kind::Api])],
+        Filters::default(),
+        None,
+        false,
+    ));
+    let correlator = router
+        .correlate(CorrelateConfig {
+            max_entries: 1000,
+            ..CorrelateConfig::default()
+        })
+        .unwrap();
+    let stats = Arc::new(SyslogInStats::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(syslog_in::run(
+        listener,
+        cfg,
+        Arc::clone(&router),
+        Arc::clone(&stats),
+        stop.clone(),
+    ));
+
+    // Per ten lines: five app updates (held for their audit event), two
+    // reads, one refusal, one UAA sign-in, one other line (ignored).
+    let line = |i: u64| -> String {
+        let app = format!("00000000-0000-4000-8000-{i:012}");
+        let cef = |method: &str, path: &str, status: u16| {
+            format!(
+                "CEF:0|cloud_foundry|cloud_controller_ng|3.181.0|{method} {path}|{method} {path}|0|rt={} suser=u suid=u-1 request={path} requestMethod={method} cs2Label=vcapRequestId cs2=r-{i} cs4Label=httpStatusCode cs4={status} src=10.0.1.5",
+                1_700_000_000_000 + i
+            )
+        };
+        match i % 10 {
+            0..5 => cef("PATCH", &format!("/v3/apps/{app}"), 200),
+            5 | 6 => cef("GET", &format!("/v3/apps/{app}"), 200),
+            7 => cef("DELETE", &format!("/v3/apps/{app}"), 403),
+            8 => format!(
+                "Audit: UserAuthenticationSuccess ('u{i}'): principal=u-{i}, origin=[remoteAddress=10.0.0.{}], identityZoneId=[uaa]",
+                i % 250
+            ),
+            _ => format!("cloud_controller_ng: worker {i} finished"),
+        }
+    };
+    let mut bytes = Vec::new();
+    for i in 0..LINES {
+        let msg = format!("<14>1 2024-05-01T10:00:00Z api-0 cc - - - {}", line(i));
+        bytes.extend_from_slice(format!("{} {msg}", msg.len()).as_bytes());
+    }
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(&bytes).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    // Until the ingress counted every line (it never drops: TCP paces the sender).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while stats.load().received < LINES {
+        assert!(tokio::time::Instant::now() < deadline, "{:?}", stats.load());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(correlator.held.load(std::sync::atomic::Ordering::Relaxed) <= 1000);
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let s = stats.load();
+    assert_eq!(
+        (s.received, s.parsed, s.ignored, s.malformed, s.dropped),
+        (LINES, LINES / 10 * 9, LINES / 10, 0, 0)
+    );
+    let held = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(held(&correlator.held), 1000, "the bound, full");
+    assert_eq!(held(&correlator.early), LINES / 2 - 1000);
+    router.release_held(None);
+    assert_eq!(held(&correlator.held), 0);
+    let mut records = 0;
+    let mut seqs = Vec::new();
+    while let Some(chunk) = intake.try_recv() {
+        for r in chunk {
+            records += 1;
+            if let Some(cf_audit_nozzle::record::Position::Seq(s)) =
+                r.number.as_ref().map(|n| n.position)
+            {
+                seqs.push(s);
+            }
+        }
+    }
+    assert_eq!(records, LINES / 10 * 9, "one record per security event");
+    seqs.sort_unstable();
+    assert_eq!(
+        seqs,
+        (0..LINES / 10 * 9).collect::<Vec<u64>>(),
+        "each numbered once"
+    );
+    assert_eq!(held(&correlator.offered), LINES / 10 * 9);
+    assert_eq!(held(&correlator.emitted), LINES / 10 * 9);
+    assert_eq!(router.sinks_of(Kind::Api)[0].1.snapshot("api").dropped(), 0);
+}

@@ -106,6 +106,12 @@ async fn health_follows_the_rlp_and_metrics_carry_exact_counts() {
         warnings: vec!["TLS verification is off (test)".into()],
         audit: Default::default(),
         syslog_in: None,
+        // Off: the counts below are read mid-run, and the correlator would
+        // still hold the api records it waits to merge.
+        correlate: cf_audit_nozzle::route::CorrelateConfig {
+            hold: Duration::ZERO,
+            ..Default::default()
+        },
     };
     let stop = CancellationToken::new();
     let nozzle = tokio::spawn(run::run(cfg, stop.clone()));
@@ -444,6 +450,12 @@ async fn audit_poller_and_enrichment_counters_are_on_metrics() {
         alerts: AlertConfig::default(),
         warnings: Vec::new(),
         syslog_in: None,
+        // Off: the counts below are read mid-run, and the correlator would
+        // still hold the api records it waits to merge.
+        correlate: cf_audit_nozzle::route::CorrelateConfig {
+            hold: Duration::ZERO,
+            ..Default::default()
+        },
         audit: cf_audit_nozzle::config::AuditSetup {
             cc: Some(CcAccess {
                 cf_api: cc_url,

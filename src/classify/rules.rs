@@ -11,7 +11,11 @@
 //! | `source_id` | the envelope's source id |
 //! | `app`, `space`, `org` | the guid or the name (tags, or the audit event's resources) |
 //! | `metric` | a counter's or timer's name, or any of a gauge's metric names |
-//! | `source_event` | `firehose` or `audit_events` (`api` records only) |
+//! | `source_event` | `firehose`, `audit_events`, `cc_security_event` or `uaa_audit` (`api` records only) |
+//! | `eventName` | an `api` record's event name (`audit.app.*` by prefix) |
+//! | `readOnly` | `true` or `false` (`api` records whose event reads or writes) |
+//! | `eventSource` | `cloud_controller` or `uaa` (`api` records only) |
+//! | `outcome` | `success`, `denied`, `failure`, or `unknown` for a firehose line no security event was merged into (`api` records only) |
 //! | `tag.NAME` | any tag |
 //!
 //! A record is delivered when it matches at least one `--include` rule (or
@@ -49,6 +53,10 @@ enum Field {
     Org,
     Metric,
     SourceEvent,
+    EventName,
+    ReadOnly,
+    EventSource,
+    Outcome,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,11 +93,15 @@ impl std::str::FromStr for Rule {
                 "org" => Field::Org,
                 "metric" => Field::Metric,
                 "source_event" => Field::SourceEvent,
+                "eventName" => Field::EventName,
+                "readOnly" => Field::ReadOnly,
+                "eventSource" => Field::EventSource,
+                "outcome" => Field::Outcome,
                 _ => match name.strip_prefix("tag.") {
                     Some(tag) if !tag.is_empty() => Field::Tag(tag.to_string()),
                     _ => {
                         return Err(format!(
-                            "unknown field {name:?} (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event or tag.NAME)"
+                            "unknown field {name:?} (expected kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event, eventName, readOnly, eventSource, outcome or tag.NAME)"
                         ));
                     }
                 },
@@ -99,6 +111,14 @@ impl std::str::FromStr for Rule {
                 let v = v.trim();
                 if v.is_empty() {
                     return Err(format!("{part:?} has an empty value"));
+                }
+                let allowed: &[&str] = match field {
+                    Field::ReadOnly => &["true", "false"],
+                    Field::Outcome => &["success", "denied", "failure", "unknown"],
+                    _ => &[],
+                };
+                if !allowed.is_empty() && !allowed.contains(&v) {
+                    return Err(format!("{name}={v:?}: expected {}", allowed.join(" or ")));
                 }
                 if field == Field::Kind {
                     v.parse::<Kind>()?;
@@ -153,6 +173,14 @@ impl Condition {
                 .api
                 .as_deref()
                 .map(|a| a.source.as_str(a.security.as_deref()))),
+            Field::EventName => any(rec.api.as_deref().map(|a| a.event_name())),
+            Field::ReadOnly => any(rec
+                .api
+                .as_deref()
+                .and_then(|a| a.read_only())
+                .map(|ro| if ro { "true" } else { "false" })),
+            Field::EventSource => any(rec.api.as_deref().map(|a| a.event_source())),
+            Field::Outcome => any(rec.api.as_deref().map(|a| a.outcome().unwrap_or("unknown"))),
             Field::Metric => match env.message() {
                 Some(MessageRef::Counter(c)) => any(Some(c.name)),
                 Some(MessageRef::Timer(t)) => any(Some(t.name)),

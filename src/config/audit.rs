@@ -47,7 +47,7 @@ pub struct AuditArgs {
     /// Add app, space and org names from Cloud Controller to records whose envelope lacks them (needs --cf-api and a UAA client that can read apps).
     #[arg(long, env = "ENRICH", value_enum, default_value = "off")]
     pub enrich: OnOff,
-    /// Deliver only records matching one of these rules (repeatable; in the environment, separate rules with ';'). Rule: FIELD=VALUE[|VALUE...][,FIELD=VALUE...], VALUE* matches a prefix; fields kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event, tag.NAME.
+    /// Deliver only records matching one of these rules (repeatable; in the environment, separate rules with ';'). Rule: FIELD=VALUE[|VALUE...][,FIELD=VALUE...], VALUE* matches a prefix; fields kind, source_type, origin, source_id, app, space, org, deployment, job, metric, source_event, eventName, readOnly, eventSource, outcome, tag.NAME.
     #[arg(long, env = "INCLUDE", value_delimiter = ';')]
     pub include: Vec<String>,
     /// Do not deliver records matching any of these rules (same syntax as --include).

@@ -27,6 +27,8 @@ pub struct Built {
     pub audit: AuditSetup,
     /// The syslog ingress, when on.
     pub syslog_in: Option<crate::source::syslog_in::SyslogInConfig>,
+    /// The correlator's bounds (a zero hold: off).
+    pub correlate: crate::route::CorrelateConfig,
 }
 
 /// Makes the clients `cfg` describes (reading the files it names), with
@@ -73,6 +75,7 @@ pub fn build(cfg: &RunConfig) -> Result<Built, ConfigErrors> {
             warnings: cfg.warnings.clone(),
             audit,
             syslog_in,
+            correlate: cfg.correlate,
         }),
         _ => Err(ConfigErrors(errors)),
     }

@@ -63,6 +63,8 @@ pub struct RunConfig {
     pub audit: super::AuditSettings,
     /// The syslog ingress, when on.
     pub syslog_in: Option<super::syslog_in::SyslogInSettings>,
+    /// The correlator's bounds (a zero hold: off).
+    pub correlate: crate::route::CorrelateConfig,
 }
 
 impl RunArgs {
@@ -251,6 +253,7 @@ pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors
     let (telemetry, alerts) = args.telemetry.config(env.var("PORT"), &mut errors);
     let mut warnings = args.warnings(env);
     let syslog_in = args.syslog_in.settings(&mut errors, &mut warnings);
+    let correlate = args.correlate.settings(&mut errors);
     match (errors.is_empty(), source) {
         (true, Some(source)) => Ok(RunConfig {
             source,
@@ -261,6 +264,7 @@ pub fn validate(args: &RunArgs, env: &dyn Env) -> Result<RunConfig, ConfigErrors
             warnings,
             audit,
             syslog_in,
+            correlate,
         }),
         _ => Err(ConfigErrors(errors)),
     }

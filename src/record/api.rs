@@ -106,6 +106,40 @@ pub fn read_only(event_name: &str) -> Option<bool> {
     Some(event_name.ends_with(".show") || event_name.ends_with(".download"))
 }
 
+impl ApiCall {
+    /// The event name (`audit.app.update`, `uaa.UserAuthenticationFailure`).
+    pub fn event_name(&self) -> &str {
+        &self.event_name
+    }
+
+    /// The record's `readOnly`: the HTTP method when a security event says
+    /// it, else what the event name says ([`read_only`]).
+    pub fn read_only(&self) -> Option<bool> {
+        self.security
+            .as_deref()
+            .and_then(|s| s.read_only)
+            .or_else(|| read_only(&self.event_name))
+    }
+
+    /// The record's `eventSource`: `uaa` for UAA's events, else `cloud_controller`.
+    pub fn event_source(&self) -> &'static str {
+        self.security
+            .as_deref()
+            .map_or("cloud_controller", |s| s.from.event_source())
+    }
+
+    /// The record's `outcome`: the security event's, `success` for an
+    /// audit event alone (CC records no failed changes), `None` for a log
+    /// line alone (it does not say).
+    pub fn outcome(&self) -> Option<&'static str> {
+        match (&self.security, &self.source) {
+            (Some(s), _) => Some(s.outcome.as_str()),
+            (None, ApiSource::AuditEvents(_)) => Some("success"),
+            (None, _) => None,
+        }
+    }
+}
+
 /// The source id of audit-events records (what syslog's APP-NAME and HEC's
 /// `source` show; `--include source_id=cloud_controller` matches them).
 pub(crate) const AUDIT_EVENTS_SOURCE_ID: &str = "cloud_controller";
@@ -211,10 +245,7 @@ pub(super) fn write_fields<M: SerializeMap>(
         (ApiSource::SecurityLog, Some(s)) => m.serialize_entry("eventID", &s.event_id)?,
         _ => m.serialize_entry("eventID", &super::firehose_event_id(env))?,
     }
-    m.serialize_entry(
-        "eventSource",
-        sec.map_or("cloud_controller", |s| s.from.event_source()),
-    )?;
+    m.serialize_entry("eventSource", api.event_source())?;
     m.serialize_entry("eventName", &api.event_name)?;
     m.serialize_entry("eventType", "CfApiCall")?;
     let (space, org) = match &api.source {
@@ -261,10 +292,7 @@ pub(super) fn write_fields<M: SerializeMap>(
     m.serialize_entry("resources", &resources)?;
     m.serialize_entry("requestParameters", &api.request_parameters)?;
     // The HTTP method, when a security event says it, decides.
-    if let Some(ro) = sec
-        .and_then(|s| s.read_only)
-        .or_else(|| read_only(&api.event_name))
-    {
+    if let Some(ro) = api.read_only() {
         m.serialize_entry("readOnly", &ro)?;
     }
     write_outcome(m, api, sec)?;
@@ -296,13 +324,12 @@ fn write_outcome<M: SerializeMap>(
     api: &ApiCall,
     sec: Option<&SecurityEvent>,
 ) -> Result<(), M::Error> {
+    if let Some(outcome) = api.outcome() {
+        m.serialize_entry("outcome", outcome)?;
+    }
     let Some(s) = sec else {
-        if matches!(api.source, ApiSource::AuditEvents(_)) {
-            m.serialize_entry("outcome", "success")?;
-        }
         return Ok(());
     };
-    m.serialize_entry("outcome", s.outcome.as_str())?;
     let text = [
         ("sourceIPAddress", &s.source_ip),
         ("userAgent", &s.user_agent),

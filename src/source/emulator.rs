@@ -27,8 +27,10 @@ use crate::proto::{EgressBatchRequest, EgressRequest, Envelope, EnvelopeBatch};
 use crate::tls::Pki;
 
 pub mod gateway;
+pub mod security;
 pub mod serve;
 pub mod traffic;
+pub use security::SecurityLog;
 pub use traffic::Traffic;
 
 /// The server side generated for the emulator: identical service and method
@@ -113,6 +115,9 @@ pub struct EmulatorConfig {
     /// After this many subscriptions, refuse new ones with `ResourceExhausted`
     /// as an RLP at its stream limit does.
     pub max_streams: Option<u64>,
+    /// For fresh [`Feed::Generated`] traffic: the Cloud Controller security
+    /// events and UAA audit lines of its API actions are written here.
+    pub security_log: Option<SecurityLog>,
 }
 
 impl Default for EmulatorConfig {
@@ -127,6 +132,7 @@ impl Default for EmulatorConfig {
             silent_after: None,
             pre_encoded: false,
             max_streams: None,
+            security_log: None,
         }
     }
 }
@@ -299,7 +305,7 @@ impl ShardFeed {
                 (BatchSource::Fixed(queue), None)
             }
             Feed::Generated { seed } => {
-                let mut traffic = Traffic::new(*seed);
+                let mut traffic = Traffic::new(*seed).with_security_log(cfg.security_log.clone());
                 let source = if cfg.pre_encoded {
                     let batches = (0..64)
                         .map(|_| {

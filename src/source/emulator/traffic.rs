@@ -15,6 +15,8 @@ pub struct Traffic {
     rng: StdRng,
     apps: Vec<App>,
     seq: u64,
+    /// Where the component logs of the API actions go, when asked for.
+    security: Option<super::security::SecurityLog>,
 }
 
 struct App {
@@ -95,7 +97,20 @@ impl Traffic {
                 org: org.to_string(),
             });
         }
-        Self { rng, apps, seq: 0 }
+        Self {
+            rng,
+            apps,
+            seq: 0,
+            security: None,
+        }
+    }
+
+    /// The traffic also writing, for each Cloud Controller action it puts
+    /// on the firehose, the CC security event and UAA audit lines of that
+    /// action into `log` (the firehose mix is unchanged).
+    pub fn with_security_log(mut self, log: Option<super::security::SecurityLog>) -> Self {
+        self.security = log;
+        self
     }
 
     /// `n` envelopes of the mix, timestamped now.
@@ -335,7 +350,11 @@ impl Traffic {
     fn api_log(&mut self, app_index: usize, timestamp: i64) -> Envelope {
         let app = &self.apps[app_index];
         let g = &app.guid;
-        let line = match self.rng.random_range(0..6) {
+        let variant = self.rng.random_range(0..6);
+        if let Some(log) = &self.security {
+            super::security::write_action(log, variant, g, self.seq, timestamp);
+        }
+        let line = match variant {
             0 => format!(
                 r#"Updated app with guid {g} ({{"name"=>"{}", "instances"=>{}, "memory"=>1024, "environment_json"=>"PRIVATE DATA HIDDEN"}})"#,
                 app.name,

@@ -1,0 +1,381 @@
+//! The correlator (issue 22): the firehose's Cloud Controller line, the
+//! `/v3/audit_events` event and the CC security event that describe one
+//! action become ONE `api` record naming every source it was built from.
+//!
+//! It sits in the router between the api-record producers and the
+//! numbering: records are numbered once, after the merge, and the rules see
+//! the merged record (its outcome, its `readOnly`).
+//!
+//! Matching: two halves describe the same action when their event names
+//! agree (CC's `audit.app.delete-request` is the request's `audit.app.delete`)
+//! and, where both carry them, the request ids, target guids and actor guids
+//! are equal, with their times at most `window` apart; at least a target or
+//! an actor guid is shared. A half is held at most `hold` from its arrival:
+//!
+//! - an audit event is polled, so it comes after the real-time halves: it
+//!   takes what is held for its action and leaves at once (alone when
+//!   nothing is held), so the poller's cursor never waits on the correlator;
+//! - a security event of a read (`GET`) expects no audit event: it takes a
+//!   held firehose line and leaves at once;
+//! - a refused or failed request (4xx, 5xx) changed nothing, so no firehose
+//!   line or audit event describes it: it leaves at once, alone, with its
+//!   outcome (merging it with the line of another, successful request to
+//!   the same app would put the wrong outcome on a change that happened);
+//! - UAA's events and halves naming neither target nor actor match nothing
+//!   and pass straight through;
+//! - anything else waits for its other halves until `hold` has passed, and
+//!   then leaves with what it has. Nothing is dropped: when `max_entries`
+//!   actions are held, the oldest leaves early (counted).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::record::security::{Outcome, SecuritySource};
+use crate::record::{ApiSource, Kind, Record, firehose_event_id};
+
+/// The correlator's bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CorrelateConfig {
+    /// How far apart two halves' own times may be.
+    pub window: Duration,
+    /// How long a half waits for the others (from its arrival); zero: off.
+    pub hold: Duration,
+    /// Actions held at most; one more sends the oldest out early.
+    pub max_entries: usize,
+}
+
+impl Default for CorrelateConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(5),
+            hold: Duration::from_secs(10),
+            max_entries: 50_000,
+        }
+    }
+}
+
+/// What the correlator did, by count.
+#[derive(Debug, Default)]
+pub struct CorrelateStats {
+    /// Halves offered (api records from any source).
+    pub offered: AtomicU64,
+    /// Records that left (merged or alone).
+    pub emitted: AtomicU64,
+    /// Halves folded into another half's record (once nothing is held,
+    /// offered = emitted + merged).
+    pub merged: AtomicU64,
+    /// Actions sent out before their hold because `max_entries` were held.
+    pub early: AtomicU64,
+    /// Actions held now.
+    pub held: AtomicU64,
+}
+
+/// The three kinds of half, by slot.
+const FIREHOSE: usize = 0;
+const AUDIT: usize = 1;
+const SECURITY: usize = 2;
+
+/// The facts a half is matched on, read once when it arrives.
+#[derive(Debug)]
+struct Facts {
+    slot: usize,
+    name: String,
+    target: Option<String>,
+    actor: Option<String>,
+    request_id: Option<String>,
+    time_ns: i64,
+    /// No other half is expected after this one.
+    last: bool,
+    /// Matches nothing: passes straight through.
+    alone: bool,
+}
+
+fn facts(rec: &Record) -> Facts {
+    let api = rec.api.as_deref().expect("api records carry their call");
+    let sec = api.security.as_deref();
+    let (slot, actor) = match &api.source {
+        ApiSource::Firehose => (FIREHOSE, None),
+        ApiSource::AuditEvents(a) => (AUDIT, a.actor.guid.clone()),
+        ApiSource::SecurityLog => (SECURITY, sec.and_then(|s| s.caller.guid.clone())),
+    };
+    let name = api.event_name.trim_end_matches("-request").to_string();
+    let target = api.target.as_ref().and_then(|t| t.guid.clone());
+    let uaa = sec.is_some_and(|s| s.from == SecuritySource::UaaAudit);
+    let failed = sec.is_some_and(|s| s.outcome != Outcome::Success);
+    let last = match (slot, sec) {
+        (AUDIT, _) => true,
+        (SECURITY, Some(s)) => s.read_only == Some(true),
+        _ => false,
+    };
+    Facts {
+        slot,
+        alone: uaa
+            || failed
+            || (target.is_none() && actor.is_none())
+            || !name.starts_with("audit."),
+        name,
+        target,
+        actor,
+        request_id: sec.and_then(|s| s.request_id.clone()),
+        time_ns: rec.envelope.timestamp(),
+        last,
+    }
+}
+
+/// The key a half is indexed under: its action with its target, or, for
+/// a half without one (`POST /v3/apps` names no guid), with its actor. One
+/// busy actor's many actions are not all under one key.
+fn index_key(f: &Facts) -> Option<String> {
+    match (&f.target, &f.actor) {
+        (Some(t), _) => Some(format!("{}\0t\0{t}", f.name)),
+        (None, Some(a)) => Some(format!("{}\0a\0{a}", f.name)),
+        (None, None) => None,
+    }
+}
+
+/// The keys a half looks for its action under: its target's, and its
+/// actor's (which hold only halves that name no target).
+fn lookup_keys(f: &Facts) -> impl Iterator<Item = String> + '_ {
+    let t = f.target.as_ref().map(|g| format!("{}\0t\0{g}", f.name));
+    let a = f.actor.as_ref().map(|g| format!("{}\0a\0{g}", f.name));
+    t.into_iter().chain(a)
+}
+
+/// Held actions looked at per key, oldest first: many held actions on one
+/// target or by one actor cost no more than this per half (one that finds
+/// no match among them leaves alone after its hold).
+const MAX_SCAN: usize = 64;
+
+/// One action being held: up to one half of each slot.
+struct Entry {
+    parts: [Option<(Record, Facts)>; 3],
+    deadline: Instant,
+    keys: Vec<String>,
+}
+
+impl Entry {
+    /// Whether `f` may join: its slot is free and nothing held contradicts it.
+    fn admits(&self, f: &Facts, window: Duration) -> bool {
+        if self.parts[f.slot].is_some() {
+            return false;
+        }
+        let window = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
+        let differ =
+            |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a != b);
+        self.parts.iter().flatten().all(|(_, g)| {
+            g.name == f.name
+                && !differ(&g.request_id, &f.request_id)
+                && !differ(&g.target, &f.target)
+                && !differ(&g.actor, &f.actor)
+                && g.time_ns.abs_diff(f.time_ns) <= window.unsigned_abs()
+        })
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Keyed by arrival order, which is deadline order (one `hold` for all).
+    entries: BTreeMap<u64, Entry>,
+    index: HashMap<String, BTreeSet<u64>>,
+    next: u64,
+}
+
+impl State {
+    fn find(&self, f: &Facts, window: Duration) -> Option<u64> {
+        lookup_keys(f)
+            .filter_map(|k| {
+                self.index
+                    .get(&k)?
+                    .iter()
+                    .take(MAX_SCAN)
+                    .copied()
+                    .find(|id| self.entries.get(id).is_some_and(|e| e.admits(f, window)))
+            })
+            .min()
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Entry> {
+        let entry = self.entries.remove(&id)?;
+        for k in &entry.keys {
+            if let Some(ids) = self.index.get_mut(k) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    self.index.remove(k);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Indexes entry `id` under `f`'s key too.
+    fn index_half(&mut self, id: u64, f: &Facts) {
+        let Some(k) = index_key(f) else { return };
+        let entry = self.entries.get_mut(&id).expect("entry just found");
+        if !entry.keys.contains(&k) {
+            self.index.entry(k.clone()).or_default().insert(id);
+            entry.keys.push(k);
+        }
+    }
+}
+
+/// Holds api records until their other halves came or their hold passed.
+pub(crate) struct Correlator {
+    cfg: CorrelateConfig,
+    state: Mutex<State>,
+    stats: Arc<CorrelateStats>,
+}
+
+impl Correlator {
+    pub(crate) fn new(cfg: CorrelateConfig) -> Self {
+        Self {
+            cfg,
+            state: Mutex::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &Arc<CorrelateStats> {
+        &self.stats
+    }
+
+    /// Takes api records at `now`; returns the records that leave now
+    /// (merged or alone), in no particular order.
+    pub(crate) fn offer(&self, records: Vec<Record>, now: Instant) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for rec in records {
+            self.stats.offered.fetch_add(1, Ordering::Relaxed);
+            debug_assert_eq!(rec.kind, Kind::Api);
+            let f = facts(&rec);
+            if f.alone {
+                out.push(rec);
+                continue;
+            }
+            if let Some(id) = state.find(&f, self.cfg.window) {
+                let last = f.last;
+                state.index_half(id, &f);
+                let entry = state.entries.get_mut(&id).expect("entry just found");
+                let slot = f.slot;
+                entry.parts[slot] = Some((rec, f));
+                let full = entry.parts.iter().all(Option::is_some);
+                if last || full {
+                    let entry = state.remove(id).expect("entry just found");
+                    out.push(self.merge(entry));
+                }
+                continue;
+            }
+            if f.last {
+                out.push(rec);
+                continue;
+            }
+            if state.entries.len() >= self.cfg.max_entries.max(1)
+                && let Some((&oldest, _)) = state.entries.first_key_value()
+            {
+                let entry = state.remove(oldest).expect("oldest entry");
+                self.stats.early.fetch_add(1, Ordering::Relaxed);
+                out.push(self.merge(entry));
+            }
+            let id = state.next;
+            state.next += 1;
+            let slot = f.slot;
+            let mut parts = [None, None, None];
+            parts[slot] = Some((rec, f));
+            state.entries.insert(
+                id,
+                Entry {
+                    parts,
+                    deadline: now + self.cfg.hold,
+                    keys: Vec::new(),
+                },
+            );
+            let f = state.entries[&id].parts[slot].as_ref().map(|(_, f)| f);
+            if let Some(k) = f.and_then(index_key) {
+                state.index.entry(k.clone()).or_default().insert(id);
+                state.entries.get_mut(&id).expect("inserted").keys = vec![k];
+            }
+        }
+        self.stats
+            .held
+            .store(state.entries.len() as u64, Ordering::Relaxed);
+        self.stats
+            .emitted
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// The actions whose hold has passed at `now` (all of them when `now`
+    /// is `None`: at shutdown), each as one record.
+    pub(crate) fn due(&self, now: Option<Instant>) -> Vec<Record> {
+        let mut out = Vec::new();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((&id, e)) = state.entries.first_key_value() {
+            if now.is_some_and(|now| e.deadline > now) {
+                break;
+            }
+            let entry = state.remove(id).expect("first entry");
+            out.push(self.merge(entry));
+        }
+        self.stats
+            .held
+            .store(state.entries.len() as u64, Ordering::Relaxed);
+        self.stats
+            .emitted
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        out
+    }
+
+    /// One record from an entry's halves: the audit event's record when
+    /// there is one, else the firehose line's, else the security event's;
+    /// the security event and the firehose line's id merged into it.
+    fn merge(&self, entry: Entry) -> Record {
+        let [firehose, audit, security] = entry.parts.map(|p| p.map(|(r, _)| r));
+        let halves = [&firehose, &audit, &security]
+            .iter()
+            .filter(|p| p.is_some())
+            .count();
+        self.stats
+            .merged
+            .fetch_add(halves as u64 - 1, Ordering::Relaxed);
+        let (mut base, merged_firehose, security) = match (audit, firehose, security) {
+            (None, None, Some(s)) => return s,
+            (Some(a), f, s) => (a, f.map(|f| firehose_event_id(&f.envelope)), s),
+            (None, Some(f), s) => (f, None, s),
+            (None, None, None) => unreachable!("an entry holds at least one half"),
+        };
+        let security = security.and_then(|mut r| r.api.as_deref_mut()?.security.take());
+        if let Some(api) = base.api.as_deref_mut() {
+            if security.is_some() {
+                api.security = security;
+            }
+            api.merged_firehose = merged_firehose;
+        }
+        base
+    }
+}
+
+/// Sends out what `router`'s correlator held past its hold, every `every`,
+/// until `stop` is cancelled or the router is gone (holding it weakly, it
+/// keeps no sink queue open). What is still held then is `release_held(None)`'s.
+pub async fn release_held_every(
+    router: std::sync::Weak<super::Router>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        router.release_held(Some(Instant::now()));
+    }
+}
