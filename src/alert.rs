@@ -394,6 +394,7 @@ mod tests {
             audit_events: None,
             enrich: None,
             syslog_in: None,
+            correlate: None,
         });
         let router = Arc::new(Router::new(
             vec![

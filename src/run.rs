@@ -51,7 +51,8 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
     // Api records are merged before numbering; what is held leaves after
     // its hold, and all of it before the sinks close.
     let correlator_stop = CancellationToken::new();
-    let correlator = pipeline.router().correlate(cfg.correlate).map(|_| {
+    let correlate_stats = pipeline.router().correlate(cfg.correlate);
+    let correlator = correlate_stats.as_ref().map(|_| {
         tokio::spawn(crate::route::release_held_every(
             Arc::downgrade(&pipeline.router()),
             release_tick(cfg.correlate.hold),
@@ -82,6 +83,7 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
         audit_events: audit.poller.clone(),
         enrich: audit.enricher.clone(),
         syslog_in: syslog_in_stats.clone(),
+        correlate: correlate_stats,
     });
     // The server outlives the sources so /health answers during the drain.
     let server_stop = CancellationToken::new();

@@ -49,6 +49,8 @@ pub struct View {
     pub enrich: Option<Arc<Enricher>>,
     /// The syslog ingress, when on.
     pub syslog_in: Option<Arc<crate::source::syslog_in::SyslogInStats>>,
+    /// The correlator's counts, when `--correlate-hold` is not 0.
+    pub correlate: Option<Arc<crate::route::CorrelateStats>>,
 }
 
 crate::counters::counters! {

@@ -156,6 +156,44 @@ struct ViewCollector(Arc<View>);
 
 type Labels = Vec<(&'static str, String)>;
 
+/// The correlator's counters and the actions it holds now.
+fn encode_correlate(
+    e: &mut DescriptorEncoder,
+    c: &crate::route::CorrelateStats,
+) -> std::fmt::Result {
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    for (name, help, value) in [
+        (
+            "correlate_offered",
+            "API records (halves of an action) offered to the correlator.",
+            load(&c.offered),
+        ),
+        (
+            "correlate_emitted",
+            "Records the correlator sent on, merged or alone.",
+            load(&c.emitted),
+        ),
+        (
+            "correlate_merged",
+            "Halves folded into another half's record (offered = emitted + merged + held).",
+            load(&c.merged),
+        ),
+        (
+            "correlate_early",
+            "Actions sent on before their hold because --correlate-max-entries were held.",
+            load(&c.early),
+        ),
+    ] {
+        family(e, name, help, [(vec![], ConstCounter::new(value))])?;
+    }
+    family(
+        e,
+        "correlate_held",
+        "Actions the correlator holds now, waiting for their other halves.",
+        [(vec![], ConstGauge::new(load(&c.held) as i64))],
+    )
+}
+
 /// One metric family: its name, help, type and samples.
 fn family<M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
@@ -382,6 +420,9 @@ impl prometheus_client::collector::Collector for ViewCollector {
                 crate::source::syslog_in::SyslogInSnapshot::METRICS,
                 &[(vec![], s.load())],
             )?;
+        }
+        if let Some(c) = &v.correlate {
+            encode_correlate(&mut e, c)?;
         }
         if let Some(en) = &v.enrich {
             families(&mut e, ENRICH, &[(vec![], en.stats().snapshot())])?;
@@ -616,6 +657,7 @@ mod tests {
             listener: Arc::default(),
             audit_events: None,
             syslog_in: None,
+            correlate: None,
             enrich: None,
         }
     }
@@ -770,6 +812,31 @@ mod tests {
             .expect("process families on Linux")];
         let golden = include_str!("telemetry/metrics.golden.txt");
         assert_eq!(text, golden);
+    }
+
+    /// The correlator's counts, when it runs: exact families and values.
+    #[test]
+    fn the_correlators_counts_are_metrics() {
+        let mut v = view(&[]);
+        assert!(!metrics(&Arc::new(view(&[]))).contains("correlate"));
+        let c = Arc::new(crate::route::CorrelateStats::default());
+        count_from(10, &[&c.offered, &c.emitted, &c.merged, &c.early, &c.held]);
+        v.correlate = Some(c);
+        let text = metrics(&Arc::new(v));
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("cf_nozzle_correlate"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "cf_nozzle_correlate_offered_total 10",
+                "cf_nozzle_correlate_emitted_total 11",
+                "cf_nozzle_correlate_merged_total 12",
+                "cf_nozzle_correlate_early_total 13",
+                "cf_nozzle_correlate_held 14",
+            ]
+        );
     }
 
     /// A sink whose disk refuses its buffer's writes fails `/health`, named;

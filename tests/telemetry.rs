@@ -304,6 +304,7 @@ async fn the_listener_keeps_its_cap_answers_health_and_closes_slow_heads() {
         audit_events: None,
         enrich: None,
         syslog_in: None,
+        correlate: None,
     });
     let stats = std::sync::Arc::clone(&view.listener);
     let cfg = TelemetryConfig {
