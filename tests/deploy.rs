@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use cf_audit_nozzle::config::Cli;
 use cf_audit_nozzle::config::bosh::job_files;
 use cf_audit_nozzle::tls::Pki;
-use common::{nozzle, printed};
+use common::{nozzle, printed, yaml};
 
 const JOB: &str = "bosh/jobs/cf-audit-nozzle";
 const OPS_FILE: &str = "bosh/operations/add-cf-audit-nozzle.yml";
@@ -44,22 +44,6 @@ fn the_jobs_generated_files_are_current() {
     on_disk.sort();
     expected.sort();
     assert_eq!(on_disk, expected);
-}
-
-/// A YAML file as JSON, read by Ruby's YAML (the director's parser family).
-fn yaml(path: &str) -> Value {
-    let out = Command::new("ruby")
-        .args([
-            "-ryaml",
-            "-rjson",
-            "-e",
-            "puts JSON.generate(YAML.safe_load(File.read(ARGV[0])))",
-            path,
-        ])
-        .output()
-        .expect("ruby (scripts/test installs Debian's ruby)");
-    assert!(out.status.success(), "{path}: {}", printed(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The job's properties in the ops file, and its certificate variable.

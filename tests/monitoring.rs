@@ -31,21 +31,6 @@ fn promtool(args: &[&str]) -> (bool, String) {
     (out.status.success(), printed(&out))
 }
 
-fn yaml(path: &str) -> Value {
-    let out = Command::new("ruby")
-        .args([
-            "-ryaml",
-            "-rjson",
-            "-e",
-            "puts JSON.generate(YAML.safe_load(File.read(ARGV[0])))",
-            path,
-        ])
-        .output()
-        .expect("ruby");
-    assert!(out.status.success(), "{path}: {}", printed(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn alert_names() -> Vec<String> {
     yaml(RULES)["groups"][0]["rules"]
         .as_array()

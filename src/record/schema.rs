@@ -113,7 +113,10 @@ fn seq(rec: &Record) -> Option<u64> {
 
 /// The native JSON of an API record as a map (the API fields are built
 /// with serde already; rebuilding them costs what they cost).
-fn native_map(rec: &Record, ctx: &EncodeContext) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn native_map(
+    rec: &Record,
+    ctx: &EncodeContext,
+) -> serde_json::Map<String, serde_json::Value> {
     let native = EncodeContext {
         schema: RecordSchema::Native,
         record_envelope: false,
@@ -130,6 +133,28 @@ fn native_map(rec: &Record, ctx: &EncodeContext) -> serde_json::Map<String, serd
 /// Whether a record is an API invocation (from either source).
 fn is_api(rec: &Record) -> bool {
     rec.kind == Kind::Api && rec.api.is_some()
+}
+
+/// What an API action did, from its event name's verb, as each schema's
+/// own word (OCSF activity, ECS event.type, CIM action) is chosen from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verb {
+    Create,
+    Read,
+    Update,
+    Delete,
+    /// Not an API call one can call a change or a read (`app.crash`, ...).
+    Other,
+}
+
+fn verb(event_name: &str, read_only: Option<bool>) -> Verb {
+    match event_name.rsplit('.').next().unwrap_or_default() {
+        "create" | "map_route" | "bind" => Verb::Create,
+        "delete" | "delete-request" | "destroy" | "unmap_route" | "unbind" => Verb::Delete,
+        _ if read_only == Some(true) => Verb::Read,
+        _ if event_name.starts_with("audit.") => Verb::Update,
+        _ => Verb::Other,
+    }
 }
 
 /// Milliseconds since the epoch of a timestamp in nanoseconds.

@@ -245,3 +245,20 @@ pub async fn ingress_envelopes(health: SocketAddr) -> Option<u64> {
         .find_map(|l| l.strip_prefix("cf_nozzle_ingress_envelopes_total "))
         .and_then(|v| v.trim().parse().ok())
 }
+
+/// A YAML file as JSON, read by Ruby's YAML (the BOSH director's parser
+/// family; scripts/test installs Debian's ruby).
+pub fn yaml(path: &str) -> serde_json::Value {
+    let out = Command::new("ruby")
+        .args([
+            "-ryaml",
+            "-rjson",
+            "-e",
+            "puts JSON.generate(YAML.safe_load(File.read(ARGV[0])))",
+            path,
+        ])
+        .output()
+        .expect("ruby (scripts/test installs Debian's ruby)");
+    assert!(out.status.success(), "{path}: {}", printed(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}

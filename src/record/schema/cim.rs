@@ -11,7 +11,7 @@
 use serde_json::{Map, Value, json};
 
 use super::super::{EncodeContext, Record};
-use super::{is_api, native_map};
+use super::{Verb, is_api, native_map, verb};
 
 /// Writes an API record with CIM's fields; `false` for other kinds.
 pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> bool {
@@ -23,14 +23,14 @@ pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> boo
     true
 }
 
-/// Change's `action` for an event name's verb.
+/// Change's `action` for an event name's verb (CIM has no word for an
+/// action that is neither: `updated`).
 fn change_action(event_name: &str, read_only: Option<bool>) -> &'static str {
-    let verb = event_name.rsplit('.').next().unwrap_or_default();
-    match verb {
-        "create" | "map_route" | "bind" => "created",
-        "delete" | "delete-request" | "destroy" | "unmap_route" | "unbind" => "deleted",
-        _ if read_only == Some(true) => "read",
-        _ => "updated",
+    match verb(event_name, read_only) {
+        Verb::Create => "created",
+        Verb::Delete => "deleted",
+        Verb::Read => "read",
+        Verb::Update | Verb::Other => "updated",
     }
 }
 

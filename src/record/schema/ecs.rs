@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::envelope::MessageRef;
 use super::super::{EncodeContext, Kind, Record, json, layout};
-use super::{is_api, native_map, seq, write_provenance};
+use super::{Verb, is_api, native_map, seq, verb, write_provenance};
 
 /// The ECS version the records follow (`ecs.version`).
 pub const VERSION: &str = "9.4.0";
@@ -109,13 +109,12 @@ fn write_labels(rec: &Record, out: &mut Vec<u8>) {
 
 /// `event.type` of an API invocation: what it did, as ECS names it.
 fn event_type(event_name: &str, read_only: Option<bool>) -> &'static str {
-    let verb = event_name.rsplit('.').next().unwrap_or_default();
-    match verb {
-        "create" | "map_route" | "bind" => "creation",
-        "delete" | "delete-request" | "destroy" | "unmap_route" | "unbind" => "deletion",
-        _ if read_only == Some(true) => "access",
-        _ if event_name.starts_with("audit.") => "change",
-        _ => "info",
+    match verb(event_name, read_only) {
+        Verb::Create => "creation",
+        Verb::Delete => "deletion",
+        Verb::Read => "access",
+        Verb::Update => "change",
+        Verb::Other => "info",
     }
 }
 

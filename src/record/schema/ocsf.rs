@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::envelope::MessageRef;
 use super::super::{EncodeContext, Kind, Record, json};
-use super::{is_api, millis, native_map, seq, write_provenance};
+use super::{Verb, is_api, millis, native_map, seq, verb, write_provenance};
 
 /// The OCSF version the records follow (`metadata.version`).
 pub const VERSION: &str = "1.3.0";
@@ -107,13 +107,12 @@ fn base_event(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
 /// `eventName`'s verb as OCSF's API activity: 1 Create, 2 Read, 3 Update,
 /// 4 Delete, 99 Other.
 fn activity(event_name: &str, read_only: Option<bool>) -> (u64, &'static str) {
-    let verb = event_name.rsplit('.').next().unwrap_or_default();
-    match verb {
-        "create" | "map_route" | "bind" => (1, "Create"),
-        "delete" | "delete-request" | "destroy" | "unmap_route" | "unbind" => (4, "Delete"),
-        _ if read_only == Some(true) => (2, "Read"),
-        _ if event_name.starts_with("audit.") => (3, "Update"),
-        _ => (99, "Other"),
+    match verb(event_name, read_only) {
+        Verb::Create => (1, "Create"),
+        Verb::Read => (2, "Read"),
+        Verb::Update => (3, "Update"),
+        Verb::Delete => (4, "Delete"),
+        Verb::Other => (99, "Other"),
     }
 }
 

@@ -21,21 +21,14 @@
 
 use serde_json::Value;
 
-use crate::record::{EncodeContext, Record, RecordSchema};
+use crate::record::{EncodeContext, Record};
 
 const VENDOR: &str = "Cloud Foundry";
 const PRODUCT: &str = "cf-audit-nozzle";
 
 /// Appends the CEF line of `record` to `out`.
 pub(super) fn write(record: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
-    let native = EncodeContext {
-        schema: RecordSchema::Native,
-        record_envelope: false,
-        ..ctx.clone()
-    };
-    let mut buf = Vec::with_capacity(1024);
-    record.write_json(&native, &mut buf);
-    let n: Value = serde_json::from_slice(&buf).unwrap_or(Value::Null);
+    let n = Value::Object(crate::record::schema::native_map(record, ctx));
     let s = |k: &str| n.get(k).and_then(Value::as_str);
     let kind = s("kind").unwrap_or("record");
     let declaration = n.get("last_seq").is_some();
