@@ -50,12 +50,24 @@ pub async fn run(cfg: Built, shutdown: CancellationToken) -> Result<Summary, Run
     )?;
     // Api records are merged before numbering; what is held leaves after
     // its hold, and all of it before the sinks close.
+    // Only a second source of API records (the syslog ingress, or this
+    // instance's audit-events poller) gives the correlator anything to merge:
+    // firehose lines alone never merge with each other, and holding them
+    // costs memory (a held record keeps its batch's bytes) and throughput.
+    let correlate = if cfg.syslog_in.is_some() || cfg.audit.audit_events.is_some() {
+        cfg.correlate
+    } else {
+        crate::route::CorrelateConfig {
+            hold: Duration::ZERO,
+            ..cfg.correlate
+        }
+    };
     let correlator_stop = CancellationToken::new();
-    let correlate_stats = pipeline.router().correlate(cfg.correlate);
+    let correlate_stats = pipeline.router().correlate(correlate);
     let correlator = correlate_stats.as_ref().map(|_| {
         tokio::spawn(crate::route::release_held_every(
             Arc::downgrade(&pipeline.router()),
-            release_tick(cfg.correlate.hold),
+            release_tick(correlate.hold),
             correlator_stop.clone(),
         ))
     });

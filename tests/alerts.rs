@@ -197,5 +197,9 @@ async fn the_log_limit_is_per_alert_reason_and_sink() {
     assert!(dropped_lines.iter().all(|l| l["sink"] == "syslog"));
     assert!(alerts_total(health, "sink_dropped").await >= 6);
     assert_eq!(alerts_total(health, "sink_stalled").await, 1);
+    // The firehose is the only source of API records here: nothing to
+    // correlate, so no correlator holds them (and it has no counts).
+    let metrics = metrics_text(health).await.unwrap();
+    assert!(!metrics.contains("cf_nozzle_correlate"), "{metrics}");
     n.stop(Duration::from_secs(30)).await;
 }

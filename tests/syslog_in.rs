@@ -355,3 +355,40 @@ async fn a_flood_of_50000_lines_is_held_bounded_and_counted_exactly() {
     assert_eq!(held(&correlator.emitted), LINES / 10 * 9);
     assert_eq!(router.sinks_of(Kind::Api)[0].1.snapshot("api").dropped(), 0);
 }
+
+/// `run` with the syslog ingress turns the correlator on (a second source
+/// of API records); its counts are on `/metrics`. Without the ingress (and
+/// without the audit poller) it stays off: `tests/alerts.rs` checks that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_with_the_syslog_ingress_correlates() {
+    let pki = common::pki();
+    let emu = common::generated_emulator(&pki, 3, 200).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = tmp.path().join("tls");
+    pki.write_client_files(&tls).unwrap();
+    let health = common::free_addr();
+    let mut cmd = common::nozzle();
+    cmd.env("HEALTH_ADDR", health.to_string());
+    common::run_args(&mut cmd, &emu.addr.to_string(), &tls);
+    cmd.args(["--sink", "stdout"])
+        .args(["--syslog-in-addr", &common::free_addr().to_string()]);
+    let n = common::spawn_collected(&mut cmd);
+    let mut text = String::new();
+    common::wait_for(
+        "the correlator's counts on /metrics",
+        Duration::from_secs(30),
+        || {
+            text = futures_lite_block(common::metrics_text(health)).unwrap_or_default();
+            text.contains("cf_nozzle_correlate_offered_total")
+        },
+    )
+    .await;
+    assert!(text.contains("cf_nozzle_correlate_held "), "{text}");
+    n.stop(Duration::from_secs(30)).await;
+}
+
+/// Runs a future to completion from a synchronous closure (the poll in
+/// `wait_for` is synchronous; the metrics fetch is not).
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
