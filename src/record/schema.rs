@@ -157,6 +157,18 @@ fn verb(event_name: &str, read_only: Option<bool>) -> Verb {
     }
 }
 
+/// Whether the action failed, from the native record's `outcome`
+/// (`failure` and `denied` did); `None` when it does not say (a firehose
+/// line alone). Every record that has an HTTP status or an error code has
+/// an outcome too (`ApiCall::outcome`), so this is the one place to read.
+fn failed(n: &serde_json::Map<String, serde_json::Value>) -> Option<bool> {
+    match n.get("outcome").and_then(serde_json::Value::as_str) {
+        Some("success") => Some(false),
+        Some("failure" | "denied") => Some(true),
+        _ => None,
+    }
+}
+
 /// Milliseconds since the epoch of a timestamp in nanoseconds.
 fn millis(ns: i64) -> i64 {
     ns.div_euclid(1_000_000)

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value, json};
 
 use super::super::{EncodeContext, Record};
-use super::{Verb, is_api, native_map, verb};
+use super::{Verb, failed, is_api, native_map, verb};
 
 /// Writes an API record with CIM's fields; `false` for other kinds.
 pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> bool {
@@ -44,14 +44,7 @@ fn map(mut n: Map<String, Value>) -> Value {
     let uaa = n.get("eventSource").and_then(Value::as_str) == Some("uaa");
     let authentication = uaa && name.contains("Authentication");
     let read_only = n.get("readOnly").and_then(Value::as_bool);
-    let failed = match n.get("outcome").and_then(Value::as_str) {
-        Some("failure" | "denied") => Some(true),
-        Some("success") => Some(false),
-        _ => n
-            .get("httpStatusCode")
-            .and_then(Value::as_u64)
-            .map(|c| c >= 400),
-    };
+    let failed = failed(&n);
     let mut out = Map::new();
     out.insert("time".into(), take(&mut n, "time").unwrap_or(Value::Null));
     take(&mut n, "eventTime");

@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::envelope::MessageRef;
 use super::super::{EncodeContext, Kind, Record, json, layout};
-use super::{Verb, is_api, native_map, seq, verb, write_provenance};
+use super::{Verb, failed, is_api, native_map, seq, verb, write_provenance};
 
 /// The ECS version the records follow (`ecs.version`).
 pub const VERSION: &str = "9.4.0";
@@ -127,26 +127,13 @@ fn api(mut n: Map<String, Value>) -> Value {
         .unwrap_or("unknown")
         .to_string();
     let read_only = n.get("readOnly").and_then(Value::as_bool);
-    let code = n.get("httpStatusCode").and_then(Value::as_u64);
-    let native_outcome = n.get("outcome").and_then(Value::as_str).map(str::to_string);
-    let outcome = match native_outcome.as_deref() {
-        Some("success") => "success",
-        Some("failure" | "denied") => "failure",
-        _ => "unknown",
+    let denied = n.get("outcome").and_then(Value::as_str) == Some("denied");
+    let outcome = match failed(&n) {
+        Some(false) => "success",
+        Some(true) => "failure",
+        None => "unknown",
     };
     n.remove("outcome");
-    let outcome = match (outcome, code) {
-        (known, _) if known != "unknown" => known,
-        (_, code) => match code {
-            Some(c) if c >= 400 => "failure",
-            Some(_) => "success",
-            None if n.contains_key("errorCode") => "failure",
-            None if n.get("sourceEvent").and_then(Value::as_str) == Some("audit_events") => {
-                "success"
-            }
-            None => "unknown",
-        },
-    };
     let mut out = Map::new();
     out.insert(
         "@timestamp".into(),
@@ -161,7 +148,7 @@ fn api(mut n: Map<String, Value>) -> Value {
     event.insert("kind".into(), json!("event"));
     event.insert("category".into(), json!(["api"]));
     let mut types = vec![event_type(&name, read_only)];
-    if native_outcome.as_deref() == Some("denied") {
+    if denied {
         // ECS's word for an attempt refused by access control.
         types.push("denied");
     }

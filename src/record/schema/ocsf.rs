@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use super::super::envelope::MessageRef;
 use super::super::{EncodeContext, Kind, Record, json};
-use super::{Verb, is_api, millis, native_map, seq, verb, write_provenance};
+use super::{Verb, failed, is_api, millis, native_map, seq, verb, write_provenance};
 
 /// The OCSF version the records follow (`metadata.version`).
 pub const VERSION: &str = "1.3.0";
@@ -118,31 +118,16 @@ fn activity(event_name: &str, read_only: Option<bool>) -> (u64, &'static str) {
 
 /// The outcome as OCSF's status: 1 Success, 2 Failure, 0 Unknown.
 fn status(n: &mut Map<String, Value>) -> (u64, &'static str) {
-    // The native outcome when the record has one: `denied` stays under
-    // `unmapped` too, as OCSF's status has no word for it.
-    match n.get("outcome").and_then(Value::as_str) {
-        Some("success") => {
-            n.remove("outcome");
-            return (1, "Success");
-        }
-        Some("failure") => {
-            n.remove("outcome");
-            return (2, "Failure");
-        }
-        Some("denied") => return (2, "Failure"),
-        _ => {}
-    }
-    let code = n.get("httpStatusCode").and_then(Value::as_u64);
-    match code {
-        Some(c) if c >= 400 => (2, "Failure"),
-        Some(_) => (1, "Success"),
-        None if n.get("errorCode").is_some() => (2, "Failure"),
-        // Cloud Controller writes an audit event only for a change it made.
-        None if n.get("sourceEvent").and_then(Value::as_str) == Some("audit_events") => {
-            (1, "Success")
-        }
+    let status = match failed(n) {
+        Some(false) => (1, "Success"),
+        Some(true) => (2, "Failure"),
         None => (0, "Unknown"),
+    };
+    // `denied` stays under `unmapped` too: OCSF's status has no word for it.
+    if n.get("outcome").and_then(Value::as_str) != Some("denied") {
+        n.remove("outcome");
     }
+    status
 }
 
 /// Whether a native API record is a UAA sign-in (`uaa.*Authentication*`),
