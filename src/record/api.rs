@@ -240,30 +240,51 @@ pub(super) fn write_fields<M: SerializeMap>(
     let sec = api.security.as_deref();
     m.serialize_entry("eventVersion", API_EVENT_VERSION)?;
     m.serialize_entry("eventTime", time)?;
-    match (&api.source, sec) {
-        (ApiSource::AuditEvents(a), _) => m.serialize_entry("eventID", &a.guid)?,
-        (ApiSource::SecurityLog, Some(s)) => m.serialize_entry("eventID", &s.event_id)?,
-        _ => m.serialize_entry("eventID", &super::firehose_event_id(env))?,
-    }
+    m.serialize_entry("eventID", &api.event_id(env))?;
     m.serialize_entry("eventSource", api.event_source())?;
     m.serialize_entry("eventName", &api.event_name)?;
     m.serialize_entry("eventType", "CfApiCall")?;
+    m.serialize_entry("userIdentity", &api.user_identity())?;
+    m.serialize_entry("resources", &resources(rec, api, space, org))?;
+    m.serialize_entry("requestParameters", &api.request_parameters)?;
+    // The HTTP method, when a security event says it, decides.
+    if let Some(ro) = api.read_only() {
+        m.serialize_entry("readOnly", &ro)?;
+    }
+    write_outcome(m, api, sec)?;
+    m.serialize_entry("sources", &Sources(api))?;
+    m.serialize_entry("sourceEvent", api.source.as_str(sec))?;
+    if let Some(s) = sec {
+        m.serialize_entry(
+            "security_event",
+            &SecurityJson {
+                source: s.from.as_str(),
+                event_id: &s.event_id,
+                host: &s.host,
+                line: &s.line,
+            },
+        )?;
+    }
+    match &api.source {
+        ApiSource::AuditEvents(a) => m.serialize_entry("audit_event", &a.original),
+        _ => Ok(()),
+    }
+}
+
+/// The record's `resources`: the target (its name from the envelope's
+/// tags or Cloud Controller's names when the source did not give one),
+/// then the space and the org: an audit event's own, else `space` and
+/// `org` (what a log line's tags say).
+pub(crate) fn resources(
+    rec: &Record,
+    api: &ApiCall,
+    space: Option<ApiResource>,
+    org: Option<ApiResource>,
+) -> Vec<ApiResource> {
+    let env = &rec.envelope;
     let (space, org) = match &api.source {
-        // Log lines do not say who acted; /v3/audit_events and security events do.
-        ApiSource::Firehose | ApiSource::SecurityLog => {
-            m.serialize_entry("userIdentity", &Identity { actor: None, sec })?;
-            (space, org)
-        }
-        ApiSource::AuditEvents(a) => {
-            m.serialize_entry(
-                "userIdentity",
-                &Identity {
-                    actor: Some(&a.actor),
-                    sec,
-                },
-            )?;
-            (a.space.clone(), a.org.clone())
-        }
+        ApiSource::AuditEvents(a) => (a.space.clone(), a.org.clone()),
+        ApiSource::Firehose | ApiSource::SecurityLog => (space, org),
     };
     let mut resources = Vec::with_capacity(3);
     if let Some(target) = &api.target {
@@ -289,30 +310,7 @@ pub(super) fn write_fields<M: SerializeMap>(
     }
     resources.extend(space);
     resources.extend(org);
-    m.serialize_entry("resources", &resources)?;
-    m.serialize_entry("requestParameters", &api.request_parameters)?;
-    // The HTTP method, when a security event says it, decides.
-    if let Some(ro) = api.read_only() {
-        m.serialize_entry("readOnly", &ro)?;
-    }
-    write_outcome(m, api, sec)?;
-    m.serialize_entry("sources", &Sources(api))?;
-    m.serialize_entry("sourceEvent", api.source.as_str(sec))?;
-    if let Some(s) = sec {
-        m.serialize_entry(
-            "security_event",
-            &SecurityJson {
-                source: s.from.as_str(),
-                event_id: &s.event_id,
-                host: &s.host,
-                line: &s.line,
-            },
-        )?;
-    }
-    match &api.source {
-        ApiSource::AuditEvents(a) => m.serialize_entry("audit_event", &a.original),
-        _ => Ok(()),
-    }
+    resources
 }
 
 /// Where, how and with what outcome: `outcome`, `sourceIPAddress`,
@@ -362,16 +360,9 @@ struct Sources<'a>(&'a ApiCall);
 impl Serialize for Sources<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
-        let api = self.0;
         let mut seq = s.serialize_seq(None)?;
-        if matches!(api.source, ApiSource::Firehose) || api.merged_firehose.is_some() {
-            seq.serialize_element("firehose")?;
-        }
-        if matches!(api.source, ApiSource::AuditEvents(_)) {
-            seq.serialize_element("audit_events")?;
-        }
-        if let Some(sec) = &api.security {
-            seq.serialize_element(sec.from.as_str())?;
+        for source in self.0.sources() {
+            seq.serialize_element(source)?;
         }
         seq.end()
     }
@@ -390,35 +381,81 @@ struct SecurityJson<'a> {
 /// `userIdentity`: the audit event's actor when there is one, else the
 /// security event's caller, else `{"type":"unknown"}`; the security event
 /// adds `authMechanism` and `clientId`, and the name or guid the actor lacks.
-struct Identity<'a> {
-    actor: Option<&'a ApiResource>,
-    sec: Option<&'a SecurityEvent>,
+pub(crate) struct UserIdentity<'a> {
+    /// `type`: a `USER_TYPES` value, or the caller's `client`.
+    pub kind: &'a str,
+    pub guid: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub auth_mechanism: Option<&'a str>,
+    pub client_id: Option<&'a str>,
 }
 
-impl Serialize for Identity<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let caller = self.sec.map(|s| &s.caller);
-        let kind = match (self.actor, caller) {
+impl ApiCall {
+    /// The record's `eventID`: the audit event's guid, the security
+    /// event's id, else the firehose line's ([`super::firehose_event_id`]).
+    pub(crate) fn event_id(&self, env: &super::EnvelopeView) -> std::borrow::Cow<'_, str> {
+        match (&self.source, self.security.as_deref()) {
+            (ApiSource::AuditEvents(a), _) => a.guid.as_str().into(),
+            (ApiSource::SecurityLog, Some(s)) => s.event_id.as_str().into(),
+            _ => super::firehose_event_id(env).into(),
+        }
+    }
+
+    /// The record's `userIdentity`. Log lines do not say who acted;
+    /// /v3/audit_events and security events do.
+    pub(crate) fn user_identity(&self) -> UserIdentity<'_> {
+        let actor = match &self.source {
+            ApiSource::AuditEvents(a) => Some(&a.actor),
+            ApiSource::Firehose | ApiSource::SecurityLog => None,
+        };
+        let caller = self.security.as_deref().map(|s| &s.caller);
+        let kind = match (actor, caller) {
             (Some(a), _) => a.kind.as_str(),
             (None, Some(c)) => c.kind,
             (None, None) => "unknown",
         };
         let guid =
-            (self.actor.and_then(|a| a.guid.as_ref())).or(caller.and_then(|c| c.guid.as_ref()));
+            (actor.and_then(|a| a.guid.as_deref())).or(caller.and_then(|c| c.guid.as_deref()));
         let name =
-            (self.actor.and_then(|a| a.name.as_ref())).or(caller.and_then(|c| c.name.as_ref()));
+            (actor.and_then(|a| a.name.as_deref())).or(caller.and_then(|c| c.name.as_deref()));
+        UserIdentity {
+            kind,
+            guid,
+            name,
+            auth_mechanism: caller.and_then(|c| c.auth_mechanism.as_deref()),
+            client_id: caller.and_then(|c| c.client_id.as_deref()),
+        }
+    }
+
+    /// The record's `sources`: every source it was built from, in the
+    /// order `firehose`, `audit_events`, `cc_security_event`, `uaa_audit`.
+    pub(crate) fn sources(&self) -> impl Iterator<Item = &'static str> {
+        let firehose = matches!(self.source, ApiSource::Firehose) || self.merged_firehose.is_some();
+        let audit = matches!(self.source, ApiSource::AuditEvents(_));
+        [
+            firehose.then_some("firehose"),
+            audit.then_some("audit_events"),
+            self.security.as_deref().map(|s| s.from.as_str()),
+        ]
+        .into_iter()
+        .flatten()
+    }
+}
+
+impl Serialize for UserIdentity<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut m = s.serialize_map(None)?;
-        m.serialize_entry("type", kind)?;
-        if let Some(g) = guid {
+        m.serialize_entry("type", self.kind)?;
+        if let Some(g) = self.guid {
             m.serialize_entry("guid", g)?;
         }
-        if let Some(n) = name {
+        if let Some(n) = self.name {
             m.serialize_entry("name", n)?;
         }
-        if let Some(v) = caller.and_then(|c| c.auth_mechanism.as_ref()) {
+        if let Some(v) = self.auth_mechanism {
             m.serialize_entry("authMechanism", v)?;
         }
-        if let Some(v) = caller.and_then(|c| c.client_id.as_ref()) {
+        if let Some(v) = self.client_id {
             m.serialize_entry("clientId", v)?;
         }
         m.end()

@@ -261,6 +261,12 @@ impl<'a> Named<'a> {
     }
 }
 
+/// The space and org an envelope record's API fields name (`resources`).
+pub(super) fn api_places(rec: &Record) -> [Option<ApiResource>; 2] {
+    let resource = |kind, place| Named::of(rec, place).map(|n| n.resource(kind));
+    [resource("space", 1), resource("org", 2)]
+}
+
 /// The CloudTrail-style fields of an API invocation (a few percent of the
 /// records): serialised by serde as a map, whose entries are spliced into
 /// the record's object.
@@ -271,17 +277,10 @@ pub(super) fn write_api_fields(out: &mut Vec<u8>, rec: &Record, api: &ApiCall) {
     }
     impl Serialize for Fields<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-            let resource = |kind, place| Named::of(self.rec, place).map(|n| n.resource(kind));
             let time = rfc3339_nanos(self.rec.envelope.timestamp());
             let mut m = s.serialize_map(None)?;
-            api::write_fields(
-                &mut m,
-                self.rec,
-                self.api,
-                &time,
-                resource("space", 1),
-                resource("org", 2),
-            )?;
+            let [space, org] = api_places(self.rec);
+            api::write_fields(&mut m, self.rec, self.api, &time, space, org)?;
             m.end()
         }
     }

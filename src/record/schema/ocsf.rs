@@ -4,11 +4,10 @@
 //! `metadata.original_time`; `seq` is `metadata.sequence`; what OCSF has no
 //! attribute for is under `unmapped`, with the native names.
 
-use serde_json::{Map, Value, json};
-
+use super::super::api::{ApiCall, ApiResource, ApiSource};
 use super::super::envelope::MessageRef;
-use super::super::{EncodeContext, Kind, Record, json};
-use super::{Verb, failed, is_api, millis, native_map, seq, verb, write_provenance};
+use super::super::{API_EVENT_VERSION, EncodeContext, Kind, Record, json, layout};
+use super::{Verb, millis, seq, verb, write_provenance};
 
 /// The OCSF version the records follow (`metadata.version`).
 pub const VERSION: &str = "1.3.0";
@@ -21,19 +20,12 @@ const CLOUD: &str = "{\"provider\":\"Cloud Foundry\"}";
 
 /// Writes `rec` as OCSF; `false` for a metric, which stays native.
 pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> bool {
-    if is_api(rec) {
-        let n = native_map(rec, ctx);
-        let value = if is_authentication(&n) {
-            authentication(n)
-        } else {
-            api_activity(n)
-        };
-        // Serialising a Value into a Vec cannot fail.
-        serde_json::to_writer(&mut *out, &value).expect("OCSF API record serialises");
-        return true;
-    }
-    match rec.kind {
-        Kind::Metric => false,
+    match (rec.kind, rec.api.as_deref()) {
+        (Kind::Api, Some(api)) => {
+            api_record(rec, api, ctx, out);
+            true
+        }
+        (Kind::Metric, _) => false,
         _ => {
             base_event(rec, ctx, out);
             true
@@ -74,10 +66,40 @@ fn base_event(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
         }
         _ => {}
     }
+    write_metadata(rec, None, out);
+    out.extend_from_slice(b",\"unmapped\":{");
+    write_provenance(rec, ctx, out, true);
+    if let Some(t) = log_type {
+        json::write_key(out, "log_type");
+        write_log_type(out, t);
+    }
+    if invalid_utf8 {
+        out.extend_from_slice(b",\"message_invalid_utf8\":true");
+    }
+    out.extend_from_slice(b"}}");
+}
+
+/// A log's type as the native record writes it.
+fn write_log_type(out: &mut Vec<u8>, t: i32) {
+    match t {
+        0 => out.extend_from_slice(b"\"OUT\""),
+        1 => out.extend_from_slice(b"\"ERR\""),
+        t => json::write_int(out, t),
+    }
+}
+
+/// `,"metadata":{..},"cloud":{..}`, the members every OCSF record has:
+/// version, product, the event's `uid` when it has one, `log_name` (the
+/// kind), `sequence` (`seq`) and `original_time` (the exact time).
+fn write_metadata(rec: &Record, uid: Option<&str>, out: &mut Vec<u8>) {
     out.extend_from_slice(b",\"metadata\":{\"version\":\"");
     out.extend_from_slice(VERSION.as_bytes());
     out.extend_from_slice(b"\",\"product\":");
     out.extend_from_slice(PRODUCT.as_bytes());
+    if let Some(uid) = uid {
+        json::write_key(out, "uid");
+        json::write_str(out, uid);
+    }
     json::write_key(out, "log_name");
     json::write_str(out, rec.kind.as_str());
     if let Some(s) = seq(rec) {
@@ -85,23 +107,9 @@ fn base_event(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
         json::write_int(out, s);
     }
     json::write_key(out, "original_time");
-    json::write_rfc3339_nanos(out, env.timestamp());
+    json::write_rfc3339_nanos(out, rec.envelope.timestamp());
     out.extend_from_slice(b"},\"cloud\":");
     out.extend_from_slice(CLOUD.as_bytes());
-    out.extend_from_slice(b",\"unmapped\":{");
-    write_provenance(rec, ctx, out, true);
-    if let Some(t) = log_type {
-        json::write_key(out, "log_type");
-        match t {
-            0 => out.extend_from_slice(b"\"OUT\""),
-            1 => out.extend_from_slice(b"\"ERR\""),
-            t => json::write_int(out, t),
-        }
-    }
-    if invalid_utf8 {
-        out.extend_from_slice(b",\"message_invalid_utf8\":true");
-    }
-    out.extend_from_slice(b"}}");
 }
 
 /// `eventName`'s verb as OCSF's API activity: 1 Create, 2 Read, 3 Update,
@@ -116,205 +124,311 @@ fn activity(event_name: &str, read_only: Option<bool>) -> (u64, &'static str) {
     }
 }
 
-/// The outcome as OCSF's status: 1 Success, 2 Failure, 0 Unknown.
-fn status(n: &mut Map<String, Value>) -> (u64, &'static str) {
-    let status = match failed(n) {
-        Some(false) => (1, "Success"),
-        Some(true) => (2, "Failure"),
-        None => (0, "Unknown"),
-    };
-    // `denied` stays under `unmapped` too: OCSF's status has no word for it.
-    if n.get("outcome").and_then(Value::as_str) != Some("denied") {
-        n.remove("outcome");
+/// The outcome as OCSF's status: 1 Success, 2 Failure (failure and
+/// denied), 0 Unknown (a firehose line alone does not say).
+fn status(outcome: Option<&str>) -> (u64, &'static str) {
+    match outcome {
+        Some("success") => (1, "Success"),
+        Some("failure" | "denied") => (2, "Failure"),
+        _ => (0, "Unknown"),
     }
-    status
 }
 
-/// Whether a native API record is a UAA sign-in (`uaa.*Authentication*`),
-/// which OCSF has its own class for.
-fn is_authentication(n: &Map<String, Value>) -> bool {
-    n.get("eventSource").and_then(Value::as_str) == Some("uaa")
-        && n.get("eventName")
-            .and_then(Value::as_str)
-            .is_some_and(|e| e.contains("Authentication"))
+/// Cloud Controller's actor types as OCSF's user types.
+fn user_type(kind: &str) -> (u64, &'static str) {
+    match kind {
+        "user" => (1, "User"),
+        "system" => (3, "System"),
+        "unknown" => (0, "Unknown"),
+        _ => (99, "Other"),
+    }
 }
 
-/// A UAA sign-in as Authentication (class 3002, activity 1 Logon): the
-/// API Activity form with `user` and `src_endpoint` where that class puts
-/// them, `api.service` as `service`, and no `api`/`actor` (the operation
-/// stays as `unmapped.eventName`).
-fn authentication(n: Map<String, Value>) -> Value {
-    let event_name = n.get("eventName").cloned();
-    let mut v = api_activity(n);
-    let o = v.as_object_mut().expect("an object");
-    let user = o
-        .remove("actor")
-        .and_then(|mut a| a.get_mut("user").map(Value::take))
-        .unwrap_or_else(|| json!({ "name": "unknown" }));
-    o.insert("user".into(), user);
-    // The service signed in to (UAA): Authentication's `service`.
-    let service = o
-        .remove("api")
-        .and_then(|mut a| a.get_mut("service").map(Value::take))
-        .unwrap_or_else(|| json!({ "name": "uaa" }));
-    o.insert("service".into(), service);
+/// An API invocation as API Activity (class 6003), or a UAA sign-in
+/// (`uaa.*Authentication*`) as Authentication (class 3002, activity 1
+/// Logon), written straight from the record like the native writer does:
+/// each native field where OCSF has an attribute for it, the rest under
+/// `unmapped` with its native name (`docs/schemas.md`).
+fn api_record(rec: &Record, api: &ApiCall, ctx: &EncodeContext, out: &mut Vec<u8>) {
+    let env = &rec.envelope;
+    let sec = api.security.as_deref();
+    let event_name = api.event_name();
+    let event_source = api.event_source();
+    let authentication = event_source == "uaa" && event_name.contains("Authentication");
+    let read_only = api.read_only();
+    let (class_uid, category_uid, activity_id, activity_name) = if authentication {
+        (3002, 3, 1, "Logon")
+    } else {
+        let (id, name) = activity(event_name, read_only);
+        (6003, 6, id, name)
+    };
+    out.extend_from_slice(b"{\"class_uid\":");
+    json::write_int(out, class_uid);
+    json::write_key(out, "category_uid");
+    json::write_int(out, category_uid);
+    json::write_key(out, "activity_id");
+    json::write_int(out, activity_id);
+    json::write_key(out, "activity_name");
+    json::write_str(out, activity_name);
+    json::write_key(out, "type_uid");
+    json::write_int(out, class_uid * 100 + activity_id);
+    out.extend_from_slice(b",\"severity_id\":1");
+    let outcome = api.outcome();
+    let (status_id, status_name) = status(outcome);
+    json::write_key(out, "status_id");
+    json::write_int(out, status_id);
+    json::write_key(out, "status");
+    json::write_str(out, status_name);
+    if let Some(code) = sec.and_then(|s| s.http_status) {
+        // A string, as OCSF types it.
+        json::write_key(out, "status_code");
+        json::write_int_str(out, code);
+    }
+    if let Some(detail) = sec.and_then(|s| s.error_message.as_deref()) {
+        json::write_key(out, "status_detail");
+        json::write_str(out, detail);
+    }
+    json::write_key(out, "time");
+    json::write_int(out, millis(env.timestamp()));
+    // Only a firehose record is written from its envelope (as the native
+    // writer does): its log line is the message.
+    let envelope_form = matches!(api.source, ApiSource::Firehose);
+    let log = match env.message() {
+        Some(MessageRef::Log(l)) if envelope_form => Some(l),
+        _ => None,
+    };
+    let text = log.and_then(|l| std::str::from_utf8(l.payload).ok());
+    if let Some(text) = text {
+        json::write_key(out, "message");
+        json::write_str(out, text);
+    }
+
+    // Who: OCSF requires a user that names something; a firehose line and
+    // an audit event do not say who called from where, and `unknown`
+    // stands in for what the source did not say (the native record's
+    // userIdentity.type `unknown`).
+    let id = api.user_identity();
+    let (type_id, type_caption) = user_type(id.kind);
+    json::write_key(out, if authentication { "user" } else { "actor" });
+    if !authentication {
+        out.extend_from_slice(b"{\"user\":");
+    }
+    out.extend_from_slice(b"{\"type_id\":");
+    json::write_int(out, type_id);
+    json::write_key(out, "type");
+    json::write_str(out, type_caption);
+    if id.name.is_some() || id.guid.is_none() {
+        json::write_key(out, "name");
+        json::write_str(out, id.name.unwrap_or("unknown"));
+    }
+    if let Some(guid) = id.guid {
+        json::write_key(out, "uid");
+        json::write_str(out, guid);
+    }
+    out.push(b'}');
+    if authentication {
+        // The service signed in to (UAA): Authentication's `service`.
+        json::write_key(out, "service");
+        out.extend_from_slice(b"{\"name\":");
+        json::write_str(out, event_source);
+        out.push(b'}');
+    } else {
+        out.extend_from_slice(b"},\"api\":{\"operation\":");
+        json::write_str(out, event_name);
+        out.extend_from_slice(b",\"service\":{\"name\":");
+        json::write_str(out, event_source);
+        out.push(b'}');
+        if let Some(id) = sec.and_then(|s| s.request_id.as_deref()) {
+            out.extend_from_slice(b",\"request\":{\"uid\":");
+            json::write_str(out, id);
+            out.push(b'}');
+        }
+        out.push(b'}');
+    }
+
+    // From where: OCSF requires a source endpoint that names something.
+    json::write_key(out, "src_endpoint");
+    match sec.and_then(|s| s.source_ip.as_deref()) {
+        Some(ip) => {
+            out.extend_from_slice(b"{\"ip\":");
+            json::write_str(out, ip);
+        }
+        None => out.extend_from_slice(b"{\"name\":\"unknown\""),
+    }
+    out.push(b'}');
+    let user_agent = sec.and_then(|s| s.user_agent.as_deref());
+    let forwarded_for = sec.map_or(&[][..], |s| &s.forwarded_for[..]);
+    if user_agent.is_some() || !forwarded_for.is_empty() {
+        json::write_key(out, "http_request");
+        let mut first = true;
+        out.push(b'{');
+        if let Some(ua) = user_agent {
+            out.extend_from_slice(b"\"user_agent\":");
+            json::write_str(out, ua);
+            first = false;
+        }
+        if !forwarded_for.is_empty() {
+            if !first {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\"x_forwarded_for\":");
+            write_str_array(out, forwarded_for.iter().map(String::as_str));
+        }
+        out.push(b'}');
+    }
+    let [space, org] = match api.source {
+        ApiSource::Firehose => layout::api_places(rec),
+        ApiSource::AuditEvents(_) | ApiSource::SecurityLog => [None, None],
+    };
+    let resources = super::super::api::resources(rec, api, space, org);
     // Authentication has no `resources`: a sign-in's (none, for UAA) stay unmapped.
-    if let (Some(resources), Some(Value::Object(unmapped))) =
-        (o.remove("resources"), o.get_mut("unmapped"))
-        && resources.as_array().is_some_and(|r| !r.is_empty())
-    {
-        unmapped.insert("resources".into(), resources);
+    if !authentication {
+        json::write_key(out, "resources");
+        write_resources(out, &resources);
     }
-    o.insert("class_uid".into(), json!(3002));
-    o.insert("category_uid".into(), json!(3));
-    o.insert("activity_id".into(), json!(1));
-    o.insert("activity_name".into(), json!("Logon"));
-    o.insert("type_uid".into(), json!(300201));
-    if let (Some(name), Some(Value::Object(unmapped))) = (event_name, o.get_mut("unmapped")) {
-        unmapped.insert("eventName".into(), name);
+    write_metadata(rec, Some(&api.event_id(env)), out);
+
+    // The rest, under its native name.
+    out.extend_from_slice(b",\"unmapped\":{");
+    if envelope_form {
+        write_provenance(rec, ctx, out, true);
+        match (log, text) {
+            (Some(l), text) => {
+                json::write_key(out, "log_type");
+                write_log_type(out, l.r#type);
+                if text.is_none() {
+                    // Kept losslessly, as the native record keeps it.
+                    json::write_key(out, "message_base64");
+                    json::write_base64(out, l.payload);
+                    out.extend_from_slice(b",\"message_invalid_utf8\":true");
+                }
+            }
+            (None, _) => layout::write_message(env, out),
+        }
+    } else {
+        out.extend_from_slice(b"\"kind\":");
+        json::write_str(out, rec.kind.as_str());
+        if let Some(n) = &rec.number {
+            json::write_key(out, "boot");
+            json::write_str(out, &n.boot);
+        }
+        json::write_key(out, "foundation");
+        json::write_str(out, &ctx.foundation);
     }
-    v
+    json::write_key(out, "eventVersion");
+    json::write_str(out, API_EVENT_VERSION);
+    if authentication {
+        // The operation (Authentication has no `api`).
+        json::write_key(out, "eventName");
+        json::write_str(out, event_name);
+    }
+    out.extend_from_slice(b",\"eventType\":\"CfApiCall\"");
+    // What of userIdentity OCSF's user has no attribute for: a type other
+    // than its own (the caption alone would lose which kind of actor it
+    // was), the authentication mechanism and the OAuth client.
+    let other_type = type_id == 99;
+    if other_type || id.auth_mechanism.is_some() || id.client_id.is_some() {
+        json::write_key(out, "userIdentity");
+        let mut first = true;
+        out.push(b'{');
+        for (key, value) in [
+            ("type", other_type.then_some(id.kind)),
+            ("authMechanism", id.auth_mechanism),
+            ("clientId", id.client_id),
+        ] {
+            if let Some(v) = value {
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                json::write_str(out, key);
+                out.push(b':');
+                json::write_str(out, v);
+            }
+        }
+        out.push(b'}');
+    }
+    if authentication {
+        if !resources.is_empty() {
+            json::write_key(out, "resources");
+            write_resources(out, &resources);
+        }
+        if let Some(id) = sec.and_then(|s| s.request_id.as_deref()) {
+            json::write_key(out, "requestID");
+            json::write_str(out, id);
+        }
+    }
+    json::write_key(out, "requestParameters");
+    match &api.request_parameters {
+        // Serialising a Value into a Vec cannot fail.
+        Some(v) => serde_json::to_writer(&mut *out, v).expect("a JSON value serialises"),
+        None => out.extend_from_slice(b"null"),
+    }
+    if let Some(ro) = read_only {
+        json::write_key(out, "readOnly");
+        out.extend_from_slice(if ro { b"true" } else { b"false" });
+    }
+    // `denied` stays here too: OCSF's status has no word for it.
+    if outcome == Some("denied") {
+        out.extend_from_slice(b",\"outcome\":\"denied\"");
+    }
+    if let Some(code) = sec.and_then(|s| s.error_code.as_deref()) {
+        json::write_key(out, "errorCode");
+        json::write_str(out, code);
+    }
+    json::write_key(out, "sources");
+    write_str_array(out, api.sources());
+    json::write_key(out, "sourceEvent");
+    json::write_str(out, api.source.as_str(sec));
+    if let Some(s) = sec {
+        out.extend_from_slice(b",\"security_event\":{\"source\":");
+        json::write_str(out, s.from.as_str());
+        json::write_key(out, "eventID");
+        json::write_str(out, &s.event_id);
+        json::write_key(out, "host");
+        json::write_str(out, &s.host);
+        json::write_key(out, "line");
+        json::write_str(out, &s.line);
+        out.push(b'}');
+    }
+    if let ApiSource::AuditEvents(a) = &api.source {
+        json::write_key(out, "audit_event");
+        serde_json::to_writer(&mut *out, &a.original).expect("a JSON value serialises");
+    }
+    out.extend_from_slice(b"}}");
 }
 
-/// An API invocation's native fields as API Activity; what OCSF has no
-/// attribute for stays under `unmapped` with its native name.
-fn api_activity(mut n: Map<String, Value>) -> Value {
-    let take = |n: &mut Map<String, Value>, k: &str| n.remove(k);
-    let event_name = n
-        .get("eventName")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_string();
-    let read_only = n.get("readOnly").and_then(Value::as_bool);
-    let (activity_id, activity_name) = activity(&event_name, read_only);
-    let (status_id, status_name) = status(&mut n);
-    let time_text = take(&mut n, "time");
-    let time = time_text
-        .as_ref()
-        .and_then(Value::as_str)
-        .and_then(rfc3339_millis)
-        .unwrap_or(0);
-    take(&mut n, "eventTime"); // the same instant as `time`
-    take(&mut n, "eventName");
-    let mut user = Map::new();
-    if let Some(Value::Object(mut id)) = take(&mut n, "userIdentity") {
-        if let Some(v) = id.remove("name") {
-            user.insert("name".into(), v);
+/// `resources[]` as OCSF's: {`type`, `uid` (our `guid`), `name`}.
+fn write_resources(out: &mut Vec<u8>, resources: &[ApiResource]) {
+    out.push(b'[');
+    for (i, r) in resources.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
-        if let Some(v) = id.remove("guid") {
-            user.insert("uid".into(), v);
+        out.extend_from_slice(b"{\"type\":");
+        json::write_str(out, &r.kind);
+        if let Some(guid) = &r.guid {
+            json::write_key(out, "uid");
+            json::write_str(out, guid);
         }
-        if let Some(Value::String(t)) = id.remove("type") {
-            // Cloud Controller's actor types as OCSF's user types.
-            let (type_id, caption) = match t.as_str() {
-                "user" => (1, "User"),
-                "system" => (3, "System"),
-                "unknown" => (0, "Unknown"),
-                _ => (99, "Other"),
-            };
-            user.insert("type_id".into(), json!(type_id));
-            user.insert("type".into(), json!(caption));
-            if type_id == 99 {
-                // The caption alone would lose which kind of actor it was.
-                n.insert("userIdentity".into(), json!({ "type": t }));
-            }
+        if let Some(name) = &r.name {
+            json::write_key(out, "name");
+            json::write_str(out, name);
         }
-        if !id.is_empty() {
-            let kept = n
-                .entry("userIdentity")
-                .or_insert_with(|| Value::Object(Map::new()));
-            if let Value::Object(k) = kept {
-                k.extend(id);
-            }
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+fn write_str_array<'a>(out: &mut Vec<u8>, items: impl Iterator<Item = &'a str>) {
+    out.push(b'[');
+    for (i, s) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
         }
+        json::write_str(out, s);
     }
-    // OCSF requires an actor and a source endpoint that name something;
-    // a firehose line and an audit event do not say who called from where.
-    // `unknown` stands in for what the source did not say (the native
-    // record's userIdentity.type `unknown`).
-    if !["name", "uid"].iter().any(|k| user.contains_key(*k)) {
-        user.insert("name".into(), json!("unknown"));
-    }
-    let mut api = Map::new();
-    api.insert("operation".into(), Value::String(event_name));
-    if let Some(source) = take(&mut n, "eventSource") {
-        api.insert("service".into(), json!({ "name": source }));
-    }
-    if let Some(id) = take(&mut n, "requestID") {
-        api.insert("request".into(), json!({ "uid": id }));
-    }
-    let mut src = Map::new();
-    match take(&mut n, "sourceIPAddress") {
-        Some(ip) => src.insert("ip".into(), ip),
-        None => src.insert("name".into(), json!("unknown")),
-    };
-    let mut http = Map::new();
-    if let Some(ua) = take(&mut n, "userAgent") {
-        http.insert("user_agent".into(), ua);
-    }
-    if let Some(xff) = take(&mut n, "forwardedFor") {
-        http.insert("x_forwarded_for".into(), xff);
-    }
-    let mut out = Map::new();
-    out.insert("class_uid".into(), json!(6003));
-    out.insert("category_uid".into(), json!(6));
-    out.insert("activity_id".into(), json!(activity_id));
-    out.insert("activity_name".into(), json!(activity_name));
-    out.insert("type_uid".into(), json!(6003 * 100 + activity_id));
-    out.insert("severity_id".into(), json!(1));
-    out.insert("status_id".into(), json!(status_id));
-    out.insert("status".into(), json!(status_name));
-    if let Some(code) = take(&mut n, "httpStatusCode") {
-        out.insert("status_code".into(), Value::String(code.to_string()));
-    }
-    if let Some(detail) = take(&mut n, "errorMessage") {
-        out.insert("status_detail".into(), detail);
-    }
-    out.insert("time".into(), json!(time));
-    if let Some(msg) = take(&mut n, "message") {
-        out.insert("message".into(), msg);
-    }
-    out.insert("actor".into(), json!({ "user": user }));
-    out.insert("api".into(), Value::Object(api));
-    out.insert("src_endpoint".into(), Value::Object(src));
-    if !http.is_empty() {
-        out.insert("http_request".into(), Value::Object(http));
-    }
-    if let Some(Value::Array(resources)) = take(&mut n, "resources") {
-        let list: Vec<Value> = resources
-            .into_iter()
-            .map(|r| {
-                let mut o = Map::new();
-                for (from, to) in [("type", "type"), ("guid", "uid"), ("name", "name")] {
-                    if let Some(v) = r.get(from) {
-                        o.insert(to.into(), v.clone());
-                    }
-                }
-                Value::Object(o)
-            })
-            .collect();
-        out.insert("resources".into(), Value::Array(list));
-    }
-    out.insert("cloud".into(), json!({ "provider": "Cloud Foundry" }));
-    let mut metadata = Map::new();
-    metadata.insert("version".into(), json!(VERSION));
-    metadata.insert(
-        "product".into(),
-        json!({"name": "cf-audit-nozzle", "vendor_name": "Cloud Foundry", "version": env!("CARGO_PKG_VERSION")}),
-    );
-    if let Some(id) = take(&mut n, "eventID") {
-        metadata.insert("uid".into(), id);
-    }
-    metadata.insert("log_name".into(), json!("api"));
-    if let Some(s) = take(&mut n, "seq") {
-        metadata.insert("sequence".into(), s);
-    }
-    if let Some(t) = time_text {
-        metadata.insert("original_time".into(), t);
-    }
-    out.insert("metadata".into(), Value::Object(metadata));
-    out.insert("unmapped".into(), Value::Object(n));
-    Value::Object(out)
+    out.push(b']');
 }
 
 /// Milliseconds since the epoch of an RFC 3339 UTC time as the native
