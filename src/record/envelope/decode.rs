@@ -103,7 +103,9 @@ impl EnvelopeView {
         let Some(text) = text.into_str() else {
             return Err(not_utf8(walk(true).err()));
         };
-        Ok(parts.into_view(&wire, &text, &tags))
+        let mut view = parts.into_view(&wire, &text, &tags);
+        view.own = true;
+        Ok(view)
     }
 }
 
@@ -145,6 +147,7 @@ impl Parts {
             known,
             deprecated_tags: self.deprecated_tags,
             message: self.message,
+            own: false,
         }
     }
 }
