@@ -363,10 +363,15 @@ impl Correlator {
     /// The actions whose hold has passed at `now` (all of them when `now`
     /// is `None`: at shutdown), each as one record.
     pub(crate) fn due(&self, now: Option<Instant>) -> Vec<Record> {
+        self.oldest(usize::MAX, now)
+    }
+
+    /// [`Self::due`], at most `max` of them, oldest first.
+    fn oldest(&self, max: usize, now: Option<Instant>) -> Vec<Record> {
         let mut out = Vec::new();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         while let Some((&id, e)) = state.entries.first_key_value() {
-            if now.is_some_and(|now| e.deadline > now) {
+            if out.len() >= max || now.is_some_and(|now| e.deadline > now) {
                 break;
             }
             let entry = state.remove(id).expect("first entry");
@@ -412,7 +417,9 @@ impl Correlator {
 
 /// Sends out what `router`'s correlator held past its hold, every `every`,
 /// until `stop` is cancelled or the router is gone (holding it weakly, it
-/// keeps no sink queue open). What is still held then is `release_held(None)`'s.
+/// keeps no sink queue open). Once `stop` is cancelled (the sources have
+/// stopped), it sends out everything still held, as [`drain`] does, and
+/// returns.
 pub async fn release_held_every(
     router: std::sync::Weak<super::Router>,
     every: Duration,
@@ -422,13 +429,54 @@ pub async fn release_held_every(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
         let Some(router) = router.upgrade() else {
             return;
         };
         router.release_held(Some(Instant::now()));
+    }
+    if let Some(router) = router.upgrade() {
+        drain(&router).await;
+    }
+}
+
+/// Records sent out per piece when everything held leaves at once.
+const PIECE: usize = 1_000;
+/// How long a piece waits for the api sinks' queues to take the one before.
+const PIECE_PATIENCE: Duration = Duration::from_millis(50);
+
+/// Sends out everything `router`'s correlator holds, oldest first, a piece
+/// at a time, each once the queues of the sinks of api records have taken
+/// in the one before (or [`PIECE_PATIENCE`] has passed). In one chunk, 10 s
+/// of a firehose's Cloud Controller lines could fill a sink's queue share
+/// (`--queue-max-bytes`) alone, and the queue then turned away the next
+/// chunk: the kind's last-number declaration (`scripts/bench --mode full`
+/// dropped it in every run) or, for a larger one, the held records themselves.
+pub(crate) async fn drain(router: &super::Router) {
+    let Some(c) = router.correlator.get() else {
+        return;
+    };
+    let queues: Vec<_> = router.routes[Kind::Api.index()]
+        .iter()
+        .map(|&i| &router.queues[i])
+        .collect();
+    loop {
+        let piece = c.oldest(PIECE, None);
+        if piece.is_empty() {
+            return;
+        }
+        router.accept_records(piece);
+        let until = Instant::now() + PIECE_PATIENCE;
+        while Instant::now() < until
+            && queues.iter().any(|q| {
+                q.should_wait(PIECE as u64)
+                    || q.stats().queued.load(Ordering::Acquire) > PIECE as u64
+            })
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
