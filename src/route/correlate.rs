@@ -36,7 +36,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::record::security::{Outcome, SecuritySource};
-use crate::record::{ApiSource, Kind, Record, firehose_event_id};
+use bytes::Bytes;
+
+use crate::record::{ApiCall, ApiSource, AppNames, EnvelopeView, Kind, Record, firehose_event_id};
 
 /// The correlator's bounds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,14 +82,14 @@ const FIREHOSE: usize = 0;
 const AUDIT: usize = 1;
 const SECURITY: usize = 2;
 
-/// The facts a half is matched on, read once when it arrives.
+/// The facts a half is matched on, read from its call.
 #[derive(Debug)]
-struct Facts {
+struct Facts<'a> {
     slot: usize,
-    name: String,
-    target: Option<String>,
-    actor: Option<String>,
-    request_id: Option<String>,
+    name: &'a str,
+    target: Option<&'a str>,
+    actor: Option<&'a str>,
+    request_id: Option<&'a str>,
     time_ns: i64,
     /// No other half is expected after this one.
     last: bool,
@@ -95,16 +97,15 @@ struct Facts {
     alone: bool,
 }
 
-fn facts(rec: &Record) -> Facts {
-    let api = rec.api.as_deref().expect("api records carry their call");
+fn facts(api: &ApiCall, time_ns: i64) -> Facts<'_> {
     let sec = api.security.as_deref();
     let (slot, actor) = match &api.source {
         ApiSource::Firehose => (FIREHOSE, None),
-        ApiSource::AuditEvents(a) => (AUDIT, a.actor.guid.clone()),
-        ApiSource::SecurityLog => (SECURITY, sec.and_then(|s| s.caller.guid.clone())),
+        ApiSource::AuditEvents(a) => (AUDIT, a.actor.guid.as_deref()),
+        ApiSource::SecurityLog => (SECURITY, sec.and_then(|s| s.caller.guid.as_deref())),
     };
-    let name = api.event_name.trim_end_matches("-request").to_string();
-    let target = api.target.as_ref().and_then(|t| t.guid.clone());
+    let name = api.event_name.trim_end_matches("-request");
+    let target = api.target.as_ref().and_then(|t| t.guid.as_deref());
     let uaa = sec.is_some_and(|s| s.from == SecuritySource::UaaAudit);
     let failed = sec.is_some_and(|s| s.outcome != Outcome::Success);
     let last = match (slot, sec) {
@@ -121,17 +122,22 @@ fn facts(rec: &Record) -> Facts {
         name,
         target,
         actor,
-        request_id: sec.and_then(|s| s.request_id.clone()),
-        time_ns: rec.envelope.timestamp(),
+        request_id: sec.and_then(|s| s.request_id.as_deref()),
+        time_ns,
         last,
     }
+}
+
+fn record_facts(rec: &Record) -> Facts<'_> {
+    let api = rec.api.as_deref().expect("api records carry their call");
+    facts(api, rec.envelope.timestamp())
 }
 
 /// The key a half is indexed under: its action with its target, or, for
 /// a half without one (`POST /v3/apps` names no guid), with its actor. One
 /// busy actor's many actions are not all under one key.
 fn index_key(f: &Facts) -> Option<String> {
-    match (&f.target, &f.actor) {
+    match (f.target, f.actor) {
         (Some(t), _) => Some(format!("{}\0t\0{t}", f.name)),
         (None, Some(a)) => Some(format!("{}\0a\0{a}", f.name)),
         (None, None) => None,
@@ -140,9 +146,9 @@ fn index_key(f: &Facts) -> Option<String> {
 
 /// The keys a half looks for its action under: its target's, and its
 /// actor's (which hold only halves that name no target).
-fn lookup_keys(f: &Facts) -> impl Iterator<Item = String> + '_ {
-    let t = f.target.as_ref().map(|g| format!("{}\0t\0{g}", f.name));
-    let a = f.actor.as_ref().map(|g| format!("{}\0a\0{g}", f.name));
+fn lookup_keys<'a>(f: &'a Facts) -> impl Iterator<Item = String> + 'a {
+    let t = f.target.map(|g| format!("{}\0t\0{g}", f.name));
+    let a = f.actor.map(|g| format!("{}\0a\0{g}", f.name));
     t.into_iter().chain(a)
 }
 
@@ -151,10 +157,45 @@ fn lookup_keys(f: &Facts) -> impl Iterator<Item = String> + '_ {
 /// no match among them leaves alone after its hold).
 const MAX_SCAN: usize = 64;
 
-/// A half being held, with the facts it is matched on.
+/// A half being held: its record without the envelope's view, which is
+/// read again from the envelope's own bytes when it leaves. A view of the
+/// received batch would keep the whole batch alive for the hold (~20
+/// envelopes per api record); a view of its own bytes keeps their strings,
+/// tags and spans a second time (~750 bytes more per held record).
 struct Half {
-    rec: Record,
-    facts: Facts,
+    /// The envelope's protobuf encoding, copied out of its batch.
+    wire: Bytes,
+    time_ns: i64,
+    api: Box<ApiCall>,
+    names: Option<Arc<AppNames>>,
+}
+
+impl Half {
+    fn new(rec: Record) -> Box<Half> {
+        debug_assert!(rec.number.is_none(), "held before numbering");
+        Box::new(Half {
+            wire: Bytes::copy_from_slice(rec.envelope.encoded()),
+            time_ns: rec.envelope.timestamp(),
+            api: rec.api.expect("api records carry their call"),
+            names: rec.names,
+        })
+    }
+
+    fn facts(&self) -> Facts<'_> {
+        facts(&self.api, self.time_ns)
+    }
+
+    fn into_record(self) -> Record {
+        Record {
+            kind: Kind::Api,
+            // The same bytes were read inside their batch, with one level
+            // of nesting less to spare: read alone, they cannot fail.
+            envelope: EnvelopeView::from_wire(self.wire).expect("an envelope read before"),
+            api: Some(self.api),
+            names: self.names,
+            number: None,
+        }
+    }
 }
 
 /// One action being held: up to one half of each slot (boxed: most actions
@@ -162,7 +203,6 @@ struct Half {
 struct Entry {
     parts: [Option<Box<Half>>; 3],
     deadline: Instant,
-    keys: Vec<String>,
 }
 
 impl Entry {
@@ -173,15 +213,32 @@ impl Entry {
         }
         let window = i64::try_from(window.as_nanos()).unwrap_or(i64::MAX);
         let differ =
-            |a: &Option<String>, b: &Option<String>| matches!((a, b), (Some(a), Some(b)) if a != b);
+            |a: Option<&str>, b: Option<&str>| matches!((a, b), (Some(a), Some(b)) if a != b);
         self.parts.iter().flatten().all(|h| {
-            let g = &h.facts;
+            let g = h.facts();
             g.name == f.name
-                && !differ(&g.request_id, &f.request_id)
-                && !differ(&g.target, &f.target)
-                && !differ(&g.actor, &f.actor)
+                && !differ(g.request_id, f.request_id)
+                && !differ(g.target, f.target)
+                && !differ(g.actor, f.actor)
                 && g.time_ns.abs_diff(f.time_ns) <= window.unsigned_abs()
         })
+    }
+
+    /// The keys the entry is indexed under: each half's (kept nowhere, so
+    /// a held action costs no key strings).
+    fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = Vec::with_capacity(3);
+        for k in self
+            .parts
+            .iter()
+            .flatten()
+            .filter_map(|h| index_key(&h.facts()))
+        {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        keys
     }
 }
 
@@ -231,43 +288,46 @@ impl State {
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
         let entry = self.entries.remove(&id)?;
-        for k in &entry.keys {
-            if let Some(open) = self.index.get_mut(k) {
+        for k in entry.keys() {
+            if let Some(open) = self.index.get_mut(&k) {
                 for (slot, part) in entry.parts.iter().enumerate() {
                     if part.is_none() {
                         open.0[slot].remove(&id);
                     }
                 }
                 if open.is_empty() {
-                    self.index.remove(k);
+                    self.index.remove(&k);
                 }
             }
         }
         Some(entry)
     }
 
-    /// Puts `half` into slot `slot` of entry `id` (free), and indexes the
+    /// Puts `half` into its slot of entry `id` (free), and indexes the
     /// entry under the half's key too.
-    fn fill(&mut self, id: u64, slot: usize, half: Box<Half>) {
-        let key = index_key(&half.facts);
+    fn fill(&mut self, id: u64, half: Box<Half>) {
+        let (slot, key) = {
+            let f = half.facts();
+            (f.slot, index_key(&f))
+        };
         let entry = self.entries.get_mut(&id).expect("entry held");
+        let keys = entry.keys();
         entry.parts[slot] = Some(half);
         // No longer open for this slot under the keys it had.
-        for k in &entry.keys {
+        for k in &keys {
             if let Some(open) = self.index.get_mut(k) {
                 open.0[slot].remove(&id);
             }
         }
         if let Some(k) = key
-            && !entry.keys.contains(&k)
+            && !keys.contains(&k)
         {
-            let open = self.index.entry(k.clone()).or_default();
+            let open = self.index.entry(k).or_default();
             for (s, part) in entry.parts.iter().enumerate() {
                 if part.is_none() {
                     open.0[s].insert(id);
                 }
             }
-            entry.keys.push(k);
         }
     }
 }
@@ -277,6 +337,13 @@ pub(crate) struct Correlator {
     cfg: CorrelateConfig,
     state: Mutex<State>,
     stats: Arc<CorrelateStats>,
+}
+
+/// A half as it arrives: one that may wait (already in its held form), or
+/// one after which nothing is expected, which leaves at once either way.
+enum Arrival {
+    MayWait(Box<Half>),
+    Last(Record),
 }
 
 impl Correlator {
@@ -299,57 +366,48 @@ impl Correlator {
             .offered
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         let mut out = Vec::new();
-        // Facts are read, and halves that may wait detached from their
-        // batch, before the lock: neither depends on what is held.
-        let mut halves = Vec::with_capacity(records.len());
-        for mut rec in records {
+        // Facts are read, and halves that may wait put in their held form,
+        // before the lock: neither depends on what is held.
+        let mut arrivals = Vec::with_capacity(records.len());
+        for rec in records {
             debug_assert_eq!(rec.kind, Kind::Api);
-            let facts = facts(&rec);
-            if facts.alone {
+            let (alone, last) = {
+                let f = record_facts(&rec);
+                (f.alone, f.last)
+            };
+            if alone {
                 out.push(rec);
-                continue;
+            } else if last {
+                arrivals.push(Arrival::Last(rec));
+            } else {
+                arrivals.push(Arrival::MayWait(Half::new(rec)));
             }
-            if !facts.last {
-                // It may be held for `hold`: keep its own bytes, not its
-                // batch's (~20 envelopes for each api record).
-                rec.envelope.detach();
-            }
-            halves.push(Box::new(Half { rec, facts }));
         }
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        for half in halves {
-            let (slot, last) = (half.facts.slot, half.facts.last);
-            if let Some(id) = state.find(&half.facts, self.cfg.window) {
-                state.fill(id, slot, half);
-                let full = state.entries[&id].parts.iter().all(Option::is_some);
-                if last || full {
-                    let entry = state.remove(id).expect("entry just found");
-                    out.push(self.merge(entry));
+        for arrival in arrivals {
+            let found = match &arrival {
+                Arrival::MayWait(h) => state.find(&h.facts(), self.cfg.window),
+                Arrival::Last(r) => state.find(&record_facts(r), self.cfg.window),
+            };
+            let (half, last) = match (found, arrival) {
+                (None, Arrival::Last(rec)) => {
+                    out.push(rec);
+                    continue;
                 }
-                continue;
-            }
-            if last {
-                out.push(half.rec);
-                continue;
-            }
-            if state.entries.len() >= self.cfg.max_entries.max(1)
-                && let Some((&oldest, _)) = state.entries.first_key_value()
-            {
-                let entry = state.remove(oldest).expect("oldest entry");
-                self.stats.early.fetch_add(1, Ordering::Relaxed);
+                (None, Arrival::MayWait(half)) => {
+                    self.hold(&mut state, half, now, &mut out);
+                    continue;
+                }
+                (Some(_), Arrival::MayWait(half)) => (half, false),
+                (Some(_), Arrival::Last(rec)) => (Half::new(rec), true),
+            };
+            let id = found.expect("matched above");
+            state.fill(id, half);
+            let full = state.entries[&id].parts.iter().all(Option::is_some);
+            if last || full {
+                let entry = state.remove(id).expect("entry just found");
                 out.push(self.merge(entry));
             }
-            let id = state.next;
-            state.next += 1;
-            state.entries.insert(
-                id,
-                Entry {
-                    parts: [None, None, None],
-                    deadline: now + self.cfg.hold,
-                    keys: Vec::new(),
-                },
-            );
-            state.fill(id, slot, half);
         }
         self.stats
             .held
@@ -358,6 +416,28 @@ impl Correlator {
             .emitted
             .fetch_add(out.len() as u64, Ordering::Relaxed);
         out
+    }
+
+    /// Holds `half` as a new action, sending the oldest out early when
+    /// `max_entries` are held.
+    fn hold(&self, state: &mut State, half: Box<Half>, now: Instant, out: &mut Vec<Record>) {
+        if state.entries.len() >= self.cfg.max_entries.max(1)
+            && let Some((&oldest, _)) = state.entries.first_key_value()
+        {
+            let entry = state.remove(oldest).expect("oldest entry");
+            self.stats.early.fetch_add(1, Ordering::Relaxed);
+            out.push(self.merge(entry));
+        }
+        let id = state.next;
+        state.next += 1;
+        state.entries.insert(
+            id,
+            Entry {
+                parts: [None, None, None],
+                deadline: now + self.cfg.hold,
+            },
+        );
+        state.fill(id, half);
     }
 
     /// The actions whose hold has passed at `now` (all of them when `now`
@@ -390,7 +470,7 @@ impl Correlator {
     /// there is one, else the firehose line's, else the security event's;
     /// the security event and the firehose line's id merged into it.
     fn merge(&self, entry: Entry) -> Record {
-        let [firehose, audit, security] = entry.parts.map(|p| p.map(|h| h.rec));
+        let [firehose, audit, security] = entry.parts.map(|p| p.map(|h| h.into_record()));
         let halves = [&firehose, &audit, &security]
             .iter()
             .filter(|p| p.is_some())
@@ -586,19 +666,28 @@ mod tests {
         let bytes = bytes::Bytes::from(batch.encode_to_vec());
         let views = decode_batch(&bytes).unwrap();
         let batch_text = views[0].retained_text_len();
-        let alone =
-            crate::record::EnvelopeView::from_wire(views[7].encoded().clone()).unwrap();
+        let alone = crate::record::EnvelopeView::from_wire(views[7].encoded().clone()).unwrap();
         let records: Vec<Record> = views.into_iter().map(classify).collect();
-        let api: Vec<Record> = records.into_iter().filter(|r| r.kind == Kind::Api).collect();
+        let api: Vec<Record> = records
+            .into_iter()
+            .filter(|r| r.kind == Kind::Api)
+            .collect();
         assert_eq!(api.len(), 1);
         assert_eq!(api[0].envelope.retained_text_len(), batch_text);
 
         let c = Correlator::new(CorrelateConfig::default());
         assert!(c.offer(api, Instant::now()).is_empty());
         let held = c.due(None);
-        assert_eq!(held[0].envelope.retained_text_len(), alone.retained_text_len());
+        assert_eq!(
+            held[0].envelope.retained_text_len(),
+            alone.retained_text_len()
+        );
         assert!(alone.retained_text_len() * 10 < batch_text);
         assert_eq!(held[0].envelope, alone);
-        assert!(!bytes.as_ptr_range().contains(&held[0].envelope.encoded().as_ptr()));
+        assert!(
+            !bytes
+                .as_ptr_range()
+                .contains(&held[0].envelope.encoded().as_ptr())
+        );
     }
 }

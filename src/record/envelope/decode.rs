@@ -103,9 +103,7 @@ impl EnvelopeView {
         let Some(text) = text.into_str() else {
             return Err(not_utf8(walk(true).err()));
         };
-        let mut view = parts.into_view(&wire, &text, &tags);
-        view.own = true;
-        Ok(view)
+        Ok(parts.into_view(&wire, &text, &tags))
     }
 }
 
@@ -147,7 +145,6 @@ impl Parts {
             known,
             deprecated_tags: self.deprecated_tags,
             message: self.message,
-            own: false,
         }
     }
 }

@@ -57,9 +57,6 @@ pub struct EnvelopeView {
     /// Sorted by key, keys unique.
     deprecated_tags: Vec<(Span, ValueSpan)>,
     message: Option<MessageSpan>,
-    /// `wire` and `text` are this envelope's alone (read by
-    /// [`Self::from_wire`]), not its batch's.
-    own: bool,
 }
 
 /// The app label (seen as an envelope tag of the same name when Cloud
@@ -212,24 +209,8 @@ impl EnvelopeView {
         &self.wire
     }
 
-    /// Gives the view its own bytes and strings instead of its batch's, so
-    /// that keeping it keeps no other envelope of the batch alive (what the
-    /// correlator holds: one api record in twenty would otherwise pin its
-    /// whole batch for `--correlate-hold`). Its wire slice is copied and read
-    /// again; a view that already has its own is left as it is.
-    pub fn detach(&mut self) {
-        if self.own {
-            return;
-        }
-        // The same bytes were walked inside their batch, with one level of
-        // nesting less to spare: reading them alone cannot fail.
-        if let Ok(own) = Self::from_wire(Bytes::copy_from_slice(&self.wire)) {
-            *self = own;
-        }
-    }
-
     /// The bytes of strings the view keeps alive: all its batch's, or only
-    /// its own once [`Self::detach`]ed (or read alone).
+    /// its own when it was read alone ([`Self::from_wire`]).
     pub fn retained_text_len(&self) -> usize {
         self.text.len()
     }
@@ -465,60 +446,6 @@ impl std::fmt::Debug for EnvelopeView {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn log(source_id: &str, payload: &str) -> Envelope {
-        Envelope {
-            timestamp: 7,
-            source_id: source_id.into(),
-            instance_id: "0".into(),
-            deprecated_tags: Default::default(),
-            tags: [("origin", "cloud_controller"), ("source_type", "API")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            message: Some(proto::envelope::Message::Log(proto::Log {
-                payload: payload.as_bytes().to_vec().into(),
-                r#type: 0,
-            })),
-        }
-    }
-
-    #[test]
-    fn a_detached_view_keeps_nothing_of_its_batch() {
-        let envelopes: Vec<Envelope> = (0..50)
-            .map(|i| log(&format!("app-{i:02}"), &"x".repeat(400)))
-            .collect();
-        let batch = Bytes::from(
-            proto::EnvelopeBatch {
-                batch: envelopes.clone(),
-            }
-            .encode_to_vec(),
-        );
-        let views = decode_batch(&batch).unwrap();
-        let mut view = views[3].clone();
-        let batch_text = Arc::downgrade(&view.text);
-        assert_eq!(view.retained_text_len(), views[0].text.len());
-
-        view.detach();
-        drop(views);
-        assert_eq!(view.to_prost(), envelopes[3]);
-        // Its own strings: source id, instance id, two tags, each with a NUL.
-        let own = ["app-03", "0", "origin", "cloud_controller", "source_type", "API"];
-        assert_eq!(
-            view.retained_text_len(),
-            own.iter().map(|s| s.len() + 1).sum::<usize>()
-        );
-        assert_eq!(batch_text.strong_count(), 0, "the batch's strings are freed");
-        let batch_range = batch.as_ptr_range();
-        assert!(!batch_range.contains(&view.encoded().as_ptr()));
-        assert_eq!(view.encoded().len(), envelopes[3].encoded_len());
-
-        // Detaching again copies nothing.
-        let (text, wire) = (Arc::clone(&view.text), view.encoded().as_ptr());
-        view.detach();
-        assert!(Arc::ptr_eq(&text, &view.text));
-        assert_eq!(view.encoded().as_ptr(), wire);
-    }
 
     #[test]
     fn each_located_tag_has_its_own_slot_and_near_misses_none() {
