@@ -343,7 +343,8 @@ pub(crate) struct Correlator {
 /// one after which nothing is expected, which leaves at once either way.
 enum Arrival {
     MayWait(Box<Half>),
-    Last(Record),
+    /// Boxed: few halves are last (audit events, reads).
+    Last(Box<Record>),
 }
 
 impl Correlator {
@@ -378,7 +379,7 @@ impl Correlator {
             if alone {
                 out.push(rec);
             } else if last {
-                arrivals.push(Arrival::Last(rec));
+                arrivals.push(Arrival::Last(Box::new(rec)));
             } else {
                 arrivals.push(Arrival::MayWait(Half::new(rec)));
             }
@@ -391,7 +392,7 @@ impl Correlator {
             };
             let (half, last) = match (found, arrival) {
                 (None, Arrival::Last(rec)) => {
-                    out.push(rec);
+                    out.push(*rec);
                     continue;
                 }
                 (None, Arrival::MayWait(half)) => {
@@ -399,7 +400,7 @@ impl Correlator {
                     continue;
                 }
                 (Some(_), Arrival::MayWait(half)) => (half, false),
-                (Some(_), Arrival::Last(rec)) => (Half::new(rec), true),
+                (Some(_), Arrival::Last(rec)) => (Half::new(*rec), true),
             };
             let id = found.expect("matched above");
             state.fill(id, half);
@@ -448,22 +449,24 @@ impl Correlator {
 
     /// [`Self::due`], at most `max` of them, oldest first.
     fn oldest(&self, max: usize, now: Option<Instant>) -> Vec<Record> {
-        let mut out = Vec::new();
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((&id, e)) = state.entries.first_key_value() {
-            if out.len() >= max || now.is_some_and(|now| e.deadline > now) {
-                break;
+        let mut leaving = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            while let Some((&id, e)) = state.entries.first_key_value() {
+                if leaving.len() >= max || now.is_some_and(|now| e.deadline > now) {
+                    break;
+                }
+                leaving.push(state.remove(id).expect("first entry"));
             }
-            let entry = state.remove(id).expect("first entry");
-            out.push(self.merge(entry));
+            self.stats
+                .held
+                .store(state.entries.len() as u64, Ordering::Relaxed);
         }
-        self.stats
-            .held
-            .store(state.entries.len() as u64, Ordering::Relaxed);
+        // Merged (their envelopes read again) without the lock.
         self.stats
             .emitted
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        out
+            .fetch_add(leaving.len() as u64, Ordering::Relaxed);
+        leaving.into_iter().map(|e| self.merge(e)).collect()
     }
 
     /// One record from an entry's halves: the audit event's record when
