@@ -387,6 +387,54 @@ async fn the_release_task_sends_out_what_waited_its_hold() {
     task.await.unwrap();
 }
 
+/// What is held when the sources stop leaves in pieces a sink's queue takes
+/// one after the other, not in one chunk the queue turns away.
+#[tokio::test(start_paused = true)]
+async fn what_is_held_at_shutdown_leaves_in_pieces_the_queue_takes() {
+    let (q, mut rx) = SinkQueue::new("all", 1_500);
+    let stats = std::sync::Arc::clone(q.stats());
+    let router = std::sync::Arc::new(Router::new(
+        vec![(q, vec![Kind::Api])],
+        Filters::default(),
+        None,
+        false,
+    ));
+    router.correlate(CorrelateConfig::default()).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(cf_audit_nozzle::route::release_held_every(
+        std::sync::Arc::downgrade(&router),
+        Duration::from_secs(1),
+        stop.clone(),
+    ));
+    let n = 5_000;
+    for i in 0..n {
+        router.dispatch(vec![firehose("Starting app with guid", &app(i % 50), T0)]);
+    }
+    // A sink that writes what it takes at once, as the runner does.
+    let sink_stats = std::sync::Arc::clone(&stats);
+    let sink = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            sink_stats
+                .queued
+                .fetch_sub(chunk.len() as u64, Ordering::AcqRel);
+            for r in chunk {
+                match r.number.as_ref().map(|n| n.position) {
+                    Some(Position::Seq(s)) => seqs.push(s),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        seqs
+    });
+    stop.cancel();
+    task.await.unwrap();
+    drop(router);
+    let seqs = sink.await.unwrap();
+    assert_eq!(seqs, (0..u64::from(n)).collect::<Vec<_>>());
+    assert_eq!(stats.dropped_queue_full.load(Ordering::Relaxed), 0);
+}
+
 /// A refused request changed nothing: it never takes the firehose line of
 /// the change another user made to the same app a moment later.
 #[tokio::test(start_paused = true)]

@@ -209,6 +209,12 @@ impl EnvelopeView {
         &self.wire
     }
 
+    /// The bytes of strings the view keeps alive: all its batch's, or only
+    /// its own when it was read alone ([`Self::from_wire`]).
+    pub fn retained_text_len(&self) -> usize {
+        self.text.len()
+    }
+
     pub fn timestamp(&self) -> i64 {
         self.timestamp
     }
