@@ -6,7 +6,7 @@
 //! has settled.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -36,7 +36,18 @@ pub struct SinkQueue {
     max_bytes: u64,
     stats: Arc<SinkStats>,
     buffer: Option<Arc<buffer::DiskBuffer>>,
+    /// The memory queue's `queued` count when it last turned a chunk away,
+    /// or [`NOT_FULL`]: until the runner takes records off (the count falls
+    /// below it) or a chunk is admitted, the queue is full ([`Self::is_full`]).
+    refused_at: Arc<AtomicU64>,
 }
+
+/// `refused_at` of a queue that took the last chunk offered.
+const NOT_FULL: u64 = u64::MAX;
+
+/// Free bytes below which a disk buffer that drops the newest counts as full:
+/// less than about one batch's records.
+const BUFFER_FULL_SLACK: u64 = 1 << 20;
 
 impl SinkQueue {
     /// A queue holding at most `capacity` records, and the receiver its runner reads.
@@ -53,6 +64,7 @@ impl SinkQueue {
             max_bytes: u64::MAX,
             stats: Arc::new(SinkStats::default()),
             buffer: None,
+            refused_at: Arc::new(AtomicU64::new(NOT_FULL)),
         };
         (
             queue,
@@ -113,6 +125,25 @@ impl SinkQueue {
         }
     }
 
+    /// Whether the queue would turn records away now, so that offering it
+    /// any is wasted work: an unbuffered queue that turned a chunk away and
+    /// has had nothing taken off since (nor taken a chunk), or a disk buffer
+    /// that drops the newest (`--buffer-when-full drop_newest`) and is
+    /// within about a batch of `--buffer-max-bytes`. A buffer that blocks
+    /// is never full here (its source waits instead). Two atomic loads, or
+    /// the buffer's lock.
+    pub(crate) fn is_full(&self) -> bool {
+        match &self.buffer {
+            Some(b) => {
+                b.when_full() == buffer::WhenFull::DropNewest && !b.has_room(BUFFER_FULL_SLACK)
+            }
+            None => {
+                let at = self.refused_at.load(Ordering::Acquire);
+                at != NOT_FULL && self.stats.queued.load(Ordering::Acquire) >= at
+            }
+        }
+    }
+
     /// Hands a chunk to the sink without waiting. When the queue (or its
     /// disk buffer) cannot take the whole chunk, the chunk is dropped and
     /// counted (`dropped_queue_full`, `dropped_buffer_full`,
@@ -154,12 +185,25 @@ impl SinkQueue {
         // What turned the chunk away; a disk error is logged as an error.
         let (counter, what, disk_error) = match &self.buffer {
             None => match to_memory(0, chunk) {
-                Ok(()) => return true,
-                Err(_) => (
-                    &stats.dropped_queue_full,
-                    "sink queue full: dropping newest records",
-                    None,
-                ),
+                Ok(()) => {
+                    if self.refused_at.load(Ordering::Relaxed) != NOT_FULL {
+                        self.refused_at.store(NOT_FULL, Ordering::Release);
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    // An empty queue that refused a chunk larger than its
+                    // bound is not full: a smaller chunk would go in.
+                    let queued = stats.queued.load(Ordering::Acquire);
+                    if queued > 0 {
+                        self.refused_at.store(queued, Ordering::Release);
+                    }
+                    (
+                        &stats.dropped_queue_full,
+                        "sink queue full: dropping newest records",
+                        None,
+                    )
+                }
             },
             Some(buffer) => match buffer.append(chunk, |first, chunk| {
                 to_memory(first, chunk).inspect_err(|_| {
