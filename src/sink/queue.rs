@@ -36,14 +36,12 @@ pub struct SinkQueue {
     max_bytes: u64,
     stats: Arc<SinkStats>,
     buffer: Option<Arc<buffer::DiskBuffer>>,
-    /// The memory queue's `queued` count when it last turned a chunk away,
-    /// or [`NOT_FULL`]: until the runner takes records off (the count falls
-    /// below it) or a chunk is admitted, the queue is full ([`Self::is_full`]).
-    refused_at: Arc<AtomicU64>,
+    /// The records and estimated bytes of the last chunk the memory queue
+    /// turned away, or zero records when it took the last one offered: a
+    /// queue that would turn that chunk away again is full
+    /// ([`Self::is_full`]).
+    refused: Arc<[AtomicU64; 2]>,
 }
-
-/// `refused_at` of a queue that took the last chunk offered.
-const NOT_FULL: u64 = u64::MAX;
 
 /// Free bytes below which a disk buffer that drops the newest counts as full:
 /// less than about one batch's records.
@@ -64,7 +62,7 @@ impl SinkQueue {
             max_bytes: u64::MAX,
             stats: Arc::new(SinkStats::default()),
             buffer: None,
-            refused_at: Arc::new(AtomicU64::new(NOT_FULL)),
+            refused: Arc::default(),
         };
         (
             queue,
@@ -126,11 +124,12 @@ impl SinkQueue {
     }
 
     /// Whether the queue would turn records away now, so that offering it
-    /// any is wasted work: an unbuffered queue that turned a chunk away and
-    /// has had nothing taken off since (nor taken a chunk), or a disk buffer
-    /// that drops the newest (`--buffer-when-full drop_newest`) and is
+    /// any is wasted work: an unbuffered queue that would now turn away, by
+    /// records or bytes, the chunk it last turned away, unless it has taken
+    /// a chunk since (an empty queue never is full); or a disk buffer that
+    /// drops the newest (`--buffer-when-full drop_newest`) and is
     /// within about a batch of `--buffer-max-bytes`. A buffer that blocks
-    /// is never full here (its source waits instead). Two atomic loads, or
+    /// is never full here (its source waits instead). A few atomic loads, or
     /// the buffer's lock.
     pub(crate) fn is_full(&self) -> bool {
         match &self.buffer {
@@ -138,8 +137,15 @@ impl SinkQueue {
                 b.when_full() == buffer::WhenFull::DropNewest && !b.has_room(BUFFER_FULL_SLACK)
             }
             None => {
-                let at = self.refused_at.load(Ordering::Acquire);
-                at != NOT_FULL && self.stats.queued.load(Ordering::Acquire) >= at
+                let n = self.refused[0].load(Ordering::Acquire);
+                let queued = self.stats.queued.load(Ordering::Acquire);
+                if n == 0 || queued == 0 {
+                    return false;
+                }
+                let bytes = self.refused[1].load(Ordering::Acquire);
+                let queued_bytes = self.stats.queued_bytes.load(Ordering::Acquire);
+                // The admission test of `offer`, for the chunk it turned away.
+                queued + n > self.capacity || queued_bytes.saturating_add(bytes) > self.max_bytes
             }
         }
     }
@@ -186,17 +192,17 @@ impl SinkQueue {
         let (counter, what, disk_error) = match &self.buffer {
             None => match to_memory(0, chunk) {
                 Ok(()) => {
-                    if self.refused_at.load(Ordering::Relaxed) != NOT_FULL {
-                        self.refused_at.store(NOT_FULL, Ordering::Release);
+                    if self.refused[0].load(Ordering::Relaxed) != 0 {
+                        self.refused[0].store(0, Ordering::Release);
                     }
                     return true;
                 }
                 Err(_) => {
                     // An empty queue that refused a chunk larger than its
                     // bound is not full: a smaller chunk would go in.
-                    let queued = stats.queued.load(Ordering::Acquire);
-                    if queued > 0 {
-                        self.refused_at.store(queued, Ordering::Release);
+                    if stats.queued.load(Ordering::Acquire) > 0 {
+                        self.refused[1].store(bytes, Ordering::Release);
+                        self.refused[0].store(n, Ordering::Release);
                     }
                     (
                         &stats.dropped_queue_full,
