@@ -92,7 +92,10 @@ pub async fn watch(
         })
         .collect();
     view.alerts.track_sinks(sinks.len());
-    let mut upstream = view.ingress.snapshot().upstream_dropped;
+    let (mut upstream, mut shed) = {
+        let s = view.ingress.snapshot();
+        (s.upstream_dropped, s.shed)
+    };
     // Per source: alerted for the current disconnection.
     let mut disconnected = vec![false; view.sources.len()];
     let mut poller = view.audit_events.as_ref().map(|s| {
@@ -122,7 +125,16 @@ pub async fn watch(
         if let (Some(w), Some(status)) = (&mut poller, &view.audit_events) {
             check_poller(&cfg, w, &status.snapshot(), now, &raise);
         }
-        let now_upstream = view.ingress.snapshot().upstream_dropped;
+        let ingress = view.ingress.snapshot();
+        if ingress.shed > shed {
+            let text = format!(
+                "shed {} envelopes on arrival: every sink of their kind was full (the nozzle is overloaded: add instances with the same shard id, or find the slow sink)",
+                ingress.shed - shed
+            );
+            shed = ingress.shed;
+            raise(AlertReason::IngressShed, None, text);
+        }
+        let now_upstream = ingress.upstream_dropped;
         if now_upstream > upstream {
             let text = format!(
                 "Loggregator dropped {} envelopes on egress to slow consumers (Doppler/RLP dropped{{direction=egress}}); add nozzle instances with the same shard id or reduce the load",
@@ -441,6 +453,13 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(view.alerts.raised(AlertReason::LoggregatorDropped), 1);
 
+        // The router shed envelopes on arrival.
+        view.ingress.shed.fetch_add(40, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(view.alerts.raised(AlertReason::IngressShed), 1);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(view.alerts.raised(AlertReason::IngressShed), 1);
+
         stop.cancel();
         task.await.unwrap();
         let router_boot = &Arc::clone(router.boot());
@@ -466,11 +485,13 @@ mod tests {
             [
                 ("sink_stalled", Some("dead")),
                 ("sink_dropped", Some("dead")),
-                ("loggregator_dropped", None)
+                ("loggregator_dropped", None),
+                ("ingress_shed", None)
             ]
         );
-        // The upstream-loss alert concerns no sink, so the dead sink got it too.
+        // The upstream-loss and shed alerts concern no sink, so the dead
+        // sink was offered them too.
         let s = dead.stats().snapshot("dead");
-        assert_eq!((s.received, s.queued, s.dropped_queue_full), (111, 81, 30));
+        assert_eq!((s.received, s.queued, s.dropped_queue_full), (112, 82, 30));
     }
 }

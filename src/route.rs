@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-use crate::classify::classify;
+use crate::classify::{classify, kind_of};
 use crate::classify::rules::Filters;
 use crate::record::{EnvelopeView, Kind, MessageRef, Number, Position, Record};
 use crate::sink::{Chunk, SinkQueue, SinkStats};
@@ -38,6 +38,13 @@ pub struct IngressStats {
     pub(crate) upstream_dropped: AtomicU64,
     /// Records the include/exclude rules left out (an operator's choice, not a loss).
     pub filtered: AtomicU64,
+    /// Envelopes shed on arrival, unread, because every sink of their kind
+    /// (or, before a gateway frame is parsed, every sink) had just turned
+    /// records away and taken none since: they would have been dropped
+    /// after classification, and classifying them took the CPU the sinks
+    /// need to catch up (graceful overload; [`Router::dispatch`]). A loss,
+    /// counted like a sink's drops.
+    pub(crate) shed: AtomicU64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -51,6 +58,7 @@ pub struct IngressSnapshot {
     pub(crate) unrouted: u64,
     pub(crate) upstream_dropped: u64,
     pub filtered: u64,
+    pub shed: u64,
 }
 
 impl IngressStats {
@@ -66,6 +74,7 @@ impl IngressStats {
             unrouted: self.unrouted.load(Ordering::Relaxed),
             upstream_dropped: self.upstream_dropped.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
+            shed: self.shed.load(Ordering::Relaxed),
         }
     }
 }
@@ -295,9 +304,75 @@ impl Router {
         }
     }
 
+    /// For each kind, whether every sink it goes to is full
+    /// ([`SinkQueue::is_full`]); `false` for a kind no sink takes.
+    fn full_kinds(&self) -> [bool; 4] {
+        std::array::from_fn(|k| {
+            let targets = &self.routes[k];
+            !targets.is_empty() && targets.iter().all(|&i| self.queues[i].is_full())
+        })
+    }
+
+    /// Whether every sink is full, so that a batch arriving now would be
+    /// dropped whatever its kinds: a source may then shed it before it
+    /// decodes it ([`Router::shed`]). False without sinks.
+    pub(crate) fn saturated(&self) -> bool {
+        !self.decode_only && !self.queues.is_empty() && self.queues.iter().all(SinkQueue::is_full)
+    }
+
+    /// Counts a batch a source received and shed unread because the
+    /// router was [`saturated`](Router::saturated): `by_kind[k]` envelopes
+    /// of each kind. Those of a kind no sink takes are unrouted, as always.
+    pub(crate) fn shed(&self, by_kind: [u64; 4]) {
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .envelopes
+            .fetch_add(by_kind.iter().sum(), Ordering::Relaxed);
+        let mut shed = [0; 4];
+        for (k, n) in by_kind.into_iter().enumerate() {
+            if self.routes[k].is_empty() {
+                self.stats.by_kind[k].fetch_add(n, Ordering::Relaxed);
+                self.stats.unrouted.fetch_add(n, Ordering::Relaxed);
+            } else {
+                shed[k] = n;
+            }
+        }
+        self.count_shed(shed);
+    }
+
+    /// Counts shed envelopes, `shed[k]` of each kind, and gives each a
+    /// number of its kind that no record will carry: a shed envelope shows
+    /// downstream as a hole, like a record a sink dropped. Warns on the
+    /// first and then about once per 100,000.
+    fn count_shed(&self, shed: [u64; 4]) {
+        let n: u64 = shed.iter().sum();
+        if n == 0 {
+            return;
+        }
+        for (k, m) in shed.into_iter().enumerate() {
+            if m > 0 {
+                self.issued[k].fetch_add(m, Ordering::Relaxed);
+            }
+        }
+        let before = self.stats.shed.fetch_add(n, Ordering::Relaxed);
+        if before == 0 || before / 100_000 != (before + n) / 100_000 {
+            tracing::warn!(
+                shed_total = before + n,
+                "every sink of these envelopes' kind is full: shedding them on arrival, unread (overload)"
+            );
+        }
+    }
+
     /// Classifies a received batch and offers each sink its records. Never waits.
     /// Takes envelope views (the RLP source) or prost envelopes (the gateway
     /// source, tests), which are viewed one by one.
+    ///
+    /// Overload: an envelope of a kind whose every sink is full
+    /// ([`SinkQueue::is_full`]: it turned records away and has taken none
+    /// off since) is shed before classification and counted (`shed`), not
+    /// classified, numbered and dropped at the queue: the work saved is the
+    /// sinks' to catch up with, so an overloaded nozzle delivers about what
+    /// it delivers at its zero-drop maximum instead of less.
     pub fn dispatch<E: Into<EnvelopeView>>(&self, envelopes: Vec<E>) {
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -306,6 +381,9 @@ impl Router {
         if self.decode_only {
             return;
         }
+        let full = self.full_kinds();
+        let shedding = full.contains(&true);
+        let mut shed = [0u64; 4];
         let mut chunks: Vec<Chunk> = vec![Vec::new(); self.queues.len()];
         let mut kept = Vec::with_capacity(envelopes.len());
         let mut counts = [0u64; 4];
@@ -321,6 +399,18 @@ impl Router {
             .as_deref()
             .map(crate::enrich::Enricher::snapshot);
         for envelope in envelopes {
+            let envelope: EnvelopeView = envelope.into();
+            if shedding {
+                let kind = kind_of(&envelope);
+                if full[kind.index()] {
+                    // Loggregator's own drop counts still count.
+                    if kind == Kind::Metric {
+                        upstream_dropped += loggregator_egress_drops(&envelope);
+                    }
+                    shed[kind.index()] += 1;
+                    continue;
+                }
+            }
             let mut record = classify(envelope);
             if correlator.is_some() && record.kind == Kind::Api {
                 // Counted, filtered and numbered once merged.
@@ -366,6 +456,7 @@ impl Router {
         if filtered > 0 {
             self.stats.filtered.fetch_add(filtered, Ordering::Relaxed);
         }
+        self.count_shed(shed);
         for (queue, chunk) in self.queues.iter().zip(chunks) {
             if !chunk.is_empty() {
                 queue.offer(chunk);
@@ -484,6 +575,70 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect()
+    }
+
+    /// Overload: once every sink of a kind has turned records away and had
+    /// none taken off since, envelopes of that kind are shed unread,
+    /// counted, and numbered as holes; other kinds, and a kind with one sink
+    /// that still has room, go on as before; a sink that takes records off
+    /// is offered again.
+    #[test]
+    fn envelopes_whose_every_sink_is_full_are_shed_unread_and_leave_holes() {
+        let (logs_q, mut logs_rx) = SinkQueue::new("logs", 5);
+        let (metrics_q, mut metrics_rx) = SinkQueue::new("metrics", 1000);
+        let logs_stats = Arc::clone(logs_q.stats());
+        let router = Router::new(
+            vec![(logs_q, vec![Kind::AppLog]), (metrics_q, vec![Kind::Metric])],
+            Filters::default(),
+            None,
+            false,
+        );
+        let logs = |n: usize| -> Vec<Envelope> {
+            (0..n).map(|i| log("APP/PROC/WEB", &format!("a{i}"))).collect()
+        };
+        router.dispatch(logs(4)); // app_log 0-3 queued
+        router.dispatch(logs(3)); // 4-6: 7 > 5, turned away at the queue
+        assert!(!router.saturated(), "the metrics sink has room");
+        let mut batch = logs(2);
+        batch.push(counter("doppler", "dropped", "egress", 9));
+        batch.push(event()); // no sink takes events
+        router.dispatch(batch); // two app logs shed (7, 8); the counter goes on
+
+        let s = router.stats().snapshot();
+        assert_eq!((s.envelopes, s.batches), (11, 3));
+        assert_eq!((s.shed, s.app_log, s.metric, s.event), (2, 7, 1, 1));
+        assert_eq!((s.unrouted, s.upstream_dropped), (1, 9));
+        let l = logs_stats.snapshot("logs");
+        assert_eq!((l.received, l.queued, l.dropped_queue_full), (7, 4, 3));
+
+        // The runner takes two off: the next log is offered, and admitted.
+        logs_stats.queued.fetch_sub(2, Ordering::AcqRel);
+        router.dispatch(logs(1));
+        let s = router.stats().snapshot();
+        assert_eq!((s.shed, s.app_log), (2, 8));
+        // Dropped at the queue (4-6) and shed (7, 8) are both holes.
+        assert_eq!(seqs(&taken(&mut logs_rx), Kind::AppLog), [0, 1, 2, 3, 9]);
+        assert_eq!(seqs(&taken(&mut metrics_rx), Kind::Metric), [0]);
+
+        // Every sink full: the router is saturated, and a source may shed a
+        // batch it has not decoded, by kind; kinds no sink takes stay unrouted.
+        router.dispatch(logs(3)); // 10-12: 3 + 3 > 5, turned away
+        router.dispatch((0..1001).map(|_| counter("c", "n", "x", 1)).collect());
+        assert!(router.saturated());
+        router.shed([0, 5, 2, 3]); // api, app_log (13-17), metric, event
+        let s = router.stats().snapshot();
+        assert_eq!((s.envelopes, s.batches, s.shed), (1026, 7, 9));
+        assert_eq!((s.unrouted, s.event, s.app_log), (4, 4, 11));
+        router.declare(0);
+        let declared = |rx: &mut crate::sink::Intake| -> Vec<Position> {
+            std::iter::from_fn(|| rx.try_recv())
+                .flatten()
+                .map(|r| r.number.clone().unwrap().position)
+                .collect()
+        };
+        assert_eq!(declared(&mut logs_rx), [Position::LastSeq(17)]);
+        // The counters 1-1001 were turned away, 1002-1003 shed.
+        assert_eq!(declared(&mut metrics_rx), [Position::LastSeq(1003)]);
     }
 
     /// Numbers per kind from 0, contiguous over batches and both ways in;

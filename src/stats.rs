@@ -103,16 +103,20 @@ pub enum AlertReason {
     AuditEventsFailing,
     /// A sink's disk buffer reached `--buffer-warn-fill` of its size.
     BufferFilling,
+    /// Envelopes were shed on arrival because every sink of their kind was
+    /// full (overload; [`crate::route::Router::dispatch`]).
+    IngressShed,
 }
 
 impl AlertReason {
-    pub const ALL: [AlertReason; 6] = [
+    pub const ALL: [AlertReason; 7] = [
         AlertReason::SinkStalled,
         AlertReason::SinkDropped,
         AlertReason::LoggregatorDropped,
         AlertReason::SourceDisconnected,
         AlertReason::AuditEventsFailing,
         AlertReason::BufferFilling,
+        AlertReason::IngressShed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +127,7 @@ impl AlertReason {
             AlertReason::SourceDisconnected => "source_disconnected",
             AlertReason::AuditEventsFailing => "audit_events_failing",
             AlertReason::BufferFilling => "buffer_filling",
+            AlertReason::IngressShed => "ingress_shed",
         }
     }
 }

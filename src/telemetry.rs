@@ -305,6 +305,11 @@ const INGRESS: &[Metric<IngressSnapshot>] = &[
         "Envelopes Doppler and the RLP report dropped on egress to slow consumers (dropped{direction=egress} deltas).",
         |s| s.upstream_dropped,
     ),
+    Metric::counter(
+        "ingress_shed",
+        "Envelopes shed on arrival, unread, because every sink of their kind was full (overload): lost, like a sink's drops.",
+        |s| s.shed,
+    ),
 ];
 
 /// The audit-events poller's counters (declared in `source::audit_events`).
@@ -723,6 +728,7 @@ mod tests {
                 &v.ingress.unrouted,
                 &v.ingress.upstream_dropped,
                 &v.ingress.filtered,
+                &v.ingress.shed,
             ],
         );
         let (rlp, gateway) = (

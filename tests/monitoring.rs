@@ -63,6 +63,7 @@ fn every_alert_has_a_unit_test_that_fires_it() {
         "CfAuditNozzleBufferFilling",
         "CfAuditNozzleAuditPollerFailing",
         "CfAuditNozzleLoggregatorDropping",
+        "CfAuditNozzleOverloaded",
     ] {
         assert!(names.iter().any(|n| n == needed), "no alert {needed}");
     }

@@ -6,7 +6,7 @@
 //! has settled.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -36,7 +36,16 @@ pub struct SinkQueue {
     max_bytes: u64,
     stats: Arc<SinkStats>,
     buffer: Option<Arc<buffer::DiskBuffer>>,
+    /// The records and estimated bytes of the last chunk the memory queue
+    /// turned away, or zero records when it took the last one offered: a
+    /// queue that would turn that chunk away again is full
+    /// ([`Self::is_full`]).
+    refused: Arc<[AtomicU64; 2]>,
 }
+
+/// Free bytes below which a disk buffer that drops the newest counts as full:
+/// less than about one batch's records.
+const BUFFER_FULL_SLACK: u64 = 1 << 20;
 
 impl SinkQueue {
     /// A queue holding at most `capacity` records, and the receiver its runner reads.
@@ -53,6 +62,7 @@ impl SinkQueue {
             max_bytes: u64::MAX,
             stats: Arc::new(SinkStats::default()),
             buffer: None,
+            refused: Arc::default(),
         };
         (
             queue,
@@ -113,6 +123,33 @@ impl SinkQueue {
         }
     }
 
+    /// Whether the queue would turn records away now, so that offering it
+    /// any is wasted work: an unbuffered queue that would now turn away, by
+    /// records or bytes, the chunk it last turned away, unless it has taken
+    /// a chunk since (an empty queue never is full); or a disk buffer that
+    /// drops the newest (`--buffer-when-full drop_newest`) and is
+    /// within about a batch of `--buffer-max-bytes`. A buffer that blocks
+    /// is never full here (its source waits instead). A few atomic loads, or
+    /// the buffer's lock.
+    pub(crate) fn is_full(&self) -> bool {
+        match &self.buffer {
+            Some(b) => {
+                b.when_full() == buffer::WhenFull::DropNewest && !b.has_room(BUFFER_FULL_SLACK)
+            }
+            None => {
+                let n = self.refused[0].load(Ordering::Acquire);
+                let queued = self.stats.queued.load(Ordering::Acquire);
+                if n == 0 || queued == 0 {
+                    return false;
+                }
+                let bytes = self.refused[1].load(Ordering::Acquire);
+                let queued_bytes = self.stats.queued_bytes.load(Ordering::Acquire);
+                // The admission test of `offer`, for the chunk it turned away.
+                queued + n > self.capacity || queued_bytes.saturating_add(bytes) > self.max_bytes
+            }
+        }
+    }
+
     /// Hands a chunk to the sink without waiting. When the queue (or its
     /// disk buffer) cannot take the whole chunk, the chunk is dropped and
     /// counted (`dropped_queue_full`, `dropped_buffer_full`,
@@ -154,12 +191,25 @@ impl SinkQueue {
         // What turned the chunk away; a disk error is logged as an error.
         let (counter, what, disk_error) = match &self.buffer {
             None => match to_memory(0, chunk) {
-                Ok(()) => return true,
-                Err(_) => (
-                    &stats.dropped_queue_full,
-                    "sink queue full: dropping newest records",
-                    None,
-                ),
+                Ok(()) => {
+                    if self.refused[0].load(Ordering::Relaxed) != 0 {
+                        self.refused[0].store(0, Ordering::Release);
+                    }
+                    return true;
+                }
+                Err(_) => {
+                    // An empty queue that refused a chunk larger than its
+                    // bound is not full: a smaller chunk would go in.
+                    if stats.queued.load(Ordering::Acquire) > 0 {
+                        self.refused[1].store(bytes, Ordering::Release);
+                        self.refused[0].store(n, Ordering::Release);
+                    }
+                    (
+                        &stats.dropped_queue_full,
+                        "sink queue full: dropping newest records",
+                        None,
+                    )
+                }
             },
             Some(buffer) => match buffer.append(chunk, |first, chunk| {
                 to_memory(first, chunk).inspect_err(|_| {

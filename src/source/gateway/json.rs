@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer};
 
 use crate::proto::{self, envelope};
+use crate::record::Kind;
 
 /// Why a frame could not be decoded: its kind and place, never its content
 /// (serde_json's messages can quote the input).
@@ -46,6 +47,138 @@ impl From<serde_json::Error> for DecodeError {
 pub fn decode_batch(data: &str) -> Result<Vec<proto::Envelope>, DecodeError> {
     let batch: Batch = serde_json::from_str(data)?;
     Ok(batch.batch.into_iter().map(Into::into).collect())
+}
+
+/// How many envelopes of each kind (indexed by [`Kind::index`]) one
+/// `data:` frame holds, read without decoding them: what a saturated router
+/// sheds ([`crate::route::Router::saturated`]). Only what decides the kind
+/// is read (which message is present, `source_type` in `tags` or else in
+/// `deprecated_tags`, as [`crate::classify::kind_of`] reads it); the rest is
+/// skipped, so the frame's JSON is checked but not each envelope's fields.
+/// No string, map or envelope is made: several times cheaper than decoding.
+pub fn count_batch_kinds(data: &str) -> Result<[u64; 4], DecodeError> {
+    #[derive(Deserialize)]
+    struct Frame {
+        #[serde(default, deserialize_with = "or_default")]
+        batch: Vec<KindOnly>,
+    }
+    let frame: Frame = serde_json::from_str(data)?;
+    let mut kinds = [0; 4];
+    for e in frame.batch {
+        let kind = if e.log.is_some() {
+            match e.tags.0.or(e.deprecated_tags.0) {
+                Some(true) => Kind::Api,
+                _ => Kind::AppLog,
+            }
+        } else if e.counter.is_some() || e.gauge.is_some() || e.timer.is_some() {
+            Kind::Metric
+        } else {
+            Kind::Event
+        };
+        kinds[kind.index()] += 1;
+    }
+    Ok(kinds)
+}
+
+/// An envelope read for its kind alone ([`count_batch_kinds`]).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct KindOnly {
+    log: Option<de::IgnoredAny>,
+    counter: Option<de::IgnoredAny>,
+    gauge: Option<de::IgnoredAny>,
+    timer: Option<de::IgnoredAny>,
+    #[serde(deserialize_with = "or_default")]
+    tags: SourceTypeTag<Option<IsApi>>,
+    #[serde(alias = "deprecatedTags", deserialize_with = "or_default")]
+    deprecated_tags: SourceTypeTag<DeprecatedText>,
+}
+
+/// A tags map read for `source_type` alone: whether it is `"API"`, `None`
+/// without it (the last of repeated keys wins, as in decoding).
+struct SourceTypeTag<V>(Option<bool>, std::marker::PhantomData<V>);
+
+impl<V> Default for SourceTypeTag<V> {
+    fn default() -> Self {
+        Self(None, std::marker::PhantomData)
+    }
+}
+
+/// A tag value that may be the text `"API"`.
+trait ApiText {
+    fn is_api(&self) -> bool;
+}
+
+/// A JSON string, compared with `"API"` in place.
+struct IsApi(bool);
+
+impl ApiText for Option<IsApi> {
+    fn is_api(&self) -> bool {
+        matches!(self, Some(IsApi(true)))
+    }
+}
+
+/// A `deprecated_tags` value: only its `text` can say `"API"`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct DeprecatedText {
+    text: Option<IsApi>,
+}
+
+impl ApiText for DeprecatedText {
+    fn is_api(&self) -> bool {
+        self.text.is_api()
+    }
+}
+
+/// Whether a JSON string equals the one given, without copying it.
+struct StrIs(&'static str);
+
+impl de::Visitor<'_> for StrIs {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        Ok(v == self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for IsApi {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrIs("API")).map(IsApi)
+    }
+}
+
+impl<'de, V: Deserialize<'de> + ApiText> Deserialize<'de> for SourceTypeTag<V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A key, `true` when it is `source_type`.
+        struct IsSourceType(bool);
+        impl<'de> Deserialize<'de> for IsSourceType {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_str(StrIs("source_type")).map(IsSourceType)
+            }
+        }
+        struct Tags<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de> + ApiText> de::Visitor<'de> for Tags<V> {
+            type Value = SourceTypeTag<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of tags")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut api = None;
+                while let Some(IsSourceType(wanted)) = map.next_key()? {
+                    if wanted {
+                        api = Some(map.next_value::<V>()?.is_api());
+                    } else {
+                        map.next_value::<de::IgnoredAny>()?;
+                    }
+                }
+                Ok(SourceTypeTag(api, std::marker::PhantomData))
+            }
+        }
+        d.deserialize_map(Tags(std::marker::PhantomData))
+    }
 }
 
 #[derive(Deserialize)]
@@ -366,6 +499,51 @@ fn log_type<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counting kinds unread agrees with decoding and classifying, where
+    /// `source_type` is (tags first, then deprecated tags, the last of a
+    /// repeated key, escaped keys), where it is not, and with nulls.
+    #[test]
+    fn kinds_counted_unread_agree_with_decoding() {
+        let frame = r#"{"batch":[
+            {"log":{"payload":"YQ=="},"tags":{"source_type":"API"}},
+            {"log":{"payload":"YQ=="},"tags":{"source_type":"APP/PROC/WEB","x":"API"}},
+            {"log":{"payload":"YQ=="},"deprecated_tags":{"source_type":{"text":"API"}}},
+            {"log":{"payload":"YQ=="},"deprecatedTags":{"source_type":{"integer":"1"}}},
+            {"log":{"payload":"YQ=="},"tags":{"source_type":"RTR"},"deprecated_tags":{"source_type":{"text":"API"}}},
+            {"log":{"payload":"YQ=="},"tags":{"source_type":"API","source_type":"CELL"}},
+            {"log":{"payload":"YQ=="},"tags":{"source\u005ftype":"A\u0050I"}},
+            {"log":null,"counter":{"name":"c","delta":"1"},"tags":null},
+            {"gauge":{"metrics":{}},"deprecated_tags":null},
+            {"timer":{"name":"t"}},
+            {"event":{"title":"t","body":"b"}},
+            {}
+        ]}"#;
+        let decoded: Vec<Kind> = decode_batch(frame)
+            .unwrap()
+            .into_iter()
+            .map(|e| crate::classify::kind_of(&e.into()))
+            .collect();
+        let mut expected = [0u64; 4];
+        for k in &decoded {
+            expected[k.index()] += 1;
+        }
+        assert_eq!(count_batch_kinds(frame).unwrap(), expected);
+        // api: the first, third and seventh; app logs: four; metrics: three; events: two.
+        let mut by_hand = [0u64; 4];
+        by_hand[Kind::Api.index()] = 3;
+        by_hand[Kind::AppLog.index()] = 4;
+        by_hand[Kind::Metric.index()] = 3;
+        by_hand[Kind::Event.index()] = 2;
+        assert_eq!(expected, by_hand);
+
+        assert_eq!(count_batch_kinds(r#"{"batch":null}"#).unwrap(), [0; 4]);
+        assert_eq!(count_batch_kinds("{}").unwrap(), [0; 4]);
+        // Broken JSON is refused like a frame that does not decode.
+        let e = count_batch_kinds(r#"{"batch":[{"log":{}"#).unwrap_err();
+        assert_eq!(e.to_string(), "truncated JSON error at line 1 column 19");
+        assert!(count_batch_kinds(r#"{"batch":[{"tags":{"source_type":7}}]}"#).is_err());
+    }
 
     #[test]
     fn protojson_as_the_gateway_writes_it() {

@@ -55,7 +55,7 @@ pub mod sse;
 mod stream;
 
 pub use connect::connect;
-pub use json::{DecodeError, decode_batch};
+pub use json::{DecodeError, count_batch_kinds, decode_batch};
 pub(crate) use stream::stream_once;
 
 /// The gateway sends a heartbeat after 15 s without data; allow 3 s more.

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::sse::{Sse, SseParser};
 use super::{
     GatewayConfig, GatewayError, HANDOVER_DRAIN_MAX, MIN_PRODUCTIVE_STREAM, Target, connect,
-    decode_batch,
+    count_batch_kinds, decode_batch,
 };
 use crate::route::Router;
 use crate::source::status::{Attempt, Disconnect, SourceStatus};
@@ -282,10 +282,28 @@ async fn decode_frames(
 ) -> u64 {
     let mut envelopes = 0u64;
     while let Some(data) = frames.recv().await {
-        let decoded = match std::str::from_utf8(&data) {
-            Ok(text) => decode_batch(text).map_err(|e| e.to_string()),
-            Err(e) => Err(format!("not UTF-8 at byte {}", e.valid_up_to())),
-        };
+        let text = std::str::from_utf8(&data)
+            .map_err(|e| format!("not UTF-8 at byte {}", e.valid_up_to()));
+        if router.saturated() {
+            // Every sink is full: count the frame's envelopes and shed them
+            // unread; decoding them is the CPU the sinks need.
+            match text.and_then(|t| count_batch_kinds(t).map_err(|e| e.to_string())) {
+                Ok(kinds) => {
+                    let n: u64 = kinds.iter().sum();
+                    if n > 0 {
+                        envelopes += n;
+                        status.received(n as usize);
+                        router.shed(kinds);
+                    }
+                }
+                Err(reason) => {
+                    status.malformed_frames.fetch_add(1, Ordering::Relaxed);
+                    note_skipped(&status, &url, data.len(), &reason);
+                }
+            }
+            continue;
+        }
+        let decoded = text.and_then(|t| decode_batch(t).map_err(|e| e.to_string()));
         match decoded {
             Ok(batch) => {
                 if !batch.is_empty() {
@@ -315,5 +333,61 @@ fn note_skipped(status: &SourceStatus, url: &str, bytes: usize, reason: &str) {
             skipped_since_last_warning,
             "skipped an RLP Gateway frame that is not a valid envelope batch; the stream goes on"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::rules::Filters;
+    use crate::record::Kind;
+    use crate::sink::SinkQueue;
+
+    /// While every sink is full, a frame is counted by kind and shed without
+    /// being decoded (an envelope that would not decode is shed too, not
+    /// refused); broken JSON is still a malformed frame; once the sink has
+    /// room again, frames are decoded and dispatched.
+    #[tokio::test]
+    async fn a_saturated_router_sheds_frames_unread() {
+        let (queue, _intake) = SinkQueue::new("all", 2);
+        let sink = Arc::clone(queue.stats());
+        let router = Arc::new(Router::new(
+            vec![(queue, vec![Kind::AppLog, Kind::Metric])],
+            Filters::default(),
+            None,
+            false,
+        ));
+        let status = Arc::new(SourceStatus::default());
+        let (tx, frames) = tokio::sync::mpsc::channel(8);
+        let log = r#"{"log":{"payload":"YQ=="},"tags":{"source_type":"APP/PROC/WEB"}}"#;
+        let frame = |n: usize| format!(r#"{{"batch":[{}]}}"#, vec![log; n].join(",")).into_bytes();
+        let decoding = tokio::spawn(decode_frames(
+            frames,
+            Arc::clone(&router),
+            Arc::clone(&status),
+            "https://gateway/v2/read".into(),
+        ));
+        tx.send(frame(2)).await.unwrap(); // admitted
+        tx.send(frame(1)).await.unwrap(); // turned away: the sink is full
+        // A counter whose name is a number does not decode; unread, it is shed.
+        tx.send(br#"{"batch":[{"counter":{"name":7}},{"event":{"title":"t"}}]}"#.to_vec())
+            .await
+            .unwrap();
+        tx.send(br#"{"batch":[{"log":{}"#.to_vec()).await.unwrap();
+        while sink.snapshot("all").dropped_queue_full == 0 || tx.capacity() < 8 {
+            tokio::task::yield_now().await;
+        }
+        // The runner takes the two off: decoded and offered again.
+        sink.queued.fetch_sub(2, Ordering::AcqRel);
+        tx.send(frame(1)).await.unwrap();
+        drop(tx);
+        assert_eq!(decoding.await.unwrap(), 6);
+
+        let s = router.stats().snapshot();
+        assert_eq!((s.envelopes, s.batches, s.shed), (6, 4, 1));
+        assert_eq!((s.app_log, s.metric, s.event, s.unrouted), (4, 0, 1, 1));
+        assert_eq!(status.malformed_frames.load(Ordering::Relaxed), 1);
+        let k = sink.snapshot("all");
+        assert_eq!((k.received, k.queued, k.dropped_queue_full), (4, 1, 1));
     }
 }
