@@ -14,8 +14,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 
-use crate::classify::{classify, kind_of};
 use crate::classify::rules::Filters;
+use crate::classify::{classify, kind_of};
 use crate::record::{EnvelopeView, Kind, MessageRef, Number, Position, Record};
 use crate::sink::{Chunk, SinkQueue, SinkStats};
 
@@ -588,13 +588,18 @@ mod tests {
         let (metrics_q, mut metrics_rx) = SinkQueue::new("metrics", 1000);
         let logs_stats = Arc::clone(logs_q.stats());
         let router = Router::new(
-            vec![(logs_q, vec![Kind::AppLog]), (metrics_q, vec![Kind::Metric])],
+            vec![
+                (logs_q, vec![Kind::AppLog]),
+                (metrics_q, vec![Kind::Metric]),
+            ],
             Filters::default(),
             None,
             false,
         );
         let logs = |n: usize| -> Vec<Envelope> {
-            (0..n).map(|i| log("APP/PROC/WEB", &format!("a{i}"))).collect()
+            (0..n)
+                .map(|i| log("APP/PROC/WEB", &format!("a{i}")))
+                .collect()
         };
         router.dispatch(logs(4)); // app_log 0-3 queued
         router.dispatch(logs(3)); // 4-6: 7 > 5, turned away at the queue

@@ -361,12 +361,18 @@ async fn a_zero_hold_turns_the_correlator_off() {
     );
 }
 
-/// The release task sends held actions out once their hold passed.
-#[tokio::test(start_paused = true)]
-async fn the_release_task_sends_out_what_waited_its_hold() {
-    let (q, mut rx) = SinkQueue::new("all", 100);
+/// A router sending api records to `queue` through the correlator (its
+/// default bounds), the task releasing what is held every second, and
+/// the token that stops that task.
+fn correlating_with_release_task(
+    queue: SinkQueue,
+) -> (
+    std::sync::Arc<Router>,
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<()>,
+) {
     let router = std::sync::Arc::new(Router::new(
-        vec![(q, vec![Kind::Api])],
+        vec![(queue, vec![Kind::Api])],
         Filters::default(),
         None,
         false,
@@ -378,6 +384,14 @@ async fn the_release_task_sends_out_what_waited_its_hold() {
         Duration::from_secs(1),
         stop.clone(),
     ));
+    (router, stop, task)
+}
+
+/// The release task sends held actions out once their hold passed.
+#[tokio::test(start_paused = true)]
+async fn the_release_task_sends_out_what_waited_its_hold() {
+    let (q, mut rx) = SinkQueue::new("all", 100);
+    let (router, stop, task) = correlating_with_release_task(q);
     router.dispatch(vec![firehose("Starting app with guid", &app(1), T0)]);
     tokio::time::sleep(Duration::from_millis(9500)).await;
     assert_eq!(delivered(&mut rx), []);
@@ -393,19 +407,7 @@ async fn the_release_task_sends_out_what_waited_its_hold() {
 async fn what_is_held_at_shutdown_leaves_in_pieces_the_queue_takes() {
     let (q, mut rx) = SinkQueue::new("all", 1_500);
     let stats = std::sync::Arc::clone(q.stats());
-    let router = std::sync::Arc::new(Router::new(
-        vec![(q, vec![Kind::Api])],
-        Filters::default(),
-        None,
-        false,
-    ));
-    router.correlate(CorrelateConfig::default()).unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(cf_audit_nozzle::route::release_held_every(
-        std::sync::Arc::downgrade(&router),
-        Duration::from_secs(1),
-        stop.clone(),
-    ));
+    let (router, stop, task) = correlating_with_release_task(q);
     let n = 5_000;
     for i in 0..n {
         router.dispatch(vec![firehose("Starting app with guid", &app(i % 50), T0)]);

@@ -81,14 +81,7 @@ pub(super) fn write(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) -> boo
 /// `tags` too unless `with_tags` is false (ECS writes them as `labels`).
 fn write_provenance(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>, with_tags: bool) {
     let env = &rec.envelope;
-    out.extend_from_slice(b"\"kind\":");
-    json::write_str(out, rec.kind.as_str());
-    if let Some(n) = &rec.number {
-        json::write_key(out, "boot");
-        json::write_str(out, &n.boot);
-    }
-    json::write_key(out, "foundation");
-    json::write_str(out, &ctx.foundation);
+    write_kind_boot_foundation(rec, ctx, out);
     json::write_key(out, "source_id");
     json::write_str(out, env.source_id());
     json::write_key(out, "instance_id");
@@ -131,6 +124,19 @@ pub(crate) fn native_map(
         Ok(serde_json::Value::Object(m)) => m,
         _ => serde_json::Map::new(),
     }
+}
+
+/// `kind`, `boot` (when numbered) and `foundation`, as the first members
+/// of an object `out` has just opened.
+fn write_kind_boot_foundation(rec: &Record, ctx: &EncodeContext, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\"kind\":");
+    json::write_str(out, rec.kind.as_str());
+    if let Some(n) = &rec.number {
+        json::write_key(out, "boot");
+        json::write_str(out, &n.boot);
+    }
+    json::write_key(out, "foundation");
+    json::write_str(out, &ctx.foundation);
 }
 
 /// Whether a record is an API invocation (from either source).

@@ -7,7 +7,7 @@
 use super::super::api::{ApiCall, ApiResource, ApiSource};
 use super::super::envelope::MessageRef;
 use super::super::{API_EVENT_VERSION, EncodeContext, Kind, Record, json, layout};
-use super::{Verb, millis, seq, verb, write_provenance};
+use super::{Verb, millis, seq, verb, write_kind_boot_foundation, write_provenance};
 
 /// The OCSF version the records follow (`metadata.version`).
 pub const VERSION: &str = "1.3.0";
@@ -306,14 +306,7 @@ fn api_record(rec: &Record, api: &ApiCall, ctx: &EncodeContext, out: &mut Vec<u8
             (None, _) => layout::write_message(env, out),
         }
     } else {
-        out.extend_from_slice(b"\"kind\":");
-        json::write_str(out, rec.kind.as_str());
-        if let Some(n) = &rec.number {
-            json::write_key(out, "boot");
-            json::write_str(out, &n.boot);
-        }
-        json::write_key(out, "foundation");
-        json::write_str(out, &ctx.foundation);
+        write_kind_boot_foundation(rec, ctx, out);
     }
     json::write_key(out, "eventVersion");
     json::write_str(out, API_EVENT_VERSION);
