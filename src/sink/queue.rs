@@ -36,16 +36,12 @@ pub struct SinkQueue {
     max_bytes: u64,
     stats: Arc<SinkStats>,
     buffer: Option<Arc<buffer::DiskBuffer>>,
-    /// The records and estimated bytes of the last chunk the memory queue
-    /// turned away, or zero records when it took the last one offered: a
-    /// queue that would turn that chunk away again is full
-    /// ([`Self::is_full`]).
+    /// The records and bytes of the last chunk the queue turned away
+    /// (estimated bytes for the memory queue, framed bytes for the disk
+    /// buffer), or zero records when it took the last one offered: a queue
+    /// that would turn that chunk away again is full ([`Self::is_full`]).
     refused: Arc<[AtomicU64; 2]>,
 }
-
-/// Free bytes below which a disk buffer that drops the newest counts as full:
-/// less than about one batch's records.
-const BUFFER_FULL_SLACK: u64 = 1 << 20;
 
 impl SinkQueue {
     /// A queue holding at most `capacity` records, and the receiver its runner reads.
@@ -124,20 +120,21 @@ impl SinkQueue {
     }
 
     /// Whether the queue would turn records away now, so that offering it
-    /// any is wasted work: an unbuffered queue that would now turn away, by
-    /// records or bytes, the chunk it last turned away, unless it has taken
-    /// a chunk since (an empty queue never is full); or a disk buffer that
-    /// drops the newest (`--buffer-when-full drop_newest`) and is
-    /// within about a batch of `--buffer-max-bytes`. A buffer that blocks
-    /// is never full here (its source waits instead). A few atomic loads, or
-    /// the buffer's lock.
+    /// any is wasted work: it would now turn away the chunk it last turned
+    /// away, unless it has taken a chunk since. For an unbuffered queue,
+    /// by records or bytes (an empty queue never is full); for a disk
+    /// buffer that drops the newest (`--buffer-when-full drop_newest`), by
+    /// its free bytes; a buffer that blocks is never full here (its source
+    /// waits instead). A few atomic loads, or the buffer's lock.
     pub(crate) fn is_full(&self) -> bool {
+        let n = self.refused[0].load(Ordering::Acquire);
         match &self.buffer {
             Some(b) => {
-                b.when_full() == buffer::WhenFull::DropNewest && !b.has_room(BUFFER_FULL_SLACK)
+                n != 0
+                    && b.when_full() == buffer::WhenFull::DropNewest
+                    && !b.has_room(self.refused[1].load(Ordering::Acquire))
             }
             None => {
-                let n = self.refused[0].load(Ordering::Acquire);
                 let queued = self.stats.queued.load(Ordering::Acquire);
                 if n == 0 || queued == 0 {
                     return false;
@@ -216,12 +213,21 @@ impl SinkQueue {
                     stats.buffered.fetch_add(n, Ordering::Relaxed);
                 })
             }) {
-                buffer::Appended::Memory | buffer::Appended::Disk => return true,
-                buffer::Appended::Full => (
-                    &stats.dropped_buffer_full,
-                    "disk buffer full (--buffer-max-bytes): dropping newest records",
-                    None,
-                ),
+                buffer::Appended::Memory | buffer::Appended::Disk => {
+                    if self.refused[0].load(Ordering::Relaxed) != 0 {
+                        self.refused[0].store(0, Ordering::Release);
+                    }
+                    return true;
+                }
+                buffer::Appended::Full { bytes } => {
+                    self.refused[1].store(bytes, Ordering::Release);
+                    self.refused[0].store(n, Ordering::Release);
+                    (
+                        &stats.dropped_buffer_full,
+                        "disk buffer full (--buffer-max-bytes): dropping newest records",
+                        None,
+                    )
+                }
                 buffer::Appended::Failed(e) => (
                     &stats.dropped_buffer_error,
                     "cannot write the disk buffer: dropping newest records",
@@ -421,6 +427,56 @@ mod tests {
         }
         async fn roll(&mut self) -> Result<u64, SinkFailure> {
             Ok(0)
+        }
+    }
+
+    /// Full means the chunk last turned away would be turned away again:
+    /// in memory by bytes (until bytes are given back or a chunk is taken;
+    /// an empty queue never is), in a disk buffer that drops the newest by
+    /// its free bytes, never in one that blocks.
+    #[tokio::test]
+    async fn full_means_the_chunk_last_turned_away_would_be_turned_away_again() {
+        let one = logs(1)[0].approx_size() as u64;
+        let (mut queue, _intake) = SinkQueue::new("q", 1_000_000);
+        queue.set_max_bytes(4 * one);
+        let stats = Arc::clone(queue.stats());
+        assert!(queue.offer(logs(3)));
+        assert!(!queue.is_full());
+        assert!(!queue.offer(logs(2)), "5 records' bytes pass the bound");
+        assert!(queue.is_full());
+        // The runner took the three but has not delivered them: their
+        // bytes still count, so the two would still be turned away.
+        stats.queued.fetch_sub(3, Ordering::AcqRel);
+        stats.in_flight.fetch_add(3, Ordering::AcqRel);
+        stats.queued.fetch_add(1, Ordering::AcqRel); // one more waits
+        assert!(queue.is_full());
+        stats.queued_bytes.fetch_sub(3 * one, Ordering::AcqRel);
+        assert!(!queue.is_full(), "delivered: their bytes came back");
+        assert!(queue.offer(logs(2)));
+        assert!(!queue.is_full());
+
+        for (when_full, full) in [
+            (buffer::WhenFull::DropNewest, true),
+            (buffer::WhenFull::Block, false),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = buffer::BufferConfig {
+                dir: dir.path().to_path_buf(),
+                max_bytes: 4096,
+                segment_bytes: 4096,
+                when_full,
+                fsync: buffer::Fsync::Batch,
+                warn_fill: 0.0,
+            };
+            let (queue, _intake) = SinkQueue::with_buffer("b", 1, &cfg).unwrap();
+            let mut offers = 0;
+            while queue.offer(logs(5)) {
+                assert!(!queue.is_full());
+                offers += 1;
+            }
+            assert!(offers > 0, "some chunks fit in 4 KiB");
+            assert_eq!(queue.is_full(), full, "{when_full:?}");
+            assert_eq!(queue.stats().load().dropped_buffer_full, 5);
         }
     }
 

@@ -231,8 +231,9 @@ pub enum Appended {
     Memory,
     /// On disk only; the runner reads it back.
     Disk,
-    /// Turned away: the buffer is at its size limit.
-    Full,
+    /// Turned away: the buffer is at its size limit; `bytes`, the chunk's
+    /// framed size, did not fit.
+    Full { bytes: u64 },
     /// Turned away: the disk refused the write (nothing of it stays on disk).
     Failed(std::io::Error),
 }
@@ -283,7 +284,7 @@ impl DiskBuffer {
         }
         let bytes = s.scratch.len() as u64;
         if s.disk_bytes + bytes > self.cfg.max_bytes {
-            return Appended::Full;
+            return Appended::Full { bytes };
         }
         let active = s
             .segments
