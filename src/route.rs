@@ -39,8 +39,8 @@ pub struct IngressStats {
     /// Records the include/exclude rules left out (an operator's choice, not a loss).
     pub filtered: AtomicU64,
     /// Envelopes shed on arrival, unread, because every sink of their kind
-    /// (or, before a gateway frame is parsed, every sink) had just turned
-    /// records away and taken none since: they would have been dropped
+    /// (or, before a gateway frame is parsed, every sink) was full
+    /// ([`SinkQueue::is_full`]): they would have been dropped
     /// after classification, and classifying them took the CPU the sinks
     /// need to catch up (graceful overload; [`Router::dispatch`]). A loss,
     /// counted like a sink's drops.
@@ -368,8 +368,8 @@ impl Router {
     /// source, tests), which are viewed one by one.
     ///
     /// Overload: an envelope of a kind whose every sink is full
-    /// ([`SinkQueue::is_full`]: it turned records away and has taken none
-    /// off since) is shed before classification and counted (`shed`), not
+    /// ([`SinkQueue::is_full`]: it would turn away again the chunk it last
+    /// turned away) is shed before classification and counted (`shed`), not
     /// classified, numbered and dropped at the queue: the work saved is the
     /// sinks' to catch up with, so an overloaded nozzle delivers about what
     /// it delivers at its zero-drop maximum instead of less.
@@ -577,8 +577,8 @@ mod tests {
             .collect()
     }
 
-    /// Overload: once every sink of a kind has turned records away and had
-    /// none taken off since, envelopes of that kind are shed unread,
+    /// Overload: once every sink of a kind would turn away again the chunk
+    /// it last turned away, envelopes of that kind are shed unread,
     /// counted, and numbered as holes; other kinds, and a kind with one sink
     /// that still has room, go on as before; a sink that takes records off
     /// is offered again.
