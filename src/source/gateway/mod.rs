@@ -53,9 +53,10 @@ mod connect;
 pub mod json;
 pub mod sse;
 mod stream;
+mod to_wire;
 
 pub use connect::connect;
-pub use json::{DecodeError, count_batch_kinds, decode_batch};
+pub use json::{DecodeError, count_batch_kinds, decode_batch, decode_batch_views};
 pub(crate) use stream::stream_once;
 
 /// The gateway sends a heartbeat after 15 s without data; allow 3 s more.

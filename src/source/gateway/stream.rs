@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::sse::{Sse, SseParser};
 use super::{
     GatewayConfig, GatewayError, HANDOVER_DRAIN_MAX, MIN_PRODUCTIVE_STREAM, Target, connect,
-    count_batch_kinds, decode_batch,
+    count_batch_kinds, decode_batch_views,
 };
 use crate::route::Router;
 use crate::source::status::{Attempt, Disconnect, SourceStatus};
@@ -303,7 +303,7 @@ async fn decode_frames(
             }
             continue;
         }
-        let decoded = text.and_then(|t| decode_batch(t).map_err(|e| e.to_string()));
+        let decoded = text.and_then(|t| decode_batch_views(t).map_err(|e| e.to_string()));
         match decoded {
             Ok(batch) => {
                 if !batch.is_empty() {

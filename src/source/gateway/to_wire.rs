@@ -1,0 +1,179 @@
+//! The gateway's JSON envelopes written straight as one `EnvelopeBatch`'s
+//! protobuf wire, then read in place as the RLP source's batches are
+//! ([`crate::record::envelope::decode_batch`]).
+//!
+//! The other way, each envelope became a prost `Envelope` (a hash map per
+//! tag map, a `String` per key), was encoded alone and read alone: three
+//! more passes and allocations per envelope than the gRPC source pays, and
+//! none of them in the decode-only ceiling. The bytes written are what prost
+//! writes for the envelope [`super::json::decode_batch`] makes (defaults
+//! left out, a oneof member always written), with map entries in key order.
+//! `tests/gateway_json.rs`-style equality is checked in this module's tests
+//! and by the `gateway_json` fuzz target.
+
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+use super::json::{Envelope, Value};
+
+/// The envelopes as the wire of an `EnvelopeBatch` (field 1, repeated).
+pub(super) fn write_batch(envelopes: &[Envelope], out: &mut Vec<u8>) {
+    let mut body = Vec::with_capacity(1024);
+    let mut message = Vec::with_capacity(256);
+    for e in envelopes {
+        body.clear();
+        write_envelope(e, &mut body, &mut message);
+        bytes_field(1, &body, out);
+    }
+}
+
+fn write_envelope(e: &Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
+    if e.timestamp != 0 {
+        int_field(1, e.timestamp as u64, out);
+    }
+    str_field(2, &e.source_id, out);
+    for (k, v) in &e.deprecated_tags {
+        let value_len = value_len(v);
+        // An empty Value is the default: prost leaves it out of the entry.
+        let value_part = if value_len == 0 {
+            0
+        } else {
+            1 + encoded_len_varint(value_len as u64) + value_len
+        };
+        let entry = str_len(k) + value_part;
+        encode_key(3, WireType::LengthDelimited, out);
+        encode_varint(entry as u64, out);
+        str_field(1, k, out);
+        if value_len > 0 {
+            encode_key(2, WireType::LengthDelimited, out);
+            encode_varint(value_len as u64, out);
+            write_value(v, out);
+        }
+    }
+    message.clear();
+    let field = write_message(e, message);
+    if let Some(field) = field {
+        bytes_field(field, message, out);
+    }
+    str_field(8, &e.instance_id, out);
+    for (k, v) in &e.tags {
+        encode_key(9, WireType::LengthDelimited, out);
+        encode_varint((str_len(k) + str_len(v)) as u64, out);
+        str_field(1, k, out);
+        str_field(2, v, out);
+    }
+}
+
+/// The first message present (protojson sets at most one), as
+/// [`super::json`]'s conversion to prost takes it; returns its field.
+fn write_message(e: &Envelope, out: &mut Vec<u8>) -> Option<u32> {
+    if let Some(l) = &e.log {
+        bytes_or_empty(1, &l.payload, out);
+        if l.kind != 0 {
+            int_field(2, l.kind as i64 as u64, out);
+        }
+        Some(4)
+    } else if let Some(c) = &e.counter {
+        str_field(1, &c.name, out);
+        if c.delta != 0 {
+            int_field(2, c.delta, out);
+        }
+        if c.total != 0 {
+            int_field(3, c.total, out);
+        }
+        Some(5)
+    } else if let Some(g) = &e.gauge {
+        for (name, v) in &g.metrics {
+            let value = str_len(&v.unit) + if v.value != 0.0 { 9 } else { 0 };
+            let entry = str_len(name)
+                + if value == 0 {
+                    0
+                } else {
+                    1 + encoded_len_varint(value as u64) + value
+                };
+            encode_key(1, WireType::LengthDelimited, out);
+            encode_varint(entry as u64, out);
+            str_field(1, name, out);
+            if value > 0 {
+                encode_key(2, WireType::LengthDelimited, out);
+                encode_varint(value as u64, out);
+                str_field(1, &v.unit, out);
+                if v.value != 0.0 {
+                    double_field(2, v.value, out);
+                }
+            }
+        }
+        Some(6)
+    } else if let Some(t) = &e.timer {
+        str_field(1, &t.name, out);
+        if t.start != 0 {
+            int_field(2, t.start as u64, out);
+        }
+        if t.stop != 0 {
+            int_field(3, t.stop as u64, out);
+        }
+        Some(7)
+    } else if let Some(v) = &e.event {
+        str_field(1, &v.title, out);
+        str_field(2, &v.body, out);
+        Some(10)
+    } else {
+        None
+    }
+}
+
+/// A `Value`'s encoded length: its oneof member, written even when it
+/// holds its type's default (as prost writes a set oneof).
+fn value_len(v: &Value) -> usize {
+    match (&v.text, v.integer, v.decimal) {
+        (Some(t), _, _) => 1 + encoded_len_varint(t.len() as u64) + t.len(),
+        (None, Some(i), _) => 1 + encoded_len_varint(i as u64),
+        (None, None, Some(_)) => 9,
+        (None, None, None) => 0,
+    }
+}
+
+fn write_value(v: &Value, out: &mut Vec<u8>) {
+    match (&v.text, v.integer, v.decimal) {
+        (Some(t), _, _) => bytes_field(1, t.as_bytes(), out),
+        (None, Some(i), _) => int_field(2, i as u64, out),
+        (None, None, Some(d)) => double_field(3, d, out),
+        (None, None, None) => {}
+    }
+}
+
+/// A string field's encoded length, 0 when it is empty (left out).
+fn str_len(s: &str) -> usize {
+    if s.is_empty() {
+        0
+    } else {
+        1 + encoded_len_varint(s.len() as u64) + s.len()
+    }
+}
+
+fn str_field(field: u32, s: &str, out: &mut Vec<u8>) {
+    bytes_or_empty(field, s.as_bytes(), out);
+}
+
+/// A length-delimited field, left out when empty (a proto3 default).
+fn bytes_or_empty(field: u32, b: &[u8], out: &mut Vec<u8>) {
+    if !b.is_empty() {
+        bytes_field(field, b, out);
+    }
+}
+
+/// A length-delimited field, written even when empty (a message).
+fn bytes_field(field: u32, b: &[u8], out: &mut Vec<u8>) {
+    encode_key(field, WireType::LengthDelimited, out);
+    encode_varint(b.len() as u64, out);
+    out.extend_from_slice(b);
+}
+
+fn int_field(field: u32, v: u64, out: &mut Vec<u8>) {
+    encode_key(field, WireType::Varint, out);
+    encode_varint(v, out);
+}
+
+fn double_field(field: u32, v: f64, out: &mut Vec<u8>) {
+    encode_key(field, WireType::SixtyFourBit, out);
+    out.extend_from_slice(&v.to_bits().to_le_bytes());
+}
