@@ -199,36 +199,40 @@ impl<'de, V: Deserialize<'de> + ApiText> Deserialize<'de> for SourceTypeTag<V> {
 }
 
 #[derive(Deserialize)]
-struct Batch {
-    #[serde(default, deserialize_with = "or_default")]
-    batch: Vec<Envelope>,
+struct Batch<'a> {
+    #[serde(borrow, default, deserialize_with = "or_default")]
+    batch: Vec<Envelope<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Envelope {
+pub(super) struct Envelope<'a> {
     #[serde(deserialize_with = "int64")]
     pub(super) timestamp: i64,
-    #[serde(alias = "sourceId", deserialize_with = "or_default")]
-    pub(super) source_id: String,
-    #[serde(alias = "instanceId", deserialize_with = "or_default")]
-    pub(super) instance_id: String,
-    #[serde(alias = "deprecatedTags", deserialize_with = "or_default")]
-    pub(super) deprecated_tags: BTreeMap<String, Value>,
-    #[serde(deserialize_with = "or_default")]
-    pub(super) tags: BTreeMap<String, String>,
+    #[serde(borrow, alias = "sourceId", deserialize_with = "or_default")]
+    pub(super) source_id: Str<'a>,
+    #[serde(borrow, alias = "instanceId", deserialize_with = "or_default")]
+    pub(super) instance_id: Str<'a>,
+    #[serde(borrow, alias = "deprecatedTags", deserialize_with = "or_default")]
+    pub(super) deprecated_tags: BTreeMap<Str<'a>, Value<'a>>,
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) tags: BTreeMap<Str<'a>, Str<'a>>,
     pub(super) log: Option<Log>,
-    pub(super) counter: Option<Counter>,
-    pub(super) gauge: Option<Gauge>,
-    pub(super) timer: Option<Timer>,
-    pub(super) event: Option<Event>,
+    #[serde(borrow)]
+    pub(super) counter: Option<Counter<'a>>,
+    #[serde(borrow)]
+    pub(super) gauge: Option<Gauge<'a>>,
+    #[serde(borrow)]
+    pub(super) timer: Option<Timer<'a>>,
+    #[serde(borrow)]
+    pub(super) event: Option<Event<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Value {
-    #[serde(deserialize_with = "or_default")]
-    pub(super) text: Option<String>,
+pub(super) struct Value<'a> {
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) text: Option<Str<'a>>,
     #[serde(deserialize_with = "int64_opt")]
     pub(super) integer: Option<i64>,
     #[serde(deserialize_with = "double_opt")]
@@ -246,9 +250,9 @@ pub(super) struct Log {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Counter {
-    #[serde(deserialize_with = "or_default")]
-    pub(super) name: String,
+pub(super) struct Counter<'a> {
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) name: Str<'a>,
     #[serde(deserialize_with = "uint64")]
     pub(super) delta: u64,
     #[serde(deserialize_with = "uint64")]
@@ -257,25 +261,25 @@ pub(super) struct Counter {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Gauge {
-    #[serde(deserialize_with = "or_default")]
-    pub(super) metrics: BTreeMap<String, GaugeValue>,
+pub(super) struct Gauge<'a> {
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) metrics: BTreeMap<Str<'a>, GaugeValue<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct GaugeValue {
-    #[serde(deserialize_with = "or_default")]
-    pub(super) unit: String,
+pub(super) struct GaugeValue<'a> {
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) unit: Str<'a>,
     #[serde(deserialize_with = "double")]
     pub(super) value: f64,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Timer {
-    #[serde(deserialize_with = "or_default")]
-    pub(super) name: String,
+pub(super) struct Timer<'a> {
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) name: Str<'a>,
     #[serde(deserialize_with = "int64")]
     pub(super) start: i64,
     #[serde(deserialize_with = "int64")]
@@ -284,15 +288,15 @@ pub(super) struct Timer {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-pub(super) struct Event {
-    #[serde(deserialize_with = "or_default")]
-    pub(super) title: String,
-    #[serde(deserialize_with = "or_default")]
-    pub(super) body: String,
+pub(super) struct Event<'a> {
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) title: Str<'a>,
+    #[serde(borrow, deserialize_with = "or_default")]
+    pub(super) body: Str<'a>,
 }
 
-impl From<Envelope> for proto::Envelope {
-    fn from(e: Envelope) -> Self {
+impl From<Envelope<'_>> for proto::Envelope {
+    fn from(e: Envelope<'_>) -> Self {
         use envelope::Message as M;
         // protojson sets at most one oneof member; take the first present.
         let message = if let Some(l) = e.log {
@@ -302,7 +306,7 @@ impl From<Envelope> for proto::Envelope {
             }))
         } else if let Some(c) = e.counter {
             Some(M::Counter(proto::Counter {
-                name: c.name,
+                name: c.name.into(),
                 delta: c.delta,
                 total: c.total,
             }))
@@ -313,9 +317,9 @@ impl From<Envelope> for proto::Envelope {
                     .into_iter()
                     .map(|(k, v)| {
                         (
-                            k,
+                            k.into(),
                             proto::GaugeValue {
-                                unit: v.unit,
+                                unit: v.unit.into(),
                                 value: v.value,
                             },
                         )
@@ -324,39 +328,84 @@ impl From<Envelope> for proto::Envelope {
             }))
         } else if let Some(t) = e.timer {
             Some(M::Timer(proto::Timer {
-                name: t.name,
+                name: t.name.into(),
                 start: t.start,
                 stop: t.stop,
             }))
         } else {
             e.event.map(|v| {
                 M::Event(proto::Event {
-                    title: v.title,
-                    body: v.body,
+                    title: v.title.into(),
+                    body: v.body.into(),
                 })
             })
         };
         proto::Envelope {
             timestamp: e.timestamp,
-            source_id: e.source_id,
-            instance_id: e.instance_id,
+            source_id: e.source_id.into(),
+            instance_id: e.instance_id.into(),
             deprecated_tags: e
                 .deprecated_tags
                 .into_iter()
                 .map(|(k, v)| {
                     use proto::value::Data;
                     let data = match (v.text, v.integer, v.decimal) {
-                        (Some(t), _, _) => Some(Data::Text(t)),
+                        (Some(t), _, _) => Some(Data::Text(t.into())),
                         (None, Some(i), _) => Some(Data::Integer(i)),
                         (None, None, Some(d)) => Some(Data::Decimal(d)),
                         (None, None, None) => None,
                     };
-                    (k, proto::Value { data })
+                    (k.into(), proto::Value { data })
                 })
                 .collect(),
-            tags: e.tags,
+            tags: e
+                .tags
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
             message,
         }
+    }
+}
+
+/// A JSON string borrowed from the frame when it has no escapes (most
+/// do), so decoding allocates no string per tag: the frame's envelopes are
+/// written as protobuf wire at once ([`super::to_wire`]).
+#[derive(Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Str<'a>(std::borrow::Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Str<'_>> for String {
+    fn from(s: Str<'_>) -> Self {
+        s.0.into_owned()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> de::Visitor<'de> for Visitor {
+            type Value = std::borrow::Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(std::borrow::Cow::Borrowed(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(std::borrow::Cow::Owned(v.to_owned()))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(std::borrow::Cow::Owned(v))
+            }
+        }
+        d.deserialize_str(Visitor).map(Str)
     }
 }
 
