@@ -1,6 +1,7 @@
 //! Where a record's CPU goes, one stage at a time, on one core: protobuf
 //! decode (prost's owned decode for reference, then the envelope view the
-//! nozzle uses), classification, the record's JSON, HEC and syslog encoding, gzip.
+//! nozzle uses), the RLP Gateway's JSON (to prost, and to the views its
+//! source dispatches), classification, the record's JSON, HEC and syslog encoding, gzip.
 //! The last line is the work `scripts/bench --mode full` asks of every
 //! envelope, done on one thread with no I/O: decode, classify, then api →
 //! syslog + S3, app_log and event → S3, metric → HEC, where S3 means the
@@ -23,7 +24,9 @@ use cf_audit_nozzle::proto::EnvelopeBatch;
 use cf_audit_nozzle::record::{EncodeContext, Kind, RecordSchema, decode_batch};
 use cf_audit_nozzle::sink::http::encode_hec;
 use cf_audit_nozzle::sink::syslog::{SyslogFormat, encode as encode_syslog};
+use cf_audit_nozzle::source::emulator::gateway::sse_batch_frame;
 use cf_audit_nozzle::source::emulator::traffic::Traffic;
+use cf_audit_nozzle::source::gateway::json as gateway;
 use prost::Message;
 
 /// The nozzle's allocator (src/main.rs), so allocation costs what it does there.
@@ -76,6 +79,30 @@ fn main() {
     let t = Instant::now();
     let decoded: Vec<_> = batches.iter().map(|b| decode_batch(b).unwrap()).collect();
     per("envelope view decode", t, wire_bytes);
+
+    // The RLP Gateway's JSON of the same envelopes (the `data:` of its SSE
+    // frames): to prost envelopes, and to the views its source dispatches.
+    let frames: Vec<String> = decoded
+        .iter()
+        .map(|views| {
+            let envelopes: Vec<_> = views.iter().map(|v| v.to_prost()).collect();
+            let frame = sse_batch_frame(&envelopes);
+            String::from_utf8(frame).unwrap()["data: ".len()..]
+                .trim_end()
+                .to_owned()
+        })
+        .collect();
+    let json_bytes = frames.iter().map(String::len).sum();
+    let t = Instant::now();
+    for f in &frames {
+        drop(gateway::decode_batch(f).unwrap());
+    }
+    per("gateway JSON -> prost", t, json_bytes);
+    let t = Instant::now();
+    for f in &frames {
+        drop(gateway::decode_batch_views(f).unwrap());
+    }
+    per("gateway JSON -> views", t, json_bytes);
 
     let t = Instant::now();
     let records: Vec<_> = decoded

@@ -8,8 +8,6 @@
 //! standard base64 with or without padding, log types by name or number,
 //! gauge values as numbers or `"NaN"`/`"Infinity"`/`"-Infinity"`.
 
-use std::collections::BTreeMap;
-
 use base64::Engine as _;
 use serde::Deserialize;
 use serde::de::{self, Deserializer};
@@ -214,9 +212,9 @@ pub(super) struct Envelope<'a> {
     #[serde(borrow, alias = "instanceId", deserialize_with = "or_default")]
     pub(super) instance_id: Str<'a>,
     #[serde(borrow, alias = "deprecatedTags", deserialize_with = "or_default")]
-    pub(super) deprecated_tags: BTreeMap<Str<'a>, Value<'a>>,
+    pub(super) deprecated_tags: Pairs<'a, Value<'a>>,
     #[serde(borrow, deserialize_with = "or_default")]
-    pub(super) tags: BTreeMap<Str<'a>, Str<'a>>,
+    pub(super) tags: Pairs<'a, Str<'a>>,
     pub(super) log: Option<Log>,
     #[serde(borrow)]
     pub(super) counter: Option<Counter<'a>>,
@@ -263,7 +261,7 @@ pub(super) struct Counter<'a> {
 #[serde(default)]
 pub(super) struct Gauge<'a> {
     #[serde(borrow, deserialize_with = "or_default")]
-    pub(super) metrics: BTreeMap<Str<'a>, GaugeValue<'a>>,
+    pub(super) metrics: Pairs<'a, GaugeValue<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -406,6 +404,59 @@ impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
             }
         }
         d.deserialize_str(Visitor).map(Str)
+    }
+}
+
+/// A JSON object's members in key order, a repeated key's last value kept
+/// (what a map made by inserting them holds, as protobuf map fields merge),
+/// without a tree: a sort of a few dozen members is cheaper than inserting
+/// them one by one.
+pub(super) struct Pairs<'a, V>(Vec<(Str<'a>, V)>);
+
+impl<V> Default for Pairs<'_, V> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+impl<'a, V> std::ops::Deref for Pairs<'a, V> {
+    type Target = [(Str<'a>, V)];
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl<'a, V> IntoIterator for Pairs<'a, V> {
+    type Item = (Str<'a>, V);
+    type IntoIter = std::vec::IntoIter<(Str<'a>, V)>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'de: 'a, 'a, V: Deserialize<'de>> Deserialize<'de> for Pairs<'a, V> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> de::Visitor<'de> for Visitor<V> {
+            type Value = Vec<(Str<'de>, V)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(16));
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                // Reversed, a stable sort puts a repeated key's last value
+                // first among its equals, and dedup keeps the first.
+                pairs.reverse();
+                pairs.sort_by(|a: &(Str<'de>, V), b| a.0.cmp(&b.0));
+                pairs.dedup_by(|a, b| a.0 == b.0);
+                Ok(pairs)
+            }
+        }
+        d.deserialize_map(Visitor(std::marker::PhantomData))
+            .map(Pairs)
     }
 }
 
@@ -683,6 +734,32 @@ mod tests {
             matches!(&envs[4].message, Some(envelope::Message::Event(e)) if e.title == "t" && e.body == "b")
         );
         assert_eq!(envs[5].message, None);
+    }
+
+    /// A repeated key keeps its last value, in every map, as a map made by
+    /// inserting the members in order (and protobuf's merge) would.
+    #[test]
+    fn a_repeated_key_keeps_its_last_value() {
+        let data = r#"{"batch":[{"tags":{"a":"1","b":"x","a":"2","\u0061":"3"},
+            "deprecated_tags":{"k":{"text":"1"},"j":{"text":"j"},"k":{"integer":"2"}},
+            "gauge":{"metrics":{"m":{"unit":"a","value":1},"n":{"unit":"n","value":3},"m":{"unit":"b","value":2}}}}]}"#;
+        let envs = decode_batch(data).unwrap();
+        let e = &envs[0];
+        assert_eq!(e.tags.len(), 2);
+        assert_eq!((e.tags["a"].as_str(), e.tags["b"].as_str()), ("3", "x"));
+        assert_eq!(e.deprecated_tags.len(), 2);
+        assert_eq!(
+            e.deprecated_tags["k"].data,
+            Some(proto::value::Data::Integer(2))
+        );
+        let Some(envelope::Message::Gauge(g)) = &e.message else {
+            panic!("{e:?}")
+        };
+        assert_eq!(g.metrics.len(), 2);
+        assert_eq!(
+            (g.metrics["m"].unit.as_str(), g.metrics["m"].value),
+            ("b", 2.0)
+        );
     }
 
     #[test]

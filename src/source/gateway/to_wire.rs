@@ -7,7 +7,7 @@
 //! more passes and allocations per envelope than the gRPC source pays, and
 //! none of them in the decode-only ceiling. The bytes written are what prost
 //! writes for the envelope [`super::json::decode_batch`] makes (defaults
-//! left out, a oneof member always written), with map entries in key order.
+//! left out, a oneof member always written), with map entries in key order (a repeated key once, its last value).
 //! `tests/gateway_json.rs`-style equality is checked in this module's tests
 //! and by the `gateway_json` fuzz target.
 
@@ -31,7 +31,7 @@ fn write_envelope(e: &Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
         int_field(1, e.timestamp as u64, out);
     }
     str_field(2, &e.source_id, out);
-    for (k, v) in &e.deprecated_tags {
+    for (k, v) in e.deprecated_tags.iter() {
         let value_len = value_len(v);
         // An empty Value is the default: prost leaves it out of the entry.
         let value_part = if value_len == 0 {
@@ -55,7 +55,7 @@ fn write_envelope(e: &Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
         bytes_field(field, message, out);
     }
     str_field(8, &e.instance_id, out);
-    for (k, v) in &e.tags {
+    for (k, v) in e.tags.iter() {
         encode_key(9, WireType::LengthDelimited, out);
         encode_varint((str_len(k) + str_len(v)) as u64, out);
         str_field(1, k, out);
@@ -82,7 +82,7 @@ fn write_message(e: &Envelope, out: &mut Vec<u8>) -> Option<u32> {
         }
         Some(5)
     } else if let Some(g) = &e.gauge {
-        for (name, v) in &g.metrics {
+        for (name, v) in g.metrics.iter() {
             let value = str_len(&v.unit) + if v.value != 0.0 { 9 } else { 0 };
             let entry = str_len(name)
                 + if value == 0 {
