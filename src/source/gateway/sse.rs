@@ -57,7 +57,7 @@ impl SseParser {
     /// Parses `chunk`, appending what it completes to `out`.
     pub fn push(&mut self, mut chunk: &[u8], out: &mut Vec<Sse>) {
         while !chunk.is_empty() {
-            let end = chunk.iter().position(|&b| b == b'\n');
+            let end = memchr::memchr(b'\n', chunk);
             let (part, rest) = match end {
                 Some(i) => (&chunk[..i], Some(&chunk[i + 1..])),
                 None => (chunk, None),
