@@ -8,8 +8,8 @@
 //! none of them in the decode-only ceiling. The bytes written are what prost
 //! writes for the envelope [`super::json::decode_batch`] makes (defaults
 //! left out, a oneof member always written), with map entries in key order (a repeated key once, its last value).
-//! `tests/gateway_json.rs`-style equality is checked in this module's tests
-//! and by the `gateway_json` fuzz target.
+//! That both ways say the same is checked by every decode in `json.rs`'s
+//! tests (each decodes both ways) and by the `gateway_json` fuzz target.
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
@@ -32,22 +32,7 @@ fn write_envelope(e: &Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
     }
     str_field(2, &e.source_id, out);
     for (k, v) in e.deprecated_tags.iter() {
-        let value_len = value_len(v);
-        // An empty Value is the default: prost leaves it out of the entry.
-        let value_part = if value_len == 0 {
-            0
-        } else {
-            1 + encoded_len_varint(value_len as u64) + value_len
-        };
-        let entry = str_len(k) + value_part;
-        encode_key(3, WireType::LengthDelimited, out);
-        encode_varint(entry as u64, out);
-        str_field(1, k, out);
-        if value_len > 0 {
-            encode_key(2, WireType::LengthDelimited, out);
-            encode_varint(value_len as u64, out);
-            write_value(v, out);
-        }
+        message_entry(3, k, value_len(v), out, |out| write_value(v, out));
     }
     message.clear();
     let field = write_message(e, message);
@@ -83,24 +68,13 @@ fn write_message(e: &Envelope, out: &mut Vec<u8>) -> Option<u32> {
         Some(5)
     } else if let Some(g) = &e.gauge {
         for (name, v) in g.metrics.iter() {
-            let value = str_len(&v.unit) + if v.value != 0.0 { 9 } else { 0 };
-            let entry = str_len(name)
-                + if value == 0 {
-                    0
-                } else {
-                    1 + encoded_len_varint(value as u64) + value
-                };
-            encode_key(1, WireType::LengthDelimited, out);
-            encode_varint(entry as u64, out);
-            str_field(1, name, out);
-            if value > 0 {
-                encode_key(2, WireType::LengthDelimited, out);
-                encode_varint(value as u64, out);
+            let len = str_len(&v.unit) + if v.value != 0.0 { 9 } else { 0 };
+            message_entry(1, name, len, out, |out| {
                 str_field(1, &v.unit, out);
                 if v.value != 0.0 {
                     double_field(2, v.value, out);
                 }
-            }
+            });
         }
         Some(6)
     } else if let Some(t) = &e.timer {
@@ -118,6 +92,31 @@ fn write_message(e: &Envelope, out: &mut Vec<u8>) -> Option<u32> {
         Some(10)
     } else {
         None
+    }
+}
+
+/// An entry of a `map<string, M>` field: its key, and its value (of
+/// `value_len` bytes, which `write` writes) unless that is empty, the
+/// message's default, which prost leaves out.
+fn message_entry(
+    field: u32,
+    key: &str,
+    value_len: usize,
+    out: &mut Vec<u8>,
+    write: impl FnOnce(&mut Vec<u8>),
+) {
+    let value_part = if value_len == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(value_len as u64) + value_len
+    };
+    encode_key(field, WireType::LengthDelimited, out);
+    encode_varint((str_len(key) + value_part) as u64, out);
+    str_field(1, key, out);
+    if value_len > 0 {
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(value_len as u64, out);
+        write(out);
     }
 }
 
