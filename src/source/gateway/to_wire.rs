@@ -7,7 +7,8 @@
 //! more passes and allocations per envelope than the gRPC source pays, and
 //! none of them in the decode-only ceiling. The bytes written are what prost
 //! writes for the envelope [`super::json::decode_batch`] makes (defaults
-//! left out, a oneof member always written), with map entries in key order (a repeated key once, its last value).
+//! left out, a oneof member always written), with map entries in key order
+//! (a repeated key once, its last value).
 //! That both ways say the same is checked by every decode in `json.rs`'s
 //! tests (each decodes both ways) and by the `gateway_json` fuzz target.
 
