@@ -71,6 +71,31 @@ pub mod validate;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
     tonic::include_proto!("loggregator.v2");
+
+    /// A log envelope of instance `0` for the library's unit tests.
+    #[cfg(test)]
+    pub(crate) fn log_envelope(
+        timestamp: i64,
+        source_id: &str,
+        payload: &str,
+        r#type: log::Type,
+        tags: &[(&str, &str)],
+    ) -> Envelope {
+        Envelope {
+            timestamp,
+            source_id: source_id.into(),
+            instance_id: "0".into(),
+            deprecated_tags: Default::default(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            message: Some(envelope::Message::Log(Log {
+                payload: payload.as_bytes().to_vec().into(),
+                r#type: r#type as i32,
+            })),
+        }
+    }
 }
 
 /// An error and its sources, joined with `: `. Library errors often say only

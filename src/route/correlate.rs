@@ -567,7 +567,7 @@ pub(crate) async fn drain(router: &super::Router) {
 mod tests {
     use super::*;
     use crate::classify::classify;
-    use crate::proto::{Envelope, EnvelopeBatch, Log, envelope};
+    use crate::proto::{Envelope, EnvelopeBatch, log};
     use crate::record::decode_batch;
     use crate::record::security::{read_line, security_record};
     use prost::Message as _;
@@ -581,20 +581,7 @@ mod tests {
         } else {
             &[("origin", "rep"), ("source_type", "APP/PROC/WEB")]
         };
-        Envelope {
-            timestamp: T0,
-            source_id: source_id.into(),
-            instance_id: "0".into(),
-            deprecated_tags: Default::default(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            message: Some(envelope::Message::Log(Log {
-                payload: text.as_bytes().to_vec().into(),
-                r#type: 0,
-            })),
-        }
+        crate::proto::log_envelope(T0, source_id, text, log::Type::Out, tags)
     }
 
     /// Cloud Controller's line for an update of APP.

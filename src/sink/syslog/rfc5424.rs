@@ -333,23 +333,16 @@ mod tests {
         }
     }
     use crate::classify::classify;
-    use crate::proto::{Envelope, Log, envelope, log};
+    use crate::proto::log;
 
     fn record(tags: &[(&str, &str)], payload: &str, ty: log::Type) -> Record {
-        classify(Envelope {
-            timestamp: 1_700_000_000_123_456_789,
-            source_id: "cdabc600-0b73-48e1-b7d2-26af2c63f933".into(),
-            instance_id: "0".into(),
-            deprecated_tags: Default::default(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            message: Some(envelope::Message::Log(Log {
-                payload: payload.to_string().into(),
-                r#type: ty as i32,
-            })),
-        })
+        classify(crate::proto::log_envelope(
+            1_700_000_000_123_456_789,
+            "cdabc600-0b73-48e1-b7d2-26af2c63f933",
+            payload,
+            ty,
+            tags,
+        ))
     }
 
     fn ctx() -> EncodeContext {
