@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use cf_audit_nozzle::classify::classify;
 use cf_audit_nozzle::proto::EnvelopeBatch;
-use cf_audit_nozzle::record::{EncodeContext, Kind, RecordSchema, decode_batch};
+use cf_audit_nozzle::record::{EncodeContext, Kind, Record, RecordSchema, decode_batch};
 use cf_audit_nozzle::sink::http::encode_hec;
 use cf_audit_nozzle::sink::syslog::{SyslogFormat, encode as encode_syslog};
 use cf_audit_nozzle::source::emulator::gateway::sse_batch_frame;
@@ -119,12 +119,7 @@ fn main() {
     }
     let mut out = Vec::with_capacity(1 << 20);
     let t = Instant::now();
-    let mut total = 0;
-    for r in &records {
-        r.write_json(&ctx, &mut out);
-        total += out.len();
-        out.clear();
-    }
+    let total = write_all_json(records.iter().map(|r| &**r), &ctx, &mut out);
     per("record JSON", t, total);
 
     // The same, one kind at a time: ns per record of that kind, and its
@@ -135,12 +130,7 @@ fn main() {
             continue;
         }
         let t = Instant::now();
-        let mut bytes = 0;
-        for r in &of_kind {
-            r.write_json(&ctx, &mut out);
-            bytes += out.len();
-            out.clear();
-        }
+        let bytes = write_all_json(of_kind.iter().map(|r| &***r), &ctx, &mut out);
         let ns = t.elapsed().as_nanos() as f64 / of_kind.len() as f64;
         println!(
             "  {:<20} {ns:>8.0} ns/record  {:>5.1} % of records  {:>6} bytes/record",
@@ -159,7 +149,7 @@ fn main() {
 
     let format = SyslogFormat::default();
     let t = Instant::now();
-    total = 0;
+    let mut total = 0;
     for r in &records {
         encode_syslog(r, &ctx, &format, &mut out);
         total += out.len();
@@ -179,6 +169,21 @@ fn main() {
     let t = Instant::now();
     let out = full_mode_work(&batches, &ctx, &format);
     per("full mode's work", t, out);
+}
+
+/// Writes each record's JSON into `out` (cleared after each); returns the bytes written.
+fn write_all_json<'a>(
+    records: impl Iterator<Item = &'a Record>,
+    ctx: &EncodeContext,
+    out: &mut Vec<u8>,
+) -> usize {
+    let mut bytes = 0;
+    for r in records {
+        r.write_json(ctx, out);
+        bytes += out.len();
+        out.clear();
+    }
+    bytes
 }
 
 /// What `--mode full` does with each envelope, minus the I/O (see the module
