@@ -55,7 +55,7 @@ pub fn decode_batch(data: &str) -> Result<Vec<proto::Envelope>, DecodeError> {
 pub fn decode_batch_views(data: &str) -> Result<Vec<EnvelopeView>, DecodeError> {
     let batch: Batch = serde_json::from_str(data)?;
     let mut wire = Vec::with_capacity(data.len());
-    super::to_wire::write_batch(&batch.batch, &mut wire);
+    super::to_wire::write_batch(batch.batch, &mut wire);
     crate::record::envelope::decode_batch(&wire.into()).map_err(|_| DecodeError {
         // Not expected: the wire is ours. Counted as a malformed frame.
         category: "protobuf re-encoding",
@@ -293,23 +293,48 @@ pub(super) struct Event<'a> {
     pub(super) body: Str<'a>,
 }
 
+/// An envelope's message, taken out of it ([`Envelope::take_message`]).
+pub(super) enum Message<'a> {
+    Log(Log),
+    Counter(Counter<'a>),
+    Gauge(Gauge<'a>),
+    Timer(Timer<'a>),
+    Event(Event<'a>),
+}
+
+impl<'a> Envelope<'a> {
+    /// The first message present, in the order log, counter, gauge, timer,
+    /// event: protojson sets at most one oneof member, and this is the one
+    /// both the prost envelope and the wire ([`super::to_wire`]) carry.
+    pub(super) fn take_message(&mut self) -> Option<Message<'a>> {
+        if let Some(l) = self.log.take() {
+            Some(Message::Log(l))
+        } else if let Some(c) = self.counter.take() {
+            Some(Message::Counter(c))
+        } else if let Some(g) = self.gauge.take() {
+            Some(Message::Gauge(g))
+        } else if let Some(t) = self.timer.take() {
+            Some(Message::Timer(t))
+        } else {
+            self.event.take().map(Message::Event)
+        }
+    }
+}
+
 impl From<Envelope<'_>> for proto::Envelope {
-    fn from(e: Envelope<'_>) -> Self {
+    fn from(mut e: Envelope<'_>) -> Self {
         use envelope::Message as M;
-        // protojson sets at most one oneof member; take the first present.
-        let message = if let Some(l) = e.log {
-            Some(M::Log(proto::Log {
+        let message = e.take_message().map(|m| match m {
+            Message::Log(l) => M::Log(proto::Log {
                 payload: l.payload,
                 r#type: l.kind,
-            }))
-        } else if let Some(c) = e.counter {
-            Some(M::Counter(proto::Counter {
+            }),
+            Message::Counter(c) => M::Counter(proto::Counter {
                 name: c.name.into(),
                 delta: c.delta,
                 total: c.total,
-            }))
-        } else if let Some(g) = e.gauge {
-            Some(M::Gauge(proto::Gauge {
+            }),
+            Message::Gauge(g) => M::Gauge(proto::Gauge {
                 metrics: g
                     .metrics
                     .into_iter()
@@ -323,21 +348,17 @@ impl From<Envelope<'_>> for proto::Envelope {
                         )
                     })
                     .collect(),
-            }))
-        } else if let Some(t) = e.timer {
-            Some(M::Timer(proto::Timer {
+            }),
+            Message::Timer(t) => M::Timer(proto::Timer {
                 name: t.name.into(),
                 start: t.start,
                 stop: t.stop,
-            }))
-        } else {
-            e.event.map(|v| {
-                M::Event(proto::Event {
-                    title: v.title.into(),
-                    body: v.body.into(),
-                })
-            })
-        };
+            }),
+            Message::Event(v) => M::Event(proto::Event {
+                title: v.title.into(),
+                body: v.body.into(),
+            }),
+        });
         proto::Envelope {
             timestamp: e.timestamp,
             source_id: e.source_id.into(),

@@ -14,20 +14,20 @@
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
 
-use super::json::{Envelope, Value};
+use super::json::{Envelope, Message, Value};
 
 /// The envelopes as the wire of an `EnvelopeBatch` (field 1, repeated).
-pub(super) fn write_batch(envelopes: &[Envelope], out: &mut Vec<u8>) {
+pub(super) fn write_batch(envelopes: Vec<Envelope>, out: &mut Vec<u8>) {
     let mut body = Vec::with_capacity(1024);
     let mut message = Vec::with_capacity(256);
-    for e in envelopes {
+    for mut e in envelopes {
         body.clear();
-        write_envelope(e, &mut body, &mut message);
+        write_envelope(&mut e, &mut body, &mut message);
         bytes_field(1, &body, out);
     }
 }
 
-fn write_envelope(e: &Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
+fn write_envelope(e: &mut Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
     if e.timestamp != 0 {
         int_field(1, e.timestamp as u64, out);
     }
@@ -49,51 +49,54 @@ fn write_envelope(e: &Envelope, out: &mut Vec<u8>, message: &mut Vec<u8>) {
     }
 }
 
-/// The first message present (protojson sets at most one), as
-/// [`super::json`]'s conversion to prost takes it; returns its field.
-fn write_message(e: &Envelope, out: &mut Vec<u8>) -> Option<u32> {
-    if let Some(l) = &e.log {
-        bytes_or_empty(1, &l.payload, out);
-        if l.kind != 0 {
-            int_field(2, l.kind as i64 as u64, out);
+/// The envelope's message ([`Envelope::take_message`]); returns its field.
+fn write_message(e: &mut Envelope, out: &mut Vec<u8>) -> Option<u32> {
+    Some(match e.take_message()? {
+        Message::Log(l) => {
+            bytes_or_empty(1, &l.payload, out);
+            if l.kind != 0 {
+                int_field(2, l.kind as i64 as u64, out);
+            }
+            4
         }
-        Some(4)
-    } else if let Some(c) = &e.counter {
-        str_field(1, &c.name, out);
-        if c.delta != 0 {
-            int_field(2, c.delta, out);
+        Message::Counter(c) => {
+            str_field(1, &c.name, out);
+            if c.delta != 0 {
+                int_field(2, c.delta, out);
+            }
+            if c.total != 0 {
+                int_field(3, c.total, out);
+            }
+            5
         }
-        if c.total != 0 {
-            int_field(3, c.total, out);
+        Message::Gauge(g) => {
+            for (name, v) in g.metrics.iter() {
+                let len = str_len(&v.unit) + if v.value != 0.0 { 9 } else { 0 };
+                message_entry(1, name, len, out, |out| {
+                    str_field(1, &v.unit, out);
+                    if v.value != 0.0 {
+                        double_field(2, v.value, out);
+                    }
+                });
+            }
+            6
         }
-        Some(5)
-    } else if let Some(g) = &e.gauge {
-        for (name, v) in g.metrics.iter() {
-            let len = str_len(&v.unit) + if v.value != 0.0 { 9 } else { 0 };
-            message_entry(1, name, len, out, |out| {
-                str_field(1, &v.unit, out);
-                if v.value != 0.0 {
-                    double_field(2, v.value, out);
-                }
-            });
+        Message::Timer(t) => {
+            str_field(1, &t.name, out);
+            if t.start != 0 {
+                int_field(2, t.start as u64, out);
+            }
+            if t.stop != 0 {
+                int_field(3, t.stop as u64, out);
+            }
+            7
         }
-        Some(6)
-    } else if let Some(t) = &e.timer {
-        str_field(1, &t.name, out);
-        if t.start != 0 {
-            int_field(2, t.start as u64, out);
+        Message::Event(v) => {
+            str_field(1, &v.title, out);
+            str_field(2, &v.body, out);
+            10
         }
-        if t.stop != 0 {
-            int_field(3, t.stop as u64, out);
-        }
-        Some(7)
-    } else if let Some(v) = &e.event {
-        str_field(1, &v.title, out);
-        str_field(2, &v.body, out);
-        Some(10)
-    } else {
-        None
-    }
+    })
 }
 
 /// An entry of a `map<string, M>` field: its key, and its value (of
