@@ -468,6 +468,13 @@ impl<'de: 'a, 'a, V: Deserialize<'de>> Deserialize<'de> for Pairs<'a, V> {
                 while let Some(pair) = map.next_entry()? {
                     pairs.push(pair);
                 }
+                // Written in key order (as the gateway writes maps): sorted,
+                // and no key repeated. One look, where reversing such a map
+                // for the sort below made the insertion sort quadratic
+                // (`--mode gateway`: 5 % of the nozzle's CPU in compares).
+                if pairs.windows(2).all(|w| w[0].0 < w[1].0) {
+                    return Ok(pairs);
+                }
                 // Reversed, a stable sort puts a repeated key's last value
                 // first among its equals, and dedup keeps the first.
                 pairs.reverse();
@@ -780,6 +787,29 @@ mod tests {
         assert_eq!(
             (g.metrics["m"].unit.as_str(), g.metrics["m"].value),
             ("b", 2.0)
+        );
+        // In key order, with a key repeated next to itself, and without.
+        let data =
+            r#"{"batch":[{"tags":{"a":"1","a":"2","b":"x"}},{"tags":{"a":"1","b":"x","c":"y"}}]}"#;
+        let envs = decode_batch(data).unwrap();
+        assert_eq!(envs[0].tags.len(), 2);
+        assert_eq!(
+            (envs[0].tags["a"].as_str(), envs[0].tags["b"].as_str()),
+            ("2", "x")
+        );
+        let tags: Vec<_> = envs[1]
+            .tags
+            .iter()
+            .collect::<std::collections::BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                (&"a".to_string(), &"1".to_string()),
+                (&"b".into(), &"x".into()),
+                (&"c".into(), &"y".into())
+            ]
         );
     }
 

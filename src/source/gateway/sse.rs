@@ -28,6 +28,9 @@ pub enum Sse {
     Oversized { bytes: usize },
 }
 
+/// The largest line buffer kept for the next line (a batch is one line).
+const KEEP_LINE_BYTES: usize = 4 << 20;
+
 /// An SSE parser whose memory stays under about twice `max` bytes.
 #[derive(Debug)]
 pub(crate) struct SseParser {
@@ -81,8 +84,11 @@ impl SseParser {
                     } else {
                         let line = std::mem::take(&mut self.line);
                         self.line_done(&line, out);
-                        // Keep the allocation for the next line unless it is large.
-                        if line.capacity() <= 64 * 1024 {
+                        // Keep the allocation for the next line unless it is
+                        // very large: a frame is one line, and growing a fresh
+                        // buffer to a frame's size copied it about twice more
+                        // (`--mode gateway`, the SSE reader's largest cost).
+                        if line.capacity() <= KEEP_LINE_BYTES {
                             self.line = line;
                             self.line.clear();
                         }
@@ -134,6 +140,8 @@ impl SseParser {
                 self.data = Vec::new();
             }
             b"data" => {
+                // Most events have one data line: sized once, with its `\n`.
+                self.data.reserve(value.len() + 1);
                 self.data.extend_from_slice(value);
                 self.data.push(b'\n');
             }
