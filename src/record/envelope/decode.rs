@@ -75,8 +75,8 @@ impl Text {
     }
 
     /// The strings, or `None` if one of them is not UTF-8.
-    fn into_str(self) -> Option<Arc<str>> {
-        String::from_utf8(self.bytes).ok().map(Arc::from)
+    fn into_str(self) -> Option<Arc<String>> {
+        String::from_utf8(self.bytes).ok().map(Arc::new)
     }
 }
 
@@ -122,7 +122,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn into_view(mut self, buf: &Bytes, text: &Arc<str>, tags: &[(Span, Span)]) -> EnvelopeView {
+    fn into_view(mut self, buf: &Bytes, text: &Arc<String>, tags: &[(Span, Span)]) -> EnvelopeView {
         let mut own_tags = tags[self.tags].to_vec();
         last_wins(text, &mut own_tags, |t| t.0);
         let mut known = [ABSENT; KNOWN_TAGS.len()];
