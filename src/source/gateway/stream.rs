@@ -1,6 +1,6 @@
 //! One stream, read and decoded: SSE events read from the response body,
-//! data frames decoded on another task, the handover to the next stream and
-//! the drain of the one handed over.
+//! data frames decoded on another task and dispatched on a third, the
+//! handover to the next stream and the drain of the one handed over.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -28,9 +28,10 @@ pub(crate) const DECODE_QUEUE_FRAMES: usize = 16;
 /// is due for its handover (then its reading goes on in a task of its own
 /// until it closes, and this returns so the next stream opens at once).
 ///
-/// Reading (HTTP, SSE) and decoding (JSON) run as two tasks joined by a
-/// bounded channel, so on a multi-core runtime they use two cores; one
-/// decoder keeps the batches in order. The decoder's handle is left in
+/// Reading (HTTP, SSE), decoding (JSON) and dispatching (the router) run
+/// as three tasks joined by bounded channels, so on a multi-core runtime
+/// they use more than one core; one decoder and its one dispatcher keep
+/// the batches in order. The decoder's handle is left in
 /// `decoder` so that whoever stops the source can wait for it.
 pub(crate) async fn stream_once(
     cfg: &GatewayConfig,
