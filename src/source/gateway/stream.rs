@@ -286,9 +286,9 @@ pub(crate) const DISPATCH_QUEUE_BATCHES: usize = 4;
 /// Why two tasks: the JSON decode is the gateway's largest cost, and the
 /// router's work per envelope comes on top of it in one task, so that task
 /// alone bounded the rate while both cores had time to spare (measured:
-/// 80 % busy each at the full rate, `--mode manifest`). Split, the decoder
-/// runs at about its decode-only rate while the router keeps up on the
-/// other core. One dispatcher keeps the batches in order.
+/// 80 % busy each at the full rate, `--mode manifest`). Split, the router's
+/// work runs beside the next frame's decode (about a fifth more envelopes
+/// per second, `docs/sizing.md`). One dispatcher keeps the batches in order.
 async fn decode_frames(
     mut frames: tokio::sync::mpsc::Receiver<Vec<u8>>,
     router: Arc<Router>,
