@@ -797,20 +797,8 @@ mod tests {
             (envs[0].tags["a"].as_str(), envs[0].tags["b"].as_str()),
             ("2", "x")
         );
-        let tags: Vec<_> = envs[1]
-            .tags
-            .iter()
-            .collect::<std::collections::BTreeMap<_, _>>()
-            .into_iter()
-            .collect();
-        assert_eq!(
-            tags,
-            [
-                (&"a".to_string(), &"1".to_string()),
-                (&"b".into(), &"x".into()),
-                (&"c".into(), &"y".into())
-            ]
-        );
+        let tags = [("a", "1"), ("b", "x"), ("c", "y")].map(|(k, v)| (k.into(), v.into()));
+        assert_eq!(envs[1].tags, tags.into());
     }
 
     #[test]
